@@ -1,12 +1,6 @@
 """Keys, HPKE, JOSE and the signed envelope, shared by the KDC and the KRS."""
 
-from krs_plugin.crypto.envelope import (
-    BACKENDS,
-    Backend,
-    OpenedEnvelope,
-    open_envelope,
-    seal_envelope,
-)
+from krs_plugin.crypto.envelope import OpenedEnvelope, open_envelope, seal_envelope
 from krs_plugin.crypto.keys import (
     HpkeKey,
     JoseKey,
@@ -21,6 +15,7 @@ from krs_plugin.crypto.keys import (
     write_public_file,
     write_secret_file,
 )
+from krs_plugin.protocol.manifest import BACKENDS, Backend
 
 __all__ = [
     "BACKENDS",

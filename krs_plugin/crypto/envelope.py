@@ -15,14 +15,12 @@ import base64
 import binascii
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from krs_plugin.crypto import hpke, jose
 from krs_plugin.crypto.keys import HpkeKey, JoseKey
 from krs_plugin.errors import DecryptionError, SignatureError, WireError
-
-Backend = Literal["hpke", "jose"]
-BACKENDS: tuple[Backend, ...] = ("hpke", "jose")
+from krs_plugin.protocol.manifest import BACKENDS, Backend
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import hmac as hmac_lib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, cast
 
 from krs_plugin.errors import IntegrityError, LimitError, PolicyError, WireError
 from krs_plugin.protocol.chunk import CHUNK, CHUNK_TYPE, FORMAT_JSON, make_chunk
@@ -26,7 +26,8 @@ from krs_plugin.protocol.names import check_distribution_id
 HMAC_KEY_LENGTH = 32
 DEFAULT_DISTRIBUTION_TTL = 300
 DEFAULT_CLOCK_SKEW = 30
-BACKENDS = ("hpke", "jose")
+Backend = Literal["hpke", "jose"]
+BACKENDS: tuple[Backend, ...] = ("hpke", "jose")
 CONTENT_TYPES = ("key_operations", "mgmt_operations", "mixed_operations", "node_operations")
 _COUNT_KEYS = ("zone_count", "key_count", "operation_count", "component_count")
 
@@ -41,7 +42,7 @@ class ManifestMetadata:
     timestamp: int | None = None
     distribution_ttl: float = DEFAULT_DISTRIBUTION_TTL
     retire_time: float | None = None
-    crypto: str = "hpke"
+    crypto: Backend = "hpke"
     counts: Mapping[str, int] = field(default_factory=dict)
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -225,7 +226,7 @@ def _decode_metadata(obj: Mapping[str, Any]) -> ManifestMetadata:
         timestamp=timestamp,
         distribution_ttl=DEFAULT_DISTRIBUTION_TTL if ttl is None else ttl,
         retire_time=retire,
-        crypto=crypto,
+        crypto=cast(Backend, crypto),
         counts=counts,
         extra={k: v for k, v in obj.items() if k not in known},
     )

@@ -1,0 +1,95 @@
+"""From fetched CHUNK records to the verified cleartext of one distribution (the KRS half).
+
+Order matters and is fixed here: manifest HMAC and freshness, recipient, limits, reassembly, the
+KDC's signature, and only then decryption. Each step raises its own error type, naming the
+distribution, so an operator can tell *where* a distribution failed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import dns.name
+
+from krs_plugin.crypto import HpkeKey, JoseKey, open_envelope
+from krs_plugin.errors import DecryptionError, PolicyError
+from krs_plugin.protocol import (
+    CHUNK,
+    Limits,
+    Manifest,
+    check_freshness,
+    check_node_id,
+    decode_manifest,
+    read_manifest_record,
+    reassemble,
+)
+from krs_plugin.protocol.manifest import DEFAULT_CLOCK_SKEW
+
+
+@dataclass(frozen=True)
+class NodeIdentity:
+    """This node: its id and the private keys of the backends it supports."""
+
+    node_id: dns.name.Name
+    hpke: HpkeKey | None = None
+    jose: JoseKey | None = None
+
+    def key_for(self, backend: str, where: str) -> HpkeKey | JoseKey:
+        key = self.hpke if backend == "hpke" else self.jose if backend == "jose" else None
+        if key is None:
+            raise DecryptionError(f"{where}: sealed with {backend!r} but this node has no such key")
+        return key
+
+
+@dataclass(frozen=True)
+class Unpacked:
+    """A distribution whose integrity, signature and encryption all checked out."""
+
+    distribution_id: str
+    manifest: Manifest
+    signed: bool
+    plaintext: bytes = field(repr=False)
+
+
+def unpack_distribution(
+    distribution_id: str,
+    manifest_record: CHUNK,
+    chunk_records: Iterable[CHUNK],
+    node: NodeIdentity,
+    verifier: JoseKey | None,
+    *,
+    now: float,
+    limits: Limits | None = None,
+    allow_unsigned: bool = False,
+    clock_skew: float = DEFAULT_CLOCK_SKEW,
+) -> Unpacked:
+    """Check and open one distribution addressed to ``node``."""
+    limits = limits or Limits()
+    where = f"distribution {distribution_id} for {node.node_id}"
+    # The HMAC key depends on the backend named inside the manifest (tdns reads it first too).
+    peeked = decode_manifest(manifest_record.data, max_payload_bytes=limits.max_total_bytes)
+    key = node.key_for(peeked.metadata.crypto, where)
+    manifest = read_manifest_record(
+        manifest_record, key.hmac_key, where=where, max_payload_bytes=limits.max_total_bytes
+    )
+    check_freshness(
+        manifest,
+        now=now,
+        expected_distribution_id=distribution_id,
+        clock_skew=clock_skew,
+        where=where,
+    )
+    receiver = manifest.metadata.receiver_id
+    if receiver is not None and check_node_id(receiver) != check_node_id(node.node_id):
+        raise PolicyError(f"{where}: addressed to node {receiver}, not to this node")
+    transport = reassemble(manifest, chunk_records, limits, where=where)
+    opened = open_envelope(
+        transport,
+        backend=manifest.metadata.crypto,
+        recipient=key,
+        verifier=verifier,
+        allow_unsigned=allow_unsigned,
+        where=where,
+    )
+    return Unpacked(distribution_id, manifest, opened.signed, opened.plaintext)
