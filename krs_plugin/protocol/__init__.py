@@ -19,6 +19,7 @@ from krs_plugin.protocol.chunking import (
     reassemble,
     split_transport,
 )
+from krs_plugin.protocol.edns import CHUNK_OPTION, ChunkOption, find_chunk_option
 from krs_plugin.protocol.manifest import (
     Manifest,
     ManifestMetadata,
@@ -43,11 +44,13 @@ from krs_plugin.protocol.names import (
 
 __all__ = [
     "CHUNK",
+    "CHUNK_OPTION",
     "CHUNK_TYPE",
     "DEFAULT_CHUNK_SIZE",
     "FORMAT_JSON",
     "FORMAT_JWT",
     "LEGACY_CHUNK_TYPE",
+    "ChunkOption",
     "ChunkQuery",
     "Limits",
     "Manifest",
@@ -62,6 +65,7 @@ __all__ = [
     "decode_manifest",
     "encode_manifest",
     "enroll_name",
+    "find_chunk_option",
     "make_chunk",
     "manifest_hmac",
     "manifest_name",

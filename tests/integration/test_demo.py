@@ -1,0 +1,63 @@
+"""`krs demo`, the README's main job: its key files are real BIND keys that sign a zone."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import dns.dnssec
+import dns.name
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
+
+from krs_plugin.dnssec import read_bind_key_pair
+
+KRS = str(Path(sys.executable).parent / "krs")
+
+
+def test_demo_delivers_both_backends_and_writes_matching_bind_keys(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [KRS, "demo", "--keep", str(tmp_path), "--algorithm", "15"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "KDC signature verified" in result.stdout
+    for backend in ("hpke", "jose"):
+        private_files = sorted((tmp_path / f"keys-{backend}").glob("*.private"))
+        assert len(private_files) == 2, f"{backend}: expected a KSK and a ZSK"
+        flags = set()
+        for private in private_files:
+            assert private.stat().st_mode & 0o777 == 0o600
+            key, timing = read_bind_key_pair(private)
+            assert key.zone == dns.name.from_text("example.com.")
+            assert timing.activate is not None
+            flags.add(key.flags)
+            # The delivered key signs, and the signature validates against its DNSKEY.
+            rrset = dns.rrset.from_text("example.com.", 300, "IN", "A", "192.0.2.1")
+            rrsig = dns.dnssec.sign(
+                rrset,
+                key.private_key,
+                dns.name.from_text("example.com."),
+                key.dnskey,
+                lifetime=3600,
+            )
+            keys = {
+                dns.name.from_text("example.com."): dns.rrset.from_rdata_list(
+                    "example.com.", 300, [key.dnskey]
+                )
+            }
+            dns.dnssec.validate_rrsig(rrset, rrsig, keys)
+        assert flags == {256, 257}
+
+
+def test_demo_rejects_unknown_algorithm() -> None:
+    result = subprocess.run(
+        [KRS, "demo", "--algorithm", "7"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 2
+    assert "invalid choice" in result.stderr
