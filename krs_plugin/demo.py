@@ -1,8 +1,8 @@
 """``krs demo``: one key distribution from a KDC to a node and back to key files, on this machine.
 
-It runs the same code the daemons will: ``kdc.build`` seals, signs and splits; the records go through
-DNS wire form; ``receiver.unpack`` checks and opens them; ``payload`` validates every key against its
-DNSKEY; the keys are written as BIND key files. Later issues replace the in-memory hand-over with a
+It runs the same code the daemons will: ``kdc.build`` seals, signs and splits; the records go
+through DNS wire form; ``receiver.unpack`` checks and opens them; ``payload`` validates every key
+against its DNSKEY; the keys are written as BIND key files. Later issues replace the in-memory hand-over with a
 real KDC, NOTIFY, DNS/TCP fetch and a nameserver.
 """
 
@@ -62,7 +62,7 @@ def _run(workdir: Path, backends: Sequence[str], zone: str, algorithm: int) -> i
     zsk = generate_key(zone_name, algorithm, 256)
     timing = KeyTiming(created=int(now), publish=int(now), activate=int(now))
     for role, key in (("KSK", ksk), ("ZSK", zsk)):
-        _say("kdc", f"generated {role} for {zone_name}: algorithm {algorithm}, key tag {key.key_tag}")
+        _say("kdc", f"generated {role} for {zone_name}: algorithm {algorithm}, tag {key.key_tag}")
 
     node = NodeIdentity(node_id, hpke=node_hpke, jose=node_jose)
     for number, backend in enumerate(backends):

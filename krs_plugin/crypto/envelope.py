@@ -68,7 +68,8 @@ def open_envelope(
     if backend not in BACKENDS:
         raise WireError(f"{where}: crypto backend {backend!r} is not one of {BACKENDS}")
     try:
-        outer = base64.b64decode(transport, validate=True)
+        # Surrounding whitespace (a newline from a file) is not part of the base64 text.
+        outer = base64.b64decode(transport.strip(), validate=True)
     except (binascii.Error, ValueError) as exc:
         raise WireError(f"{where}: transport string is not standard base64: {exc}") from exc
     if jose.looks_like_jws(outer):

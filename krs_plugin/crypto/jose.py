@@ -65,7 +65,7 @@ def looks_like_jws(data: bytes) -> bool:
         return False
     try:
         header = json.loads(b64url_decode(data.split(b".", 1)[0]))
-    except (binascii.Error, ValueError):
+    except (binascii.Error, ValueError, RecursionError):
         return False
     return isinstance(header, dict) and "alg" in header
 
@@ -81,7 +81,7 @@ def jws_verify(compact: bytes | str, verifier: JoseKey, *, where: str = "JWS") -
         header = json.loads(b64url_decode(header_b64))
         payload = b64url_decode(payload_b64)
         signature = b64url_decode(signature_b64)
-    except (binascii.Error, ValueError, UnicodeDecodeError) as exc:
+    except (binascii.Error, ValueError, RecursionError) as exc:
         raise WireError(f"{where}: malformed compact JWS (base64url or JSON): {exc}") from exc
     if not isinstance(header, dict):
         raise WireError(f"{where}: JWS protected header is not a JSON object")
@@ -153,7 +153,7 @@ def jwe_decrypt(
         raise WireError(f"{where}: a compact JWE has 5 parts, found {len(parts)}")
     try:
         header = json.loads(b64url_decode(parts[0]))
-    except (binascii.Error, ValueError, UnicodeDecodeError) as exc:
+    except (binascii.Error, ValueError, RecursionError) as exc:
         raise WireError(f"{where}: malformed JWE protected header: {exc}") from exc
     if not isinstance(header, dict):
         raise WireError(f"{where}: JWE protected header is not a JSON object")

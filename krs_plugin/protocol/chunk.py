@@ -224,6 +224,7 @@ def register_chunk_type(code: int = CHUNK_TYPE) -> dns.rdatatype.RdataType:
             continue
         name = "CHUNK" if code == CHUNK_TYPE else f"CHUNK{code}"
         dns.rdata.register_type(CHUNK, rdtype, name, rdclass=rdclass)
+        dns.rdatatype.register_type(dns.rdatatype.RdataType.make(code), name)
     return rdtype
 
 
@@ -268,11 +269,11 @@ def parse_chunk_text(text: str, rdtype: int = CHUNK_TYPE) -> CHUNK:
 
     Also accepts tdns's own presentation, where a manifest's JSON follows unquoted.
     """
-    raw_json = _split_raw_json(text)
-    if raw_json is not None:
-        head, json_text = raw_json
-        text = f'{head} "{dns.rdata._escapify(json_text.encode())}"'
     try:
+        raw_json = _split_raw_json(text)
+        if raw_json is not None:
+            head, json_text = raw_json
+            text = f'{head} "{dns.rdata._escapify(json_text.encode())}"'
         rdata = dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.RdataType.make(rdtype), text)
     except WireError:
         raise
