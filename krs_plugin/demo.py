@@ -2,8 +2,8 @@
 
 It runs the same code the daemons will: ``kdc.build`` seals, signs and splits; the records go
 through DNS wire form; ``receiver.unpack`` checks and opens them; ``payload`` validates every key
-against its DNSKEY; the keys are written as BIND key files. Later issues replace the in-memory hand-over with a
-real KDC, NOTIFY, DNS/TCP fetch and a nameserver.
+against its DNSKEY; the keys are written as BIND key files. Later issues replace the in-memory
+hand-over with a real KDC, NOTIFY, DNS/TCP fetch and a nameserver.
 """
 
 from __future__ import annotations
