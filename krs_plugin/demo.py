@@ -73,7 +73,8 @@ def _run(workdir: Path, backends: Sequence[str], zone: str, algorithm: int) -> i
         ]
         cleartext = encode_payload(entries)
         recipient = NodeRecipient(
-            node_id, "hpke" if backend == "hpke" else "jose",
+            node_id,
+            "hpke" if backend == "hpke" else "jose",
             node_hpke.public_only() if backend == "hpke" else node_jose.public_only(),
         )
         records = build_distribution(
@@ -95,7 +96,7 @@ def _run(workdir: Path, backends: Sequence[str], zone: str, algorithm: int) -> i
         _say("kdc", f"  1.{owner} 300 IN CHUNK {_short(records[1])}")
 
         # Across the wire: the node sees only DNS wire-form RDATA.
-        received = [parse_chunk_wire(r.to_wire(), CHUNK_TYPE) for r in records]
+        received = [parse_chunk_wire(r.to_wire() or b"", CHUNK_TYPE) for r in records]
         unpacked = unpack_distribution(
             dist_id, received[0], received[1:], node, signer.public_only(), now=time.time()
         )
