@@ -111,6 +111,9 @@ def parse_bind_private(
             private: PrivateKey = _rsa_from_fields(fields, where)
         else:
             raw = _b64_field(fields, "PrivateKey", where)
+            if algorithm.number in (13, 14) and 0 < len(raw) < algorithm.raw_private_bytes:
+                # BIND writes the ECDSA scalar without leading zero bytes (1 key in 128 for P-256).
+                raw = raw.rjust(algorithm.raw_private_bytes, b"\x00")
             if len(raw) != algorithm.raw_private_bytes:
                 raise KeyFileError(
                     f"{where}: field 'PrivateKey' is {len(raw)} bytes, algorithm "

@@ -7,6 +7,7 @@ always *derived* from the private key, and ``check_key_matches`` compares it wit
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -71,7 +72,9 @@ class DnssecKey:
 
     def dnskey_text(self) -> str:
         """The DNSKEY RR as tdns writes it into payloads (tab-separated, with TTL and class)."""
-        return f"{self.zone.to_text()}\t{self.ttl}\tIN\tDNSKEY\t{self.dnskey.to_text()}"
+        rd = self.dnskey
+        rdata = f"{rd.flags} {rd.protocol} {int(rd.algorithm)} {base64.b64encode(rd.key).decode()}"
+        return f"{self.zone.to_text()}\t{self.ttl}\tIN\tDNSKEY\t{rdata}"
 
     def to_pkcs8_pem(self) -> bytes:
         """PKCS#8 PEM, what tdns puts (base64-encoded) into a payload's ``private_key``."""

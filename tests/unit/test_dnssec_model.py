@@ -125,6 +125,18 @@ def test_malformed_private_files_name_the_problem(replace, fragment) -> None:
         parse_bind_private(_ed25519_text(**replace), where="Ktest.private")
 
 
+def test_ecdsa_scalar_written_without_leading_zeros_loads() -> None:
+    # dnssec-keygen drops leading zero bytes of the ECDSA scalar (seen: 2 keys in 400).
+    scalar = bytes([0]) + bytes(range(1, 32))
+    text = (
+        "Private-key-format: v1.3\nAlgorithm: 13 (ECDSAP256SHA256)\n"
+        f"PrivateKey: {base64.b64encode(scalar[1:]).decode()}\n"
+    )
+    algorithm, private, _ = parse_bind_private(text)
+    assert algorithm == 13
+    assert private.private_numbers().private_value == int.from_bytes(scalar, "big")
+
+
 def test_unknown_bind_fields_are_tolerated() -> None:
     algorithm, _, _ = parse_bind_private(_ed25519_text() + "SyncPublish: 20260101000000\n")
     assert algorithm == 15
