@@ -13,7 +13,6 @@ import binascii
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, x25519
 
 from krs_plugin.errors import KeyFileError
+from krs_plugin.files import PUBLIC_MODE, SECRET_MODE, atomic_write
 
 X25519_KEY_BYTES = 32
 P256_COORDINATE_BYTES = 32
@@ -271,30 +271,11 @@ def write_jose_public(
 
 def write_secret_file(path: str | os.PathLike[str], text: str) -> None:
     """Atomically write a file that is 0600 from its first byte (never chmod-ed afterwards)."""
-    _atomic_write(Path(path), text.encode(), 0o600)
+    atomic_write(path, text.encode(), SECRET_MODE)
 
 
 def write_public_file(path: str | os.PathLike[str], text: str) -> None:
-    _atomic_write(Path(path), text.encode(), 0o644)
-
-
-def _atomic_write(path: Path, data: bytes, mode: int) -> None:
-    directory = path.parent if str(path.parent) else Path(".")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)  # mkstemp is 0600
-    except OSError as exc:
-        raise KeyFileError(f"{path}: cannot create file: {exc}") from exc
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if mode != 0o600:
-            os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise KeyFileError(f"{path}: cannot write file: {exc}") from exc
+    atomic_write(path, text.encode(), PUBLIC_MODE)
 
 
 def _comment_lines(comment: str) -> str:

@@ -10,10 +10,8 @@ from __future__ import annotations
 import base64
 import binascii
 import os
-import tempfile
 from pathlib import Path
 
-import dns.name
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
@@ -27,6 +25,7 @@ from krs_plugin.dnssec.timing import (
     parse_bind_time,
 )
 from krs_plugin.errors import KeyFileError, KrsError
+from krs_plugin.files import PUBLIC_MODE, SECRET_MODE, atomic_write
 
 SUPPORTED_FORMATS = ("v1.2", "v1.3")
 _RSA_FIELDS = (
@@ -200,32 +199,6 @@ def write_bind_key_pair(
     """Write ``.key`` (0644) and ``.private`` (0600 from creation), each atomically."""
     base = Path(directory) / key.basename
     key_path, private_path = Path(f"{base}.key"), Path(f"{base}.private")
-    _atomic_write(private_path, bind_private_text(key, timing), 0o600)
-    _atomic_write(key_path, bind_public_text(key, timing), 0o644)
+    atomic_write(private_path, bind_private_text(key, timing).encode(), SECRET_MODE)
+    atomic_write(key_path, bind_public_text(key, timing).encode(), PUBLIC_MODE)
     return key_path, private_path
-
-
-def _atomic_write(path: Path, text: str, mode: int) -> None:
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # created 0600
-    except OSError as exc:
-        raise KeyFileError(f"{path}: cannot create file: {exc}") from exc
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if mode != 0o600:
-            os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise KeyFileError(f"{path}: cannot write file: {exc}") from exc
-
-
-def zone_of(path: str | os.PathLike[str]) -> dns.name.Name:
-    """The zone named in a BIND key file name (``Kexample.com.+013+12345.key``)."""
-    stem = Path(key_file_paths(path)[0]).name.removesuffix(".key")
-    if not stem.startswith("K") or stem.count("+") < 2:
-        raise KeyFileError(f"{path}: not a BIND key file name (K<zone>+<alg>+<tag>)")
-    return dns.name.from_text(stem[1:].rsplit("+", 2)[0])

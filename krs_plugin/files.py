@@ -1,0 +1,38 @@
+"""Atomic file writes with the final mode in place before the content lands.
+
+Key files must never exist, even for a moment, with looser permissions or half-written: the data
+goes to a temporary file in the same directory (created 0600 by ``mkstemp``), is synced, gets its
+final mode, and is renamed over the target in one step.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from krs_plugin.errors import KeyFileError
+
+SECRET_MODE = 0o600
+PUBLIC_MODE = 0o644
+
+
+def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = SECRET_MODE) -> None:
+    """Replace ``path`` with ``data`` atomically; ``KeyFileError`` naming the path on failure."""
+    target = Path(path)
+    directory = target.parent if str(target.parent) else Path(".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=directory)
+    except OSError as exc:
+        raise KeyFileError(f"{target}: cannot create file: {exc}") from exc
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if mode != SECRET_MODE:
+            os.chmod(tmp, mode)
+        os.replace(tmp, target)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise KeyFileError(f"{target}: cannot write file: {exc}") from exc
