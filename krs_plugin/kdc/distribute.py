@@ -1,0 +1,157 @@
+"""Create distributions: the zone's keys as one payload, sealed and signed for each node.
+
+One distribution id (tdns's increasing counter, the node's "serial") addresses all target nodes;
+each node gets its own sealed copy and its own status. Everything is stored in one transaction, so
+a failure part-way leaves no half-published distribution.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import dns.name
+
+from krs_plugin.crypto import HpkeKey, JoseKey
+from krs_plugin.dnssec import DnssecKey, KeyTiming, load_pkcs8_pem
+from krs_plugin.kdc.build import NodeRecipient, build_distribution
+from krs_plugin.kdc.identity import KdcIdentity
+from krs_plugin.kdc.store import KeyRow, NodeRow, StateError, Store
+from krs_plugin.payload import Entry, delete_key_entry, encode_payload, roll_key_entry
+from krs_plugin.protocol import DEFAULT_CHUNK_SIZE
+from krs_plugin.protocol.manifest import DEFAULT_DISTRIBUTION_TTL
+
+LIVE_STATES = ("created", "published", "active", "retired")
+
+
+@dataclass(frozen=True)
+class DistributionSummary:
+    distribution_id: str
+    zone: str
+    nodes: tuple[str, ...]
+    key_count: int
+    delete_count: int
+    records: int
+
+
+def recipient_for(node: NodeRow) -> NodeRecipient:
+    """The node's public key for its backend, as stored at ``node add``."""
+    name = dns.name.from_text(node.id)
+    if node.backend == "hpke":
+        if not node.hpke_pubkey:
+            raise StateError(f"node {node.id} uses hpke but has no X25519 public key")
+        return NodeRecipient(name, "hpke", HpkeKey.from_public_hex(node.hpke_pubkey))
+    if not node.jose_pubkey:
+        raise StateError(f"node {node.id} uses jose but has no P-256 public key")
+    return NodeRecipient(name, "jose", JoseKey.from_jwk(json.loads(node.jose_pubkey)))
+
+
+def key_of(row: KeyRow) -> DnssecKey:
+    return load_pkcs8_pem(row.private_pem, row.zone, row.algorithm, row.flags)
+
+
+def zone_entries(
+    keys: Sequence[KeyRow], dist_id: str, *, now: int, expires_at: int
+) -> tuple[list[Entry], int, int]:
+    """roll_key for every live key (with its timing), delete_key for removed ones."""
+    entries: list[Entry] = []
+    rolls = deletes = 0
+    for row in keys:
+        if row.state in LIVE_STATES:
+            timing = KeyTiming(
+                publish=row.publish_at,
+                activate=row.activate_at,
+                inactive=row.inactive_at,
+                delete=row.delete_at,
+            )
+            entries.append(
+                roll_key_entry(
+                    key_of(row),
+                    row.role,  # type: ignore[arg-type]
+                    timing=timing,
+                    distribution_id=dist_id,
+                    issued_at=now,
+                    expires_at=expires_at,
+                )
+            )
+            rolls += 1
+        elif row.state == "removed":
+            entries.append(
+                delete_key_entry(
+                    row.zone,
+                    row.key_tag,
+                    "removed at the KDC",
+                    distribution_id=dist_id,
+                    issued_at=now,
+                    expires_at=expires_at,
+                )
+            )
+            deletes += 1
+    return entries, rolls, deletes
+
+
+def distribute_zone(
+    store: Store,
+    identity: KdcIdentity,
+    zone: str,
+    *,
+    node_ids: Sequence[str] | None = None,
+    now: float,
+    ttl: int = DEFAULT_DISTRIBUTION_TTL,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    progress: Callable[[int, int], None] | None = None,
+) -> DistributionSummary:
+    """Build and store one distribution of ``zone``'s keys for its nodes (or ``node_ids``)."""
+    zone = store.require_zone(zone)
+    if node_ids:
+        nodes = [store.require_node(n) for n in node_ids]
+        for node in nodes:
+            if zone not in node.zones:
+                raise StateError(f"node {node.id} does not serve zone {zone}")
+    else:
+        nodes = store.nodes(zone)
+    if not nodes:
+        raise StateError(f"zone {zone} has no nodes to distribute to (krs-kdc node add ...)")
+    keys = store.keys(zone)
+    if not any(k.state in LIVE_STATES for k in keys):
+        raise StateError(f"zone {zone} has no keys (krs-kdc key generate --zone {zone} ...)")
+    stamp = int(now)
+    expires_at = stamp + ttl
+    recipients = [recipient_for(node) for node in nodes]  # fails before anything is stored
+    records_total = 0
+    with store.transaction():
+        dist_id, serial = store.next_distribution_id(now)
+        entries, rolls, deletes = zone_entries(keys, dist_id, now=stamp, expires_at=expires_at)
+        cleartext = encode_payload(entries)
+        counts = {"zone_count": 1, "key_count": rolls + deletes, "operation_count": len(entries)}
+        for index, (node, recipient) in enumerate(zip(nodes, recipients, strict=True)):
+            records = build_distribution(
+                cleartext,
+                recipient,
+                identity.signer,
+                dist_id,
+                now=now,
+                counts=counts,
+                distribution_ttl=ttl,
+                chunk_size=chunk_size,
+            )
+            store.add_distribution(
+                dist_id,
+                serial,
+                node.id,
+                zone=zone,
+                content="key_operations",
+                created_at=stamp,
+                expires_at=expires_at,
+                records=[r.to_wire() or b"" for r in records],
+            )
+            records_total += len(records)
+            if progress is not None:
+                progress(index + 1, len(nodes))
+        store.db.execute(
+            "UPDATE keys SET state = 'published' WHERE zone = ? AND state = 'created'", (zone,)
+        )
+    return DistributionSummary(
+        dist_id, zone, tuple(n.id for n in nodes), rolls, deletes, records_total
+    )

@@ -1,0 +1,500 @@
+"""The KDC's state in SQLite (WAL): zones, DNSSEC keys, nodes, distributions and their records.
+
+The database holds DNSSEC private keys, so it is created 0600 and never logged. Every change runs in
+one transaction: a command that fails leaves the state exactly as it was.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dns.exception
+import dns.name
+
+from krs_plugin.errors import ConfigError, KrsError
+
+SCHEMA_VERSION = 1
+KEY_STATES = ("created", "published", "active", "retired", "removed")
+DISTRIBUTION_STATES = ("pending", "confirmed", "failed", "expired")
+BACKENDS = ("hpke", "jose")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS zones (
+    name TEXT PRIMARY KEY,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS keys (
+    id INTEGER PRIMARY KEY,
+    zone TEXT NOT NULL REFERENCES zones(name),
+    key_tag INTEGER NOT NULL,
+    role TEXT NOT NULL CHECK (role IN ('KSK', 'ZSK', 'CSK')),
+    algorithm INTEGER NOT NULL,
+    flags INTEGER NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('created','published','active','retired','removed')),
+    private_pem BLOB NOT NULL,
+    created_at INTEGER NOT NULL,
+    publish_at INTEGER,
+    activate_at INTEGER,
+    inactive_at INTEGER,
+    delete_at INTEGER,
+    UNIQUE (zone, key_tag, algorithm)
+);
+CREATE TABLE IF NOT EXISTS nodes (
+    id TEXT PRIMARY KEY,
+    notify_address TEXT NOT NULL,
+    backend TEXT NOT NULL CHECK (backend IN ('hpke', 'jose')),
+    hpke_pubkey TEXT,
+    jose_pubkey TEXT,
+    signing_pubkey TEXT,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS node_zones (
+    node_id TEXT NOT NULL REFERENCES nodes(id) ON DELETE CASCADE,
+    zone TEXT NOT NULL REFERENCES zones(name),
+    PRIMARY KEY (node_id, zone)
+);
+CREATE TABLE IF NOT EXISTS distributions (
+    id TEXT NOT NULL,
+    node_id TEXT NOT NULL,
+    serial INTEGER NOT NULL,
+    zone TEXT,
+    content TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('pending','confirmed','failed','expired')),
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    notified_at INTEGER,
+    notify_attempts INTEGER NOT NULL DEFAULT 0,
+    confirmed_at INTEGER,
+    error TEXT,
+    report TEXT,
+    PRIMARY KEY (id, node_id)
+);
+CREATE TABLE IF NOT EXISTS records (
+    distribution_id TEXT NOT NULL,
+    node_id TEXT NOT NULL,
+    sequence INTEGER NOT NULL,
+    rdata BLOB NOT NULL,
+    PRIMARY KEY (distribution_id, node_id, sequence)
+);
+CREATE TABLE IF NOT EXISTS distribution_sequence (id INTEGER PRIMARY KEY CHECK (id = 1),
+                                                  next INTEGER NOT NULL);
+"""
+
+
+class StateError(KrsError):
+    """A KDC command refers to something that does not exist, or would duplicate something."""
+
+
+@dataclass(frozen=True)
+class NodeRow:
+    id: str
+    notify_address: str
+    backend: str
+    hpke_pubkey: str | None
+    jose_pubkey: str | None
+    signing_pubkey: str | None
+    created_at: int
+    zones: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class KeyRow:
+    id: int
+    zone: str
+    key_tag: int
+    role: str
+    algorithm: int
+    flags: int
+    state: str
+    created_at: int
+    publish_at: int | None
+    activate_at: int | None
+    inactive_at: int | None
+    delete_at: int | None
+    private_pem: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class DistributionRow:
+    id: str
+    node_id: str
+    serial: int
+    zone: str | None
+    content: str
+    status: str
+    created_at: int
+    expires_at: int
+    notified_at: int | None
+    notify_attempts: int
+    confirmed_at: int | None
+    error: str | None
+    report: str | None
+
+
+def canonical(name: str) -> str:
+    """Zone and node names are stored lower-case and absolute."""
+    text = name.strip().lower()
+    if not text.endswith("."):
+        raise StateError(f"name {name!r} must be fully qualified (end with '.')")
+    try:
+        return dns.name.from_text(text).to_text()
+    except dns.exception.DNSException as exc:
+        raise StateError(f"name {name!r} is not a valid domain name: {exc}") from exc
+
+
+class Store:
+    """All reads and writes of the KDC's state."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            if not self.path.parent.is_dir():
+                raise ConfigError(f"{self.path}: state directory does not exist (run init)")
+            # Created 0600 before SQLite opens it: the database holds private keys.
+            os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        self.db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        self.db.execute("PRAGMA busy_timeout=10000")
+        self.db.executescript(_SCHEMA)  # idempotent; executescript manages its own transaction
+        with self.transaction():
+            self.db.execute(
+                "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One atomic change: everything inside commits together or not at all."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # --- meta -----------------------------------------------------------------------------
+
+    def get_meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row["value"])
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.transaction():
+            self.db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+
+    # --- zones ----------------------------------------------------------------------------
+
+    def add_zone(self, name: str, *, now: float | None = None) -> str:
+        zone = canonical(name)
+        with self.transaction():
+            if self._zone_exists(zone):
+                raise StateError(f"zone {zone} already exists")
+            self.db.execute(
+                "INSERT INTO zones(name, created_at) VALUES (?, ?)", (zone, int(now or time.time()))
+            )
+        return zone
+
+    def zones(self) -> list[str]:
+        return [r["name"] for r in self.db.execute("SELECT name FROM zones ORDER BY name")]
+
+    def require_zone(self, name: str) -> str:
+        zone = canonical(name)
+        if not self._zone_exists(zone):
+            raise StateError(f"zone {zone} not found (add it with: krs-kdc zone add {zone})")
+        return zone
+
+    def _zone_exists(self, zone: str) -> bool:
+        return self.db.execute("SELECT 1 FROM zones WHERE name = ?", (zone,)).fetchone() is not None
+
+    # --- nodes ----------------------------------------------------------------------------
+
+    def add_node(
+        self,
+        node_id: str,
+        *,
+        notify_address: str,
+        backend: str,
+        hpke_pubkey: str | None,
+        jose_pubkey: str | None,
+        signing_pubkey: str | None,
+        zones: Sequence[str],
+        now: float | None = None,
+    ) -> NodeRow:
+        node = canonical(node_id)
+        if backend not in BACKENDS:
+            raise StateError(f"backend {backend!r} is not one of {BACKENDS}")
+        with self.transaction():
+            if self.find_node(node) is not None:
+                raise StateError(f"node {node} already exists (remove it first to re-add)")
+            wanted = [self.require_zone(z) for z in zones]
+            created = int(now or time.time())
+            self.db.execute(
+                "INSERT INTO nodes(id, notify_address, backend, hpke_pubkey, jose_pubkey, "
+                "signing_pubkey, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (node, notify_address, backend, hpke_pubkey, jose_pubkey, signing_pubkey, created),
+            )
+            self.db.executemany(
+                "INSERT INTO node_zones(node_id, zone) VALUES (?, ?)", [(node, z) for z in wanted]
+            )
+        found = self.find_node(node)
+        assert found is not None
+        return found
+
+    def remove_node(self, node_id: str) -> None:
+        node = canonical(node_id)
+        with self.transaction():
+            if self.find_node(node) is None:
+                raise StateError(f"node {node} not found")
+            self.db.execute("DELETE FROM nodes WHERE id = ?", (node,))
+
+    def find_node(self, node_id: str) -> NodeRow | None:
+        row = self.db.execute("SELECT * FROM nodes WHERE id = ?", (canonical(node_id),)).fetchone()
+        return None if row is None else self._node(row)
+
+    def require_node(self, node_id: str) -> NodeRow:
+        found = self.find_node(node_id)
+        if found is None:
+            raise StateError(f"node {canonical(node_id)} not found (see: krs-kdc node list)")
+        return found
+
+    def nodes(self, zone: str | None = None) -> list[NodeRow]:
+        if zone is None:
+            rows = self.db.execute("SELECT * FROM nodes ORDER BY id").fetchall()
+        else:
+            rows = self.db.execute(
+                "SELECT n.* FROM nodes n JOIN node_zones z ON z.node_id = n.id "
+                "WHERE z.zone = ? ORDER BY n.id",
+                (canonical(zone),),
+            ).fetchall()
+        return [self._node(r) for r in rows]
+
+    def _node(self, row: sqlite3.Row) -> NodeRow:
+        zones = tuple(
+            r["zone"]
+            for r in self.db.execute(
+                "SELECT zone FROM node_zones WHERE node_id = ? ORDER BY zone", (row["id"],)
+            )
+        )
+        return NodeRow(
+            row["id"],
+            row["notify_address"],
+            row["backend"],
+            row["hpke_pubkey"],
+            row["jose_pubkey"],
+            row["signing_pubkey"],
+            row["created_at"],
+            zones,
+        )
+
+    # --- keys -----------------------------------------------------------------------------
+
+    def add_key(
+        self,
+        zone: str,
+        *,
+        key_tag: int,
+        role: str,
+        algorithm: int,
+        flags: int,
+        private_pem: bytes,
+        state: str = "created",
+        publish_at: int | None = None,
+        activate_at: int | None = None,
+        now: float | None = None,
+    ) -> KeyRow:
+        with self.transaction():
+            zone = self.require_zone(zone)
+            exists = self.db.execute(
+                "SELECT 1 FROM keys WHERE zone = ? AND key_tag = ? AND algorithm = ?",
+                (zone, key_tag, algorithm),
+            ).fetchone()
+            if exists:
+                raise StateError(f"zone {zone} already has a key with tag {key_tag}")
+            cursor = self.db.execute(
+                "INSERT INTO keys(zone, key_tag, role, algorithm, flags, state, private_pem, "
+                "created_at, publish_at, activate_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    zone,
+                    key_tag,
+                    role,
+                    algorithm,
+                    flags,
+                    state,
+                    private_pem,
+                    int(now or time.time()),
+                    publish_at,
+                    activate_at,
+                ),
+            )
+            key_id = cursor.lastrowid
+        return self.key_by_id(int(key_id or 0))
+
+    def key_by_id(self, key_id: int) -> KeyRow:
+        row = self.db.execute("SELECT * FROM keys WHERE id = ?", (key_id,)).fetchone()
+        if row is None:
+            raise StateError(f"key {key_id} not found")
+        return self._key(row)
+
+    def keys(self, zone: str | None = None, states: Sequence[str] | None = None) -> list[KeyRow]:
+        query = "SELECT * FROM keys"
+        clauses, args = [], []
+        if zone is not None:
+            clauses.append("zone = ?")
+            args.append(canonical(zone))
+        if states:
+            clauses.append(f"state IN ({','.join('?' * len(states))})")
+            args.extend(states)
+        if clauses:
+            query += " WHERE " + " AND ".join(clauses)
+        rows = self.db.execute(query + " ORDER BY zone, id", args).fetchall()
+        return [self._key(r) for r in rows]
+
+    def set_key_state(self, key_id: int, state: str, *, now: float | None = None) -> None:
+        if state not in KEY_STATES:
+            raise StateError(f"key state {state!r} is not one of {KEY_STATES}")
+        column = {"retired": "inactive_at", "removed": "delete_at"}.get(state)
+        with self.transaction():
+            self.db.execute("UPDATE keys SET state = ? WHERE id = ?", (state, key_id))
+            if column:
+                self.db.execute(
+                    f"UPDATE keys SET {column} = COALESCE({column}, ?) WHERE id = ?",
+                    (int(now or time.time()), key_id),
+                )
+
+    @staticmethod
+    def _key(row: sqlite3.Row) -> KeyRow:
+        return KeyRow(
+            row["id"],
+            row["zone"],
+            row["key_tag"],
+            row["role"],
+            row["algorithm"],
+            row["flags"],
+            row["state"],
+            row["created_at"],
+            row["publish_at"],
+            row["activate_at"],
+            row["inactive_at"],
+            row["delete_at"],
+            bytes(row["private_pem"]),
+        )
+
+    # --- distributions --------------------------------------------------------------------
+
+    def next_distribution_id(self, now: float | None = None) -> tuple[str, int]:
+        """tdns's counter: starts at the current Unix time, then +1; rendered as lowercase hex.
+
+        Must run inside a transaction so that two distributions never share an id.
+        """
+        row = self.db.execute("SELECT next FROM distribution_sequence WHERE id = 1").fetchone()
+        start = int(now or time.time())
+        serial = start if row is None else max(int(row["next"]), start)
+        self.db.execute(
+            "INSERT OR REPLACE INTO distribution_sequence(id, next) VALUES (1, ?)", (serial + 1,)
+        )
+        return f"{serial:x}", serial
+
+    def add_distribution(
+        self,
+        dist_id: str,
+        serial: int,
+        node_id: str,
+        *,
+        zone: str | None,
+        content: str,
+        created_at: int,
+        expires_at: int,
+        records: Sequence[bytes],
+    ) -> None:
+        """Store one node's distribution and its CHUNK records (index 0 = manifest)."""
+        self.db.execute(
+            "INSERT INTO distributions(id, node_id, serial, zone, content, status, created_at, "
+            "expires_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
+            (dist_id, node_id, serial, zone, content, created_at, expires_at),
+        )
+        self.db.executemany(
+            "INSERT INTO records(distribution_id, node_id, sequence, rdata) VALUES (?, ?, ?, ?)",
+            [(dist_id, node_id, i, rdata) for i, rdata in enumerate(records)],
+        )
+
+    def distributions(
+        self, *, status: str | None = None, dist_id: str | None = None
+    ) -> list[DistributionRow]:
+        query = "SELECT * FROM distributions"
+        clauses, args = [], []
+        if status is not None:
+            clauses.append("status = ?")
+            args.append(status)
+        if dist_id is not None:
+            clauses.append("id = ?")
+            args.append(dist_id)
+        if clauses:
+            query += " WHERE " + " AND ".join(clauses)
+        rows = self.db.execute(query + " ORDER BY serial, node_id", args).fetchall()
+        return [DistributionRow(**dict(r)) for r in rows]
+
+    def record(self, dist_id: str, node_id: str, sequence: int) -> bytes | None:
+        """Wire RDATA of one published record, or None (expired, unknown, withdrawn)."""
+        row = self.db.execute(
+            "SELECT r.rdata FROM records r JOIN distributions d "
+            "ON d.id = r.distribution_id AND d.node_id = r.node_id "
+            "WHERE r.distribution_id = ? AND r.node_id = ? AND r.sequence = ? "
+            "AND d.status IN ('pending', 'confirmed')",
+            (dist_id, node_id, sequence),
+        ).fetchone()
+        return None if row is None else bytes(row["rdata"])
+
+    def mark_notified(self, dist_id: str, node_id: str, *, now: float) -> None:
+        with self.transaction():
+            self.db.execute(
+                "UPDATE distributions SET notified_at = ?, notify_attempts = notify_attempts + 1 "
+                "WHERE id = ? AND node_id = ?",
+                (int(now), dist_id, node_id),
+            )
+
+    def set_distribution_status(
+        self,
+        dist_id: str,
+        node_id: str,
+        status: str,
+        *,
+        now: float,
+        error: str | None = None,
+        report: str | None = None,
+    ) -> None:
+        if status not in DISTRIBUTION_STATES:
+            raise StateError(f"distribution status {status!r} is not one of {DISTRIBUTION_STATES}")
+        with self.transaction():
+            self.db.execute(
+                "UPDATE distributions SET status = ?, error = ?, report = COALESCE(?, report), "
+                "confirmed_at = CASE WHEN ? = 'confirmed' THEN ? ELSE confirmed_at END "
+                "WHERE id = ? AND node_id = ?",
+                (status, error, report, status, int(now), dist_id, node_id),
+            )
+
+    def expire_distributions(self, *, now: float) -> list[tuple[str, str]]:
+        """Withdraw pending distributions past their expiry; returns (id, node) pairs expired."""
+        with self.transaction():
+            rows = self.db.execute(
+                "SELECT id, node_id FROM distributions WHERE status = 'pending' AND expires_at < ?",
+                (int(now),),
+            ).fetchall()
+            self.db.execute(
+                "UPDATE distributions SET status = 'expired', error = 'expired before it was "
+                "confirmed' WHERE status = 'pending' AND expires_at < ?",
+                (int(now),),
+            )
+        return [(r["id"], r["node_id"]) for r in rows]
