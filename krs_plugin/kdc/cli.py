@@ -1,12 +1,292 @@
-"""The ``krs-kdc`` command: the Python Key Distribution Center (commands arrive with issue 3)."""
+"""The ``krs-kdc`` command: the Python Key Distribution Center.
+
+State lives in one directory (``--state``, or ``$KRS_KDC_STATE``, default ``./kdc-state``): the
+SQLite database ``kdc.db`` and the KDC's own keys under ``keys/``. Exit codes: 0 ok, 1 operational
+failure, 2 usage or configuration error (including references to things that do not exist).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
 
 from krs_plugin import __version__
+from krs_plugin.crypto import load_hpke_public, load_jose_key
+from krs_plugin.dnssec import generate_key, read_bind_key_pair
+from krs_plugin.errors import ConfigError, KeyFileError, KrsError
+from krs_plugin.kdc.distribute import distribute_zone
+from krs_plugin.kdc.identity import create_identity, load_identity
+from krs_plugin.kdc.store import StateError, Store, canonical
+from krs_plugin.protocol import check_node_id
+from krs_plugin.protocol.chunking import DEFAULT_CHUNK_SIZE
+
+DEFAULT_STATE = "kdc-state"
+ROLE_FLAGS = {"ZSK": 256, "KSK": 257, "CSK": 257}
+
+
+def _state_dir(args: argparse.Namespace) -> Path:
+    return Path(args.state or os.environ.get("KRS_KDC_STATE") or DEFAULT_STATE)
+
+
+def _open_store(args: argparse.Namespace) -> Store:
+    state = _state_dir(args)
+    if not (state / "kdc.db").exists():
+        raise ConfigError(f"{state}: no KDC state here (run: krs-kdc --state {state} init ...)")
+    return Store(state / "kdc.db")
+
+
+def _emit(args: argparse.Namespace, data: Any, lines: Sequence[str]) -> None:
+    if args.json:
+        print(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        for line in lines:
+            print(line)
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    state = _state_dir(args)
+    if (state / "kdc.db").exists():
+        raise ConfigError(f"{state}: a KDC is already initialised here")
+    control_zone = canonical(args.control_zone)
+    state.mkdir(mode=0o700, parents=True, exist_ok=True)
+    identity = create_identity(state / "keys")
+    store = Store(state / "kdc.db")
+    store.set_meta("control_zone", control_zone)
+    data = {
+        "state": str(state),
+        "control_zone": control_zone,
+        "signing_key": identity.signer.thumbprint,
+        "signing_pubkey_file": str(state / "keys" / "kdc.signing.pubkey"),
+    }
+    _emit(
+        args,
+        data,
+        [
+            f"initialised KDC in {state} for control zone {control_zone}",
+            f"signing key {identity.signer.thumbprint}",
+            f"give every KRS this verification key: {data['signing_pubkey_file']}",
+        ],
+    )
+    return 0
+
+
+def cmd_zone_add(args: argparse.Namespace) -> int:
+    store = _open_store(args)
+    zone = store.add_zone(args.zone)
+    _emit(args, {"zone": zone}, [f"added zone {zone}"])
+    return 0
+
+
+def cmd_zone_list(args: argparse.Namespace) -> int:
+    store = _open_store(args)
+    zones = store.zones()
+    _emit(args, zones, zones)
+    return 0
+
+
+def cmd_node_add(args: argparse.Namespace) -> int:
+    store = _open_store(args)
+    node_id = check_node_id(canonical(args.node_id)).to_text()
+    hpke = load_hpke_public(args.hpke_pubkey).public_hex if args.hpke_pubkey else None
+    jose = json.dumps(load_jose_key(args.jose_pubkey).public_jwk) if args.jose_pubkey else None
+    signing = (
+        json.dumps(load_jose_key(args.signing_pubkey).public_jwk) if args.signing_pubkey else None
+    )
+    backend = args.backend or ("hpke" if hpke else "jose")
+    if backend == "hpke" and not hpke:
+        raise StateError(f"node {node_id}: backend hpke needs --hpke-pubkey")
+    if backend == "jose" and not jose:
+        raise StateError(f"node {node_id}: backend jose needs --jose-pubkey")
+    _check_address(args.notify)
+    node = store.add_node(
+        node_id,
+        notify_address=args.notify,
+        backend=backend,
+        hpke_pubkey=hpke,
+        jose_pubkey=jose,
+        signing_pubkey=signing,
+        zones=args.zone or [],
+    )
+    _emit(
+        args,
+        asdict(node),
+        [
+            f"added node {node.id} ({node.backend}, notify {node.notify_address}), "
+            f"zones: {', '.join(node.zones) or 'none'}"
+        ],
+    )
+    return 0
+
+
+def cmd_node_list(args: argparse.Namespace) -> int:
+    store = _open_store(args)
+    nodes = store.nodes(args.zone)
+    _emit(
+        args,
+        [asdict(n) for n in nodes],
+        [f"{n.id:32} {n.backend:5} {n.notify_address:22} {' '.join(n.zones)}" for n in nodes],
+    )
+    return 0
+
+
+def cmd_node_remove(args: argparse.Namespace) -> int:
+    store = _open_store(args)
+    store.remove_node(args.node_id)
+    _emit(args, {"removed": canonical(args.node_id)}, [f"removed node {canonical(args.node_id)}"])
+    return 0
+
+
+def cmd_key_generate(args: argparse.Namespace) -> int:
+    store = _open_store(args)
+    zone = store.require_zone(args.zone)
+    now = int(time.time())
+    key = generate_key(zone, args.algorithm, ROLE_FLAGS[args.role])
+    row = store.add_key(
+        zone,
+        key_tag=key.key_tag,
+        role=args.role,
+        algorithm=key.algorithm,
+        flags=key.flags,
+        private_pem=key.to_pkcs8_pem(),
+        publish_at=now,
+        activate_at=now + args.activate_after,
+        now=now,
+    )
+    _emit(
+        args,
+        _key_json(row),
+        [f"generated {row.role} for {zone}: algorithm {row.algorithm}, tag {row.key_tag}"],
+    )
+    return 0
+
+
+def cmd_key_import(args: argparse.Namespace) -> int:
+    store = _open_store(args)
+    key, timing = read_bind_key_pair(args.path)
+    zone = store.require_zone(key.zone.to_text())
+    role = args.role or ("KSK" if key.flags == 257 else "ZSK")
+    if ROLE_FLAGS[role] != key.flags:
+        raise StateError(
+            f"{args.path}: a {role} needs flags {ROLE_FLAGS[role]}, key has {key.flags}"
+        )
+    now = int(time.time())
+    row = store.add_key(
+        zone,
+        key_tag=key.key_tag,
+        role=role,
+        algorithm=key.algorithm,
+        flags=key.flags,
+        private_pem=key.to_pkcs8_pem(),
+        publish_at=timing.publish if timing.publish is not None else now,
+        activate_at=timing.activate if timing.activate is not None else now,
+        now=now,
+    )
+    _emit(args, _key_json(row), [f"imported {row.role} {zone} tag {row.key_tag}"])
+    return 0
+
+
+def cmd_key_list(args: argparse.Namespace) -> int:
+    store = _open_store(args)
+    rows = store.keys(args.zone)
+    _emit(
+        args,
+        [_key_json(r) for r in rows],
+        [f"{r.zone:28} {r.role} alg {r.algorithm:2} tag {r.key_tag:5} {r.state}" for r in rows],
+    )
+    return 0
+
+
+def _key_json(row: Any) -> dict[str, Any]:
+    data = asdict(row)
+    data.pop("private_pem")  # never printed
+    return data
+
+
+def cmd_distribute(args: argparse.Namespace) -> int:
+    store = _open_store(args)
+    identity = load_identity(_state_dir(args) / "keys")
+    show = _progress if not args.json and sys.stderr.isatty() else None
+    summary = distribute_zone(
+        store,
+        identity,
+        args.zone,
+        node_ids=args.node or None,
+        now=time.time(),
+        ttl=args.ttl,
+        chunk_size=args.chunk_size,
+        progress=show,
+    )
+    _emit(
+        args,
+        asdict(summary),
+        [
+            f"distribution {summary.distribution_id} for {summary.zone}: {summary.key_count} "
+            f"key(s), {summary.delete_count} deletion(s), to {len(summary.nodes)} node(s)"
+        ],
+    )
+    return 0
+
+
+def _progress(done: int, total: int) -> None:
+    if total <= 5:
+        return
+    width = 30
+    filled = width * done // total
+    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} nodes")
+    if done == total:
+        sys.stderr.write("\n")
+    sys.stderr.flush()
+
+
+def cmd_distribution_list(args: argparse.Namespace) -> int:
+    store = _open_store(args)
+    rows = store.distributions(status=args.status)
+    _emit(
+        args,
+        [asdict(r) for r in rows],
+        [
+            f"{r.id} {r.node_id:32} {r.zone or '-':24} {r.status:9} notified x{r.notify_attempts}"
+            for r in rows
+        ],
+    )
+    return 0
+
+
+def cmd_distribution_show(args: argparse.Namespace) -> int:
+    store = _open_store(args)
+    rows = store.distributions(dist_id=args.distribution_id)
+    if not rows:
+        raise StateError(f"distribution {args.distribution_id} not found")
+    lines = []
+    for r in rows:
+        lines.append(f"{r.id} node {r.node_id}: {r.status}, zone {r.zone}, serial {r.serial}")
+        lines.append(
+            f"  created {r.created_at}, expires {r.expires_at}, notified "
+            f"{r.notify_attempts}x, confirmed {r.confirmed_at or '-'}"
+        )
+        if r.error:
+            lines.append(f"  error: {r.error}")
+    _emit(args, [asdict(r) for r in rows], lines)
+    return 0
+
+
+def _check_address(text: str) -> None:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
+        raise StateError(f"address {text!r} must be host:port (e.g. 127.0.0.1:5355)")
+
+
+# --- parser -----------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -14,19 +294,92 @@ def build_parser() -> argparse.ArgumentParser:
         prog="krs-kdc",
         description=(
             "Key Distribution Center: generates DNSSEC keys, seals them per node, publishes them "
-            "as CHUNK records in a control zone and sends NOTIFY. The KDC's commands (init, zone, "
-            "node, key, distribute, serve) are not implemented yet; `krs demo` shows the "
-            "distribution format end to end."
+            "as CHUNK records in a control zone and sends NOTIFY."
         ),
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--state", help=f"state directory (default $KRS_KDC_STATE or ./{DEFAULT_STATE})"
+    )
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(parent: Any, name: str, func: Callable[[argparse.Namespace], int], text: str) -> Any:
+        p = parent.add_parser(name, help=text, description=text)
+        p.set_defaults(func=func)
+        return p
+
+    p = add(sub, "init", cmd_init, "create the state directory, database and KDC keys")
+    p.add_argument("--control-zone", required=True, help="e.g. kdc.example.")
+
+    zone = sub.add_parser("zone", help="zones whose keys this KDC manages").add_subparsers(
+        dest="zone_command", metavar="ACTION", required=True
+    )
+    p = add(zone, "add", cmd_zone_add, "add a zone")
+    p.add_argument("zone")
+    add(zone, "list", cmd_zone_list, "list zones")
+
+    node = sub.add_parser("node", help="nodes (KRS instances) that receive keys").add_subparsers(
+        dest="node_command", metavar="ACTION", required=True
+    )
+    p = add(node, "add", cmd_node_add, "add a node with its public keys")
+    p.add_argument("node_id", help="node id, an FQDN such as ns1.edge.example.")
+    p.add_argument("--notify", required=True, help="where the node listens for NOTIFY (host:port)")
+    p.add_argument("--backend", choices=("hpke", "jose"))
+    p.add_argument("--hpke-pubkey", help="file with the node's X25519 public key (hex)")
+    p.add_argument("--jose-pubkey", help="file with the node's P-256 public JWK")
+    p.add_argument("--signing-pubkey", help="file with the node's P-256 key for confirmations")
+    p.add_argument("--zone", action="append", help="a zone the node serves (repeatable)")
+    p = add(node, "list", cmd_node_list, "list nodes")
+    p.add_argument("--zone")
+    p = add(node, "remove", cmd_node_remove, "remove a node")
+    p.add_argument("node_id")
+
+    key = sub.add_parser("key", help="DNSSEC keys").add_subparsers(
+        dest="key_command", metavar="ACTION", required=True
+    )
+    p = add(key, "generate", cmd_key_generate, "generate a key for a zone")
+    p.add_argument("--zone", required=True)
+    p.add_argument("--role", choices=tuple(ROLE_FLAGS), required=True)
+    p.add_argument("--algorithm", type=int, choices=(8, 13, 14, 15, 16), default=13)
+    p.add_argument("--activate-after", type=int, default=0, metavar="SECONDS")
+    p = add(key, "import", cmd_key_import, "import a BIND key pair (.key/.private)")
+    p.add_argument("path")
+    p.add_argument("--role", choices=tuple(ROLE_FLAGS))
+    p = add(key, "list", cmd_key_list, "list keys")
+    p.add_argument("--zone")
+
+    p = add(sub, "distribute", cmd_distribute, "seal the zone's keys for its nodes and publish")
+    p.add_argument("--zone", required=True)
+    p.add_argument("--node", action="append", help="only this node (repeatable)")
+    p.add_argument("--ttl", type=int, default=300, help="seconds the distribution stays valid")
+    p.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE)
+
+    dist = sub.add_parser("distribution", help="distributions and their status").add_subparsers(
+        dest="distribution_command", metavar="ACTION", required=True
+    )
+    p = add(dist, "list", cmd_distribution_list, "list distributions")
+    p.add_argument("--status", choices=("pending", "confirmed", "failed", "expired"))
+    p = add(dist, "show", cmd_distribution_show, "show one distribution")
+    p.add_argument("distribution_id")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    build_parser().parse_args(argv)
-    build_parser().print_help()
-    return 0
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return 0
+    try:
+        return int(func(args))
+    except (ConfigError, StateError, KeyFileError) as exc:
+        print(f"krs-kdc: {exc}", file=sys.stderr)
+        return 2
+    except KrsError as exc:
+        print(f"krs-kdc: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
