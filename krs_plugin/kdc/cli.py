@@ -8,6 +8,7 @@ failure, 2 usage or configuration error (including references to things that do 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -280,6 +281,46 @@ def cmd_distribution_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    from krs_plugin.kdc.server import ServeOptions, serve
+
+    store = _open_store(args)
+    control_zone = store.get_meta("control_zone")
+    if control_zone is None:
+        raise ConfigError(f"{_state_dir(args)}: no control zone recorded (run init)")
+    listen = []
+    for text in args.listen or ["127.0.0.1:5354"]:
+        _check_address(text)
+        host, _, port = text.rpartition(":")
+        listen.append((host.strip("[]"), int(port)))
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    options = ServeOptions(
+        listen=tuple(listen),
+        notify_retry_base=args.notify_retry,
+        notify_retry_max=args.notify_retry_max,
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(store, control_zone, options))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from krs_plugin.kdc.export import export_zone
+
+    store = _open_store(args)
+    text = export_zone(store, store.get_meta("control_zone") or "")
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def _check_address(text: str) -> None:
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
@@ -362,6 +403,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--status", choices=("pending", "confirmed", "failed", "expired"))
     p = add(dist, "show", cmd_distribution_show, "show one distribution")
     p.add_argument("distribution_id")
+
+    p = add(sub, "serve", cmd_serve, "serve the control zone, send NOTIFY, take confirmations")
+    p.add_argument("--listen", action="append", help="host:port (repeatable; 127.0.0.1:5354)")
+    p.add_argument("--notify-retry", type=float, default=1.0, metavar="SECONDS")
+    p.add_argument("--notify-retry-max", type=float, default=60.0, metavar="SECONDS")
+    p = add(sub, "export", cmd_export, "write the control zone as a standard zone file")
+    p.add_argument("--output", "-o", help="file (default: standard output)")
     return parser
 
 

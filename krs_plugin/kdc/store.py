@@ -71,6 +71,7 @@ CREATE TABLE IF NOT EXISTS distributions (
     expires_at INTEGER NOT NULL,
     notified_at INTEGER,
     notify_attempts INTEGER NOT NULL DEFAULT 0,
+    notify_acked_at INTEGER,
     confirmed_at INTEGER,
     error TEXT,
     report TEXT,
@@ -133,6 +134,7 @@ class DistributionRow:
     expires_at: int
     notified_at: int | None
     notify_attempts: int
+    notify_acked_at: int | None
     confirmed_at: int | None
     error: str | None
     report: str | None
@@ -464,6 +466,22 @@ class Store:
                 "WHERE id = ? AND node_id = ?",
                 (int(now), dist_id, node_id),
             )
+
+    def mark_notify_acked(self, dist_id: str, node_id: str, *, now: float) -> None:
+        with self.transaction():
+            self.db.execute(
+                "UPDATE distributions SET notify_acked_at = ? WHERE id = ? AND node_id = ?",
+                (int(now), dist_id, node_id),
+            )
+
+    def published_records(self) -> list[tuple[str, str, int, bytes]]:
+        """(distribution id, node id, sequence, rdata) of everything the zone serves now."""
+        rows = self.db.execute(
+            "SELECT r.distribution_id, r.node_id, r.sequence, r.rdata FROM records r "
+            "JOIN distributions d ON d.id = r.distribution_id AND d.node_id = r.node_id "
+            "WHERE d.status IN ('pending', 'confirmed') ORDER BY d.serial, r.node_id, r.sequence"
+        ).fetchall()
+        return [(r[0], r[1], r[2], bytes(r[3])) for r in rows]
 
     def set_distribution_status(
         self,

@@ -1,0 +1,411 @@
+"""``krs-kdc serve``: the control zone over UDP and TCP, NOTIFY to nodes, confirmations back.
+
+Answers, authoritatively: SOA and NS at the control-zone apex, and CHUNK queries for published
+distributions (NXDOMAIN otherwise). Everything else is REFUSED; an unparsable query gets FORMERR
+when its header can be read and is dropped when not. Over UDP an answer larger than the client's
+buffer is truncated (TC=1) so the client retries over TCP.
+
+NOTIFY goes to each target node with exponential backoff until the node answers NOERROR.
+Confirmations are NOTIFY messages from nodes carrying EDNS0 option 65004 (PROTOCOL.md section 6);
+when the node enrolled a signing key, the report's JWS must verify with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import struct
+import time
+from dataclasses import dataclass
+from typing import cast
+
+import dns.exception
+import dns.flags
+import dns.message
+import dns.name
+import dns.opcode
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
+from dns.rdtypes.ANY.SOA import SOA
+
+from krs_plugin.crypto import JoseKey
+from krs_plugin.crypto.jose import jws_verify
+from krs_plugin.errors import KrsError
+from krs_plugin.kdc.store import DistributionRow, Store
+from krs_plugin.protocol import (
+    CHUNK_OPTION,
+    CHUNK_TYPE,
+    ChunkOption,
+    find_chunk_option,
+    notify_name,
+    parse_chunk_query,
+    parse_chunk_wire,
+    parse_notify_name,
+)
+from krs_plugin.protocol.edns import CONTENT_KEY_STATUS
+
+log = logging.getLogger("krs_plugin.kdc.server")
+
+RECORD_TTL = 300
+UDP_DEFAULT_PAYLOAD = 512
+NOTIFY_TIMEOUT = 2.0
+MAX_TCP_MESSAGE = 65535
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    listen: tuple[tuple[str, int], ...]
+    notify_retry_base: float = 1.0
+    notify_retry_max: float = 60.0
+    tick: float = 0.5
+
+
+class ControlZone:
+    """Builds answers from the store; no network code, so it is testable on its own."""
+
+    def __init__(self, store: Store, control_zone: str, nameserver: str = "ns") -> None:
+        self.store = store
+        self.origin = dns.name.from_text(control_zone)
+        self.ns = dns.name.Name((nameserver.encode(), *self.origin.labels))
+        self.chunk_type = dns.rdatatype.RdataType.make(CHUNK_TYPE)
+
+    def soa(self) -> SOA:
+        serial = int(time.time()) & 0xFFFFFFFF
+        text = f"{self.ns} hostmaster.{self.origin} {serial} 3600 600 86400 {RECORD_TTL}"
+        rdata = dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.SOA, text)
+        assert isinstance(rdata, SOA)
+        return rdata
+
+    def answer(self, query: dns.message.Message, source: str) -> dns.message.Message:
+        response = dns.message.make_response(query)
+        response.flags |= dns.flags.AA
+        if query.opcode() == dns.opcode.NOTIFY:
+            return self._confirmation(query, response, source)
+        if query.opcode() != dns.opcode.QUERY or len(query.question) != 1:
+            response.set_rcode(dns.rcode.REFUSED if query.question else dns.rcode.FORMERR)
+            response.flags &= ~dns.flags.AA
+            return response
+        question = query.question[0]
+        qname, qtype = question.name, question.rdtype
+        if question.rdclass != dns.rdataclass.IN or not qname.is_subdomain(self.origin):
+            response.set_rcode(dns.rcode.REFUSED)
+            response.flags &= ~dns.flags.AA
+            return response
+        if qname == self.origin and qtype in (dns.rdatatype.SOA, dns.rdatatype.NS):
+            rdata = self.soa() if qtype == dns.rdatatype.SOA else self._ns_rdata()
+            response.answer.append(dns.rrset.from_rdata_list(qname, RECORD_TTL, [rdata]))
+            return response
+        if qtype != self.chunk_type:
+            response.set_rcode(dns.rcode.REFUSED)
+            response.flags &= ~dns.flags.AA
+            return response
+        try:
+            parsed = parse_chunk_query(qname, self.origin)
+        except KrsError:
+            return self._nxdomain(response)
+        wire = self.store.record(parsed.distribution_id, parsed.node_id.to_text(), parsed.index)
+        if wire is None:
+            return self._nxdomain(response)
+        rdata = parse_chunk_wire(wire, CHUNK_TYPE)
+        response.answer.append(dns.rrset.from_rdata_list(qname, RECORD_TTL, [rdata]))
+        return response
+
+    def _ns_rdata(self) -> dns.rdata.Rdata:
+        return dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.NS, self.ns.to_text())
+
+    def _nxdomain(self, response: dns.message.Message) -> dns.message.Message:
+        response.set_rcode(dns.rcode.NXDOMAIN)
+        response.authority.append(dns.rrset.from_rdata_list(self.origin, RECORD_TTL, [self.soa()]))
+        return response
+
+    def _confirmation(
+        self, query: dns.message.Message, response: dns.message.Message, source: str
+    ) -> dns.message.Message:
+        """A node's confirmation NOTIFY: find the node, check the report, record the outcome."""
+        try:
+            dist_id = parse_notify_name(query.question[0].name, self.origin)
+        except (KrsError, IndexError) as exc:
+            log.warning("confirmation from %s refused: %s", source, exc)
+            response.set_rcode(dns.rcode.REFUSED)
+            return response
+        option = find_chunk_option(query.options)
+        rows = self.store.distributions(dist_id=dist_id)
+        if not rows:
+            log.warning("confirmation from %s for unknown distribution %s", source, dist_id)
+            response.set_rcode(dns.rcode.REFUSED)
+            return response
+        report: dict[str, object] = {}
+        if option is not None and option.content == CONTENT_KEY_STATUS:
+            try:
+                loaded = json.loads(option.body)
+            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+                loaded = None
+            if not isinstance(loaded, dict):
+                log.warning("confirmation from %s for %s: malformed report", source, dist_id)
+                response.set_rcode(dns.rcode.FORMERR)
+                return response
+            report = loaded
+        node_id = self._identify(report, rows, source)
+        if node_id is None:
+            log.warning("confirmation from %s for %s: no matching node", source, dist_id)
+            response.set_rcode(dns.rcode.REFUSED)
+            return response
+        problem = self._check_signature(report, node_id)
+        if problem is not None:
+            log.warning(
+                "confirmation for %s from node %s (%s) rejected: %s",
+                dist_id,
+                node_id,
+                source,
+                problem,
+            )
+            response.set_rcode(dns.rcode.REFUSED)
+            return response
+        failed = report.get("failed_keys") or []
+        status = "failed" if failed else "confirmed"
+        error = json.dumps(failed) if failed else None
+        self.store.set_distribution_status(
+            dist_id, node_id, status, now=time.time(), error=error, report=json.dumps(report)
+        )
+        log.info("distribution %s for %s %s", dist_id, node_id, status)
+        return response
+
+    def _identify(
+        self, report: dict[str, object], rows: list[DistributionRow], source: str
+    ) -> str | None:
+        claimed = report.get("node_id")
+        targets = {r.node_id for r in rows}
+        if isinstance(claimed, str):
+            name = claimed.lower() if claimed.endswith(".") else claimed.lower() + "."
+            return name if name in targets else None
+        # tdns: the node is the one whose notify address has the packet's source IP.
+        node_id: str
+        for node_id in sorted(targets):
+            node = self.store.find_node(node_id)
+            if node is not None and node.notify_address.rpartition(":")[0].strip("[]") == source:
+                return node_id
+        return None
+
+    def _check_signature(self, report: dict[str, object], node_id: str) -> str | None:
+        node = self.store.find_node(node_id)
+        if node is None:
+            return "node no longer exists"
+        if not node.signing_pubkey:
+            return None  # a tdns node without a signing key: identified by address only
+        signature = report.get("signature")
+        if not isinstance(signature, str):
+            return "report is not signed, but the node enrolled a signing key"
+        unsigned = {k: v for k, v in report.items() if k != "signature"}
+        expected = json.dumps(unsigned, sort_keys=True, separators=(",", ":")).encode()
+        try:
+            key = JoseKey.from_jwk(json.loads(node.signing_pubkey))
+            payload = jws_verify(signature, key, where="confirmation signature")
+        except KrsError as exc:
+            return str(exc)
+        if payload != expected:
+            return "signature covers a different report"
+        return None
+
+
+def sign_report(report: dict[str, object], key: JoseKey) -> dict[str, object]:
+    """Add ``signature`` (JWS ES256 over the canonical report) as our KRS does."""
+    from krs_plugin.crypto.jose import jws_sign
+
+    unsigned = {k: v for k, v in report.items() if k != "signature"}
+    payload = json.dumps(unsigned, sort_keys=True, separators=(",", ":")).encode()
+    return {**unsigned, "signature": jws_sign(payload, key)}
+
+
+def _udp_limit(query: dns.message.Message) -> int:
+    return max(UDP_DEFAULT_PAYLOAD, query.payload) if query.edns >= 0 else UDP_DEFAULT_PAYLOAD
+
+
+def _formerr(wire: bytes) -> bytes | None:
+    """FORMERR for a query whose header can be read; None (drop) otherwise."""
+    if len(wire) < 12:
+        return None
+    (qid, flags) = struct.unpack("!HH", wire[:4])
+    if flags & 0x8000:
+        return None  # a response: never answer it
+    return struct.pack("!HHHHHH", qid, 0x8000 | (flags & 0x7800) | dns.rcode.FORMERR, 0, 0, 0, 0)
+
+
+class KdcServer:
+    """UDP and TCP listeners plus the NOTIFY and expiry loops."""
+
+    def __init__(self, store: Store, zone: ControlZone, options: ServeOptions) -> None:
+        self.store = store
+        self.zone = zone
+        self.options = options
+        self.bound: list[tuple[str, int]] = []
+        self._servers: list[asyncio.AbstractServer] = []
+        self._transports: list[asyncio.BaseTransport] = []
+
+    def handle(self, wire: bytes, source: str, *, udp: bool) -> bytes | None:
+        try:
+            query = dns.message.from_wire(wire)
+        except (dns.exception.DNSException, KrsError, ValueError) as exc:
+            log.info("malformed query from %s: %s", source, exc)
+            return _formerr(wire)
+        if query.flags & dns.flags.QR:
+            return None
+        response = self.zone.answer(query, source)
+        if udp:
+            out = response.to_wire(max_size=_udp_limit(query))  # truncates, sets TC
+        else:
+            out = response.to_wire(max_size=MAX_TCP_MESSAGE)
+        return bytes(out)
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        for host, port in self.options.listen:
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: _UdpProtocol(self), local_addr=(host, port)
+            )
+            self._transports.append(transport)
+            bound_port = transport.get_extra_info("sockname")[1]
+            server = await asyncio.start_server(self._tcp_client, host, bound_port)
+            self._servers.append(server)
+            self.bound.append((host, bound_port))
+            log.info("serving control zone %s on %s port %d", self.zone.origin, host, bound_port)
+
+    async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        source = peer[0] if peer else "?"
+        try:
+            while True:
+                header = await asyncio.wait_for(reader.readexactly(2), timeout=30)
+                (length,) = struct.unpack("!H", header)
+                wire = await asyncio.wait_for(reader.readexactly(length), timeout=30)
+                out = self.handle(wire, source, udp=False)
+                if out is None:
+                    break
+                writer.write(struct.pack("!H", len(out)) + out)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def notify_loop(self) -> None:
+        """Send NOTIFY for pending distributions until each node answers; expire old ones."""
+        while True:
+            now = time.time()
+            for dist_id, node_id in self.store.expire_distributions(now=now):
+                log.info("distribution %s for %s expired and was withdrawn", dist_id, node_id)
+            due = [
+                d
+                for d in self.store.distributions(status="pending")
+                if d.notify_acked_at is None and self._due(d.notified_at, d.notify_attempts, now)
+            ]
+            if due:
+                await asyncio.gather(*(self._notify(d.id, d.node_id) for d in due))
+            await asyncio.sleep(self.options.tick)
+
+    def _due(self, last: int | None, attempts: int, now: float) -> bool:
+        if last is None:
+            return True
+        delay = min(
+            self.options.notify_retry_max, self.options.notify_retry_base * 2 ** (attempts - 1)
+        )
+        return bool(now >= last + delay)
+
+    async def _notify(self, dist_id: str, node_id: str) -> None:
+        node = self.store.find_node(node_id)
+        if node is None:
+            return
+        host, _, port = node.notify_address.rpartition(":")
+        message = dns.message.make_query(
+            notify_name(dist_id, self.zone.origin), dns.rdatatype.RdataType.make(CHUNK_TYPE)
+        )
+        message.set_opcode(dns.opcode.NOTIFY)
+        message.flags = dns.flags.AA
+        self.store.mark_notified(dist_id, node_id, now=time.time())
+        try:
+            reply = await _udp_exchange(message, host.strip("[]"), int(port), NOTIFY_TIMEOUT)
+        except (TimeoutError, OSError, dns.exception.DNSException) as exc:
+            log.info(
+                "NOTIFY %s to %s (%s) unanswered: %s", dist_id, node_id, node.notify_address, exc
+            )
+            return
+        if reply.rcode() == dns.rcode.NOERROR and reply.id == message.id:
+            self.store.mark_notify_acked(dist_id, node_id, now=time.time())
+            log.info("NOTIFY %s to %s answered", dist_id, node_id)
+        else:
+            log.info(
+                "NOTIFY %s to %s answered %s", dist_id, node_id, dns.rcode.to_text(reply.rcode())
+            )
+
+    def close(self) -> None:
+        for server in self._servers:
+            server.close()
+        for transport in self._transports:
+            transport.close()
+
+
+class _UdpProtocol(asyncio.DatagramProtocol):
+    def __init__(self, server: KdcServer) -> None:
+        self.server = server
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        out = self.server.handle(data, addr[0], udp=True)
+        if out is not None and self.transport is not None:
+            self.transport.sendto(out, addr)
+
+
+async def _udp_exchange(
+    message: dns.message.Message, host: str, port: int, timeout: float
+) -> dns.message.Message:
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[bytes] = loop.create_future()
+
+    class _Client(asyncio.DatagramProtocol):
+        def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+            if not future.done():
+                future.set_result(data)
+
+        def error_received(self, exc: Exception) -> None:
+            if not future.done():
+                future.set_exception(exc)
+
+    transport, _ = await loop.create_datagram_endpoint(_Client, remote_addr=(host, port))
+    try:
+        transport.sendto(message.to_wire())
+        data = await asyncio.wait_for(future, timeout)
+    finally:
+        transport.close()
+    return dns.message.from_wire(data)
+
+
+async def serve(store: Store, control_zone: str, options: ServeOptions) -> None:
+    """Run until cancelled."""
+    server = KdcServer(store, ControlZone(store, control_zone), options)
+    await server.start()
+    print(
+        "krs-kdc serving "
+        + ", ".join(f"{h}:{p}" for h, p in server.bound)
+        + f" for {control_zone}",
+        flush=True,
+    )
+    try:
+        await server.notify_loop()
+    finally:
+        server.close()
+
+
+__all__ = [
+    "CHUNK_OPTION",
+    "ChunkOption",
+    "ControlZone",
+    "KdcServer",
+    "ServeOptions",
+    "serve",
+    "sign_report",
+]
