@@ -21,7 +21,7 @@ from typing import Any
 from krs_plugin import __version__
 from krs_plugin.crypto import load_hpke_public, load_jose_key
 from krs_plugin.dnssec import generate_key, read_bind_key_pair
-from krs_plugin.errors import ConfigError, KeyFileError, KrsError
+from krs_plugin.errors import ConfigError, KeyFileError, KrsError, WireError
 from krs_plugin.kdc.distribute import distribute_zone
 from krs_plugin.kdc.identity import create_identity, load_identity
 from krs_plugin.kdc.store import StateError, Store, canonical
@@ -97,7 +97,10 @@ def cmd_zone_list(args: argparse.Namespace) -> int:
 
 def cmd_node_add(args: argparse.Namespace) -> int:
     store = _open_store(args)
-    node_id = check_node_id(canonical(args.node_id)).to_text()
+    try:
+        node_id = check_node_id(canonical(args.node_id)).to_text()
+    except WireError as exc:
+        raise StateError(str(exc)) from exc
     hpke = load_hpke_public(args.hpke_pubkey).public_hex if args.hpke_pubkey else None
     jose = json.dumps(load_jose_key(args.jose_pubkey).public_jwk) if args.jose_pubkey else None
     signing = (

@@ -253,11 +253,16 @@ class KdcServer:
         if query.flags & dns.flags.QR:
             return None
         response = self.zone.answer(query, source)
-        if udp:
-            out = response.to_wire(max_size=_udp_limit(query))  # truncates, sets TC
-        else:
-            out = response.to_wire(max_size=MAX_TCP_MESSAGE)
-        return bytes(out)
+        limit = _udp_limit(query) if udp else MAX_TCP_MESSAGE
+        try:
+            return bytes(response.to_wire(max_size=limit))
+        except dns.exception.TooBig:
+            # Does not fit: an empty answer with TC tells the client to retry over TCP.
+            response.answer.clear()
+            response.authority.clear()
+            response.additional.clear()
+            response.flags |= dns.flags.TC
+            return bytes(response.to_wire(max_size=limit))
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -322,7 +327,7 @@ class KdcServer:
             notify_name(dist_id, self.zone.origin), dns.rdatatype.RdataType.make(CHUNK_TYPE)
         )
         message.set_opcode(dns.opcode.NOTIFY)
-        message.flags = dns.flags.AA
+        message.flags = (message.flags | dns.flags.AA) & ~dns.flags.RD
         self.store.mark_notified(dist_id, node_id, now=time.time())
         try:
             reply = await _udp_exchange(message, host.strip("[]"), int(port), NOTIFY_TIMEOUT)
