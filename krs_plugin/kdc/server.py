@@ -296,18 +296,23 @@ class KdcServer:
             writer.close()
 
     async def notify_loop(self) -> None:
-        """Send NOTIFY for pending distributions until each node answers; expire old ones."""
+        """Send NOTIFY for pending distributions until each node answers; expire old ones.
+
+        Each NOTIFY runs as its own task, so a silent node never delays the others or expiry.
+        """
+        in_flight: dict[tuple[str, str], asyncio.Task[None]] = {}
         while True:
             now = time.time()
             for dist_id, node_id in self.store.expire_distributions(now=now):
                 log.info("distribution %s for %s expired and was withdrawn", dist_id, node_id)
-            due = [
-                d
-                for d in self.store.distributions(status="pending")
-                if d.notify_acked_at is None and self._due(d.notified_at, d.notify_attempts, now)
-            ]
-            if due:
-                await asyncio.gather(*(self._notify(d.id, d.node_id) for d in due))
+            for key in [k for k, task in in_flight.items() if task.done()]:
+                del in_flight[key]
+            for d in self.store.distributions(status="pending"):
+                key = (d.id, d.node_id)
+                if key in in_flight or d.notify_acked_at is not None:
+                    continue
+                if self._due(d.notified_at, d.notify_attempts, now):
+                    in_flight[key] = asyncio.create_task(self._notify(d.id, d.node_id))
             await asyncio.sleep(self.options.tick)
 
     def _due(self, last: int | None, attempts: int, now: float) -> bool:

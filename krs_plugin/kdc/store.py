@@ -454,8 +454,8 @@ class Store:
             "SELECT r.rdata FROM records r JOIN distributions d "
             "ON d.id = r.distribution_id AND d.node_id = r.node_id "
             "WHERE r.distribution_id = ? AND r.node_id = ? AND r.sequence = ? "
-            "AND d.status IN ('pending', 'confirmed')",
-            (dist_id, node_id, sequence),
+            "AND d.status IN ('pending', 'confirmed') AND d.expires_at >= ?",
+            (dist_id, node_id, sequence, int(time.time())),
         ).fetchone()
         return None if row is None else bytes(row["rdata"])
 

@@ -311,6 +311,16 @@ def test_signed_confirmation_moves_status_and_a_forged_one_is_refused(running_kd
     assert statuses == {"a.edge.example.": "confirmed", "b.edge.example.": "pending"}
 
 
+def test_expired_distribution_is_withdrawn_from_the_zone(running_kdc: Kdc) -> None:
+    out = kdc(running_kdc.state, "--json", "distribute", "--zone", ZONE, "--ttl", "1")
+    dist_id = json.loads(out.stdout)["distribution_id"]
+    name = manifest_name("b.edge.example.", dist_id, CZ)
+    assert running_kdc.query(name).answer
+    time.sleep(2.5)
+    assert running_kdc.query(name).rcode() == dns.rcode.NXDOMAIN
+    assert {d["status"] for d in running_kdc.distributions()} == {"expired"}
+
+
 def test_refuses_what_is_not_its_business(running_kdc: Kdc) -> None:
     outside = running_kdc.query(dns.name.from_text("www.example.org."), dns.rdatatype.A, tcp=False)
     assert outside.rcode() == dns.rcode.REFUSED
