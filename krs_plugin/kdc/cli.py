@@ -210,6 +210,34 @@ def cmd_key_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_key_retire(args: argparse.Namespace) -> int:
+    """Stop signing with a key; it stays published until removed."""
+    store = _open_store(args)
+    row = store.require_key(args.zone, args.tag)
+    if row.state == "removed":
+        raise StateError(f"key {row.key_tag} of {row.zone} is already removed")
+    store.set_key_state(row.id, "retired")
+    _emit(
+        args,
+        _key_json(store.key_by_id(row.id)),
+        [f"retired {row.role} {row.zone} tag {row.key_tag}"],
+    )
+    return 0
+
+
+def cmd_key_remove(args: argparse.Namespace) -> int:
+    """Withdraw a key: the next distribution tells the nodes to delete it."""
+    store = _open_store(args)
+    row = store.require_key(args.zone, args.tag)
+    store.set_key_state(row.id, "removed")
+    _emit(
+        args,
+        _key_json(store.key_by_id(row.id)),
+        [f"removed {row.role} {row.zone} tag {row.key_tag}"],
+    )
+    return 0
+
+
 def _key_json(row: Any) -> dict[str, Any]:
     data = asdict(row)
     data.pop("private_pem")  # never printed
@@ -390,6 +418,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(key, "import", cmd_key_import, "import a BIND key pair (.key/.private)")
     p.add_argument("path")
     p.add_argument("--role", choices=tuple(ROLE_FLAGS))
+    p = add(key, "retire", cmd_key_retire, "stop signing with a key (it stays published)")
+    p.add_argument("--zone", required=True)
+    p.add_argument("--tag", type=int, required=True)
+    p = add(
+        key, "remove", cmd_key_remove, "withdraw a key; nodes delete it on the next distribution"
+    )
+    p.add_argument("--zone", required=True)
+    p.add_argument("--tag", type=int, required=True)
     p = add(key, "list", cmd_key_list, "list keys")
     p.add_argument("--zone")
 

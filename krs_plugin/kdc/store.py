@@ -350,6 +350,17 @@ class Store:
             raise StateError(f"key {key_id} not found")
         return self._key(row)
 
+    def require_key(self, zone: str, key_tag: int) -> KeyRow:
+        zone = self.require_zone(zone)
+        rows = self.db.execute(
+            "SELECT * FROM keys WHERE zone = ? AND key_tag = ?", (zone, key_tag)
+        ).fetchall()
+        if not rows:
+            raise StateError(f"zone {zone} has no key with tag {key_tag} (see: krs-kdc key list)")
+        if len(rows) > 1:
+            raise StateError(f"zone {zone} has several keys with tag {key_tag}; use --algorithm")
+        return self._key(rows[0])
+
     def keys(self, zone: str | None = None, states: Sequence[str] | None = None) -> list[KeyRow]:
         query = "SELECT * FROM keys"
         clauses, args = [], []
