@@ -31,14 +31,12 @@ import dns.rdatatype
 import dns.rrset
 from dns.rdtypes.ANY.SOA import SOA
 
+from krs_plugin.confirmation import verify_report
 from krs_plugin.crypto import JoseKey
-from krs_plugin.crypto.jose import jws_verify
 from krs_plugin.errors import KrsError
 from krs_plugin.kdc.store import DistributionRow, Store
 from krs_plugin.protocol import (
-    CHUNK_OPTION,
     CHUNK_TYPE,
-    ChunkOption,
     find_chunk_option,
     notify_name,
     parse_chunk_query,
@@ -195,28 +193,11 @@ class ControlZone:
             return "node no longer exists"
         if not node.signing_pubkey:
             return None  # a tdns node without a signing key: identified by address only
-        signature = report.get("signature")
-        if not isinstance(signature, str):
-            return "report is not signed, but the node enrolled a signing key"
-        unsigned = {k: v for k, v in report.items() if k != "signature"}
-        expected = json.dumps(unsigned, sort_keys=True, separators=(",", ":")).encode()
         try:
-            key = JoseKey.from_jwk(json.loads(node.signing_pubkey))
-            payload = jws_verify(signature, key, where="confirmation signature")
+            verify_report(report, JoseKey.from_jwk(json.loads(node.signing_pubkey)))
         except KrsError as exc:
             return str(exc)
-        if payload != expected:
-            return "signature covers a different report"
         return None
-
-
-def sign_report(report: dict[str, object], key: JoseKey) -> dict[str, object]:
-    """Add ``signature`` (JWS ES256 over the canonical report) as our KRS does."""
-    from krs_plugin.crypto.jose import jws_sign
-
-    unsigned = {k: v for k, v in report.items() if k != "signature"}
-    payload = json.dumps(unsigned, sort_keys=True, separators=(",", ":")).encode()
-    return {**unsigned, "signature": jws_sign(payload, key)}
 
 
 def _udp_limit(query: dns.message.Message) -> int:
@@ -411,11 +392,8 @@ async def serve(store: Store, control_zone: str, options: ServeOptions) -> None:
 
 
 __all__ = [
-    "CHUNK_OPTION",
-    "ChunkOption",
     "ControlZone",
     "KdcServer",
     "ServeOptions",
     "serve",
-    "sign_report",
 ]

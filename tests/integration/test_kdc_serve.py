@@ -22,6 +22,7 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
+from krs_plugin.confirmation import sign_report
 from krs_plugin.crypto import (
     HpkeKey,
     JoseKey,
@@ -32,7 +33,6 @@ from krs_plugin.crypto import (
 )
 from krs_plugin.errors import DecryptionError, IntegrityError
 from krs_plugin.kdc.build import NodeRecipient, build_distribution
-from krs_plugin.kdc.server import sign_report
 from krs_plugin.kdc.store import Store
 from krs_plugin.payload import RollKey, parse_payload
 from krs_plugin.protocol import (
