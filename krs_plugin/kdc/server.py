@@ -286,6 +286,8 @@ class KdcServer:
             now = time.time()
             for dist_id, node_id in self.store.expire_distributions(now=now):
                 log.info("distribution %s for %s expired and was withdrawn", dist_id, node_id)
+            for zone, tag, state in self.store.advance_key_states(now=now):
+                log.info("key %d of %s is now %s", tag, zone, state)
             for key in [k for k, task in in_flight.items() if task.done()]:
                 del in_flight[key]
             for d in self.store.distributions(status="pending"):

@@ -387,6 +387,29 @@ class Store:
                     (int(now or time.time()), key_id),
                 )
 
+    def advance_key_states(self, *, now: float) -> list[tuple[str, int, str]]:
+        """Move keys along by their timing: published -> active at ``activate_at`` (once
+        distributed), active/published -> retired at ``inactive_at``, retired -> removed at
+        ``delete_at``. Returns (zone, tag, new state) for each move."""
+        stamp = int(now)
+        moves: list[tuple[str, int, str]] = []
+        rules = (
+            ("active", "state = 'published' AND activate_at IS NOT NULL AND activate_at <= ?"),
+            (
+                "retired",
+                "state IN ('published', 'active') AND inactive_at IS NOT NULL AND inactive_at <= ?",
+            ),
+            ("removed", "state = 'retired' AND delete_at IS NOT NULL AND delete_at <= ?"),
+        )
+        with self.transaction():
+            for state, condition in rules:
+                rows = self.db.execute(
+                    f"SELECT zone, key_tag FROM keys WHERE {condition}", (stamp,)
+                ).fetchall()
+                self.db.execute(f"UPDATE keys SET state = ? WHERE {condition}", (state, stamp))
+                moves += [(r["zone"], r["key_tag"], state) for r in rows]
+        return moves
+
     @staticmethod
     def _key(row: sqlite3.Row) -> KeyRow:
         return KeyRow(
