@@ -1,0 +1,83 @@
+"""The adapter interface: how the KRS talks to one nameserver (DESIGN.md, STYLE.md).
+
+Plans are computed first and applied second (octoDNS); apply is atomic with rollback and verifies
+before it reports success (certbot installers). No server-specific code lives outside its module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import dns.name
+
+from krs_plugin.dnssec import DnssecKey, KeyTiming
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing ``check()`` found wrong, phrased for an operator, with how to fix it."""
+
+    what: str
+    fix: str = ""
+
+
+@dataclass(frozen=True)
+class InstalledKey:
+    """A key the server has now, as the adapter sees it (never its private part)."""
+
+    zone: dns.name.Name
+    key_tag: int
+    algorithm: int
+    flags: int
+    timing: KeyTiming
+
+
+@dataclass(frozen=True)
+class PlannedKey:
+    key: DnssecKey
+    role: str
+    timing: KeyTiming
+
+
+@dataclass(frozen=True)
+class KeyPlan:
+    """What one distribution asks of one zone: keys to install (with timing), retire, remove."""
+
+    zone: dns.name.Name
+    install: tuple[PlannedKey, ...] = ()
+    retire: tuple[int, ...] = ()
+    remove: tuple[int, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not (self.install or self.retire or self.remove)
+
+
+@dataclass(frozen=True)
+class Verification:
+    ok: bool
+    details: Sequence[str] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    zone: dns.name.Name
+    changed: bool
+    installed: tuple[int, ...] = ()
+    retired: tuple[int, ...] = ()
+    removed: tuple[int, ...] = ()
+    verification: Verification = field(default_factory=lambda: Verification(True))
+
+
+class Adapter(Protocol):
+    name: str
+
+    def check(self) -> list[Problem]: ...
+
+    def current_keys(self, zone: dns.name.Name) -> list[InstalledKey]: ...
+
+    def apply(self, zone: dns.name.Name, plan: KeyPlan) -> ApplyResult: ...
+
+    def verify(self, zone: dns.name.Name, plan: KeyPlan) -> Verification: ...

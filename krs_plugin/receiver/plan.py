@@ -1,0 +1,63 @@
+"""From a validated payload to one ``KeyPlan`` per zone (what the adapter will be asked to do).
+
+Our KDC sends every key with its timing, and the plan installs exactly that. A tdns KDC sends
+``roll_key`` without timing: the new key is published and activated now and the zone's previous
+keys of the same role are retired (or exactly ``old_key_id``), as the tdns KRS does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import dns.name
+
+from krs_plugin.adapters.base import InstalledKey, KeyPlan, PlannedKey
+from krs_plugin.dnssec import KeyTiming
+from krs_plugin.payload import DeleteKey, Payload, RollKey
+
+
+def build_plans(
+    payload: Payload,
+    current_keys: Callable[[dns.name.Name], list[InstalledKey]],
+    *,
+    now: int,
+) -> list[KeyPlan]:
+    zones = list(
+        dict.fromkeys(e.zone for e in payload.entries if isinstance(e, RollKey | DeleteKey))
+    )
+    plans = []
+    for zone in zones:
+        install: list[PlannedKey] = []
+        retire: set[int] = set()
+        remove: set[int] = set()
+        installed = None
+        for entry in payload.entries:
+            if isinstance(entry, DeleteKey) and entry.zone == zone:
+                remove.add(entry.key_tag)
+            elif isinstance(entry, RollKey) and entry.zone == zone:
+                timing = entry.timing or KeyTiming(created=now, publish=now, activate=now)
+                if timing.created is None:
+                    timing = KeyTiming(
+                        now, timing.publish, timing.activate, timing.inactive, timing.delete
+                    )
+                install.append(PlannedKey(entry.key, entry.key_type, timing))
+                if entry.old_key_tag is not None and (entry.retire_old_key or entry.timing is None):
+                    retire.add(entry.old_key_tag)
+                elif entry.timing is None:
+                    if installed is None:
+                        installed = current_keys(zone)
+                    retire |= {
+                        k.key_tag
+                        for k in installed
+                        if k.flags == entry.key.flags and k.key_tag != entry.key_tag
+                    }
+        new_tags = {p.key.key_tag for p in install}
+        plans.append(
+            KeyPlan(
+                zone,
+                tuple(install),
+                tuple(sorted(retire - new_tags - remove)),
+                tuple(sorted(remove - new_tags)),
+            )
+        )
+    return plans
