@@ -6,6 +6,7 @@ Exit codes follow STYLE.md: 0 ok, 1 operational failure, 2 usage or configuratio
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -38,7 +39,42 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--keep", metavar="DIR", help="write the demo's files here instead of a temporary folder"
     )
+    for name, text in (
+        ("fetch", "fetch one distribution now, check it, apply it and record the outcome"),
+        ("apply", "fetch and check one distribution and show what applying it would change"),
+    ):
+        p = commands.add_parser(name, help=text, description=text)
+        p.add_argument("distribution_id")
+        _config_option(p)
+        _json_option(p)
+        if name == "apply":
+            p.add_argument(
+                "--dry-run",
+                action="store_true",
+                required=True,
+                help="only show the plan (the daemon applies)",
+            )
+    p = commands.add_parser("status", help="recent distributions and their outcome")
+    _config_option(p)
+    _json_option(p)
+    p = commands.add_parser("keys", help="keys installed per zone")
+    p.add_argument("zone", nargs="?")
+    _config_option(p)
+    _json_option(p)
     return parser
+
+
+def _config_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config",
+        "-c",
+        default=os.environ.get("KRS_CONFIG", "/etc/krs/krs.yaml"),
+        help="krs.yaml (default $KRS_CONFIG or /etc/krs/krs.yaml)",
+    )
+
+
+def _json_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -57,6 +93,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 algorithm=args.algorithm,
                 keep=args.keep,
             )
+        if args.command in ("fetch", "apply", "status", "keys"):
+            from krs_plugin.receiver.commands import run_command
+
+            return run_command(args)
     except ConfigError as exc:
         print(f"krs: configuration error: {exc}", file=sys.stderr)
         return 2

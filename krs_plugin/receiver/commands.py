@@ -1,0 +1,111 @@
+"""``krs fetch``, ``krs apply --dry-run``, ``krs status`` and ``krs keys``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+from typing import Any
+
+from krs_plugin.adapters import make_adapter
+from krs_plugin.config import load_config
+from krs_plugin.errors import KrsError
+from krs_plugin.protocol import check_distribution_id
+from krs_plugin.receiver.fetcher import Fetcher
+from krs_plugin.receiver.pipeline import Outcome, Pipeline, load_identity, stage_of
+from krs_plugin.receiver.store import ReceiverStore
+
+
+def _print(args: argparse.Namespace, data: Any, lines: list[str]) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(data, indent=2, sort_keys=True, default=str))
+    else:
+        print("\n".join(lines))
+
+
+def run_command(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    store = ReceiverStore(config.state)
+    try:
+        if args.command in ("fetch", "apply"):
+            return _fetch(args, config, store)
+        if args.command == "status":
+            rows = store.distributions()
+            _print(
+                args,
+                [asdict(r) for r in rows],
+                [f"{r.id} {r.outcome:8} {r.stage or '-':10} {r.error or ''}" for r in rows]
+                or ["no distributions received yet"],
+            )
+            return 0
+        zone = args.zone.lower() if args.zone else None
+        if zone and not zone.endswith("."):
+            zone += "."
+        keys = [dict(r) for r in store.installed(zone)]
+        _print(
+            args,
+            keys,
+            [
+                f"{k['zone']:28} tag {k['key_tag']:5} alg {k['algorithm']:2} flags {k['flags']} "
+                f"from {k['distribution_id']}"
+                for k in keys
+            ]
+            or ["no keys installed"],
+        )
+        return 0
+    finally:
+        store.close()
+
+
+def _fetch(args: argparse.Namespace, config: Any, store: ReceiverStore) -> int:
+    dist_id = check_distribution_id(args.distribution_id)
+    identity, verifier, _ = load_identity(config)
+    adapter = make_adapter(config)
+    pipeline = Pipeline(config, adapter, store, identity, verifier)
+    fetcher = Fetcher(
+        config.control_servers, config.control_zone, config.node_id, config.fetch, config.limits
+    )
+    try:
+        fetched = fetcher.fetch(dist_id)
+    except KrsError as exc:
+        stage = "fetch" if stage_of(exc) == "validation" else stage_of(exc)
+        if args.command == "fetch":
+            store.record_outcome(
+                dist_id, pipeline.kdc, int(dist_id, 16), "failed", stage=stage, error=str(exc)
+            )
+        outcome = Outcome(dist_id, "failed", stage, str(exc))
+        _show(args, outcome)
+        return 1
+    outcome = pipeline.process(
+        dist_id, fetched.manifest, fetched.chunks, dry_run=args.command == "apply"
+    )
+    _show(args, outcome)
+    return 0 if outcome.outcome in ("applied", "planned") else 1
+
+
+def _show(args: argparse.Namespace, outcome: Outcome) -> None:
+    lines = [f"distribution {outcome.distribution_id}: {outcome.outcome} ({outcome.stage})"]
+    if outcome.error:
+        lines.append(f"  error: {outcome.error}")
+    for plan in outcome.plans:
+        lines.append(
+            f"  zone {plan.zone}: install "
+            f"{[p.key.key_tag for p in plan.install]}, retire {list(plan.retire)}, "
+            f"remove {list(plan.remove)}"
+        )
+    data = {
+        "distribution_id": outcome.distribution_id,
+        "outcome": outcome.outcome,
+        "stage": outcome.stage,
+        "error": outcome.error,
+        "plans": [
+            {
+                "zone": p.zone.to_text(),
+                "install": [k.key.key_tag for k in p.install],
+                "retire": list(p.retire),
+                "remove": list(p.remove),
+            }
+            for p in outcome.plans
+        ],
+    }
+    _print(args, data, lines)

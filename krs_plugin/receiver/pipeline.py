@@ -1,0 +1,190 @@
+"""One distribution through the KRS: unpack, validate, apply policy, plan, apply, record.
+
+The stages and their order are those of DESIGN.md. Every refusal is recorded in the state store
+with the stage that refused it, and nothing reaches the adapter before every check has passed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from krs_plugin.adapters.base import Adapter, ApplyResult, KeyPlan
+from krs_plugin.config import Config
+from krs_plugin.crypto import JoseKey, load_hpke_private, load_jose_key
+from krs_plugin.errors import (
+    AdapterError,
+    DecryptionError,
+    IntegrityError,
+    KrsError,
+    PayloadError,
+    PolicyError,
+    SignatureError,
+    WireError,
+)
+from krs_plugin.payload import DeleteKey, Payload, Ping, RollKey, parse_payload
+from krs_plugin.protocol import CHUNK
+from krs_plugin.receiver.plan import build_plans
+from krs_plugin.receiver.store import ReceiverStore
+from krs_plugin.receiver.unpack import NodeIdentity, unpack_distribution
+
+log = logging.getLogger("krs_plugin.receiver.pipeline")
+
+_STAGES: tuple[tuple[type[KrsError], str], ...] = (
+    (SignatureError, "signature"),
+    (DecryptionError, "decryption"),
+    (IntegrityError, "integrity"),
+    (WireError, "wire"),
+    (PolicyError, "policy"),
+    (PayloadError, "payload"),
+    (AdapterError, "apply"),
+)
+
+
+def stage_of(error: KrsError) -> str:
+    for kind, stage in _STAGES:
+        if isinstance(error, kind):
+            return stage
+    return "validation"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    distribution_id: str
+    outcome: str  # applied | rejected | failed
+    stage: str
+    error: str | None = None
+    results: tuple[ApplyResult, ...] = ()
+    plans: tuple[KeyPlan, ...] = ()
+    report: dict[str, object] = field(default_factory=dict)
+
+
+def load_identity(config: Config) -> tuple[NodeIdentity, JoseKey | None, JoseKey | None]:
+    """This node's keys, the KDC verification key and the node's signing key, from config."""
+    identity = NodeIdentity(
+        config.node_id,
+        hpke=load_hpke_private(config.keys.hpke) if config.keys.hpke else None,
+        jose=load_jose_key(config.keys.jose) if config.keys.jose else None,
+    )
+    verifier = load_jose_key(config.kdc.verification_key) if config.kdc.verification_key else None
+    signer = load_jose_key(config.keys.signing) if config.keys.signing else None
+    return identity, verifier, signer
+
+
+class Pipeline:
+    def __init__(
+        self,
+        config: Config,
+        adapter: Adapter,
+        store: ReceiverStore,
+        identity: NodeIdentity,
+        verifier: JoseKey | None,
+    ) -> None:
+        self.config = config
+        self.adapter = adapter
+        self.store = store
+        self.identity = identity
+        self.verifier = verifier
+        self.kdc = config.control_zone.to_text()
+
+    def process(
+        self,
+        dist_id: str,
+        manifest: CHUNK,
+        chunks: tuple[CHUNK, ...],
+        *,
+        now: float | None = None,
+        dry_run: bool = False,
+    ) -> Outcome:
+        """Check, plan and (unless ``dry_run``) apply one distribution; never raises KrsError."""
+        moment = time.time() if now is None else now
+        serial = int(dist_id, 16)
+        try:
+            self._check_replay(dist_id, serial)
+            unpacked = unpack_distribution(
+                dist_id,
+                manifest,
+                chunks,
+                self.identity,
+                self.verifier,
+                now=moment,
+                limits=self.config.limits,
+                allow_unsigned=self.config.kdc.allow_unsigned,
+                clock_skew=self.config.clock_skew,
+            )
+            if not unpacked.signed:
+                log.warning("distribution %s accepted UNSIGNED (allow_unsigned: true)", dist_id)
+            payload = parse_payload(
+                unpacked.plaintext,
+                now=moment,
+                expected_distribution_id=dist_id,
+                clock_skew=int(self.config.clock_skew),
+            )
+            self._check_zones(payload)
+            plans = build_plans(payload, self.adapter.current_keys, now=int(moment))
+            if dry_run:
+                return Outcome(dist_id, "planned", "plan", plans=tuple(plans))
+            results = self._apply(dist_id, plans)
+        except KrsError as exc:
+            stage = stage_of(exc)
+            outcome = "failed" if stage == "apply" else "rejected"
+            if not dry_run:
+                self.store.record_outcome(
+                    dist_id, self.kdc, serial, outcome, stage=stage, error=str(exc), now=moment
+                )
+            log.warning("distribution %s %s at %s: %s", dist_id, outcome, stage, exc)
+            return Outcome(dist_id, outcome, stage, str(exc))
+        report = self._report(payload)
+        keys = [
+            (e.zone.to_text(), e.key_tag, e.key.algorithm, e.key.flags)
+            for e in payload.entries
+            if isinstance(e, RollKey)
+        ]
+        removed = [
+            (e.zone.to_text(), e.key_tag) for e in payload.entries if isinstance(e, DeleteKey)
+        ]
+        self.store.record_applied(dist_id, self.kdc, serial, keys, removed, report, now=moment)
+        log.info("distribution %s applied: %d zone(s)", dist_id, len(plans))
+        return Outcome(dist_id, "applied", "done", None, tuple(results), tuple(plans), report)
+
+    def _check_replay(self, dist_id: str, serial: int) -> None:
+        seen = self.store.seen(dist_id)
+        if seen is not None and seen.outcome == "applied":
+            raise PolicyError(f"distribution {dist_id} was already applied (replay)")
+        last = self.store.last_serial(self.kdc)
+        if last is not None and serial <= last:
+            raise PolicyError(
+                f"distribution {dist_id} (serial {serial}) is not newer than the last applied "
+                f"from {self.kdc} (serial {last}, {last:x}): replayed or stale"
+            )
+
+    def _check_zones(self, payload: Payload) -> None:
+        foreign = sorted(z.to_text() for z in payload.zones if z not in self.config.zones)
+        if foreign:
+            raise PolicyError(
+                f"distribution names zone(s) not served by this node: {', '.join(foreign)} "
+                f"(configured: {', '.join(sorted(z.to_text() for z in self.config.zones))})"
+            )
+
+    def _apply(self, dist_id: str, plans: list[KeyPlan]) -> list[ApplyResult]:
+        """Apply zone by zone; each zone's apply is atomic in its adapter. The journal row
+        marks the apply as in progress until the outcome is recorded."""
+        self.store.begin_apply(dist_id, [p.zone.to_text() for p in plans])
+        results = []
+        try:
+            for plan in plans:
+                results.append(self.adapter.apply(plan.zone, plan))
+        except KrsError:
+            self.store.end_apply(dist_id)
+            raise
+        return results
+
+    def _report(self, payload: Payload) -> dict[str, object]:
+        ok: list[dict[str, str]] = []
+        for entry in payload.entries:
+            if isinstance(entry, RollKey | DeleteKey):
+                ok.append({"zone_name": entry.zone.to_text(), "key_id": str(entry.key_tag)})
+            elif isinstance(entry, Ping):
+                ok.append({"zone_name": "ping", "key_id": f"nonce-{entry.nonce}"})
+        return {"node_id": self.config.node_id.to_text(), "successful_keys": ok}

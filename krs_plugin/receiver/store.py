@@ -1,0 +1,205 @@
+"""The KRS's state in SQLite (WAL): every distribution and its outcome, installed keys per zone,
+the last applied serial per KDC, pending confirmations, and the apply in progress (journal).
+
+The journal row is written before an adapter touches the server and deleted after the outcome is
+recorded, so a KRS killed mid-apply finds it at start-up and can finish or roll back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS distributions (
+    id TEXT PRIMARY KEY,
+    kdc TEXT NOT NULL,
+    serial INTEGER NOT NULL,
+    outcome TEXT NOT NULL,
+    stage TEXT,
+    error TEXT,
+    received_at INTEGER NOT NULL,
+    finished_at INTEGER
+);
+CREATE TABLE IF NOT EXISTS installed_keys (
+    zone TEXT NOT NULL,
+    key_tag INTEGER NOT NULL,
+    algorithm INTEGER NOT NULL,
+    flags INTEGER NOT NULL,
+    distribution_id TEXT NOT NULL,
+    installed_at INTEGER NOT NULL,
+    PRIMARY KEY (zone, key_tag, algorithm)
+);
+CREATE TABLE IF NOT EXISTS kdc_serials (kdc TEXT PRIMARY KEY, last_serial INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS confirmations (
+    distribution_id TEXT PRIMARY KEY,
+    report TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_at INTEGER NOT NULL,
+    acknowledged_at INTEGER
+);
+CREATE TABLE IF NOT EXISTS journal (
+    distribution_id TEXT PRIMARY KEY,
+    zones TEXT NOT NULL,
+    started_at INTEGER NOT NULL
+);
+"""
+
+OUTCOMES = ("fetching", "applied", "rejected", "failed")
+
+
+@dataclass(frozen=True)
+class DistributionRecord:
+    id: str
+    kdc: str
+    serial: int
+    outcome: str
+    stage: str | None
+    error: str | None
+    received_at: int
+    finished_at: int | None
+
+
+class ReceiverStore:
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        self.db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def seen(self, dist_id: str) -> DistributionRecord | None:
+        row = self.db.execute("SELECT * FROM distributions WHERE id = ?", (dist_id,)).fetchone()
+        return None if row is None else DistributionRecord(**dict(row))
+
+    def last_serial(self, kdc: str) -> int | None:
+        row = self.db.execute(
+            "SELECT last_serial FROM kdc_serials WHERE kdc = ?", (kdc,)
+        ).fetchone()
+        return None if row is None else int(row[0])
+
+    def record_outcome(
+        self,
+        dist_id: str,
+        kdc: str,
+        serial: int,
+        outcome: str,
+        *,
+        stage: str | None = None,
+        error: str | None = None,
+        now: float | None = None,
+    ) -> None:
+        stamp = int(now or time.time())
+        with self.transaction():
+            self.db.execute(
+                "INSERT INTO distributions(id, kdc, serial, outcome, stage, error, received_at, "
+                "finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
+                "outcome = excluded.outcome, stage = excluded.stage, error = excluded.error, "
+                "finished_at = excluded.finished_at WHERE distributions.outcome != 'applied'",
+                (dist_id, kdc, serial, outcome, stage, error, stamp, stamp),
+            )
+
+    def record_applied(
+        self,
+        dist_id: str,
+        kdc: str,
+        serial: int,
+        keys: list[tuple[str, int, int, int]],
+        removed: list[tuple[str, int]],
+        report: dict[str, object],
+        *,
+        now: float | None = None,
+    ) -> None:
+        """Outcome, installed keys, serial and the confirmation to send: one transaction."""
+        stamp = int(now or time.time())
+        with self.transaction():
+            self.db.execute(
+                "INSERT INTO distributions(id, kdc, serial, outcome, stage, error, received_at, "
+                "finished_at) VALUES (?, ?, ?, 'applied', 'done', NULL, ?, ?) "
+                "ON CONFLICT(id) DO UPDATE SET outcome = 'applied', stage = 'done', error = NULL, "
+                "finished_at = excluded.finished_at",
+                (dist_id, kdc, serial, stamp, stamp),
+            )
+            self.db.executemany(
+                "INSERT OR REPLACE INTO installed_keys VALUES (?, ?, ?, ?, ?, ?)",
+                [(z, t, a, f, dist_id, stamp) for z, t, a, f in keys],
+            )
+            self.db.executemany(
+                "DELETE FROM installed_keys WHERE zone = ? AND key_tag = ?", removed
+            )
+            self.db.execute(
+                "INSERT INTO kdc_serials(kdc, last_serial) VALUES (?, ?) ON CONFLICT(kdc) "
+                "DO UPDATE SET last_serial = MAX(last_serial, excluded.last_serial)",
+                (kdc, serial),
+            )
+            self.db.execute(
+                "INSERT OR REPLACE INTO confirmations(distribution_id, report, attempts, next_at) "
+                "VALUES (?, ?, 0, ?)",
+                (dist_id, json.dumps(report), stamp),
+            )
+            self.db.execute("DELETE FROM journal WHERE distribution_id = ?", (dist_id,))
+
+    def begin_apply(self, dist_id: str, zones: list[str]) -> None:
+        with self.transaction():
+            self.db.execute(
+                "INSERT OR REPLACE INTO journal VALUES (?, ?, ?)",
+                (dist_id, json.dumps(zones), int(time.time())),
+            )
+
+    def end_apply(self, dist_id: str) -> None:
+        with self.transaction():
+            self.db.execute("DELETE FROM journal WHERE distribution_id = ?", (dist_id,))
+
+    def interrupted(self) -> list[tuple[str, list[str]]]:
+        rows = self.db.execute("SELECT distribution_id, zones FROM journal").fetchall()
+        return [(r[0], json.loads(r[1])) for r in rows]
+
+    def distributions(self, limit: int = 50) -> list[DistributionRecord]:
+        rows = self.db.execute(
+            "SELECT * FROM distributions ORDER BY received_at DESC, id DESC LIMIT ?", (limit,)
+        ).fetchall()
+        return [DistributionRecord(**dict(r)) for r in rows]
+
+    def installed(self, zone: str | None = None) -> list[sqlite3.Row]:
+        if zone is None:
+            return self.db.execute("SELECT * FROM installed_keys ORDER BY zone, key_tag").fetchall()
+        return self.db.execute(
+            "SELECT * FROM installed_keys WHERE zone = ? ORDER BY key_tag", (zone,)
+        ).fetchall()
+
+    def due_confirmations(self, now: float) -> list[tuple[str, dict[str, object], int]]:
+        rows = self.db.execute(
+            "SELECT distribution_id, report, attempts FROM confirmations "
+            "WHERE acknowledged_at IS NULL AND next_at <= ?",
+            (int(now),),
+        ).fetchall()
+        return [(r[0], json.loads(r[1]), int(r[2])) for r in rows]
+
+    def confirmation_attempted(self, dist_id: str, *, acknowledged: bool, next_at: float) -> None:
+        with self.transaction():
+            self.db.execute(
+                "UPDATE confirmations SET attempts = attempts + 1, next_at = ?, "
+                "acknowledged_at = CASE WHEN ? THEN ? ELSE NULL END WHERE distribution_id = ?",
+                (int(next_at), acknowledged, int(time.time()), dist_id),
+            )
