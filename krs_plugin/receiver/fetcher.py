@@ -104,8 +104,9 @@ class Fetcher:
                     self.servers.remove(server)
                     self.servers.insert(0, server)
                 return rdata, server
-        if not_found and not errors:
-            raise NotPublished(f"{where}: not published ({qname} does not exist)")
+        if not_found:  # an authoritative "does not exist" is an answer, not an outage
+            unreachable = f"; unreachable: {'; '.join(errors[-2:])}" if errors else ""
+            raise NotPublished(f"{where}: not published ({qname} does not exist){unreachable}")
         raise FetchError(
             f"{where}: no control-zone server answered after {self.settings.retries} attempts "
             f"each ({'; '.join(errors[-3:])})"
