@@ -54,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
                 required=True,
                 help="only show the plan (the daemon applies)",
             )
+    p = commands.add_parser(
+        "run", help="run the KRS daemon: NOTIFY listener, fetch, apply, confirm"
+    )
+    _config_option(p)
     p = commands.add_parser("status", help="recent distributions and their outcome")
     _config_option(p)
     _json_option(p)
@@ -93,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 algorithm=args.algorithm,
                 keep=args.keep,
             )
-        if args.command in ("fetch", "apply", "status", "keys"):
+        if args.command in ("fetch", "apply", "status", "keys", "run"):
             from krs_plugin.receiver.commands import run_command
 
             return run_command(args)

@@ -33,6 +33,7 @@ from dns.rdtypes.ANY.SOA import SOA
 
 from krs_plugin.confirmation import verify_report
 from krs_plugin.crypto import JoseKey
+from krs_plugin.dnsio import udp_exchange
 from krs_plugin.errors import KrsError
 from krs_plugin.kdc.store import DistributionRow, Store
 from krs_plugin.protocol import (
@@ -318,7 +319,7 @@ class KdcServer:
         message.flags = (message.flags | dns.flags.AA) & ~dns.flags.RD
         self.store.mark_notified(dist_id, node_id, now=time.time())
         try:
-            reply = await _udp_exchange(message, host.strip("[]"), int(port), NOTIFY_TIMEOUT)
+            reply = await udp_exchange(message, host.strip("[]"), int(port), NOTIFY_TIMEOUT)
         except (TimeoutError, OSError, dns.exception.DNSException) as exc:
             log.info(
                 "NOTIFY %s to %s (%s) unanswered: %s", dist_id, node_id, node.notify_address, exc
@@ -351,30 +352,6 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         out = self.server.handle(data, addr[0], udp=True)
         if out is not None and self.transport is not None:
             self.transport.sendto(out, addr)
-
-
-async def _udp_exchange(
-    message: dns.message.Message, host: str, port: int, timeout: float
-) -> dns.message.Message:
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[bytes] = loop.create_future()
-
-    class _Client(asyncio.DatagramProtocol):
-        def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-            if not future.done():
-                future.set_result(data)
-
-        def error_received(self, exc: Exception) -> None:
-            if not future.done():
-                future.set_exception(exc)
-
-    transport, _ = await loop.create_datagram_endpoint(_Client, remote_addr=(host, port))
-    try:
-        transport.sendto(message.to_wire())
-        data = await asyncio.wait_for(future, timeout)
-    finally:
-        transport.close()
-    return dns.message.from_wire(data)
 
 
 async def serve(store: Store, control_zone: str, options: ServeOptions) -> None:

@@ -27,6 +27,8 @@ def run_command(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     store = ReceiverStore(config.state)
     try:
+        if args.command == "run":
+            return _run(config, store)
         if args.command in ("fetch", "apply"):
             return _fetch(args, config, store)
         if args.command == "status":
@@ -55,6 +57,27 @@ def run_command(args: argparse.Namespace) -> int:
         return 0
     finally:
         store.close()
+
+
+def _run(config: Any, store: ReceiverStore) -> int:
+    import asyncio
+    import contextlib
+    import logging
+
+    from krs_plugin.receiver.service import Service
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    identity, verifier, signer = load_identity(config)
+    pipeline = Pipeline(config, make_adapter(config), store, identity, verifier)
+    fetcher = Fetcher(
+        config.control_servers, config.control_zone, config.node_id, config.fetch, config.limits
+    )
+    service = Service(config, store, pipeline, fetcher, signer)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(service.run())
+    return 0
 
 
 def _fetch(args: argparse.Namespace, config: Any, store: ReceiverStore) -> int:
