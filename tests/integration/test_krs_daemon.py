@@ -174,7 +174,7 @@ def test_distribute_ends_with_key_files_on_the_node_and_confirmed_at_the_kdc(
         assert {read_bind_key_pair(f)[0].dnskey for f in files} == expected
         assert elapsed < 20
 
-        # A NOTIFY from a source outside allowed_sources is refused; NOTIFY carries no trust.
+        # A repeated NOTIFY for an applied distribution is answered but fetches nothing.
         query = dns.message.make_query(notify_name(dist_id, CZ), dns.rdatatype.SOA)
         query.set_opcode(dns.opcode.NOTIFY)
         reply = dns.query.udp(query, "127.0.0.1", port=notify_port, timeout=5)
