@@ -43,6 +43,7 @@ from krs_plugin.protocol import (
     parse_chunk_query,
     parse_chunk_wire,
     parse_notify_name,
+    parse_pending_name,
 )
 from krs_plugin.protocol.edns import CONTENT_KEY_STATUS
 
@@ -97,6 +98,13 @@ class ControlZone:
             rdata = self.soa() if qtype == dns.rdatatype.SOA else self._ns_rdata()
             response.answer.append(dns.rrset.from_rdata_list(qname, RECORD_TTL, [rdata]))
             return response
+        if qtype == dns.rdatatype.TXT:
+            try:
+                node = parse_pending_name(qname, self.origin)
+            except KrsError:
+                node = None
+            if node is not None:
+                return self._pending(response, qname, node)
         if qtype != self.chunk_type:
             response.set_rcode(dns.rcode.REFUSED)
             response.flags &= ~dns.flags.AA
@@ -110,6 +118,21 @@ class ControlZone:
             return self._nxdomain(response)
         rdata = parse_chunk_wire(wire, CHUNK_TYPE)
         response.answer.append(dns.rrset.from_rdata_list(qname, RECORD_TTL, [rdata]))
+        return response
+
+    def _pending(
+        self, response: dns.message.Message, qname: dns.name.Name, node: dns.name.Name
+    ) -> dns.message.Message:
+        """TXT with the ids published for ``node``, newest last; NODATA when there are none."""
+        ids = self.store.published_ids(node.to_text())[-50:]
+        if ids:
+            text = " ".join(f'"{i}"' for i in ids)
+            rdata = dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.TXT, text)
+            response.answer.append(dns.rrset.from_rdata_list(qname, 60, [rdata]))
+        else:
+            response.authority.append(
+                dns.rrset.from_rdata_list(self.origin, RECORD_TTL, [self.soa()])
+            )
         return response
 
     def _ns_rdata(self) -> dns.rdata.Rdata:

@@ -482,6 +482,15 @@ class Store:
         rows = self.db.execute(query + " ORDER BY serial, node_id", args).fetchall()
         return [DistributionRow(**dict(r)) for r in rows]
 
+    def published_ids(self, node_id: str) -> list[str]:
+        """Distribution ids currently served for ``node_id``, oldest first (the poller's index)."""
+        rows = self.db.execute(
+            "SELECT id FROM distributions WHERE node_id = ? AND status IN ('pending', 'confirmed') "
+            "AND expires_at >= ? ORDER BY serial",
+            (node_id, int(time.time())),
+        ).fetchall()
+        return [r[0] for r in rows]
+
     def record(self, dist_id: str, node_id: str, sequence: int) -> bytes | None:
         """Wire RDATA of one published record, or None (expired, unknown, withdrawn)."""
         row = self.db.execute(

@@ -40,6 +40,8 @@ from krs_plugin.protocol.names import (
     notify_name,
     parse_chunk_query,
     parse_notify_name,
+    parse_pending_name,
+    pending_name,
 )
 
 __all__ = [
@@ -74,6 +76,8 @@ __all__ = [
     "parse_chunk_text",
     "parse_chunk_wire",
     "parse_notify_name",
+    "parse_pending_name",
+    "pending_name",
     "read_manifest_record",
     "reassemble",
     "register_chunk_type",

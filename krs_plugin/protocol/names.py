@@ -89,6 +89,33 @@ def chunk_name(
     return _make((str(index).encode(), *base.labels))
 
 
+PENDING_LABEL = b"_pending"
+
+
+def pending_name(node_id: str | dns.name.Name, control_zone: str | dns.name.Name) -> dns.name.Name:
+    """Owner of the TXT list of distribution ids published for a node (ours; the poller's index).
+
+    ``_pending.<node-id>.<cz>``: tdns does not know it and never asks for it.
+    """
+    node = check_node_id(node_id)
+    cz = to_name(control_zone, "control zone")
+    return _make((PENDING_LABEL, *node.labels[:-1], *cz.labels))
+
+
+def parse_pending_name(
+    qname: dns.name.Name, control_zone: str | dns.name.Name
+) -> dns.name.Name | None:
+    """The node id of a ``_pending`` name, or None when ``qname`` is not one."""
+    cz = to_name(control_zone, "control zone")
+    name = qname.canonicalize()
+    if not name.is_subdomain(cz) or name == cz:
+        return None
+    labels = name.relativize(cz).labels
+    if len(labels) < 2 or labels[0] != PENDING_LABEL:
+        return None
+    return check_node_id(dns.name.Name((*labels[1:], b"")))
+
+
 def enroll_name(control_zone: str | dns.name.Name) -> dns.name.Name:
     """Owner of the enrollment UPDATE's single CHUNK record."""
     cz = to_name(control_zone, "control zone")

@@ -26,9 +26,11 @@ from krs_plugin.protocol import (
     CHUNK_TYPE,
     Limits,
     Reassembler,
+    check_distribution_id,
     chunk_name,
     decode_manifest,
     manifest_name,
+    pending_name,
 )
 
 log = logging.getLogger("krs_plugin.receiver.fetcher")
@@ -83,6 +85,37 @@ class Fetcher:
             assembler.add(chunk)
             chunks[index] = chunk
         return Fetched(manifest, tuple(chunks[i] for i in sorted(chunks)), server)
+
+    def pending_ids(self) -> list[str]:
+        """Ids the KDC publishes for this node (``_pending`` TXT), from the first server that
+        answers; the poller's way to find distributions whose NOTIFY was lost."""
+        qname = pending_name(self.node_id, self.control_zone)
+        errors = []
+        for server in self.servers:
+            query = dns.message.make_query(qname, dns.rdatatype.TXT)
+            query.flags = 0
+            try:
+                reply = dns.query.tcp(
+                    query, server.host, port=server.port, timeout=self.settings.timeout
+                )
+            except (OSError, dns.exception.DNSException, EOFError) as exc:
+                errors.append(f"{server}: {exc or type(exc).__name__}")
+                continue
+            if reply.rcode() not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
+                errors.append(f"{server}: {dns.rcode.to_text(reply.rcode())}")
+                continue
+            ids: list[str] = []
+            for rrset in reply.answer:
+                if rrset.name == qname and rrset.rdtype == dns.rdatatype.TXT:
+                    for rdata in rrset:
+                        for item in rdata.strings:
+                            text = item.decode("ascii", "replace")
+                            try:
+                                ids.append(check_distribution_id(text))
+                            except WireError:
+                                log.warning("ignoring malformed pending id %r", text)
+            return ids
+        raise FetchError(f"poll of {qname}: no control-zone server answered ({'; '.join(errors)})")
 
     def _get(self, qname: dns.name.Name, where: str) -> tuple[CHUNK, Address]:
         """One CHUNK record, trying each server with retries; the working server moves first."""

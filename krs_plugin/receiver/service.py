@@ -164,6 +164,23 @@ class Service:
             time.monotonic() - started,
         )
 
+    # --- poller -------------------------------------------------------------------------
+
+    async def poll_loop(self) -> None:
+        """Ask the control zone for this node's distributions every ``poll_interval`` seconds,
+        so a lost NOTIFY delays a key but never loses it."""
+        while True:
+            try:
+                ids = await asyncio.to_thread(self.fetcher.pending_ids)
+            except KrsError as exc:
+                log.warning("poll failed: %s", exc)
+                ids = []
+            last = self.store.last_serial(self.pipeline.kdc) or 0
+            for dist_id in ids:
+                if int(dist_id, 16) > last and self.enqueue(dist_id):
+                    log.info("poll found distribution %s", dist_id)
+            await asyncio.sleep(self.config.poll_interval)
+
     # --- confirmations --------------------------------------------------------------------
 
     async def confirm_loop(self, tick: float = 0.5) -> None:
@@ -242,7 +259,7 @@ class Service:
             self.enqueue(dist_id)
         await self.start()
         print("krs listening for NOTIFY on " + ", ".join(str(a) for a in self.bound), flush=True)
-        await asyncio.gather(self.worker(), self.confirm_loop())
+        await asyncio.gather(self.worker(), self.confirm_loop(), self.poll_loop())
 
 
 class _NotifyUdp(asyncio.DatagramProtocol):

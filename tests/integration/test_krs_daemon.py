@@ -60,13 +60,18 @@ def wait_until(predicate, timeout: float, what: str) -> None:  # type: ignore[no
         time.sleep(0.2)
 
 
-@pytest.mark.parametrize("backend", ["hpke", "jose"])
+@pytest.mark.parametrize(
+    ("backend", "notify_lost"), [("hpke", False), ("jose", False), ("hpke", True)]
+)
 def test_distribute_ends_with_key_files_on_the_node_and_confirmed_at_the_kdc(
-    tmp_path: Path, backend: str
+    tmp_path: Path, backend: str, notify_lost: bool
 ) -> None:
+    """With ``notify_lost`` the KDC sends NOTIFY to a port nobody listens on: the poller must
+    find the distribution instead."""
     state, node_dir = tmp_path / "kdc", tmp_path / "node"
     (node_dir / "keys").mkdir(parents=True)
     kdc_port, notify_port = free_port(), free_port()
+    kdc_notify_port = free_port() if notify_lost else notify_port
     run("krs-kdc", "--state", str(state), "init", "--control-zone", CZ)
     run("krs-kdc", "--state", str(state), "zone", "add", ZONE)
     run("krs-kdc", "--state", str(state), "key", "generate", "--zone", ZONE, "--role", "KSK")
@@ -90,7 +95,7 @@ def test_distribute_ends_with_key_files_on_the_node_and_confirmed_at_the_kdc(
         "add",
         "ns1.edge.example.",
         "--notify",
-        f"127.0.0.1:{notify_port}",
+        f"127.0.0.1:{kdc_notify_port}",
         f"--{backend}-pubkey",
         str(node_dir / "node.pub"),
         "--signing-pubkey",
@@ -117,6 +122,7 @@ def test_distribute_ends_with_key_files_on_the_node_and_confirmed_at_the_kdc(
                 "adapter": {"type": "directory", "settings": {"path": str(node_dir / "keys")}},
                 "zones": [ZONE],
                 "state": str(node_dir / "krs.db"),
+                "poll_interval": 1 if notify_lost else 600,
             }
         )
     )
