@@ -7,6 +7,8 @@ plan: the files it touches are snapshotted first and restored if any step fails.
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import time
 from collections.abc import Mapping
@@ -129,6 +131,14 @@ class DirectoryAdapter:
             if tag in present:
                 details.append(f"key {tag} is still in {self.path}")
         return Verification(not details, tuple(details))
+
+    def snapshot(self, zone: dns.name.Name) -> str:
+        files = self.path.glob(f"K{zone.to_text()}+*")
+        return json.dumps({p.name: base64.b64encode(p.read_bytes()).decode() for p in files})
+
+    def restore(self, zone: dns.name.Name, snapshot: str) -> None:
+        saved = json.loads(snapshot)
+        self._restore(zone, {self.path / n: base64.b64decode(d) for n, d in saved.items()})
 
     def _restore(self, zone: dns.name.Name, before: dict[Path, bytes]) -> None:
         for path in self.path.glob(f"K{zone.to_text()}+*"):

@@ -10,6 +10,8 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+import dns.name
+
 from krs_plugin.adapters.base import Adapter, ApplyResult, KeyPlan
 from krs_plugin.config import Config
 from krs_plugin.crypto import JoseKey, load_hpke_private, load_jose_key
@@ -148,6 +150,26 @@ class Pipeline:
         log.info("distribution %s applied: %d zone(s)", dist_id, len(plans))
         return Outcome(dist_id, "applied", "done", None, tuple(results), tuple(plans), report)
 
+    def recover(self) -> list[str]:
+        """Roll back applies that a crash interrupted, so each zone holds its old key set; the
+        caller fetches those distributions again to complete them. Returns their ids."""
+        recovered = []
+        for dist_id, snapshots in self.store.interrupted():
+            for zone, snapshot in snapshots.items():
+                self.adapter.restore(dns.name.from_text(zone), snapshot)
+            self.store.record_outcome(
+                dist_id,
+                self.kdc,
+                int(dist_id, 16),
+                "failed",
+                stage="apply",
+                error="interrupted while applying; rolled back to the previous keys",
+            )
+            self.store.end_apply(dist_id)
+            log.warning("distribution %s was interrupted mid-apply: rolled back", dist_id)
+            recovered.append(dist_id)
+        return recovered
+
     def _check_replay(self, dist_id: str, serial: int) -> None:
         seen = self.store.seen(dist_id)
         if seen is not None and seen.outcome == "applied":
@@ -168,14 +190,18 @@ class Pipeline:
             )
 
     def _apply(self, dist_id: str, plans: list[KeyPlan]) -> list[ApplyResult]:
-        """Apply zone by zone; each zone's apply is atomic in its adapter. The journal row
-        marks the apply as in progress until the outcome is recorded."""
-        self.store.begin_apply(dist_id, [p.zone.to_text() for p in plans])
-        results = []
+        """Apply zone by zone. If any zone fails, every zone of the plan is put back from the
+        snapshots taken first (the failing one too, whatever its adapter left), so a
+        distribution is all or nothing."""
+        snapshots = {p.zone: self.adapter.snapshot(p.zone) for p in plans}
+        self.store.begin_apply(dist_id, {z.to_text(): snap for z, snap in snapshots.items()})
+        results: list[ApplyResult] = []
         try:
             for plan in plans:
                 results.append(self.adapter.apply(plan.zone, plan))
         except KrsError:
+            for zone, snapshot in snapshots.items():
+                self.adapter.restore(zone, snapshot)
             self.store.end_apply(dist_id)
             raise
         return results

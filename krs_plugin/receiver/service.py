@@ -249,14 +249,8 @@ class Service:
             writer.close()
 
     async def run(self) -> None:
-        for dist_id, zones in self.store.interrupted():
-            log.warning(
-                "distribution %s was interrupted while applying to %s; fetching it again",
-                dist_id,
-                ", ".join(zones),
-            )
-            self.store.end_apply(dist_id)
-            self.enqueue(dist_id)
+        for dist_id in self.pipeline.recover():
+            self.enqueue(dist_id)  # fetch again to complete it, if still published
         await self.start()
         print("krs listening for NOTIFY on " + ", ".join(str(a) for a in self.bound), flush=True)
         await asyncio.gather(self.worker(), self.confirm_loop(), self.poll_loop())

@@ -46,7 +46,7 @@ CREATE TABLE IF NOT EXISTS confirmations (
 );
 CREATE TABLE IF NOT EXISTS journal (
     distribution_id TEXT PRIMARY KEY,
-    zones TEXT NOT NULL,
+    snapshots TEXT NOT NULL,
     started_at INTEGER NOT NULL
 );
 """
@@ -160,19 +160,20 @@ class ReceiverStore:
             )
             self.db.execute("DELETE FROM journal WHERE distribution_id = ?", (dist_id,))
 
-    def begin_apply(self, dist_id: str, zones: list[str]) -> None:
+    def begin_apply(self, dist_id: str, snapshots: dict[str, str]) -> None:
+        """Record, before any change, how to put every zone back (zone -> adapter snapshot)."""
         with self.transaction():
             self.db.execute(
                 "INSERT OR REPLACE INTO journal VALUES (?, ?, ?)",
-                (dist_id, json.dumps(zones), int(time.time())),
+                (dist_id, json.dumps(snapshots), int(time.time())),
             )
 
     def end_apply(self, dist_id: str) -> None:
         with self.transaction():
             self.db.execute("DELETE FROM journal WHERE distribution_id = ?", (dist_id,))
 
-    def interrupted(self) -> list[tuple[str, list[str]]]:
-        rows = self.db.execute("SELECT distribution_id, zones FROM journal").fetchall()
+    def interrupted(self) -> list[tuple[str, dict[str, str]]]:
+        rows = self.db.execute("SELECT distribution_id, snapshots FROM journal").fetchall()
         return [(r[0], json.loads(r[1])) for r in rows]
 
     def distributions(self, limit: int = 50) -> list[DistributionRecord]:

@@ -1,0 +1,125 @@
+"""A distribution is all or nothing: a crash mid-apply or a failing second zone leaves the old
+key set, never a mix."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import dns.name
+import pytest
+
+from krs_plugin.adapters.base import ApplyResult, KeyPlan
+from krs_plugin.adapters.directory import DirectoryAdapter
+from krs_plugin.config import load_config
+from krs_plugin.crypto import HpkeKey, JoseKey, write_hpke_private, write_jose_public
+from krs_plugin.dnssec import generate_key, read_bind_key_pair, write_bind_key_pair
+from krs_plugin.errors import AdapterError
+from krs_plugin.kdc.build import NodeRecipient, build_distribution
+from krs_plugin.payload import encode_payload, roll_key_entry
+from krs_plugin.receiver.pipeline import Pipeline
+from krs_plugin.receiver.store import ReceiverStore
+from krs_plugin.receiver.unpack import NodeIdentity
+
+NODE = dns.name.from_text("ns1.edge.example.")
+ZONES = ("a.example.", "b.example.")
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL: not an error the pipeline may catch."""
+
+
+class CrashingAdapter(DirectoryAdapter):
+    def __init__(self, *args: Any, crash_on: str, how: type[BaseException], **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.crash_on, self.how = crash_on, how
+
+    def apply(self, zone: dns.name.Name, plan: KeyPlan) -> ApplyResult:
+        if zone.to_text() == self.crash_on:
+            # half of the work done, then the process dies (or the step fails)
+            write_bind_key_pair(self.path, plan.install[0].key, plan.install[0].timing)
+            raise self.how("boom")
+        return super().apply(zone, plan)
+
+
+@pytest.fixture
+def setup(tmp_path: Path):  # type: ignore[no-untyped-def]
+    node, kdc = HpkeKey.generate(), JoseKey.generate()
+    write_hpke_private(tmp_path / "node.key", node)
+    write_jose_public(tmp_path / "kdc.pub", kdc.public_only(), use="sig")
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "krs.yaml").write_text(
+        json.dumps(
+            {
+                "node_id": NODE.to_text(),
+                "keys": {"hpke": "node.key"},
+                "kdc": {"verification_key": "kdc.pub"},
+                "control_zone": "kdc.example.",
+                "control_servers": ["127.0.0.1:5354"],
+                "adapter": {"type": "directory", "settings": {"path": "keys"}},
+                "zones": list(ZONES),
+                "state": "krs.db",
+            }
+        )
+    )
+    config = load_config(tmp_path / "krs.yaml")
+    old = {z: generate_key(z, 13, 256) for z in ZONES}
+    for key in old.values():
+        write_bind_key_pair(tmp_path / "keys", key)
+    new = [generate_key(z, 15, 256) for z in ZONES]
+    dist_id = f"{int(time.time()):x}"
+    cleartext = encode_payload([roll_key_entry(k, "ZSK", distribution_id=dist_id) for k in new])
+    records = build_distribution(
+        cleartext, NodeRecipient(NODE, "hpke", node.public_only()), kdc, dist_id, now=time.time()
+    )
+    return config, node, kdc, dist_id, records
+
+
+def key_files(config) -> set[tuple[str, int]]:  # type: ignore[no-untyped-def]
+    folder = config.path.parent / "keys"
+    return {
+        (k.zone.to_text(), k.key_tag)
+        for k in (read_bind_key_pair(p)[0] for p in folder.glob("*.private"))
+    }
+
+
+def pipeline(config, node, kdc, adapter) -> Pipeline:  # type: ignore[no-untyped-def]
+    store = ReceiverStore(config.state)
+    return Pipeline(config, adapter, store, NodeIdentity(NODE, hpke=node), kdc.public_only())
+
+
+def test_failing_second_zone_rolls_back_the_first(setup) -> None:  # type: ignore[no-untyped-def]
+    config, node, kdc, dist_id, records = setup
+    before = key_files(config)
+    adapter = CrashingAdapter(
+        {"path": "keys"}, config_path=config.path, crash_on="b.example.", how=AdapterError
+    )
+    outcome = pipeline(config, node, kdc, adapter).process(dist_id, records[0], tuple(records[1:]))
+    assert outcome.outcome == "failed" and outcome.stage == "apply"
+    assert key_files(config) == before
+
+
+def test_restart_after_a_kill_mid_apply_restores_the_old_keys(setup) -> None:  # type: ignore[no-untyped-def]
+    config, node, kdc, dist_id, records = setup
+    before = key_files(config)
+    adapter = CrashingAdapter(
+        {"path": "keys"}, config_path=config.path, crash_on="b.example.", how=Killed
+    )
+    with pytest.raises(Killed):
+        pipeline(config, node, kdc, adapter).process(dist_id, records[0], tuple(records[1:]))
+    assert key_files(config) != before  # the kill left a mix on disk
+
+    restarted = pipeline(
+        config, node, kdc, DirectoryAdapter({"path": "keys"}, config_path=config.path)
+    )
+    assert restarted.recover() == [dist_id]
+    assert key_files(config) == before
+    assert restarted.store.seen(dist_id).outcome == "failed"  # type: ignore[union-attr]
+
+    # Fetched again (the service re-queues it), it now completes: the new set, entirely.
+    outcome = restarted.process(dist_id, records[0], tuple(records[1:]))
+    assert outcome.outcome == "applied"
+    assert {z for z, _ in key_files(config)} == set(ZONES)
+    assert len(key_files(config)) == 4  # old keys stay until the KDC removes them
