@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import struct
+from collections.abc import Callable
+from typing import cast
 
 import dns.message
 
@@ -30,3 +33,56 @@ async def udp_exchange(
     finally:
         transport.close()
     return dns.message.from_wire(data)
+
+
+Handler = Callable[[bytes, str, bool], bytes | None]
+"""(wire, source address, over UDP?) -> reply wire, or None to stay silent."""
+
+
+class _UdpServer(asyncio.DatagramProtocol):
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        out = self.handler(data, addr[0], True)
+        if out is not None and self.transport is not None:
+            self.transport.sendto(out, addr)
+
+
+async def serve_dns(
+    handler: Handler, host: str, port: int, *, idle_timeout: float = 30.0
+) -> tuple[asyncio.BaseTransport, asyncio.AbstractServer, int]:
+    """Listen on UDP and TCP (same port; 0 picks one) and answer every message with ``handler``.
+
+    TCP connections may carry several length-prefixed messages and close when idle or when the
+    handler has nothing to say."""
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(
+        lambda: _UdpServer(handler), local_addr=(host, port)
+    )
+    bound = int(transport.get_extra_info("sockname")[1])
+
+    async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        source = peer[0] if peer else ""
+        try:
+            while True:
+                header = await asyncio.wait_for(reader.readexactly(2), idle_timeout)
+                (length,) = struct.unpack("!H", header)
+                wire = await asyncio.wait_for(reader.readexactly(length), idle_timeout)
+                out = handler(wire, source, False)
+                if out is None:
+                    break
+                writer.write(struct.pack("!H", len(out)) + out)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(client, host, bound)
+    return transport, server, bound

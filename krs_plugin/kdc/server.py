@@ -18,7 +18,6 @@ import logging
 import struct
 import time
 from dataclasses import dataclass
-from typing import cast
 
 import dns.exception
 import dns.flags
@@ -33,7 +32,7 @@ from dns.rdtypes.ANY.SOA import SOA
 
 from krs_plugin.confirmation import verify_report
 from krs_plugin.crypto import JoseKey
-from krs_plugin.dnsio import udp_exchange
+from krs_plugin.dnsio import serve_dns, udp_exchange
 from krs_plugin.errors import KrsError
 from krs_plugin.kdc.store import DistributionRow, Store
 from krs_plugin.protocol import (
@@ -270,35 +269,14 @@ class KdcServer:
             return bytes(response.to_wire(max_size=limit))
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
         for host, port in self.options.listen:
-            transport, _ = await loop.create_datagram_endpoint(
-                lambda: _UdpProtocol(self), local_addr=(host, port)
+            transport, server, bound = await serve_dns(
+                lambda wire, source, udp: self.handle(wire, source, udp=udp), host, port
             )
             self._transports.append(transport)
-            bound_port = transport.get_extra_info("sockname")[1]
-            server = await asyncio.start_server(self._tcp_client, host, bound_port)
             self._servers.append(server)
-            self.bound.append((host, bound_port))
-            log.info("serving control zone %s on %s port %d", self.zone.origin, host, bound_port)
-
-    async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")
-        source = peer[0] if peer else "?"
-        try:
-            while True:
-                header = await asyncio.wait_for(reader.readexactly(2), timeout=30)
-                (length,) = struct.unpack("!H", header)
-                wire = await asyncio.wait_for(reader.readexactly(length), timeout=30)
-                out = self.handle(wire, source, udp=False)
-                if out is None:
-                    break
-                writer.write(struct.pack("!H", len(out)) + out)
-                await writer.drain()
-        except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
-            pass
-        finally:
-            writer.close()
+            self.bound.append((host, bound))
+            log.info("serving control zone %s on %s port %d", self.zone.origin, host, bound)
 
     async def notify_loop(self) -> None:
         """Send NOTIFY for pending distributions until each node answers; expire old ones.
@@ -361,20 +339,6 @@ class KdcServer:
             server.close()
         for transport in self._transports:
             transport.close()
-
-
-class _UdpProtocol(asyncio.DatagramProtocol):
-    def __init__(self, server: KdcServer) -> None:
-        self.server = server
-        self.transport: asyncio.DatagramTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.DatagramTransport, transport)
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        out = self.server.handle(data, addr[0], udp=True)
-        if out is not None and self.transport is not None:
-            self.transport.sendto(out, addr)
 
 
 async def serve(store: Store, control_zone: str, options: ServeOptions) -> None:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +18,7 @@ import dns.exception
 import dns.name
 
 from krs_plugin.errors import ConfigError, KrsError
+from krs_plugin.sqlitedb import open_private_db, transaction
 
 SCHEMA_VERSION = 1
 KEY_STATES = ("created", "published", "active", "retired", "removed")
@@ -156,16 +157,9 @@ class Store:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        if not self.path.exists():
-            if not self.path.parent.is_dir():
-                raise ConfigError(f"{self.path}: state directory does not exist (run init)")
-            # Created 0600 before SQLite opens it: the database holds private keys.
-            os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-        self.db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
-        self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA foreign_keys=ON")
-        self.db.execute("PRAGMA busy_timeout=10000")
+        if not self.path.exists() and not self.path.parent.is_dir():
+            raise ConfigError(f"{self.path}: state directory does not exist (run init)")
+        self.db = open_private_db(self.path)
         self.db.executescript(_SCHEMA)  # idempotent; executescript manages its own transaction
         with self.transaction():
             self.db.execute(
@@ -176,16 +170,9 @@ class Store:
     def close(self) -> None:
         self.db.close()
 
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
         """One atomic change: everything inside commits together or not at all."""
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.db
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
+        return transaction(self.db)
 
     # --- meta -----------------------------------------------------------------------------
 

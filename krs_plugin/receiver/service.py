@@ -12,7 +12,6 @@ import asyncio
 import ipaddress
 import json
 import logging
-import struct
 import time
 
 import dns.exception
@@ -25,7 +24,7 @@ import dns.rdatatype
 from krs_plugin.config import Address, Config
 from krs_plugin.confirmation import sign_report
 from krs_plugin.crypto import JoseKey
-from krs_plugin.dnsio import udp_exchange
+from krs_plugin.dnsio import serve_dns, udp_exchange
 from krs_plugin.errors import KrsError
 from krs_plugin.protocol import CHUNK_TYPE, ChunkOption, notify_name, parse_notify_name
 from krs_plugin.protocol.edns import CONTENT_KEY_STATUS
@@ -223,30 +222,17 @@ class Service:
     # --- listeners ------------------------------------------------------------------------
 
     async def start(self) -> list[asyncio.AbstractServer]:
-        loop = asyncio.get_running_loop()
-        servers: list[asyncio.AbstractServer] = []
+        servers = []
         for address in self.config.notify.listen:
-            transport, _ = await loop.create_datagram_endpoint(
-                lambda: _NotifyUdp(self), local_addr=(address.host, address.port)
+            _, server, port = await serve_dns(
+                lambda wire, source, udp: self.handle_notify(wire, source),
+                address.host,
+                address.port,
+                idle_timeout=10,
             )
-            port = transport.get_extra_info("sockname")[1]
-            servers.append(await asyncio.start_server(self._tcp, address.host, port))
+            servers.append(server)
             self.bound.append(Address(address.host, port))
         return servers
-
-    async def _tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")
-        try:
-            (length,) = struct.unpack("!H", await asyncio.wait_for(reader.readexactly(2), 10))
-            wire = await asyncio.wait_for(reader.readexactly(length), 10)
-            out = self.handle_notify(wire, peer[0] if peer else "")
-            if out is not None:
-                writer.write(struct.pack("!H", len(out)) + out)
-                await writer.drain()
-        except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
-            pass
-        finally:
-            writer.close()
 
     async def run(self) -> None:
         for dist_id in self.pipeline.recover():
@@ -254,17 +240,3 @@ class Service:
         await self.start()
         print("krs listening for NOTIFY on " + ", ".join(str(a) for a in self.bound), flush=True)
         await asyncio.gather(self.worker(), self.confirm_loop(), self.poll_loop())
-
-
-class _NotifyUdp(asyncio.DatagramProtocol):
-    def __init__(self, service: Service) -> None:
-        self.service = service
-        self.transport: asyncio.DatagramTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        out = self.service.handle_notify(data, addr[0])
-        if out is not None and self.transport is not None:
-            self.transport.sendto(out, addr)

@@ -11,10 +11,11 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
+
+from krs_plugin.sqlitedb import open_private_db, transaction
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS distributions (
@@ -69,25 +70,14 @@ class DistributionRecord:
 class ReceiverStore:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        if not self.path.exists():
-            os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-        self.db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
-        self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db = open_private_db(self.path)
         self.db.executescript(_SCHEMA)
 
     def close(self) -> None:
         self.db.close()
 
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.db
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        return transaction(self.db)
 
     def seen(self, dist_id: str) -> DistributionRecord | None:
         row = self.db.execute("SELECT * FROM distributions WHERE id = ?", (dist_id,)).fetchone()
