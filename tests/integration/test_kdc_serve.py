@@ -21,6 +21,7 @@ import dns.query
 import dns.rcode
 import dns.rdatatype
 import pytest
+from netutil import free_port
 
 from krs_plugin.confirmation import sign_report
 from krs_plugin.crypto import (
@@ -51,15 +52,6 @@ KDC = str(Path(sys.executable).parent / "krs-kdc")
 CZ = "kdc.example."
 ZONE = "example.com."
 CHUNK = dns.rdatatype.RdataType.make(CHUNK_TYPE)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-        udp.bind(("127.0.0.1", 0))
-        port = int(udp.getsockname()[1])
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-        tcp.bind(("127.0.0.1", port))  # the server needs both on the same number
-    return port
 
 
 def kdc(state: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

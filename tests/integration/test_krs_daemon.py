@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import dns.query
 import dns.rcode
 import dns.rdatatype
 import pytest
+from netutil import free_port
 
 from krs_plugin.crypto import (
     HpkeKey,
@@ -33,15 +33,6 @@ from krs_plugin.protocol import notify_name
 
 BIN = Path(sys.executable).parent
 CZ, ZONE = "kdc.example.", "example.com."
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-        udp.bind(("127.0.0.1", 0))
-        port = int(udp.getsockname()[1])
-    with socket.socket() as tcp:
-        tcp.bind(("127.0.0.1", port))
-    return port
 
 
 def run(*args: str) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ import dns.message
 import dns.query
 import dns.rdatatype
 import pytest
+from netutil import free_port
 
 from krs_plugin.crypto import (
     HpkeKey,
@@ -29,15 +29,6 @@ from krs_plugin.kdc.store import Store
 
 BIN = Path(sys.executable).parent
 CZ, ZONE = "kdc.example.", "example.com."
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-        udp.bind(("127.0.0.1", 0))
-        port = int(udp.getsockname()[1])
-    with socket.socket() as tcp:
-        tcp.bind(("127.0.0.1", port))
-    return port
 
 
 def run(tool: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
