@@ -136,7 +136,9 @@ def jwe_encrypt(
         plaintext,
         protected=json.dumps(dict(sorted(protected.items())), separators=(",", ":")),
     )
-    token.add_recipient(recipient.public_only().jwcrypto_key())
+    # A public-only key keeps its imported JWK cached; never hand jwcrypto a private key here.
+    public = recipient if recipient.private is None else recipient.public_only()
+    token.add_recipient(public.jwcrypto_key())
     return str(token.serialize(compact=True))
 
 
