@@ -1,28 +1,31 @@
 """The decrypted distribution content (PROTOCOL.md section 5): a JSON array of operations.
 
-Every entry is validated before anything is installed: field names and types, zone names, the
-algorithm, that ``key_id`` is the DNSKEY's key tag, and that the private key derives that DNSKEY.
-Unknown fields are refused rather than ignored: a field we do not understand may change what the
-KDC meant. Messages name the entry index and the field; private keys never appear in them.
+Every entry is validated before anything is installed: field names and JSON types, zone names,
+the algorithm, that ``key_id`` is the DNSKEY's key tag, and that the private key derives that
+DNSKEY. Unknown fields are refused rather than ignored: a field we do not understand may change
+what the KDC meant. Messages name the entry index, the field and the problem; private keys never
+appear in them (values are shown truncated, key material never).
+
+``encode_payload`` is the inverse for the KDC and writes what tdns's Go code writes.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import datetime as dt
 import itertools
 import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
-import dns.exception
+import dns.dnssec
 import dns.name
 from dns.rdtypes.ANY.DNSKEY import DNSKEY
 
 from krs_plugin.dnssec import (
-    ALGORITHMS,
     DnssecKey,
     KeyTiming,
     check_key_matches,
@@ -30,42 +33,65 @@ from krs_plugin.dnssec import (
     load_pkcs8_pem,
     parse_dnskey_text,
 )
-from krs_plugin.errors import KeyFileError, KeyMismatchError, PayloadError, PolicyError
+from krs_plugin.dnssec.timing import MAX_TIME
+from krs_plugin.errors import (
+    KeyFileError,
+    KeyMismatchError,
+    PayloadError,
+    PolicyError,
+    UnsupportedAlgorithmError,
+)
 
 KeyType = Literal["ZSK", "KSK", "CSK"]
 KEY_TYPES: tuple[KeyType, ...] = ("ZSK", "KSK", "CSK")
-FLAGS_FOR_TYPE = {"ZSK": 256, "KSK": 257, "CSK": 257}
+FLAGS_FOR_TYPE: dict[str, int] = {"ZSK": 256, "KSK": 257, "CSK": 257}
 DEFAULT_CLOCK_SKEW = 30
+OPERATIONS = ("roll_key", "delete_key", "ping")
 
-_ENTRY_FIELDS = {
-    "roll_key": {
-        "operation",
-        "zone_name",
-        "key_id",
-        "key_type",
-        "algorithm",
-        "flags",
-        "public_key",
-        "private_key",
-        "metadata",
-    },
-    "delete_key": {"operation", "zone_name", "key_id", "metadata"},
-    "ping": {"operation", "metadata"},
+# tdns's DistributionEntry, in its Go struct order (the order encode_payload writes).
+ENTRY_FIELDS = (
+    "operation",
+    "zone_name",
+    "key_id",
+    "key_type",
+    "algorithm",
+    "flags",
+    "public_key",
+    "private_key",
+    "metadata",
+)
+_USED_FIELDS = {
+    "roll_key": frozenset(ENTRY_FIELDS),
+    "delete_key": frozenset({"operation", "zone_name", "key_id", "metadata"}),
+    "ping": frozenset({"operation", "metadata"}),
 }
-_OURS = {"distribution_id", "issued_at", "expires_at"}
-_METADATA_FIELDS = {
-    "roll_key": {"old_key_id", "retire_old_key", "timing", *_OURS},
-    "delete_key": {"reason", "pending_confirmation", "crypto", *_OURS},
-    "ping": {"nonce", "timestamp", "crypto", *_OURS},
+_OURS = ("distribution_id", "issued_at", "expires_at")
+METADATA_FIELDS = {
+    "roll_key": frozenset({"old_key_id", "retire_old_key", "timing", *_OURS}),
+    "delete_key": frozenset({"reason", "pending_confirmation", "crypto", *_OURS}),
+    "ping": frozenset({"nonce", "timestamp", "crypto", *_OURS}),
 }
-_TIMING_ORDER = ("publish", "activate", "inactive", "delete")
-_DIST_ID = re.compile(r"^[0-9a-f]{4,16}$")
-_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
+TIMING_FIELDS = ("publish", "activate", "inactive", "delete")
+MAX_TEXT = 1024  # reason, nonce, crypto: logged and echoed, so bounded
+
+_DIST_ID = re.compile(r"[0-9a-f]{4,16}")
+_KEY_TAG = re.compile(r"0|[1-9][0-9]{0,4}")
+_LABEL = re.compile(r"[A-Za-z0-9_-]+")
+_RFC3339 = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?([Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
+
+
+# --- the model --------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Envelope:
-    """Our additions inside ``metadata``, shared by every operation (all optional)."""
+    """Our additions inside ``metadata``, shared by every operation (all optional).
+
+    They are inside the signed and encrypted content, so the KRS can bind an entry to the
+    distribution it arrived in and to a validity window without trusting the manifest alone.
+    """
 
     distribution_id: str | None = None
     issued_at: int | None = None
@@ -74,7 +100,7 @@ class Envelope:
 
 @dataclass(frozen=True)
 class RollKey:
-    """Publish and activate ``key``; retire the zone's previous keys of its role."""
+    """Publish and activate ``key``; retire the zone's previous keys of its role (tdns)."""
 
     zone: dns.name.Name
     key_tag: int
@@ -93,7 +119,7 @@ class RollKey:
 
 @dataclass(frozen=True)
 class DeleteKey:
-    """Remove the key ``key_tag`` from ``zone``; an unknown key is already removed."""
+    """Remove the key ``key_tag`` from ``zone``; an unknown key is already removed (tdns)."""
 
     zone: dns.name.Name
     key_tag: int
@@ -126,6 +152,119 @@ class Payload:
         return frozenset(e.zone for e in self.entries if not isinstance(e, Ping))
 
 
+# --- shared checks (parser and builders use the same ones) ------------------------------------
+
+
+def _fail(where: str, message: str) -> NoReturn:
+    raise PayloadError(f"{where}: {message}")
+
+
+def _show(value: object) -> str:
+    """A value for an error message: short enough that a misplaced private key never shows."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:36] + "...'"
+
+
+def _kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a fractional number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def zone_name(text: str, where: str, label: str = "field 'zone_name'") -> dns.name.Name:
+    """An absolute zone name, lower-cased; letters, digits, ``-`` and ``_`` in its labels.
+
+    The name ends up in file names and in nameserver commands, so characters that need
+    escaping there are refused rather than escaped.
+    """
+    if text == ".":
+        return dns.name.root
+    if not text:
+        _fail(where, f"{label} is empty")
+    if not text.endswith("."):
+        _fail(where, f"{label} {_show(text)} is not absolute (must end with a dot)")
+    labels = text[:-1].split(".")
+    for part in labels:
+        if not part:
+            _fail(where, f"{label} {_show(text)} has an empty label")
+        if len(part) > 63:
+            _fail(where, f"{label} has a label of {len(part)} characters (at most 63)")
+        if not (part.isascii() and _LABEL.fullmatch(part)):
+            _fail(
+                where,
+                f"{label} {_show(text)}: labels may hold only letters, digits, '-' and '_'",
+            )
+    wire = sum(len(p) + 1 for p in labels) + 1
+    if wire > 255:
+        _fail(where, f"{label} is {wire} bytes in wire form (at most 255)")
+    return dns.name.from_text(text).canonicalize()
+
+
+def key_tag_text(value: str, where: str, label: str = "field 'key_id'") -> int:
+    """A key tag from its decimal text (no sign, no leading zeros, 0..65535)."""
+    if not (value.isascii() and _KEY_TAG.fullmatch(value)) or int(value) > 0xFFFF:
+        _fail(where, f"{label} {_show(value)} is not a decimal key tag 0..65535")
+    return int(value)
+
+
+def _unix_seconds(value: object, where: str, label: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        _fail(where, f"{label} must be an integer (Unix seconds), got {_kind(value)}")
+    if not 0 <= value <= MAX_TIME:
+        _fail(where, f"{label} {value} is not Unix seconds in 0..{MAX_TIME}")
+    return value
+
+
+def _check_timing(timing: KeyTiming, where: str) -> None:
+    present = [(k, getattr(timing, k)) for k in TIMING_FIELDS if getattr(timing, k) is not None]
+    for (a, va), (b, vb) in itertools.pairwise(present):
+        if va > vb:
+            _fail(where, f"metadata 'timing': {a} ({va}) is after {b} ({vb})")
+
+
+def _check_envelope(envelope: Envelope, where: str) -> None:
+    dist_id = envelope.distribution_id
+    if dist_id is not None and not _DIST_ID.fullmatch(dist_id):
+        _fail(where, f"metadata 'distribution_id' {_show(dist_id)} is not 4-16 lowercase hex")
+    for name in ("issued_at", "expires_at"):
+        value = getattr(envelope, name)
+        if value is not None:
+            _unix_seconds(value, where, f"metadata {name!r}")
+    issued, expires = envelope.issued_at, envelope.expires_at
+    if issued is not None and expires is not None and expires < issued:
+        _fail(where, f"metadata 'expires_at' ({expires}) is before 'issued_at' ({issued})")
+
+
+def _check_rfc3339(value: str, where: str) -> None:
+    ok = _RFC3339.fullmatch(value) is not None
+    if ok:
+        try:
+            dt.datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
+        except ValueError:
+            ok = False
+    if not ok:
+        _fail(where, f"metadata 'timestamp' {_show(value)} is not an RFC 3339 date-time")
+
+
+def _check_text(value: str, where: str, label: str, *, empty_ok: bool = True) -> None:
+    if not value and not empty_ok:
+        _fail(where, f"{label} is empty")
+    if len(value) > MAX_TEXT:
+        _fail(where, f"{label} is {len(value)} characters (at most {MAX_TEXT})")
+
+
 # --- building (the KDC) -----------------------------------------------------------------------
 
 
@@ -140,19 +279,30 @@ def roll_key_entry(
     issued_at: int | None = None,
     expires_at: int | None = None,
 ) -> RollKey:
+    """A ``roll_key`` entry for ``key``, checked by the rules ``parse_payload`` applies.
+
+    ``timing.created`` is not part of the payload and is dropped.
+    """
+    where = "roll_key_entry"
+    if key_type not in KEY_TYPES:
+        _fail(where, f"key_type {_show(key_type)} is not ZSK, KSK or CSK")
     if FLAGS_FOR_TYPE[key_type] != key.flags:
-        raise PayloadError(
-            f"a {key_type} needs flags {FLAGS_FOR_TYPE[key_type]}, key has {key.flags}"
+        _fail(
+            where, f"a {key_type} needs flags {FLAGS_FOR_TYPE[key_type]}, the key has {key.flags}"
         )
+    zone = zone_name(key.zone.to_text(), where, "zone")
+    if old_key_tag is not None:
+        if not 0 <= old_key_tag <= 0xFFFF:
+            _fail(where, f"old_key_tag {old_key_tag} is not in 0..65535")
+        if old_key_tag == key.key_tag:
+            _fail(where, f"old_key_tag {old_key_tag} is the new key's own tag")
+    if timing is not None:
+        timing = KeyTiming(None, timing.publish, timing.activate, timing.inactive, timing.delete)
+        _check_timing(timing, where)
+    envelope = Envelope(distribution_id, issued_at, expires_at)
+    _check_envelope(envelope, where)
     return RollKey(
-        key.zone.canonicalize(),
-        key.key_tag,
-        key_type,
-        key,
-        old_key_tag,
-        retire_old_key,
-        timing,
-        Envelope(distribution_id, issued_at, expires_at),
+        zone, key.key_tag, key_type, key, old_key_tag, bool(retire_old_key), timing, envelope
     )
 
 
@@ -165,69 +315,107 @@ def delete_key_entry(
     issued_at: int | None = None,
     expires_at: int | None = None,
 ) -> DeleteKey:
-    name = dns.name.from_text(zone) if isinstance(zone, str) else zone
-    return DeleteKey(
-        name.canonicalize(), key_tag, reason, Envelope(distribution_id, issued_at, expires_at)
-    )
+    """A ``delete_key`` entry, checked by the rules ``parse_payload`` applies."""
+    where = "delete_key_entry"
+    text = zone.to_text() if isinstance(zone, dns.name.Name) else zone
+    name = zone_name(text, where, "zone")
+    if not 0 <= key_tag <= 0xFFFF:
+        _fail(where, f"key_tag {key_tag} is not in 0..65535")
+    if reason is not None:
+        _check_text(reason, where, "reason")
+    envelope = Envelope(distribution_id, issued_at, expires_at)
+    _check_envelope(envelope, where)
+    return DeleteKey(name, key_tag, reason, envelope)
 
 
-def ping_entry(nonce: str, timestamp: str | None = None) -> Ping:
-    return Ping(nonce, timestamp)
+def ping_entry(
+    nonce: str,
+    timestamp: str | None = None,
+    *,
+    distribution_id: str | None = None,
+    issued_at: int | None = None,
+    expires_at: int | None = None,
+) -> Ping:
+    """A ``ping`` entry; ``timestamp`` is RFC 3339 text as tdns sends it."""
+    where = "ping_entry"
+    _check_text(nonce, where, "nonce", empty_ok=False)
+    if timestamp is not None:
+        _check_rfc3339(timestamp, where)
+    envelope = Envelope(distribution_id, issued_at, expires_at)
+    _check_envelope(envelope, where)
+    return Ping(nonce, timestamp, envelope)
 
 
 def encode_payload(entries: Sequence[Entry]) -> bytes:
-    """tdns-compatible JSON (``DistributionEntry`` array); our fields only when set."""
-    return json.dumps([_entry_json(e) for e in entries], separators=(",", ":")).encode()
+    """The JSON tdns's Go code writes: entries in struct field order, ``metadata`` keys sorted
+    (Go marshals maps sorted), ``<``, ``>``, ``&`` escaped as Go does; our fields only when set.
+    """
+    if not entries:
+        raise PayloadError("encode_payload: a payload needs at least one entry")
+    text = json.dumps([_entry_json(e) for e in entries], separators=(",", ":"), ensure_ascii=False)
+    for char, escaped in (
+        ("&", "\\u0026"),
+        ("<", "\\u003c"),
+        (">", "\\u003e"),
+        ("\u2028", "\\u2028"),
+        ("\u2029", "\\u2029"),
+    ):
+        text = text.replace(char, escaped)
+    return text.encode("utf-8")
+
+
+def _sorted(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _sorted(value[k]) for k in sorted(value)}
+    return value
 
 
 def _entry_json(entry: Entry) -> dict[str, Any]:
-    meta: dict[str, Any]
+    meta: dict[str, Any] = {
+        k: v
+        for k, v in (
+            ("distribution_id", entry.envelope.distribution_id),
+            ("issued_at", entry.envelope.issued_at),
+            ("expires_at", entry.envelope.expires_at),
+        )
+        if v is not None
+    }
     if isinstance(entry, RollKey):
-        meta = {
-            "old_key_id": None if entry.old_key_tag is None else str(entry.old_key_tag),
-            "retire_old_key": entry.retire_old_key,
-        }
+        meta["old_key_id"] = None if entry.old_key_tag is None else str(entry.old_key_tag)
+        meta["retire_old_key"] = entry.retire_old_key
         if entry.timing is not None:
-            timing = {k: getattr(entry.timing, k) for k in _TIMING_ORDER}
-            meta["timing"] = {k: v for k, v in timing.items() if v is not None}
-        meta.update(_envelope_json(entry.envelope))
+            meta["timing"] = {
+                k: getattr(entry.timing, k)
+                for k in TIMING_FIELDS
+                if getattr(entry.timing, k) is not None
+            }
+        key = entry.key
+        rd = key.dnskey
+        rdata = f"{rd.flags} {rd.protocol} {int(rd.algorithm)} {base64.b64encode(rd.key).decode()}"
         return {
             "operation": "roll_key",
             "zone_name": entry.zone.to_text(),
             "key_id": str(entry.key_tag),
             "key_type": entry.key_type,
-            "algorithm": entry.key.algorithm,
-            "flags": entry.key.flags,
-            "public_key": entry.key.dnskey_text(),
-            "private_key": base64.b64encode(entry.key.to_pkcs8_pem()).decode(),
-            "metadata": meta,
+            "algorithm": key.algorithm,
+            "flags": key.flags,
+            "public_key": f"{entry.zone.to_text()}\t{key.ttl}\tIN\tDNSKEY\t{rdata}",
+            "private_key": base64.b64encode(key.to_pkcs8_pem()).decode(),
+            "metadata": _sorted(meta),
         }
     if isinstance(entry, DeleteKey):
-        meta = {} if entry.reason is None else {"reason": entry.reason}
-        meta.update(_envelope_json(entry.envelope))
+        if entry.reason is not None:
+            meta["reason"] = entry.reason
         return {
             "operation": "delete_key",
             "zone_name": entry.zone.to_text(),
             "key_id": str(entry.key_tag),
-            "metadata": meta,
+            "metadata": _sorted(meta),
         }
-    meta = {"nonce": entry.nonce}
+    meta["nonce"] = entry.nonce
     if entry.timestamp is not None:
         meta["timestamp"] = entry.timestamp
-    meta.update(_envelope_json(entry.envelope))
-    return {"operation": "ping", "metadata": meta}
-
-
-def _envelope_json(envelope: Envelope) -> dict[str, Any]:
-    return {
-        k: v
-        for k, v in (
-            ("distribution_id", envelope.distribution_id),
-            ("issued_at", envelope.issued_at),
-            ("expires_at", envelope.expires_at),
-        )
-        if v is not None
-    }
+    return {"operation": "ping", "metadata": _sorted(meta)}
 
 
 # --- parsing (the KRS) ------------------------------------------------------------------------
@@ -240,74 +428,142 @@ def parse_payload(
     expected_distribution_id: str | None = None,
     clock_skew: int = DEFAULT_CLOCK_SKEW,
 ) -> Payload:
-    """Validate the cleartext of a distribution completely, or raise naming the first problem."""
-    try:
-        obj = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise PayloadError(f"payload is not valid JSON: {exc}") from exc
+    """Validate the cleartext of a distribution completely, or raise naming the first problem.
+
+    Content errors (``PayloadError``, ``UnsupportedAlgorithmError``, ``KeyMismatchError``) are
+    checked for every entry before the window (``PolicyError``): a malformed payload is reported
+    as malformed even when it has also expired.
+    """
+    obj = _load_json(data)
     if not isinstance(obj, list):
-        raise PayloadError(f"payload must be a JSON array of operations, got {_kind(obj)}")
+        raise PayloadError(f"payload: must be a JSON array of operations, got {_kind(obj)}")
     if not obj:
-        raise PayloadError("payload holds no operations")
+        raise PayloadError("payload: the array holds no operations")
     entries = tuple(_parse_entry(i, e) for i, e in enumerate(obj))
-    seen: dict[tuple[dns.name.Name, int], RollKey] = {}
+    _check_duplicates(entries)
     for index, entry in enumerate(entries):
-        _check_window(index, entry.envelope, now, expected_distribution_id, clock_skew)
-        if isinstance(entry, RollKey):
-            ident = (entry.zone, entry.key_tag)
-            other = seen.get(ident)
-            if other is not None and other.key.dnskey != entry.key.dnskey:
-                raise PayloadError(
-                    f"entry {index}: key {entry.key_tag} for {entry.zone} appears twice with "
-                    "different key material"
-                )
-            seen[ident] = entry
+        _check_window(
+            f"entry {index} ({entry.operation})",
+            entry.envelope,
+            now,
+            expected_distribution_id,
+            clock_skew,
+        )
     return Payload(entries)
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise PayloadError(f"payload: key {_show(key)} appears twice in one JSON object")
+        obj[key] = value
+    return obj
+
+
+def _no_constants(name: str) -> NoReturn:
+    raise PayloadError(f"payload: {name} is not valid JSON")
+
+
+def _load_json(data: bytes) -> Any:
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise PayloadError(f"payload: expected bytes, got {type(data).__name__}")
+    try:
+        text = bytes(data).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PayloadError(f"payload: not UTF-8 (byte {exc.start})") from None
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constants)
+    except json.JSONDecodeError as exc:
+        raise PayloadError(
+            f"payload: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
+    except (ValueError, RecursionError) as exc:  # integer too long, nesting too deep
+        raise PayloadError(f"payload: not acceptable JSON: {type(exc).__name__}") from None
+
+
+def _get(
+    obj: Mapping[str, Any], name: str, kind: type, where: str, label: str, *, required: bool
+) -> Any:
+    if name not in obj or (obj[name] is None and not required):
+        if required:
+            _fail(where, f"{label} is missing")
+        return None
+    value = obj[name]
+    ok = (
+        isinstance(value, int) and not isinstance(value, bool)
+        if kind is int
+        else isinstance(value, kind)
+    )
+    if not ok:
+        expected = {int: "an integer", str: "a string", bool: "a boolean", dict: "an object"}
+        _fail(where, f"{label} must be {expected[kind]}, got {_kind(value)}")
+    return value
+
+
+def _field(obj: Mapping[str, Any], name: str, kind: type, where: str) -> Any:
+    return _get(obj, name, kind, where, f"field {name!r}", required=True)
+
+
+def _meta(meta: Mapping[str, Any], name: str, kind: type, where: str) -> Any:
+    return _get(meta, name, kind, where, f"metadata {name!r}", required=False)
+
+
+def _is_empty(value: object) -> bool:
+    """tdns may emit the members an operation does not use as zero values; they carry nothing."""
+    if value is None or value == "":
+        return True
+    return isinstance(value, int) and not isinstance(value, bool) and value == 0
 
 
 def _parse_entry(index: int, obj: Any) -> Entry:
     where = f"entry {index}"
     if not isinstance(obj, dict):
-        raise PayloadError(f"{where}: must be a JSON object, got {_kind(obj)}")
-    operation = obj.get("operation")
-    if not isinstance(operation, str):
-        raise PayloadError(f"{where}: field 'operation' is missing or not a string")
-    allowed = _ENTRY_FIELDS.get(operation)
-    if allowed is None:
-        raise PayloadError(
-            f"{where}: unknown operation {operation!r} (expected roll_key, delete_key or ping)"
-        )
+        _fail(where, f"must be a JSON object, got {_kind(obj)}")
+    operation = _field(obj, "operation", str, where)
+    if operation not in OPERATIONS:
+        _fail(where, f"field 'operation' {_show(operation)} is not roll_key, delete_key or ping")
     where = f"entry {index} ({operation})"
-    # tdns may emit empty fields for operations that do not use them; they carry nothing.
-    unknown = sorted(k for k in obj if k not in allowed and obj[k] not in ("", 0, None))
+    for name in obj:
+        if name not in ENTRY_FIELDS:
+            _fail(where, f"unknown field {_show(name)}")
+        if name not in _USED_FIELDS[operation] and not _is_empty(obj[name]):
+            _fail(where, f"field {name!r} is not used by {operation} and must be empty")
+    meta = _get(obj, "metadata", dict, where, "field 'metadata'", required=False) or {}
+    unknown = sorted(k for k in meta if k not in METADATA_FIELDS[operation])
     if unknown:
-        raise PayloadError(f"{where}: unknown field(s) {', '.join(map(repr, unknown))}")
-    meta = obj.get("metadata")
-    if meta is None:
-        meta = {}
-    if not isinstance(meta, dict):
-        raise PayloadError(f"{where}: field 'metadata' must be an object, got {_kind(meta)}")
-    bad_meta = sorted(k for k in meta if k not in _METADATA_FIELDS[operation])
-    if bad_meta:
-        raise PayloadError(f"{where}: unknown metadata field(s) {', '.join(map(repr, bad_meta))}")
+        _fail(where, f"unknown metadata key {_show(unknown[0])}")
     envelope = _parse_envelope(meta, where)
     if operation == "ping":
-        nonce = meta.get("nonce")
-        if not isinstance(nonce, str) or not nonce:
-            raise PayloadError(f"{where}: metadata 'nonce' is missing or not a string")
-        timestamp = _optional(meta, "timestamp", str, where)
-        if timestamp is not None and not _RFC3339.match(timestamp):
-            raise PayloadError(f"{where}: metadata 'timestamp' {timestamp!r} is not RFC 3339")
-        _optional(meta, "crypto", str, where)
-        return Ping(nonce, timestamp, envelope)
-    zone = _zone(obj, where)
-    key_tag = _key_tag(obj, "key_id", where)
+        return _parse_ping(meta, envelope, where)
+    zone = zone_name(_field(obj, "zone_name", str, where), where)
+    key_tag = key_tag_text(_field(obj, "key_id", str, where), where)
     if operation == "delete_key":
-        reason = _optional(meta, "reason", str, where)
-        _optional(meta, "pending_confirmation", bool, where)
-        _optional(meta, "crypto", str, where)
+        reason = _meta(meta, "reason", str, where)
+        if reason is not None:
+            _check_text(reason, where, "metadata 'reason'")
+        _meta(meta, "pending_confirmation", bool, where)
+        _check_crypto(meta, where)
         return DeleteKey(zone, key_tag, reason, envelope)
     return _parse_roll_key(obj, meta, zone, key_tag, envelope, where)
+
+
+def _parse_ping(meta: Mapping[str, Any], envelope: Envelope, where: str) -> Ping:
+    if "nonce" not in meta or meta["nonce"] is None:
+        _fail(where, "metadata 'nonce' is missing (a ping needs one)")
+    nonce = _meta(meta, "nonce", str, where)
+    _check_text(nonce, where, "metadata 'nonce'", empty_ok=False)
+    timestamp = _meta(meta, "timestamp", str, where)
+    if timestamp is not None:
+        _check_rfc3339(timestamp, where)
+    _check_crypto(meta, where)
+    return Ping(nonce, timestamp, envelope)
+
+
+def _check_crypto(meta: Mapping[str, Any], where: str) -> None:
+    crypto = _meta(meta, "crypto", str, where)
+    if crypto is not None:
+        _check_text(crypto, where, "metadata 'crypto'")
 
 
 def _parse_roll_key(
@@ -318,165 +574,175 @@ def _parse_roll_key(
     envelope: Envelope,
     where: str,
 ) -> RollKey:
-    key_type = _required(obj, "key_type", str, where)
+    key_type = _field(obj, "key_type", str, where)
     if key_type not in KEY_TYPES:
-        raise PayloadError(f"{where}: key_type {key_type!r} is not ZSK, KSK or CSK")
-    algorithm = _required(obj, "algorithm", int, where)
-    get_algorithm(algorithm)
-    flags = _required(obj, "flags", int, where)
+        _fail(where, f"field 'key_type' {_show(key_type)} is not ZSK, KSK or CSK")
+    algorithm = _field(obj, "algorithm", int, where)
+    try:
+        get_algorithm(algorithm)
+    except UnsupportedAlgorithmError as exc:
+        raise UnsupportedAlgorithmError(f"{where}: field 'algorithm': {exc}") from None
+    flags = _field(obj, "flags", int, where)
+    if flags not in (256, 257):
+        _fail(where, f"field 'flags' {flags} is neither 256 (ZSK) nor 257 (KSK/CSK)")
     if flags != FLAGS_FOR_TYPE[key_type]:
-        raise PayloadError(
-            f"{where}: flags {flags} do not fit key_type {key_type} "
-            f"(expected {FLAGS_FOR_TYPE[key_type]})"
+        _fail(
+            where,
+            f"field 'flags' {flags} does not fit key_type {key_type} "
+            f"(expected {FLAGS_FOR_TYPE[key_type]})",
         )
-    public_text = _required(obj, "public_key", str, where)
+    old_tag, retire, timing = _parse_roll_metadata(meta, key_tag, where)
+    dnskey, ttl = _parse_public_key(obj, zone, algorithm, flags, key_tag, where)
+    key = _parse_private_key(obj, zone, algorithm, flags, ttl, where)
+    check_key_matches(key, dnskey, key_tag, where=f"{where}: field 'private_key'")
+    return RollKey(zone, key_tag, key_type, key, old_tag, retire, timing, envelope)
+
+
+def _parse_public_key(
+    obj: Mapping[str, Any],
+    zone: dns.name.Name,
+    algorithm: int,
+    flags: int,
+    key_tag: int,
+    where: str,
+) -> tuple[DNSKEY, int]:
+    text = _field(obj, "public_key", str, where)
     try:
-        owner, ttl, dnskey = parse_dnskey_text(public_text, where=f"{where}: public_key")
-    except KeyFileError as exc:
-        raise PayloadError(str(exc)) from exc
-    if owner.canonicalize() != zone:
-        raise PayloadError(f"{where}: public_key owner {owner} is not zone_name {zone}")
-    if dnskey.flags != flags or dnskey.algorithm != algorithm:
-        raise PayloadError(
-            f"{where}: public_key has flags {dnskey.flags} algorithm {int(dnskey.algorithm)}, "
-            f"the entry says flags {flags} algorithm {algorithm}"
-        )
-    private_text = _required(obj, "private_key", str, where)
-    try:
-        pem = base64.b64decode(private_text, validate=True)
-    except (binascii.Error, ValueError):
-        raise PayloadError(f"{where}: private_key is not standard base64") from None
-    try:
-        key = load_pkcs8_pem(pem, zone, algorithm, flags, ttl, where=f"{where}: private_key")
+        owner, ttl, dnskey = parse_dnskey_text(text, where=f"{where}: field 'public_key'")
     except KeyFileError as exc:
         raise PayloadError(str(exc)) from None
-    check_key_matches(key, dnskey, where=f"{where}: private_key")
-    if key_tag != key.key_tag:
-        raise KeyMismatchError(
-            f"{where}: key_id {key_tag} is not the DNSKEY's key tag {key.key_tag}"
+    if owner.canonicalize() != zone:
+        _fail(where, f"field 'public_key': owner {owner} is not zone_name {zone}")
+    if dnskey.protocol != 3:
+        _fail(where, f"field 'public_key': DNSKEY protocol {dnskey.protocol} is not 3")
+    if dnskey.flags != flags or int(dnskey.algorithm) != algorithm:
+        _fail(
+            where,
+            f"field 'public_key': the DNSKEY has flags {dnskey.flags} algorithm "
+            f"{int(dnskey.algorithm)}, the entry says flags {flags} algorithm {algorithm}",
         )
-    old = meta.get("old_key_id")
-    old_tag = None if old in (None, "") else _key_tag(meta, "old_key_id", f"{where}: metadata")
-    retire = _optional(meta, "retire_old_key", bool, where) or False
-    return RollKey(
-        zone, key_tag, key_type, key, old_tag, retire, _parse_timing(meta, where), envelope
-    )
+    found = dns.dnssec.key_id(dnskey)
+    if found != key_tag:
+        raise KeyMismatchError(
+            f"{where}: field 'key_id' is {key_tag}, but the DNSKEY in 'public_key' for {zone} "
+            f"has key tag {found}"
+        )
+    return dnskey, ttl
 
 
-def _parse_timing(meta: Mapping[str, Any], where: str) -> KeyTiming | None:
-    raw = meta.get("timing")
+def _parse_private_key(
+    obj: Mapping[str, Any],
+    zone: dns.name.Name,
+    algorithm: int,
+    flags: int,
+    ttl: int,
+    where: str,
+) -> DnssecKey:
+    text = _field(obj, "private_key", str, where)
+    try:
+        pem = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        _fail(where, "field 'private_key' is not standard base64")
+    try:
+        return load_pkcs8_pem(
+            pem, zone, algorithm, flags, ttl, where=f"{where}: field 'private_key'"
+        )
+    except KeyFileError as exc:
+        raise PayloadError(str(exc)) from None
+
+
+def _parse_roll_metadata(
+    meta: Mapping[str, Any], key_tag: int, where: str
+) -> tuple[int | None, bool, KeyTiming | None]:
+    old = _meta(meta, "old_key_id", str, where)
+    old_tag = None
+    if old:  # tdns: null or "" means no old key
+        old_tag = key_tag_text(old, where, "metadata 'old_key_id'")
+        if old_tag == key_tag:
+            _fail(where, f"metadata 'old_key_id' {old_tag} is the new key's own key_id")
+    retire = bool(_meta(meta, "retire_old_key", bool, where))
+    raw = _meta(meta, "timing", dict, where)
     if raw is None:
-        return None
-    if not isinstance(raw, dict):
-        raise PayloadError(f"{where}: metadata 'timing' must be an object")
-    unknown = sorted(k for k in raw if k not in _TIMING_ORDER)
+        return old_tag, retire, None
+    unknown = sorted(k for k in raw if k not in TIMING_FIELDS)
     if unknown:
-        raise PayloadError(f"{where}: unknown timing field(s) {', '.join(map(repr, unknown))}")
-    values = {k: _optional(raw, k, int, f"{where}: timing") for k in _TIMING_ORDER}
-    present = [(k, v) for k, v in values.items() if v is not None]
-    for (a, va), (b, vb) in itertools.pairwise(present):
-        if va > vb:
-            raise PayloadError(f"{where}: timing {a} ({va}) is after {b} ({vb})")
-    return KeyTiming(**values)
+        _fail(where, f"metadata 'timing': unknown key {_show(unknown[0])}")
+    values = {
+        k: None if raw.get(k) is None else _unix_seconds(raw[k], where, f"metadata 'timing.{k}'")
+        for k in TIMING_FIELDS
+    }
+    timing = KeyTiming(**values)
+    _check_timing(timing, where)
+    return old_tag, retire, timing
 
 
 def _parse_envelope(meta: Mapping[str, Any], where: str) -> Envelope:
-    dist_id = _optional(meta, "distribution_id", str, where)
-    if dist_id is not None and not _DIST_ID.match(dist_id):
-        raise PayloadError(f"{where}: metadata 'distribution_id' {dist_id!r} is not 4-16 hex")
-    return Envelope(
-        dist_id,
-        _optional(meta, "issued_at", int, where),
-        _optional(meta, "expires_at", int, where),
+    envelope = Envelope(
+        _meta(meta, "distribution_id", str, where),
+        meta.get("issued_at"),
+        meta.get("expires_at"),
     )
+    _check_envelope(envelope, where)
+    return envelope
+
+
+def _check_duplicates(entries: Sequence[Entry]) -> None:
+    """The same (zone, key tag) twice is fine when identical (tdns: idempotent), else refused."""
+    seen: dict[tuple[dns.name.Name, int], tuple[int, RollKey]] = {}
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, RollKey):
+            continue
+        first = seen.setdefault((entry.zone, entry.key_tag), (index, entry))
+        other = first[1]
+        if other is not entry and (
+            other.key.dnskey != entry.key.dnskey
+            or other.key_type != entry.key_type
+            or other.key.ttl != entry.key.ttl
+        ):
+            raise PayloadError(
+                f"entry {index} (roll_key): key {entry.key_tag} of {entry.zone} is also entry "
+                f"{first[0]}, with different key material or type"
+            )
 
 
 def _check_window(
-    index: int, envelope: Envelope, now: float, expected: str | None, skew: int
+    where: str, envelope: Envelope, now: float, expected: str | None, skew: int
 ) -> None:
-    where = f"entry {index}"
-    if expected is not None and envelope.distribution_id not in (None, expected):
+    got = envelope.distribution_id
+    if expected is not None and got is not None and got != expected:
         raise PolicyError(
-            f"{where}: signed for distribution {envelope.distribution_id}, but it arrived as "
+            f"{where}: metadata 'distribution_id' is {got}, but the entry arrived in "
             f"distribution {expected}"
         )
     if envelope.issued_at is not None and envelope.issued_at > now + skew:
         raise PolicyError(
-            f"{where}: not yet valid: issued_at {envelope.issued_at} is "
-            f"{envelope.issued_at - now:.0f}s in the future (allowed skew {skew}s)"
+            f"{where}: not yet valid: metadata 'issued_at' {envelope.issued_at} is "
+            f"{envelope.issued_at - now:.0f} s in the future (allowed clock skew {skew} s)"
         )
     if envelope.expires_at is not None and now > envelope.expires_at:
         raise PolicyError(
-            f"{where}: expired: expires_at {envelope.expires_at} passed "
-            f"{now - envelope.expires_at:.0f}s ago"
+            f"{where}: expired: metadata 'expires_at' {envelope.expires_at} passed "
+            f"{now - envelope.expires_at:.0f} s ago"
         )
-
-
-# --- field helpers ----------------------------------------------------------------------------
-
-
-def _kind(value: Any) -> str:
-    return {dict: "object", list: "array", str: "string", bool: "boolean"}.get(
-        type(value), "null" if value is None else "number"
-    )
-
-
-def _type_ok(value: Any, kind: type) -> bool:
-    if kind is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, kind)
-
-
-def _required(obj: Mapping[str, Any], name: str, kind: type, where: str) -> Any:
-    if name not in obj or obj[name] is None:
-        raise PayloadError(f"{where}: field {name!r} is missing")
-    value = obj[name]
-    if not _type_ok(value, kind):
-        expected = {int: "number", str: "string", bool: "boolean"}[kind]
-        raise PayloadError(f"{where}: field {name!r} must be a {expected}, got {_kind(value)}")
-    return value
-
-
-def _optional(obj: Mapping[str, Any], name: str, kind: type, where: str) -> Any:
-    if obj.get(name) is None:
-        return None
-    return _required(obj, name, kind, where)
-
-
-def _zone(obj: Mapping[str, Any], where: str) -> dns.name.Name:
-    text = _required(obj, "zone_name", str, where)
-    if not text.endswith(".") or text == "":
-        raise PayloadError(
-            f"{where}: zone_name {text!r} must be a fully qualified name ending in '.'"
-        )
-    try:
-        name = dns.name.from_text(text)
-    except dns.exception.DNSException as exc:
-        raise PayloadError(
-            f"{where}: zone_name {text!r} is not a valid domain name: {exc}"
-        ) from exc
-    return name.canonicalize()
-
-
-def _key_tag(obj: Mapping[str, Any], name: str, where: str) -> int:
-    value = _required(obj, name, str, where)
-    if not value.isascii() or not value.isdigit() or int(value) > 0xFFFF:
-        raise PayloadError(f"{where}: {name} {value!r} must be a decimal key tag 0..65535")
-    return int(value)
 
 
 __all__ = [
-    "ALGORITHMS",
+    "DEFAULT_CLOCK_SKEW",
+    "ENTRY_FIELDS",
     "KEY_TYPES",
+    "METADATA_FIELDS",
     "DeleteKey",
     "Entry",
     "Envelope",
+    "KeyType",
     "Payload",
     "Ping",
     "RollKey",
     "delete_key_entry",
     "encode_payload",
+    "key_tag_text",
     "parse_payload",
     "ping_entry",
     "roll_key_entry",
+    "zone_name",
 ]

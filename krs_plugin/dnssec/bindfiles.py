@@ -1,160 +1,36 @@
-"""BIND key files: ``K<zone>+<alg>+<tag>.key`` and ``.private`` (``Private-key-format: v1.3``).
+"""BIND key file pairs on disk: ``K<zone>+<alg>+<tag>.key`` (0644) and ``.private`` (0600).
 
-These are what BIND, Knot's ``keymgr import-bind``, PowerDNS and ldns take, so they are the form in
-which received keys reach every nameserver. Reading tolerates fields BIND adds over time; writing
-produces what ``dnssec-keygen`` produces.
+Reading requires the private key to derive exactly the ``.key`` file's DNSKEY (and the key tag in
+the file name), because a server happily signs with a mismatched pair. Writing is atomic and the
+``.private`` file is 0600 from the moment it exists (see ``krs_plugin.files``).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import os
+import re
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+import dns.dnssec
 
-from krs_plugin.dnssec.algorithms import PrivateKey, get_algorithm
-from krs_plugin.dnssec.key import DnssecKey, check_key_matches, parse_dnskey_text
-from krs_plugin.dnssec.timing import (
-    BIND_FIELDS,
-    KeyTiming,
-    format_bind_time,
-    human_time,
-    parse_bind_time,
-)
-from krs_plugin.errors import KeyFileError, KrsError
+from krs_plugin.dnssec.bindtext import parse_bind_private, parse_dnskey_text
+from krs_plugin.dnssec.key import VALID_FLAGS, DnssecKey, check_key_matches
+from krs_plugin.dnssec.timing import KeyTiming
+from krs_plugin.errors import KeyFileError, KeyMismatchError
 from krs_plugin.files import PUBLIC_MODE, SECRET_MODE, atomic_write
 
-SUPPORTED_FORMATS = ("v1.2", "v1.3")
-_RSA_FIELDS = (
-    "Modulus",
-    "PublicExponent",
-    "PrivateExponent",
-    "Prime1",
-    "Prime2",
-    "Exponent1",
-    "Exponent2",
-    "Coefficient",
-)
-_TIMING_BY_BIND = {bind: attr for attr, bind in BIND_FIELDS.items()}
-
-
-def _b64_int(value: int) -> str:
-    return base64.b64encode(value.to_bytes((value.bit_length() + 7) // 8 or 1, "big")).decode()
+MAX_KEY_FILE = 64 * 1024  # a 4096-bit RSA .private is about 3.3 KB
+_STEM = re.compile(r"K.+\+(\d{3})\+(\d{5})")
 
 
 def bind_private_text(key: DnssecKey, timing: KeyTiming | None = None) -> str:
-    """The ``.private`` file content for ``key``."""
-    algorithm = get_algorithm(key.algorithm)
-    lines = ["Private-key-format: v1.3", f"Algorithm: {key.algorithm} ({algorithm.mnemonic})"]
-    private = key.private_key
-    if isinstance(private, rsa.RSAPrivateKey):
-        n = private.private_numbers()
-        values = (n.public_numbers.n, n.public_numbers.e, n.d, n.p, n.q, n.dmp1, n.dmq1, n.iqmp)
-        lines += [f"{name}: {_b64_int(v)}" for name, v in zip(_RSA_FIELDS, values, strict=True)]
-    elif isinstance(private, ec.EllipticCurvePrivateKey):
-        scalar = private.private_numbers().private_value
-        raw = scalar.to_bytes(algorithm.raw_private_bytes, "big")
-        lines.append(f"PrivateKey: {base64.b64encode(raw).decode()}")
-    else:
-        raw = private.private_bytes(
-            serialization.Encoding.Raw,
-            serialization.PrivateFormat.Raw,
-            serialization.NoEncryption(),
-        )
-        lines.append(f"PrivateKey: {base64.b64encode(raw).decode()}")
-    for name, value in (timing or KeyTiming()).items():
-        lines.append(f"{name}: {format_bind_time(value)}")
-    return "\n".join(lines) + "\n"
+    """The ``.private`` file content for ``key`` (same as ``key.to_bind_private(timing)``)."""
+    return key.to_bind_private(timing)
 
 
 def bind_public_text(key: DnssecKey, timing: KeyTiming | None = None) -> str:
-    """The ``.key`` file content: dnssec-keygen's comment lines, then the DNSKEY RR."""
-    kind = "key-signing" if key.flags & 1 else "zone-signing"
-    lines = [f"; This is a {kind} key, keyid {key.key_tag}, for {key.zone.to_text()}"]
-    for name, value in (timing or KeyTiming()).items():
-        lines.append(f"; {name}: {format_bind_time(value)} ({human_time(value)})")
-    lines.append(f"{key.zone.to_text()} {key.ttl} IN DNSKEY {key.dnskey.to_text()}")
-    return "\n".join(lines) + "\n"
-
-
-def parse_bind_private(
-    text: str, where: str = "private key file"
-) -> tuple[int, PrivateKey, KeyTiming]:
-    """Algorithm number, private key and timing from ``.private`` text."""
-    fields: dict[str, str] = {}
-    for number, raw_line in enumerate(text.splitlines(), start=1):
-        line = raw_line.strip()
-        if not line or line.startswith(";"):
-            continue
-        name, sep, value = line.partition(":")
-        if not sep or not name.strip():
-            raise KeyFileError(f"{where}: line {number} is not 'Field: value'")
-        fields[name.strip()] = value.strip()
-    version = fields.get("Private-key-format")
-    if version is None:
-        raise KeyFileError(f"{where}: missing 'Private-key-format' (not a BIND private key file)")
-    if version not in SUPPORTED_FORMATS:
-        raise KeyFileError(
-            f"{where}: Private-key-format {version!r} is not supported "
-            f"({' or '.join(SUPPORTED_FORMATS)})"
-        )
-    algorithm_text = fields.get("Algorithm", "").split(" ", 1)[0]
-    if not algorithm_text.isdigit():
-        raise KeyFileError(f"{where}: field 'Algorithm' is missing or not a number")
-    algorithm = get_algorithm(int(algorithm_text))
-    try:
-        if algorithm.number == 8:
-            private: PrivateKey = _rsa_from_fields(fields, where)
-        else:
-            raw = _b64_field(fields, "PrivateKey", where)
-            if algorithm.number in (13, 14) and 0 < len(raw) < algorithm.raw_private_bytes:
-                # BIND writes the ECDSA scalar without leading zero bytes (1 key in 128 for P-256).
-                raw = raw.rjust(algorithm.raw_private_bytes, b"\x00")
-            if len(raw) != algorithm.raw_private_bytes:
-                raise KeyFileError(
-                    f"{where}: field 'PrivateKey' is {len(raw)} bytes, algorithm "
-                    f"{algorithm.number} needs {algorithm.raw_private_bytes}"
-                )
-            private = _raw_private(algorithm.number, raw)
-    except KrsError:
-        raise
-    except (ValueError, TypeError) as exc:
-        raise KeyFileError(f"{where}: not a valid algorithm {algorithm.number} key: {exc}") from exc
-    timing_values: dict[str, int] = {}
-    for bind_name, attr in _TIMING_BY_BIND.items():
-        if bind_name in fields:
-            timing_values[attr] = parse_bind_time(fields[bind_name], f"{where}: {bind_name}")
-    return algorithm.number, private, KeyTiming(**timing_values)
-
-
-def _b64_field(fields: dict[str, str], name: str, where: str) -> bytes:
-    if name not in fields:
-        raise KeyFileError(f"{where}: field {name!r} is missing")
-    try:
-        return base64.b64decode(fields[name].replace(" ", ""), validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise KeyFileError(f"{where}: field {name!r} is not base64: {exc}") from exc
-
-
-def _rsa_from_fields(fields: dict[str, str], where: str) -> rsa.RSAPrivateKey:
-    n, e, d, p, q, dmp1, dmq1, iqmp = (
-        int.from_bytes(_b64_field(fields, name, where), "big") for name in _RSA_FIELDS
-    )
-    numbers = rsa.RSAPrivateNumbers(p, q, d, dmp1, dmq1, iqmp, rsa.RSAPublicNumbers(e, n))
-    return numbers.private_key()
-
-
-def _raw_private(algorithm: int, raw: bytes) -> PrivateKey:
-    if algorithm == 13:
-        return ec.derive_private_key(int.from_bytes(raw, "big"), ec.SECP256R1())
-    if algorithm == 14:
-        return ec.derive_private_key(int.from_bytes(raw, "big"), ec.SECP384R1())
-    if algorithm == 15:
-        return ed25519.Ed25519PrivateKey.from_private_bytes(raw)
-    return ed448.Ed448PrivateKey.from_private_bytes(raw)
+    """The ``.key`` file content for ``key`` (same as ``key.to_bind_public(timing)``)."""
+    return key.to_bind_public(timing)
 
 
 def key_file_paths(path: str | os.PathLike[str]) -> tuple[Path, Path]:
@@ -167,38 +43,66 @@ def key_file_paths(path: str | os.PathLike[str]) -> tuple[Path, Path]:
     return Path(text + ".key"), Path(text + ".private")
 
 
-def read_bind_key_pair(path: str | os.PathLike[str]) -> tuple[DnssecKey, KeyTiming]:
-    """Read both files of a BIND key; the private key must derive the ``.key`` file's DNSKEY."""
-    key_path, private_path = key_file_paths(path)
+def _read(path: Path) -> str:
     try:
-        public_text = key_path.read_text(encoding="utf-8")
-        private_text = private_path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise KeyFileError(f"{path}: cannot read BIND key files: {exc}") from exc
-    records = [
-        line
-        for line in public_text.splitlines()
-        if line.strip() and not line.lstrip().startswith(";")
-    ]
-    if len(records) != 1:
-        raise KeyFileError(f"{key_path}: expected one DNSKEY record, found {len(records)} lines")
-    owner, ttl, dnskey = parse_dnskey_text(records[0], where=str(key_path))
-    algorithm, private, timing = parse_bind_private(private_text, where=str(private_path))
-    if algorithm != dnskey.algorithm:
-        raise KeyFileError(
-            f"{private_path}: algorithm {algorithm} differs from {key_path}'s {dnskey.algorithm}"
+        with path.open("rb") as handle:
+            data = handle.read(MAX_KEY_FILE + 1)
+    except OSError as exc:
+        raise KeyFileError(f"{path}: cannot read key file: {exc.strerror or exc}") from None
+    if len(data) > MAX_KEY_FILE:
+        raise KeyFileError(f"{path}: larger than {MAX_KEY_FILE} bytes, not a key file")
+    try:
+        return data.decode("ascii")
+    except UnicodeDecodeError as exc:
+        raise KeyFileError(f"{path}: not ASCII text (byte {exc.start})") from None
+
+
+def read_bind_key_pair(path: str | os.PathLike[str]) -> tuple[DnssecKey, KeyTiming]:
+    """Read both files of a BIND key (``path`` is the ``.key``, the ``.private`` or the stem).
+
+    The private key must derive the ``.key`` file's DNSKEY, and, when the file name has BIND's
+    ``K<zone>+<alg>+<tag>`` form, that algorithm and tag: ``KeyMismatchError`` naming the file and
+    both key tags otherwise.
+    """
+    key_path, private_path = key_file_paths(path)
+    owner, ttl, dnskey = parse_dnskey_text(_read(key_path), where=str(key_path))
+    algorithm, private, timing = parse_bind_private(_read(private_path), where=str(private_path))
+    dnskey_tag = dns.dnssec.key_id(dnskey)
+    if algorithm != int(dnskey.algorithm):
+        raise KeyMismatchError(
+            f"{private_path}: holds an algorithm {algorithm} key, but {key_path.name} has an "
+            f"algorithm {int(dnskey.algorithm)} DNSKEY (tag {dnskey_tag})"
         )
-    key = DnssecKey(owner, algorithm, dnskey.flags, private, ttl)
+    if dnskey.flags not in VALID_FLAGS:
+        raise KeyFileError(
+            f"{key_path}: DNSKEY flags {dnskey.flags} are neither 256 (ZSK) nor 257 (KSK/CSK)"
+        )
+    try:
+        key = DnssecKey(owner, algorithm, dnskey.flags, private, ttl)
+    except KeyFileError as exc:
+        raise KeyFileError(f"{private_path}: {exc}") from None
     check_key_matches(key, dnskey, where=str(private_path))
+    stem = _STEM.fullmatch(key_path.name[: -len(".key")])
+    if stem is not None and key_path.name[: -len(".key")] != key.basename:
+        raise KeyMismatchError(
+            f"{key_path}: the file name says algorithm {int(stem.group(1))} tag "
+            f"{int(stem.group(2))}, but the key is {key.basename} (algorithm {key.algorithm} "
+            f"tag {key.key_tag})"
+        )
     return key, timing
 
 
 def write_bind_key_pair(
     directory: str | os.PathLike[str], key: DnssecKey, timing: KeyTiming | None = None
 ) -> tuple[Path, Path]:
-    """Write ``.key`` (0644) and ``.private`` (0600 from creation), each atomically."""
+    """Write ``.private`` (0600 from creation) then ``.key`` (0644), each atomically.
+
+    Each file goes to a temporary file in ``directory`` (created 0600 by ``mkstemp``) and is
+    renamed over the target with ``os.replace``; a reader never sees half a file. Returns
+    (``.key`` path, ``.private`` path).
+    """
     base = Path(directory) / key.basename
     key_path, private_path = Path(f"{base}.key"), Path(f"{base}.private")
-    atomic_write(private_path, bind_private_text(key, timing).encode(), SECRET_MODE)
-    atomic_write(key_path, bind_public_text(key, timing).encode(), PUBLIC_MODE)
+    atomic_write(private_path, key.to_bind_private(timing).encode("ascii"), SECRET_MODE)
+    atomic_write(key_path, key.to_bind_public(timing).encode("ascii"), PUBLIC_MODE)
     return key_path, private_path
