@@ -15,6 +15,46 @@ from krs_plugin.crypto import JoseKey
 from krs_plugin.crypto.jose import jws_sign, jws_verify
 from krs_plugin.errors import SignatureError
 
+MAX_REPORT_BYTES = 48 * 1024
+"""A report travels in one EDNS0 option (DataLength is 16 bits) of one DNS message; leave room
+for the signature and the rest of the message."""
+
+
+def compact_report(
+    report: Mapping[str, object], limit: int = MAX_REPORT_BYTES
+) -> dict[str, object]:
+    """Fit a report for thousands of zones into one message.
+
+    A KRS applies a distribution all or nothing, so ``failed_keys`` is empty when it confirms
+    success; the list of successful keys is then cut to what fits and ``successful_count``
+    (ours) says how many there were. A KDC confirms on "no failed keys", so the meaning is kept.
+    Reports that fit, which is every tdns-sized one, are returned unchanged."""
+    if len(canonical_report(report)) <= limit:
+        return dict(report)
+    keys, failed = _items(report, "successful_keys"), _items(report, "failed_keys")
+    compact = {**report, "successful_count": len(keys), "failed_count": len(failed)}
+    budget = limit - len(canonical_report({**compact, "successful_keys": [], "failed_keys": []}))
+    compact["failed_keys"] = _fit(failed, budget // 2 if keys else budget)
+    compact["successful_keys"] = _fit(keys, budget - len(json.dumps(compact["failed_keys"])))
+    return compact
+
+
+def _items(report: Mapping[str, object], name: str) -> list[object]:
+    value = report.get(name)
+    return list(value) if isinstance(value, list) else []
+
+
+def _fit(items: list[object], budget: int) -> list[object]:
+    out: list[object] = []
+    used = 2
+    for item in items:
+        size = len(json.dumps(item, separators=(",", ":"))) + 1
+        if used + size > budget:
+            break
+        out.append(item)
+        used += size
+    return out
+
 
 def canonical_report(report: Mapping[str, object]) -> bytes:
     unsigned = {k: v for k, v in report.items() if k != "signature"}

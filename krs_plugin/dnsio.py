@@ -35,6 +35,29 @@ async def udp_exchange(
     return dns.message.from_wire(data)
 
 
+async def tcp_exchange(
+    message: dns.message.Message, host: str, port: int, timeout: float
+) -> dns.message.Message:
+    """Send ``message`` over TCP (for what does not fit a datagram, or when UDP is blocked)."""
+
+    async def exchange() -> bytes:
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            wire = message.to_wire()
+            writer.write(struct.pack("!H", len(wire)) + wire)
+            await writer.drain()
+            (length,) = struct.unpack("!H", await reader.readexactly(2))
+            return await reader.readexactly(length)
+        finally:
+            writer.close()
+
+    try:
+        data = await asyncio.wait_for(exchange(), timeout)
+    except asyncio.IncompleteReadError as exc:
+        raise ConnectionError(f"{host} port {port} closed the connection") from exc
+    return dns.message.from_wire(data)
+
+
 Handler = Callable[[bytes, str, bool], bytes | None]
 """(wire, source address, over UDP?) -> reply wire, or None to stay silent."""
 

@@ -141,9 +141,11 @@ class DirectoryAdapter:
         self._restore(zone, {self.path / n: base64.b64decode(d) for n, d in saved.items()})
 
     def _restore(self, zone: dns.name.Name, before: dict[Path, bytes]) -> None:
-        for path in self.path.glob(f"K{zone.to_text()}+*"):
-            if path not in before:
-                path.unlink(missing_ok=True)
+        # ".K…" are atomic_write's temporary files, left behind when a write was killed
+        for pattern in (f"K{zone.to_text()}+*", f".K{zone.to_text()}+*"):
+            for path in self.path.glob(pattern):
+                if path not in before:
+                    path.unlink(missing_ok=True)
         for path, data in before.items():
             mode = SECRET_MODE if path.suffix == ".private" else 0o644
             atomic_write(path, data, mode)

@@ -62,19 +62,12 @@ def run_command(args: argparse.Namespace) -> int:
 def _run(config: Any, store: ReceiverStore) -> int:
     import asyncio
     import contextlib
-    import logging
 
+    from krs_plugin.logging import setup_logging
     from krs_plugin.receiver.service import Service
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    identity, verifier, signer = load_identity(config)
-    pipeline = Pipeline(config, make_adapter(config), store, identity, verifier)
-    fetcher = Fetcher(
-        config.control_servers, config.control_zone, config.node_id, config.fetch, config.limits
-    )
-    service = Service(config, store, pipeline, fetcher, signer)
+    setup_logging(config.log_format)
+    service = Service.from_config(config, store)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(service.run())
     return 0

@@ -1,18 +1,26 @@
-"""``krs run``: the NOTIFY listener, the fetch-and-apply worker and the confirmation sender.
+"""``krs run``: the NOTIFY listener, the fetch-and-apply worker, the poller, the confirmation
+sender, live reload of the config and key files, and the metrics/health endpoint.
 
 NOTIFY carries no trust: it only names a distribution id to fetch from the configured servers.
 The listener answers at once (NOERROR), checks the source against ``notify.allowed_sources``,
-rate-limits, and queues each id once; one worker fetches (in a thread, so the listener never
-waits on the network) and applies them in order. Confirmations are retried until the KDC answers.
+rate-limits, and queues each id once; one worker fetches and applies them in order, in a thread,
+so neither the network nor a slow nameserver ever blocks the listener. The pipeline has its own
+database connection for that thread. Confirmations are retried until the KDC answers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import ipaddress
 import json
 import logging
+import signal
+import sqlite3
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import dns.exception
 import dns.flags
@@ -21,21 +29,26 @@ import dns.opcode
 import dns.rcode
 import dns.rdatatype
 
-from krs_plugin.config import Address, Config
-from krs_plugin.confirmation import sign_report
+from krs_plugin.adapters import make_adapter
+from krs_plugin.config import Address, Config, load_config
+from krs_plugin.confirmation import compact_report, sign_report
 from krs_plugin.crypto import JoseKey
-from krs_plugin.dnsio import serve_dns, udp_exchange
+from krs_plugin.dnsio import serve_dns, tcp_exchange, udp_exchange
 from krs_plugin.errors import KrsError
+from krs_plugin.logging import context
+from krs_plugin.metrics import Metrics, serve_http
 from krs_plugin.protocol import CHUNK_TYPE, ChunkOption, notify_name, parse_notify_name
 from krs_plugin.protocol.edns import CONTENT_KEY_STATUS
-from krs_plugin.receiver.fetcher import Fetcher
-from krs_plugin.receiver.pipeline import Pipeline
+from krs_plugin.receiver.fetcher import Fetcher, NotPublished
+from krs_plugin.receiver.pipeline import Pipeline, load_identity
 from krs_plugin.receiver.store import ReceiverStore
+from krs_plugin.receiver.watch import FileWatcher
 
 log = logging.getLogger("krs_plugin.receiver.service")
 
 CONFIRM_TIMEOUT = 5.0
 CONFIRM_RETRY_MAX = 300.0
+UDP_CONFIRM_MAX = 1232  # the DNS flag day 2020 datagram size: bigger reports go over TCP
 MAX_QUEUE = 1000
 
 
@@ -57,6 +70,60 @@ class RateLimiter:
         return False
 
 
+@dataclass
+class Components:
+    """What a config builds: replaced as a whole when a reload is applied."""
+
+    pipeline: Pipeline
+    fetcher: Fetcher
+    signer: JoseKey | None
+    fingerprint: str
+
+
+def watched_files(config: Config) -> list[Path]:
+    """The files whose change reloads the daemon: krs.yaml and every key file it names."""
+    keys = (config.keys.hpke, config.keys.jose, config.keys.signing, config.kdc.verification_key)
+    return [config.path, *(k for k in keys if k is not None)]
+
+
+def files_fingerprint(paths: list[Path]) -> str:
+    """A digest of the files' contents, so that a touch or a rewrite with the same bytes is not
+    a change (and nothing secret is kept in memory longer than the loaders keep it)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(str(path).encode() + b"\0")
+        try:
+            digest.update(path.read_bytes())
+        except OSError as exc:
+            digest.update(f"unreadable: {exc}".encode())
+    return digest.hexdigest()
+
+
+def build_components(config: Config) -> Components:
+    """Load keys, adapter, pipeline and fetcher for ``config``; raises KrsError, touches nothing
+    that the running service uses."""
+    identity, verifier, signer = load_identity(config)
+    adapter = make_adapter(config)
+    store = ReceiverStore(config.state, any_thread=True)
+    pipeline = Pipeline(config, adapter, store, identity, verifier)
+    fetcher = Fetcher(
+        config.control_servers, config.control_zone, config.node_id, config.fetch, config.limits
+    )
+    return Components(pipeline, fetcher, signer, files_fingerprint(watched_files(config)))
+
+
+@dataclass
+class _Listener:
+    address: Address
+    bound: Address
+    transport: asyncio.BaseTransport
+    server: asyncio.AbstractServer
+
+    def close(self) -> None:
+        self.transport.close()
+        self.server.close()
+
+
 class Service:
     def __init__(
         self,
@@ -65,17 +132,44 @@ class Service:
         pipeline: Pipeline,
         fetcher: Fetcher,
         signer: JoseKey | None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.pipeline = pipeline
         self.fetcher = fetcher
         self.signer = signer
+        self.metrics = metrics or Metrics()
+        self.fingerprint = files_fingerprint(watched_files(config))
         self.queue: asyncio.Queue[str] = asyncio.Queue(MAX_QUEUE)
         self.pending: set[str] = set()
         self.limiter = RateLimiter(config.notify.rate_limit)
-        self.bound: list[Address] = []
+        self.listeners: list[_Listener] = []
+        self.http: asyncio.AbstractServer | None = None
+        self.http_bound: Address | None = None
+        self.tasks: list[asyncio.Task[None]] = []
+        self.busy = asyncio.Lock()  # held while a distribution is processed or a reload swaps
+        self.reloading = asyncio.Lock()
+        self.last_reload: dict[str, object] = {}
+        self._reload_tasks: set[asyncio.Task[str]] = set()
+        self.watcher: FileWatcher | None = None
         self.counters = {"notify_accepted": 0, "notify_refused": 0, "notify_limited": 0}
+        self.metrics.watch_store(self._store_gauges)
+
+    @classmethod
+    def from_config(cls, config: Config, store: ReceiverStore | None = None) -> Service:
+        components = build_components(config)
+        return cls(
+            config,
+            store or ReceiverStore(config.state),
+            components.pipeline,
+            components.fetcher,
+            components.signer,
+        )
+
+    @property
+    def bound(self) -> list[Address]:
+        return [listener.bound for listener in self.listeners]
 
     # --- NOTIFY ---------------------------------------------------------------------------
 
@@ -89,22 +183,29 @@ class Service:
         response = dns.message.make_response(message)
         response.flags |= dns.flags.AA
         if not self._allowed(source) or message.opcode() != dns.opcode.NOTIFY:
-            self.counters["notify_refused"] += 1
+            self._count_notify("refused")
             response.set_rcode(dns.rcode.REFUSED)
             return bytes(response.to_wire())
         try:
             dist_id = parse_notify_name(message.question[0].name, self.config.control_zone)
         except (KrsError, IndexError):
-            self.counters["notify_refused"] += 1
+            self._count_notify("refused")
             response.set_rcode(dns.rcode.NOTAUTH)
             return bytes(response.to_wire())
         if not self.limiter.allow():
-            self.counters["notify_limited"] += 1
+            self._count_notify("rate_limited")
             response.set_rcode(dns.rcode.REFUSED)
             return bytes(response.to_wire())
-        self.counters["notify_accepted"] += 1
-        self.enqueue(dist_id)
+        queued = self.enqueue(dist_id)
+        self._count_notify("accepted" if queued else "duplicate")
         return bytes(response.to_wire())
+
+    def _count_notify(self, result: str) -> None:
+        self.metrics.notifies.labels(result).inc()
+        key = {"refused": "notify_refused", "rate_limited": "notify_limited"}.get(
+            result, "notify_accepted"
+        )
+        self.counters[key] += 1
 
     def enqueue(self, dist_id: str) -> bool:
         """Queue ``dist_id`` unless it is queued, running or already finished."""
@@ -116,7 +217,11 @@ class Service:
         try:
             self.queue.put_nowait(dist_id)
         except asyncio.QueueFull:
-            log.warning("queue full, NOTIFY for %s dropped (the poller will find it)", dist_id)
+            log.warning(
+                "queue full, NOTIFY for %s dropped (the poller will find it)",
+                dist_id,
+                extra=context(distribution_id=dist_id),
+            )
             return False
         self.pending.add(dist_id)
         return True
@@ -134,9 +239,14 @@ class Service:
         while True:
             dist_id = await self.queue.get()
             try:
-                await self.process(dist_id)
+                async with self.busy:
+                    await self.process(dist_id)
             except Exception:  # keep the daemon alive whatever one distribution does
-                log.exception("distribution %s: unexpected error", dist_id)
+                log.exception(
+                    "distribution %s: unexpected error",
+                    dist_id,
+                    extra=context(distribution_id=dist_id),
+                )
             finally:
                 self.pending.discard(dist_id)
 
@@ -144,8 +254,26 @@ class Service:
         started = time.monotonic()
         try:
             fetched = await asyncio.to_thread(self.fetcher.fetch, dist_id)
+        except NotPublished as exc:
+            # Nothing under that id for this node: not recorded, so NOTIFYs naming made-up ids
+            # cannot grow the state database or push real distributions out of `krs status`.
+            self.metrics.fetches.labels("not_published").inc()
+            log.info(
+                "distribution %s: %s",
+                dist_id,
+                exc,
+                extra=context(distribution_id=dist_id, stage="fetch", outcome="not_published"),
+            )
+            return
         except KrsError as exc:
-            log.warning("distribution %s: fetch failed: %s", dist_id, exc)
+            self.metrics.fetches.labels("failed").inc()
+            self.metrics.distributions.labels("failed", "fetch").inc()
+            log.warning(
+                "distribution %s: fetch failed: %s",
+                dist_id,
+                exc,
+                extra=context(distribution_id=dist_id, stage="fetch", outcome="failed"),
+            )
             self.store.record_outcome(
                 dist_id,
                 self.pipeline.kdc,
@@ -155,12 +283,29 @@ class Service:
                 error=str(exc),
             )
             return
-        outcome = self.pipeline.process(dist_id, fetched.manifest, fetched.chunks)
+        fetched_at = time.monotonic()
+        self.metrics.fetches.labels("ok").inc()
+        self.metrics.fetch_seconds.observe(fetched_at - started)
+        outcome = await asyncio.to_thread(
+            self.pipeline.process, dist_id, fetched.manifest, fetched.chunks
+        )
+        done = time.monotonic()
+        self.metrics.distributions.labels(outcome.outcome, outcome.stage).inc()
+        if outcome.outcome == "applied":
+            self.metrics.apply_seconds.observe(done - fetched_at)
+            self.metrics.last_success.set_to_current_time()
         log.info(
             "distribution %s %s in %.3f s",
             dist_id,
             outcome.outcome,
-            time.monotonic() - started,
+            done - started,
+            extra=context(
+                distribution_id=dist_id,
+                stage=outcome.stage,
+                outcome=outcome.outcome,
+                server=str(fetched.server),
+                duration=round(done - started, 6),
+            ),
         )
 
     # --- poller -------------------------------------------------------------------------
@@ -172,12 +317,16 @@ class Service:
             try:
                 ids = await asyncio.to_thread(self.fetcher.pending_ids)
             except KrsError as exc:
-                log.warning("poll failed: %s", exc)
+                log.warning("poll failed: %s", exc, extra=context(stage="poll"))
                 ids = []
             last = self.store.last_serial(self.pipeline.kdc) or 0
             for dist_id in ids:
                 if int(dist_id, 16) > last and self.enqueue(dist_id):
-                    log.info("poll found distribution %s", dist_id)
+                    log.info(
+                        "poll found distribution %s",
+                        dist_id,
+                        extra=context(distribution_id=dist_id, stage="poll"),
+                    )
             await asyncio.sleep(self.config.poll_interval)
 
     # --- confirmations --------------------------------------------------------------------
@@ -186,6 +335,7 @@ class Service:
         while True:
             for dist_id, report, attempts in self.store.due_confirmations(time.time()):
                 acked = await self._confirm(dist_id, report)
+                self.metrics.confirmations.labels("acknowledged" if acked else "failed").inc()
                 delay = 0 if acked else min(CONFIRM_RETRY_MAX, 2.0**attempts)
                 self.store.confirmation_attempted(
                     dist_id, acknowledged=acked, next_at=time.time() + delay
@@ -193,7 +343,8 @@ class Service:
             await asyncio.sleep(tick)
 
     async def _confirm(self, dist_id: str, report: dict[str, object]) -> bool:
-        signed = sign_report(report, self.signer) if self.signer is not None else report
+        compact = compact_report(report)
+        signed = sign_report(compact, self.signer) if self.signer is not None else compact
         body = dns.message.make_query(
             notify_name(dist_id, self.config.control_zone),
             dns.rdatatype.RdataType.make(CHUNK_TYPE),
@@ -202,41 +353,222 @@ class Service:
         body.flags = (body.flags | dns.flags.AA) & ~dns.flags.RD
         option = ChunkOption(CONTENT_KEY_STATUS, json.dumps(signed).encode())
         body.use_edns(0, 0, 4096, options=[option])
+        fits_udp = len(body.to_wire()) <= UDP_CONFIRM_MAX
+        where = context(distribution_id=dist_id, stage="confirm")
         for server in self.config.control_servers:
-            try:
-                reply = await udp_exchange(body, server.host, server.port, CONFIRM_TIMEOUT)
-            except (TimeoutError, OSError, dns.exception.DNSException) as exc:
-                log.info("confirmation %s to %s: %s", dist_id, server, exc)
-                continue
-            if reply.rcode() == dns.rcode.NOERROR:
-                log.info("confirmation %s acknowledged by %s", dist_id, server)
-                return True
-            log.warning(
-                "confirmation %s refused by %s: %s",
-                dist_id,
-                server,
-                dns.rcode.to_text(reply.rcode()),
-            )
+            # UDP first, as tdns does; TCP when the report is too big or UDP gets no answer.
+            for exchange in (udp_exchange, tcp_exchange) if fits_udp else (tcp_exchange,):
+                try:
+                    reply = await exchange(body, server.host, server.port, CONFIRM_TIMEOUT)
+                except (TimeoutError, OSError, dns.exception.DNSException) as exc:
+                    log.info("confirmation %s to %s: %s", dist_id, server, exc, extra=where)
+                    continue
+                if reply.rcode() == dns.rcode.NOERROR:
+                    log.info("confirmation %s acknowledged by %s", dist_id, server, extra=where)
+                    return True
+                log.warning(
+                    "confirmation %s refused by %s: %s",
+                    dist_id,
+                    server,
+                    dns.rcode.to_text(reply.rcode()),
+                    extra=where,
+                )
+                break
         return False
 
     # --- listeners ------------------------------------------------------------------------
 
+    async def _listen(self, addresses: tuple[Address, ...]) -> list[_Listener]:
+        """Bind every NOTIFY address, or none: a partial bind is closed again and raises."""
+        listeners: list[_Listener] = []
+        try:
+            for address in addresses:
+                transport, server, port = await serve_dns(
+                    lambda wire, source, udp: self.handle_notify(wire, source),
+                    address.host,
+                    address.port,
+                    idle_timeout=10,
+                )
+                listeners.append(_Listener(address, Address(address.host, port), transport, server))
+        except OSError:
+            for listener in listeners:
+                listener.close()
+            raise
+        return listeners
+
+    async def _serve_http(
+        self, address: Address | None
+    ) -> tuple[asyncio.AbstractServer, Address] | None:
+        if address is None:
+            return None
+        server, port = await serve_http(address.host, address.port, self.metrics, self.health)
+        return server, Address(address.host, port)
+
     async def start(self) -> list[asyncio.AbstractServer]:
-        servers = []
-        for address in self.config.notify.listen:
-            _, server, port = await serve_dns(
-                lambda wire, source, udp: self.handle_notify(wire, source),
-                address.host,
-                address.port,
-                idle_timeout=10,
-            )
-            servers.append(server)
-            self.bound.append(Address(address.host, port))
-        return servers
+        self.listeners = await self._listen(self.config.notify.listen)
+        http = await self._serve_http(self.config.metrics)
+        if http is not None:
+            self.http, self.http_bound = http
+        return [listener.server for listener in self.listeners]
+
+    def close(self) -> None:
+        for listener in self.listeners:
+            listener.close()
+        self.listeners = []
+        if self.http is not None:
+            self.http.close()
+            self.http = None
+        if self.watcher is not None:
+            self.watcher.close()
+            self.watcher = None
+        for task in self.tasks:
+            task.cancel()
+
+    # --- health and metrics -------------------------------------------------------------------
+
+    def _store_gauges(self) -> dict[str, object]:
+        return {
+            "keys_per_zone": self.store.keys_per_zone(),
+            "confirmations_pending": self.store.pending_confirmations(),
+            "queued": len(self.pending),
+        }
+
+    def health(self) -> tuple[bool, dict[str, object]]:
+        """Healthy: listening, every loop alive, the state database answering."""
+        problems = []
+        if self.config.notify.listen and not self.listeners:
+            problems.append("not listening for NOTIFY")
+        problems += [f"{t.get_name()} stopped" for t in self.tasks if t.done()]
+        try:
+            pending = self.store.pending_confirmations()
+            last = self.store.last_applied_at()
+        except sqlite3.Error as exc:
+            problems.append(f"state database {self.config.state}: {exc}")
+            pending, last = -1, None
+        detail: dict[str, object] = {
+            "node_id": self.config.node_id.to_text(),
+            "listening": [str(a) for a in self.bound],
+            "queued": len(self.pending),
+            "confirmations_pending": pending,
+            "last_success": last,
+            "last_reload": self.last_reload,
+            "problems": problems,
+        }
+        return not problems, detail
+
+    # --- reload ---------------------------------------------------------------------------
+
+    async def reload(self) -> str:
+        """Re-read krs.yaml and the key files; apply a valid change between two distributions,
+        refuse an invalid one and keep running as before. Returns applied/unchanged/refused."""
+        async with self.reloading:
+            path = self.config.path
+            try:
+                config = load_config(path)
+                if (
+                    config == self.config
+                    and files_fingerprint(watched_files(config)) == self.fingerprint
+                ):
+                    # e.g. a refused edit reverted: the files match what runs again
+                    self.last_reload = {"result": "unchanged", "at": int(time.time())}
+                    return "unchanged"
+                components = build_components(config)
+            except KrsError as exc:
+                return self._reload_refused(exc)
+            async with self.busy:
+                try:
+                    listeners = (
+                        await self._listen(config.notify.listen)
+                        if config.notify.listen != self.config.notify.listen
+                        else None
+                    )
+                except OSError as exc:
+                    components.pipeline.store.close()
+                    return self._reload_refused(f"notify.listen: cannot bind: {exc}")
+                try:
+                    http = (
+                        await self._serve_http(config.metrics)
+                        if config.metrics != self.config.metrics
+                        else None
+                    )
+                except OSError as exc:
+                    if listeners is not None:
+                        for listener in listeners:
+                            listener.close()
+                    components.pipeline.store.close()
+                    return self._reload_refused(f"metrics: cannot bind: {exc}")
+                self._swap(config, components, listeners, http)
+            self.metrics.reloads.labels("applied").inc()
+            self.last_reload = {"result": "applied", "at": int(time.time())}
+            log.info("configuration reloaded from %s", path, extra=context(stage="reload"))
+            if self.watcher is not None:
+                self.watcher.watch(watched_files(config))
+            return "applied"
+
+    def _reload_refused(self, error: object) -> str:
+        self.metrics.reloads.labels("refused").inc()
+        self.last_reload = {"result": "refused", "error": str(error), "at": int(time.time())}
+        log.error(
+            "configuration change refused, the running configuration is kept: %s",
+            error,
+            extra=context(stage="reload", outcome="refused"),
+        )
+        return "refused"
+
+    def _swap(
+        self,
+        config: Config,
+        components: Components,
+        listeners: list[_Listener] | None,
+        http: tuple[asyncio.AbstractServer, Address] | None,
+    ) -> None:
+        old_pipeline_store = self.pipeline.store
+        if config.state != self.config.state:
+            old_store, self.store = self.store, ReceiverStore(config.state)
+            old_store.close()
+        if listeners is not None:
+            for listener in self.listeners:
+                listener.close()
+            self.listeners = listeners
+        if config.metrics != self.config.metrics:
+            if self.http is not None:
+                self.http.close()
+            self.http, self.http_bound = http if http is not None else (None, None)
+        if config.notify.rate_limit != self.config.notify.rate_limit:
+            self.limiter = RateLimiter(config.notify.rate_limit)
+        self.config = config
+        self.pipeline = components.pipeline
+        self.fetcher = components.fetcher
+        self.signer = components.signer
+        self.fingerprint = components.fingerprint
+        old_pipeline_store.close()
+
+    def request_reload(self) -> None:
+        task = asyncio.get_running_loop().create_task(self.reload(), name="reload")
+        self._reload_tasks.add(task)
+        task.add_done_callback(self._reload_tasks.discard)
+
+    # --- main -----------------------------------------------------------------------------
 
     async def run(self) -> None:
         for dist_id in self.pipeline.recover():
             self.enqueue(dist_id)  # fetch again to complete it, if still published
         await self.start()
-        print("krs listening for NOTIFY on " + ", ".join(str(a) for a in self.bound), flush=True)
-        await asyncio.gather(self.worker(), self.confirm_loop(), self.poll_loop())
+        loop = asyncio.get_running_loop()
+        self.watcher = FileWatcher(self.request_reload)
+        self.watcher.watch(watched_files(self.config))
+        self.watcher.start(loop)
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        where = ", ".join(str(a) for a in self.bound)
+        http = f"; metrics and health on http://{self.http_bound}" if self.http_bound else ""
+        print(f"krs listening for NOTIFY on {where}{http}", flush=True)
+        self.tasks = [
+            asyncio.create_task(self.worker(), name="worker"),
+            asyncio.create_task(self.confirm_loop(), name="confirm_loop"),
+            asyncio.create_task(self.poll_loop(), name="poll_loop"),
+        ]
+        try:
+            await asyncio.gather(*self.tasks)
+        finally:
+            self.close()

@@ -68,9 +68,10 @@ class DistributionRecord:
 
 
 class ReceiverStore:
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, any_thread: bool = False) -> None:
+        """``any_thread``: for the pipeline's own connection, used from a worker thread."""
         self.path = Path(path)
-        self.db = open_private_db(self.path)
+        self.db = open_private_db(self.path, any_thread=any_thread)
         self.db.executescript(_SCHEMA)
 
     def close(self) -> None:
@@ -194,3 +195,19 @@ class ReceiverStore:
                 "acknowledged_at = CASE WHEN ? THEN ? ELSE NULL END WHERE distribution_id = ?",
                 (int(next_at), acknowledged, int(time.time()), dist_id),
             )
+
+    def keys_per_zone(self) -> dict[str, int]:
+        rows = self.db.execute("SELECT zone, COUNT(*) FROM installed_keys GROUP BY zone")
+        return {str(r[0]): int(r[1]) for r in rows}
+
+    def pending_confirmations(self) -> int:
+        row = self.db.execute(
+            "SELECT COUNT(*) FROM confirmations WHERE acknowledged_at IS NULL"
+        ).fetchone()
+        return int(row[0])
+
+    def last_applied_at(self) -> int | None:
+        row = self.db.execute(
+            "SELECT MAX(finished_at) FROM distributions WHERE outcome = 'applied'"
+        ).fetchone()
+        return None if row[0] is None else int(row[0])
