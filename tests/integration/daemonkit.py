@@ -156,9 +156,13 @@ class Deployment:
 
     # --- processes ----------------------------------------------------------------------------
 
-    def start(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+    def start(
+        self, name: str, argv: list[str], env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         log = self.stack.enter_context(open(self.logs / f"{name}.log", "ab"))  # noqa: SIM115
-        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        )
         self.processes[name] = process
         return process
 
@@ -177,12 +181,14 @@ class Deployment:
             ],
         )
 
-    def start_krs(self, name: str = "krs") -> subprocess.Popen[bytes]:
+    def start_krs(
+        self, name: str = "krs", env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         if not self.config_path.exists():
             self.write_config()
         log = self.logs / f"{name}.log"
         seen = log.read_text().count("listening for NOTIFY") if log.exists() else 0
-        process = self.start(name, [str(BIN / "krs"), "run", "-c", str(self.config_path)])
+        process = self.start(name, [str(BIN / "krs"), "run", "-c", str(self.config_path)], env)
         wait_until(
             lambda: log.read_text().count("listening for NOTIFY") > seen,
             20,
