@@ -13,7 +13,16 @@ def make_adapter(config: Config) -> Adapter:
         from krs_plugin.adapters.directory import DirectoryAdapter
 
         return DirectoryAdapter(config.adapter.settings, config_path=config.path)
+    if config.adapter.type == "bind9":
+        from krs_plugin.adapters.bind9 import Bind9Adapter
+
+        try:
+            return Bind9Adapter(
+                config.adapter.settings, config_path=config.path, zones=sorted(config.zones)
+            )
+        except ConfigError as exc:
+            raise ConfigError(f"{config.path}: {exc}") from exc
     raise ConfigError(
         f"{config.path}: adapter.type: {config.adapter.type!r} is not available yet "
-        "(this version has: directory)"
+        "(this version has: directory, bind9)"
     )

@@ -1,0 +1,155 @@
+"""Ask the running nameserver, over DNS, whether it serves and signs with the keys it should.
+
+This is the only success signal the adapters trust (SERVERS.md): ``rndc`` and friends exit 0 on
+failure, and a server given a mismatched key pair signs with it happily. Every RRSIG counted here
+is validated with dnspython against the served DNSKEY RRset.
+
+What "should" means follows DNSSEC practice for a zone with split keys: the SOA is signed by every
+active ZSK (by the active KSKs when there is no ZSK, i.e. a CSK), the DNSKEY RRset by every active
+KSK (by the ZSKs when there is no KSK). Keys published but not yet active must be in the DNSKEY
+RRset; removed keys must be gone. Keys the KRS does not know about (another signer's, say) are
+neither required nor refused.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import dns.dnssec
+import dns.exception
+import dns.message
+import dns.name
+import dns.query
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
+
+from krs_plugin.adapters.base import Verification
+from krs_plugin.dnssec import KeyTiming
+
+KSK_FLAGS = 257
+
+
+@dataclass(frozen=True)
+class KeyState:
+    key_tag: int
+    flags: int
+    timing: KeyTiming
+
+
+@dataclass(frozen=True)
+class Expectation:
+    zone: dns.name.Name
+    present: frozenset[int]
+    absent: frozenset[int]
+    soa_signers: frozenset[int]
+    dnskey_signers: frozenset[int]
+
+    def describe(self) -> str:
+        return (
+            f"DNSKEY {sorted(self.present)} present, {sorted(self.absent)} absent; SOA signed by "
+            f"{sorted(self.soa_signers)}, DNSKEY signed by {sorted(self.dnskey_signers)}"
+        )
+
+
+def _published(timing: KeyTiming, now: int) -> bool:
+    if timing.delete is not None and timing.delete <= now:
+        return False
+    return timing.publish is None or timing.publish <= now or _active(timing, now)
+
+
+def _active(timing: KeyTiming, now: int) -> bool:
+    if timing.inactive is not None and timing.inactive <= now:
+        return False
+    return timing.activate is not None and timing.activate <= now
+
+
+def expectation(
+    zone: dns.name.Name, keys: Iterable[KeyState], removed: Iterable[int], now: int
+) -> Expectation:
+    """What the server must show for ``keys`` (with their timing) at ``now``."""
+    keys = list(keys)
+    present = {k.key_tag for k in keys if _published(k.timing, now)}
+    gone = {k.key_tag for k in keys if not _published(k.timing, now)} | set(removed)
+    active = [k for k in keys if _active(k.timing, now)]
+    ksks = {k.key_tag for k in active if k.flags == KSK_FLAGS}
+    zsks = {k.key_tag for k in active if k.flags != KSK_FLAGS}
+    return Expectation(
+        zone,
+        frozenset(present),
+        frozenset(gone - present),
+        frozenset(zsks or ksks),
+        frozenset(ksks or zsks),
+    )
+
+
+def _query(
+    zone: dns.name.Name, rdtype: dns.rdatatype.RdataType, host: str, port: int, timeout: float
+) -> tuple[dns.rrset.RRset | None, dns.rrset.RRset | None]:
+    query = dns.message.make_query(zone, rdtype, want_dnssec=True)
+    query.flags = 0  # RD off: an authoritative question
+    reply = dns.query.tcp(query, host, port=port, timeout=timeout)
+    rrset = reply.get_rrset(reply.answer, zone, dns.rdataclass.IN, rdtype)
+    sigs = reply.get_rrset(reply.answer, zone, dns.rdataclass.IN, dns.rdatatype.RRSIG, rdtype)
+    return rrset, sigs
+
+
+def _valid_signers(
+    rrset: dns.rrset.RRset | None,
+    sigs: dns.rrset.RRset | None,
+    keys: dns.rrset.RRset,
+    zone: dns.name.Name,
+) -> set[int]:
+    if rrset is None or sigs is None:
+        return set()
+    valid = set()
+    for sig in sigs:
+        try:
+            dns.dnssec.validate_rrsig(rrset, sig, {zone: keys})
+        except dns.exception.ValidationFailure:
+            continue
+        valid.add(sig.key_tag)
+    return valid
+
+
+def check_served(expect: Expectation, host: str, port: int, timeout: float = 3.0) -> Verification:
+    """One look at the server: does it match ``expect``? Details name each difference."""
+    zone = expect.zone
+    try:
+        dnskey, dnskey_sigs = _query(zone, dns.rdatatype.DNSKEY, host, port, timeout)
+        soa, soa_sigs = _query(zone, dns.rdatatype.SOA, host, port, timeout)
+    except (OSError, EOFError, dns.exception.DNSException) as exc:
+        return Verification(False, (f"{zone}: no answer from {host} port {port}: {exc}",))
+    if dnskey is None:
+        if not expect.present:
+            return Verification(True)
+        detail = f"{zone}: DNSKEY {sorted(expect.present)} not served (no DNSKEY RRset)"
+        return Verification(False, (detail,))
+    served = {dns.dnssec.key_id(k) for k in dnskey}
+    details = []
+    if expect.present - served:
+        details.append(f"{zone}: DNSKEY {sorted(expect.present - served)} not served")
+    if expect.absent & served:
+        details.append(f"{zone}: DNSKEY {sorted(expect.absent & served)} still served")
+    for what, rrset, sigs, signers in (
+        ("SOA", soa, soa_sigs, expect.soa_signers),
+        ("DNSKEY", dnskey, dnskey_sigs, expect.dnskey_signers),
+    ):
+        unsigned = signers - _valid_signers(rrset, sigs, dnskey, zone)
+        if unsigned:
+            details.append(f"{zone}: {what} has no valid RRSIG by key(s) {sorted(unsigned)}")
+    return Verification(not details, tuple(details))
+
+
+def wait_served(
+    expect: Expectation, host: str, port: int, *, timeout: float, interval: float = 0.05
+) -> Verification:
+    """Poll until the server matches ``expect`` or ``timeout`` passes; the last look's result."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check_served(expect, host, port)
+        if result.ok or time.monotonic() >= deadline:
+            return result
+        time.sleep(interval)

@@ -1,0 +1,127 @@
+"""A zone's BIND-format key files in one folder: list, read, snapshot, restore, re-time.
+
+Shared by the adapters whose server reads such a folder (directory, BIND9) and by the ones that
+keep a copy to import or sign from. Snapshots are the file bytes, so a restore is exact.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import dns.name
+
+from krs_plugin.adapters.base import InstalledKey
+from krs_plugin.dnssec import DnssecKey, KeyTiming, read_bind_key_pair
+from krs_plugin.dnssec.bindfiles import bind_private_text, bind_public_text
+from krs_plugin.files import SECRET_MODE, atomic_write
+
+PUBLIC_MODE = 0o644
+
+
+def zone_prefix(zone: dns.name.Name) -> str:
+    return f"K{zone.to_text()}+"
+
+
+def private_files(directory: Path, zone: dns.name.Name) -> list[Path]:
+    return sorted(directory.glob(f"{zone_prefix(zone)}*.private"))
+
+
+def read_keys(directory: Path, zone: dns.name.Name) -> list[tuple[Path, DnssecKey, KeyTiming]]:
+    out = []
+    for private in private_files(directory, zone):
+        key, timing = read_bind_key_pair(private)
+        out.append((private, key, timing))
+    return out
+
+
+def installed_keys(directory: Path, zone: dns.name.Name) -> list[InstalledKey]:
+    return [
+        InstalledKey(zone, key.key_tag, key.algorithm, key.flags, timing)
+        for _, key, timing in read_keys(directory, zone)
+    ]
+
+
+def snapshot_files(directory: Path, zone: dns.name.Name) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in directory.glob(f"{zone_prefix(zone)}*")}
+
+
+def encode_snapshot(files: dict[Path, bytes]) -> str:
+    return json.dumps({p.name: base64.b64encode(d).decode() for p, d in files.items()})
+
+
+def decode_snapshot(directory: Path, text: str) -> dict[Path, bytes]:
+    return {directory / n: base64.b64decode(d) for n, d in json.loads(text).items()}
+
+
+def tags_in(files: dict[Path, bytes]) -> set[int]:
+    """Key tags named by the ``.private`` files among ``files`` (``K<zone>+<alg>+<tag>``)."""
+    tags = set()
+    for path in files:
+        if path.suffix == ".private":
+            tag = path.stem.rsplit("+", 1)[-1]
+            if tag.isdigit():
+                tags.add(int(tag))
+    return tags
+
+
+def write_files(files: dict[Path, bytes], owner: tuple[int, int] | None = None) -> None:
+    for path, data in files.items():
+        atomic_write(path, data, SECRET_MODE if path.suffix == ".private" else PUBLIC_MODE)
+        if owner is not None:
+            os.chown(path, *owner)
+
+
+def restore_files(directory: Path, zone: dns.name.Name, before: dict[Path, bytes]) -> None:
+    """Make the zone's files exactly ``before``: extra ones (and the temporary ``.K…`` files of
+    a write that was killed) removed, the others rewritten with their old bytes."""
+    for pattern in (f"{zone_prefix(zone)}*", f".{zone_prefix(zone)}*"):
+        for path in directory.glob(pattern):
+            if path not in before:
+                path.unlink(missing_ok=True)
+    write_files(before)
+
+
+def write_key(
+    directory: Path, key: DnssecKey, timing: KeyTiming, owner: tuple[int, int] | None = None
+) -> bool:
+    """Write ``key`` with ``timing`` (both files, atomically); False when already exactly so."""
+    stem = directory / key.basename
+    private, public = Path(f"{stem}.private"), Path(f"{stem}.key")
+    private_text = bind_private_text(key, timing).encode()
+    if private.exists() and public.exists() and private.read_bytes() == private_text:
+        return False
+    atomic_write(private, private_text, SECRET_MODE)
+    atomic_write(public, bind_public_text(key, timing).encode(), PUBLIC_MODE)
+    if owner is not None:
+        for path in (private, public):
+            os.chown(path, *owner)
+    return True
+
+
+def retime(
+    directory: Path,
+    zone: dns.name.Name,
+    tag: int,
+    owner: tuple[int, int] | None = None,
+    **times: int | None,
+) -> KeyTiming | None:
+    """Set some of a key's times (e.g. ``inactive=now``); its new timing, or None if absent."""
+    for _, key, timing in read_keys(directory, zone):
+        if key.key_tag == tag:
+            new = replace(timing, **times)
+            write_key(directory, key, new, owner)
+            return new
+    return None
+
+
+def delete_key_files(directory: Path, zone: dns.name.Name, tag: int) -> bool:
+    for private, key, _ in read_keys(directory, zone):
+        if key.key_tag == tag:
+            private.unlink()
+            private.with_suffix(".key").unlink(missing_ok=True)
+            return True
+    return False

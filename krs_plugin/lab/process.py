@@ -1,0 +1,81 @@
+"""Start a server process, wait until it answers DNS, stop it, keep its log for error messages."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import dns.exception
+import dns.message
+import dns.name
+import dns.query
+import dns.rcode
+import dns.rdatatype
+
+from krs_plugin.errors import KrsError
+
+
+class LabError(KrsError):
+    """A lab server did not start or answer; the message carries the end of its log."""
+
+
+def answers_soa(host: str, port: int, zone: str, timeout: float = 0.5) -> bool:
+    query = dns.message.make_query(dns.name.from_text(zone), dns.rdatatype.SOA)
+    try:
+        reply = dns.query.tcp(query, host, port=port, timeout=timeout)
+    except (OSError, EOFError, dns.exception.DNSException):
+        return False
+    return reply.rcode() == dns.rcode.NOERROR and bool(reply.answer)
+
+
+class ServerProcess:
+    """One foreground server process whose output goes to ``log``."""
+
+    def __init__(self, name: str, argv: Sequence[str], log: Path, cwd: Path) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.log = log
+        self.cwd = cwd
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with open(self.log, "ab") as out:
+            self.process = subprocess.Popen(
+                self.argv, stdout=out, stderr=subprocess.STDOUT, cwd=self.cwd
+            )
+
+    def wait_answering(self, host: str, port: int, zones: Sequence[str], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        pending = list(zones)
+        while pending:
+            if self.process is not None and self.process.poll() is not None:
+                raise LabError(f"{self.name} exited with {self.process.returncode}: {self.tail()}")
+            if answers_soa(host, port, pending[0]):
+                pending.pop(0)
+                continue
+            if time.monotonic() > deadline:
+                raise LabError(f"{self.name} did not answer for {pending[0]}: {self.tail()}")
+            time.sleep(0.05)
+
+    def tail(self, lines: int = 15) -> str:
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self, timeout: float = 10) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None

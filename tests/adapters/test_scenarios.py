@@ -1,0 +1,176 @@
+"""The adapter scenario table, run against every real nameserver in the harness (servers.py).
+
+Each scenario drives the adapter as the KRS pipeline does (plan, apply) and then asks the running
+server over DNS, validating every RRSIG with dnspython: the server's answers are the outcome.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import dns.name
+import pytest
+
+from krs_plugin.adapters.base import KeyPlan, PlannedKey
+from krs_plugin.dnssec import DnssecKey, KeyTiming, generate_key
+from krs_plugin.errors import AdapterError
+from tests.adapters.servers import UNSERVED, ZONES, Served, ServerLab
+
+pytestmark = pytest.mark.integration
+
+ZONE = ZONES[0]
+NAME = dns.name.from_text(ZONE)
+
+
+def key(role: str, zone: str = ZONE, algorithm: int = 13) -> DnssecKey:
+    return generate_key(zone, algorithm, 256 if role == "ZSK" else 257)
+
+
+def now_timing(**changes: int) -> KeyTiming:
+    now = int(time.time()) - 1
+    return KeyTiming(**{"created": now, "publish": now, "activate": now, **changes})
+
+
+def install(*keys: tuple[DnssecKey, str], zone: str = ZONE, **plan: tuple[int, ...]) -> KeyPlan:
+    return KeyPlan(
+        dns.name.from_text(zone),
+        tuple(PlannedKey(k, role, now_timing()) for k, role in keys),
+        **plan,
+    )
+
+
+def served(lab: ServerLab, zone: str = ZONE) -> Served:
+    return Served(lab.host, lab.port, zone)
+
+
+def files_of(lab: ServerLab) -> dict[str, bytes]:
+    directory = Path(lab.adapter().key_directory)  # type: ignore[attr-defined]
+    return {p.name: p.read_bytes() for p in directory.iterdir()}
+
+
+def test_add_zsk_is_served_and_signs(lab: ServerLab) -> None:
+    zsk = key("ZSK")
+    result = lab.adapter().apply(NAME, install((zsk, "ZSK")))
+    assert result.changed and result.installed == (zsk.key_tag,)
+    now = served(lab)
+    assert now.tags == {zsk.key_tag}
+    assert now.soa_signers == {zsk.key_tag} and now.dnskey_signers == {zsk.key_tag}
+
+
+def test_add_ksk_and_zsk_split_the_signing(lab: ServerLab) -> None:
+    ksk, zsk = key("KSK"), key("ZSK")
+    lab.adapter().apply(NAME, install((ksk, "KSK"), (zsk, "ZSK")))
+    now = served(lab)
+    assert now.tags == {ksk.key_tag, zsk.key_tag}
+    assert now.dnskey_signers == {ksk.key_tag}
+    assert now.soa_signers == {zsk.key_tag}
+
+
+@pytest.mark.parametrize("algorithm", [13, 15])
+def test_csk_signs_everything(lab: ServerLab, algorithm: int) -> None:
+    csk = key("CSK", algorithm=algorithm)
+    lab.adapter().apply(NAME, install((csk, "CSK")))
+    now = served(lab)
+    assert now.tags == {csk.key_tag}
+    assert now.soa_signers == {csk.key_tag} == now.dnskey_signers
+
+
+def test_zsk_rollover_publish_then_activate_then_retire_then_remove(lab: ServerLab) -> None:
+    adapter = lab.adapter()
+    ksk, old, new = key("KSK"), key("ZSK"), key("ZSK")
+    adapter.apply(NAME, install((ksk, "KSK"), (old, "ZSK")))
+
+    # 1. the new ZSK is published ahead of use (activation in an hour)
+    later = int(time.time()) + 3600
+    pre = PlannedKey(new, "ZSK", now_timing(activate=later))
+    adapter.apply(NAME, KeyPlan(NAME, (pre,)))
+    now = served(lab)
+    assert now.tags == {ksk.key_tag, old.key_tag, new.key_tag}
+    assert now.soa_signers == {old.key_tag}
+
+    # 2. it becomes active and the old one is retired: still published, no longer signing
+    adapter.apply(NAME, KeyPlan(NAME, (PlannedKey(new, "ZSK", now_timing()),), (old.key_tag,)))
+    now = served(lab)
+    assert old.key_tag in now.tags
+    assert now.soa_signers == {new.key_tag}
+
+    # 3. the old one is removed: gone from the DNSKEY set and from the key directory
+    result = adapter.apply(NAME, KeyPlan(NAME, remove=(old.key_tag,)))
+    assert result.removed == (old.key_tag,)
+    now = served(lab)
+    assert now.tags == {ksk.key_tag, new.key_tag}
+    assert now.soa_signers == {new.key_tag} and now.dnskey_signers == {ksk.key_tag}
+    assert not [n for n in files_of(lab) if f"+{old.key_tag:05d}." in n]
+
+
+def test_delete_removes_the_key_from_the_served_set(lab: ServerLab) -> None:
+    adapter = lab.adapter()
+    ksk, zsk = key("KSK"), key("ZSK")
+    adapter.apply(NAME, install((ksk, "KSK"), (zsk, "ZSK")))
+    adapter.apply(NAME, KeyPlan(NAME, remove=(ksk.key_tag,)))
+    now = served(lab)
+    assert now.tags == {zsk.key_tag}
+    assert now.soa_signers == {zsk.key_tag}
+
+
+def test_two_zones_at_once(lab: ServerLab) -> None:
+    adapter = lab.adapter()
+    keys = {zone: key("CSK", zone) for zone in ZONES}
+    for zone, csk in keys.items():
+        adapter.apply(dns.name.from_text(zone), install((csk, "CSK"), zone=zone))
+    for zone, csk in keys.items():
+        now = served(lab, zone)
+        assert now.tags == {csk.key_tag} and now.soa_signers == {csk.key_tag}
+
+
+def test_reapplying_the_same_plan_changes_nothing(lab: ServerLab) -> None:
+    adapter = lab.adapter()
+    zsk = key("ZSK")
+    plan = install((zsk, "ZSK"))
+    adapter.apply(NAME, plan)
+    before = files_of(lab)
+    again = adapter.apply(NAME, plan)
+    assert not again.changed
+    assert files_of(lab) == before
+    assert served(lab).tags == {zsk.key_tag}
+
+
+def test_server_down_during_apply_is_a_clean_error_and_nothing_changes(lab: ServerLab) -> None:
+    adapter = lab.adapter()
+    zsk = key("ZSK")
+    adapter.apply(NAME, install((zsk, "ZSK")))
+    before = files_of(lab)
+    lab.stop()
+    with pytest.raises(AdapterError) as failure:
+        adapter.apply(NAME, install((key("ZSK"), "ZSK")))
+    assert str(NAME) in str(failure.value)
+    assert files_of(lab) == before
+    lab.start()
+    assert served(lab).tags == {zsk.key_tag}  # back up, with the old keys
+
+
+def test_reload_that_does_not_take_effect_is_rolled_back(lab: ServerLab) -> None:
+    lab.break_key_access()
+    adapter = lab.adapter()
+    before = files_of(lab)
+    with pytest.raises(AdapterError) as failure:
+        adapter.apply(NAME, install((key("ZSK"), "ZSK")))
+    message = str(failure.value)
+    assert "verify" in message and "not served" in message
+    assert files_of(lab) == before
+    assert served(lab).tags == set()
+
+
+def test_zone_the_server_does_not_serve_is_refused_before_touching_files(
+    lab: ServerLab,
+) -> None:
+    adapter = lab.adapter()
+    before = files_of(lab)
+    with pytest.raises(AdapterError) as failure:
+        adapter.apply(
+            dns.name.from_text(UNSERVED),
+            install((key("ZSK", UNSERVED), "ZSK"), zone=UNSERVED),
+        )
+    assert UNSERVED in str(failure.value) and "does not serve" in str(failure.value)
+    assert files_of(lab) == before
