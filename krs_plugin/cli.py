@@ -26,15 +26,19 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     demo = commands.add_parser(
         "demo",
-        help="seal a key distribution for a node as a KDC does, then receive and open it",
+        help="the main job: a KDC distributes a KSK and a ZSK to a KRS that installs them in BIND",
         description=(
-            "Round trip on this machine: a KDC makes a KSK and a ZSK, seals them for one node "
-            "(HPKE or JOSE, signed ES256), splits them into CHUNK records; the node reassembles, "
-            "verifies, decrypts and validates them, and writes BIND key files."
+            "Starts a KDC (krs-kdc serve), a BIND 9 (named, from the OS packages) and a KRS "
+            "(krs run) on loopback; the KDC distributes a KSK and a ZSK, the KRS installs them "
+            "into BIND, and the served DNSKEY set is printed and validated. Without named, the "
+            "keys go to a folder (directory adapter). --offline runs the in-memory round trip "
+            "of both backends instead, without any process or network."
         ),
     )
-    demo.add_argument("--backend", choices=("hpke", "jose", "both"), default="both")
+    demo.add_argument("--backend", choices=("hpke", "jose", "both"), default=None)
     demo.add_argument("--zone", default="example.com.")
+    demo.add_argument("--server", choices=("auto", "bind9", "directory"), default="auto")
+    demo.add_argument("--offline", action="store_true", help="in-memory round trip only")
     demo.add_argument("--algorithm", type=int, default=13, choices=(8, 13, 14, 15, 16))
     demo.add_argument(
         "--keep", metavar="DIR", help="write the demo's files here instead of a temporary folder"
@@ -88,14 +92,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        if args.command == "demo":
+        if args.command == "demo" and args.offline:
             from krs_plugin.demo import run_demo
 
+            backend = args.backend or "both"
             return run_demo(
-                backends=("hpke", "jose") if args.backend == "both" else (args.backend,),
+                backends=("hpke", "jose") if backend == "both" else (backend,),
                 zone=args.zone,
                 algorithm=args.algorithm,
                 keep=args.keep,
+            )
+        if args.command == "demo":
+            from krs_plugin.lab.mainjob import run_main_job
+
+            backends = ("hpke", "jose") if args.backend == "both" else (args.backend or "hpke",)
+            return max(
+                run_main_job(backend=b, zone=args.zone, server=args.server, keep=args.keep)
+                for b in backends
             )
         if args.command in ("fetch", "apply", "status", "keys", "run"):
             from krs_plugin.receiver.commands import run_command

@@ -19,7 +19,7 @@ KRS = str(Path(sys.executable).parent / "krs")
 
 def test_demo_delivers_both_backends_and_writes_matching_bind_keys(tmp_path: Path) -> None:
     result = subprocess.run(
-        [KRS, "demo", "--keep", str(tmp_path), "--algorithm", "15"],
+        [KRS, "demo", "--offline", "--keep", str(tmp_path), "--algorithm", "15"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -61,3 +61,24 @@ def test_demo_rejects_unknown_algorithm() -> None:
     )
     assert result.returncode == 2
     assert "invalid choice" in result.stderr
+
+
+def test_main_job_installs_into_a_real_bind_and_the_served_keys_validate() -> None:
+    result = subprocess.run(
+        [KRS, "demo", "--backend", "jose"], capture_output=True, text=True, timeout=180
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "named serving example.com. unsigned" in out
+    assert "DNSKEY set equals the KDC's keys" in out
+    assert out.count(": valid (dnspython)") == 2  # DNSKEY by the KSK, SOA by the ZSK
+    assert out.rstrip().splitlines()[-1].startswith("[ done] VALID")
+
+
+def test_main_job_without_a_server_installs_key_files() -> None:
+    result = subprocess.run(
+        [KRS, "demo", "--server", "directory"], capture_output=True, text=True, timeout=180
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count(".private (") == 2
+    assert "VALID" in result.stdout
