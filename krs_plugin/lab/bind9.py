@@ -36,6 +36,7 @@ class Bind9Lab:
     port: int = 0
     control_port: int = 0
     signed_zones: Sequence[str] | None = None  # default: all zones are set up for signing
+    policy_zones: Sequence[str] = ()  # zones under "dnssec-policy default" (refused by bind9)
     user: str | None = None  # run named -u <user>; the key directory stays root's (a pitfall test)
     process: ServerProcess | None = field(default=None, init=False)
 
@@ -79,12 +80,13 @@ class Bind9Lab:
             file = self.root / f"{zone}zone"
             if not file.exists():
                 file.write_text(unsigned_zone_text(zone))
-            dnssec = (
-                f"    inline-signing yes;\n    auto-dnssec maintain;\n"
-                f'    key-directory "{self.key_directory}";\n'
-                if zone in signed
-                else ""
-            )
+            dnssec = ""
+            if zone in self.policy_zones:
+                dnssec = "    inline-signing yes;\n    dnssec-policy default;\n"
+            elif zone in signed:
+                dnssec = "    inline-signing yes;\n    auto-dnssec maintain;\n"
+            if dnssec:
+                dnssec += f'    key-directory "{self.key_directory}";\n'
             blocks.append(f'zone "{zone}" {{\n    type primary;\n    file "{file}";\n{dnssec}}};\n')
         (self.root / "named.conf").write_text(
             f'include "{self.rndc_key}";\n'

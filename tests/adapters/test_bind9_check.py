@@ -1,0 +1,75 @@
+"""``check()`` of the BIND 9 adapter against a real named: what an operator is told (and what
+``krs doctor`` prints) when the server cannot take pushed keys."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import dns.name
+import pytest
+
+from krs_plugin.adapters.base import KeyPlan
+from krs_plugin.adapters.bind9 import Bind9Adapter
+from krs_plugin.errors import AdapterError
+from krs_plugin.lab.bind9 import Bind9Lab
+from krs_plugin.lab.ports import free_port
+
+pytestmark = pytest.mark.integration
+
+ZONES = ("good.example.", "plain.example.", "policy.example.")
+
+
+@pytest.fixture
+def named(tmp_path: Path) -> Iterator[Bind9Lab]:
+    lab = Bind9Lab(
+        tmp_path / "named",
+        ZONES,
+        signed_zones=("good.example.",),
+        policy_zones=("policy.example.",),
+    )
+    lab.start()
+    yield lab
+    lab.stop()
+
+
+def adapter(lab: Bind9Lab, *zones: str, **changes: object) -> Bind9Adapter:
+    settings = {**lab.adapter_settings(), **changes}
+    return Bind9Adapter(settings, zones=[dns.name.from_text(z) for z in zones])
+
+
+def test_a_zone_set_up_for_external_keys_passes(named: Bind9Lab) -> None:
+    assert adapter(named, "good.example.").check() == []
+
+
+def test_zone_under_dnssec_policy_is_refused_with_the_reason(named: Bind9Lab) -> None:
+    problems = adapter(named, "policy.example.").check()
+    assert len(problems) == 1
+    assert "dnssec-policy" in problems[0].what and "auto-dnssec maintain" in problems[0].fix
+    zone = dns.name.from_text("policy.example.")
+    with pytest.raises(AdapterError, match="dnssec-policy"):
+        adapter(named, "policy.example.").apply(zone, KeyPlan(zone))
+
+
+def test_zone_without_signing_is_reported(named: Bind9Lab) -> None:
+    problems = adapter(named, "plain.example.").check()
+    assert [p.what for p in problems] == [
+        "zone plain.example. is not set up for signing with external keys"
+    ]
+
+
+def test_zone_not_in_named_conf_is_reported(named: Bind9Lab) -> None:
+    problems = adapter(named, "absent.example.").check()
+    assert len(problems) == 1 and "does not serve zone absent.example." in problems[0].what
+
+
+def test_unreachable_control_channel_is_reported(named: Bind9Lab) -> None:
+    settings = named.adapter_settings()
+    settings["rndc"] = {**settings["rndc"], "port": free_port(), "timeout": 3}
+    problems = Bind9Adapter(settings).check()
+    assert len(problems) == 1 and "control channel does not answer" in problems[0].what
+
+
+def test_missing_key_directory_is_reported(named: Bind9Lab, tmp_path: Path) -> None:
+    problems = adapter(named, key_directory=str(tmp_path / "nowhere")).check()
+    assert [p.what for p in problems] == [f"key directory {tmp_path / 'nowhere'} does not exist"]
