@@ -4,7 +4,7 @@
 point of that name; nothing happens otherwise. Tests use it to kill ``krs run`` at an exact step
 of an apply, which a signal sent from outside cannot hit reliably. Names in use:
 
-- ``write_bind_key_pair``: after a key's ``.private`` file is written, before its ``.key``.
+- ``write_key``: an adapter has written a key's ``.private`` file, not yet its ``.key``.
 """
 
 from __future__ import annotations

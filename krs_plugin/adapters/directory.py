@@ -7,8 +7,6 @@ plan: the files it touches are snapshotted first and restored if any step fails.
 
 from __future__ import annotations
 
-import base64
-import json
 import os
 import time
 from collections.abc import Mapping
@@ -17,6 +15,7 @@ from typing import Any
 
 import dns.name
 
+from krs_plugin.adapters import keyfiles
 from krs_plugin.adapters.base import (
     ApplyResult,
     InstalledKey,
@@ -24,10 +23,7 @@ from krs_plugin.adapters.base import (
     Problem,
     Verification,
 )
-from krs_plugin.dnssec import KeyTiming, read_bind_key_pair, write_bind_key_pair
-from krs_plugin.dnssec.bindfiles import bind_private_text
 from krs_plugin.errors import AdapterError, ConfigError, KrsError
-from krs_plugin.files import SECRET_MODE, atomic_write
 
 
 class DirectoryAdapter:
@@ -54,62 +50,40 @@ class DirectoryAdapter:
             return [Problem(f"key directory {self.path} is not writable", "fix its owner or mode")]
         return []
 
-    def _files(self, zone: dns.name.Name) -> list[Path]:
-        return sorted(self.path.glob(f"K{zone.to_text()}+*.private"))
-
     def current_keys(self, zone: dns.name.Name) -> list[InstalledKey]:
-        keys = []
-        for private in self._files(zone):
-            key, timing = read_bind_key_pair(private)
-            keys.append(InstalledKey(zone, key.key_tag, key.algorithm, key.flags, timing))
-        return keys
+        return keyfiles.installed_keys(self.path, zone)
 
     def apply(self, zone: dns.name.Name, plan: KeyPlan) -> ApplyResult:
         problems = self.check()
         if problems:
             raise AdapterError(f"directory adapter: {problems[0].what}")
-        snapshot = {p: p.read_bytes() for p in self.path.glob(f"K{zone.to_text()}+*")}
-        before = dict(snapshot)
+        before = keyfiles.snapshot_files(self.path, zone)
         installed: list[int] = []
         retired: list[int] = []
         removed: list[int] = []
         step = "start"
         try:
+            now = int(time.time())
             for planned in plan.install:
                 step = f"write key {planned.key.key_tag}"
-                stem = self.path / planned.key.basename
-                new_private = bind_private_text(planned.key, planned.timing).encode()
-                old = snapshot.get(Path(f"{stem}.private"))
-                if old != new_private:
-                    write_bind_key_pair(self.path, planned.key, planned.timing)
+                if keyfiles.write_key(self.path, planned.key, planned.timing):
                     installed.append(planned.key.key_tag)
             for tag in plan.retire:
                 step = f"retire key {tag}"
-                for private in self._files(zone):
-                    key, timing = read_bind_key_pair(private)
-                    if key.key_tag == tag and timing.inactive is None:
-                        now = int(time.time())
-                        new_timing = KeyTiming(
-                            timing.created, timing.publish, timing.activate, now, timing.delete
-                        )
-                        atomic_write(
-                            private, bind_private_text(key, new_timing).encode(), SECRET_MODE
-                        )
-                        retired.append(tag)
+                timing = next((k.timing for k in self.current_keys(zone) if k.key_tag == tag), None)
+                if timing is not None and timing.inactive is None:
+                    keyfiles.retime(self.path, zone, tag, inactive=now)
+                    retired.append(tag)
             for tag in plan.remove:
                 step = f"remove key {tag}"
-                for private in self._files(zone):
-                    key, _ = read_bind_key_pair(private)
-                    if key.key_tag == tag:
-                        private.unlink()
-                        private.with_suffix(".key").unlink(missing_ok=True)
-                        removed.append(tag)
+                if keyfiles.delete_key_files(self.path, zone, tag):
+                    removed.append(tag)
             step = "verify"
             verification = self.verify(zone, plan)
             if not verification.ok:
                 raise AdapterError("; ".join(verification.details))
         except (KrsError, OSError) as exc:
-            self._restore(zone, before)
+            keyfiles.restore_files(self.path, zone, before)
             raise AdapterError(
                 f"directory adapter, zone {zone}: step '{step}' failed: {exc}; "
                 "key directory restored"
@@ -133,19 +107,7 @@ class DirectoryAdapter:
         return Verification(not details, tuple(details))
 
     def snapshot(self, zone: dns.name.Name) -> str:
-        files = self.path.glob(f"K{zone.to_text()}+*")
-        return json.dumps({p.name: base64.b64encode(p.read_bytes()).decode() for p in files})
+        return keyfiles.encode_snapshot(keyfiles.snapshot_files(self.path, zone))
 
     def restore(self, zone: dns.name.Name, snapshot: str) -> None:
-        saved = json.loads(snapshot)
-        self._restore(zone, {self.path / n: base64.b64decode(d) for n, d in saved.items()})
-
-    def _restore(self, zone: dns.name.Name, before: dict[Path, bytes]) -> None:
-        # ".K…" are atomic_write's temporary files, left behind when a write was killed
-        for pattern in (f"K{zone.to_text()}+*", f".K{zone.to_text()}+*"):
-            for path in self.path.glob(pattern):
-                if path not in before:
-                    path.unlink(missing_ok=True)
-        for path, data in before.items():
-            mode = SECRET_MODE if path.suffix == ".private" else 0o644
-            atomic_write(path, data, mode)
+        keyfiles.restore_files(self.path, zone, keyfiles.decode_snapshot(self.path, snapshot))

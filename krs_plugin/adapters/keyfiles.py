@@ -14,6 +14,7 @@ from pathlib import Path
 
 import dns.name
 
+from krs_plugin import failpoints
 from krs_plugin.adapters.base import InstalledKey
 from krs_plugin.dnssec import DnssecKey, KeyTiming, read_bind_key_pair
 from krs_plugin.dnssec.bindfiles import bind_private_text, bind_public_text
@@ -95,6 +96,7 @@ def write_key(
     if private.exists() and public.exists() and private.read_bytes() == private_text:
         return False
     atomic_write(private, private_text, SECRET_MODE)
+    failpoints.reached("write_key")
     atomic_write(public, bind_public_text(key, timing).encode(), PUBLIC_MODE)
     if owner is not None:
         for path in (private, public):

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import dns.dnssec
 
-from krs_plugin import failpoints
 from krs_plugin.dnssec.bindtext import parse_bind_private, parse_dnskey_text
 from krs_plugin.dnssec.key import VALID_FLAGS, DnssecKey, check_key_matches
 from krs_plugin.dnssec.timing import KeyTiming
@@ -105,6 +104,5 @@ def write_bind_key_pair(
     base = Path(directory) / key.basename
     key_path, private_path = Path(f"{base}.key"), Path(f"{base}.private")
     atomic_write(private_path, key.to_bind_private(timing).encode("ascii"), SECRET_MODE)
-    failpoints.reached("write_bind_key_pair")
     atomic_write(key_path, key.to_bind_public(timing).encode("ascii"), PUBLIC_MODE)
     return key_path, private_path

@@ -252,7 +252,7 @@ def test_krs_killed_during_apply_restarts_with_the_old_keys_then_completes(
     before = files(keys)
 
     # The real process kills itself half way through writing the new key (a failpoint).
-    krs = deployment.start_krs("krs-killed", env={"KRS_FAILPOINT": "write_bind_key_pair"})
+    krs = deployment.start_krs("krs-killed", env={"KRS_FAILPOINT": "write_key"})
     deployment.kdc("key", "generate", "--zone", ZONE, "--role", "ZSK")
     second = deployment.distribute("--zone", ZONE)
     assert krs.wait(timeout=30) == -signal.SIGKILL
