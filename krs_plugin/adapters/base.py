@@ -49,6 +49,9 @@ class KeyPlan:
     install: tuple[PlannedKey, ...] = ()
     retire: tuple[int, ...] = ()
     remove: tuple[int, ...] = ()
+    retire_delete_at: int | None = None
+    """When retired keys are to be unpublished (tdns: now + the manifest's retire_time); the
+    adapter writes it as their Delete time, so the server removes them on schedule."""
 
     @property
     def empty(self) -> bool:

@@ -227,7 +227,9 @@ class Bind9Adapter:
                 step = f"retire key {tag}"
                 timing = next((k.timing for k in self.current_keys(zone) if k.key_tag == tag), None)
                 if timing is not None and (timing.inactive is None or timing.inactive > now):
-                    keyfiles.retime(directory, zone, tag, owner, inactive=now)
+                    keyfiles.retime(
+                        directory, zone, tag, owner, inactive=now, delete=plan.retire_delete_at
+                    )
                     retired.append(tag)
             for tag in plan.remove:
                 step = f"remove key {tag}"

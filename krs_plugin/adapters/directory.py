@@ -72,7 +72,9 @@ class DirectoryAdapter:
                 step = f"retire key {tag}"
                 timing = next((k.timing for k in self.current_keys(zone) if k.key_tag == tag), None)
                 if timing is not None and timing.inactive is None:
-                    keyfiles.retime(self.path, zone, tag, inactive=now)
+                    keyfiles.retime(
+                        self.path, zone, tag, inactive=now, delete=plan.retire_delete_at
+                    )
                     retired.append(tag)
             for tag in plan.remove:
                 step = f"remove key {tag}"

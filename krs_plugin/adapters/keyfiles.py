@@ -111,10 +111,11 @@ def retime(
     owner: tuple[int, int] | None = None,
     **times: int | None,
 ) -> KeyTiming | None:
-    """Set some of a key's times (e.g. ``inactive=now``); its new timing, or None if absent."""
+    """Set some of a key's times (e.g. ``inactive=now``; None leaves a time as it is); its new
+    timing, or None when the zone has no key ``tag``."""
     for _, key, timing in read_keys(directory, zone):
         if key.key_tag == tag:
-            new = replace(timing, **times)
+            new = replace(timing, **{k: v for k, v in times.items() if v is not None})
             write_key(directory, key, new, owner)
             return new
     return None

@@ -124,7 +124,12 @@ class Pipeline:
                 clock_skew=int(self.config.clock_skew),
             )
             self._check_zones(payload)
-            plans = build_plans(payload, self.adapter.current_keys, now=int(moment))
+            plans = build_plans(
+                payload,
+                self.adapter.current_keys,
+                now=int(moment),
+                retire_after=unpacked.manifest.metadata.retire_time,
+            )
             if dry_run:
                 return Outcome(dist_id, "planned", "plan", plans=tuple(plans))
             results = self._apply(dist_id, plans)

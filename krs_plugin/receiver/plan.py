@@ -21,7 +21,10 @@ def build_plans(
     current_keys: Callable[[dns.name.Name], list[InstalledKey]],
     *,
     now: int,
+    retire_after: float | None = None,
 ) -> list[KeyPlan]:
+    """``retire_after`` (seconds, the manifest's ``retire_time``): retired keys are deleted
+    that long after now, as the tdns KRS does."""
     zones = list(
         dict.fromkeys(e.zone for e in payload.entries if isinstance(e, RollKey | DeleteKey))
     )
@@ -58,6 +61,7 @@ def build_plans(
                 tuple(install),
                 tuple(sorted(retire - new_tags - remove)),
                 tuple(sorted(remove - new_tags)),
+                None if retire_after is None else now + int(retire_after),
             )
         )
     return plans

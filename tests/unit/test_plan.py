@@ -1,0 +1,49 @@
+"""From payload to KeyPlan: tdns semantics when the KDC sends no timing, ours when it does."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import dns.name
+
+from krs_plugin.adapters.base import InstalledKey, KeyPlan, PlannedKey
+from krs_plugin.adapters.directory import DirectoryAdapter
+from krs_plugin.dnssec import KeyTiming, generate_key
+from krs_plugin.payload import Payload, roll_key_entry
+from krs_plugin.receiver.plan import build_plans
+
+ZONE = dns.name.from_text("example.com.")
+NOW = 1_795_000_000
+
+
+def test_a_tdns_roll_retires_the_previous_zsk_and_schedules_its_deletion() -> None:
+    new = generate_key(ZONE, 13, 256)
+    old = InstalledKey(ZONE, 11111, 13, 256, KeyTiming(NOW - 99, NOW - 99, NOW - 99))
+    ksk = InstalledKey(ZONE, 22222, 13, 257, KeyTiming(NOW - 99, NOW - 99, NOW - 99))
+    payload = Payload((roll_key_entry(new, "ZSK"),))
+    (plan,) = build_plans(payload, lambda zone: [old, ksk], now=NOW, retire_after=3600)
+    assert [p.key.key_tag for p in plan.install] == [new.key_tag]
+    assert plan.install[0].timing == KeyTiming(NOW, NOW, NOW)
+    assert plan.retire == (11111,)  # the KSK stays
+    assert plan.retire_delete_at == NOW + 3600
+
+
+def test_keys_with_timing_are_installed_as_sent_and_retire_nothing() -> None:
+    key = generate_key(ZONE, 13, 256)
+    timing = KeyTiming(publish=NOW, activate=NOW + 3600, inactive=NOW + 86400)
+    payload = Payload((roll_key_entry(key, "ZSK", timing=timing),))
+    (plan,) = build_plans(payload, lambda zone: [], now=NOW, retire_after=3600)
+    assert plan.install[0].timing.activate == NOW + 3600
+    assert plan.retire == ()
+
+
+def test_retiring_writes_the_scheduled_delete_time(tmp_path: Path) -> None:
+    adapter = DirectoryAdapter({"path": str(tmp_path)})
+    old = generate_key(ZONE, 13, 256)
+    now = int(time.time()) - 1
+    adapter.apply(ZONE, KeyPlan(ZONE, (PlannedKey(old, "ZSK", KeyTiming(now, now, now)),)))
+    adapter.apply(ZONE, KeyPlan(ZONE, retire=(old.key_tag,), retire_delete_at=now + 3600))
+    (installed,) = adapter.current_keys(ZONE)
+    assert installed.timing.inactive is not None and installed.timing.inactive >= now
+    assert installed.timing.delete == now + 3600
