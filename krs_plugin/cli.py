@@ -69,6 +69,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("zone", nargs="?")
     _config_option(p)
     _json_option(p)
+    p = commands.add_parser(
+        "doctor",
+        help="check key files, state, control servers, listen addresses and the adapter",
+        description=(
+            "Preflight for krs run: prints every problem at once. Exit 0 when nothing is wrong "
+            "(warnings allowed), 1 when a check fails, 2 when krs.yaml does not load."
+        ),
+    )
+    _config_option(p)
+    _json_option(p)
     return parser
 
 
@@ -110,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 run_main_job(backend=b, zone=args.zone, server=args.server, keep=args.keep)
                 for b in backends
             )
-        if args.command in ("fetch", "apply", "status", "keys", "run"):
+        if args.command in ("fetch", "apply", "status", "keys", "run", "doctor"):
             from krs_plugin.receiver.commands import run_command
 
             return run_command(args)

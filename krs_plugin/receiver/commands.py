@@ -25,6 +25,10 @@ def _print(args: argparse.Namespace, data: Any, lines: list[str]) -> None:
 
 def run_command(args: argparse.Namespace) -> int:
     config = load_config(args.config)
+    if args.command == "doctor":  # before the store opens: a broken state is a finding, not a crash
+        from krs_plugin.receiver.doctor import doctor_command
+
+        return doctor_command(config, as_json=args.json)
     store = ReceiverStore(config.state)
     try:
         if args.command == "run":
