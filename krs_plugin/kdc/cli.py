@@ -22,7 +22,7 @@ from krs_plugin import __version__
 from krs_plugin.crypto import load_hpke_public, load_jose_key
 from krs_plugin.dnssec import generate_key, read_bind_key_pair
 from krs_plugin.errors import ConfigError, KeyFileError, KrsError, WireError
-from krs_plugin.kdc.distribute import distribute_zone
+from krs_plugin.kdc.distribute import distribute_node, distribute_zone
 from krs_plugin.kdc.identity import create_identity, load_identity
 from krs_plugin.kdc.store import StateError, Store, canonical
 from krs_plugin.protocol import check_node_id
@@ -245,6 +245,10 @@ def _key_json(row: Any) -> dict[str, Any]:
 
 
 def cmd_distribute(args: argparse.Namespace) -> int:
+    if args.all_zones:
+        return _distribute_node(args)
+    if not args.zone:
+        raise StateError("distribute: --zone is required (or --all-zones with one --node)")
     store = _open_store(args)
     identity = load_identity(_state_dir(args) / "keys")
     show = _progress if not args.json and sys.stderr.isatty() else None
@@ -264,6 +268,27 @@ def cmd_distribute(args: argparse.Namespace) -> int:
         [
             f"distribution {summary.distribution_id} for {summary.zone}: {summary.key_count} "
             f"key(s), {summary.delete_count} deletion(s), to {len(summary.nodes)} node(s)"
+        ],
+    )
+    return 0
+
+
+def _distribute_node(args: argparse.Namespace) -> int:
+    """``--all-zones``: one node's keys of every zone it serves, in one distribution."""
+    if args.zone or len(args.node or []) != 1:
+        raise StateError("distribute --all-zones takes exactly one --node and no --zone")
+    store = _open_store(args)
+    identity = load_identity(_state_dir(args) / "keys")
+    summary = distribute_node(
+        store, identity, args.node[0], now=time.time(), ttl=args.ttl, chunk_size=args.chunk_size
+    )
+    _emit(
+        args,
+        asdict(summary),
+        [
+            f"distribution {summary.distribution_id} for {summary.nodes[0]}: "
+            f"{len(summary.zones)} zone(s), {summary.key_count} key(s), "
+            f"{summary.delete_count} deletion(s), {summary.records} record(s)"
         ],
     )
     return 0
@@ -430,8 +455,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--zone")
 
     p = add(sub, "distribute", cmd_distribute, "seal the zone's keys for its nodes and publish")
-    p.add_argument("--zone", required=True)
+    p.add_argument("--zone", help="the zone whose keys to send (or --all-zones)")
     p.add_argument("--node", action="append", help="only this node (repeatable)")
+    p.add_argument(
+        "--all-zones",
+        action="store_true",
+        help="with one --node: the keys of every zone it serves, in one distribution",
+    )
     p.add_argument("--ttl", type=int, default=300, help="seconds the distribution stays valid")
     p.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE)
 

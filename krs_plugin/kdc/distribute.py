@@ -3,6 +3,9 @@
 One distribution id (tdns's increasing counter, the node's "serial") addresses all target nodes;
 each node gets its own sealed copy and its own status. Everything is stored in one transaction, so
 a failure part-way leaves no half-published distribution.
+
+``distribute_zone`` carries one zone to its nodes; ``distribute_node`` carries every zone of one
+node (thousands of zones in one distribution, applied all or nothing by the KRS).
 """
 
 from __future__ import annotations
@@ -28,11 +31,12 @@ LIVE_STATES = ("created", "published", "active", "retired")
 @dataclass(frozen=True)
 class DistributionSummary:
     distribution_id: str
-    zone: str
+    zone: str  # the zone, or "" when the distribution carries several (see ``zones``)
     nodes: tuple[str, ...]
     key_count: int
     delete_count: int
     records: int
+    zones: tuple[str, ...] = ()
 
 
 def recipient_for(node: NodeRow) -> NodeRecipient:
@@ -153,5 +157,96 @@ def distribute_zone(
             "UPDATE keys SET state = 'published' WHERE zone = ? AND state = 'created'", (zone,)
         )
     return DistributionSummary(
-        dist_id, zone, tuple(n.id for n in nodes), rolls, deletes, records_total
+        dist_id, zone, tuple(n.id for n in nodes), rolls, deletes, records_total, (zone,)
+    )
+
+
+def distribute_node(
+    store: Store,
+    identity: KdcIdentity,
+    node_id: str,
+    *,
+    zones: Sequence[str] | None = None,
+    now: float,
+    ttl: int = DEFAULT_DISTRIBUTION_TTL,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> DistributionSummary:
+    """Build and store one distribution for ``node_id`` with the keys of every zone it serves
+    (or of ``zones``, each of which it must serve): a node's full key set in one transfer.
+
+    Refused, storing nothing, when a zone has no keys. The payload grows by about 800 bytes per
+    algorithm-13 key (600 for algorithm 15); the KRS accepts what ``Limits`` allows (32 MiB of
+    transport, about 10,000 zones with a KSK and a ZSK each)."""
+    node = store.require_node(node_id)
+    if zones is None:
+        wanted = list(node.zones)
+    else:
+        wanted = list(dict.fromkeys(store.require_zone(z) for z in zones))
+        served = set(node.zones)
+        foreign = [z for z in wanted if z not in served]
+        if foreign:
+            raise StateError(f"node {node.id} does not serve zone(s) {', '.join(foreign[:5])}")
+    if not wanted:
+        raise StateError(f"node {node.id} serves no zones (krs-kdc node add ... --zone ...)")
+    by_zone: dict[str, list[KeyRow]] = {z: [] for z in wanted}
+    for row in store.keys(zone=None):  # one query, not one per zone
+        if row.zone in by_zone:
+            by_zone[row.zone].append(row)
+    keyless = [z for z, rows in by_zone.items() if not any(k.state in LIVE_STATES for k in rows)]
+    if keyless:
+        more = f" and {len(keyless) - 5} more" if len(keyless) > 5 else ""
+        shown = ", ".join(keyless[:5]) + more
+        raise StateError(f"zone(s) without keys: {shown} (krs-kdc key generate --zone ...)")
+    stamp = int(now)
+    expires_at = stamp + ttl
+    recipient = recipient_for(node)
+    with store.transaction():
+        dist_id, serial = store.next_distribution_id(now)
+        entries: list[Entry] = []
+        rolls = deletes = 0
+        for zone in wanted:
+            ops, r, d = zone_entries(by_zone[zone], dist_id, now=stamp, expires_at=expires_at)
+            entries += ops
+            rolls += r
+            deletes += d
+        cleartext = encode_payload(entries)
+        del entries
+        counts = {
+            "zone_count": len(wanted),
+            "key_count": rolls + deletes,
+            "operation_count": rolls + deletes,
+        }
+        records = build_distribution(
+            cleartext,
+            recipient,
+            identity.signer,
+            dist_id,
+            now=now,
+            counts=counts,
+            distribution_ttl=ttl,
+            chunk_size=chunk_size,
+        )
+        del cleartext
+        store.add_distribution(
+            dist_id,
+            serial,
+            node.id,
+            zone=wanted[0] if len(wanted) == 1 else None,
+            content="key_operations",
+            created_at=stamp,
+            expires_at=expires_at,
+            records=[r.to_wire() or b"" for r in records],
+        )
+        store.db.executemany(
+            "UPDATE keys SET state = 'published' WHERE zone = ? AND state = 'created'",
+            [(z,) for z in wanted],
+        )
+    return DistributionSummary(
+        dist_id,
+        wanted[0] if len(wanted) == 1 else "",
+        (node.id,),
+        rolls,
+        deletes,
+        len(records),
+        tuple(wanted),
     )

@@ -24,12 +24,28 @@ INLINE_MAX = 500
 """tdns inlines transport strings up to 500 bytes (a legacy UDP rule); larger ones are chunked."""
 
 
+DEFAULT_MAX_TOTAL_BYTES = 32 * 1024 * 1024
+"""Room for one node's keys of 10,000 zones in one distribution, the issue's use case.
+
+The transport string (double base64 of the sealed JSON) costs per key about 1.42 KB with
+algorithm 13 and 1.05 KB with algorithm 15 for hpke nodes, a third more for jose nodes (one more
+base64url layer); benchmarks/krs_bulk.py. 10,000 zones are 14.2 MB with one CSK each and 28.4 MB
+with a KSK and a ZSK each (hpke, algorithm 13): 8 MiB, the former default, refused every such
+node; 32 MiB takes both with 11 % to spare. Not covered: jose nodes with a KSK and a ZSK of
+algorithm 13 per zone (38 MB for 10,000 zones) and RSA keys (5.3 KB each); they raise the limit.
+
+The price is the bound on what a hostile control server can make a KRS allocate before the KDC's
+signature is checked (the manifest HMAC is keyed with the node's public key, so anyone can make
+one): the reassembled transport and its decodings, about 7 times the transport for a moment, so
+up to some 230 MB at 32 MiB (docs/benchmarks.md, "Bulk")."""
+
+
 @dataclass(frozen=True)
 class Limits:
     """What a receiver accepts from the network; checked before anything is allocated."""
 
     max_chunks: int = 4096
-    max_total_bytes: int = 8 * 1024 * 1024
+    max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES
     max_chunk_size: int = MAX_CHUNK_DATA
 
     def __post_init__(self) -> None:

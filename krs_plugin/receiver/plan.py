@@ -25,19 +25,22 @@ def build_plans(
 ) -> list[KeyPlan]:
     """``retire_after`` (seconds, the manifest's ``retire_time``): retired keys are deleted
     that long after now, as the tdns KRS does."""
-    zones = list(
-        dict.fromkeys(e.zone for e in payload.entries if isinstance(e, RollKey | DeleteKey))
-    )
+    # Entries grouped by zone in one pass, zones in order of first appearance: comparing every
+    # entry's zone with every zone was 200 million name comparisons for 10,000 zones.
+    by_zone: dict[dns.name.Name, list[RollKey | DeleteKey]] = {}
+    for e in payload.entries:
+        if isinstance(e, RollKey | DeleteKey):
+            by_zone.setdefault(e.zone, []).append(e)
     plans = []
-    for zone in zones:
+    for zone, entries in by_zone.items():
         install: list[PlannedKey] = []
         retire: set[int] = set()
         remove: set[int] = set()
         installed = None
-        for entry in payload.entries:
-            if isinstance(entry, DeleteKey) and entry.zone == zone:
+        for entry in entries:
+            if isinstance(entry, DeleteKey):
                 remove.add(entry.key_tag)
-            elif isinstance(entry, RollKey) and entry.zone == zone:
+            else:
                 timing = entry.timing or KeyTiming(created=now, publish=now, activate=now)
                 if timing.created is None:
                     timing = KeyTiming(

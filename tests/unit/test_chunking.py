@@ -312,3 +312,11 @@ def test_end_to_end_rejects_a_chunk_tampered_to_another_total():
     bad = make_chunk(2, 5, records[2].data)
     with pytest.raises(IntegrityError, match="chunk 2 says total 5, manifest announces 4"):
         reassemble(manifest, [records[1], bad, records[3], records[4]], ROOMY)
+
+
+def test_default_limits_take_one_nodes_keys_of_10000_zones() -> None:
+    # 10,000 zones with a KSK and a ZSK of algorithm 13 each: 28.4 MB of transport in 475
+    # chunks of 60000 bytes (benchmarks/krs_bulk.py); refused by the former 8 MiB default.
+    Reassembler(chunked_manifest(475, size=60000), Limits())
+    with pytest.raises(LimitError):
+        Reassembler(chunked_manifest(475, size=60000), Limits(max_total_bytes=8 * 1024 * 1024))

@@ -47,3 +47,14 @@ def test_retiring_writes_the_scheduled_delete_time(tmp_path: Path) -> None:
     (installed,) = adapter.current_keys(ZONE)
     assert installed.timing.inactive is not None and installed.timing.inactive >= now
     assert installed.timing.delete == now + 3600
+
+
+def test_entries_of_interleaved_zones_make_one_plan_per_zone_in_order_of_appearance() -> None:
+    a, b = dns.name.from_text("a.example."), dns.name.from_text("b.example.")
+    keys = [generate_key(a, 15, 256), generate_key(b, 15, 256), generate_key(a, 15, 257)]
+    roles = ("ZSK", "ZSK", "KSK")
+    payload = Payload(tuple(roll_key_entry(k, r) for k, r in zip(keys, roles, strict=True)))
+    plans = build_plans(payload, lambda zone: [], now=NOW)
+    assert [p.zone for p in plans] == [a, b]
+    assert [k.key.key_tag for k in plans[0].install] == [keys[0].key_tag, keys[2].key_tag]
+    assert [k.key.key_tag for k in plans[1].install] == [keys[1].key_tag]
