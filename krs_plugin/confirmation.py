@@ -11,13 +11,22 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
+import dns.flags
+import dns.message
+import dns.name
+import dns.opcode
+import dns.rdatatype
+
 from krs_plugin.crypto import JoseKey
 from krs_plugin.crypto.jose import jws_sign, jws_verify
 from krs_plugin.errors import SignatureError
+from krs_plugin.protocol import CHUNK_TYPE, ChunkOption, notify_name
+from krs_plugin.protocol.edns import CONTENT_KEY_STATUS
 
-MAX_REPORT_BYTES = 48 * 1024
-"""A report travels in one EDNS0 option (DataLength is 16 bits) of one DNS message; leave room
-for the signature and the rest of the message."""
+MAX_REPORT_BYTES = 24 * 1024
+"""A report travels in one EDNS0 option (DataLength is 16 bits, so under 64 KiB) of one DNS
+message, and a signed report carries it twice: as JSON and base64url-encoded inside the JWS
+(4/3 of it). 24 KiB x (1 + 4/3) plus the JWS header and the message stays under 64 KiB."""
 
 
 def compact_report(
@@ -75,3 +84,24 @@ def verify_report(report: Mapping[str, object], key: JoseKey) -> None:
     payload = jws_verify(signature, key, where="confirmation signature")
     if payload != canonical_report(report):
         raise SignatureError("confirmation signature covers a different report")
+
+
+def confirmation_message(
+    dist_id: str,
+    control_zone: dns.name.Name | str,
+    report: Mapping[str, object],
+    signer: JoseKey | None,
+) -> dns.message.Message:
+    """The NOTIFY that carries ``report`` (compacted, then signed when the node has a key).
+
+    Always fits one DNS message: compaction keeps the signed option under 64 KiB."""
+    compact = compact_report(report)
+    body = sign_report(compact, signer) if signer is not None else compact
+    message = dns.message.make_query(
+        notify_name(dist_id, control_zone), dns.rdatatype.RdataType.make(CHUNK_TYPE)
+    )
+    message.set_opcode(dns.opcode.NOTIFY)
+    message.flags = (message.flags | dns.flags.AA) & ~dns.flags.RD
+    option = ChunkOption(CONTENT_KEY_STATUS, json.dumps(body, separators=(",", ":")).encode())
+    message.use_edns(0, 0, 4096, options=[option])
+    return message

@@ -43,7 +43,7 @@ async def tcp_exchange(
     async def exchange() -> bytes:
         reader, writer = await asyncio.open_connection(host, port)
         try:
-            wire = message.to_wire()
+            wire = message.to_wire(max_size=0xFFFF)
             writer.write(struct.pack("!H", len(wire)) + wire)
             await writer.drain()
             (length,) = struct.unpack("!H", await reader.readexactly(2))

@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import hashlib
 import ipaddress
-import json
 import logging
 import signal
 import sqlite3
@@ -31,14 +30,13 @@ import dns.rdatatype
 
 from krs_plugin.adapters import make_adapter
 from krs_plugin.config import Address, Config, load_config
-from krs_plugin.confirmation import compact_report, sign_report
+from krs_plugin.confirmation import confirmation_message
 from krs_plugin.crypto import JoseKey
 from krs_plugin.dnsio import serve_dns, tcp_exchange, udp_exchange
 from krs_plugin.errors import KrsError
 from krs_plugin.logging import context
 from krs_plugin.metrics import Metrics, serve_http
-from krs_plugin.protocol import CHUNK_TYPE, ChunkOption, notify_name, parse_notify_name
-from krs_plugin.protocol.edns import CONTENT_KEY_STATUS
+from krs_plugin.protocol import parse_notify_name
 from krs_plugin.receiver.fetcher import Fetcher, NotPublished
 from krs_plugin.receiver.pipeline import Pipeline, load_identity
 from krs_plugin.receiver.store import ReceiverStore
@@ -334,7 +332,15 @@ class Service:
     async def confirm_loop(self, tick: float = 0.5) -> None:
         while True:
             for dist_id, report, attempts in self.store.due_confirmations(time.time()):
-                acked = await self._confirm(dist_id, report)
+                try:
+                    acked = await self._confirm(dist_id, report)
+                except Exception:  # one bad report must not stop confirming the others
+                    log.exception(
+                        "confirmation %s could not be sent",
+                        dist_id,
+                        extra=context(distribution_id=dist_id, stage="confirm"),
+                    )
+                    acked = False
                 self.metrics.confirmations.labels("acknowledged" if acked else "failed").inc()
                 delay = 0 if acked else min(CONFIRM_RETRY_MAX, 2.0**attempts)
                 self.store.confirmation_attempted(
@@ -343,17 +349,8 @@ class Service:
             await asyncio.sleep(tick)
 
     async def _confirm(self, dist_id: str, report: dict[str, object]) -> bool:
-        compact = compact_report(report)
-        signed = sign_report(compact, self.signer) if self.signer is not None else compact
-        body = dns.message.make_query(
-            notify_name(dist_id, self.config.control_zone),
-            dns.rdatatype.RdataType.make(CHUNK_TYPE),
-        )
-        body.set_opcode(dns.opcode.NOTIFY)
-        body.flags = (body.flags | dns.flags.AA) & ~dns.flags.RD
-        option = ChunkOption(CONTENT_KEY_STATUS, json.dumps(signed).encode())
-        body.use_edns(0, 0, 4096, options=[option])
-        fits_udp = len(body.to_wire()) <= UDP_CONFIRM_MAX
+        body = confirmation_message(dist_id, self.config.control_zone, report, self.signer)
+        fits_udp = len(body.to_wire(max_size=0xFFFF)) <= UDP_CONFIRM_MAX
         where = context(distribution_id=dist_id, stage="confirm")
         for server in self.config.control_servers:
             # UDP first, as tdns does; TCP when the report is too big or UDP gets no answer.

@@ -7,11 +7,19 @@ import json
 import logging
 from collections.abc import Iterator
 
+import dns.message
 import pytest
 
-from krs_plugin.confirmation import canonical_report, compact_report
+from krs_plugin.confirmation import (
+    canonical_report,
+    compact_report,
+    confirmation_message,
+    verify_report,
+)
+from krs_plugin.crypto import JoseKey
 from krs_plugin.logging import context, setup_logging
 from krs_plugin.metrics import Metrics
+from krs_plugin.protocol.edns import CHUNK_OPTION
 
 
 @pytest.fixture(autouse=True)
@@ -66,6 +74,20 @@ def test_a_report_for_ten_thousand_zones_fits_one_message_and_keeps_its_meaning(
     assert compact["failed_keys"] == []
     listed = compact["successful_keys"]
     assert isinstance(listed, list) and 0 < len(listed) < 20_000 and listed[0] == keys[0]
+
+
+def test_a_signed_report_for_twenty_thousand_keys_fits_one_notify_and_verifies() -> None:
+    # The signature repeats the report base64url-encoded; compaction must leave room for it.
+    keys = [{"zone_name": f"zone{i}.example.", "key_id": str(i)} for i in range(20_000)]
+    report = {"node_id": "ns1.", "successful_keys": keys, "failed_keys": []}
+    signer = JoseKey.generate()
+    message = confirmation_message("c0ffee", "kdc.example.", report, signer)
+    wire = message.to_wire(max_size=0xFFFF)
+    parsed = dns.message.from_wire(wire)
+    (option,) = [o for o in parsed.options if o.otype == CHUNK_OPTION]
+    received = json.loads(option.body)
+    verify_report(received, signer)
+    assert received["successful_count"] == 20_000 and received["failed_keys"] == []
 
 
 def test_metrics_start_known_labels_at_zero() -> None:
