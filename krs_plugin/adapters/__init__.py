@@ -13,16 +13,26 @@ def make_adapter(config: Config) -> Adapter:
         from krs_plugin.adapters.directory import DirectoryAdapter
 
         return DirectoryAdapter(config.adapter.settings, config_path=config.path)
-    if config.adapter.type == "bind9":
-        from krs_plugin.adapters.bind9 import Bind9Adapter
+    server_adapters = {"bind9": _bind9, "knot": _knot}
+    make = server_adapters.get(config.adapter.type)
+    if make is None:
+        raise ConfigError(
+            f"{config.path}: adapter.type: {config.adapter.type!r} is not available yet "
+            f"(this version has: directory, {', '.join(server_adapters)})"
+        )
+    try:
+        return make(config)
+    except ConfigError as exc:
+        raise ConfigError(f"{config.path}: {exc}") from exc
 
-        try:
-            return Bind9Adapter(
-                config.adapter.settings, config_path=config.path, zones=sorted(config.zones)
-            )
-        except ConfigError as exc:
-            raise ConfigError(f"{config.path}: {exc}") from exc
-    raise ConfigError(
-        f"{config.path}: adapter.type: {config.adapter.type!r} is not available yet "
-        "(this version has: directory, bind9)"
-    )
+
+def _bind9(config: Config) -> Adapter:
+    from krs_plugin.adapters.bind9 import Bind9Adapter
+
+    return Bind9Adapter(config.adapter.settings, config_path=config.path, zones=sorted(config.zones))
+
+
+def _knot(config: Config) -> Adapter:
+    from krs_plugin.adapters.knot import KnotAdapter
+
+    return KnotAdapter(config.adapter.settings, config_path=config.path, zones=sorted(config.zones))

@@ -5,6 +5,7 @@ process in a temporary directory on free loopback ports, with unsigned test zone
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 from typing import Protocol
 
@@ -18,6 +19,7 @@ import dns.rdatatype
 
 from krs_plugin.adapters.base import Adapter
 from krs_plugin.lab.bind9 import Bind9Lab
+from krs_plugin.lab.knot import KnotLab
 
 ZONES = ("example.com.", "example.net.")
 UNSERVED = "not-served.example."
@@ -27,17 +29,30 @@ class ServerLab(Protocol):
     name: str
     host: str
     port: int
+    zsk_needs_ksk: bool
+    """The server refuses a ZSK without an active KSK of its algorithm (Knot)."""
+    reload_failure: str
+    """Text the adapter's error carries when the server does not take the keys (see
+    ``break_reload``)."""
 
     def adapter(self) -> Adapter: ...
     def stop(self) -> None: ...
     def start(self) -> None: ...
-    def break_key_access(self) -> None:
-        """Make the server unable to read newly installed keys (a reload that fails)."""
+    def stored(self) -> object:
+        """Everything the server keeps about keys (files, KASP rows), to compare before/after."""
+        ...
+
+    def stored_tags(self) -> set[int]: ...
+    def break_reload(self) -> None:
+        """Make the server fail to take a lone new ZSK: BIND cannot read it (a permission
+        problem), Knot refuses a ZSK without a KSK by itself."""
         ...
 
 
 class Bind9ServerLab:
     name = "bind9"
+    zsk_needs_ksk = False
+    reload_failure = "not served"
 
     def __init__(self, root: Path) -> None:
         self.lab = Bind9Lab(root, ZONES)
@@ -57,7 +72,13 @@ class Bind9ServerLab:
     def start(self) -> None:
         self.lab.start()
 
-    def break_key_access(self) -> None:
+    def stored(self) -> dict[str, bytes]:
+        return {p.name: p.read_bytes() for p in self.lab.key_directory.iterdir()}
+
+    def stored_tags(self) -> set[int]:
+        return {int(n.split("+")[2][:5]) for n in self.stored() if n.endswith(".private")}
+
+    def break_reload(self) -> None:
         # named running as bind cannot enter a root-owned 0700 key directory: loadkeys "succeeds"
         # and nothing is published, the pitfall SERVERS.md describes. (The lab root must be
         # reachable by bind, see the fixture.)
@@ -68,7 +89,54 @@ class Bind9ServerLab:
         self.lab.start()
 
 
-LABS = {"bind9": Bind9ServerLab}
+class KnotServerLab:
+    name = "knot"
+    zsk_needs_ksk = True
+    reload_failure = "missing active KSK or ZSK"
+
+    def __init__(self, root: Path) -> None:
+        self.lab = KnotLab(root, ZONES)
+        self.lab.start()
+        self.host = self.lab.host
+        self.port = self.lab.port
+
+    def adapter(self) -> Adapter:
+        from krs_plugin.adapters.knot import KnotAdapter
+
+        settings = {**self.lab.adapter_settings(), "verify_timeout": 3}
+        return KnotAdapter(settings, zones=[dns.name.from_text(z) for z in ZONES])
+
+    def stop(self) -> None:
+        self.lab.stop()
+
+    def start(self) -> None:
+        self.lab.start()
+
+    def stored(self) -> list[str]:
+        listing = subprocess.run(
+            ["keymgr", "-c", str(self.lab.config), "-l"], capture_output=True, text=True
+        ).stdout.split()
+        rows = []
+        for zone in sorted(listing):
+            rows += subprocess.run(
+                ["keymgr", "-c", str(self.lab.config), "-e", zone, "list"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.splitlines()
+        pems = sorted(p.name for p in (self.lab.kasp_db / "keys").glob("*.pem"))
+        return sorted(rows) + pems
+
+    def stored_tags(self) -> set[int]:
+        return {
+            int(word[4:]) for row in self.stored() for word in row.split() if word[:4] == "tag="
+        }
+
+    def break_reload(self) -> None:
+        pass  # a lone ZSK is refused by Knot itself
+
+
+LABS = {"bind9": Bind9ServerLab, "knot": KnotServerLab}
 
 
 # --- what the server really serves, checked with dnspython only -----------------------------

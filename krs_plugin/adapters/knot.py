@@ -1,0 +1,397 @@
+"""Knot DNS adapter: keys into Knot's KASP database with ``keymgr``, knotd told with ``knotc``,
+success decided over DNS.
+
+Knot 3.2 takes externally managed keys in zones whose policy has ``manual: on`` and whose
+``dnssec-signing`` is on (docs/servers/knot.md). What shapes the steps (verified by hand and by
+the tests against knotd 3.2.6):
+
+- keymgr may write the KASP database while knotd runs (LMDB; 20 import/delete cycles against a
+  running knotd, no lock errors), so nothing is stopped: keys are imported, then
+  ``knotc -b zone-keys-load`` makes knotd sign with them;
+- keys go in as PKCS#8 PEM with ``keymgr import-pem`` and explicit ``ksk=``/``zsk=``, because a
+  CSK is a key that is both (``import-bind`` would make a flag-257 key a KSK only) and because
+  the times are then set in the same step;
+- knotd refuses a key set in which an algorithm lacks an active KSK and ZSK, and a zone without
+  keys, and then keeps serving the old signed zone: that refusal is a failed apply, rolled back;
+- a key is unpublished by setting its remove time, loading, and checking over DNS; it is deleted
+  from the KASP database only after that, so a rollback can always re-time it back;
+- the snapshot holds each key's PEM from the keystore, so a key deleted by a completed zone can
+  still be put back when a later zone of the same distribution fails.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import dns.name
+
+from krs_plugin.adapters.base import (
+    ApplyResult,
+    InstalledKey,
+    KeyPlan,
+    PlannedKey,
+    Problem,
+    Verification,
+)
+from krs_plugin.adapters.dnscheck import KeyState, expectation, wait_served
+from krs_plugin.adapters.knotctl import KaspKey, KnotTools, knot_times
+from krs_plugin.errors import AdapterError, ConfigError, KrsError
+from krs_plugin.files import SECRET_MODE
+
+log = logging.getLogger(__name__)
+
+NO_WAY_BACK = (
+    "the KASP database has no keys again, but knotd keeps serving the zone as last signed: "
+    "Knot cannot load a signed zone without keys"
+)
+
+SETTINGS = {
+    "config",
+    "socket",
+    "knotc",
+    "keymgr",
+    "server",
+    "keystore",
+    "owner",
+    "timeout",
+    "verify_timeout",
+}
+
+
+class KnotAdapter:
+    name = "knot"
+
+    def __init__(
+        self,
+        settings: Mapping[str, Any],
+        *,
+        config_path: Path | None = None,
+        zones: Iterable[dns.name.Name] = (),
+    ) -> None:
+        unknown = sorted(set(settings) - SETTINGS)
+        if unknown:
+            raise ConfigError(f"adapter.settings: unknown key(s) for knot: {', '.join(unknown)}")
+        base = config_path.parent if config_path is not None else None
+        config = self._path(settings.get("config", "/etc/knot/knot.conf"), base)
+        socket = self._path(settings["socket"], base) if "socket" in settings else None
+        self.tools = KnotTools(
+            config=config,
+            socket=socket,
+            knotc=str(settings.get("knotc", "knotc")),
+            keymgr=str(settings.get("keymgr", "keymgr")),
+            timeout=float(settings.get("timeout", 10)),
+        )
+        server = str(settings.get("server", "127.0.0.1:53"))
+        host, _, port = server.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"adapter.settings.server: expected host:port, got {server!r}")
+        self.host, self.port = host.strip("[]"), int(port)
+        self._keystore = self._path(settings["keystore"], base) if "keystore" in settings else None
+        owner = settings.get("owner")
+        if owner is not None and (not isinstance(owner, str) or not owner):
+            raise ConfigError("adapter.settings.owner: must be a user name (e.g. knot)")
+        self.owner = owner
+        self.verify_timeout = float(settings.get("verify_timeout", 10))
+        self.zones = tuple(zones)
+
+    @staticmethod
+    def _path(value: object, base: Path | None) -> Path:
+        path = Path(str(value))
+        return base / path if not path.is_absolute() and base is not None else path
+
+    # --- where Knot keeps things ------------------------------------------------------------
+
+    def keystore(self) -> Path:
+        """The folder of the PEM keystore: ``keystore`` from the settings, else Knot's default
+        (``<kasp-db>/keys``, the KASP database being ``<storage>/keys`` unless configured)."""
+        if self._keystore is None:
+            kasp = self.tools.conf_read("database.kasp-db")
+            storage = self.tools.conf_read("database.storage") or "/var/lib/knot"
+            kasp_path = Path(kasp) if kasp else Path(storage) / "keys"
+            if not kasp_path.is_absolute():
+                kasp_path = Path(storage) / kasp_path
+            self._keystore = kasp_path / "keys"
+        return self._keystore
+
+    def _stage_owner(self) -> tuple[int, int] | None:
+        """keymgr run as root switches to knotd's user before it opens the PEM: the staged file
+        must be that user's. ``owner`` names it; as root the keystore's owner is taken."""
+        if self.owner is not None:
+            import pwd
+
+            entry = pwd.getpwnam(self.owner)
+            return entry.pw_uid, entry.pw_gid
+        if os.geteuid() == 0:
+            try:
+                info = self.keystore().parent.stat()
+            except OSError:
+                return None
+            if info.st_uid != 0:
+                return info.st_uid, info.st_gid
+        return None
+
+    # --- the Adapter interface ------------------------------------------------------------
+
+    def check(self) -> list[Problem]:
+        for binary in (self.tools.knotc_binary, self.tools.keymgr_binary):
+            if shutil.which(binary) is None:
+                return [Problem(f"{binary} not found", "apt-get install knot-dnsutils")]
+        try:
+            self.tools.knotc("status")
+        except AdapterError as exc:
+            return [
+                Problem(
+                    f"knotd's control socket does not answer: {exc}",
+                    "check that knotd runs, the control section of knot.conf, and that the "
+                    "KRS user may use the socket (adapter.settings.config / socket)",
+                )
+            ]
+        problems = [p for zone in self.zones if (p := self._zone_problem(zone)) is not None]
+        keystore = self.keystore()
+        if not os.access(keystore, os.R_OK | os.X_OK) and keystore.exists():
+            problems.append(
+                Problem(
+                    f"the KRS cannot read Knot's keystore {keystore}, needed to roll back",
+                    "run the KRS as root or as knotd's user (docs/servers/knot.md)",
+                )
+            )
+        return problems
+
+    def _zone_value(self, zone: dns.name.Name, item: str) -> str | None:
+        """A zone setting as knotd applies it: the zone's own, else its template's."""
+        name = zone.to_text()
+        value = self.tools.conf_read(f"zone[{name}].{item}")
+        if value is not None:
+            return value
+        template = self.tools.conf_read(f"zone[{name}].template") or "default"
+        try:
+            return self.tools.conf_read(f"template[{template}].{item}")
+        except AdapterError:
+            return None
+
+    def _zone_problem(self, zone: dns.name.Name) -> Problem | None:
+        """Why Knot cannot take pushed keys for ``zone``, or None."""
+        name = zone.to_text()
+        try:
+            self.tools.knotc("zone-status", name)
+        except AdapterError as exc:
+            if "no such zone" in str(exc):
+                return Problem(
+                    f"Knot does not serve zone {name}: {exc}",
+                    f"add zone {name} to knot.conf or remove it from zones in krs.yaml",
+                )
+            return Problem(f"knotd does not answer for zone {name}: {exc}", "is knotd running?")
+        if self._zone_value(zone, "dnssec-signing") != "on":
+            return Problem(
+                f"zone {name} has dnssec-signing off, so Knot would not sign with the keys",
+                f"set dnssec-signing: on for {name} (docs/servers/knot.md)",
+            )
+        policy = self._zone_value(zone, "dnssec-policy") or "default"
+        manual = None if policy == "default" else self.tools.conf_read(f"policy[{policy}].manual")
+        if manual != "on":
+            return Problem(
+                f"zone {name} uses policy {policy}, which is not manual: Knot would generate "
+                "and roll keys of its own",
+                f"give {name} a policy with manual: on (docs/servers/knot.md)",
+            )
+        return None
+
+    def current_keys(self, zone: dns.name.Name) -> list[InstalledKey]:
+        return [
+            InstalledKey(zone, k.tag, k.algorithm, k.flags, k.timing) for k in self.tools.keys(zone)
+        ]
+
+    def snapshot(self, zone: dns.name.Name) -> str:
+        keys = []
+        for key in self.tools.keys(zone):
+            entry: dict[str, Any] = {
+                "id": key.key_id,
+                "tag": key.tag,
+                "algorithm": key.algorithm,
+                "ksk": key.ksk,
+                "zsk": key.zsk,
+                "times": list(key.times),
+            }
+            if not key.public_only:
+                entry["pem"] = base64.b64encode(self._pem(key.key_id)).decode()
+            keys.append(entry)
+        return json.dumps({"keys": keys})
+
+    def _pem(self, key_id: str) -> bytes:
+        path = self.keystore() / f"{key_id}.pem"
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise AdapterError(
+                f"knot: cannot read key {key_id} from the keystore ({exc}); the KRS needs it to "
+                "roll back: run it as root or as knotd's user, or set adapter.settings.keystore"
+            ) from exc
+
+    def restore(self, zone: dns.name.Name, snapshot: str) -> None:
+        outcome = self._restore(zone, json.loads(snapshot)["keys"])
+        if outcome == NO_WAY_BACK:
+            log.warning("knot, zone %s: %s", zone, outcome)
+        elif outcome is not None:
+            raise AdapterError(f"knot, zone {zone}: restoring the previous keys: {outcome}")
+
+    def apply(self, zone: dns.name.Name, plan: KeyPlan) -> ApplyResult:
+        problem = self._zone_problem(zone)
+        if problem is not None:  # before the KASP database is touched
+            raise AdapterError(f"knot, zone {zone}: {problem.what}")
+        before = json.loads(self.snapshot(zone))["keys"]
+        installed: list[int] = []
+        retired: list[int] = []
+        removed: list[str] = []
+        removed_tags: list[int] = []
+        step = "start"
+        try:
+            now = int(time.time())
+            keys = self.tools.keys(zone)
+            for planned in plan.install:
+                step = f"import key {planned.key.key_tag}"
+                if self._install(zone, planned, keys, now):
+                    installed.append(planned.key.key_tag)
+            for tag in plan.retire:
+                step = f"retire key {tag}"
+                for key in self._with_tag(keys, tag):
+                    publish, active, retire, remove = key.times
+                    if retire == 0 or retire > now:
+                        new_remove = plan.retire_delete_at or remove
+                        self.tools.set_times(zone, key.key_id, (publish, active, now, new_remove))
+                        retired.append(tag)
+            for tag in plan.remove:
+                step = f"remove key {tag}"
+                for key in self._with_tag(keys, tag):
+                    publish, active, retire, _ = key.times
+                    retire = retire if 0 < retire <= now else now
+                    self.tools.set_times(zone, key.key_id, (publish, active, retire, now))
+                    removed.append(key.key_id)
+                    removed_tags.append(tag)
+            changed = bool(installed or retired or removed)
+            if changed:
+                step = "knotc zone-keys-load"
+                self.tools.load_keys(zone)
+            step = "verify"
+            verification = self._wait(zone, removed_tags)
+            if not verification.ok:
+                raise AdapterError("; ".join(verification.details))
+            step = "delete removed keys"
+            for key_id in removed:
+                self.tools.delete(zone, key_id)
+        except (KrsError, OSError) as exc:
+            outcome = self._restore(zone, before) or "knotd serves the previous keys again"
+            raise AdapterError(
+                f"knot, zone {zone}: step '{step}' failed: {exc}; previous keys restored"
+                f" ({outcome})"
+            ) from exc
+        return ApplyResult(
+            zone,
+            changed,
+            tuple(installed),
+            tuple(retired),
+            tuple(removed_tags),
+            verification,
+        )
+
+    @staticmethod
+    def _with_tag(keys: list[KaspKey], tag: int) -> list[KaspKey]:
+        return [k for k in keys if k.tag == tag and not k.public_only]
+
+    def _install(
+        self, zone: dns.name.Name, planned: PlannedKey, keys: list[KaspKey], now: int
+    ) -> bool:
+        """Import ``planned`` or bring its times up to date; False when Knot has it exactly."""
+        key = planned.key
+        times = knot_times(planned.timing, now)
+        for existing in self._with_tag(keys, key.key_tag):
+            if existing.algorithm != key.algorithm:
+                continue
+            served = self.tools.dnskey(zone, existing.key_id).split()[-1]
+            if served != key.dnskey_text().split()[-1]:
+                continue  # a key tag collision: another key
+            if existing.times == times:
+                return False
+            self.tools.set_times(zone, existing.key_id, times)
+            return True
+        ksk = planned.role in ("KSK", "CSK")
+        zsk = planned.role in ("ZSK", "CSK")
+        self._import(zone, key.to_pkcs8_pem(), key.algorithm, ksk=ksk, zsk=zsk, times=times)
+        return True
+
+    def _import(
+        self,
+        zone: dns.name.Name,
+        pem: bytes,
+        algorithm: int,
+        *,
+        ksk: bool,
+        zsk: bool,
+        times: Iterable[int],
+    ) -> str:
+        """Hand keymgr the PEM in a private folder of its own, removed right after."""
+        owner = self._stage_owner()
+        staging = Path(tempfile.mkdtemp(prefix="krs-knot-"))
+        try:
+            path = staging / "key.pem"
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, SECRET_MODE)
+            with os.fdopen(fd, "wb") as out:
+                out.write(pem)
+            if owner is not None:
+                os.chown(staging, *owner)
+                os.chown(path, *owner)
+            return self.tools.import_pem(
+                zone, path, algorithm, ksk=ksk, zsk=zsk, times=tuple(times)
+            )
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def verify(self, zone: dns.name.Name, plan: KeyPlan) -> Verification:
+        """knotd serves the KASP database's keys as their times say, signatures valid; the
+        plan's removed keys gone."""
+        return self._wait(zone, plan.remove)
+
+    def _wait(self, zone: dns.name.Name, removed: Iterable[int]) -> Verification:
+        keys = [KeyState(k.key_tag, k.flags, k.timing) for k in self.current_keys(zone)]
+        expect = expectation(zone, keys, removed, int(time.time()))
+        return wait_served(expect, self.host, self.port, timeout=self.verify_timeout)
+
+    def _restore(self, zone: dns.name.Name, before: list[dict[str, Any]]) -> str | None:
+        """Make the zone's KASP keys ``before`` again and have knotd sign with them; None when
+        knotd serves them, else what went wrong (for the error message)."""
+        wanted = {entry["id"]: entry for entry in before}
+        try:
+            current = {k.key_id: k for k in self.tools.keys(zone)}
+            added = [k for k in current.values() if k.key_id not in wanted]
+            for key in added:
+                self.tools.delete(zone, key.key_id)
+            for key_id, entry in wanted.items():
+                times = tuple(entry["times"])
+                if key_id not in current:
+                    if "pem" not in entry:
+                        continue  # another signer's public key: not ours to bring back
+                    self._import(
+                        zone,
+                        base64.b64decode(entry["pem"]),
+                        entry["algorithm"],
+                        ksk=entry["ksk"],
+                        zsk=entry["zsk"],
+                        times=times,
+                    )
+                elif current[key_id].times != times:
+                    self.tools.set_times(zone, key_id, times)
+            if not wanted:  # knotd cannot load a signed zone without keys
+                return NO_WAY_BACK if added and self.tools.zone_loaded(zone) else None
+            self.tools.load_keys(zone)
+        except (KrsError, OSError) as exc:
+            return f"knotd could not be given the previous keys: {exc}"
+        result = self._wait(zone, [k.tag for k in added])
+        return None if result.ok else "; ".join(result.details)

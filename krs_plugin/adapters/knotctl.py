@@ -1,0 +1,168 @@
+"""Knot's two command-line tools as Python calls: ``knotc`` (the running knotd, over its control
+socket) and ``keymgr`` (the KASP database). Errors carry Knot's own message.
+
+Both exit 1 with ``error: …`` on stderr when they fail; ``knotc`` only waits for a zone event
+(and reports its failure) with ``-b``, so every event here is sent blocking. keymgr writes the
+KASP database while knotd runs (LMDB; verified, docs/servers/knot.md).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dns.name
+
+from krs_plugin.dnssec import KeyTiming
+from krs_plugin.errors import AdapterError
+
+TIMES = ("publish", "active", "retire", "remove")
+"""The Knot key times the KRS sets (manual policy); 0 means "not set" to Knot."""
+
+
+@dataclass(frozen=True)
+class KaspKey:
+    """One key of a zone in Knot's KASP database, as ``keymgr -j list`` shows it."""
+
+    key_id: str
+    tag: int
+    algorithm: int
+    ksk: bool
+    zsk: bool
+    public_only: bool
+    times: tuple[int, int, int, int]  # publish, active, retire, remove
+
+    @property
+    def flags(self) -> int:
+        return 257 if self.ksk else 256
+
+    @property
+    def timing(self) -> KeyTiming:
+        publish, active, retire, remove = (t or None for t in self.times)
+        return KeyTiming(publish=publish, activate=active, inactive=retire, delete=remove)
+
+    @classmethod
+    def from_json(cls, item: Mapping[str, Any]) -> KaspKey:
+        return cls(
+            key_id=str(item["id"]),
+            tag=int(item["tag"]),
+            algorithm=int(item["algorithm"]),
+            ksk=bool(item["ksk"]),
+            zsk=bool(item["zsk"]),
+            public_only=bool(item.get("public-only", False)),
+            times=tuple(int(item.get(name) or 0) for name in TIMES),  # type: ignore[arg-type]
+        )
+
+
+def knot_times(timing: KeyTiming, now: int) -> tuple[int, int, int, int]:
+    """Knot's publish/active/retire/remove for a BIND-style ``timing``. A key without a Publish
+    time is published when it becomes active (BIND's rule), or now when it has neither."""
+    publish = timing.publish if timing.publish is not None else (timing.activate or now)
+    return (publish, timing.activate or 0, timing.inactive or 0, timing.delete or 0)
+
+
+def time_args(times: Sequence[int]) -> list[str]:
+    return [f"{name}={value}" for name, value in zip(TIMES, times, strict=True)]
+
+
+class KnotTools:
+    """``knotc`` and ``keymgr`` for one Knot instance (its config file or control socket)."""
+
+    def __init__(
+        self,
+        *,
+        config: Path | None,
+        socket: Path | None,
+        knotc: str = "knotc",
+        keymgr: str = "keymgr",
+        timeout: float = 10,
+    ) -> None:
+        self.knotc_binary = knotc
+        self.keymgr_binary = keymgr
+        self.timeout = timeout
+        self.config_args = ["-c", str(config)] if config is not None else []
+        socket_args = ["-s", str(socket)] if socket is not None else []
+        self.knotc_args = [*self.config_args, *socket_args, "-t", f"{max(1, int(timeout))}"]
+
+    def _run(self, argv: list[str], what: str) -> str:
+        try:
+            result = subprocess.run(argv, capture_output=True, text=True, timeout=self.timeout)
+        except FileNotFoundError as exc:
+            raise AdapterError(f"{argv[0]} not found: install knot-dnsutils") from exc
+        except subprocess.TimeoutExpired as exc:
+            raise AdapterError(f"{what}: no answer in {self.timeout:g} s") from exc
+        if result.returncode != 0:
+            message = " ".join((result.stderr or result.stdout).split()) or "failed"
+            raise AdapterError(f"{what}: {message}")
+        return result.stdout
+
+    def knotc(self, *command: str) -> str:
+        return self._run(
+            [self.knotc_binary, *self.knotc_args, *command], f"knotc {' '.join(command)}"
+        )
+
+    def keymgr(self, zone: dns.name.Name, *command: str, json_output: bool = False) -> str:
+        flags = ["-j"] if json_output else []
+        argv = [self.keymgr_binary, *self.config_args, *flags, zone.to_text(), *command]
+        return self._run(argv, f"keymgr {zone} {' '.join(command)}")
+
+    # --- knotd ------------------------------------------------------------------------------
+
+    def conf_read(self, item: str) -> str | None:
+        """One configuration value of the running knotd; None when it is not set."""
+        for line in self.knotc("conf-read", item).splitlines():
+            name, sep, value = line.partition(" = ")
+            if sep and name.strip() == item:
+                return value.strip()
+        return None
+
+    def zone_loaded(self, zone: dns.name.Name) -> bool:
+        """Whether knotd has a version of ``zone`` loaded ("serial: -" until it has keys)."""
+        return "serial: -" not in self.knotc("zone-status", zone.to_text())
+
+    def load_keys(self, zone: dns.name.Name) -> None:
+        """Make knotd sign with the KASP database's keys now. A zone that never loaded (signing
+        on and no keys) needs a zone reload: ``zone-keys-load`` answers "invalid parameter"."""
+        event = "zone-keys-load" if self.zone_loaded(zone) else "zone-reload"
+        self.knotc("-b", event, zone.to_text())
+
+    # --- the KASP database -------------------------------------------------------------------
+
+    def keys(self, zone: dns.name.Name) -> list[KaspKey]:
+        text = self.keymgr(zone, "list", json_output=True)
+        return [KaspKey.from_json(item) for item in json.loads(text or "[]")]
+
+    def import_pem(
+        self,
+        zone: dns.name.Name,
+        pem: Path,
+        algorithm: int,
+        *,
+        ksk: bool,
+        zsk: bool,
+        times: Sequence[int],
+    ) -> str:
+        """Import a private key; its Knot key id."""
+        out = self.keymgr(
+            zone,
+            "import-pem",
+            str(pem),
+            f"algorithm={algorithm}",
+            f"ksk={'yes' if ksk else 'no'}",
+            f"zsk={'yes' if zsk else 'no'}",
+            *time_args(times),
+        )
+        return out.split()[0]
+
+    def set_times(self, zone: dns.name.Name, key_id: str, times: Sequence[int]) -> None:
+        self.keymgr(zone, "set", f"id={key_id}", *time_args(times))
+
+    def delete(self, zone: dns.name.Name, key_id: str) -> None:
+        self.keymgr(zone, "delete", f"id={key_id}")
+
+    def dnskey(self, zone: dns.name.Name, key_id: str) -> str:
+        return self.keymgr(zone, "dnskey", f"id={key_id}").strip()
