@@ -90,7 +90,11 @@ class KnotTools:
 
     def _run(self, argv: list[str], what: str) -> str:
         try:
-            result = subprocess.run(argv, capture_output=True, text=True, timeout=self.timeout)
+            # umask 077: keymgr creates the keystore's PEM files with the caller's umask (0640
+            # under the usual 022), and they hold private keys.
+            result = subprocess.run(
+                argv, capture_output=True, text=True, timeout=self.timeout, umask=0o077
+            )
         except FileNotFoundError as exc:
             raise AdapterError(f"{argv[0]} not found: install knot-dnsutils") from exc
         except subprocess.TimeoutExpired as exc:

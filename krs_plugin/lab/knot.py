@@ -36,7 +36,7 @@ class KnotLab:
     zones: Sequence[str]
     host: str = "127.0.0.1"
     port: int = 0
-    policy: str = "manual"  # "automatic" gives the zones a policy Knot manages itself (refused)
+    automatic_zones: Sequence[str] = ()  # zones under a policy Knot runs itself (refused)
     unsigned_zones: Sequence[str] = ()  # zones served with dnssec-signing off
     user: str | None = None  # "knot" to run as knot:knot, as the Debian package does
     process: ServerProcess | None = field(default=None, init=False)
@@ -72,12 +72,11 @@ class KnotLab:
             if not file.exists():
                 file.write_text(unsigned_zone_text(zone))
             signing = "off" if zone in self.unsigned_zones else "on"
+            policy = "automatic" if zone in self.automatic_zones else "manual"
             zones.append(
-                f"  - domain: {zone}\n    dnssec-signing: {signing}\n"
-                f"    dnssec-policy: {self.policy}\n"
+                f"  - domain: {zone}\n    dnssec-signing: {signing}\n    dnssec-policy: {policy}\n"
             )
         user = f"    user: {self.user}:{self.user}\n" if self.user else ""
-        manual = "on" if self.policy == "manual" else "off"
         self.config.write_text(
             "server:\n"
             f'    rundir: "{self.root}/run"\n'
@@ -92,8 +91,10 @@ class KnotLab:
             "database:\n"
             f'    storage: "{self.root}/db"\n'
             "policy:\n"
-            f"  - id: {self.policy}\n"
-            f"    manual: {manual}\n"
+            "  - id: manual\n"
+            "    manual: on\n"
+            "  - id: automatic\n"
+            "    manual: off\n"
             "template:\n"
             "  - id: default\n"
             f'    storage: "{self.root}/zones"\n'

@@ -199,3 +199,23 @@ def test_zone_the_server_does_not_serve_is_refused_before_touching_files(
         )
     assert UNSERVED in str(failure.value) and "does not serve" in str(failure.value)
     assert lab.stored() == before
+
+
+def test_retired_key_stays_published_until_the_delete_time_of_the_payload(
+    lab: ServerLab,
+) -> None:
+    adapter = lab.adapter()
+    ksk, old, new = key("KSK"), key("ZSK"), key("ZSK")
+    adapter.apply(NAME, install((ksk, "KSK"), (old, "ZSK")))
+    delete_at = int(time.time()) + 3600
+    plan = KeyPlan(
+        NAME, (PlannedKey(new, "ZSK", now_timing()),), (old.key_tag,), retire_delete_at=delete_at
+    )
+    result = adapter.apply(NAME, plan)
+    assert result.retired == (old.key_tag,)
+    (timing,) = [k.timing for k in adapter.current_keys(NAME) if k.key_tag == old.key_tag]
+    assert timing.delete == delete_at and timing.inactive is not None
+    assert timing.inactive <= int(time.time())
+    now = served(lab)
+    assert now.tags == {ksk.key_tag, old.key_tag, new.key_tag}
+    assert now.soa_signers == {new.key_tag}
