@@ -29,7 +29,9 @@ def make_adapter(config: Config) -> Adapter:
 def _bind9(config: Config) -> Adapter:
     from krs_plugin.adapters.bind9 import Bind9Adapter
 
-    return Bind9Adapter(config.adapter.settings, config_path=config.path, zones=sorted(config.zones))
+    return Bind9Adapter(
+        config.adapter.settings, config_path=config.path, zones=sorted(config.zones)
+    )
 
 
 def _knot(config: Config) -> Adapter:

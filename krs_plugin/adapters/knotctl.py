@@ -124,6 +124,16 @@ class KnotTools:
                 return value.strip()
         return None
 
+    def conf_section(self, section: str) -> dict[str, str]:
+        """Every item set in one configuration section (``zone[example.com.]``), by item name,
+        in one call: ``{"dnssec-signing": "on", ...}``."""
+        items = {}
+        for line in self.knotc("conf-read", section).splitlines():
+            name, sep, value = line.partition(" = ")
+            if sep:
+                items[name.strip().rsplit(".", 1)[-1]] = value.strip()
+        return items
+
     def zone_loaded(self, zone: dns.name.Name) -> bool:
         """Whether knotd has a version of ``zone`` loaded ("serial: -" until it has keys)."""
         return "serial: -" not in self.knotc("zone-status", zone.to_text())

@@ -1,15 +1,19 @@
-"""NOTIFY-to-served latency for a new ZSK with BIND 9, next to BIND's own floor.
+"""NOTIFY-to-served latency for a new ZSK with a real nameserver, next to the server's own floor.
 
-Run:  .venv/bin/python benchmarks/bind9_latency.py [--runs 20] [--backend hpke|jose]
+Run:  .venv/bin/python benchmarks/server_latency.py --server bind9|knot [--runs 20]
+      [--backend hpke|jose]
 
-1. Floor: what BIND itself needs. The key files of a new ZSK are written into the key directory,
-   then the clock runs from ``rndc loadkeys`` until named answers an SOA whose RRSIG by the new
-   ZSK validates (dnspython), polled every millisecond over TCP.
-2. KRS: a real ``krs-kdc serve``, ``named`` and ``krs run`` (bind9 adapter) on loopback. For each
+1. Floor: what the server itself needs, with the tools an operator would type.
+   BIND 9: the key files of a new ZSK are written into the key directory (not timed), then the
+   clock runs from ``rndc loadkeys``. Knot: the clock runs from ``keymgr import-pem`` (the KASP
+   database is the server's key store) through ``knotc -b zone-keys-load``. Both stop when the
+   server answers an SOA whose RRSIG by the new ZSK validates (dnspython), polled every
+   millisecond over TCP.
+2. KRS: a real ``krs-kdc serve``, the server and ``krs run`` (its adapter) on loopback. For each
    run the KDC makes a new ZSK and stores a distribution (not timed); the clock starts when the
    NOTIFY for it is sent to the KRS (by this script, so that the KDC's 0.5 s scheduling tick is
    not counted) and stops at the same served-and-valid SOA answer.
-Target (issue 5): KRS p50 and p95 within 1.5 x the floor + 200 ms.
+Target (issues 5 and 6): KRS p50 and p95 within 1.5 x the floor + 200 ms.
 """
 
 from __future__ import annotations
@@ -36,14 +40,16 @@ from krs_plugin.adapters.keyfiles import write_key
 from krs_plugin.dnssec import KeyTiming, generate_key
 from krs_plugin.lab.bind9 import Bind9Lab
 from krs_plugin.lab.deployment import CZ, Deployment
+from krs_plugin.lab.knot import KnotLab
 from krs_plugin.lab.ports import free_port
 from krs_plugin.protocol import notify_name
 
 ZONE = "example.com."
 NAME = dns.name.from_text(ZONE)
+Lab = Bind9Lab | KnotLab
 
 
-def signed_by(lab: Bind9Lab, tag: int) -> bool:
+def signed_by(lab: Lab, tag: int) -> bool:
     """named answers SOA with a valid RRSIG by key ``tag``."""
     try:
         replies = {}
@@ -72,7 +78,7 @@ def signed_by(lab: Bind9Lab, tag: int) -> bool:
     return False
 
 
-def wait_signed(lab: Bind9Lab, tag: int, timeout: float = 30) -> float:
+def wait_signed(lab: Lab, tag: int, timeout: float = 30) -> float:
     start = time.perf_counter()
     while not signed_by(lab, tag):
         if time.perf_counter() - start > timeout:
@@ -81,7 +87,7 @@ def wait_signed(lab: Bind9Lab, tag: int, timeout: float = 30) -> float:
     return time.perf_counter()
 
 
-def floor(root: Path, runs: int) -> list[float]:
+def bind9_floor(root: Path, runs: int) -> list[float]:
     lab = Bind9Lab(root / "floor", [ZONE])
     lab.start()
     rndc = ["rndc", "-k", str(lab.rndc_key), "-s", lab.host, "-p", str(lab.control_port)]
@@ -102,14 +108,55 @@ def floor(root: Path, runs: int) -> list[float]:
         lab.stop()
 
 
-def krs_path(root: Path, runs: int, backend: str) -> list[float]:
-    lab = Bind9Lab(root / "named", [ZONE])
+def knot_floor(root: Path, runs: int) -> list[float]:
+    lab = KnotLab(root / "floor", [ZONE])
     lab.start()
+    keymgr = ["keymgr", "-c", str(lab.config), ZONE]
+
+    def import_key(flags: int, role: str) -> int:
+        key = generate_key(ZONE, 13, flags)
+        pem = root / "key.pem"
+        pem.write_bytes(key.to_pkcs8_pem())
+        now = int(time.time()) - 1
+        ksk, zsk = ("yes" if role in ("KSK", "CSK") else "no"), ("yes" if role != "KSK" else "no")
+        times = [f"publish={now}", f"active={now}"]
+        run([*keymgr, "import-pem", str(pem), "algorithm=13", f"ksk={ksk}", f"zsk={zsk}", *times])
+        return key.key_tag
+
+    def run(argv: list[str]) -> None:
+        subprocess.run(argv, check=True, capture_output=True)
+
+    try:
+        import_key(257, "KSK")
+        import_key(256, "ZSK")
+        run(["knotc", "-c", str(lab.config), "-b", "zone-reload", ZONE])
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            tag = import_key(256, "ZSK")
+            run(["knotc", "-c", str(lab.config), "-b", "zone-keys-load", ZONE])
+            times.append(wait_signed(lab, tag) - start)
+        return times
+    finally:
+        lab.stop()
+
+
+FLOORS = {"bind9": (bind9_floor, "rndc loadkeys"), "knot": (knot_floor, "keymgr + keys-load")}
+
+
+def start_lab(server: str, root: Path) -> Lab:
+    lab: Lab = Bind9Lab(root / "named", [ZONE]) if server == "bind9" else KnotLab(root, [ZONE])
+    lab.start()
+    return lab
+
+
+def krs_path(root: Path, runs: int, backend: str, server: str) -> list[float]:
+    lab = start_lab(server, root / server)
     deployment = Deployment(
         root / "kdc-and-node",
         backend,
         zones=(ZONE,),
-        adapter={"type": "bind9", "settings": lab.adapter_settings()},
+        adapter={"type": server, "settings": lab.adapter_settings()},
         kdc_notify_port=free_port(),  # the KDC's own NOTIFY goes nowhere: this script sends it
     )
     try:
@@ -146,14 +193,17 @@ def summary(name: str, times: list[float]) -> tuple[float, float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--server", choices=sorted(FLOORS), default="bind9")
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--backend", choices=("hpke", "jose"), default="hpke")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="krs-bench-bind9-") as tmp:
+    floor, floor_name = FLOORS[args.server]
+    with tempfile.TemporaryDirectory(prefix=f"krs-bench-{args.server}-") as tmp:
         root = Path(tmp)
-        floor_p50, floor_p95 = summary("floor: rndc loadkeys", floor(root, args.runs))
+        floor_p50, floor_p95 = summary(f"floor: {floor_name}", floor(root, args.runs))
         krs_p50, krs_p95 = summary(
-            f"KRS ({args.backend}): NOTIFY to served", krs_path(root, args.runs, args.backend)
+            f"KRS ({args.backend}): NOTIFY to served",
+            krs_path(root, args.runs, args.backend, args.server),
         )
     ok = True
     for what, value, base in (("p50", krs_p50, floor_p50), ("p95", krs_p95, floor_p95)):
