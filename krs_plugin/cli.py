@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--backend", choices=("hpke", "jose", "both"), default=None)
     demo.add_argument("--zone", default="example.com.")
-    demo.add_argument("--server", choices=("auto", "bind9", "directory"), default="auto")
+    demo.add_argument("--server", choices=("auto", "bind9", "knot", "directory"), default="auto")
     demo.add_argument("--offline", action="store_true", help="in-memory round trip only")
     demo.add_argument("--algorithm", type=int, default=13, choices=(8, 13, 14, 15, 16))
     demo.add_argument(

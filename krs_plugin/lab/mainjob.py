@@ -1,7 +1,8 @@
 """``krs demo``: the main job, end to end on this machine's loopback.
 
 A KDC (``krs-kdc serve``), a BIND 9 (``named`` from the OS packages) serving an unsigned zone, and
-a KRS (``krs run``) with the bind9 adapter start as processes. The KDC makes a KSK and a ZSK and
+a KRS (``krs run``) with the bind9 adapter start as processes (``--server knot``: a knotd and the
+knot adapter instead). The KDC makes a KSK and a ZSK and
 distributes them; the KRS receives the NOTIFY, fetches, verifies, decrypts, installs the keys
 into BIND and confirms. The job then asks BIND for the zone's DNSKEY set and validates its
 signatures with dnspython. Without named it says how to get it and installs into a key folder
@@ -28,6 +29,7 @@ from krs_plugin.kdc.distribute import key_of
 from krs_plugin.kdc.store import Store
 from krs_plugin.lab.bind9 import Bind9Lab, named_binary
 from krs_plugin.lab.deployment import Deployment
+from krs_plugin.lab.knot import KnotLab
 from krs_plugin.lab.process import LabError
 
 
@@ -61,14 +63,19 @@ def _run(root: Path, backend: str, zone: str, server: str) -> int:
         )
         _say("setup", "falling back to the directory adapter: keys go to a folder, not a server")
     started = time.monotonic()
-    bind: Bind9Lab | None = None
+    lab: Bind9Lab | KnotLab | None = None
     deployment: Deployment | None = None
     try:
-        if use_bind:
-            bind = Bind9Lab(root / "bind9", [zone])
-            bind.start()
-            _say("bind9", f"named serving {zone} unsigned on {bind.host} port {bind.port}")
-        adapter = {"type": "bind9", "settings": bind.adapter_settings()} if bind else None
+        if server == "knot":
+            lab = KnotLab(root / "knot", [zone])
+            lab.start()
+            _say("knot", f"knotd on {lab.host} port {lab.port}, {zone} waiting for its keys")
+        elif use_bind:
+            lab = Bind9Lab(root / "bind9", [zone])
+            lab.start()
+            _say("bind9", f"named serving {zone} unsigned on {lab.host} port {lab.port}")
+        adapter_type = "knot" if server == "knot" else "bind9"
+        adapter = {"type": adapter_type, "settings": lab.adapter_settings()} if lab else None
         deployment = Deployment(
             root / "kdc-and-node", backend, zones=(zone,), adapter=adapter, generate_keys=False
         )
@@ -85,8 +92,8 @@ def _run(root: Path, backend: str, zone: str, server: str) -> int:
         deployment.wait_confirmed(dist_id, timeout=60)
         _say("krs", f"installed and confirmed to the KDC in {time.monotonic() - t0:.2f} s")
         expected = _kdc_keys(deployment, zone)
-        if bind is not None:
-            ok = _show_served(bind, zone, expected)
+        if lab is not None:
+            ok = _show_served(lab, zone, expected, "Knot" if server == "knot" else "BIND")
         else:
             ok = _show_files(deployment.node_dir / "keys", expected)
         _say("done", f"{'VALID' if ok else 'NOT VALID'} in {time.monotonic() - started:.1f} s")
@@ -97,8 +104,8 @@ def _run(root: Path, backend: str, zone: str, server: str) -> int:
     finally:
         if deployment is not None:
             deployment.close()
-        if bind is not None:
-            bind.stop()
+        if lab is not None:
+            lab.stop()
 
 
 def _kdc_keys(deployment: Deployment, zone: str) -> dict[int, str]:
@@ -109,21 +116,21 @@ def _kdc_keys(deployment: Deployment, zone: str) -> dict[int, str]:
         store.close()
 
 
-def _show_served(bind: Bind9Lab, zone: str, expected: dict[int, str]) -> bool:
+def _show_served(lab: Bind9Lab | KnotLab, zone: str, expected: dict[int, str], server: str) -> bool:
     name = dns.name.from_text(zone)
     answers = {}
     for rdtype in (dns.rdatatype.DNSKEY, dns.rdatatype.SOA):
         query = dns.message.make_query(name, rdtype, want_dnssec=True)
-        reply = dns.query.tcp(query, bind.host, port=bind.port, timeout=5)
+        reply = dns.query.tcp(query, lab.host, port=lab.port, timeout=5)
         answers[rdtype] = (
             reply.get_rrset(reply.answer, name, dns.rdataclass.IN, rdtype),
             reply.get_rrset(reply.answer, name, dns.rdataclass.IN, dns.rdatatype.RRSIG, rdtype),
         )
     dnskey = answers[dns.rdatatype.DNSKEY][0]
     if dnskey is None:
-        _say("check", f"BIND serves no DNSKEY for {zone}")
+        _say("check", f"{server} serves no DNSKEY for {zone}")
         return False
-    _say("check", f"BIND serves for {zone}:")
+    _say("check", f"{server} serves for {zone}:")
     served = set()
     for rdata in dnskey:
         tag = dns.dnssec.key_id(rdata)

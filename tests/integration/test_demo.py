@@ -75,6 +75,18 @@ def test_main_job_installs_into_a_real_bind_and_the_served_keys_validate() -> No
     assert out.rstrip().splitlines()[-1].startswith("[ done] VALID")
 
 
+def test_main_job_with_knot_installs_into_a_real_knotd_and_the_served_keys_validate() -> None:
+    result = subprocess.run(
+        [KRS, "demo", "--server", "knot"], capture_output=True, text=True, timeout=180
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "Knot serves for example.com.:" in out
+    assert "DNSKEY set equals the KDC's keys" in out
+    assert out.count(": valid (dnspython)") == 2  # DNSKEY by the KSK, SOA by the ZSK
+    assert out.rstrip().splitlines()[-1].startswith("[ done] VALID")
+
+
 def test_main_job_without_a_server_installs_key_files() -> None:
     result = subprocess.run(
         [KRS, "demo", "--server", "directory"], capture_output=True, text=True, timeout=180
