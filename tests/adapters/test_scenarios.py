@@ -219,3 +219,22 @@ def test_retired_key_stays_published_until_the_delete_time_of_the_payload(
     now = served(lab)
     assert now.tags == {ksk.key_tag, old.key_tag, new.key_tag}
     assert now.soa_signers == {new.key_tag}
+
+
+def test_restore_undoes_a_completed_apply_removed_keys_included(lab: ServerLab) -> None:
+    # What the pipeline does when a later zone of the same distribution fails, and at start-up
+    # after a crash: the snapshot taken before the apply brings back even a key it deleted.
+    adapter = lab.adapter()
+    ksk, zsk, spare = key("KSK"), key("ZSK"), key("ZSK")
+    adapter.apply(NAME, install((ksk, "KSK"), (zsk, "ZSK"), (spare, "ZSK")))
+    stored, snapshot = lab.stored(), adapter.snapshot(NAME)
+    newer = key("ZSK")
+    adapter.apply(
+        NAME, KeyPlan(NAME, (PlannedKey(newer, "ZSK", now_timing()),), remove=(zsk.key_tag,))
+    )
+    assert zsk.key_tag not in lab.stored_tags()
+    adapter.restore(NAME, snapshot)
+    assert lab.stored() == stored
+    now = served(lab)
+    assert now.tags == {ksk.key_tag, zsk.key_tag, spare.key_tag}
+    assert now.soa_signers == {zsk.key_tag, spare.key_tag}
