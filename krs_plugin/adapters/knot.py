@@ -44,7 +44,7 @@ from krs_plugin.adapters.base import (
     Verification,
 )
 from krs_plugin.adapters.dnscheck import KeyState, expectation, wait_served
-from krs_plugin.adapters.knotctl import KaspKey, KnotTools, knot_times
+from krs_plugin.adapters.knotctl import KaspKey, KnotTools, knot_key_id, knot_times
 from krs_plugin.errors import AdapterError, ConfigError, KrsError
 from krs_plugin.files import SECRET_MODE
 
@@ -309,15 +309,12 @@ class KnotAdapter:
         """Import ``planned`` or bring its times up to date; False when Knot has it exactly."""
         key = planned.key
         times = knot_times(planned.timing, now)
-        for existing in self._with_tag(keys, key.key_tag):
-            if existing.algorithm != key.algorithm:
-                continue
-            served = self.tools.dnskey(zone, existing.key_id).split()[-1]
-            if served != key.dnskey_text().split()[-1]:
-                continue  # a key tag collision: another key
+        key_id = knot_key_id(key)
+        existing = next((k for k in keys if k.key_id == key_id and not k.public_only), None)
+        if existing is not None:
             if existing.times == times:
                 return False
-            self.tools.set_times(zone, existing.key_id, times)
+            self.tools.set_times(zone, key_id, times)
             return True
         ksk = planned.role in ("KSK", "CSK")
         zsk = planned.role in ("ZSK", "CSK")

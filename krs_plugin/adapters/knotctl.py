@@ -8,6 +8,7 @@ KASP database while knotd runs (LMDB; verified, docs/servers/knot.md).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -16,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import dns.name
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from krs_plugin.dnssec import KeyTiming
+from krs_plugin.dnssec import DnssecKey, KeyTiming
 from krs_plugin.errors import AdapterError
 
 TIMES = ("publish", "active", "retire", "remove")
@@ -56,6 +58,14 @@ class KaspKey:
             public_only=bool(item.get("public-only", False)),
             times=tuple(int(item.get(name) or 0) for name in TIMES),  # type: ignore[arg-type]
         )
+
+
+def knot_key_id(key: DnssecKey) -> str:
+    """The id Knot gives ``key`` in its KASP database: the SHA-1 of the public key's
+    SubjectPublicKeyInfo DER (checked against keymgr for algorithms 8, 13, 15 and 16), so a key
+    is recognised without asking keymgr for every key's DNSKEY."""
+    spki = key.public_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha1(spki, usedforsecurity=False).hexdigest()
 
 
 def knot_times(timing: KeyTiming, now: int) -> tuple[int, int, int, int]:
@@ -177,6 +187,3 @@ class KnotTools:
 
     def delete(self, zone: dns.name.Name, key_id: str) -> None:
         self.keymgr(zone, "delete", f"id={key_id}")
-
-    def dnskey(self, zone: dns.name.Name, key_id: str) -> str:
-        return self.keymgr(zone, "dnskey", f"id={key_id}").strip()
