@@ -13,7 +13,7 @@ def make_adapter(config: Config) -> Adapter:
         from krs_plugin.adapters.directory import DirectoryAdapter
 
         return DirectoryAdapter(config.adapter.settings, config_path=config.path)
-    server_adapters = {"bind9": _bind9, "knot": _knot}
+    server_adapters = {"bind9": _bind9, "knot": _knot, "nsd": _nsd}
     make = server_adapters.get(config.adapter.type)
     if make is None:
         raise ConfigError(
@@ -38,3 +38,9 @@ def _knot(config: Config) -> Adapter:
     from krs_plugin.adapters.knot import KnotAdapter
 
     return KnotAdapter(config.adapter.settings, config_path=config.path, zones=sorted(config.zones))
+
+
+def _nsd(config: Config) -> Adapter:
+    from krs_plugin.adapters.nsd import NsdAdapter
+
+    return NsdAdapter(config.adapter.settings, config_path=config.path, zones=sorted(config.zones))

@@ -20,6 +20,7 @@ import dns.rdatatype
 from krs_plugin.adapters.base import Adapter
 from krs_plugin.lab.bind9 import Bind9Lab
 from krs_plugin.lab.knot import KnotLab
+from krs_plugin.lab.nsd import NsdLab
 
 ZONES = ("example.com.", "example.net.")
 UNSERVED = "not-served.example."
@@ -136,7 +137,54 @@ class KnotServerLab:
         pass  # a lone ZSK is refused by Knot itself
 
 
-LABS = {"bind9": Bind9ServerLab, "knot": KnotServerLab}
+class NsdServerLab:
+    name = "nsd"
+    zsk_needs_ksk = False
+    reload_failure = "unexpected end of input"  # the signer refuses the broken unsigned file
+
+    def __init__(self, root: Path) -> None:
+        self.lab = NsdLab(root, ZONES)
+        self.lab.start()
+        self.host = self.lab.host
+        self.port = self.lab.port
+        self.broken = False
+
+    def adapter(self) -> Adapter:
+        from krs_plugin.adapters.nsd import NsdAdapter
+
+        settings = {**self.lab.adapter_settings(), "verify_timeout": 3}
+        return NsdAdapter(settings, zones=[dns.name.from_text(z) for z in ZONES])
+
+    def stop(self) -> None:
+        self.lab.stop()
+
+    def start(self) -> None:
+        self.lab.start()
+
+    def stored(self) -> dict[str, object]:
+        """The key files, and the DNSKEYs in each served file (its signatures change with every
+        signing, so they are not compared; test_nsd.py checks the bytes where it matters)."""
+        stored: dict[str, object] = {
+            p.name: p.read_bytes() for p in (self.lab.root / "keys").iterdir()
+        }
+        for zone in ZONES:
+            text = self.lab.signed_file(zone).read_text()
+            stored[zone] = sorted(
+                line.split()[-1] for line in text.splitlines() if " DNSKEY " in line
+            )
+        return stored
+
+    def stored_tags(self) -> set[int]:
+        names = (p.name for p in (self.lab.root / "keys").iterdir())
+        return {int(n.split("+")[2][:5]) for n in names if n.endswith(".private")}
+
+    def break_reload(self) -> None:
+        # The operator's unsigned file breaks: signing fails, and the served file must stay.
+        unsigned = self.lab.unsigned_file(ZONES[0])
+        unsigned.write_text(unsigned.read_text() + "bad IN TYPE65534 \\# 2 00\n")
+
+
+LABS = {"bind9": Bind9ServerLab, "knot": KnotServerLab, "nsd": NsdServerLab}
 
 
 # --- what the server really serves, checked with dnspython only -----------------------------

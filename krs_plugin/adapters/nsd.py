@@ -1,0 +1,349 @@
+"""NSD adapter: NSD does not sign, so the adapter does. It keeps the received keys (BIND key
+files in its own folder), signs the operator's unsigned zone file with the active ones, checks
+the result, renames it over the file NSD serves and runs ``nsd-control reload <zone>``.
+
+What shapes the steps (SERVERS.md, verified by hand on NSD 4.6.1):
+
+- NSD loads a broken file "with success" (``nsd-control`` prints ok) and then answers SERVFAIL,
+  and keeps no copy of the old zone: so a signed file is only ever renamed into place after the
+  signer succeeded and ``nsd-checkzone`` (and, for ldns, ``ldns-verify-zone``) passed, and the
+  previous served file is kept until NSD is seen serving the new one over DNS;
+- NSD never re-signs: ``maintain()`` signs again before the signatures expire and when the
+  unsigned file changes (the service calls it on a timer and on inotify events);
+- the signed zone is a function of the unsigned file and the keys, so a snapshot is the key files
+  and a restore writes them back and signs again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import dns.name
+
+from krs_plugin.adapters import keyfiles
+from krs_plugin.adapters.base import ApplyResult, InstalledKey, KeyPlan, Problem, Verification
+from krs_plugin.adapters.dnscheck import KeyState, expectation, wait_served
+from krs_plugin.adapters.zonesign import (
+    SIGNERS,
+    check_zone_file,
+    earliest_expiry,
+    run,
+    sign_zone,
+    signer_available,
+)
+from krs_plugin.errors import AdapterError, ConfigError, KrsError
+
+log = logging.getLogger(__name__)
+
+SETTINGS = {
+    "config",
+    "control",
+    "server",
+    "key_directory",
+    "unsigned_file",
+    "signed_file",
+    "zone_files",
+    "signer",
+    "signature_validity",
+    "refresh_before",
+    "timeout",
+    "verify_timeout",
+}
+DAY = 86400
+
+
+class NsdAdapter:
+    name = "nsd"
+
+    def __init__(
+        self,
+        settings: Mapping[str, Any],
+        *,
+        config_path: Path | None = None,
+        zones: Iterable[dns.name.Name] = (),
+    ) -> None:
+        unknown = sorted(set(settings) - SETTINGS)
+        if unknown:
+            raise ConfigError(f"adapter.settings: unknown key(s) for nsd: {', '.join(unknown)}")
+        base = config_path.parent if config_path is not None else None
+        for required in ("key_directory", "unsigned_file", "signed_file"):
+            if required not in settings:
+                raise ConfigError(f"adapter.settings.{required}: required for nsd")
+        self.base = base
+        self.key_directory = self._path(settings["key_directory"])
+        self.unsigned_pattern = str(settings["unsigned_file"])
+        self.signed_pattern = str(settings["signed_file"])
+        self.zone_files = {
+            dns.name.from_text(str(zone)): dict(files)
+            for zone, files in dict(settings.get("zone_files") or {}).items()
+        }
+        self.config = self._path(settings.get("config", "/etc/nsd/nsd.conf"))
+        self.control_binary = str(settings.get("control", "nsd-control"))
+        server = str(settings.get("server", "127.0.0.1:53"))
+        host, _, port = server.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"adapter.settings.server: expected host:port, got {server!r}")
+        self.host, self.port = host.strip("[]"), int(port)
+        self.signer = str(settings.get("signer", "dnssec-signzone"))
+        if self.signer not in SIGNERS:
+            raise ConfigError(
+                f"adapter.settings.signer: {self.signer!r} is not one of {', '.join(SIGNERS)}"
+            )
+        self.validity = self._seconds(settings, "signature_validity", 14 * DAY)
+        self.refresh_before = self._seconds(settings, "refresh_before", 4 * DAY)
+        if self.refresh_before >= self.validity:
+            raise ConfigError(
+                "adapter.settings.refresh_before: must be shorter than signature_validity"
+            )
+        self.timeout = float(settings.get("timeout", 600))
+        self.verify_timeout = float(settings.get("verify_timeout", 10))
+        self.zones = tuple(zones)
+
+    def _path(self, value: object) -> Path:
+        path = Path(str(value))
+        return self.base / path if not path.is_absolute() and self.base is not None else path
+
+    @staticmethod
+    def _seconds(settings: Mapping[str, Any], key: str, default: int) -> int:
+        value = settings.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ConfigError(f"adapter.settings.{key}: must be a positive number of seconds")
+        return value
+
+    # --- files --------------------------------------------------------------------------------
+
+    def unsigned_file(self, zone: dns.name.Name) -> Path:
+        own = self.zone_files.get(zone, {}).get("unsigned")
+        return self._path(own or self.unsigned_pattern.format(zone=zone.to_text()))
+
+    def signed_file(self, zone: dns.name.Name) -> Path:
+        own = self.zone_files.get(zone, {}).get("signed")
+        return self._path(own or self.signed_pattern.format(zone=zone.to_text()))
+
+    def watched_files(self) -> list[Path]:
+        """The unsigned zone files: an edit is signed and served without operator action."""
+        return [self.unsigned_file(zone) for zone in self.zones]
+
+    # --- nsd-control ----------------------------------------------------------------------------
+
+    def control(self, *command: str) -> str:
+        argv = [self.control_binary, "-c", str(self.config), *command]
+        out = run(argv, f"nsd-control {' '.join(command)}", self.verify_timeout)
+        if out.startswith("error"):
+            raise AdapterError(f"nsd-control {' '.join(command)}: {out.strip()}")
+        return out
+
+    # --- the Adapter interface --------------------------------------------------------------
+
+    def check(self) -> list[Problem]:
+        if shutil.which(self.control_binary) is None:
+            return [Problem(f"{self.control_binary} not found", "apt-get install nsd")]
+        try:
+            self.control("status")
+        except AdapterError as exc:
+            return [
+                Problem(
+                    f"nsd-control cannot reach NSD: {exc}",
+                    "set remote-control: control-enable: yes in nsd.conf (a control-interface "
+                    "socket path, or run nsd-control-setup for the TLS keys)",
+                )
+            ]
+        problems = [p for zone in self.zones if (p := self._zone_problem(zone)) is not None]
+        if not signer_available(self.signer):
+            problems.append(
+                Problem(
+                    f"signer {self.signer} not found",
+                    "apt-get install bind9-utils (dnssec-signzone) or ldnsutils (ldns-signzone)",
+                )
+            )
+        if not self.key_directory.is_dir():
+            problems.append(Problem(f"key directory {self.key_directory} does not exist"))
+        return problems
+
+    def _zone_problem(self, zone: dns.name.Name) -> Problem | None:
+        name = zone.to_text()
+        try:
+            self.control("zonestatus", name)
+        except AdapterError as exc:
+            if "not configured" in str(exc):
+                return Problem(
+                    f"NSD does not serve zone {name} (not configured in nsd.conf)",
+                    f"add a zone: block for {name} whose zonefile is {self.signed_file(zone)}",
+                )
+            return Problem(f"NSD does not answer for zone {name}: {exc}", "is nsd running?")
+        unsigned = self.unsigned_file(zone)
+        if not unsigned.is_file():
+            return Problem(
+                f"unsigned zone file {unsigned} for {name} does not exist",
+                "the adapter signs this file: set adapter.settings.unsigned_file or zone_files",
+            )
+        return None
+
+    def current_keys(self, zone: dns.name.Name) -> list[InstalledKey]:
+        return keyfiles.installed_keys(self.key_directory, zone)
+
+    def snapshot(self, zone: dns.name.Name) -> str:
+        return keyfiles.encode_snapshot(keyfiles.snapshot_files(self.key_directory, zone))
+
+    def restore(self, zone: dns.name.Name, snapshot: str) -> None:
+        before = keyfiles.decode_snapshot(self.key_directory, snapshot)
+        keyfiles.restore_files(self.key_directory, zone, before)
+        if not keyfiles.tags_in(before):
+            return  # never signed by the KRS: nothing to sign with
+        self._sign_and_serve(zone, removed=())
+
+    def apply(self, zone: dns.name.Name, plan: KeyPlan) -> ApplyResult:
+        problem = self._zone_problem(zone)
+        if problem is not None:  # before any file is touched
+            raise AdapterError(f"nsd, zone {zone}: {problem.what}")
+        if not signer_available(self.signer):
+            raise AdapterError(f"nsd, zone {zone}: signer {self.signer} not found")
+        directory = self.key_directory
+        before = keyfiles.snapshot_files(directory, zone)
+        served_before = self._read(self.signed_file(zone))
+        installed: list[int] = []
+        retired: list[int] = []
+        removed: list[int] = []
+        step = "start"
+        try:
+            now = int(time.time())
+            for planned in plan.install:
+                step = f"write key {planned.key.key_tag}"
+                if keyfiles.write_key(directory, planned.key, planned.timing):
+                    installed.append(planned.key.key_tag)
+            for tag in plan.retire:
+                step = f"retire key {tag}"
+                timing = next((k.timing for k in self.current_keys(zone) if k.key_tag == tag), None)
+                if timing is not None and (timing.inactive is None or timing.inactive > now):
+                    keyfiles.retime(
+                        directory, zone, tag, inactive=now, delete=plan.retire_delete_at
+                    )
+                    retired.append(tag)
+            for tag in plan.remove:
+                step = f"remove key {tag}"
+                if keyfiles.delete_key_files(directory, zone, tag):
+                    removed.append(tag)
+            changed = bool(installed or retired or removed)
+            step = "sign"
+            verification = (
+                self._sign_and_serve(zone, removed=removed)
+                if changed
+                else self._wait(zone, removed=())
+            )
+        except (KrsError, OSError) as exc:
+            outcome = self._rollback(zone, before, served_before)
+            raise AdapterError(
+                f"nsd, zone {zone}: step '{step}' failed: {exc}; keys and served zone restored"
+                f" ({outcome})"
+            ) from exc
+        return ApplyResult(
+            zone, changed, tuple(installed), tuple(retired), tuple(removed), verification
+        )
+
+    def verify(self, zone: dns.name.Name, plan: KeyPlan) -> Verification:
+        return self._wait(zone, plan.remove)
+
+    # --- signing ----------------------------------------------------------------------------
+
+    def _sign_and_serve(self, zone: dns.name.Name, removed: Iterable[int]) -> Verification:
+        """Sign, check, rename into place, reload, and see NSD serve it; raises (with the step
+        in the message) on any failure, leaving the served file as it was before the rename."""
+        served = self.signed_file(zone)
+        fresh = served.with_name(f".{served.name}.krs-new")
+        try:
+            result = sign_zone(
+                self.signer,
+                zone,
+                self.unsigned_file(zone),
+                self.key_directory,
+                fresh,
+                validity=self.validity,
+                timeout=self.timeout,
+            )
+            check_zone_file(zone, fresh, self.timeout)
+            os.chmod(fresh, 0o644)  # public data; NSD may read it as its own user
+            os.replace(fresh, served)
+        finally:
+            fresh.unlink(missing_ok=True)
+        log.info("nsd, zone %s: signed with %s in %.2f s", zone, self.signer, result.seconds)
+        self.control("reload", zone.to_text())
+        verification = self._wait(zone, removed)
+        if not verification.ok:
+            raise AdapterError("verify: " + "; ".join(verification.details))
+        return verification
+
+    def _wait(self, zone: dns.name.Name, removed: Iterable[int]) -> Verification:
+        keys = [KeyState(k.key_tag, k.flags, k.timing) for k in self.current_keys(zone)]
+        expect = expectation(zone, keys, removed, int(time.time()))
+        return wait_served(expect, self.host, self.port, timeout=self.verify_timeout)
+
+    @staticmethod
+    def _read(path: Path) -> bytes | None:
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def _rollback(
+        self, zone: dns.name.Name, before: dict[Path, bytes], served_before: bytes | None
+    ) -> str:
+        keyfiles.restore_files(self.key_directory, zone, before)
+        served = self.signed_file(zone)
+        if served_before is not None and self._read(served) != served_before:
+            try:
+                keyfiles.write_files({served: served_before})
+                os.chmod(served, 0o644)
+                self.control("reload", zone.to_text())
+            except (KrsError, OSError) as exc:
+                return f"the previous signed file is back, NSD could not be told: {exc}"
+            return "NSD serves the previous signed zone again"
+        return "the served file was not replaced"
+
+    # --- keeping signatures fresh -------------------------------------------------------------
+
+    def signature_expiry(self, zone: dns.name.Name) -> int | None:
+        """The earliest RRSIG expiration NSD serves for ``zone`` (from the signed file)."""
+        return earliest_expiry(self.signed_file(zone))
+
+    def due(self, zone: dns.name.Name, now: float) -> str | None:
+        """Why ``zone`` must be signed again now, or None."""
+        if not keyfiles.private_files(self.key_directory, zone):
+            return None  # no keys from the KDC yet: nothing to sign with
+        served = self.signed_file(zone)
+        expiry = self.signature_expiry(zone)
+        if expiry is None:
+            return "the served zone is not signed"
+        if expiry - self.refresh_before <= now:
+            return (
+                f"signatures expire at {time.strftime('%Y-%m-%d %H:%M:%SZ', time.gmtime(expiry))}"
+            )
+        try:
+            if self.unsigned_file(zone).stat().st_mtime > served.stat().st_mtime:
+                return "the unsigned zone file changed"
+        except FileNotFoundError:
+            return None
+        return None
+
+    def maintain(self) -> float:
+        """Sign again every zone that is due; the seconds until the next one will be."""
+        now = time.time()
+        for zone in self.zones:
+            reason = self.due(zone, now)
+            if reason is None:
+                continue
+            log.info("nsd, zone %s: signing again: %s", zone, reason)
+            try:
+                self._sign_and_serve(zone, removed=())
+            except (KrsError, OSError) as exc:
+                log.error("nsd, zone %s: signing again failed, still serving the old file: %s",
+                          zone, exc)  # fmt: skip
+        expiries = [e for zone in self.zones if (e := self.signature_expiry(zone)) is not None]
+        if not expiries:
+            return 3600.0
+        return max(1.0, min(expiries) - self.refresh_before - time.time())

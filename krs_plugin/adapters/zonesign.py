@@ -1,0 +1,174 @@
+"""Sign a zone file with a folder of BIND key files, for servers that do not sign (NSD).
+
+Two signers, both from Debian packages: ``dnssec-signzone`` (bind9-utils, the default) and
+``ldns-signzone`` (ldnsutils). What each needs, verified by hand (SERVERS.md):
+
+- dnssec-signzone ``-S`` (smart signing) takes the keys from the folder by their timing and
+  checks its own output (a mismatched key pair fails with "Zone verification failed"); ``-x``
+  signs the DNSKEY RRset with the KSKs only; it writes ``dsset-`` files into its working
+  directory, so it runs in a temporary one.
+- ldns-signzone ignores timing and does not check its output: the signer is given exactly the
+  active keys, the DNSKEYs of keys published but not active are added to its input, and its
+  output is checked with ``ldns-verify-zone``.
+
+Both set the SOA serial to the Unix time (``-N unixtime`` / ``-u``). Every signed file is also
+checked with ``nsd-checkzone`` by the adapter before it replaces the served one.
+"""
+
+from __future__ import annotations
+
+import calendar
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import dns.name
+
+from krs_plugin.adapters import keyfiles
+from krs_plugin.errors import AdapterError
+
+SIGNERS = ("dnssec-signzone", "ldns-signzone")
+VERIFIER = {"dnssec-signzone": None, "ldns-signzone": "ldns-verify-zone"}
+
+
+@dataclass(frozen=True)
+class SignedZone:
+    path: Path
+    seconds: float
+
+
+def run(argv: list[str], what: str, timeout: float, cwd: Path | None = None) -> str:
+    try:
+        result = subprocess.run(
+            argv, capture_output=True, text=True, timeout=timeout, cwd=cwd, check=False
+        )
+    except FileNotFoundError as exc:
+        raise AdapterError(f"{argv[0]} not found: install bind9-utils or ldnsutils") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise AdapterError(f"{what}: did not finish in {timeout:g} s") from exc
+    if result.returncode != 0:
+        lines = (result.stderr or result.stdout).strip().splitlines()
+        raise AdapterError(f"{what}: {' '.join(' '.join(lines[-3:]).split())}")
+    return result.stdout
+
+
+def sign_zone(
+    signer: str,
+    zone: dns.name.Name,
+    unsigned: Path,
+    key_directory: Path,
+    output: Path,
+    *,
+    validity: int,
+    timeout: float,
+) -> SignedZone:
+    """Sign ``unsigned`` with the zone's keys in ``key_directory`` into ``output`` (a new file
+    beside the served one); raises with the signer's message when it fails or finds no keys."""
+    start = time.perf_counter()
+    now = int(time.time())
+    origin = zone.to_text()
+    with tempfile.TemporaryDirectory(prefix="krs-sign-") as scratch:
+        work = Path(scratch)
+        if signer == "dnssec-signzone":
+            # -x: the DNSKEY RRset by the KSKs only. When an algorithm has keys of one kind
+            # only (a CSK, a lone ZSK), -z lets every key sign everything, as BIND does.
+            roles = _active_roles(zone, key_directory, now)
+            split = ["-x"] if all(r == {"KSK", "ZSK"} for r in roles.values()) else ["-z"]
+            run(
+                [
+                    "dnssec-signzone", "-S", *split, "-O", "full", "-K", str(key_directory),
+                    "-o", origin,
+                    "-N", "unixtime", "-s", str(now - 3600), "-e", str(now + validity),
+                    "-f", str(output), str(unsigned),
+                ],
+                f"dnssec-signzone {origin}",
+                timeout,
+                cwd=work,
+            )  # fmt: skip
+        elif signer == "ldns-signzone":
+            _ldns_sign(zone, unsigned, key_directory, output, work, now, validity, timeout)
+        else:
+            raise AdapterError(f"unknown signer {signer!r} (one of: {', '.join(SIGNERS)})")
+    return SignedZone(output, time.perf_counter() - start)
+
+
+def _active_roles(zone: dns.name.Name, key_directory: Path, now: int) -> dict[int, set[str]]:
+    """The roles of the zone's active keys, per algorithm."""
+    roles: dict[int, set[str]] = {}
+    for _, key, timing in keyfiles.read_keys(key_directory, zone):
+        active = timing.activate is not None and timing.activate <= now
+        if active and (timing.inactive is None or timing.inactive > now):
+            roles.setdefault(key.algorithm, set()).add("KSK" if key.flags == 257 else "ZSK")
+    return roles
+
+
+def _ldns_sign(
+    zone: dns.name.Name,
+    unsigned: Path,
+    key_directory: Path,
+    output: Path,
+    work: Path,
+    now: int,
+    validity: int,
+    timeout: float,
+) -> None:
+    active, published = [], []
+    for private, key, timing in keyfiles.read_keys(key_directory, zone):
+        is_active = timing.activate is not None and timing.activate <= now
+        is_active &= timing.inactive is None or timing.inactive > now
+        gone = timing.delete is not None and timing.delete <= now
+        if is_active and not gone:
+            active.append(str(private.with_suffix("")))
+        elif not gone and (timing.publish is None or timing.publish <= now):
+            published.append(key.dnskey_text())
+    if not active:
+        raise AdapterError(f"ldns-signzone {zone}: no active key to sign with")
+    source = work / "input.zone"
+    with open(source, "w") as out:
+        out.write(unsigned.read_text())
+        out.write("\n" + "".join(f"{line}\n" for line in published))
+    origin = zone.to_text()
+    run(
+        [
+            "ldns-signzone", "-u", "-o", origin, "-i", str(now - 3600),
+            "-e", str(now + validity), "-f", str(output), str(source), *active,
+        ],
+        f"ldns-signzone {origin}",
+        timeout,
+        cwd=work,
+    )  # fmt: skip
+    run(["ldns-verify-zone", str(output)], f"ldns-verify-zone {origin}", timeout)
+
+
+def check_zone_file(zone: dns.name.Name, path: Path, timeout: float) -> None:
+    """NSD's own parser on the file: a file NSD cannot read must never be served (NSD would
+    load it "with success" and answer SERVFAIL)."""
+    run(["nsd-checkzone", zone.to_text(), str(path)], f"nsd-checkzone {zone.to_text()}", timeout)
+
+
+def earliest_expiry(path: Path) -> int | None:
+    """The earliest RRSIG expiration in a signed zone file (Unix seconds), None if unsigned.
+    Both signers write one record per line (dnssec-signzone with ``-O full``)."""
+    earliest: int | None = None
+    try:
+        with open(path) as lines:
+            for line in lines:
+                if "RRSIG" not in line:
+                    continue
+                fields = line.split()
+                at = fields.index("RRSIG") if "RRSIG" in fields else -1
+                if at < 0 or len(fields) <= at + 5 or not fields[at + 5].isdigit():
+                    continue
+                when = calendar.timegm(time.strptime(fields[at + 5], "%Y%m%d%H%M%S"))
+                earliest = when if earliest is None else min(earliest, when)
+    except FileNotFoundError:
+        return None
+    return earliest
+
+
+def signer_available(signer: str) -> bool:
+    needed = [signer] + ([v] if (v := VERIFIER.get(signer)) else [])
+    return all(shutil.which(tool) is not None for tool in needed)
