@@ -8,8 +8,9 @@ Two signers, both from Debian packages: ``dnssec-signzone`` (bind9-utils, the de
   signs the DNSKEY RRset with the KSKs only; it writes ``dsset-`` files into its working
   directory, so it runs in a temporary one.
 - ldns-signzone ignores timing and does not check its output: the signer is given exactly the
-  active keys, the DNSKEYs of keys published but not active are added to its input, and its
-  output is checked with ``ldns-verify-zone``.
+  active keys, the DNSKEYs of keys published but not active are added to its input, ``-U``
+  makes every algorithm sign every RRset (otherwise a CSK next to another algorithm's ZSK only
+  signs the DNSKEY RRset), and its output is checked with ``ldns-verify-zone``.
 
 Both set the SOA serial to the Unix time (``-N unixtime`` / ``-u``). Every signed file is also
 checked with ``nsd-checkzone`` by the adapter before it replaces the served one.
@@ -133,7 +134,7 @@ def _ldns_sign(
     origin = zone.to_text()
     run(
         [
-            "ldns-signzone", "-u", "-o", origin, "-i", str(now - 3600),
+            "ldns-signzone", "-u", "-U", "-o", origin, "-i", str(now - 3600),
             "-e", str(now + validity), "-f", str(output), str(source), *active,
         ],
         f"ldns-signzone {origin}",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from dataclasses import asdict
 from typing import Any
 
@@ -43,6 +44,9 @@ def run_command(args: argparse.Namespace) -> int:
                 [f"{r.id} {r.outcome:8} {r.stage or '-':10} {r.error or ''}" for r in rows]
                 or ["no distributions received yet"],
             )
+            if not getattr(args, "json", False):
+                for line in _signature_lines(config):
+                    print(line)
             return 0
         zone = args.zone.lower() if args.zone else None
         if zone and not zone.endswith("."):
@@ -61,6 +65,23 @@ def run_command(args: argparse.Namespace) -> int:
         return 0
     finally:
         store.close()
+
+
+def _signature_lines(config: Any) -> list[str]:
+    """For adapters that sign (NSD): when each zone's served signatures expire."""
+    try:
+        adapter = make_adapter(config)
+    except KrsError:
+        return []
+    expiry = getattr(adapter, "signature_expiry", None)
+    if expiry is None:
+        return []
+    lines = ["signatures served (earliest RRSIG expiry per zone):"]
+    for zone in sorted(config.zones):
+        when = expiry(zone)
+        text = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(when)) if when else "not signed"
+        lines.append(f"  {zone.to_text():28} {text}")
+    return lines
 
 
 def _run(config: Any, store: ReceiverStore) -> int:

@@ -48,6 +48,7 @@ CONFIRM_TIMEOUT = 5.0
 CONFIRM_RETRY_MAX = 300.0
 UDP_CONFIRM_MAX = 1232  # the DNS flag day 2020 datagram size: bigger reports go over TCP
 MAX_QUEUE = 1000
+MAINTAIN_MAX_WAIT = 300.0  # look again at least this often, even when nothing is due
 
 
 class RateLimiter:
@@ -151,6 +152,8 @@ class Service:
         self.last_reload: dict[str, object] = {}
         self._reload_tasks: set[asyncio.Task[str]] = set()
         self.watcher: FileWatcher | None = None
+        self.adapter_watcher: FileWatcher | None = None
+        self.maintain_wake = asyncio.Event()
         self.counters = {"notify_accepted": 0, "notify_refused": 0, "notify_limited": 0}
         self.metrics.watch_store(self._store_gauges)
 
@@ -415,9 +418,10 @@ class Service:
         if self.http is not None:
             self.http.close()
             self.http = None
-        if self.watcher is not None:
-            self.watcher.close()
-            self.watcher = None
+        for watcher in (self.watcher, self.adapter_watcher):
+            if watcher is not None:
+                watcher.close()
+        self.watcher = self.adapter_watcher = None
         for task in self.tasks:
             task.cancel()
 
@@ -539,11 +543,39 @@ class Service:
         self.signer = components.signer
         self.fingerprint = components.fingerprint
         old_pipeline_store.close()
+        self._watch_adapter_files()
+        self.maintain_wake.set()  # a new adapter (or settings) decides its own schedule
 
     def request_reload(self) -> None:
         task = asyncio.get_running_loop().create_task(self.reload(), name="reload")
         self._reload_tasks.add(task)
         task.add_done_callback(self._reload_tasks.discard)
+
+    # --- adapter maintenance ------------------------------------------------------------------
+
+    async def maintain_loop(self) -> None:
+        """Call the adapter's ``maintain()`` when it says it is due and whenever one of its
+        watched files changes. Only adapters that must act on their own have one: NSD's signs the
+        zone again before signatures expire and when the unsigned zone is edited."""
+        while True:
+            maintain = getattr(self.pipeline.adapter, "maintain", None)
+            wait = MAINTAIN_MAX_WAIT
+            if maintain is not None:
+                async with self.busy:  # never while a distribution is being applied
+                    try:
+                        wait = float(await asyncio.to_thread(maintain))
+                    except Exception:  # the next round tries again; the old zone stays served
+                        log.exception("adapter maintenance failed", extra=context(stage="maintain"))
+                        wait = 60.0
+            self.maintain_wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.maintain_wake.wait(), min(wait, MAINTAIN_MAX_WAIT))
+
+    def _watch_adapter_files(self) -> None:
+        if self.adapter_watcher is None:
+            return
+        files = getattr(self.pipeline.adapter, "watched_files", None)
+        self.adapter_watcher.watch(files() if files is not None else [])
 
     # --- main -----------------------------------------------------------------------------
 
@@ -555,6 +587,9 @@ class Service:
         self.watcher = FileWatcher(self.request_reload)
         self.watcher.watch(watched_files(self.config))
         self.watcher.start(loop)
+        self.adapter_watcher = FileWatcher(self.maintain_wake.set)
+        self._watch_adapter_files()
+        self.adapter_watcher.start(loop)
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         where = ", ".join(str(a) for a in self.bound)
@@ -564,6 +599,7 @@ class Service:
             asyncio.create_task(self.worker(), name="worker"),
             asyncio.create_task(self.confirm_loop(), name="confirm_loop"),
             asyncio.create_task(self.poll_loop(), name="poll_loop"),
+            asyncio.create_task(self.maintain_loop(), name="maintain_loop"),
         ]
         try:
             await asyncio.gather(*self.tasks)

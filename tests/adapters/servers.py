@@ -142,17 +142,18 @@ class NsdServerLab:
     zsk_needs_ksk = False
     reload_failure = "unexpected end of input"  # the signer refuses the broken unsigned file
 
+    signer = "dnssec-signzone"
+
     def __init__(self, root: Path) -> None:
         self.lab = NsdLab(root, ZONES)
         self.lab.start()
         self.host = self.lab.host
         self.port = self.lab.port
-        self.broken = False
 
     def adapter(self) -> Adapter:
         from krs_plugin.adapters.nsd import NsdAdapter
 
-        settings = {**self.lab.adapter_settings(), "verify_timeout": 3}
+        settings = {**self.lab.adapter_settings(), "verify_timeout": 3, "signer": self.signer}
         return NsdAdapter(settings, zones=[dns.name.from_text(z) for z in ZONES])
 
     def stop(self) -> None:
@@ -184,7 +185,20 @@ class NsdServerLab:
         unsigned.write_text(unsigned.read_text() + "bad IN TYPE65534 \\# 2 00\n")
 
 
-LABS = {"bind9": Bind9ServerLab, "knot": KnotServerLab, "nsd": NsdServerLab}
+class NsdLdnsServerLab(NsdServerLab):
+    """NSD with ldns-signzone as the adapter's signer."""
+
+    name = "nsd-ldns"
+    signer = "ldns-signzone"
+    reload_failure = "ldns-signzone"
+
+
+LABS = {
+    "bind9": Bind9ServerLab,
+    "knot": KnotServerLab,
+    "nsd": NsdServerLab,
+    "nsd-ldns": NsdLdnsServerLab,
+}
 
 
 # --- what the server really serves, checked with dnspython only -----------------------------
