@@ -295,6 +295,7 @@ class Service:
         if outcome.outcome == "applied":
             self.metrics.apply_seconds.observe(done - fetched_at)
             self.metrics.last_success.set_to_current_time()
+            self.maintain_wake.set()  # new keys, new signatures: the adapter's schedule moved
         log.info(
             "distribution %s %s in %.3f s",
             dist_id,

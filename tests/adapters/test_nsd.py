@@ -1,0 +1,142 @@
+"""What only the NSD adapter does, because NSD does not sign: it keeps signatures fresh, signs
+an edit of the unsigned zone, never serves a file that failed to sign, and check() says what is
+missing. The first two run through a real ``krs run``, as an operator would see them."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import dns.dnssec
+import dns.message
+import dns.name
+import dns.query
+import dns.rdataclass
+import dns.rdatatype
+import pytest
+
+from krs_plugin.adapters.base import KeyPlan, PlannedKey
+from krs_plugin.adapters.nsd import NsdAdapter
+from krs_plugin.dnssec import KeyTiming, generate_key
+from krs_plugin.errors import AdapterError
+from krs_plugin.lab.deployment import Deployment, wait_until
+from krs_plugin.lab.nsd import NsdLab
+
+pytestmark = pytest.mark.integration
+
+ZONE = "example.com."
+NAME = dns.name.from_text(ZONE)
+
+
+@pytest.fixture
+def nsd(tmp_path: Path) -> Iterator[NsdLab]:
+    lab = NsdLab(tmp_path / "nsd", [ZONE, "example.net."])
+    lab.start()
+    yield lab
+    lab.stop()
+
+
+def signed_answer(lab: NsdLab, qname: str, rdtype: str) -> tuple[object, int]:
+    """The validated RRset for ``qname``/``rdtype`` and its RRSIG's expiration."""
+    name = dns.name.from_text(qname)
+    keys_reply = dns.query.tcp(
+        dns.message.make_query(NAME, "DNSKEY", want_dnssec=True), lab.host, port=lab.port
+    )
+    keys = keys_reply.find_rrset(keys_reply.answer, NAME, dns.rdataclass.IN, dns.rdatatype.DNSKEY)
+    reply = dns.query.tcp(
+        dns.message.make_query(name, rdtype, want_dnssec=True), lab.host, port=lab.port
+    )
+    kind = dns.rdatatype.from_text(rdtype)
+    rrset = reply.find_rrset(reply.answer, name, dns.rdataclass.IN, kind)
+    sigs = reply.find_rrset(reply.answer, name, dns.rdataclass.IN, dns.rdatatype.RRSIG, kind)
+    dns.dnssec.validate(rrset, sigs, {NAME: keys})
+    return rrset, min(sig.expiration for sig in sigs)
+
+
+@pytest.fixture
+def deployment(nsd: NsdLab, tmp_path: Path) -> Iterator[Deployment]:
+    settings = {
+        **nsd.adapter_settings(),
+        "signature_validity": 30,  # seconds: renewal is due 25 s before expiry, i.e. after 5 s
+        "refresh_before": 25,
+    }
+    node = Deployment(tmp_path / "kdc-and-node", "hpke", zones=(ZONE,),
+                      adapter={"type": "nsd", "settings": settings})  # fmt: skip
+    node.write_config(poll_interval=3600)
+    node.start_kdc()
+    node.start_krs()
+    for role in ("KSK", "ZSK"):
+        node.kdc("key", "generate", "--zone", ZONE, "--role", role)
+    node.wait_confirmed(node.distribute("--zone", ZONE), timeout=60)
+    yield node
+    node.close()
+
+
+def test_krs_run_signs_again_before_the_signatures_expire(
+    nsd: NsdLab, deployment: Deployment
+) -> None:
+    _, first = signed_answer(nsd, ZONE, "SOA")
+    assert first - time.time() <= 31
+    wait_until(lambda: signed_answer(nsd, ZONE, "SOA")[1] > first, 20, "re-signing")
+    _, later = signed_answer(nsd, ZONE, "SOA")  # valid, with a later expiry
+    assert later >= first + 1
+
+
+def test_an_edit_of_the_unsigned_zone_is_signed_and_served(
+    nsd: NsdLab, deployment: Deployment
+) -> None:
+    unsigned = nsd.unsigned_file(ZONE)
+    unsigned.write_text(unsigned.read_text() + "mail IN A 192.0.2.25\n")
+
+    def served() -> bool:
+        try:
+            signed_answer(nsd, f"mail.{ZONE}", "A")
+        except (KeyError, dns.dnssec.ValidationFailure):
+            return False
+        return True
+
+    wait_until(served, timeout=10, what="the edited zone, signed")
+    rrset, _ = signed_answer(nsd, f"mail.{ZONE}", "A")
+    assert [r.to_text() for r in rrset] == ["192.0.2.25"]
+
+
+def adapter(lab: NsdLab, *zones: str, **changes: object) -> NsdAdapter:
+    settings = {**lab.adapter_settings(), "verify_timeout": 3, **changes}
+    return NsdAdapter(settings, zones=[dns.name.from_text(z) for z in zones])
+
+
+def csk_plan() -> KeyPlan:
+    now = int(time.time()) - 1
+    csk = generate_key(ZONE, 13, 257)
+    return KeyPlan(NAME, (PlannedKey(csk, "CSK", KeyTiming(now, now, now)),))
+
+
+def test_a_failed_signing_leaves_the_served_file_byte_for_byte(nsd: NsdLab) -> None:
+    nsd_adapter = adapter(nsd, ZONE)
+    nsd_adapter.apply(NAME, csk_plan())
+    served = nsd.signed_file(ZONE).read_bytes()
+    nsd.unsigned_file(ZONE).write_text("$ORIGIN example.com.\n@ IN SOA broken\n")
+    with pytest.raises(AdapterError, match="step 'sign' failed"):
+        nsd_adapter.apply(NAME, csk_plan())
+    assert nsd.signed_file(ZONE).read_bytes() == served
+    assert not list(nsd.signed_file(ZONE).parent.glob(".*krs-new"))
+    signed_answer(nsd, ZONE, "SOA")  # still served and valid
+
+
+def test_check_reports_what_the_adapter_needs(nsd: NsdLab) -> None:
+    assert adapter(nsd, ZONE).check() == []
+    (problem,) = adapter(nsd, "other.example.").check()
+    assert "NSD does not serve zone other.example." in problem.what
+    nsd.unsigned_file("example.net.").unlink()
+    (problem,) = adapter(nsd, "example.net.").check()
+    assert "unsigned zone file" in problem.what and "does not exist" in problem.what
+    (problem,) = adapter(nsd, ZONE, control="/nonexistent/nsd-control").check()
+    assert problem.what == "/nonexistent/nsd-control not found"
+
+
+def test_check_reports_a_control_channel_that_does_not_answer(nsd: NsdLab) -> None:
+    nsd.stop()
+    (problem,) = adapter(nsd, ZONE).check()
+    assert "nsd-control cannot reach NSD" in problem.what
+    assert "control-enable" in problem.fix
