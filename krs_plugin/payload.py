@@ -72,6 +72,7 @@ METADATA_FIELDS = {
     "ping": frozenset({"nonce", "timestamp", "crypto", *_OURS}),
 }
 TIMING_FIELDS = ("publish", "activate", "inactive", "delete")
+AGENT_PING_FIELDS = ("MessageType", "MyIdentity", "nonce")  # tdns transport's ping message
 MAX_TEXT = 1024  # reason, nonce, crypto: logged and echoed, so bounded
 
 _DIST_ID = re.compile(r"[0-9a-f]{4,16}")
@@ -435,6 +436,8 @@ def parse_payload(
     as malformed even when it has also expired.
     """
     obj = _load_json(data)
+    if isinstance(obj, dict) and "MessageType" in obj:
+        return Payload((_parse_agent_ping(obj),))
     if not isinstance(obj, list):
         raise PayloadError(f"payload: must be a JSON array of operations, got {_kind(obj)}")
     if not obj:
@@ -558,6 +561,24 @@ def _parse_ping(meta: Mapping[str, Any], envelope: Envelope, where: str) -> Ping
         _check_rfc3339(timestamp, where)
     _check_crypto(meta, where)
     return Ping(nonce, timestamp, envelope)
+
+
+def _parse_agent_ping(obj: Mapping[str, Any]) -> Ping:
+    """tdns's transport ping, ``{"MessageType":"ping","MyIdentity":...,"nonce":...}``: the one
+    message of that family a KRS answers (the golden vector is one). It installs nothing; it is
+    confirmed like a ``ping`` entry, so a KDC can test a node's keys end to end."""
+    where = "message"
+    unknown = sorted(k for k in obj if k not in AGENT_PING_FIELDS)
+    if unknown:
+        _fail(where, f"unknown field {_show(unknown[0])}")
+    kind = _field(obj, "MessageType", str, where)
+    if kind != "ping":
+        _fail(where, f'MessageType {_show(kind)} is not one a KRS accepts (only "ping")')
+    identity = _field(obj, "MyIdentity", str, where)
+    zone_name(identity, where, "field 'MyIdentity'")
+    nonce = _field(obj, "nonce", str, where)
+    _check_text(nonce, where, "field 'nonce'", empty_ok=False)
+    return Ping(nonce)
 
 
 def _check_crypto(meta: Mapping[str, Any], where: str) -> None:

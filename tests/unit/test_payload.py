@@ -198,6 +198,27 @@ def test_rejects_payload_that_is_not_an_array(data: bytes) -> None:
         parse_payload(data, now=NOW)
 
 
+def test_accepts_tdns_transport_ping_message() -> None:
+    # The cleartext of the tdns golden vector (shared/testvectors/tdns-transport).
+    data = b'{"MessageType":"ping","MyIdentity":"a.example.","nonce":"n-1"}'
+    assert parse_payload(data, now=NOW).entries == (Ping("n-1"),)
+
+
+@pytest.mark.parametrize(
+    ("message", "fragment"),
+    [
+        ({"MessageType": "hello", "MyIdentity": "a.", "nonce": "n"}, "'hello' is not one"),
+        ({"MessageType": "ping", "MyIdentity": "a.", "nonce": ""}, "'nonce' is empty"),
+        ({"MessageType": "ping", "nonce": "n"}, "'MyIdentity' is missing"),
+        ({"MessageType": "ping", "MyIdentity": "a", "nonce": "n"}, "not absolute"),
+        ({"MessageType": "ping", "MyIdentity": "a.", "nonce": "n", "Zones": []}, "'Zones'"),
+    ],
+)
+def test_rejects_tdns_messages_other_than_a_well_formed_ping(message: Any, fragment: str) -> None:
+    with pytest.raises(PayloadError, match=f"message: .*{fragment}"):
+        parse_payload(json.dumps(message).encode(), now=NOW)
+
+
 def test_rejects_empty_array() -> None:
     refused(PayloadError, "holds no operations")
 
