@@ -88,6 +88,7 @@ def open_envelope(
             )
         inner = outer
         signed = False
+    del outer  # the signed form is not needed any more: free it before decrypting
     plaintext, headers = _open_inner(inner, backend, recipient, where)
     return OpenedEnvelope(plaintext, signed, backend, headers)
 

@@ -49,12 +49,13 @@ def open_sealed(
             f"{where}: HPKE ciphertext is {len(sealed)} bytes, shorter than the "
             f"{MIN_CIPHERTEXT}-byte minimum (32-byte enc + 16-byte tag)"
         )
-    enc, ciphertext = sealed[:X25519_KEY_BYTES], sealed[X25519_KEY_BYTES:]
+    view = memoryview(sealed)  # no copy of a ciphertext that may be tens of megabytes
+    enc, ciphertext = bytes(view[:X25519_KEY_BYTES]), view[X25519_KEY_BYTES:]
     skr = _kem_private(recipient, where)
     pks = _kem_public(sender) if sender is not None else None
     try:
         context = SUITE.create_recipient_context(enc, skr, b"", pks=pks)
-        return bytes(context.open(ciphertext, b""))
+        return bytes(context.open(ciphertext, b""))  # type: ignore[arg-type]  # any buffer works
     except Exception as exc:  # pyhpke raises its own OpenError and cryptography's errors
         raise DecryptionError(
             f"{where}: HPKE open failed with X25519 key {recipient.fingerprint}: not sealed to "

@@ -39,6 +39,28 @@ def b64url_decode(text: str | bytes) -> bytes:
     return base64.urlsafe_b64decode(raw + b"=" * (-len(raw) % 4))
 
 
+_URLSAFE_TO_STANDARD = bytes.maketrans(b"-_", b"+/")
+_DECODE_SLICE = 1 << 20  # a multiple of 4 base64 characters
+
+
+def b64url_decode_view(text: memoryview) -> bytes:
+    """``b64url_decode`` for a large slice of a bigger buffer, decoded 1 MiB at a time so the
+    only full-size allocation is the result (a distribution can be tens of megabytes)."""
+    size = len(text)
+    if size % 4 == 1:
+        raise ValueError("not unpadded base64url (impossible length)")
+    pieces = []
+    for start in range(0, size, _DECODE_SLICE):
+        piece = bytes(text[start : start + _DECODE_SLICE])
+        if b"=" in piece or b"+" in piece or b"/" in piece:
+            raise ValueError("not unpadded base64url")
+        piece = piece.translate(_URLSAFE_TO_STANDARD)
+        if start + _DECODE_SLICE >= size:
+            piece += b"=" * (-len(piece) % 4)
+        pieces.append(binascii.a2b_base64(piece, strict_mode=True))
+    return b"".join(pieces)
+
+
 class HpkeKey:
     """An X25519 key (private, or public only). The raw public key is also the manifest HMAC key."""
 

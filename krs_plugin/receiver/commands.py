@@ -89,9 +89,11 @@ def _run(config: Any, store: ReceiverStore) -> int:
     import contextlib
 
     from krs_plugin.logging import setup_logging
+    from krs_plugin.memory import fix_mmap_threshold
     from krs_plugin.receiver.service import Service
 
     setup_logging(config.log_format)
+    fix_mmap_threshold()
     service = Service.from_config(config, store)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(service.run())

@@ -47,7 +47,8 @@ class NotPublished(FetchError):
 @dataclass(frozen=True)
 class Fetched:
     manifest: CHUNK
-    chunks: tuple[CHUNK, ...]
+    chunks: list[CHUNK]
+    """Data chunks in order; the pipeline empties the list once it has joined them."""
     server: Address
 
 
@@ -74,7 +75,7 @@ class Fetcher:
             raise IntegrityError(f"{where}: the manifest name returned chunk {manifest.sequence}")
         decoded = decode_manifest(manifest.data, max_payload_bytes=self.limits.max_total_bytes)
         if decoded.is_inline:
-            return Fetched(manifest, (), server)
+            return Fetched(manifest, [], server)
         assembler = Reassembler(decoded, self.limits, where=where)  # limits before allocation
         chunks: dict[int, CHUNK] = {}
         for index in assembler.missing:
@@ -84,7 +85,7 @@ class Fetcher:
                 raise IntegrityError(f"{where}: asked for chunk {index}, got {chunk.sequence}")
             assembler.add(chunk)
             chunks[index] = chunk
-        return Fetched(manifest, tuple(chunks[i] for i in sorted(chunks)), server)
+        return Fetched(manifest, [chunks[i] for i in sorted(chunks)], server)
 
     def pending_ids(self) -> list[str]:
         """Ids the KDC publishes for this node (``_pending`` TXT), from the first server that

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import dns.name
@@ -94,7 +95,7 @@ class Pipeline:
         self,
         dist_id: str,
         manifest: CHUNK,
-        chunks: tuple[CHUNK, ...],
+        chunks: Sequence[CHUNK],
         *,
         now: float | None = None,
         dry_run: bool = False,
@@ -123,12 +124,11 @@ class Pipeline:
                 expected_distribution_id=dist_id,
                 clock_skew=int(self.config.clock_skew),
             )
+            retire_after = unpacked.manifest.metadata.retire_time
+            del unpacked  # the cleartext (megabytes for thousands of zones) is parsed: free it
             self._check_zones(payload)
             plans = build_plans(
-                payload,
-                self.adapter.current_keys,
-                now=int(moment),
-                retire_after=unpacked.manifest.metadata.retire_time,
+                payload, self.adapter.current_keys, now=int(moment), retire_after=retire_after
             )
             if dry_run:
                 return Outcome(dist_id, "planned", "plan", plans=tuple(plans))

@@ -287,9 +287,9 @@ class Service:
         fetched_at = time.monotonic()
         self.metrics.fetches.labels("ok").inc()
         self.metrics.fetch_seconds.observe(fetched_at - started)
-        outcome = await asyncio.to_thread(
-            self.pipeline.process, dist_id, fetched.manifest, fetched.chunks
-        )
+        manifest, chunks, server = fetched.manifest, fetched.chunks, fetched.server
+        del fetched  # the pipeline empties ``chunks`` once joined: nothing else may hold them
+        outcome = await asyncio.to_thread(self.pipeline.process, dist_id, manifest, chunks)
         done = time.monotonic()
         self.metrics.distributions.labels(outcome.outcome, outcome.stage).inc()
         if outcome.outcome == "applied":
@@ -305,7 +305,7 @@ class Service:
                 distribution_id=dist_id,
                 stage=outcome.stage,
                 outcome=outcome.outcome,
-                server=str(fetched.server),
+                server=str(server),
                 duration=round(done - started, 6),
             ),
         )

@@ -64,7 +64,11 @@ def unpack_distribution(
     allow_unsigned: bool = False,
     clock_skew: float = DEFAULT_CLOCK_SKEW,
 ) -> Unpacked:
-    """Check and open one distribution addressed to ``node``."""
+    """Check and open one distribution addressed to ``node``.
+
+    A list of ``chunk_records`` is emptied once they are joined (what ``krs run`` passes), so a
+    distribution of tens of megabytes is not held as chunks and as one string at once.
+    """
     limits = limits or Limits()
     where = f"distribution {distribution_id} for {node.node_id}"
     # The HMAC key depends on the backend named inside the manifest (tdns reads it first too).
@@ -84,6 +88,8 @@ def unpack_distribution(
     if receiver is not None and check_node_id(receiver) != check_node_id(node.node_id):
         raise PolicyError(f"{where}: addressed to node {receiver}, not to this node")
     transport = reassemble(manifest, chunk_records, limits, where=where)
+    if isinstance(chunk_records, list):
+        chunk_records.clear()  # joined: a big distribution is not held twice while it is opened
     opened = open_envelope(
         transport,
         backend=manifest.metadata.crypto,

@@ -260,3 +260,13 @@ def test_keys_compare_by_public_identity(keys: dict[tuple[int, int], DnssecKey])
 def test_file_stem_is_written_as_bind_writes_it(zone: str, stem: str) -> None:
     # As dns_name_tofilenametext: lower case, trailing dot kept, other bytes as %XX.
     assert bind_key_stem(dns.name.from_text(zone), 13, 1234) == stem
+
+
+@pytest.mark.parametrize("algorithm", [8, 13, 15, 16])
+def test_key_keeps_only_pkcs8_der_and_loads_the_same_private_key(algorithm: int) -> None:
+    # 20,000 loaded OpenSSL key objects cost about 40 MB; the DER costs a few hundred bytes each.
+    key = generate_key(ZONE, algorithm, 256)
+    assert isinstance(key.key_material, bytes)
+    again = DnssecKey(ZONE, algorithm, 256, key.key_material)
+    assert again.dnskey == key.dnskey
+    assert key.private_key.public_key() == again.private_key.public_key()

@@ -13,6 +13,9 @@ import re
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.hazmat.primitives.hpke import AEAD, KDF, KEM, Suite
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -364,10 +367,17 @@ def test_rejects_es256_signature_of_wrong_length():
 
 
 def test_rejects_jws_with_malformed_payload_encoding():
+    # The signature is checked before the payload is decoded: a malformed payload under a bad
+    # signature is "altered"; one the KDC really signed is malformed.
     header = b64url_encode(json.dumps(TDNS_JWS_HEADER).encode())
-    transport = transport_of(f"{header}.not+base64url.{b64url_encode(b'1' * 64)}")
-    with pytest.raises(WireError, match="malformed compact JWS"):
+    signing_input = f"{header}.not+base64url"
+    transport = transport_of(f"{signing_input}.{b64url_encode(b'1' * 64)}")
+    with pytest.raises(SignatureError, match="does not verify"):
         open_(transport, "jose")
+    r, s = decode_dss_signature(KDC.private.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256())))
+    signature = b64url_encode(r.to_bytes(32, "big") + s.to_bytes(32, "big"))
+    with pytest.raises(WireError, match="malformed compact JWS payload"):
+        open_(transport_of(f"{signing_input}.{signature}"), "jose")
 
 
 @pytest.mark.parametrize(

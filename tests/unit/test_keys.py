@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import json
 import os
@@ -25,7 +26,7 @@ from krs_plugin.crypto import (
     write_jose_public,
 )
 from krs_plugin.crypto import jose as jose_impl
-from krs_plugin.crypto.keys import b64url_decode, b64url_encode
+from krs_plugin.crypto.keys import b64url_decode, b64url_decode_view, b64url_encode
 from krs_plugin.errors import KeyFileError
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "tdns-transport"
@@ -293,3 +294,17 @@ def test_thumbprint_is_rfc7638():
         separators=(",", ":"),
     ).encode()
     assert key.thumbprint == b64url_encode(hashlib.sha256(canonical).digest())
+
+
+@pytest.mark.parametrize("size", [0, 1, 2, 3, 786431, 786432, 786433, 2_000_001])
+def test_sliced_base64url_decoding_matches_the_plain_one(size: int) -> None:
+    # 786432 bytes encode to exactly one 1 MiB slice of base64url text.
+    data = hashlib.shake_256(b"payload").digest(size)
+    text = b64url_encode(data).encode()
+    assert b64url_decode_view(memoryview(text)) == b64url_decode(text) == data
+
+
+@pytest.mark.parametrize("text", [b"ab+d", b"ab/d", b"abc=", b"a", b"ab!d"])
+def test_sliced_base64url_decoding_refuses_what_is_not_unpadded_base64url(text: bytes) -> None:
+    with pytest.raises((ValueError, binascii.Error)):
+        b64url_decode_view(memoryview(text))
