@@ -13,7 +13,7 @@ def make_adapter(config: Config) -> Adapter:
         from krs_plugin.adapters.directory import DirectoryAdapter
 
         return DirectoryAdapter(config.adapter.settings, config_path=config.path)
-    server_adapters = {"bind9": _bind9, "knot": _knot, "nsd": _nsd}
+    server_adapters = {"bind9": _bind9, "knot": _knot, "nsd": _nsd, "powerdns": _powerdns}
     make = server_adapters.get(config.adapter.type)
     if make is None:
         raise ConfigError(
@@ -44,3 +44,11 @@ def _nsd(config: Config) -> Adapter:
     from krs_plugin.adapters.nsd import NsdAdapter
 
     return NsdAdapter(config.adapter.settings, config_path=config.path, zones=sorted(config.zones))
+
+
+def _powerdns(config: Config) -> Adapter:
+    from krs_plugin.adapters.powerdns import PowerDnsAdapter
+
+    return PowerDnsAdapter(
+        config.adapter.settings, config_path=config.path, zones=sorted(config.zones)
+    )

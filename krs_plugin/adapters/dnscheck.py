@@ -54,13 +54,13 @@ class Expectation:
         )
 
 
-def _published(timing: KeyTiming, now: int) -> bool:
+def is_published(timing: KeyTiming, now: int) -> bool:
     if timing.delete is not None and timing.delete <= now:
         return False
-    return timing.publish is None or timing.publish <= now or _active(timing, now)
+    return timing.publish is None or timing.publish <= now or is_active(timing, now)
 
 
-def _active(timing: KeyTiming, now: int) -> bool:
+def is_active(timing: KeyTiming, now: int) -> bool:
     if timing.inactive is not None and timing.inactive <= now:
         return False
     return timing.activate is not None and timing.activate <= now
@@ -71,9 +71,9 @@ def expectation(
 ) -> Expectation:
     """What the server must show for ``keys`` (with their timing) at ``now``."""
     keys = list(keys)
-    present = {k.key_tag for k in keys if _published(k.timing, now)}
-    gone = {k.key_tag for k in keys if not _published(k.timing, now)} | set(removed)
-    active = [k for k in keys if _active(k.timing, now)]
+    present = {k.key_tag for k in keys if is_published(k.timing, now)}
+    gone = {k.key_tag for k in keys if not is_published(k.timing, now)} | set(removed)
+    active = [k for k in keys if is_active(k.timing, now)]
     ksks = {k.key_tag for k in active if k.flags == KSK_FLAGS}
     zsks = {k.key_tag for k in active if k.flags != KSK_FLAGS}
     return Expectation(

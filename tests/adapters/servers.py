@@ -21,6 +21,7 @@ from krs_plugin.adapters.base import Adapter
 from krs_plugin.lab.bind9 import Bind9Lab
 from krs_plugin.lab.knot import KnotLab
 from krs_plugin.lab.nsd import NsdLab
+from krs_plugin.lab.powerdns import PowerDnsLab
 
 ZONES = ("example.com.", "example.net.")
 UNSERVED = "not-served.example."
@@ -193,11 +194,88 @@ class NsdLdnsServerLab(NsdServerLab):
     reload_failure = "ldns-signzone"
 
 
+class PowerDnsServerLab:
+    """pdns_server with the gsqlite3 backend, keys through the HTTP API."""
+
+    name = "powerdns-api"
+    zsk_needs_ksk = False
+    # break_reload marks the zone PRESIGNED (an operator's mistake check() reports): PowerDNS
+    # then refuses the rectify that follows the new key (API and pdnsutil word it differently).
+    reload_failure = "pre-signed"
+    backend = "gsqlite3"
+    method = "api"
+
+    def __init__(self, root: Path) -> None:
+        self.lab = PowerDnsLab(root, ZONES, backend=self.backend)  # type: ignore[arg-type]
+        self.lab.start()
+        self.host = self.lab.host
+        self.port = self.lab.port
+
+    def adapter(self) -> Adapter:
+        from krs_plugin.adapters.powerdns import PowerDnsAdapter
+
+        lab = self.lab.adapter_settings()
+        settings: dict[str, object] = {"method": self.method, "server": lab["server"]}
+        if self.method == "api":
+            settings.update(api_url=lab["api_url"], api_key_file=lab["api_key_file"])
+        else:
+            settings.update(pdnsutil=lab["pdnsutil"], pdns_control=lab["pdns_control"])
+        settings["verify_timeout"] = 3
+        return PowerDnsAdapter(settings, zones=[dns.name.from_text(z) for z in ZONES])
+
+    def stop(self) -> None:
+        self.lab.stop()
+
+    def start(self) -> None:
+        self.lab.start()
+
+    def stored(self) -> list[str]:
+        """Every key row (id, state, tag) and the timing metadata, read with pdnsutil, which
+        needs no running server."""
+        rows = []
+        for zone in ZONES:
+            listing = self.lab.pdnsutil("list-keys", zone).stdout.splitlines()[2:]
+            # Zone Type Act Pub Size Algorithm ID Location Keytag: the id is PowerDNS's row
+            # number (a restored key gets a new one), the key is its tag and state.
+            rows += sorted(
+                f"{zone} {' '.join(w for i, w in enumerate(line.split()) if i not in (0, 6))}"
+                for line in listing
+            )
+            rows.append(self.lab.pdnsutil("get-meta", zone, "X-KRS-KEY-TIMING").stdout)
+        return rows
+
+    def stored_tags(self) -> set[int]:
+        return {int(row.split()[-1]) for row in self.stored() if " cryptokeys " in row}
+
+    def break_reload(self) -> None:
+        self.lab.pdnsutil("set-presigned", ZONES[0])
+
+
+class PowerDnsBindServerLab(PowerDnsServerLab):
+    name = "powerdns-api-bind"
+    backend = "bind"
+
+
+class PowerDnsUtilServerLab(PowerDnsServerLab):
+    name = "powerdns-pdnsutil"
+    method = "pdnsutil"
+    reload_failure = "presigned"
+
+
+class PowerDnsUtilBindServerLab(PowerDnsUtilServerLab):
+    name = "powerdns-pdnsutil-bind"
+    backend = "bind"
+
+
 LABS = {
     "bind9": Bind9ServerLab,
     "knot": KnotServerLab,
     "nsd": NsdServerLab,
     "nsd-ldns": NsdLdnsServerLab,
+    "powerdns-api": PowerDnsServerLab,
+    "powerdns-api-bind": PowerDnsBindServerLab,
+    "powerdns-pdnsutil": PowerDnsUtilServerLab,
+    "powerdns-pdnsutil-bind": PowerDnsUtilBindServerLab,
 }
 
 

@@ -1,0 +1,362 @@
+"""The two ways into PowerDNS's key storage: the HTTP API, and ``pdnsutil`` plus ``pdns_control``
+for hosts without the API. Both offer the same small set of operations, so the adapter has one
+implementation of each step.
+
+What shapes them (docs/servers/powerdns-lab-notes.md, measured against pdns_server 4.7.3):
+- keys are matched by their DNSKEY, never by id (ids are reused after deletion) or keytype (which
+  PowerDNS derives from the current key set);
+- the API answers with private keys: nothing here logs a response or puts one in an error;
+- a change is served ~20 s late (packet cache) unless the zone is flushed; after pdnsutil ~41 s
+  unless ``pdns_control purge`` (the API flush leaves pdns_server's key cache as it was).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import dns.dnssec
+import dns.exception
+import dns.name
+import dns.rdata
+import dns.rdataclass
+import dns.rdatatype
+from dns.rdtypes.ANY.DNSKEY import DNSKEY
+
+from krs_plugin.errors import AdapterError
+from krs_plugin.files import SECRET_MODE
+
+
+@dataclass(frozen=True)
+class PdnsKey:
+    """One cryptokey as PowerDNS stores it (never its private part)."""
+
+    id: int
+    flags: int
+    algorithm: int
+    active: bool
+    published: bool
+    dnskey: DNSKEY
+
+    @property
+    def tag(self) -> int:
+        return dns.dnssec.key_id(self.dnskey)
+
+
+class KeyStore(Protocol):
+    """What the adapter needs from PowerDNS, whichever way it is reached."""
+
+    how: str
+
+    def problems(self) -> list[str]: ...
+    def zone_exists(self, zone: dns.name.Name) -> bool: ...
+    def keys(self, zone: dns.name.Name) -> list[PdnsKey]: ...
+    def private_text(self, zone: dns.name.Name, key_id: int) -> str: ...
+    def add(
+        self, zone: dns.name.Name, private: str, *, keytype: str, active: bool, published: bool
+    ) -> PdnsKey: ...
+    def set_state(
+        self, zone: dns.name.Name, key_id: int, *, active: bool, published: bool
+    ) -> None: ...
+    def remove(self, zone: dns.name.Name, key_id: int) -> None: ...
+    def get_meta(self, zone: dns.name.Name, kind: str) -> list[str]: ...
+    def set_meta(self, zone: dns.name.Name, kind: str, values: Sequence[str]) -> None: ...
+    def rectify(self, zone: dns.name.Name) -> None: ...
+    def refresh(self, zone: dns.name.Name) -> None: ...
+
+
+def parse_dnskey(text: str, where: str) -> DNSKEY:
+    try:
+        rdata = dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.DNSKEY, text)
+    except (dns.exception.DNSException, ValueError) as exc:
+        raise AdapterError(f"{where}: PowerDNS gave an unreadable DNSKEY: {exc}") from None
+    assert isinstance(rdata, DNSKEY)
+    return rdata
+
+
+# --- HTTP API -----------------------------------------------------------------------------------
+
+
+class ApiKeyStore:
+    """``/api/v1/servers/<server_id>/zones/<zone>/cryptokeys`` and friends."""
+
+    how = "api"
+
+    def __init__(self, url: str, key_file: Path, server_id: str, timeout: float) -> None:
+        self.url = url.rstrip("/")
+        self.key_file = key_file
+        self.server_id = server_id
+        self.timeout = timeout
+
+    def _key(self) -> str:
+        try:
+            return self.key_file.read_text().strip()
+        except OSError as exc:
+            raise AdapterError(f"powerdns: cannot read the API key file: {exc}") from None
+
+    def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        """(status, JSON or text). Bodies can hold private keys: callers never show them."""
+        url = f"{self.url}/api/v1/servers/{self.server_id}{path}"
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(
+            url,
+            data=data,
+            method=method,
+            headers={"X-API-Key": self._key(), "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                status, raw = response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            status, raw = exc.code, exc.read()
+        except (OSError, ValueError) as exc:
+            raise AdapterError(f"powerdns API at {self.url} unreachable: {exc}") from None
+        try:
+            return status, json.loads(raw) if raw else None
+        except ValueError:
+            return status, raw.decode("utf-8", "replace").strip()
+
+    def _call(self, method: str, path: str, what: str, body: Any = None) -> Any:
+        status, reply = self.request(method, path, body)
+        if status == 401:
+            raise AdapterError(f"powerdns API: {what}: 401 Unauthorized (wrong API key)")
+        if not 200 <= status < 300:
+            # PowerDNS's own error text; bodies with keys are only ever 2xx answers
+            error = reply.get("error") if isinstance(reply, dict) else reply
+            raise AdapterError(f"powerdns API: {what}: HTTP {status} {str(error)[:200]}")
+        return reply
+
+    @staticmethod
+    def _zone(zone: dns.name.Name) -> str:
+        return "/zones/" + urllib.parse.quote(zone.to_text(), safe="")
+
+    def problems(self) -> list[str]:
+        try:
+            self._call("GET", "", "server status")
+        except AdapterError as exc:
+            return [str(exc)]
+        return []
+
+    def zone_exists(self, zone: dns.name.Name) -> bool:
+        status, _ = self.request("GET", self._zone(zone) + "?rrsets=false")
+        if status == 401:
+            raise AdapterError("powerdns API: 401 Unauthorized (wrong API key)")
+        return status == 200
+
+    def keys(self, zone: dns.name.Name) -> list[PdnsKey]:
+        reply = self._call("GET", self._zone(zone) + "/cryptokeys", f"keys of {zone}")
+        where = f"powerdns, zone {zone}"
+        keys = []
+        for entry in reply:
+            dnskey = parse_dnskey(entry["dnskey"], where)
+            keys.append(
+                PdnsKey(
+                    int(entry["id"]),
+                    int(entry["flags"]),
+                    int(dnskey.algorithm),
+                    bool(entry["active"]),
+                    bool(entry.get("published", True)),
+                    dnskey,
+                )
+            )
+        return keys
+
+    def private_text(self, zone: dns.name.Name, key_id: int) -> str:
+        reply = self._call("GET", f"{self._zone(zone)}/cryptokeys/{key_id}", f"key {key_id}")
+        return str(reply["privatekey"])
+
+    def add(
+        self, zone: dns.name.Name, private: str, *, keytype: str, active: bool, published: bool
+    ) -> PdnsKey:
+        body = {"keytype": keytype, "active": active, "published": published, "privatekey": private}
+        reply = self._call("POST", self._zone(zone) + "/cryptokeys", f"add key to {zone}", body)
+        dnskey = parse_dnskey(reply["dnskey"], f"powerdns, zone {zone}")
+        return PdnsKey(
+            int(reply["id"]), int(reply["flags"]), int(dnskey.algorithm), active, published, dnskey
+        )
+
+    def set_state(self, zone: dns.name.Name, key_id: int, *, active: bool, published: bool) -> None:
+        # Both fields always: a PUT of "active" alone republished an unpublished key.
+        body = {"active": active, "published": published}
+        self._call("PUT", f"{self._zone(zone)}/cryptokeys/{key_id}", f"key {key_id}", body)
+
+    def remove(self, zone: dns.name.Name, key_id: int) -> None:
+        self._call("DELETE", f"{self._zone(zone)}/cryptokeys/{key_id}", f"remove key {key_id}")
+
+    def get_meta(self, zone: dns.name.Name, kind: str) -> list[str]:
+        status, reply = self.request("GET", f"{self._zone(zone)}/metadata/{kind}")
+        if status == 200 and isinstance(reply, dict):
+            return [str(v) for v in reply.get("metadata", [])]
+        if status in (404, 422):
+            return []
+        raise AdapterError(f"powerdns API: metadata {kind} of {zone}: HTTP {status}")
+
+    def set_meta(self, zone: dns.name.Name, kind: str, values: Sequence[str]) -> None:
+        path = f"{self._zone(zone)}/metadata/{kind}"
+        if values:
+            self._call("PUT", path, f"metadata {kind}", {"metadata": list(values)})
+        else:
+            self._call("DELETE", path, f"metadata {kind}")
+
+    def rectify(self, zone: dns.name.Name) -> None:
+        self._call("PUT", self._zone(zone) + "/rectify", f"rectify {zone}")
+
+    def refresh(self, zone: dns.name.Name) -> None:
+        domain = urllib.parse.quote(zone.to_text(), safe="")
+        self._call("PUT", f"/cache/flush?domain={domain}", f"cache flush of {zone}")
+
+
+# --- pdnsutil + pdns_control --------------------------------------------------------------------
+
+_META_LINE = re.compile(r"^(\S+) = (.*)$")
+
+
+class PdnsutilKeyStore:
+    """``pdnsutil`` writes the backend directly; ``pdns_control purge`` makes the server see it."""
+
+    how = "pdnsutil"
+
+    def __init__(self, pdnsutil: Sequence[str], pdns_control: Sequence[str], timeout: float):
+        self.pdnsutil = list(pdnsutil)
+        self.pdns_control = list(pdns_control)
+        self.timeout = timeout
+
+    def _run(self, argv: list[str], what: str) -> str:
+        try:
+            result = subprocess.run(
+                argv, capture_output=True, text=True, timeout=self.timeout, check=False
+            )
+        except FileNotFoundError:
+            raise AdapterError(f"powerdns: {argv[0]} not found") from None
+        except subprocess.TimeoutExpired:
+            raise AdapterError(f"powerdns: {what}: no answer in {self.timeout:g} s") from None
+        if result.returncode != 0:
+            lines = [ln for ln in (result.stderr + result.stdout).splitlines() if ln.strip()]
+            message = next((ln for ln in lines if "rror" in ln or "not found" in ln), None)
+            raise AdapterError(f"powerdns: {what}: {message or (lines[-1] if lines else 'failed')}")
+        return result.stdout
+
+    def util(self, *args: str, what: str) -> str:
+        return self._run([*self.pdnsutil, *args], what)
+
+    def problems(self) -> list[str]:
+        out = []
+        for argv, probe in ((self.pdnsutil, "list-all-zones"), (self.pdns_control, "rping")):
+            try:
+                self._run([*argv, probe], f"{argv[0]} {probe}")
+            except AdapterError as exc:
+                out.append(str(exc))
+        return out
+
+    def zone_exists(self, zone: dns.name.Name) -> bool:
+        try:
+            self.util("list-keys", zone.to_text(), what=f"list-keys {zone}")
+        except AdapterError as exc:
+            if "not found" in str(exc):
+                return False
+            raise
+        return True
+
+    def keys(self, zone: dns.name.Name) -> list[PdnsKey]:
+        """From ``list-keys`` (id, active, published; ``show-zone`` omits keys of a presigned
+        zone and the DNSKEY of a ZSK), each key's DNSKEY from ``export-zone-dnskey``.
+
+        ``list-keys`` is a fixed-width table whose Act and Pub cells are blank when the key is
+        inactive or unpublished; their columns are read at the header's positions."""
+        out = self.util("list-keys", zone.to_text(), what=f"list-keys {zone}")
+        lines = out.splitlines()
+        header = next((ln for ln in lines if ln.startswith("Zone") and " Act " in ln), None)
+        if header is None:
+            raise AdapterError(f"powerdns: pdnsutil list-keys {zone}: unexpected output")
+        act, pub, size = header.index(" Act ") + 1, header.index(" Pub ") + 1, header.index(" Size")
+        keys = []
+        for line in lines[lines.index(header) + 1 :]:
+            words = line.split()
+            if len(words) < 5 or not words[-3].isdigit():
+                continue  # the dashed rule
+            key_id = int(words[-3])  # ... ID Location Keytag
+            dnskey = self._export_dnskey(zone, key_id)
+            active = line[act:pub].strip() == "Act"
+            published = line[pub:size].strip() == "Pub"
+            keys.append(
+                PdnsKey(key_id, dnskey.flags, int(dnskey.algorithm), active, published, dnskey)
+            )
+        return keys
+
+    def _export_dnskey(self, zone: dns.name.Name, key_id: int) -> DNSKEY:
+        out = self.util(
+            "export-zone-dnskey", zone.to_text(), str(key_id), what=f"DNSKEY of key {key_id}"
+        )
+        found = re.search(r"\bDNSKEY\s+(\d+ \d+ \d+ [A-Za-z0-9+/= ]+)", out)
+        if found is None:
+            raise AdapterError(f"powerdns: pdnsutil printed no DNSKEY for key {key_id} of {zone}")
+        return parse_dnskey(found.group(1).strip(), f"zone {zone}")
+
+    def private_text(self, zone: dns.name.Name, key_id: int) -> str:
+        return self.util("export-zone-key", zone.to_text(), str(key_id), what=f"export {key_id}")
+
+    def add(
+        self, zone: dns.name.Name, private: str, *, keytype: str, active: bool, published: bool
+    ) -> PdnsKey:
+        # pdnsutil knows ksk and zsk; a CSK is a KSK that signs alone (flags 257).
+        kind = "zsk" if keytype == "zsk" else "ksk"
+        folder = Path(tempfile.mkdtemp(prefix="krs-pdns-"))
+        try:
+            path = folder / "key.private"
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, SECRET_MODE)
+            with os.fdopen(fd, "w") as out:
+                out.write(private)
+            state = ["active" if active else "inactive", kind]
+            state.append("published" if published else "unpublished")
+            out_text = self.util(
+                "import-zone-key", zone.to_text(), str(path), *state, what=f"import into {zone}"
+            )
+        finally:
+            for child in folder.iterdir():
+                child.unlink()
+            folder.rmdir()
+        key_id = int(out_text.strip().splitlines()[-1])
+        if key_id == 0:  # pdnsutil's answer for a zone that does not exist
+            raise AdapterError(f"powerdns: pdnsutil did not store the key: no zone {zone}")
+        key = next((k for k in self.keys(zone) if k.id == key_id), None)
+        if key is None:
+            raise AdapterError(f"powerdns: key {key_id} not found in {zone} after import")
+        return key
+
+    def set_state(self, zone: dns.name.Name, key_id: int, *, active: bool, published: bool) -> None:
+        name = zone.to_text()
+        self.util("publish-zone-key" if published else "unpublish-zone-key", name, str(key_id),
+                  what=f"publish state of key {key_id}")  # fmt: skip
+        self.util("activate-zone-key" if active else "deactivate-zone-key", name, str(key_id),
+                  what=f"active state of key {key_id}")  # fmt: skip
+
+    def remove(self, zone: dns.name.Name, key_id: int) -> None:
+        self.util("remove-zone-key", zone.to_text(), str(key_id), what=f"remove key {key_id}")
+
+    def get_meta(self, zone: dns.name.Name, kind: str) -> list[str]:
+        out = self.util("get-meta", zone.to_text(), kind, what=f"get-meta {kind}")
+        for line in out.splitlines():
+            found = _META_LINE.match(line.strip())
+            if found and found.group(1) == kind:
+                return [v.strip() for v in found.group(2).split(", ") if v.strip()]
+        return []
+
+    def set_meta(self, zone: dns.name.Name, kind: str, values: Sequence[str]) -> None:
+        self.util("set-meta", zone.to_text(), kind, *values, what=f"set-meta {kind}")
+
+    def rectify(self, zone: dns.name.Name) -> None:
+        self.util("rectify-zone", zone.to_text(), what=f"rectify-zone {zone}")
+
+    def refresh(self, zone: dns.name.Name) -> None:
+        pattern = zone.to_text().rstrip(".") + "$"  # "$": the zone and every name under it
+        self._run([*self.pdns_control, "purge", pattern], f"pdns_control purge {pattern}")

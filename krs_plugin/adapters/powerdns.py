@@ -1,0 +1,429 @@
+"""PowerDNS Authoritative adapter: keys into PowerDNS's own key storage (cryptokeys), through the
+HTTP API or ``pdnsutil``, the caches purged, success decided over DNS.
+
+PowerDNS 4.7 signs on the fly with every *active* key and publishes every *published* one; it
+has no key timing of its own. So the payload's timing is kept beside the keys, in the zone's
+metadata (``X-KRS-KEY-TIMING``, in the same backend as the keys), and the adapter turns it into
+the two flags: at apply time, and later from ``maintain()`` (``krs run`` calls it when the next
+publish, activate, inactive or delete time comes). What else shapes the steps
+(docs/servers/powerdns.md, measured against pdns_server 4.7.3):
+
+- PowerDNS derives the DNSKEY from the private key it is given and accepts a key under the wrong
+  algorithm label: the DNSKEY it answers with is compared with the expected one;
+- an active but unpublished key makes the zone bogus, so "active" always comes with "published";
+- gsqlite3 serves a wrong NSEC chain until the zone is rectified; the bind backend needs none, and
+  a rectify there is harmless, so every change ends with one (``rectify: false`` turns it off);
+- a change is served late unless the caches are purged: the API's flush after API calls,
+  ``pdns_control purge`` after pdnsutil (the API flush leaves the key cache alone).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import dns.name
+
+from krs_plugin.adapters.base import (
+    ApplyResult,
+    InstalledKey,
+    KeyPlan,
+    PlannedKey,
+    Problem,
+    Verification,
+)
+from krs_plugin.adapters.dnscheck import (
+    KeyState,
+    expectation,
+    is_active,
+    is_published,
+    wait_served,
+)
+from krs_plugin.adapters.pdnsctl import ApiKeyStore, KeyStore, PdnsKey, PdnsutilKeyStore
+from krs_plugin.dnssec import KeyTiming
+from krs_plugin.errors import AdapterError, ConfigError, KrsError
+
+log = logging.getLogger(__name__)
+
+TIMING_KIND = "X-KRS-KEY-TIMING"
+TIMES = ("publish", "activate", "inactive", "delete")
+IDLE_WAIT = 3600.0
+
+SETTINGS = {
+    "method",
+    "api_url",
+    "api_key_file",
+    "server_id",
+    "pdnsutil",
+    "pdns_control",
+    "server",
+    "rectify",
+    "timeout",
+    "verify_timeout",
+}
+
+
+def _command(value: object, default: str, name: str) -> list[str]:
+    if value is None:
+        return [default]
+    if isinstance(value, str) and value:
+        return value.split()
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise ConfigError(f"adapter.settings.{name}: a command (string or list of strings)")
+
+
+def _identity(tag: int, algorithm: int, flags: int) -> str:
+    return f"{tag} {algorithm} {flags}"
+
+
+def _timing_entry(identity: str, timing: KeyTiming) -> str:
+    values = [getattr(timing, name) for name in TIMES]
+    return " ".join([identity, *("-" if v is None else str(v) for v in values)])
+
+
+def _parse_timing(values: Iterable[str]) -> dict[str, KeyTiming]:
+    """Metadata values back to timing by key identity; what does not parse is ignored (and
+    rewritten at the next change), so a hand edit cannot stop the node."""
+    out: dict[str, KeyTiming] = {}
+    for value in values:
+        parts = value.split()
+        if len(parts) != 7:
+            continue
+        try:
+            times = [None if p == "-" else int(p) for p in parts[3:]]
+            out[" ".join(parts[:3])] = KeyTiming(None, *times)
+        except (ValueError, KrsError):
+            continue
+    return out
+
+
+class PowerDnsAdapter:
+    name = "powerdns"
+
+    def __init__(
+        self,
+        settings: Mapping[str, Any],
+        *,
+        config_path: Path | None = None,
+        zones: Iterable[dns.name.Name] = (),
+    ) -> None:
+        unknown = sorted(set(settings) - SETTINGS)
+        if unknown:
+            raise ConfigError(
+                f"adapter.settings: unknown key(s) for powerdns: {', '.join(unknown)}"
+            )
+        base = config_path.parent if config_path is not None else None
+        timeout = float(settings.get("timeout", 10))
+        method = settings.get("method", "api")
+        self.store: KeyStore
+        if method == "api":
+            if "api_key_file" not in settings:
+                raise ConfigError(
+                    "adapter.settings.api_key_file: required with method api (a file holding "
+                    "PowerDNS's api-key, readable by the KRS only)"
+                )
+            key_file = Path(str(settings["api_key_file"]))
+            if not key_file.is_absolute() and base is not None:
+                key_file = base / key_file
+            self.store = ApiKeyStore(
+                str(settings.get("api_url", "http://127.0.0.1:8081")),
+                key_file,
+                str(settings.get("server_id", "localhost")),
+                timeout,
+            )
+        elif method == "pdnsutil":
+            self.store = PdnsutilKeyStore(
+                _command(settings.get("pdnsutil"), "pdnsutil", "pdnsutil"),
+                _command(settings.get("pdns_control"), "pdns_control", "pdns_control"),
+                timeout,
+            )
+        else:
+            raise ConfigError(f"adapter.settings.method: 'api' or 'pdnsutil', not {method!r}")
+        server = str(settings.get("server", "127.0.0.1:53"))
+        host, _, port = server.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"adapter.settings.server: expected host:port, got {server!r}")
+        self.host, self.port = host.strip("[]"), int(port)
+        rectify = settings.get("rectify", True)
+        if not isinstance(rectify, bool):
+            raise ConfigError("adapter.settings.rectify: true or false")
+        self.rectify = rectify
+        self.verify_timeout = float(settings.get("verify_timeout", 10))
+        self.zones = tuple(zones)
+
+    # --- the Adapter interface ------------------------------------------------------------
+
+    def check(self) -> list[Problem]:
+        reached = self.store.problems()
+        if reached:
+            fix = (
+                "check api_url, the api-key in api_key_file, and that pdns_server runs with "
+                "api=yes and webserver=yes"
+                if self.store.how == "api"
+                else "apt-get install pdns-server (pdnsutil, pdns_control); the KRS user must "
+                "read pdns.conf and use pdns_server's control socket"
+            )
+            return [Problem(p, fix) for p in reached]
+        problems = []
+        for zone in self.zones:
+            try:
+                exists = self.store.zone_exists(zone)
+                if exists:
+                    self.store.keys(zone)
+            except AdapterError as exc:
+                problems.append(
+                    Problem(
+                        f"PowerDNS cannot list keys of {zone}: {exc}",
+                        "the backend needs DNSSEC storage: gsqlite3/gmysql/gpgsql with the "
+                        "dnssec schema, or the bind backend with bind-dnssec-db",
+                    )
+                )
+                continue
+            if not exists:
+                problems.append(
+                    Problem(
+                        f"PowerDNS does not serve zone {zone}",
+                        f"create {zone} in PowerDNS or remove it from zones in krs.yaml",
+                    )
+                )
+        return problems
+
+    def current_keys(self, zone: dns.name.Name) -> list[InstalledKey]:
+        timings = _parse_timing(self.store.get_meta(zone, TIMING_KIND))
+        return [
+            InstalledKey(zone, k.tag, k.algorithm, k.flags, self._timing_of(k, timings))
+            for k in self.store.keys(zone)
+        ]
+
+    @staticmethod
+    def _timing_of(key: PdnsKey, timings: Mapping[str, KeyTiming]) -> KeyTiming:
+        """The payload's timing for our keys; for others, what their flags say now."""
+        known = timings.get(_identity(key.tag, key.algorithm, key.flags))
+        if known is not None:
+            return known
+        return KeyTiming(
+            publish=0 if key.published or key.active else None,
+            activate=0 if key.active else None,
+        )
+
+    def snapshot(self, zone: dns.name.Name) -> str:
+        return json.dumps(self._snapshot(zone, self.store.keys(zone)))
+
+    def _snapshot(self, zone: dns.name.Name, keys: Sequence[PdnsKey]) -> dict[str, Any]:
+        return {
+            "keys": [
+                {
+                    "dnskey": k.dnskey.to_text(),
+                    "flags": k.flags,
+                    "active": k.active,
+                    "published": k.published,
+                    "private": self.store.private_text(zone, k.id),
+                }
+                for k in keys
+            ],
+            "timing": self.store.get_meta(zone, TIMING_KIND),
+        }
+
+    def restore(self, zone: dns.name.Name, snapshot: str) -> None:
+        outcome = self._restore(zone, json.loads(snapshot))
+        if outcome is not None:
+            raise AdapterError(f"powerdns, zone {zone}: restoring the previous keys: {outcome}")
+
+    def apply(self, zone: dns.name.Name, plan: KeyPlan) -> ApplyResult:
+        try:  # everything read before anything is written
+            if not self.store.zone_exists(zone):
+                raise AdapterError("PowerDNS does not serve this zone")
+            keys = self.store.keys(zone)
+            before = self._snapshot(zone, keys)
+        except (KrsError, OSError) as exc:
+            raise AdapterError(f"powerdns, zone {zone}: {exc}; nothing was changed") from exc
+        timings = _parse_timing(before["timing"])
+        installed: list[int] = []
+        retired: list[int] = []
+        removed: list[int] = []
+        step = "start"
+        now = int(time.time())
+        try:
+            for planned in plan.install:
+                step = f"add key {planned.key.key_tag}"
+                if self._install(zone, planned, keys, timings, now):
+                    installed.append(planned.key.key_tag)
+            for tag in plan.retire:
+                step = f"retire key {tag}"
+                for key in (k for k in keys if k.tag == tag):
+                    timing = self._timing_of(key, timings)
+                    if timing.inactive is not None and timing.inactive <= now:
+                        continue
+                    new = dataclasses.replace(
+                        timing, inactive=now, delete=plan.retire_delete_at or timing.delete
+                    )
+                    timings[_identity(key.tag, key.algorithm, key.flags)] = new
+                    self._set_state(zone, key, new, now)
+                    retired.append(tag)
+            for tag in plan.remove:
+                step = f"remove key {tag}"
+                for key in (k for k in keys if k.tag == tag):
+                    self.store.remove(zone, key.id)
+                    timings.pop(_identity(key.tag, key.algorithm, key.flags), None)
+                    removed.append(tag)
+            changed = bool(installed or retired or removed)
+            if changed:
+                step = f"metadata {TIMING_KIND}"
+                self._write_timings(zone, timings)
+                step = "rectify and purge caches"
+                self._publish(zone)
+            step = "verify"
+            verification = self._wait(zone, removed)
+            if not verification.ok:
+                raise AdapterError("; ".join(verification.details))
+        except (KrsError, OSError) as exc:
+            outcome = self._restore(zone, before) or "PowerDNS serves the previous keys again"
+            raise AdapterError(
+                f"powerdns, zone {zone}: step '{step}' failed: {exc}; previous keys restored"
+                f" ({outcome})"
+            ) from exc
+        return ApplyResult(
+            zone, changed, tuple(installed), tuple(retired), tuple(removed), verification
+        )
+
+    def _install(
+        self,
+        zone: dns.name.Name,
+        planned: PlannedKey,
+        keys: list[PdnsKey],
+        timings: dict[str, KeyTiming],
+        now: int,
+    ) -> bool:
+        """Add ``planned`` or bring its state and timing up to date; False if nothing changed."""
+        key = planned.key
+        identity = _identity(key.key_tag, key.algorithm, key.flags)
+        timing = dataclasses.replace(planned.timing, created=None)
+        existing = next((k for k in keys if k.dnskey == key.dnskey), None)
+        if existing is not None:
+            changed = timings.get(identity) != timing
+            timings[identity] = timing
+            return self._set_state(zone, existing, timing, now) or changed
+        added = self.store.add(
+            zone,
+            key.to_bind_private(),
+            keytype=planned.role.lower(),
+            active=is_active(timing, now),
+            published=is_published(timing, now),
+        )
+        keys.append(added)
+        if added.dnskey != key.dnskey:
+            raise AdapterError(
+                f"PowerDNS derived DNSKEY tag {added.tag} from the private key of key "
+                f"{key.key_tag}: it read the key differently"
+            )
+        timings[identity] = timing
+        return True
+
+    def _set_state(self, zone: dns.name.Name, key: PdnsKey, timing: KeyTiming, now: int) -> bool:
+        active, published = is_active(timing, now), is_published(timing, now)
+        if (key.active, key.published) == (active, published):
+            return False
+        self.store.set_state(zone, key.id, active=active, published=published)
+        return True
+
+    def _write_timings(self, zone: dns.name.Name, timings: Mapping[str, KeyTiming]) -> None:
+        present = {_identity(k.tag, k.algorithm, k.flags) for k in self.store.keys(zone)}
+        values = [_timing_entry(i, t) for i, t in sorted(timings.items()) if i in present]
+        self.store.set_meta(zone, TIMING_KIND, values)
+
+    def _publish(self, zone: dns.name.Name) -> None:
+        if self.rectify:
+            self.store.rectify(zone)
+        self.store.refresh(zone)
+
+    def verify(self, zone: dns.name.Name, plan: KeyPlan) -> Verification:
+        return self._wait(zone, plan.remove)
+
+    def _wait(self, zone: dns.name.Name, removed: Iterable[int]) -> Verification:
+        keys = [KeyState(k.key_tag, k.flags, k.timing) for k in self.current_keys(zone)]
+        expect = expectation(zone, keys, removed, int(time.time()))
+        return wait_served(expect, self.host, self.port, timeout=self.verify_timeout)
+
+    def _restore(self, zone: dns.name.Name, before: Mapping[str, Any]) -> str | None:
+        """Make the zone's keys, their flags and timing ``before`` again; None when PowerDNS
+        serves them, else what went wrong (for the error message)."""
+        wanted = {entry["dnskey"]: entry for entry in before["keys"]}
+        try:
+            current = {k.dnskey.to_text(): k for k in self.store.keys(zone)}
+            gone = [k.tag for text, k in current.items() if text not in wanted]
+            for text, stale in current.items():
+                if text not in wanted:
+                    self.store.remove(zone, stale.id)
+            for text, entry in wanted.items():
+                key = current.get(text)
+                if key is None:
+                    self.store.add(
+                        zone,
+                        entry["private"],
+                        keytype="ksk" if entry["flags"] == 257 else "zsk",
+                        active=entry["active"],
+                        published=entry["published"],
+                    )
+                elif (key.active, key.published) != (entry["active"], entry["published"]):
+                    self.store.set_state(
+                        zone, key.id, active=entry["active"], published=entry["published"]
+                    )
+            self.store.set_meta(zone, TIMING_KIND, before["timing"])
+        except (KrsError, OSError) as exc:
+            return f"PowerDNS could not be given the previous keys: {exc}"
+        try:
+            self._publish(zone)
+        except (KrsError, OSError) as exc:
+            return f"the previous keys are stored again, but PowerDNS was not told: {exc}"
+        result = self._wait(zone, gone)
+        return None if result.ok else "; ".join(result.details)
+
+    # --- timing: what PowerDNS cannot schedule itself -----------------------------------------
+
+    def maintain(self) -> float:
+        """Bring each zone's flags in line with its keys' timing (publish, activate, retire,
+        delete as their times pass); the seconds until the next such time."""
+        now = int(time.time())
+        upcoming: list[int] = []
+        for zone in self.zones:
+            try:
+                upcoming += self._maintain_zone(zone, now)
+            except (KrsError, OSError) as exc:
+                log.error("powerdns, zone %s: applying key timing failed: %s", zone, exc)
+                upcoming.append(now + 60)
+        return float(max(1, min(upcoming) - now)) if upcoming else IDLE_WAIT
+
+    def _maintain_zone(self, zone: dns.name.Name, now: int) -> list[int]:
+        timings = _parse_timing(self.store.get_meta(zone, TIMING_KIND))
+        if not timings:
+            return []
+        changed = False
+        for key in self.store.keys(zone):
+            identity = _identity(key.tag, key.algorithm, key.flags)
+            timing = timings.get(identity)
+            if timing is None:
+                continue
+            if timing.delete is not None and timing.delete <= now:
+                log.info("powerdns, zone %s: key %d reached its delete time", zone, key.tag)
+                self.store.remove(zone, key.id)
+                timings.pop(identity)
+                changed = True
+            elif self._set_state(zone, key, timing, now):
+                log.info("powerdns, zone %s: key %d now %s", zone, key.tag,
+                         "active" if is_active(timing, now) else "inactive")  # fmt: skip
+                changed = True
+        if changed:
+            self._write_timings(zone, timings)
+            self._publish(zone)
+        return [
+            value
+            for timing in timings.values()
+            for value in (getattr(timing, name) for name in TIMES)
+            if value is not None and value > now
+        ]
