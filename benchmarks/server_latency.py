@@ -1,14 +1,18 @@
 """NOTIFY-to-served latency for a new ZSK with a real nameserver, next to the server's own floor.
 
-Run:  .venv/bin/python benchmarks/server_latency.py --server bind9|knot [--runs 20]
-      [--backend hpke|jose]
+Run:  .venv/bin/python benchmarks/server_latency.py --server bind9|knot|powerdns [--runs 20]
+      [--backend hpke|jose] [--pdns-method api|pdnsutil] [--pdns-backend gsqlite3|bind]
 
 1. Floor: what the server itself needs, with the tools an operator would type.
    BIND 9: the key files of a new ZSK are written into the key directory (not timed), then the
    clock runs from ``rndc loadkeys``. Knot: the clock runs from ``keymgr import-pem`` (the KASP
-   database is the server's key store) through ``knotc -b zone-keys-load``. Both stop when the
-   server answers an SOA whose RRSIG by the new ZSK validates (dnspython), polled every
-   millisecond over TCP.
+   database is the server's key store) through ``knotc -b zone-keys-load``. PowerDNS (API
+   method): the clock runs from the ``POST .../cryptokeys`` of the key (active, published)
+   through ``PUT .../rectify`` and ``PUT /cache/flush``; with ``--pdns-method pdnsutil``, from
+   ``pdnsutil import-zone-key`` (key file written before, not timed) through ``pdnsutil
+   rectify-zone`` and ``pdns_control purge``: the same steps as the adapter, without the KRS.
+   All stop when the server answers an SOA whose RRSIG by the new ZSK validates against the
+   served DNSKEY RRset (dnspython), polled every millisecond over TCP.
 2. KRS: a real ``krs-kdc serve``, the server and ``krs run`` (its adapter) on loopback. For each
    run the KDC makes a new ZSK and stores a distribution (not timed); the clock starts when the
    NOTIFY for it is sent to the KRS (by this script, so that the KDC's 0.5 s scheduling tick is
@@ -19,6 +23,7 @@ Target (issues 5 and 6): KRS p50 and p95 within 1.5 x the floor + 200 ms.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import subprocess
@@ -42,11 +47,12 @@ from krs_plugin.lab.bind9 import Bind9Lab
 from krs_plugin.lab.deployment import CZ, Deployment
 from krs_plugin.lab.knot import KnotLab
 from krs_plugin.lab.ports import free_port
+from krs_plugin.lab.powerdns import PowerDnsLab
 from krs_plugin.protocol import notify_name
 
 ZONE = "example.com."
 NAME = dns.name.from_text(ZONE)
-Lab = Bind9Lab | KnotLab
+Lab = Bind9Lab | KnotLab | PowerDnsLab
 
 
 def signed_by(lab: Lab, tag: int) -> bool:
@@ -141,22 +147,95 @@ def knot_floor(root: Path, runs: int) -> list[float]:
         lab.stop()
 
 
-FLOORS = {"bind9": (bind9_floor, "rndc loadkeys"), "knot": (knot_floor, "keymgr + keys-load")}
+def powerdns_floor(root: Path, runs: int, method: str, backend: str) -> list[float]:
+    lab = PowerDnsLab(root / "floor", [ZONE], backend=backend)  # type: ignore[arg-type]
+    lab.start()
+    key_file = root / "key.private"
+
+    def run(*argv: str) -> None:
+        subprocess.run(argv, check=True, capture_output=True)
+
+    def api(method: str, path: str, body: object = None, expect: int = 200) -> None:
+        status, _ = lab.api(method, path, body)  # the reply holds the private key: not shown
+        if status != expect:
+            raise SystemExit(f"PowerDNS API {method} {path}: HTTP {status}")
+
+    def add(flags: int) -> float:
+        """Seconds from the first call for a new key to its valid RRSIG over SOA (a KSK alone
+        signs everything in PowerDNS, so the first key is waited for the same way)."""
+        key = generate_key(ZONE, 13, flags)
+        private = key.to_bind_private()
+        keytype = "ksk" if flags == 257 else "zsk"
+        if method == "pdnsutil":
+            key_file.write_text(private)
+            start = time.perf_counter()
+            run(*lab.pdnsutil_command, "import-zone-key", ZONE, str(key_file), "active", keytype,
+                "published")  # fmt: skip
+            run(*lab.pdnsutil_command, "rectify-zone", ZONE)
+            run(*lab.pdns_control_command, "purge", ZONE.rstrip(".") + "$")
+        else:
+            body = {"keytype": keytype, "active": True, "published": True, "privatekey": private}
+            start = time.perf_counter()
+            api("POST", f"/zones/{ZONE}/cryptokeys", body, 201)
+            api("PUT", f"/zones/{ZONE}/rectify")
+            api("PUT", f"/cache/flush?domain={ZONE}")
+        return wait_signed(lab, key.key_tag) - start
+
+    try:
+        add(257)
+        add(256)  # the zone signed, rectified and cached before the first timed key
+        return [add(256) for _ in range(runs)]
+    finally:
+        key_file.unlink(missing_ok=True)
+        lab.stop()
 
 
-def start_lab(server: str, root: Path) -> Lab:
-    lab: Lab = Bind9Lab(root / "named", [ZONE]) if server == "bind9" else KnotLab(root, [ZONE])
+FLOORS = {
+    "bind9": (bind9_floor, "rndc loadkeys"),
+    "knot": (knot_floor, "keymgr + keys-load"),
+    "powerdns": (powerdns_floor, "API POST + rectify + flush"),
+}
+
+
+def start_lab(server: str, root: Path, pdns_backend: str = "gsqlite3") -> Lab:
+    lab: Lab
+    if server == "bind9":
+        lab = Bind9Lab(root / "named", [ZONE])
+    elif server == "knot":
+        lab = KnotLab(root, [ZONE])
+    else:
+        lab = PowerDnsLab(root, [ZONE], backend=pdns_backend)  # type: ignore[arg-type]
     lab.start()
     return lab
 
 
-def krs_path(root: Path, runs: int, backend: str, server: str) -> list[float]:
-    lab = start_lab(server, root / server)
+def adapter_settings(lab: Lab, pdns_method: str) -> dict[str, object]:
+    if not isinstance(lab, PowerDnsLab):
+        return dict(lab.adapter_settings())
+    # the lab's settings also name the backend and both ways in: krs.yaml takes one method
+    lab_settings = lab.adapter_settings()
+    names = ("api_url", "api_key_file") if pdns_method == "api" else ("pdnsutil", "pdns_control")
+    return {
+        "method": pdns_method,
+        "server": lab_settings["server"],
+        **{name: lab_settings[name] for name in names},
+    }
+
+
+def krs_path(
+    root: Path,
+    runs: int,
+    backend: str,
+    server: str,
+    pdns_method: str = "api",
+    pdns_backend: str = "gsqlite3",
+) -> list[float]:
+    lab = start_lab(server, root / server, pdns_backend)
     deployment = Deployment(
         root / "kdc-and-node",
         backend,
         zones=(ZONE,),
-        adapter={"type": server, "settings": lab.adapter_settings()},
+        adapter={"type": server, "settings": adapter_settings(lab, pdns_method)},
         kdc_notify_port=free_port(),  # the KDC's own NOTIFY goes nowhere: this script sends it
     )
     try:
@@ -196,14 +275,25 @@ def main() -> int:
     parser.add_argument("--server", choices=sorted(FLOORS), default="bind9")
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--backend", choices=("hpke", "jose"), default="hpke")
+    parser.add_argument("--pdns-method", choices=("api", "pdnsutil"), default="api")
+    parser.add_argument("--pdns-backend", choices=("gsqlite3", "bind"), default="gsqlite3")
     args = parser.parse_args()
     floor, floor_name = FLOORS[args.server]
+    if args.server == "powerdns":
+        floor = functools.partial(
+            powerdns_floor, method=args.pdns_method, backend=args.pdns_backend
+        )
+        if args.pdns_method == "pdnsutil":
+            floor_name = "pdnsutil import + rectify + purge"
+        print(f"PowerDNS: method {args.pdns_method}, backend {args.pdns_backend}")
     with tempfile.TemporaryDirectory(prefix=f"krs-bench-{args.server}-") as tmp:
         root = Path(tmp)
         floor_p50, floor_p95 = summary(f"floor: {floor_name}", floor(root, args.runs))
         krs_p50, krs_p95 = summary(
             f"KRS ({args.backend}): NOTIFY to served",
-            krs_path(root, args.runs, args.backend, args.server),
+            krs_path(
+                root, args.runs, args.backend, args.server, args.pdns_method, args.pdns_backend
+            ),
         )
     ok = True
     for what, value, base in (("p50", krs_p50, floor_p50), ("p95", krs_p95, floor_p95)):
