@@ -7,7 +7,10 @@ What shapes them (docs/servers/powerdns-lab-notes.md, measured against pdns_serv
   PowerDNS derives from the current key set);
 - the API answers with private keys: nothing here logs a response or puts one in an error;
 - a change is served ~20 s late (packet cache) unless the zone is flushed; after pdnsutil ~41 s
-  unless ``pdns_control purge`` (the API flush leaves pdns_server's key cache as it was).
+  unless ``pdns_control purge`` (the API flush leaves pdns_server's key cache as it was);
+- a backend without DNSSEC storage lists no keys and refuses to add one; the only sign of it that
+  writes nothing is the zone's ``PRESIGNED`` metadata, which such a backend cannot look up (API
+  404, no ``PRESIGNED =`` line from ``pdnsutil get-meta``) and which also tells a presigned zone.
 """
 
 from __future__ import annotations
@@ -33,8 +36,11 @@ import dns.rdataclass
 import dns.rdatatype
 from dns.rdtypes.ANY.DNSKEY import DNSKEY
 
+from krs_plugin.adapters.base import Problem
 from krs_plugin.errors import AdapterError
 from krs_plugin.files import SECRET_MODE
+
+PRESIGNED = "PRESIGNED"
 
 
 @dataclass(frozen=True)
@@ -58,8 +64,16 @@ class KeyStore(Protocol):
 
     how: str
 
-    def problems(self) -> list[str]: ...
+    def problems(self) -> list[Problem]:
+        """What keeps the adapter from reaching PowerDNS at all, each with its fix."""
+        ...
+
     def zone_exists(self, zone: dns.name.Name) -> bool: ...
+    def presigned(self, zone: dns.name.Name) -> bool | None:
+        """Whether the zone (which exists) is marked PRESIGNED; None when its backend has no
+        DNSSEC storage (no keys, no DNSSEC metadata)."""
+        ...
+
     def keys(self, zone: dns.name.Name) -> list[PdnsKey]: ...
     def private_text(self, zone: dns.name.Name, key_id: int) -> str: ...
     def add(
@@ -102,7 +116,10 @@ class ApiKeyStore:
         try:
             return self.key_file.read_text().strip()
         except OSError as exc:
-            raise AdapterError(f"powerdns: cannot read the API key file: {exc}") from None
+            reason = exc.strerror or type(exc).__name__
+            raise AdapterError(
+                f"powerdns: cannot read the API key file {self.key_file}: {reason}"
+            ) from None
 
     def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         """(status, JSON or text). Bodies can hold private keys: callers never show them."""
@@ -120,16 +137,27 @@ class ApiKeyStore:
         except urllib.error.HTTPError as exc:
             status, raw = exc.code, exc.read()
         except (OSError, ValueError) as exc:
-            raise AdapterError(f"powerdns API at {self.url} unreachable: {exc}") from None
+            reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+            if isinstance(reason, OSError) and reason.strerror:
+                reason = reason.strerror
+            raise AdapterError(
+                f"powerdns: the API at {self.url} does not answer: {reason}"
+            ) from None
         try:
             return status, json.loads(raw) if raw else None
         except ValueError:
             return status, raw.decode("utf-8", "replace").strip()
 
+    def _refused(self, what: str) -> AdapterError:
+        return AdapterError(
+            f"powerdns API: {what}: 401 Unauthorized, PowerDNS refuses the API key in "
+            f"{self.key_file}"
+        )
+
     def _call(self, method: str, path: str, what: str, body: Any = None) -> Any:
         status, reply = self.request(method, path, body)
         if status == 401:
-            raise AdapterError(f"powerdns API: {what}: 401 Unauthorized (wrong API key)")
+            raise self._refused(what)
         if not 200 <= status < 300:
             # PowerDNS's own error text; bodies with keys are only ever 2xx answers
             error = reply.get("error") if isinstance(reply, dict) else reply
@@ -140,18 +168,75 @@ class ApiKeyStore:
     def _zone(zone: dns.name.Name) -> str:
         return "/zones/" + urllib.parse.quote(zone.to_text(), safe="")
 
-    def problems(self) -> list[str]:
+    def problems(self) -> list[Problem]:
         try:
-            self._call("GET", "", "server status")
+            self._key()
         except AdapterError as exc:
-            return [str(exc)]
+            return [
+                Problem(
+                    str(exc),
+                    f"put pdns_server's api-key (from pdns.conf) into {self.key_file}, "
+                    "readable by the KRS user only (chmod 600), or set api_key_file",
+                )
+            ]
+        try:
+            status, _ = self.request("GET", "")
+        except AdapterError as exc:
+            return [
+                Problem(
+                    str(exc),
+                    "start pdns_server with webserver=yes and api=yes, set api_url to its "
+                    "webserver-address and webserver-port, and let this host in with "
+                    "webserver-allow-from",
+                )
+            ]
+        if status == 401:
+            return [
+                Problem(
+                    str(self._refused("server status")),
+                    f"put the api-key from pdns.conf into {self.key_file}",
+                )
+            ]
+        if status == 404:
+            return [
+                Problem(
+                    f"powerdns: {self.url} answers, but /api/v1/servers/{self.server_id} is "
+                    "not there (HTTP 404)",
+                    "set api=yes in pdns.conf and restart pdns_server; server_id in krs.yaml "
+                    "must be localhost (PowerDNS's only server id)",
+                )
+            ]
+        if not 200 <= status < 300:
+            return [
+                Problem(
+                    f"powerdns API: server status: HTTP {status}",
+                    "see pdns_server's log for the request",
+                )
+            ]
         return []
 
     def zone_exists(self, zone: dns.name.Name) -> bool:
-        status, _ = self.request("GET", self._zone(zone) + "?rrsets=false")
+        status, reply = self.request("GET", self._zone(zone) + "?rrsets=false")
         if status == 401:
-            raise AdapterError("powerdns API: 401 Unauthorized (wrong API key)")
-        return status == 200
+            raise self._refused(f"zone {zone}")
+        if status == 404:
+            # also what a webserver without the API says: absent only if the API answers
+            self._call("GET", "", "server status")
+            return False
+        if status != 200:
+            error = reply.get("error") if isinstance(reply, dict) else reply
+            raise AdapterError(f"powerdns API: zone {zone}: HTTP {status} {str(error)[:200]}")
+        return True
+
+    def presigned(self, zone: dns.name.Name) -> bool | None:
+        status, reply = self.request("GET", f"{self._zone(zone)}/metadata/{PRESIGNED}")
+        if status == 401:
+            raise self._refused(f"metadata {PRESIGNED} of {zone}")
+        if status == 404:  # the zone exists: its backend cannot look the kind up
+            return None
+        if status != 200 or not isinstance(reply, dict):
+            raise AdapterError(f"powerdns API: metadata {PRESIGNED} of {zone}: HTTP {status}")
+        return "1" in reply.get("metadata", [])
 
     def keys(self, zone: dns.name.Name) -> list[PdnsKey]:
         reply = self._call("GET", self._zone(zone) + "/cryptokeys", f"keys of {zone}")
@@ -195,6 +280,8 @@ class ApiKeyStore:
 
     def get_meta(self, zone: dns.name.Name, kind: str) -> list[str]:
         status, reply = self.request("GET", f"{self._zone(zone)}/metadata/{kind}")
+        if status == 401:
+            raise self._refused(f"metadata {kind} of {zone}")
         if status == 200 and isinstance(reply, dict):
             return [str(v) for v in reply.get("metadata", [])]
         if status in (404, 422):
@@ -249,13 +336,34 @@ class PdnsutilKeyStore:
     def util(self, *args: str, what: str) -> str:
         return self._run([*self.pdnsutil, *args], what)
 
-    def problems(self) -> list[str]:
+    def problems(self) -> list[Problem]:
         out = []
-        for argv, probe in ((self.pdnsutil, "list-all-zones"), (self.pdns_control, "rping")):
-            try:
-                self._run([*argv, probe], f"{argv[0]} {probe}")
-            except AdapterError as exc:
-                out.append(str(exc))
+        try:
+            self.util("list-all-zones", what="pdnsutil list-all-zones")
+        except AdapterError as exc:
+            out.append(
+                Problem(
+                    str(exc),
+                    "apt-get install pdns-server (or set pdnsutil in krs.yaml to its path and "
+                    "--config-dir); the KRS user must read pdns.conf and the backend's database"
+                    if "not found" in str(exc)
+                    else "the KRS user must read pdns.conf and the backend's database (and "
+                    "write it); pdnsutil must be given pdns_server's --config-dir",
+                )
+            )
+        try:
+            self._run([*self.pdns_control, "rping"], "pdns_control rping")
+        except AdapterError as exc:
+            out.append(
+                Problem(
+                    str(exc),
+                    "apt-get install pdns-server (or set pdns_control in krs.yaml to its path)"
+                    if "not found" in str(exc)
+                    else "pdns_server must run, and the KRS user must be able to use its "
+                    "control socket (pdns.controlsocket in socket-dir; pdns_control needs the "
+                    "same --socket-dir)",
+                )
+            )
         return out
 
     def zone_exists(self, zone: dns.name.Name) -> bool:
@@ -266,6 +374,14 @@ class PdnsutilKeyStore:
                 return False
             raise
         return True
+
+    def presigned(self, zone: dns.name.Name) -> bool | None:
+        out = self.util("get-meta", zone.to_text(), PRESIGNED, what=f"get-meta {PRESIGNED}")
+        for line in out.splitlines():
+            name, _, value = line.partition(" =")
+            if name == PRESIGNED:
+                return value.strip() == "1"
+        return None  # pdnsutil prints "KIND = " for a kind that is looked up and not set
 
     def keys(self, zone: dns.name.Name) -> list[PdnsKey]:
         """From ``list-keys`` (id, active, published; ``show-zone`` omits keys of a presigned

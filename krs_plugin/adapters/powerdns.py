@@ -160,39 +160,45 @@ class PowerDnsAdapter:
     # --- the Adapter interface ------------------------------------------------------------
 
     def check(self) -> list[Problem]:
-        reached = self.store.problems()
-        if reached:
-            fix = (
-                "check api_url, the api-key in api_key_file, and that pdns_server runs with "
-                "api=yes and webserver=yes"
-                if self.store.how == "api"
-                else "apt-get install pdns-server (pdnsutil, pdns_control); the KRS user must "
-                "read pdns.conf and use pdns_server's control socket"
-            )
-            return [Problem(p, fix) for p in reached]
-        problems = []
+        problems = self.store.problems()
+        if problems:
+            return problems
         for zone in self.zones:
             try:
-                exists = self.store.zone_exists(zone)
-                if exists:
-                    self.store.keys(zone)
-            except AdapterError as exc:
-                problems.append(
-                    Problem(
-                        f"PowerDNS cannot list keys of {zone}: {exc}",
-                        "the backend needs DNSSEC storage: gsqlite3/gmysql/gpgsql with the "
-                        "dnssec schema, or the bind backend with bind-dnssec-db",
-                    )
+                problem = self._zone_problem(zone)
+            except (KrsError, OSError) as exc:
+                problem = Problem(
+                    f"PowerDNS cannot tell the state of zone {zone}: {exc}",
+                    "see pdns_server's log; the backend must answer for the zone",
                 )
-                continue
-            if not exists:
-                problems.append(
-                    Problem(
-                        f"PowerDNS does not serve zone {zone}",
-                        f"create {zone} in PowerDNS or remove it from zones in krs.yaml",
-                    )
-                )
+            if problem is not None:
+                problems.append(problem)
         return problems
+
+    def _zone_problem(self, zone: dns.name.Name) -> Problem | None:
+        """Why PowerDNS would not serve keys pushed for ``zone``, or None."""
+        if not self.store.zone_exists(zone):
+            return Problem(
+                f"PowerDNS does not serve zone {zone}",
+                f"create {zone} in PowerDNS (pdnsutil create-zone, or a zone in the bind "
+                "backend's named.conf) or remove it from zones in krs.yaml",
+            )
+        presigned = self.store.presigned(zone)
+        if presigned is None:
+            return Problem(
+                f"PowerDNS cannot store DNSSEC keys for zone {zone}: its backend runs "
+                "without DNSSEC storage",
+                "bind backend: set bind-dnssec-db in pdns.conf (create the file with pdnsutil "
+                "create-bind-db <file>); gsqlite3, gmysql, gpgsql: set gsqlite3-dnssec=yes "
+                "(gmysql-dnssec, gpgsql-dnssec); then restart pdns_server",
+            )
+        if presigned:
+            return Problem(
+                f"zone {zone} is marked PRESIGNED: PowerDNS serves it as stored and will not "
+                "sign it with the pushed keys",
+                f"pdnsutil unset-presigned {zone}",
+            )
+        return None
 
     def current_keys(self, zone: dns.name.Name) -> list[InstalledKey]:
         timings = _parse_timing(self.store.get_meta(zone, TIMING_KIND))
@@ -239,6 +245,11 @@ class PowerDnsAdapter:
         try:  # everything read before anything is written
             if not self.store.zone_exists(zone):
                 raise AdapterError("PowerDNS does not serve this zone")
+            if self.store.presigned(zone) is None:
+                raise AdapterError(
+                    "PowerDNS has no DNSSEC storage for this zone (bind-dnssec-db or "
+                    "gsqlite3-dnssec=yes, see krs doctor)"
+                )
             keys = self.store.keys(zone)
             before = self._snapshot(zone, keys)
         except (KrsError, OSError) as exc:
@@ -374,7 +385,8 @@ class PowerDnsAdapter:
                     self.store.set_state(
                         zone, key.id, active=entry["active"], published=entry["published"]
                     )
-            self.store.set_meta(zone, TIMING_KIND, before["timing"])
+            if self.store.get_meta(zone, TIMING_KIND) != before["timing"]:
+                self.store.set_meta(zone, TIMING_KIND, before["timing"])
         except (KrsError, OSError) as exc:
             return f"PowerDNS could not be given the previous keys: {exc}"
         try:
