@@ -30,6 +30,7 @@ import dns.name
 from krs_plugin.adapters import keyfiles
 from krs_plugin.adapters.base import ApplyResult, InstalledKey, KeyPlan, Problem, Verification
 from krs_plugin.adapters.dnscheck import KeyState, expectation, wait_served
+from krs_plugin.adapters.settings import reject_unknown, server_address, settings_path
 from krs_plugin.errors import AdapterError, ConfigError, KrsError
 
 SETTINGS = {"key_directory", "key_directories", "server", "rndc", "owner", "verify_timeout"}
@@ -86,22 +87,16 @@ class Bind9Adapter:
         config_path: Path | None = None,
         zones: Iterable[dns.name.Name] = (),
     ) -> None:
-        unknown = sorted(set(settings) - SETTINGS)
-        if unknown:
-            raise ConfigError(f"adapter.settings: unknown key(s) for bind9: {', '.join(unknown)}")
+        reject_unknown(settings, SETTINGS, "bind9")
         base = config_path.parent if config_path is not None else None
         if "key_directory" not in settings:
             raise ConfigError("adapter.settings.key_directory: required for bind9")
-        self.key_directory = self._path(settings["key_directory"], base)
+        self.key_directory = settings_path(settings["key_directory"], base)
         self.key_directories = {
-            dns.name.from_text(str(zone)): self._path(path, base)
+            dns.name.from_text(str(zone)): settings_path(path, base)
             for zone, path in dict(settings.get("key_directories") or {}).items()
         }
-        server = str(settings.get("server", "127.0.0.1:53"))
-        host, _, port = server.rpartition(":")
-        if not host or not port.isdigit():
-            raise ConfigError(f"adapter.settings.server: expected host:port, got {server!r}")
-        self.host, self.port = host.strip("[]"), int(port)
+        self.host, self.port = server_address(settings)
         rndc = settings.get("rndc") or {}
         if not isinstance(rndc, Mapping):
             raise ConfigError("adapter.settings.rndc: must be a mapping")
@@ -109,11 +104,6 @@ class Bind9Adapter:
         self.owner = self._owner(settings.get("owner"))
         self.verify_timeout = float(settings.get("verify_timeout", 10))
         self.zones = tuple(zones)
-
-    @staticmethod
-    def _path(value: object, base: Path | None) -> Path:
-        path = Path(str(value))
-        return base / path if not path.is_absolute() and base is not None else path
 
     @staticmethod
     def _owner(value: object) -> str | None:

@@ -45,6 +45,7 @@ from krs_plugin.adapters.base import (
 )
 from krs_plugin.adapters.dnscheck import KeyState, expectation, wait_served
 from krs_plugin.adapters.knotctl import KaspKey, KnotTools, knot_key_id, knot_times
+from krs_plugin.adapters.settings import reject_unknown, server_address, settings_path
 from krs_plugin.errors import AdapterError, ConfigError, KrsError
 from krs_plugin.files import SECRET_MODE
 
@@ -78,12 +79,10 @@ class KnotAdapter:
         config_path: Path | None = None,
         zones: Iterable[dns.name.Name] = (),
     ) -> None:
-        unknown = sorted(set(settings) - SETTINGS)
-        if unknown:
-            raise ConfigError(f"adapter.settings: unknown key(s) for knot: {', '.join(unknown)}")
+        reject_unknown(settings, SETTINGS, "knot")
         base = config_path.parent if config_path is not None else None
-        config = self._path(settings.get("config", "/etc/knot/knot.conf"), base)
-        socket = self._path(settings["socket"], base) if "socket" in settings else None
+        config = settings_path(settings.get("config", "/etc/knot/knot.conf"), base)
+        socket = settings_path(settings["socket"], base) if "socket" in settings else None
         self.tools = KnotTools(
             config=config,
             socket=socket,
@@ -91,23 +90,16 @@ class KnotAdapter:
             keymgr=str(settings.get("keymgr", "keymgr")),
             timeout=float(settings.get("timeout", 10)),
         )
-        server = str(settings.get("server", "127.0.0.1:53"))
-        host, _, port = server.rpartition(":")
-        if not host or not port.isdigit():
-            raise ConfigError(f"adapter.settings.server: expected host:port, got {server!r}")
-        self.host, self.port = host.strip("[]"), int(port)
-        self._keystore = self._path(settings["keystore"], base) if "keystore" in settings else None
+        self.host, self.port = server_address(settings)
+        self._keystore = (
+            settings_path(settings["keystore"], base) if "keystore" in settings else None
+        )
         owner = settings.get("owner")
         if owner is not None and (not isinstance(owner, str) or not owner):
             raise ConfigError("adapter.settings.owner: must be a user name (e.g. knot)")
         self.owner = owner
         self.verify_timeout = float(settings.get("verify_timeout", 10))
         self.zones = tuple(zones)
-
-    @staticmethod
-    def _path(value: object, base: Path | None) -> Path:
-        path = Path(str(value))
-        return base / path if not path.is_absolute() and base is not None else path
 
     # --- where Knot keeps things ------------------------------------------------------------
 

@@ -29,6 +29,7 @@ import dns.name
 from krs_plugin.adapters import keyfiles
 from krs_plugin.adapters.base import ApplyResult, InstalledKey, KeyPlan, Problem, Verification
 from krs_plugin.adapters.dnscheck import KeyState, expectation, wait_served
+from krs_plugin.adapters.settings import reject_unknown, server_address, settings_path
 from krs_plugin.adapters.zonesign import (
     SIGNERS,
     check_zone_file,
@@ -68,9 +69,7 @@ class NsdAdapter:
         config_path: Path | None = None,
         zones: Iterable[dns.name.Name] = (),
     ) -> None:
-        unknown = sorted(set(settings) - SETTINGS)
-        if unknown:
-            raise ConfigError(f"adapter.settings: unknown key(s) for nsd: {', '.join(unknown)}")
+        reject_unknown(settings, SETTINGS, "nsd")
         base = config_path.parent if config_path is not None else None
         for required in ("key_directory", "unsigned_file", "signed_file"):
             if required not in settings:
@@ -85,11 +84,7 @@ class NsdAdapter:
         }
         self.config = self._path(settings.get("config", "/etc/nsd/nsd.conf"))
         self.control_binary = str(settings.get("control", "nsd-control"))
-        server = str(settings.get("server", "127.0.0.1:53"))
-        host, _, port = server.rpartition(":")
-        if not host or not port.isdigit():
-            raise ConfigError(f"adapter.settings.server: expected host:port, got {server!r}")
-        self.host, self.port = host.strip("[]"), int(port)
+        self.host, self.port = server_address(settings)
         self.signer = str(settings.get("signer", "dnssec-signzone"))
         if self.signer not in SIGNERS:
             raise ConfigError(
@@ -106,8 +101,7 @@ class NsdAdapter:
         self.zones = tuple(zones)
 
     def _path(self, value: object) -> Path:
-        path = Path(str(value))
-        return self.base / path if not path.is_absolute() and self.base is not None else path
+        return settings_path(value, self.base)
 
     @staticmethod
     def _seconds(settings: Mapping[str, Any], key: str, default: int) -> int:

@@ -1,0 +1,31 @@
+"""Reading ``adapter.settings``: the checks every nameserver adapter makes the same way."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from pathlib import Path
+from typing import Any
+
+from krs_plugin.errors import ConfigError
+
+
+def reject_unknown(settings: Mapping[str, Any], allowed: Collection[str], adapter: str) -> None:
+    """A misspelt setting would silently fall back to a default: refuse it, naming it."""
+    unknown = sorted(set(settings) - set(allowed))
+    if unknown:
+        raise ConfigError(f"adapter.settings: unknown key(s) for {adapter}: {', '.join(unknown)}")
+
+
+def server_address(settings: Mapping[str, Any], default: str = "127.0.0.1:53") -> tuple[str, int]:
+    """``server``: where the nameserver answers DNS, for verification (``[::1]:53`` works)."""
+    server = str(settings.get("server", default))
+    host, _, port = server.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"adapter.settings.server: expected host:port, got {server!r}")
+    return host.strip("[]"), int(port)
+
+
+def settings_path(value: object, base: Path | None) -> Path:
+    """A path setting; relative ones are relative to the directory of krs.yaml."""
+    path = Path(str(value))
+    return base / path if not path.is_absolute() and base is not None else path
