@@ -90,8 +90,9 @@ class Config:
 class _Reader:
     """Walks the YAML mapping, naming ``file: key.path`` in every error."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, require_files: bool = True) -> None:
         self.path = path
+        self.require_files = require_files
 
     def fail(self, key: str, reason: str) -> ConfigError:
         return ConfigError(f"{self.path}: {key}: {reason}")
@@ -164,6 +165,8 @@ class _Reader:
         path = Path(value)
         if not path.is_absolute():
             path = self.path.parent / path
+        if not self.require_files:
+            return path  # krs doctor checks the file itself, next to everything else
         if not path.is_file():
             raise self.fail(key, f"file {path} does not exist")
         if not os.access(path, os.R_OK):
@@ -186,8 +189,11 @@ TOP_KEYS = {
 }  # fmt: skip
 
 
-def load_config(path: str | os.PathLike[str]) -> Config:
-    """Read and check ``krs.yaml``; ``ConfigError`` naming file, key and reason."""
+def load_config(path: str | os.PathLike[str], *, require_files: bool = True) -> Config:
+    """Read and check ``krs.yaml``; ``ConfigError`` naming file, key and reason.
+
+    ``require_files=False`` (``krs doctor``) accepts key files that are missing or unreadable,
+    so they are reported among every other finding instead of stopping the check."""
     file = Path(path)
     try:
         raw = yaml.safe_load(file.read_text(encoding="utf-8"))
@@ -195,7 +201,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         raise ConfigError(f"{file}: cannot read: {exc}") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{file}: not valid YAML: {exc}") from exc
-    r = _Reader(file)
+    r = _Reader(file, require_files=require_files)
     top = r.mapping(raw, "", TOP_KEYS)
     for required in ("node_id", "control_zone", "control_servers", "zones", "state", "adapter"):
         if required not in top:

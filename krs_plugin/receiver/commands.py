@@ -25,11 +25,11 @@ def _print(args: argparse.Namespace, data: Any, lines: list[str]) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
     if args.command == "doctor":  # before the store opens: a broken state is a finding, not a crash
         from krs_plugin.receiver.doctor import doctor_command
 
-        return doctor_command(config, as_json=args.json)
+        return doctor_command(load_config(args.config, require_files=False), as_json=args.json)
+    config = load_config(args.config)
     store = ReceiverStore(config.state)
     try:
         if args.command == "run":

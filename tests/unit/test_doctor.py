@@ -174,15 +174,18 @@ def test_missing_key_file_is_named_with_its_config_key(config: Config) -> None:
     assert "keys.signing" in check.fix
 
 
-def test_missing_key_file_at_load_is_a_configuration_error_exit_2(
+def test_missing_key_file_at_load_is_one_finding_among_the_others(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    # krs run refuses such a config (exit 2); doctor reports the file with everything else.
     path = write_config(tmp_path, free_port())
     (tmp_path / "node.key").unlink()
-    assert cli.main(["doctor", "-c", str(path)]) == 2
-    captured = capsys.readouterr()
-    assert captured.out == ""
-    assert f"keys.hpke: file {tmp_path / 'node.key'} does not exist" in captured.err
+    assert cli.main(["doctor", "-c", str(path), "--json"]) == 1
+    checks = {c["name"]: c for c in json.loads(capsys.readouterr().out)}
+    assert checks["keys.hpke"]["status"] == "error"
+    assert checks["keys.hpke"]["message"] == f"{tmp_path / 'node.key'} does not exist"
+    assert {"keys.hpke", "kdc.verification_key", "state"} <= set(checks)
+    assert cli.main(["status", "-c", str(path)]) == 2
 
 
 def test_group_readable_private_key_is_an_error(config: Config) -> None:
