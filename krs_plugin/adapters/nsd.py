@@ -57,6 +57,7 @@ SETTINGS = {
     "verify_timeout",
 }
 DAY = 86400
+RETRY_AFTER = 60  # seconds between tries when signing again fails
 
 
 class NsdAdapter:
@@ -99,6 +100,7 @@ class NsdAdapter:
         self.timeout = float(settings.get("timeout", 600))
         self.verify_timeout = float(settings.get("verify_timeout", 10))
         self.zones = tuple(zones)
+        self._retry_at: dict[dns.name.Name, float] = {}
 
     def _path(self, value: object) -> Path:
         return settings_path(value, self.base)
@@ -318,26 +320,58 @@ class NsdAdapter:
                 f"signatures expire at {time.strftime('%Y-%m-%d %H:%M:%SZ', time.gmtime(expiry))}"
             )
         try:
-            if self.unsigned_file(zone).stat().st_mtime > served.stat().st_mtime:
+            signed_at = served.stat().st_mtime
+            if self.unsigned_file(zone).stat().st_mtime > signed_at:
                 return "the unsigned zone file changed"
         except FileNotFoundError:
             return None
+        passed = [t for t in self._key_times(zone) if signed_at < t <= now]
+        if passed:
+            when = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(min(passed)))
+            return f"a key's publish, activate, inactive or delete time passed ({when})"
         return None
 
+    def _key_times(self, zone: dns.name.Name) -> list[int]:
+        """Every publish, activate, inactive and delete time of the zone's keys: NSD cannot act
+        on them, so the zone is signed again when one passes."""
+        times = []
+        for key in keyfiles.installed_keys(self.key_directory, zone):
+            timing = key.timing
+            times += [t for t in (timing.publish, timing.activate, timing.inactive, timing.delete)
+                      if t is not None]  # fmt: skip
+        return times
+
     def maintain(self) -> float:
-        """Sign again every zone that is due; the seconds until the next one will be."""
+        """Sign again every zone that is due; the seconds until the next one will be. A zone
+        whose signing failed waits ``RETRY_AFTER`` before the next try, not a second."""
         now = time.time()
         for zone in self.zones:
+            if self._retry_at.get(zone, 0.0) > now:
+                continue
             reason = self.due(zone, now)
             if reason is None:
                 continue
             log.info("nsd, zone %s: signing again: %s", zone, reason)
             try:
                 self._sign_and_serve(zone, removed=())
+                self._retry_at.pop(zone, None)
             except (KrsError, OSError) as exc:
-                log.error("nsd, zone %s: signing again failed, still serving the old file: %s",
-                          zone, exc)  # fmt: skip
-        expiries = [e for zone in self.zones if (e := self.signature_expiry(zone)) is not None]
-        if not expiries:
+                self._retry_at[zone] = now + RETRY_AFTER
+                log.error("nsd, zone %s: signing again failed (next try in %d s): %s",
+                          zone, RETRY_AFTER, exc)  # fmt: skip
+        return self._next_wait(time.time())
+
+    def _next_wait(self, now: float) -> float:
+        moments = []
+        for zone in self.zones:
+            retry = self._retry_at.get(zone, 0.0)
+            if retry > now:  # failed: nothing else about this zone before the retry
+                moments.append(retry)
+                continue
+            expiry = self.signature_expiry(zone)
+            if expiry is not None:
+                moments.append(expiry - self.refresh_before)
+            moments += [t for t in self._key_times(zone) if t > now]
+        if not moments:
             return 3600.0
-        return max(1.0, min(expiries) - self.refresh_before - time.time())
+        return max(1.0, min(moments) - now)

@@ -140,3 +140,39 @@ def test_check_reports_a_control_channel_that_does_not_answer(nsd: NsdLab) -> No
     (problem,) = adapter(nsd, ZONE).check()
     assert "nsd-control cannot reach NSD" in problem.what
     assert "control-enable" in problem.fix
+
+
+def test_maintain_signs_again_when_a_key_time_passes(nsd: NsdLab) -> None:
+    # NSD has no key timing: a ZSK due to become active in 3 s must start signing then, not at
+    # the next distribution or renewal days later.
+    from tests.adapters.servers import Served
+
+    nsd_adapter = adapter(nsd, ZONE)
+    now = int(time.time())
+    csk = generate_key(ZONE, 13, 257)
+    zsk = generate_key(ZONE, 13, 256)
+    plan = KeyPlan(
+        NAME,
+        (
+            PlannedKey(csk, "CSK", KeyTiming(now - 1, now - 1, now - 1)),
+            PlannedKey(zsk, "ZSK", KeyTiming(now - 1, now - 1, now + 3)),
+        ),
+    )
+    nsd_adapter.apply(NAME, plan)
+    before = Served(nsd.host, nsd.port, ZONE)
+    assert zsk.key_tag in before.tags and before.soa_signers == {csk.key_tag}
+    wait = nsd_adapter.maintain()  # nothing due yet: it says when to look again
+    assert 0 < wait <= 4
+    time.sleep(wait + 0.5)
+    nsd_adapter.maintain()
+    after = Served(nsd.host, nsd.port, ZONE)
+    assert zsk.key_tag in after.soa_signers
+
+
+def test_a_failing_signing_is_retried_after_a_pause_not_every_second(nsd: NsdLab) -> None:
+    nsd_adapter = adapter(nsd, ZONE, signature_validity=30, refresh_before=29)
+    nsd_adapter.apply(NAME, csk_plan())
+    time.sleep(1.5)  # inside refresh_before: due from now on
+    nsd.unsigned_file(ZONE).write_text("$ORIGIN example.com.\n@ IN SOA broken\n")
+    assert nsd_adapter.maintain() >= 59  # failed, next try in RETRY_AFTER
+    assert nsd_adapter.maintain() >= 59  # not tried again meanwhile
