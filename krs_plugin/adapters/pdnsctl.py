@@ -20,6 +20,7 @@ import os
 import re
 import subprocess
 import tempfile
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -474,5 +475,10 @@ class PdnsutilKeyStore:
         self.util("rectify-zone", zone.to_text(), what=f"rectify-zone {zone}")
 
     def refresh(self, zone: dns.name.Name) -> None:
+        """Purge twice, 0.1 s apart: a query answered while the first purge runs puts the old
+        key set back in the packet cache for ``cache-ttl`` (2 of 30 applies without the second
+        purge, 0 of 40 with it); the adapter's own check may not be the query that sees it."""
         pattern = zone.to_text().rstrip(".") + "$"  # "$": the zone and every name under it
+        self._run([*self.pdns_control, "purge", pattern], f"pdns_control purge {pattern}")
+        time.sleep(0.1)
         self._run([*self.pdns_control, "purge", pattern], f"pdns_control purge {pattern}")
