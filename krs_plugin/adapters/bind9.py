@@ -30,7 +30,7 @@ import dns.name
 from krs_plugin.adapters import keyfiles
 from krs_plugin.adapters.base import ApplyResult, InstalledKey, KeyPlan, Problem, Verification
 from krs_plugin.adapters.dnscheck import KeyState, expectation, wait_served
-from krs_plugin.adapters.settings import reject_unknown, server_address, settings_path
+from krs_plugin.adapters.settings import reject_unknown, seconds, server_address, settings_path
 from krs_plugin.errors import AdapterError, ConfigError, KrsError
 
 SETTINGS = {"key_directory", "key_directories", "server", "rndc", "owner", "verify_timeout"}
@@ -45,7 +45,7 @@ class Rndc:
         if unknown:
             raise ConfigError(f"adapter.settings.rndc: unknown key(s): {', '.join(unknown)}")
         self.binary = str(settings.get("binary", "rndc"))
-        self.timeout = float(settings.get("timeout", 10))
+        self.timeout = seconds(settings, "timeout", 10, within="rndc.")
         self.args: list[str] = []
         for option, key in (("-c", "config"), ("-k", "key_file")):
             if key in settings:
@@ -102,7 +102,7 @@ class Bind9Adapter:
             raise ConfigError("adapter.settings.rndc: must be a mapping")
         self.rndc = Rndc(rndc, base)
         self.owner = self._owner(settings.get("owner"))
-        self.verify_timeout = float(settings.get("verify_timeout", 10))
+        self.verify_timeout = seconds(settings, "verify_timeout", 10)
         self.zones = tuple(zones)
 
     @staticmethod

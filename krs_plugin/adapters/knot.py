@@ -45,7 +45,7 @@ from krs_plugin.adapters.base import (
 )
 from krs_plugin.adapters.dnscheck import KeyState, expectation, wait_served
 from krs_plugin.adapters.knotctl import KaspKey, KnotTools, knot_key_id, knot_times
-from krs_plugin.adapters.settings import reject_unknown, server_address, settings_path
+from krs_plugin.adapters.settings import reject_unknown, seconds, server_address, settings_path
 from krs_plugin.errors import AdapterError, ConfigError, KrsError
 from krs_plugin.files import SECRET_MODE
 
@@ -88,7 +88,7 @@ class KnotAdapter:
             socket=socket,
             knotc=str(settings.get("knotc", "knotc")),
             keymgr=str(settings.get("keymgr", "keymgr")),
-            timeout=float(settings.get("timeout", 10)),
+            timeout=seconds(settings, "timeout", 10),
         )
         self.host, self.port = server_address(settings)
         self._keystore = (
@@ -98,7 +98,7 @@ class KnotAdapter:
         if owner is not None and (not isinstance(owner, str) or not owner):
             raise ConfigError("adapter.settings.owner: must be a user name (e.g. knot)")
         self.owner = owner
-        self.verify_timeout = float(settings.get("verify_timeout", 10))
+        self.verify_timeout = seconds(settings, "verify_timeout", 10)
         self.zones = tuple(zones)
 
     # --- where Knot keeps things ------------------------------------------------------------

@@ -29,7 +29,7 @@ import dns.name
 from krs_plugin.adapters import keyfiles
 from krs_plugin.adapters.base import ApplyResult, InstalledKey, KeyPlan, Problem, Verification
 from krs_plugin.adapters.dnscheck import KeyState, expectation, wait_served
-from krs_plugin.adapters.settings import reject_unknown, server_address, settings_path
+from krs_plugin.adapters.settings import reject_unknown, seconds, server_address, settings_path
 from krs_plugin.adapters.zonesign import (
     SIGNERS,
     check_zone_file,
@@ -97,8 +97,8 @@ class NsdAdapter:
             raise ConfigError(
                 "adapter.settings.refresh_before: must be shorter than signature_validity"
             )
-        self.timeout = float(settings.get("timeout", 600))
-        self.verify_timeout = float(settings.get("verify_timeout", 10))
+        self.timeout = seconds(settings, "timeout", 600)
+        self.verify_timeout = seconds(settings, "verify_timeout", 10)
         self.zones = tuple(zones)
         self._retry_at: dict[dns.name.Name, float] = {}
 

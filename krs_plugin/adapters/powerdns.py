@@ -45,6 +45,12 @@ from krs_plugin.adapters.dnscheck import (
     wait_served,
 )
 from krs_plugin.adapters.pdnsctl import ApiKeyStore, KeyStore, PdnsKey, PdnsutilKeyStore
+from krs_plugin.adapters.settings import (
+    reject_unknown,
+    seconds,
+    server_address,
+    settings_path,
+)
 from krs_plugin.dnssec import KeyTiming
 from krs_plugin.errors import AdapterError, ConfigError, KrsError
 
@@ -114,13 +120,9 @@ class PowerDnsAdapter:
         config_path: Path | None = None,
         zones: Iterable[dns.name.Name] = (),
     ) -> None:
-        unknown = sorted(set(settings) - SETTINGS)
-        if unknown:
-            raise ConfigError(
-                f"adapter.settings: unknown key(s) for powerdns: {', '.join(unknown)}"
-            )
+        reject_unknown(settings, SETTINGS, "powerdns")
         base = config_path.parent if config_path is not None else None
-        timeout = float(settings.get("timeout", 10))
+        timeout = seconds(settings, "timeout", 10)
         method = settings.get("method", "api")
         self.store: KeyStore
         if method == "api":
@@ -129,12 +131,9 @@ class PowerDnsAdapter:
                     "adapter.settings.api_key_file: required with method api (a file holding "
                     "PowerDNS's api-key, readable by the KRS only)"
                 )
-            key_file = Path(str(settings["api_key_file"]))
-            if not key_file.is_absolute() and base is not None:
-                key_file = base / key_file
             self.store = ApiKeyStore(
                 str(settings.get("api_url", "http://127.0.0.1:8081")),
-                key_file,
+                settings_path(settings["api_key_file"], base),
                 str(settings.get("server_id", "localhost")),
                 timeout,
             )
@@ -146,16 +145,12 @@ class PowerDnsAdapter:
             )
         else:
             raise ConfigError(f"adapter.settings.method: 'api' or 'pdnsutil', not {method!r}")
-        server = str(settings.get("server", "127.0.0.1:53"))
-        host, _, port = server.rpartition(":")
-        if not host or not port.isdigit():
-            raise ConfigError(f"adapter.settings.server: expected host:port, got {server!r}")
-        self.host, self.port = host.strip("[]"), int(port)
+        self.host, self.port = server_address(settings)
         rectify = settings.get("rectify", True)
         if not isinstance(rectify, bool):
             raise ConfigError("adapter.settings.rectify: true or false")
         self.rectify = rectify
-        self.verify_timeout = float(settings.get("verify_timeout", 10))
+        self.verify_timeout = seconds(settings, "verify_timeout", 10)
         self.zones = tuple(zones)
 
     # --- the Adapter interface ------------------------------------------------------------

@@ -29,3 +29,12 @@ def settings_path(value: object, base: Path | None) -> Path:
     """A path setting; relative ones are relative to the directory of krs.yaml."""
     path = Path(str(value))
     return base / path if not path.is_absolute() and base is not None else path
+
+
+def seconds(settings: Mapping[str, Any], key: str, default: float, *, within: str = "") -> float:
+    """A timeout in seconds: a positive number (``timeout: "10s"`` is refused, not a crash).
+    ``within`` names the sub-mapping in messages (``rndc.``)."""
+    value = settings.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ConfigError(f"adapter.settings.{within}{key}: must be a positive number of seconds")
+    return float(value)
