@@ -152,6 +152,7 @@ class PowerDnsAdapter:
         self.rectify = rectify
         self.verify_timeout = seconds(settings, "verify_timeout", 10)
         self.zones = tuple(zones)
+        self._private_cache: dict[dns.name.Name, dict[str, str]] = {}
 
     # --- the Adapter interface ------------------------------------------------------------
 
@@ -218,6 +219,10 @@ class PowerDnsAdapter:
         return json.dumps(self._snapshot(zone, self.store.keys(zone)))
 
     def _snapshot(self, zone: dns.name.Name, keys: Sequence[PdnsKey]) -> dict[str, Any]:
+        present = {k.dnskey.to_text() for k in keys}
+        cache = self._private_cache.setdefault(zone, {})
+        for gone in set(cache) - present:  # keys the zone no longer has
+            del cache[gone]
         return {
             "keys": [
                 {
@@ -225,12 +230,22 @@ class PowerDnsAdapter:
                     "flags": k.flags,
                     "active": k.active,
                     "published": k.published,
-                    "private": self.store.private_text(zone, k.id),
+                    "private": self._private_text(zone, k),
                 }
                 for k in keys
             ],
             "timing": self.store.get_meta(zone, TIMING_KIND),
         }
+
+    def _private_text(self, zone: dns.name.Name, key: PdnsKey) -> str:
+        """A key's private part, asked of PowerDNS once per key: it never changes for a given
+        DNSKEY, and each request costs 3.4 ms (API) or a pdnsutil process, twice per apply
+        otherwise (the pipeline's snapshot, then the adapter's own)."""
+        cache = self._private_cache.setdefault(zone, {})
+        text = key.dnskey.to_text()
+        if text not in cache:
+            cache[text] = self.store.private_text(zone, key.id)
+        return cache[text]
 
     def restore(self, zone: dns.name.Name, snapshot: str) -> None:
         outcome = self._restore(zone, json.loads(snapshot))
