@@ -318,6 +318,7 @@ class PdnsutilKeyStore:
         self.pdnsutil = list(pdnsutil)
         self.pdns_control = list(pdns_control)
         self.timeout = timeout
+        self._dnskeys: dict[tuple[dns.name.Name, int], DNSKEY] = {}
 
     def _run(self, argv: list[str], what: str) -> str:
         try:
@@ -402,13 +403,24 @@ class PdnsutilKeyStore:
             if len(words) < 5 or not words[-3].isdigit():
                 continue  # the dashed rule
             key_id = int(words[-3])  # ... ID Location Keytag
-            dnskey = self._export_dnskey(zone, key_id)
+            dnskey = self._dnskey(zone, key_id, words[-1])
             active = line[act:pub].strip() == "Act"
             published = line[pub:size].strip() == "Pub"
             keys.append(
                 PdnsKey(key_id, dnskey.flags, int(dnskey.algorithm), active, published, dnskey)
             )
         return keys
+
+    def _dnskey(self, zone: dns.name.Name, key_id: int, tag: str) -> DNSKEY:
+        """A key's DNSKEY, exported once per key rather than at every listing (a pdnsutil
+        process each). PowerDNS reuses ids after deletion, so a cached DNSKEY is used only while
+        the listing shows the same key tag for that id."""
+        cached = self._dnskeys.get((zone, key_id))
+        if cached is not None and str(dns.dnssec.key_id(cached)) == tag:
+            return cached
+        dnskey = self._export_dnskey(zone, key_id)
+        self._dnskeys[(zone, key_id)] = dnskey
+        return dnskey
 
     def _export_dnskey(self, zone: dns.name.Name, key_id: int) -> DNSKEY:
         out = self.util(
@@ -459,6 +471,7 @@ class PdnsutilKeyStore:
 
     def remove(self, zone: dns.name.Name, key_id: int) -> None:
         self.util("remove-zone-key", zone.to_text(), str(key_id), what=f"remove key {key_id}")
+        self._dnskeys.pop((zone, key_id), None)  # the id may be given to the next key
 
     def get_meta(self, zone: dns.name.Name, kind: str) -> list[str]:
         out = self.util("get-meta", zone.to_text(), kind, what=f"get-meta {kind}")
