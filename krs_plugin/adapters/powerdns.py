@@ -59,6 +59,9 @@ log = logging.getLogger(__name__)
 TIMING_KIND = "X-KRS-KEY-TIMING"
 TIMES = ("publish", "activate", "inactive", "delete")
 IDLE_WAIT = 3600.0
+UNEXPECTED = (KrsError, OSError, ValueError, KeyError, TypeError)
+"""Also a tool's or the API's unexpected output (a missing field, text where a number was): the
+apply is rolled back and reported like any other failed step, never left half done."""
 REPURGE_AFTER = 1.0  # seconds of a stale answer before the caches are purged again
 
 SETTINGS = {
@@ -263,7 +266,7 @@ class PowerDnsAdapter:
                 )
             keys = self.store.keys(zone)
             before = self._snapshot(zone, keys)
-        except (KrsError, OSError) as exc:
+        except UNEXPECTED as exc:
             raise AdapterError(f"powerdns, zone {zone}: {exc}; nothing was changed") from exc
         timings = _parse_timing(before["timing"])
         installed: list[int] = []
@@ -304,7 +307,7 @@ class PowerDnsAdapter:
             verification = self._wait(zone, removed)
             if not verification.ok:
                 raise AdapterError("; ".join(verification.details))
-        except (KrsError, OSError) as exc:
+        except UNEXPECTED as exc:
             outcome = self._restore(zone, before) or "PowerDNS serves the previous keys again"
             raise AdapterError(
                 f"powerdns, zone {zone}: step '{step}' failed: {exc}; previous keys restored"
@@ -410,7 +413,7 @@ class PowerDnsAdapter:
                     )
             if self.store.get_meta(zone, TIMING_KIND) != before["timing"]:
                 self.store.set_meta(zone, TIMING_KIND, before["timing"])
-        except (KrsError, OSError) as exc:
+        except UNEXPECTED as exc:
             return f"PowerDNS could not be given the previous keys: {exc}"
         try:
             self._publish(zone)

@@ -336,3 +336,25 @@ def test_api_key_and_private_keys_stay_out_of_logs_and_errors(
              for where, text in outputs.items() if secret in text]  # fmt: skip
     assert leaks == []
     assert {k["tag"] for k in pdns.cryptokeys(ZONE)} == {ksk.key_tag, zsk.key_tag, later.key_tag}
+
+
+@pytest.mark.parametrize("method", ["api", "pdnsutil"])
+def test_unexpected_output_after_a_write_is_rolled_back(
+    pdns: PowerDnsLab, method: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # PowerDNS stored the key, then answered something the adapter cannot read: the key must
+    # not stay behind half-installed.
+    pdns_adapter = adapter(pdns, method, ZONES[0])
+    csk = key("CSK")
+    pdns_adapter.apply(NAME, install((csk, "CSK")))
+    real_add = pdns_adapter.store.add
+
+    def add_then_garble(*args: object, **kwargs: object) -> object:
+        real_add(*args, **kwargs)  # type: ignore[arg-type]
+        raise KeyError("dnskey")
+
+    monkeypatch.setattr(pdns_adapter.store, "add", add_then_garble)
+    with pytest.raises(AdapterError, match=r"step 'add key \d+' failed: 'dnskey'; previous keys"):
+        pdns_adapter.apply(NAME, install((key("ZSK"), "ZSK")))
+    assert {k.tag for k in pdns_adapter.store.keys(NAME)} == {csk.key_tag}
+    assert served(pdns).tags == {csk.key_tag}
