@@ -156,6 +156,7 @@ class PowerDnsAdapter:
         self.verify_timeout = seconds(settings, "verify_timeout", 10)
         self.zones = tuple(zones)
         self._private_cache: dict[dns.name.Name, dict[str, str]] = {}
+        self._unpublished: set[dns.name.Name] = set()  # changed by maintain(), not yet purged
 
     # --- the Adapter interface ------------------------------------------------------------
 
@@ -439,7 +440,7 @@ class PowerDnsAdapter:
 
     def _maintain_zone(self, zone: dns.name.Name, now: int) -> list[int]:
         timings = _parse_timing(self.store.get_meta(zone, TIMING_KIND))
-        if not timings:
+        if not timings and zone not in self._unpublished:
             return []
         changed = False
         for key in self.store.keys(zone):
@@ -458,7 +459,13 @@ class PowerDnsAdapter:
                 changed = True
         if changed:
             self._write_timings(zone, timings)
+        if changed or zone in self._unpublished:
+            # Until the caches are purged the change is served only when they expire (20-41 s):
+            # a purge that failed is tried again at the next call, when the flags no longer
+            # differ from the timing.
+            self._unpublished.add(zone)
             self._publish(zone)
+            self._unpublished.discard(zone)
         return [
             value
             for timing in timings.values()

@@ -358,3 +358,26 @@ def test_unexpected_output_after_a_write_is_rolled_back(
         pdns_adapter.apply(NAME, install((key("ZSK"), "ZSK")))
     assert {k.tag for k in pdns_adapter.store.keys(NAME)} == {csk.key_tag}
     assert served(pdns).tags == {csk.key_tag}
+
+
+def test_maintain_purges_again_when_its_purge_failed(
+    pdns: PowerDnsLab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The flags changed but the caches were not purged: the next maintain() must purge, or the
+    # old key set is served until the caches expire.
+    node = adapter(pdns, "api")
+    ksk, new = key("KSK"), key("ZSK")
+    node.apply(NAME, install((ksk, "KSK")))
+    activate = int(time.time()) + 2
+    node.apply(NAME, KeyPlan(NAME, (PlannedKey(new, "ZSK", now_timing(activate=activate)),)))
+    served(pdns)  # the packet cache now holds the DNSKEY answer without the new key signing
+    sleep_as_krs_run(maintain_until(node, activate))
+    real_refresh = node.store.refresh
+    monkeypatch.setattr(
+        node.store, "refresh", lambda zone: (_ for _ in ()).throw(AdapterError("down"))
+    )
+    assert node.maintain() <= 60  # failed, comes back
+    assert flags(pdns, new.key_tag) == (True, True)
+    monkeypatch.setattr(node.store, "refresh", real_refresh)
+    node.maintain()
+    wait_until(lambda: new.key_tag in served(pdns).soa_signers, 3, "the SOA signed by the new key")
