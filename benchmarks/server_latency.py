@@ -30,7 +30,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import dns.dnssec
 import dns.exception
@@ -46,13 +48,14 @@ from krs_plugin.dnssec import KeyTiming, generate_key
 from krs_plugin.lab.bind9 import Bind9Lab
 from krs_plugin.lab.deployment import CZ, Deployment
 from krs_plugin.lab.knot import KnotLab
+from krs_plugin.lab.nsd import NsdLab
 from krs_plugin.lab.ports import free_port
 from krs_plugin.lab.powerdns import PowerDnsLab
 from krs_plugin.protocol import notify_name
 
 ZONE = "example.com."
 NAME = dns.name.from_text(ZONE)
-Lab = Bind9Lab | KnotLab | PowerDnsLab
+Lab = Bind9Lab | KnotLab | PowerDnsLab | NsdLab
 
 
 def signed_by(lab: Lab, tag: int) -> bool:
@@ -84,12 +87,12 @@ def signed_by(lab: Lab, tag: int) -> bool:
     return False
 
 
-def wait_signed(lab: Lab, tag: int, timeout: float = 30) -> float:
+def wait_signed(lab: Lab, tag: int, timeout: float = 30, interval: float = 0.001) -> float:
     start = time.perf_counter()
     while not signed_by(lab, tag):
         if time.perf_counter() - start > timeout:
             raise SystemExit(f"key {tag} not served after {timeout} s:\n{lab.log()[-2000:]}")
-        time.sleep(0.001)
+        time.sleep(interval)
     return time.perf_counter()
 
 
@@ -231,11 +234,39 @@ def krs_path(
     pdns_backend: str = "gsqlite3",
 ) -> list[float]:
     lab = start_lab(server, root / server, pdns_backend)
+    try:
+        adapter = {"type": server, "settings": adapter_settings(lab, pdns_method)}
+        return notify_to_served(root, lab, runs, backend, adapter)
+    finally:
+        lab.stop()
+
+
+def notify_to_served(
+    root: Path,
+    lab: Lab,
+    runs: int,
+    backend: str,
+    adapter: dict[str, Any],
+    *,
+    roll: bool = False,
+    timeout: float = 30,
+    interval: float = 0.001,
+    after_run: Callable[[], object] | None = None,
+) -> list[float]:
+    """Seconds from the NOTIFY for a new ZSK to ``lab`` serving it, over ``runs`` distributions
+    after a warm-up, through a real ``krs-kdc serve`` and ``krs run`` with ``adapter``.
+
+    ``roll``: each new ZSK is a roll, the other ZSKs are retired (and the ones retired before
+    are removed), so the zone keeps one active ZSK; without it they stay active and accumulate
+    (harmless where the server signs a five-record zone, not where the adapter signs a big one).
+    ``interval``: seconds between two looks at the server (each is two TCP queries: on two
+    cores a 1 ms poll takes CPU from a signer that runs for seconds).
+    ``after_run`` is called after each timed run is confirmed, while the KRS is idle."""
     deployment = Deployment(
         root / "kdc-and-node",
         backend,
         zones=(ZONE,),
-        adapter={"type": server, "settings": adapter_settings(lab, pdns_method)},
+        adapter=adapter,
         kdc_notify_port=free_port(),  # the KDC's own NOTIFY goes nowhere: this script sends it
     )
     try:
@@ -243,20 +274,33 @@ def krs_path(
         deployment.start_kdc()
         deployment.start_krs()
         times = []
-        for _ in range(runs + 1):  # the first distribution (KSK + first ZSK) is a warm-up
+        for n in range(runs + 1):  # the first distribution (KSK + first ZSK) is a warm-up
             out = deployment.kdc("--json", "key", "generate", "--zone", ZONE, "--role", "ZSK")
             tag = int(json.loads(out)["key_tag"])
+            if roll:
+                retire_other_zsks(deployment, tag)
             dist_id = deployment.distribute("--zone", ZONE)
             notify = dns.message.make_query(notify_name(dist_id, CZ), dns.rdatatype.SOA)
             notify.set_opcode(dns.opcode.NOTIFY)
             start = time.perf_counter()
             dns.query.udp(notify, "127.0.0.1", port=deployment.notify_port, timeout=2)
-            times.append(wait_signed(lab, tag) - start)
-            deployment.wait_confirmed(dist_id)
+            times.append(wait_signed(lab, tag, timeout, interval) - start)
+            deployment.wait_confirmed(dist_id, timeout=max(30, timeout))
+            if n and after_run is not None:
+                after_run()
         return times[1:]
     finally:
         deployment.close()
-        lab.stop()
+
+
+def retire_other_zsks(deployment: Deployment, tag: int) -> None:
+    """The KDC's side of a ZSK roll to ``tag``: the ZSK before it retired, older ones removed."""
+    for key in json.loads(deployment.kdc("--json", "key", "list", "--zone", ZONE)):
+        if key["role"] != "ZSK" or key["key_tag"] == tag:
+            continue
+        action = {"retired": "remove", "removed": None}.get(key["state"], "retire")
+        if action:
+            deployment.kdc("key", action, "--zone", ZONE, "--tag", str(key["key_tag"]))
 
 
 def summary(name: str, times: list[float]) -> tuple[float, float]:
