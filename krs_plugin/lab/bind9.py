@@ -16,18 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from krs_plugin.lab.ports import free_port
-from krs_plugin.lab.process import LabError, ServerProcess
+from krs_plugin.lab.process import LabError, LabServer, ServerProcess, server_binary
 from krs_plugin.lab.zones import unsigned_zone_text
 
 
-def named_binary() -> str | None:
-    return shutil.which("named") or (
-        "/usr/sbin/named" if Path("/usr/sbin/named").exists() else None
-    )
-
-
 @dataclass
-class Bind9Lab:
+class Bind9Lab(LabServer):
     """A named instance in ``root``; ``start()`` writes everything and waits until it answers."""
 
     root: Path
@@ -61,7 +55,7 @@ class Bind9Lab:
         }
 
     def write_config(self) -> None:
-        named = named_binary()
+        named = server_binary("named")
         if named is None:
             raise LabError("named is not installed (apt-get install bind9 bind9-utils)")
         self.port = self.port or free_port(self.host)
@@ -107,7 +101,7 @@ class Bind9Lab:
 
     def start(self, timeout: float = 20) -> None:
         self.write_config()
-        named = named_binary()
+        named = server_binary("named")
         assert named is not None
         argv = [named, "-g", "-n", "1", "-c", str(self.root / "named.conf")]
         if self.user is not None:
@@ -123,15 +117,4 @@ class Bind9Lab:
             self.root,
         )
         self.process.start()
-        try:
-            self.process.wait_answering(self.host, self.port, self.zones, timeout)
-        except LabError:
-            self.stop()
-            raise
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.stop()
-
-    def log(self) -> str:
-        return (self.root / "named.log").read_text(errors="replace")
+        self.process.wait_answering(self.host, self.port, self.zones, timeout)

@@ -18,18 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from krs_plugin.lab.ports import free_port
-from krs_plugin.lab.process import LabError, ServerProcess
+from krs_plugin.lab.process import LabError, LabServer, ServerProcess, server_binary
 from krs_plugin.lab.zones import unsigned_zone_text
 
 
-def knotd_binary() -> str | None:
-    return shutil.which("knotd") or (
-        "/usr/sbin/knotd" if Path("/usr/sbin/knotd").exists() else None
-    )
-
-
 @dataclass
-class KnotLab:
+class KnotLab(LabServer):
     """A knotd instance in ``root``; ``start()`` writes everything and waits for its socket."""
 
     root: Path
@@ -61,7 +55,7 @@ class KnotLab:
         }
 
     def write_config(self) -> None:
-        if knotd_binary() is None:
+        if server_binary("knotd") is None:
             raise LabError("knotd is not installed (apt-get install knot knot-dnsutils)")
         self.port = self.port or free_port(self.host)
         for directory in (self.root, self.root / "run", self.root / "db", self.root / "zones"):
@@ -114,7 +108,7 @@ class KnotLab:
 
     def start(self, timeout: float = 20, wait_zones: Sequence[str] = ()) -> None:
         self.write_config()
-        knotd = knotd_binary()
+        knotd = server_binary("knotd")
         assert knotd is not None
         if self.user is not None:
             for path in (self.root, *self.root.rglob("*")):
@@ -131,17 +125,6 @@ class KnotLab:
                 self.stop()
                 raise LabError(f"knotd's control socket did not answer: {self.process.tail()}")
             time.sleep(0.05)
-        try:
-            self.process.wait_answering(
-                self.host, self.port, wait_zones, max(0.1, deadline - time.monotonic())
-            )
-        except LabError:
-            self.stop()
-            raise
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.stop()
-
-    def log(self) -> str:
-        return (self.root / "knotd.log").read_text(errors="replace")
+        self.process.wait_answering(
+            self.host, self.port, wait_zones, max(0.1, deadline - time.monotonic())
+        )

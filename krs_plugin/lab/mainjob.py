@@ -27,10 +27,10 @@ import dns.rdatatype
 from krs_plugin.dnssec import read_bind_key_pair
 from krs_plugin.kdc.distribute import key_of
 from krs_plugin.kdc.store import Store
-from krs_plugin.lab.bind9 import Bind9Lab, named_binary
+from krs_plugin.lab.bind9 import Bind9Lab
 from krs_plugin.lab.deployment import Deployment
 from krs_plugin.lab.knot import KnotLab
-from krs_plugin.lab.process import LabError
+from krs_plugin.lab.process import LabError, server_binary
 
 
 def _say(step: str, text: str) -> None:
@@ -56,7 +56,7 @@ def run_main_job(
 
 
 def _run(root: Path, backend: str, zone: str, server: str) -> int:
-    use_bind = server == "bind9" or (server == "auto" and named_binary() is not None)
+    use_bind = server == "bind9" or (server == "auto" and server_binary("named") is not None)
     if server == "auto" and not use_bind:
         _say(
             "setup", "BIND 9 is not installed: `apt-get install bind9 bind9-utils` (or ./run setup)"

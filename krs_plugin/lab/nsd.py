@@ -17,16 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from krs_plugin.lab.ports import free_port
-from krs_plugin.lab.process import LabError, ServerProcess
+from krs_plugin.lab.process import LabError, LabServer, ServerProcess, server_binary
 from krs_plugin.lab.zones import unsigned_zone_text
 
 
-def nsd_binary() -> str | None:
-    return shutil.which("nsd") or ("/usr/sbin/nsd" if Path("/usr/sbin/nsd").exists() else None)
-
-
 @dataclass
-class NsdLab:
+class NsdLab(LabServer):
     """An nsd instance in ``root``; ``start()`` writes everything and waits until it answers."""
 
     root: Path
@@ -61,7 +57,7 @@ class NsdLab:
         }
 
     def write_config(self) -> None:
-        if nsd_binary() is None:
+        if server_binary("nsd") is None:
             raise LabError("nsd is not installed (apt-get install nsd)")
         self.port = self.port or free_port(self.host)
         for folder in ("unsigned", "signed", "keys"):
@@ -106,22 +102,11 @@ class NsdLab:
 
     def start(self, timeout: float = 20) -> None:
         self.write_config()
-        nsd = nsd_binary()
+        nsd = server_binary("nsd")
         assert nsd is not None
         self.process = ServerProcess(
             "nsd", [nsd, "-d", "-c", str(self.config)], self.root / "nsd.log", self.root
         )
         self.process.start()
         configured = self.zones if self.configured_zones is None else self.configured_zones
-        try:
-            self.process.wait_answering(self.host, self.port, configured, timeout)
-        except LabError:
-            self.stop()
-            raise
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.stop()
-
-    def log(self) -> str:
-        return (self.root / "nsd.log").read_text(errors="replace")
+        self.process.wait_answering(self.host, self.port, configured, timeout)

@@ -44,7 +44,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import subprocess
 import urllib.error
 import urllib.parse
@@ -60,18 +59,12 @@ import dns.rdataclass
 import dns.rdatatype
 
 from krs_plugin.lab.ports import free_port
-from krs_plugin.lab.process import LabError, ServerProcess
+from krs_plugin.lab.process import LabError, LabServer, ServerProcess, server_binary
 from krs_plugin.lab.zones import unsigned_zone_text
 
 SCHEMA = Path("/usr/share/doc/pdns-backend-sqlite3/schema.sqlite3.sql")
 Backend = Literal["gsqlite3", "bind"]
 BACKENDS: tuple[Backend, ...] = ("gsqlite3", "bind")
-
-
-def pdns_server_binary() -> str | None:
-    return shutil.which("pdns_server") or (
-        "/usr/sbin/pdns_server" if Path("/usr/sbin/pdns_server").exists() else None
-    )
 
 
 def _write_secret(path: Path, text: str) -> None:
@@ -83,7 +76,7 @@ def _write_secret(path: Path, text: str) -> None:
 
 
 @dataclass
-class PowerDnsLab:
+class PowerDnsLab(LabServer):
     """A pdns_server instance in ``root``; ``start()`` writes everything and waits until every
     zone answers."""
 
@@ -157,7 +150,7 @@ class PowerDnsLab:
     def write_config(self) -> None:
         """Write pdns.conf (again: same ports and key), and create what does not exist yet: the
         API key, the zone files, the database with the zones."""
-        if pdns_server_binary() is None:
+        if server_binary("pdns_server") is None:
             raise LabError("pdns_server is not installed (apt-get install pdns-server)")
         self.port = self.port or free_port(self.host)
         self.api_port = self.api_port or free_port(self.host)
@@ -250,7 +243,7 @@ class PowerDnsLab:
 
     def start(self, timeout: float = 20) -> None:
         self.write_config()
-        pdns_server = pdns_server_binary()
+        pdns_server = server_binary("pdns_server")
         assert pdns_server is not None
         self.process = ServerProcess(
             "pdns_server",
@@ -259,18 +252,7 @@ class PowerDnsLab:
             self.root,
         )
         self.process.start()
-        try:
-            self.process.wait_answering(self.host, self.port, self.zones, timeout)
-        except LabError:
-            self.stop()
-            raise
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.stop()
-
-    def log(self) -> str:
-        return (self.root / "pdns.log").read_text(errors="replace")
+        self.process.wait_answering(self.host, self.port, self.zones, timeout)
 
     # --- tools and API, for tests ---------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import time
 from collections.abc import Sequence
@@ -30,6 +31,12 @@ def answers_soa(host: str, port: int, zone: str, timeout: float = 0.5) -> bool:
     return reply.rcode() == dns.rcode.NOERROR and bool(reply.answer)
 
 
+def server_binary(name: str) -> str | None:
+    """A server from the OS packages: on PATH, or in /usr/sbin (not on a plain user's PATH)."""
+    sbin = Path("/usr/sbin") / name
+    return shutil.which(name) or (str(sbin) if sbin.exists() else None)
+
+
 class ServerProcess:
     """One foreground server process whose output goes to ``log``."""
 
@@ -47,6 +54,14 @@ class ServerProcess:
             )
 
     def wait_answering(self, host: str, port: int, zones: Sequence[str], timeout: float) -> None:
+        """Until every zone answers its SOA; on failure the process is stopped, then LabError."""
+        try:
+            self._wait_answering(host, port, zones, timeout)
+        except LabError:
+            self.stop()
+            raise
+
+    def _wait_answering(self, host: str, port: int, zones: Sequence[str], timeout: float) -> None:
         deadline = time.monotonic() + timeout
         pending = list(zones)
         while pending:
@@ -79,3 +94,19 @@ class ServerProcess:
     @property
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+
+class LabServer:
+    """What every lab does the same way with its ``ServerProcess``."""
+
+    process: ServerProcess | None
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+
+    def log(self) -> str:
+        """The server's own log (empty before the first start)."""
+        if self.process is None:
+            return ""
+        return self.process.log.read_text(errors="replace")
