@@ -66,7 +66,7 @@ def looks_like_jws(data: bytes) -> bool:
     if data.count(b".") != 2 or not data.isascii():
         return False
     try:
-        header = json.loads(b64url_decode(data.split(b".", 1)[0]))
+        header = json.loads(b64url_decode(data[: data.index(b".")]))  # no copy of the rest
     except (binascii.Error, ValueError, RecursionError):
         return False
     return isinstance(header, dict) and "alg" in header
