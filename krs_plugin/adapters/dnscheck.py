@@ -46,6 +46,7 @@ class Expectation:
     absent: frozenset[int]
     soa_signers: frozenset[int]
     dnskey_signers: frozenset[int]
+    serial: int | None = None  # the SOA serial, when the adapter wrote it (NSD)
 
     def describe(self) -> str:
         return (
@@ -122,13 +123,16 @@ def check_served(expect: Expectation, host: str, port: int, timeout: float = 3.0
         soa, soa_sigs = _query(zone, dns.rdatatype.SOA, host, port, timeout)
     except (OSError, EOFError, dns.exception.DNSException) as exc:
         return Verification(False, (f"{zone}: no answer from {host} port {port}: {exc}",))
-    if dnskey is None:
-        if not expect.present:
-            return Verification(True)
-        detail = f"{zone}: DNSKEY {sorted(expect.present)} not served (no DNSKEY RRset)"
-        return Verification(False, (detail,))
-    served = {dns.dnssec.key_id(k) for k in dnskey}
     details = []
+    if expect.serial is not None:
+        serial = soa[0].serial if soa is not None else None
+        if serial != expect.serial:
+            details.append(f"{zone}: SOA serial {serial} served, {expect.serial} expected")
+    if dnskey is None:
+        if expect.present:
+            details.append(f"{zone}: DNSKEY {sorted(expect.present)} not served (no DNSKEY RRset)")
+        return Verification(not details, tuple(details))
+    served = {dns.dnssec.key_id(k) for k in dnskey}
     if expect.present - served:
         details.append(f"{zone}: DNSKEY {sorted(expect.present - served)} not served")
     if expect.absent & served:

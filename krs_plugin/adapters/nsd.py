@@ -11,7 +11,11 @@ What shapes the steps (SERVERS.md, verified by hand on NSD 4.6.1):
 - NSD never re-signs: ``maintain()`` signs again before the signatures expire and when the
   unsigned file changes (the service calls it on a timer and on inotify events);
 - the signed zone is a function of the unsigned file and the keys, so a snapshot is the key files
-  and a restore writes them back and signs again.
+  and a restore writes them back and signs again (or, when there were no keys, serves the
+  unsigned zone);
+- secondaries only transfer a higher serial, so the adapter picks every serial itself
+  (``soaserial``): after the one served before, and not below the unsigned file's or the Unix
+  time.
 """
 
 from __future__ import annotations
@@ -20,16 +24,25 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import dns.exception
 import dns.name
 
 from krs_plugin.adapters import keyfiles
 from krs_plugin.adapters.base import ApplyResult, InstalledKey, KeyPlan, Problem, Verification
 from krs_plugin.adapters.dnscheck import KeyState, expectation, wait_served
 from krs_plugin.adapters.settings import reject_unknown, seconds, server_address, settings_path
+from krs_plugin.adapters.soaserial import (
+    find_serial,
+    is_after,
+    next_serial,
+    serial_of_file,
+    with_serial,
+)
 from krs_plugin.adapters.zonesign import (
     SIGNERS,
     check_zone_file,
@@ -56,8 +69,10 @@ SETTINGS = {
     "timeout",
     "verify_timeout",
 }
+ZONE_FILE_KEYS = {"unsigned", "signed"}
 DAY = 86400
 RETRY_AFTER = 60  # seconds between tries when signing again fails
+CHECK_TOOLS = ("nsd-checkzone", "nsd-checkconf")
 
 
 class NsdAdapter:
@@ -79,10 +94,9 @@ class NsdAdapter:
         self.key_directory = self._path(settings["key_directory"])
         self.unsigned_pattern = str(settings["unsigned_file"])
         self.signed_pattern = str(settings["signed_file"])
-        self.zone_files = {
-            dns.name.from_text(str(zone)): dict(files)
-            for zone, files in dict(settings.get("zone_files") or {}).items()
-        }
+        self.zones = tuple(zones)
+        self.zone_files = self._zone_files(settings.get("zone_files"))
+        self._refuse_shared_signed_files()
         self.config = self._path(settings.get("config", "/etc/nsd/nsd.conf"))
         self.control_binary = str(settings.get("control", "nsd-control"))
         self.host, self.port = server_address(settings)
@@ -99,11 +113,50 @@ class NsdAdapter:
             )
         self.timeout = seconds(settings, "timeout", 600)
         self.verify_timeout = seconds(settings, "verify_timeout", 10)
-        self.zones = tuple(zones)
         self._retry_at: dict[dns.name.Name, float] = {}
+        self._written: dict[dns.name.Name, int] = {}  # the last serial written, per zone
 
     def _path(self, value: object) -> Path:
         return settings_path(value, self.base)
+
+    def _zone_files(self, value: object) -> dict[dns.name.Name, dict[str, str]]:
+        """``zone_files``: per zone, the files that do not follow the patterns. A typo here
+        would sign the wrong file or serve a file NSD does not read, so every entry is checked."""
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            raise ConfigError(
+                "adapter.settings.zone_files: must map zone names to {unsigned: <file>, "
+                "signed: <file>}"
+            )
+        files = {}
+        for name, entry in value.items():
+            where = f"adapter.settings.zone_files.{name}"
+            try:
+                zone = dns.name.from_text(str(name))
+            except dns.exception.DNSException as exc:
+                raise ConfigError(f"{where}: not a zone name: {exc}") from exc
+            if self.zones and zone not in self.zones:
+                raise ConfigError(f"{where}: {zone} is not one of the zones in krs.yaml")
+            if not isinstance(entry, Mapping) or not entry or set(entry) - ZONE_FILE_KEYS:
+                raise ConfigError(f"{where}: expected {{unsigned: <file>, signed: <file>}}")
+            for key, path in entry.items():
+                if not isinstance(path, str) or not path:
+                    raise ConfigError(f"{where}.{key}: must be a file path")
+            files[zone] = dict(entry)
+        return files
+
+    def _refuse_shared_signed_files(self) -> None:
+        """Two zones signed into one file would overwrite each other's zone."""
+        seen: dict[Path, dns.name.Name] = {}
+        for zone in self.zones:
+            path = self.signed_file(zone)
+            if path in seen:
+                raise ConfigError(
+                    f"adapter.settings.signed_file: zones {seen[path]} and {zone} would share "
+                    f"the signed file {path} (put {{zone}} in the pattern, or use zone_files)"
+                )
+            seen[path] = zone
 
     @staticmethod
     def _seconds(settings: Mapping[str, Any], key: str, default: int) -> int:
@@ -150,7 +203,12 @@ class NsdAdapter:
                     "socket path, or run nsd-control-setup for the TLS keys)",
                 )
             ]
-        problems = [p for zone in self.zones if (p := self._zone_problem(zone)) is not None]
+        problems = [
+            Problem(f"{tool} not found", "apt-get install nsd")
+            for tool in CHECK_TOOLS
+            if shutil.which(tool) is None
+        ]
+        problems += [p for zone in self.zones if (p := self._zone_problem(zone)) is not None]
         if not signer_available(self.signer):
             problems.append(
                 Problem(
@@ -173,6 +231,14 @@ class NsdAdapter:
                     f"add a zone: block for {name} whose zonefile is {self.signed_file(zone)}",
                 )
             return Problem(f"NSD does not answer for zone {name}: {exc}", "is nsd running?")
+        served = self.nsd_zonefile(zone)
+        if served is not None and served.resolve() != self.signed_file(zone).resolve():
+            return Problem(
+                f"NSD serves zone {name} from {served}, but the adapter writes "
+                f"{self.signed_file(zone)}",
+                "make adapter.settings.signed_file (or zone_files) and the zone's zonefile: in "
+                "nsd.conf name the same file",
+            )
         unsigned = self.unsigned_file(zone)
         if not unsigned.is_file():
             return Problem(
@@ -181,6 +247,25 @@ class NsdAdapter:
             )
         return None
 
+    def nsd_zonefile(self, zone: dns.name.Name) -> Path | None:
+        """The file NSD loads ``zone`` from, as nsd.conf says (patterns expanded, relative to
+        zonesdir); None when nsd.conf does not name it (a zone added with nsd-control addzone
+        whose pattern is not known here, or nsd-checkconf missing)."""
+        checkconf = ["nsd-checkconf"]
+        try:
+            text = run([*checkconf, "-z", zone.to_text(), "-o", "zonefile", str(self.config)],
+                       "nsd-checkconf", self.verify_timeout).strip()  # fmt: skip
+            if not text:
+                return None
+            path = Path(expand_zonefile(text, zone))
+            if not path.is_absolute():
+                zonesdir = run([*checkconf, "-o", "zonesdir", str(self.config)],
+                               "nsd-checkconf", self.verify_timeout).strip()  # fmt: skip
+                path = Path(zonesdir) / path
+        except AdapterError:
+            return None
+        return path
+
     def current_keys(self, zone: dns.name.Name) -> list[InstalledKey]:
         return keyfiles.installed_keys(self.key_directory, zone)
 
@@ -188,11 +273,17 @@ class NsdAdapter:
         return keyfiles.encode_snapshot(keyfiles.snapshot_files(self.key_directory, zone))
 
     def restore(self, zone: dns.name.Name, snapshot: str) -> None:
+        """Put the snapshot's keys back and serve the zone signed with them; a snapshot without
+        keys (the zone's first distribution undone) serves the unsigned zone again, as before
+        the KRS signed it."""
         before = keyfiles.decode_snapshot(self.key_directory, snapshot)
+        installed = {k.key_tag for k in self.current_keys(zone)}
         keyfiles.restore_files(self.key_directory, zone, before)
-        if not keyfiles.tags_in(before):
-            return  # never signed by the KRS: nothing to sign with
-        self._sign_and_serve(zone, removed=())
+        removed = installed - keyfiles.tags_in(before)
+        if keyfiles.tags_in(before):
+            self._sign_and_serve(zone, removed)
+        else:
+            self._serve(zone, self._copy_unsigned, removed)
 
     def apply(self, zone: dns.name.Name, plan: KeyPlan) -> ApplyResult:
         problem = self._zone_problem(zone)
@@ -235,8 +326,7 @@ class NsdAdapter:
         except (KrsError, OSError) as exc:
             outcome = self._rollback(zone, before, served_before)
             raise AdapterError(
-                f"nsd, zone {zone}: step '{step}' failed: {exc}; keys and served zone restored"
-                f" ({outcome})"
+                f"nsd, zone {zone}: step '{step}' failed: {exc}; keys restored, {outcome}"
             ) from exc
         return ApplyResult(
             zone, changed, tuple(installed), tuple(retired), tuple(removed), verification
@@ -248,35 +338,72 @@ class NsdAdapter:
     # --- signing ----------------------------------------------------------------------------
 
     def _sign_and_serve(self, zone: dns.name.Name, removed: Iterable[int]) -> Verification:
-        """Sign, check, rename into place, reload, and see NSD serve it; raises (with the step
-        in the message) on any failure, leaving the served file as it was before the rename."""
+        return self._serve(zone, self._sign, removed)
+
+    def _sign(self, zone: dns.name.Name, fresh: Path, serial: int) -> None:
+        result = sign_zone(
+            self.signer,
+            zone,
+            self.unsigned_file(zone),
+            self.key_directory,
+            fresh,
+            serial=serial,
+            validity=self.validity,
+            timeout=self.timeout,
+        )
+        log.info("nsd, zone %s: signed with %s in %.2f s", zone, self.signer, result.seconds)
+
+    def _copy_unsigned(self, zone: dns.name.Name, fresh: Path, serial: int) -> None:
+        text = self.unsigned_file(zone).read_text(encoding="latin-1")
+        fresh.write_text(with_serial(text, serial), encoding="latin-1")
+
+    def _serve(
+        self,
+        zone: dns.name.Name,
+        produce: Callable[[dns.name.Name, Path, int], None],
+        removed: Iterable[int],
+    ) -> Verification:
+        """Write the zone (``produce``) with the next serial beside the served file, check it,
+        rename it into place, reload, and see NSD serve it; raises (with the step in the
+        message) on any failure. A failure before the rename leaves the served file untouched."""
         served = self.signed_file(zone)
         fresh = served.with_name(f".{served.name}.krs-new")
+        serial = self._next_serial(zone)
         try:
-            result = sign_zone(
-                self.signer,
-                zone,
-                self.unsigned_file(zone),
-                self.key_directory,
-                fresh,
-                validity=self.validity,
-                timeout=self.timeout,
-            )
+            produce(zone, fresh, serial)
             check_zone_file(zone, fresh, self.timeout)
             os.chmod(fresh, 0o644)  # public data; NSD may read it as its own user
             os.replace(fresh, served)
         finally:
             fresh.unlink(missing_ok=True)
-        log.info("nsd, zone %s: signed with %s in %.2f s", zone, self.signer, result.seconds)
-        self.control("reload", zone.to_text())
-        verification = self._wait(zone, removed)
+        self._written[zone] = serial
+        try:
+            self.control("reload", zone.to_text())
+        except AdapterError as exc:
+            raise AdapterError(f"reload: {exc}") from exc
+        verification = self._wait(zone, removed, serial)
         if not verification.ok:
             raise AdapterError("verify: " + "; ".join(verification.details))
         return verification
 
-    def _wait(self, zone: dns.name.Name, removed: Iterable[int]) -> Verification:
+    def _next_serial(self, zone: dns.name.Name) -> int:
+        """After the serial NSD serves (and any written since), not below the unsigned file's
+        serial or the Unix time."""
+        unsigned = self.unsigned_file(zone)
+        found = find_serial(unsigned.read_text(encoding="latin-1"))
+        if found is None:
+            raise AdapterError(f"unsigned zone file {unsigned}: no SOA record with a serial")
+        previous = serial_of_file(self.signed_file(zone))
+        written = self._written.get(zone)
+        if written is not None and (previous is None or is_after(written, previous)):
+            previous = written  # a rollback put a lower serial back: never reuse one
+        return next_serial(previous, found.value, int(time.time()))
+
+    def _wait(
+        self, zone: dns.name.Name, removed: Iterable[int], serial: int | None = None
+    ) -> Verification:
         keys = [KeyState(k.key_tag, k.flags, k.timing) for k in self.current_keys(zone)]
-        expect = expectation(zone, keys, removed, int(time.time()))
+        expect = replace(expectation(zone, keys, removed, int(time.time())), serial=serial)
         return wait_served(expect, self.host, self.port, timeout=self.verify_timeout)
 
     @staticmethod
@@ -289,17 +416,28 @@ class NsdAdapter:
     def _rollback(
         self, zone: dns.name.Name, before: dict[Path, bytes], served_before: bytes | None
     ) -> str:
+        """Keys and served file back as they were; says what NSD was seen to serve after."""
         keyfiles.restore_files(self.key_directory, zone, before)
         served = self.signed_file(zone)
-        if served_before is not None and self._read(served) != served_before:
-            try:
-                keyfiles.write_files({served: served_before})
-                os.chmod(served, 0o644)
+        if self._read(served) == served_before:
+            return "the served file was never replaced"
+        try:
+            if served_before is None:
+                served.unlink(missing_ok=True)
                 self.control("reload", zone.to_text())
-            except (KrsError, OSError) as exc:
-                return f"the previous signed file is back, NSD could not be told: {exc}"
-            return "NSD serves the previous signed zone again"
-        return "the served file was not replaced"
+                return "the signed file written is removed again (there was none before)"
+            keyfiles.write_files({served: served_before})
+            os.chmod(served, 0o644)
+            self.control("reload", zone.to_text())
+        except (KrsError, OSError) as exc:
+            return f"putting the previous served file back failed: {exc}"
+        serial = serial_of_file(served)
+        seen = self._wait(zone, (), serial)
+        if seen.ok:
+            return f"NSD serves the previous zone again (serial {serial})"
+        return (
+            f"the previous file is back, but NSD was not seen serving it: {'; '.join(seen.details)}"
+        )
 
     # --- keeping signatures fresh -------------------------------------------------------------
 
@@ -352,13 +490,20 @@ class NsdAdapter:
             if reason is None:
                 continue
             log.info("nsd, zone %s: signing again: %s", zone, reason)
+            served_before = serial_of_file(self.signed_file(zone))
             try:
                 self._sign_and_serve(zone, removed=())
                 self._retry_at.pop(zone, None)
             except (KrsError, OSError) as exc:
                 self._retry_at[zone] = now + RETRY_AFTER
-                log.error("nsd, zone %s: signing again failed (next try in %d s): %s",
-                          zone, RETRY_AFTER, exc)  # fmt: skip
+                after = serial_of_file(self.signed_file(zone))
+                state = (
+                    "the served file was not touched"
+                    if after == served_before
+                    else f"the new signed file (serial {after}) is in place"
+                )
+                log.error("nsd, zone %s: signing again failed, %s (next try in %d s): %s",
+                          zone, state, RETRY_AFTER, exc)  # fmt: skip
         return self._next_wait(time.time())
 
     def _next_wait(self, now: float) -> float:
@@ -375,3 +520,27 @@ class NsdAdapter:
         if not moments:
             return 3600.0
         return max(1.0, min(moments) - now)
+
+
+def expand_zonefile(pattern: str, zone: dns.name.Name) -> str:
+    """nsd.conf's ``zonefile:`` with its %-escapes filled in for ``zone`` (nsd.conf(5)): %s the
+    zone name, %1 %2 %3 its first characters, %z %y %x its labels from the top; a "." where
+    there is no such character or label."""
+    name = zone.to_text(omit_final_dot=True)
+    labels = [label.decode() for label in zone.labels if label][::-1]
+    fill = {"s": name, "z": labels[0] if labels else ".", "y": ".", "x": "."}
+    if len(labels) > 1:
+        fill["y"] = labels[1]
+    if len(labels) > 2:
+        fill["x"] = labels[2]
+    for index in (1, 2, 3):
+        fill[str(index)] = name[index - 1] if len(name) >= index else "."
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern[i] == "%" and i + 1 < len(pattern) and pattern[i + 1] in fill:
+            out.append(fill[pattern[i + 1]])
+            i += 2
+        else:
+            out.append(pattern[i])
+            i += 1
+    return "".join(out)

@@ -12,8 +12,11 @@ Two signers, both from Debian packages: ``dnssec-signzone`` (bind9-utils, the de
   makes every algorithm sign every RRset (otherwise a CSK next to another algorithm's ZSK only
   signs the DNSKEY RRset), and its output is checked with ``ldns-verify-zone``.
 
-Both set the SOA serial to the Unix time (``-N unixtime`` / ``-u``). Every signed file is also
-checked with ``nsd-checkzone`` by the adapter before it replaces the served one.
+Both sign a copy of the unsigned file whose SOA serial the adapter chose (``soaserial``), and keep
+it (``-N keep``; ldns-signzone without ``-u``): the signers' Unix-time serial goes backwards under
+a date serial. Because the copy lives in a temporary directory, ``$INCLUDE`` paths in the unsigned
+file must be absolute. Every signed file is also checked with ``nsd-checkzone`` by the adapter
+before it replaces the served one.
 """
 
 from __future__ import annotations
@@ -29,10 +32,19 @@ from pathlib import Path
 import dns.name
 
 from krs_plugin.adapters import keyfiles
+from krs_plugin.adapters.soaserial import with_serial
 from krs_plugin.errors import AdapterError
 
 SIGNERS = ("dnssec-signzone", "ldns-signzone")
 VERIFIER = {"dnssec-signzone": None, "ldns-signzone": "ldns-verify-zone"}
+PACKAGE = {  # the Debian package of each tool the adapter runs, for "not found" messages
+    "dnssec-signzone": "bind9-utils",
+    "ldns-signzone": "ldnsutils",
+    "ldns-verify-zone": "ldnsutils",
+    "nsd-checkzone": "nsd",
+    "nsd-checkconf": "nsd",
+    "nsd-control": "nsd",
+}
 
 
 @dataclass(frozen=True)
@@ -47,7 +59,9 @@ def run(argv: list[str], what: str, timeout: float, cwd: Path | None = None) -> 
             argv, capture_output=True, text=True, timeout=timeout, cwd=cwd, check=False
         )
     except FileNotFoundError as exc:
-        raise AdapterError(f"{argv[0]} not found: install bind9-utils or ldnsutils") from exc
+        package = PACKAGE.get(Path(argv[0]).name)
+        hint = f": apt-get install {package}" if package else ""
+        raise AdapterError(f"{argv[0]} not found{hint}") from exc
     except subprocess.TimeoutExpired as exc:
         raise AdapterError(f"{what}: did not finish in {timeout:g} s") from exc
     if result.returncode != 0:
@@ -63,36 +77,44 @@ def sign_zone(
     key_directory: Path,
     output: Path,
     *,
+    serial: int,
     validity: int,
     timeout: float,
 ) -> SignedZone:
     """Sign ``unsigned`` with the zone's keys in ``key_directory`` into ``output`` (a new file
-    beside the served one); raises with the signer's message when it fails or finds no keys."""
+    beside the served one), with SOA serial ``serial``; raises with the signer's message when it
+    fails, or when no key is active."""
     start = time.perf_counter()
     now = int(time.time())
     origin = zone.to_text()
+    if signer not in SIGNERS:
+        raise AdapterError(f"unknown signer {signer!r} (one of: {', '.join(SIGNERS)})")
     with tempfile.TemporaryDirectory(prefix="krs-sign-") as scratch:
         work = Path(scratch)
+        # Latin-1 both ways: the file's bytes pass through unchanged, whatever its encoding.
+        text = with_serial(unsigned.read_text(encoding="latin-1"), serial)
+        source = work / "input.zone"
         if signer == "dnssec-signzone":
             # -x: the DNSKEY RRset by the KSKs only. When an algorithm has keys of one kind
             # only (a CSK, a lone ZSK), -z lets every key sign everything, as BIND does.
             roles = _active_roles(zone, key_directory, now)
+            if not roles:
+                raise AdapterError(f"dnssec-signzone {origin}: no active key to sign with")
             split = ["-x"] if all(r == {"KSK", "ZSK"} for r in roles.values()) else ["-z"]
+            source.write_text(text, encoding="latin-1")
             run(
                 [
                     "dnssec-signzone", "-S", *split, "-O", "full", "-K", str(key_directory),
                     "-o", origin,
-                    "-N", "unixtime", "-s", str(now - 3600), "-e", str(now + validity),
-                    "-f", str(output), str(unsigned),
+                    "-N", "keep", "-s", str(now - 3600), "-e", str(now + validity),
+                    "-f", str(output), str(source),
                 ],
                 f"dnssec-signzone {origin}",
                 timeout,
                 cwd=work,
             )  # fmt: skip
-        elif signer == "ldns-signzone":
-            _ldns_sign(zone, unsigned, key_directory, output, work, now, validity, timeout)
         else:
-            raise AdapterError(f"unknown signer {signer!r} (one of: {', '.join(SIGNERS)})")
+            _ldns_sign(zone, text, key_directory, output, source, now, validity, timeout)
     return SignedZone(output, time.perf_counter() - start)
 
 
@@ -108,10 +130,10 @@ def _active_roles(zone: dns.name.Name, key_directory: Path, now: int) -> dict[in
 
 def _ldns_sign(
     zone: dns.name.Name,
-    unsigned: Path,
+    text: str,
     key_directory: Path,
     output: Path,
-    work: Path,
+    source: Path,
     now: int,
     validity: int,
     timeout: float,
@@ -127,19 +149,18 @@ def _ldns_sign(
             published.append(key.dnskey_text())
     if not active:
         raise AdapterError(f"ldns-signzone {zone}: no active key to sign with")
-    source = work / "input.zone"
-    with open(source, "w") as out:
-        out.write(unsigned.read_text())
+    with open(source, "w", encoding="latin-1") as out:
+        out.write(text)
         out.write("\n" + "".join(f"{line}\n" for line in published))
     origin = zone.to_text()
     run(
         [
-            "ldns-signzone", "-u", "-U", "-o", origin, "-i", str(now - 3600),
+            "ldns-signzone", "-U", "-o", origin, "-i", str(now - 3600),
             "-e", str(now + validity), "-f", str(output), str(source), *active,
         ],
         f"ldns-signzone {origin}",
         timeout,
-        cwd=work,
+        cwd=source.parent,
     )  # fmt: skip
     run(["ldns-verify-zone", str(output)], f"ldns-verify-zone {origin}", timeout)
 

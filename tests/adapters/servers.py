@@ -33,6 +33,9 @@ class ServerLab(Protocol):
     port: int
     zsk_needs_ksk: bool
     """The server refuses a ZSK without an active KSK of its algorithm (Knot)."""
+    serves_last_keys_when_emptied: bool
+    """With its keys all taken away, the server goes on serving the zone as last signed (Knot
+    cannot load a signed zone without keys; docs/servers/knot.md)."""
     reload_failure: str
     """Text the adapter's error carries when the server does not take the keys (see
     ``break_reload``)."""
@@ -54,6 +57,7 @@ class ServerLab(Protocol):
 class Bind9ServerLab:
     name = "bind9"
     zsk_needs_ksk = False
+    serves_last_keys_when_emptied = False
     reload_failure = "not served"
 
     def __init__(self, root: Path) -> None:
@@ -94,6 +98,7 @@ class Bind9ServerLab:
 class KnotServerLab:
     name = "knot"
     zsk_needs_ksk = True
+    serves_last_keys_when_emptied = True
     reload_failure = "missing active KSK or ZSK"
 
     def __init__(self, root: Path) -> None:
@@ -141,6 +146,7 @@ class KnotServerLab:
 class NsdServerLab:
     name = "nsd"
     zsk_needs_ksk = False
+    serves_last_keys_when_emptied = False
     reload_failure = "unexpected end of input"  # the signer refuses the broken unsigned file
 
     signer = "dnssec-signzone"
@@ -199,6 +205,7 @@ class PowerDnsServerLab:
 
     name = "powerdns-api"
     zsk_needs_ksk = False
+    serves_last_keys_when_emptied = False
     # break_reload marks the zone PRESIGNED (an operator's mistake check() reports): PowerDNS
     # then refuses the rectify that follows the new key (API and pdnsutil word it differently).
     reload_failure = "pre-signed"

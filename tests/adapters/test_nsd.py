@@ -4,6 +4,7 @@ missing. The first two run through a real ``krs run``, as an operator would see 
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,11 +18,12 @@ import dns.rdatatype
 import pytest
 
 from krs_plugin.adapters.base import KeyPlan, PlannedKey
-from krs_plugin.adapters.nsd import NsdAdapter
+from krs_plugin.adapters.nsd import NsdAdapter, expand_zonefile
 from krs_plugin.dnssec import KeyTiming, generate_key
-from krs_plugin.errors import AdapterError
+from krs_plugin.errors import AdapterError, ConfigError
 from krs_plugin.lab.deployment import Deployment, wait_until
 from krs_plugin.lab.nsd import NsdLab
+from krs_plugin.lab.ports import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -176,3 +178,136 @@ def test_a_failing_signing_is_retried_after_a_pause_not_every_second(nsd: NsdLab
     nsd.unsigned_file(ZONE).write_text("$ORIGIN example.com.\n@ IN SOA broken\n")
     assert nsd_adapter.maintain() >= 59  # failed, next try in RETRY_AFTER
     assert nsd_adapter.maintain() >= 59  # not tried again meanwhile
+
+
+def served_serial(lab: NsdLab) -> int:
+    reply = dns.query.tcp(dns.message.make_query(NAME, "SOA"), lab.host, port=lab.port)
+    return int(reply.answer[0][0].serial)
+
+
+@pytest.mark.parametrize("signer", ["dnssec-signzone", "ldns-signzone"])
+def test_every_signing_serves_a_higher_serial_under_a_date_serial(nsd: NsdLab, signer: str) -> None:
+    # 2026112301 is above the Unix time until 2034: the signers' own Unix-time serial would
+    # freeze the served serial, and secondaries would never see a change.
+    unsigned = nsd.unsigned_file(ZONE)
+    unsigned.write_text(unsigned.read_text().replace(" 1 3600 ", " 2026112301 3600 "))
+    nsd_adapter = adapter(nsd, ZONE, signer=signer)
+    nsd_adapter.apply(NAME, csk_plan())
+    serials = [served_serial(nsd)]
+    nsd_adapter.apply(NAME, csk_plan())  # two signings within the same second
+    serials.append(served_serial(nsd))
+    unsigned.write_text(unsigned.read_text() + "mail IN A 192.0.2.25\n")
+    nsd_adapter.maintain()  # the edit, signed
+    serials.append(served_serial(nsd))
+    unsigned.write_text(unsigned.read_text().replace(" 2026112301 ", " 2026112401 "))
+    nsd_adapter.maintain()  # the operator's next date serial is taken as it is
+    serials.append(served_serial(nsd))
+    assert serials == [2026112301, 2026112302, 2026112303, 2026112401]
+    signed_answer(nsd, f"mail.{ZONE}", "A")  # and every one of them validly signed
+
+
+def test_a_counter_serial_becomes_the_unix_time_and_never_repeats(nsd: NsdLab) -> None:
+    nsd_adapter = adapter(nsd, ZONE)
+    start = int(time.time())
+    nsd_adapter.apply(NAME, csk_plan())
+    first = served_serial(nsd)
+    nsd_adapter.apply(NAME, csk_plan())
+    assert start <= first <= int(time.time()) and served_serial(nsd) > first
+
+
+def test_restore_of_a_first_distribution_serves_the_zone_unsigned_with_a_higher_serial(
+    nsd: NsdLab,
+) -> None:
+    nsd_adapter = adapter(nsd, ZONE)
+    snapshot = nsd_adapter.snapshot(NAME)  # no keys yet
+    nsd_adapter.apply(NAME, csk_plan())
+    signed = served_serial(nsd)
+    nsd_adapter.restore(NAME, snapshot)
+    reply = dns.query.tcp(
+        dns.message.make_query(NAME, "DNSKEY", want_dnssec=True), nsd.host, port=nsd.port
+    )
+    assert reply.answer == []  # no DNSKEY, no RRSIG: the zone as before the KRS signed it
+    assert served_serial(nsd) > signed
+    assert "RRSIG" not in nsd.signed_file(ZONE).read_text()
+    assert not list((nsd.root / "keys").iterdir())
+
+
+def test_a_rollback_after_the_rename_says_what_nsd_serves(nsd: NsdLab) -> None:
+    nsd_adapter = adapter(nsd, ZONE)
+    nsd_adapter.apply(NAME, csk_plan())
+    previous = nsd.signed_file(ZONE).read_bytes()
+    serial = served_serial(nsd)
+    # NSD serves another address than the adapter asks: the DNS check after the reload fails.
+    elsewhere = adapter(nsd, ZONE, server=f"{nsd.host}:{nsd.port}")
+    elsewhere.port = free_port(nsd.host)
+    with pytest.raises(AdapterError) as failure:
+        elsewhere.apply(NAME, csk_plan())
+    message = str(failure.value)
+    assert "step 'sign' failed: verify:" in message
+    assert "keys restored, the previous file is back, but NSD was not seen serving it" in message
+    assert nsd.signed_file(ZONE).read_bytes() == previous
+    assert served_serial(nsd) == serial  # and it does serve it again
+
+
+def test_a_rollback_removes_a_signed_file_there_was_none_of(nsd: NsdLab) -> None:
+    nsd.signed_file(ZONE).unlink()
+    nsd.control("reload", ZONE)
+    nsd_adapter = adapter(nsd, ZONE)
+    nsd_adapter.port = free_port(nsd.host)  # the DNS check fails after the rename
+    with pytest.raises(AdapterError, match="the signed file written is removed again"):
+        nsd_adapter.apply(NAME, csk_plan())
+    assert not nsd.signed_file(ZONE).exists()
+    assert not list((nsd.root / "keys").iterdir())
+
+
+def test_signing_without_an_active_key_says_so(nsd: NsdLab) -> None:
+    later = int(time.time()) + 3600
+    csk = generate_key(ZONE, 13, 257)
+    plan = KeyPlan(NAME, (PlannedKey(csk, "CSK", KeyTiming(later, later, later)),))
+    with pytest.raises(AdapterError, match="no active key to sign with"):
+        adapter(nsd, ZONE).apply(NAME, plan)
+
+
+def test_check_reports_a_zonefile_that_is_not_the_signed_file(nsd: NsdLab) -> None:
+    other = nsd.root / "elsewhere" / "{zone}signed"
+    (problem,) = adapter(nsd, ZONE, signed_file=str(other)).check()
+    assert f"NSD serves zone {ZONE} from {nsd.signed_file(ZONE)}" in problem.what
+    assert "zonefile:" in problem.fix
+
+
+@pytest.mark.parametrize(
+    ("zone_files", "error"),
+    [
+        ("a list", "must map zone names"),
+        ({"example.org.": {"signed": "x"}}, "not one of the zones in krs.yaml"),
+        ({ZONE: {"sigend": "x"}}, "expected {unsigned: <file>, signed: <file>}"),
+        ({ZONE: {"signed": ""}}, "zone_files.example.com..signed: must be a file path"),
+        ({ZONE: "x.signed"}, "expected {unsigned"),
+    ],
+)
+def test_zone_files_are_checked_entry_by_entry(
+    tmp_path: Path, zone_files: object, error: str
+) -> None:
+    settings = {"key_directory": str(tmp_path), "unsigned_file": "u/{zone}",
+                "signed_file": "s/{zone}", "zone_files": zone_files}  # fmt: skip
+    with pytest.raises(ConfigError, match=re.escape(error)):
+        NsdAdapter(settings, zones=[NAME])
+
+
+def test_two_zones_in_one_signed_file_are_refused(tmp_path: Path) -> None:
+    settings = {"key_directory": str(tmp_path), "unsigned_file": "u/{zone}",
+                "signed_file": "served.zone"}  # fmt: skip
+    with pytest.raises(ConfigError, match="would share the signed file"):
+        NsdAdapter(settings, zones=[NAME, dns.name.from_text("example.net.")])
+
+
+@pytest.mark.parametrize(
+    ("pattern", "zone", "path"),
+    [
+        ("%s.zone", "example.com.", "example.com.zone"),
+        ("%z/%y/%1%2%3/%s", "example.com.", "com/example/exa/example.com"),
+        ("%x-%3", "ab.", ".-."),
+    ],
+)
+def test_nsd_zonefile_patterns_are_expanded_as_nsd_does(pattern: str, zone: str, path: str) -> None:
+    assert expand_zonefile(pattern, dns.name.from_text(zone)) == path

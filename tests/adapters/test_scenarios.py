@@ -238,3 +238,21 @@ def test_restore_undoes_a_completed_apply_removed_keys_included(lab: ServerLab) 
     now = served(lab)
     assert now.tags == {ksk.key_tag, zsk.key_tag, spare.key_tag}
     assert now.soa_signers == {zsk.key_tag, spare.key_tag}
+
+
+def test_restore_of_a_zone_first_apply_leaves_no_key_of_it_served(lab: ServerLab) -> None:
+    # The zone's first distribution undone (a later zone failed, or a crash mid-apply): the
+    # snapshot has no keys, and the server must not go on serving (or signing with) the ones
+    # the apply brought.
+    adapter = lab.adapter()
+    before, snapshot = lab.stored(), adapter.snapshot(NAME)
+    csk = key("CSK")
+    adapter.apply(NAME, install((csk, "CSK")))
+    assert served(lab).tags == {csk.key_tag}
+    adapter.restore(NAME, snapshot)
+    assert lab.stored() == before
+    now = served(lab)
+    if lab.serves_last_keys_when_emptied:  # Knot: documented, and logged as a warning
+        assert now.tags == {csk.key_tag}
+        return
+    assert csk.key_tag not in now.tags and csk.key_tag not in now.soa_signers
