@@ -59,6 +59,29 @@ def build_parser() -> argparse.ArgumentParser:
                 help="only show the plan (the daemon applies)",
             )
     p = commands.add_parser(
+        "enroll",
+        help="join a KDC with a bootstrap package: make this node's keys and write krs.yaml",
+        description=(
+            "Reads the package from krs-kdc enroll create, makes the node's keys (0600), sends "
+            "the SIG(0)-signed enrollment UPDATE to the KDC over TCP, and on success writes the "
+            "keys, the KDC's verification key and krs.yaml into --dir; krs run starts next. "
+            "Nothing is written when the KDC refuses."
+        ),
+    )
+    p.add_argument("package", help="the <node>.enroll file")
+    p.add_argument("--dir", default="/etc/krs", help="where keys, krs.yaml and state go")
+    p.add_argument("--config", "-c", help="krs.yaml to write (default DIR/krs.yaml)")
+    p.add_argument(
+        "--notify",
+        help="host:port the KDC sends NOTIFY to (default: this host's address "
+        "toward the KDC, port 5355)",
+    )
+    p.add_argument("--adapter-config", help="YAML file with krs.yaml's adapter: section")
+    p.add_argument(
+        "--kdc-verification-key", help="the KDC's signing key, for a package without one"
+    )
+    _json_option(p)
+    p = commands.add_parser(
         "run", help="run the KRS daemon: NOTIFY listener, fetch, apply, confirm"
     )
     _config_option(p)
@@ -120,6 +143,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 run_main_job(backend=b, zone=args.zone, server=args.server, keep=args.keep)
                 for b in backends
             )
+        if args.command == "enroll":
+            from krs_plugin.receiver.enroll import enroll_command
+
+            return enroll_command(args)
         if args.command in ("fetch", "apply", "status", "keys", "run", "doctor"):
             from krs_plugin.receiver.commands import run_command
 

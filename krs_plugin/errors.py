@@ -56,3 +56,8 @@ class ConfigError(KrsError):
 
 class KeyMismatchError(KrsError):
     """A DNSSEC private key does not belong to the DNSKEY (or key tag) it came with."""
+
+
+class EnrollmentError(KrsError):
+    """A bootstrap package, enrollment request or enrollment answer is refused; the message
+    says why (expired, used, revoked, altered, not sealed to this KDC...)."""

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from krs_plugin import __version__
-from krs_plugin.crypto import load_hpke_public, load_jose_key
+from krs_plugin.crypto import load_hpke_public, load_jose_key, write_secret_file
 from krs_plugin.dnssec import generate_key, read_bind_key_pair
 from krs_plugin.errors import ConfigError, KeyFileError, KrsError, WireError
 from krs_plugin.kdc.distribute import distribute_node, distribute_zone
@@ -360,8 +360,103 @@ def cmd_serve(args: argparse.Namespace) -> int:
         notify_retry_base=args.notify_retry,
         notify_retry_max=args.notify_retry_max,
     )
+    identity = load_identity(_state_dir(args) / "keys")
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(store, control_zone, options))
+        asyncio.run(serve(store, control_zone, options, identity))
+    return 0
+
+
+def cmd_enroll_create(args: argparse.Namespace) -> int:
+    from krs_plugin.kdc.enroll import create_package
+
+    store = _open_store(args)
+    identity = load_identity(_state_dir(args) / "keys")
+    _check_address(args.kdc_address)
+    valid = _validity(args.valid)
+    issued = create_package(
+        store, identity, args.node, zones=args.zones, backend=args.backend, valid_for=valid,
+        kdc_address=args.kdc_address, now=time.time(),
+    )  # fmt: skip
+    package = issued.package
+    output = Path(args.output or f"{package.node_id.rstrip('.')}.enroll")
+    try:
+        write_secret_file(output, package.to_text())
+    except OSError as exc:
+        store.revoke_tokens(token_id=issued.token.token_id, now=time.time())
+        raise ConfigError(f"{output}: cannot write the package ({exc}); token revoked") from exc
+    data = {
+        "node_id": package.node_id,
+        "token_id": issued.token.token_id,
+        "backend": package.backend,
+        "zones": list(package.zones),
+        "valid_until": package.valid_until,
+        "file": str(output),
+    }
+    _emit(
+        args,
+        data,
+        [
+            f"enrollment package for {package.node_id} written to {output} (0600)",
+            f"token {issued.token.token_id}, {package.backend}, zones "
+            f"{', '.join(package.zones) or 'none'}, valid until {package.valid_until}",
+            f"on the node: krs enroll {output.name}",
+        ],
+    )
+    return 0
+
+
+MAX_PACKAGE_VALIDITY = 7 * 86400
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _validity(text: str) -> int:
+    """``--valid``: 90s, 15m, 2h, 1d; at most 7 days, since a package is a bearer secret."""
+    number, unit = text[:-1], text[-1:]
+    if not number.isdigit() or unit not in _UNIT_SECONDS or int(number) == 0:
+        raise StateError(f"--valid {text!r}: expected a duration such as 15m, 2h or 1d")
+    seconds = int(number) * _UNIT_SECONDS[unit]
+    if seconds > MAX_PACKAGE_VALIDITY:
+        raise StateError(f"--valid {text!r}: at most 7d (a package is a secret: keep it short)")
+    return seconds
+
+
+def cmd_enroll_list(args: argparse.Namespace) -> int:
+    store = _open_store(args)
+    now = time.time()
+    tokens = store.tokens(args.node)
+    rows = [
+        {
+            "token_id": t.token_id,
+            "node_id": t.node_id,
+            "backend": t.backend,
+            "zones": list(t.zones),
+            "created_at": t.created_at,
+            "expires_at": t.expires_at,
+            "used_at": t.used_at,
+            "revoked_at": t.revoked_at,
+            "status": t.status(now),
+        }
+        for t in tokens
+    ]
+    lines = [
+        f"{t.token_id} {t.node_id:32} {t.backend:5} {t.status(now):8} until "
+        + time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t.expires_at))
+        for t in tokens
+    ]
+    _emit(args, rows, lines)
+    return 0
+
+
+def cmd_enroll_revoke(args: argparse.Namespace) -> int:
+    store = _open_store(args)
+    if bool(args.node) == bool(args.token):
+        raise StateError("enroll revoke: give --node or --token (one of them)")
+    revoked = store.revoke_tokens(node_id=args.node, token_id=args.token, now=time.time())
+    if not revoked:
+        what = f"node {canonical(args.node)}" if args.node else f"token {args.token}"
+        raise StateError(f"no open enrollment token for {what} (see: krs-kdc enroll list)")
+    ids = [t.token_id for t in revoked]
+    _emit(args, {"revoked": ids}, [f"revoked token {i}" for i in ids])
     return 0
 
 
@@ -477,6 +572,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", action="append", help="host:port (repeatable; 127.0.0.1:5354)")
     p.add_argument("--notify-retry", type=float, default=1.0, metavar="SECONDS")
     p.add_argument("--notify-retry-max", type=float, default=60.0, metavar="SECONDS")
+    enroll = sub.add_parser(
+        "enroll", help="bootstrap packages: a new node joins without pre-shared keys"
+    ).add_subparsers(dest="enroll_command", metavar="ACTION", required=True)
+    p = add(enroll, "create", cmd_enroll_create, "write a single-use package for a new node")
+    p.add_argument("--node", required=True, help="the new node's id, an FQDN")
+    p.add_argument("--zones", nargs="+", required=True, metavar="ZONE", help="zones it serves")
+    p.add_argument("--backend", choices=("hpke", "jose"), default="hpke")
+    p.add_argument("--valid", default="15m", help="how long the package works (15m, 2h, 1d)")
+    p.add_argument(
+        "--kdc-address",
+        default="127.0.0.1:5354",
+        help="where the node reaches krs-kdc serve (host:port; default 127.0.0.1:5354)",
+    )
+    p.add_argument("--output", "-o", help="package file (default <node>.enroll)")
+    p = add(enroll, "list", cmd_enroll_list, "list enrollment tokens and their status")
+    p.add_argument("--node")
+    p = add(enroll, "revoke", cmd_enroll_revoke, "revoke open tokens of a node, or one token")
+    p.add_argument("--node")
+    p.add_argument("--token", help="a token id from enroll list")
+
     p = add(sub, "export", cmd_export, "write the control zone as a standard zone file")
     p.add_argument("--output", "-o", help="file (default: standard output)")
     return parser

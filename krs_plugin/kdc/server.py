@@ -7,7 +7,8 @@ buffer is truncated (TC=1) so the client retries over TCP.
 
 NOTIFY goes to each target node with exponential backoff until the node answers NOERROR.
 Confirmations are NOTIFY messages from nodes carrying EDNS0 option 65004 (PROTOCOL.md section 6);
-when the node enrolled a signing key, the report's JWS must verify with it.
+when the node enrolled a signing key, the report's JWS must verify with it. Enrollment UPDATEs
+(PROTOCOL.md section 7) go to ``kdc/enroll.py``.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from krs_plugin.confirmation import verify_report
 from krs_plugin.crypto import JoseKey
 from krs_plugin.dnsio import serve_dns, udp_exchange
 from krs_plugin.errors import KrsError
+from krs_plugin.kdc.enroll import EnrollmentDesk
+from krs_plugin.kdc.identity import KdcIdentity
 from krs_plugin.kdc.store import DistributionRow, Store
 from krs_plugin.protocol import (
     CHUNK_TYPE,
@@ -227,6 +230,12 @@ def _udp_limit(query: dns.message.Message) -> int:
     return max(UDP_DEFAULT_PAYLOAD, query.payload) if query.edns >= 0 else UDP_DEFAULT_PAYLOAD
 
 
+def _is_update(wire: bytes) -> bool:
+    """A query (QR clear) with opcode UPDATE, read from the header alone: the SIG(0) after it
+    must be checked on the bytes as they came."""
+    return len(wire) >= 12 and not wire[2] & 0x80 and (wire[2] >> 3) & 0x0F == dns.opcode.UPDATE
+
+
 def _formerr(wire: bytes) -> bytes | None:
     """FORMERR for a query whose header can be read; None (drop) otherwise."""
     if len(wire) < 12:
@@ -240,15 +249,24 @@ def _formerr(wire: bytes) -> bytes | None:
 class KdcServer:
     """UDP and TCP listeners plus the NOTIFY and expiry loops."""
 
-    def __init__(self, store: Store, zone: ControlZone, options: ServeOptions) -> None:
+    def __init__(
+        self,
+        store: Store,
+        zone: ControlZone,
+        options: ServeOptions,
+        enrollment: EnrollmentDesk | None = None,
+    ) -> None:
         self.store = store
         self.zone = zone
         self.options = options
+        self.enrollment = enrollment
         self.bound: list[tuple[str, int]] = []
         self._servers: list[asyncio.AbstractServer] = []
         self._transports: list[asyncio.BaseTransport] = []
 
     def handle(self, wire: bytes, source: str, *, udp: bool) -> bytes | None:
+        if self.enrollment is not None and _is_update(wire):
+            return self.enrollment.handle(wire, source) or None
         try:
             query = dns.message.from_wire(wire)
         except (dns.exception.DNSException, KrsError, ValueError) as exc:
@@ -341,9 +359,13 @@ class KdcServer:
             transport.close()
 
 
-async def serve(store: Store, control_zone: str, options: ServeOptions) -> None:
-    """Run until cancelled."""
-    server = KdcServer(store, ControlZone(store, control_zone), options)
+async def serve(
+    store: Store, control_zone: str, options: ServeOptions, identity: KdcIdentity | None = None
+) -> None:
+    """Run until cancelled; with ``identity``, enrollment UPDATEs are answered too."""
+    zone = ControlZone(store, control_zone)
+    desk = EnrollmentDesk(store, identity, zone.origin) if identity is not None else None
+    server = KdcServer(store, zone, options, desk)
     await server.start()
     print(
         "krs-kdc serving "

@@ -6,6 +6,7 @@ one transaction: a command that fails leaves the state exactly as it was.
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import time
@@ -87,7 +88,20 @@ CREATE TABLE IF NOT EXISTS records (
 );
 CREATE TABLE IF NOT EXISTS distribution_sequence (id INTEGER PRIMARY KEY CHECK (id = 1),
                                                   next INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS enrollment_tokens (
+    token_hash TEXT PRIMARY KEY,
+    node_id TEXT NOT NULL,
+    backend TEXT NOT NULL CHECK (backend IN ('hpke', 'jose')),
+    zones TEXT NOT NULL,
+    package_digest TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    used_at INTEGER,
+    revoked_at INTEGER
+);
 """
+# Columns added after the first release: (table, column, declaration), added when missing.
+_ADDED_COLUMNS = (("nodes", "sig0_pubkey", "TEXT"),)
 
 
 class StateError(KrsError):
@@ -104,6 +118,32 @@ class NodeRow:
     signing_pubkey: str | None
     created_at: int
     zones: tuple[str, ...] = ()
+    sig0_pubkey: str | None = None  # the KEY RR text the node enrolled with
+
+
+@dataclass(frozen=True)
+class TokenRow:
+    token_hash: str = field(repr=False)
+    node_id: str
+    backend: str
+    zones: tuple[str, ...]
+    package_digest: str
+    created_at: int
+    expires_at: int
+    used_at: int | None
+    revoked_at: int | None
+
+    @property
+    def token_id(self) -> str:
+        """A short public name for the token (the start of its hash), for list and revoke."""
+        return self.token_hash[:12]
+
+    def status(self, now: float) -> str:
+        if self.used_at is not None:
+            return "used"
+        if self.revoked_at is not None:
+            return "revoked"
+        return "expired" if self.expires_at < now else "open"
 
 
 @dataclass(frozen=True)
@@ -161,6 +201,10 @@ class Store:
             raise ConfigError(f"{self.path}: state directory does not exist (run init)")
         self.db = open_private_db(self.path)
         self.db.executescript(_SCHEMA)  # idempotent; executescript manages its own transaction
+        for table, column, declaration in _ADDED_COLUMNS:
+            present = {r["name"] for r in self.db.execute(f"PRAGMA table_info({table})")}
+            if column not in present:
+                self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
         with self.transaction():
             self.db.execute(
                 "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
@@ -220,8 +264,12 @@ class Store:
         jose_pubkey: str | None,
         signing_pubkey: str | None,
         zones: Sequence[str],
+        sig0_pubkey: str | None = None,
+        used_token: str | None = None,
         now: float | None = None,
     ) -> NodeRow:
+        """Add a node; with ``used_token`` (enrollment), the token is marked used in the same
+        transaction, and refused if something used it in the meantime."""
         node = canonical(node_id)
         if backend not in BACKENDS:
             raise StateError(f"backend {backend!r} is not one of {BACKENDS}")
@@ -230,10 +278,27 @@ class Store:
                 raise StateError(f"node {node} already exists (remove it first to re-add)")
             wanted = [self.require_zone(z) for z in zones]
             created = int(now or time.time())
+            if used_token is not None:
+                marked = self.db.execute(
+                    "UPDATE enrollment_tokens SET used_at = ? WHERE token_hash = ? "
+                    "AND used_at IS NULL AND revoked_at IS NULL",
+                    (created, used_token),
+                )
+                if marked.rowcount != 1:
+                    raise StateError("enrollment token already used or revoked")
             self.db.execute(
                 "INSERT INTO nodes(id, notify_address, backend, hpke_pubkey, jose_pubkey, "
-                "signing_pubkey, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (node, notify_address, backend, hpke_pubkey, jose_pubkey, signing_pubkey, created),
+                "signing_pubkey, sig0_pubkey, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    node,
+                    notify_address,
+                    backend,
+                    hpke_pubkey,
+                    jose_pubkey,
+                    signing_pubkey,
+                    sig0_pubkey,
+                    created,
+                ),
             )
             self.db.executemany(
                 "INSERT INTO node_zones(node_id, zone) VALUES (?, ?)", [(node, z) for z in wanted]
@@ -248,6 +313,13 @@ class Store:
             if self.find_node(node) is None:
                 raise StateError(f"node {node} not found")
             self.db.execute("DELETE FROM nodes WHERE id = ?", (node,))
+            # Sealed to the removed node's keys: a node enrolled again under the id could not
+            # open them, so they are withdrawn with it.
+            self.db.execute(
+                "UPDATE distributions SET status = 'expired', error = 'node removed' "
+                "WHERE node_id = ? AND status = 'pending'",
+                (node,),
+            )
 
     def find_node(self, node_id: str) -> NodeRow | None:
         row = self.db.execute("SELECT * FROM nodes WHERE id = ?", (canonical(node_id),)).fetchone()
@@ -286,6 +358,94 @@ class Store:
             row["signing_pubkey"],
             row["created_at"],
             zones,
+            row["sig0_pubkey"],
+        )
+
+    # --- enrollment tokens ------------------------------------------------------------------
+
+    def add_token(
+        self,
+        token_hash: str,
+        node_id: str,
+        *,
+        backend: str,
+        zones: Sequence[str],
+        package_digest: str,
+        expires_at: int,
+        now: float,
+    ) -> TokenRow:
+        node = canonical(node_id)
+        if backend not in BACKENDS:
+            raise StateError(f"backend {backend!r} is not one of {BACKENDS}")
+        with self.transaction():
+            if self.find_node(node) is not None:
+                raise StateError(
+                    f"node {node} already exists: remove it first (krs-kdc node remove {node}) "
+                    "to enrol it again"
+                )
+            wanted = [self.require_zone(z) for z in zones]
+            self.db.execute(
+                "INSERT INTO enrollment_tokens(token_hash, node_id, backend, zones, "
+                "package_digest, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    token_hash,
+                    node,
+                    backend,
+                    json.dumps(wanted),
+                    package_digest,
+                    int(now),
+                    expires_at,
+                ),
+            )
+        found = self.find_token(token_hash)
+        assert found is not None
+        return found
+
+    def find_token(self, token_hash: str) -> TokenRow | None:
+        row = self.db.execute(
+            "SELECT * FROM enrollment_tokens WHERE token_hash = ?", (token_hash,)
+        ).fetchone()
+        return None if row is None else self._token(row)
+
+    def tokens(self, node_id: str | None = None) -> list[TokenRow]:
+        if node_id is None:
+            rows = self.db.execute("SELECT * FROM enrollment_tokens ORDER BY created_at")
+        else:
+            rows = self.db.execute(
+                "SELECT * FROM enrollment_tokens WHERE node_id = ? ORDER BY created_at",
+                (canonical(node_id),),
+            )
+        return [self._token(r) for r in rows.fetchall()]
+
+    def revoke_tokens(self, *, node_id: str | None = None, token_id: str | None = None,
+                      now: float) -> list[TokenRow]:  # fmt: skip
+        """Revoke the open tokens of a node, or one token by its id; returns those revoked."""
+        open_ = [
+            t
+            for t in self.tokens(node_id)
+            if t.used_at is None and t.revoked_at is None
+            and (token_id is None or t.token_id == token_id)
+        ]  # fmt: skip
+        with self.transaction():
+            for token in open_:
+                self.db.execute(
+                    "UPDATE enrollment_tokens SET revoked_at = ? WHERE token_hash = ?",
+                    (int(now), token.token_hash),
+                )
+        return open_
+
+    @staticmethod
+    def _token(row: sqlite3.Row) -> TokenRow:
+        return TokenRow(
+            row["token_hash"],
+            row["node_id"],
+            row["backend"],
+            tuple(json.loads(row["zones"])),
+            row["package_digest"],
+            row["created_at"],
+            row["expires_at"],
+            row["used_at"],
+            row["revoked_at"],
         )
 
     # --- keys -----------------------------------------------------------------------------

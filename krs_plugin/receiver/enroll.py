@@ -1,0 +1,393 @@
+"""``krs enroll <package>``: a new node joins the KDC with a bootstrap package and nothing else.
+
+The node makes its keys here (the private ones never leave it), seals a request to the KDC key
+named in the package, signs the UPDATE with its new SIG(0) key, and sends it over TCP. Only when
+the KDC's confirmation opens with the node's new key (and, for hpke, proves the package's KDC
+X25519 key sealed it) are the keys and a working ``krs.yaml`` put in place, so that ``krs run``
+starts next. A refusal, an expired package or a network error leaves no file behind.
+
+The key files are written before the request is sent (under temporary names, 0600): once the
+KDC has registered the node, the node must not lose the keys it registered with.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import socket
+import struct
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import dns.exception
+import dns.message
+import dns.name
+import dns.rcode
+import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from krs_plugin.config import load_config
+from krs_plugin.crypto import HpkeKey, JoseKey, write_public_file, write_secret_file
+from krs_plugin.crypto.keys import write_hpke_private, write_jose_private
+from krs_plugin.enrollment import (
+    BootstrapPackage,
+    EnrollmentRequest,
+    build_update,
+    ede_text,
+    open_confirmation,
+    rfc3339,
+    seal_request,
+)
+from krs_plugin.errors import ConfigError, EnrollmentError, KrsError
+from krs_plugin.protocol import sig0
+
+DEFAULT_NOTIFY_PORT = 5355
+TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class EnrollOptions:
+    directory: Path  # where the keys, the KDC's key, krs.yaml and the state go
+    config_path: Path
+    notify: str | None = None  # host:port the KDC sends NOTIFY to; default: toward the KDC
+    adapter: Mapping[str, Any] | None = None  # krs.yaml's adapter section; default directory
+    kdc_verification_key: Path | None = None  # for a package without one (a tdns KDC)
+    timeout: float = TIMEOUT
+
+
+@dataclass
+class NodeKeys:
+    backend: str
+    hpke: HpkeKey | None
+    jose: JoseKey | None
+    signing: JoseKey
+    sig0: Ed25519PrivateKey = field(repr=False)
+
+    @classmethod
+    def generate(cls, backend: str) -> NodeKeys:
+        return cls(
+            backend,
+            HpkeKey.generate() if backend == "hpke" else None,
+            JoseKey.generate() if backend == "jose" else None,
+            JoseKey.generate(),
+            Ed25519PrivateKey.generate(),
+        )
+
+
+@dataclass(frozen=True)
+class Enrolled:
+    node_id: str
+    backend: str
+    config_path: Path
+    files: tuple[Path, ...]
+    zones: tuple[str, ...]
+
+
+def read_package(path: Path) -> BootstrapPackage:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the enrollment package: {exc}") from exc
+    return BootstrapPackage.parse(text, str(path))
+
+
+def enroll(
+    package: BootstrapPackage, options: EnrollOptions, *, now: float | None = None
+) -> Enrolled:
+    """Enrol with ``package``; EnrollmentError (nothing written) when anything is refused."""
+    now = time.time() if now is None else now
+    options = replace(
+        options, directory=options.directory.resolve(), config_path=options.config_path.resolve()
+    )
+    expires = package.expires_at()
+    if expires is not None and expires < now:
+        raise EnrollmentError(
+            f"the enrollment package expired at {package.valid_until}: ask the KDC operator for "
+            "a new one (krs-kdc enroll create)"
+        )
+    backend = package.backend or ("hpke" if package.kdc_hpke_pubkey else "jose")
+    files = _planned_files(options, backend)
+    _refuse_existing(options, files)
+    verification = _verification_key(package, options)
+    host, port = _kdc_address(package.kdc_enrollment_address)
+    notify = options.notify or f"{_local_address_toward(host, port)}:{DEFAULT_NOTIFY_PORT}"
+    keys = NodeKeys.generate(backend)
+    made_directory = not options.directory.exists()
+    options.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    pending = _write_keys(keys, files)
+    try:
+        request = build_request(package, keys, notify, now)
+        wire = signed_update(package, keys, request, now)
+        reply = exchange(wire, host, port, options.timeout)
+        _check_reply(reply, package, keys)
+        for temporary, final in pending.items():
+            os.replace(temporary, final)
+    except BaseException:
+        if made_directory:  # refused: leave the host as it was
+            with contextlib.suppress(OSError):
+                for temporary in pending:
+                    temporary.unlink(missing_ok=True)
+                options.directory.rmdir()
+        raise
+    finally:
+        for temporary in pending:
+            temporary.unlink(missing_ok=True)
+    written = [*pending.values()]
+    kdc_key_file = files["kdc"]
+    write_public_file(kdc_key_file, verification)
+    written.append(kdc_key_file)
+    _write_config(options, package, keys, files, notify, host, port)
+    written.append(options.config_path)
+    try:
+        load_config(options.config_path)  # what krs run will read: it must load
+    except ConfigError as exc:
+        raise ConfigError(
+            f"enrolled at the KDC, but the krs.yaml written does not load ({exc}): fix it by "
+            "hand; the keys are in place"
+        ) from exc
+    return Enrolled(package.node_id, backend, options.config_path, tuple(written), package.zones)
+
+
+# --- steps --------------------------------------------------------------------------------------
+
+
+def _planned_files(options: EnrollOptions, backend: str) -> dict[str, Path]:
+    directory = options.directory
+    return {
+        backend: directory / f"node.{backend}.privatekey",
+        "signing": directory / "node.signing.privatekey",
+        "sig0": directory / "node.sig0.privatekey",
+        "kdc": directory / "kdc.signing.pubkey",
+    }
+
+
+def _refuse_existing(options: EnrollOptions, files: Mapping[str, Path]) -> None:
+    """Never overwrite: an existing krs.yaml or key belongs to a node that already enrolled."""
+    existing = [p for p in (options.config_path, *files.values()) if p.exists()]
+    if existing:
+        raise ConfigError(
+            f"{existing[0]} already exists: this node looks enrolled; move the old files away "
+            "(or choose --dir/--config) to enrol again"
+        )
+
+
+def _verification_key(package: BootstrapPackage, options: EnrollOptions) -> str:
+    """The KDC's JWS key for krs.yaml: from the package (ours), or a file (tdns packages)."""
+    if options.kdc_verification_key is not None:
+        try:
+            return options.kdc_verification_key.read_text()
+        except OSError as exc:
+            raise ConfigError(f"{options.kdc_verification_key}: {exc}") from exc
+    signing = package.kdc_signing_key()
+    if signing is None:
+        raise ConfigError(
+            "the package has no KDC signing key (made by a tdns KDC?): give the KDC's "
+            "verification key with --kdc-verification-key FILE"
+        )
+    return json.dumps(signing.public_jwk, indent=2) + "\n"
+
+
+def _kdc_address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise EnrollmentError(f"package kdc_enrollment_address {text!r} is not host:port")
+    host = host.strip("[]")
+    try:
+        address = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)[0][4][0]
+    except (OSError, UnicodeError) as exc:
+        raise EnrollmentError(f"KDC address {text!r}: {exc}") from exc
+    return str(address), int(port)
+
+
+def _local_address_toward(host: str, port: int) -> str:
+    """The address this host would use to reach the KDC: where the KDC can send NOTIFY back."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        probe.connect((host, port))  # no packet is sent: this only picks the route
+        local = str(probe.getsockname()[0])
+    return f"[{local}]" if ":" in local else local
+
+
+def _write_keys(keys: NodeKeys, files: Mapping[str, Path]) -> dict[Path, Path]:
+    """The private keys, 0600, under temporary names; returns temporary -> final."""
+    pending: dict[Path, Path] = {}
+    try:
+        for name in (keys.backend, "signing", "sig0"):
+            final = files[name]
+            temporary = final.with_name(f".{final.name}.enrolling")
+            pending[temporary] = final
+            if name == "hpke":
+                assert keys.hpke is not None
+                write_hpke_private(temporary, keys.hpke, comment="node X25519 (HPKE) key")
+            elif name == "jose":
+                assert keys.jose is not None
+                write_jose_private(temporary, keys.jose, comment="node P-256 (JOSE) key")
+            elif name == "signing":
+                write_jose_private(
+                    temporary, keys.signing, use="sig", comment="node confirmation signing key"
+                )
+            else:
+                pem = keys.sig0.private_bytes(
+                    serialization.Encoding.PEM,
+                    serialization.PrivateFormat.PKCS8,
+                    serialization.NoEncryption(),
+                )
+                write_secret_file(temporary, pem.decode())
+    except OSError as exc:
+        for temporary in pending:
+            temporary.unlink(missing_ok=True)
+        raise ConfigError(f"cannot write the node's keys: {exc}") from exc
+    return pending
+
+
+def build_request(
+    package: BootstrapPackage, keys: NodeKeys, notify: str, now: float
+) -> EnrollmentRequest:
+    return EnrollmentRequest(
+        auth_token=package.token,
+        notify_address=notify,
+        sig0_pubkey=sig0.key_text(keys.sig0, dns.name.from_text(package.node_id)),
+        timestamp=rfc3339(now),
+        hpke_pubkey=keys.hpke.public_hex if keys.hpke is not None else "",
+        jose_pubkey=json.dumps(keys.jose.public_jwk) if keys.jose is not None else "",
+        signing_pubkey=json.dumps(keys.signing.public_jwk),
+        package_digest=package.digest(),
+    )
+
+
+def signed_update(
+    package: BootstrapPackage, keys: NodeKeys, request: EnrollmentRequest, now: float
+) -> bytes:
+    control_zone = dns.name.from_text(package.control_zone)
+    update = build_update(control_zone, seal_request(request, package))
+    wire = update.to_wire(max_size=0xFFFF)  # over TCP: the 1232 of EDNS does not bound it
+    return sig0.sign(wire, keys.sig0, dns.name.from_text(package.node_id), now=int(now))
+
+
+def exchange(wire: bytes, host: str, port: int, timeout: float) -> dns.message.Message:
+    """One UPDATE over TCP (the request may not fit a datagram), its answer parsed."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as connection:
+            connection.settimeout(timeout)
+            connection.connect((host, port))
+            connection.sendall(struct.pack("!H", len(wire)) + wire)
+            (length,) = struct.unpack("!H", _read(connection, 2))
+            answer = _read(connection, length)
+    except (OSError, TimeoutError) as exc:
+        raise EnrollmentError(f"no answer from the KDC at {host} port {port}: {exc}") from exc
+    try:
+        return dns.message.from_wire(answer)
+    except (dns.exception.DNSException, KrsError, ValueError) as exc:
+        raise EnrollmentError(f"the KDC's answer is malformed: {exc}") from exc
+
+
+def _read(connection: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        part = connection.recv(size - len(data))
+        if not part:
+            raise ConnectionError("the KDC closed the connection")
+        data += part
+    return data
+
+
+def _check_reply(reply: dns.message.Message, package: BootstrapPackage, keys: NodeKeys) -> None:
+    confirmation = open_confirmation(
+        reply, node_hpke=keys.hpke, node_jose=keys.jose, kdc_hpke=package.kdc_hpke_key()
+    )
+    rcode = reply.rcode()
+    if rcode != dns.rcode.NOERROR or confirmation is None or confirmation.status != "success":
+        why = ede_text(reply) or (confirmation.error_message if confirmation else "") or "-"
+        raise EnrollmentError(f"the KDC refused the enrollment ({dns.rcode.to_text(rcode)}): {why}")
+    if dns.name.from_text(confirmation.node_id) != dns.name.from_text(package.node_id):
+        raise EnrollmentError(
+            f"the KDC confirmed node {confirmation.node_id}, not {package.node_id}"
+        )
+
+
+def _write_config(
+    options: EnrollOptions,
+    package: BootstrapPackage,
+    keys: NodeKeys,
+    files: Mapping[str, Path],
+    notify: str,
+    kdc_host: str,
+    kdc_port: int,
+) -> None:
+    directory = options.directory
+    kdc = f"[{kdc_host}]:{kdc_port}" if ":" in kdc_host else f"{kdc_host}:{kdc_port}"
+    network = f"{kdc_host}/128" if ":" in kdc_host else f"{kdc_host}/32"
+    default = {"type": "directory", "settings": {"path": str(directory / "zone-keys")}}
+    adapter = dict(options.adapter or default)
+    if adapter.get("type") == "directory":
+        Path(adapter.get("settings", {}).get("path", directory / "zone-keys")).mkdir(
+            mode=0o700, parents=True, exist_ok=True
+        )
+    config = {
+        "node_id": package.node_id,
+        "keys": {keys.backend: str(files[keys.backend]), "signing": str(files["signing"])},
+        "kdc": {"verification_key": str(files["kdc"])},
+        "control_zone": package.control_zone,
+        "control_servers": [kdc],
+        "notify": {"listen": [notify], "allowed_sources": [network]},
+        "adapter": adapter,
+        "zones": list(package.zones),
+        "state": str(directory / "krs.db"),
+    }
+    header = (
+        f"# written by krs enroll on {rfc3339(time.time())}: node {package.node_id}, enrolled "
+        f"with the KDC at {package.kdc_enrollment_address}\n"
+        f"# the SIG(0) key it enrolled with: {files['sig0']}\n"
+    )
+    write_public_file(options.config_path, header + yaml.safe_dump(config, sort_keys=False))
+
+
+def enroll_command(args: argparse.Namespace) -> int:
+    """``krs enroll``: 0 enrolled, 1 refused or unreachable (nothing written), 2 bad input."""
+    directory = Path(args.dir)
+    adapter = None
+    if args.adapter_config:
+        adapter = _adapter_section(Path(args.adapter_config))
+    options = EnrollOptions(
+        directory=directory,
+        config_path=Path(args.config) if args.config else directory / "krs.yaml",
+        notify=args.notify,
+        adapter=adapter,
+        kdc_verification_key=(
+            Path(args.kdc_verification_key) if args.kdc_verification_key else None
+        ),
+    )
+    enrolled = enroll(read_package(Path(args.package)), options)
+    data = {
+        "node_id": enrolled.node_id,
+        "backend": enrolled.backend,
+        "zones": list(enrolled.zones),
+        "config": str(enrolled.config_path),
+        "files": [str(p) for p in enrolled.files],
+    }
+    if args.json:
+        print(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        print(f"enrolled {enrolled.node_id} ({enrolled.backend}); zones: "
+              f"{', '.join(enrolled.zones) or 'none'}")  # fmt: skip
+        print(f"wrote {enrolled.config_path} and the node's keys beside it (0600)")
+        print(f"next: krs run -c {enrolled.config_path}")
+    return 0
+
+
+def _adapter_section(path: Path) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    section = loaded.get("adapter", loaded) if isinstance(loaded, dict) else None
+    if not isinstance(section, dict) or "type" not in section:
+        raise ConfigError(f"{path}: expected an adapter section with type: and settings:")
+    return section
