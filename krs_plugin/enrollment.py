@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import json
 import secrets
@@ -38,7 +39,7 @@ import dns.update
 from krs_plugin.crypto import HpkeKey, JoseKey
 from krs_plugin.crypto.hpke import open_sealed, seal
 from krs_plugin.crypto.jose import jwe_decrypt, jwe_encrypt
-from krs_plugin.errors import DecryptionError, EnrollmentError, KrsError, WireError
+from krs_plugin.errors import EnrollmentError, KrsError
 from krs_plugin.protocol.chunk import CHUNK, CHUNK_TYPE, FORMAT_JSON, make_chunk
 from krs_plugin.protocol.edns import CONTENT_ENROLLMENT, ChunkOption, find_chunk_option
 
@@ -131,7 +132,9 @@ class BootstrapPackage:
     def parse(cls, text: str, where: str = "enrollment package") -> BootstrapPackage:
         """Read a package (ours or tdns's); anything malformed or missing is refused by name."""
         body = "".join(
-            line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")
+            line.strip()
+            for line in text.splitlines()
+            if line.strip() and not line.strip().startswith("#")
         )
         try:
             data = json.loads(base64.b64decode(body, validate=True))
@@ -281,18 +284,23 @@ def seal_request(request: EnrollmentRequest, package: BootstrapPackage) -> bytes
 
 
 def open_request(sealed: bytes, hpke: HpkeKey, jose: JoseKey) -> tuple[EnrollmentRequest, str]:
-    """The KDC opens a request (HPKE first, then JWE, as tdns); returns it and the backend."""
+    """The KDC opens a request (a compact JWE, else HPKE, as tdns tries both); returns it and
+    the backend. An HPKE ciphertext that merely looks like a JWE is still tried as HPKE."""
+    jwe_error: KrsError | None = None
     if sealed[:2] == b"ey" and sealed.count(b".") == 4:
         try:
             plain, _ = jwe_decrypt(sealed, jose, where="enrollment request")
-        except (DecryptionError, WireError) as exc:
-            raise EnrollmentError(
-                f"enrollment request not sealed to this KDC's JOSE key {jose.thumbprint}: {exc}"
-            ) from exc
-        return EnrollmentRequest.from_json(plain), "jose"
+            return EnrollmentRequest.from_json(plain), "jose"
+        except KrsError as exc:  # not ours, altered, or an algorithm we do not take
+            jwe_error = exc
     try:
         plain = open_sealed(sealed, hpke, where="enrollment request")
-    except DecryptionError as exc:
+    except KrsError as exc:
+        if jwe_error is not None:
+            raise EnrollmentError(
+                f"enrollment request not sealed to this KDC's JOSE key {jose.thumbprint}: "
+                f"{jwe_error}"
+            ) from jwe_error
         raise EnrollmentError(
             f"enrollment request not sealed to this KDC's X25519 key {hpke.fingerprint}"
         ) from exc
@@ -398,10 +406,9 @@ def open_confirmation(
     if option is None or option.content != CONTENT_ENROLLMENT:
         return None
     body = option.body
-    if body[:1] == b"{":
-        if reply.rcode() == 0:
-            raise EnrollmentError("the KDC answered NOERROR with an unsealed confirmation")
-        return EnrollmentConfirmation.from_json(body)
+    if reply.rcode() != 0 and body[:1] == b"{":
+        with contextlib.suppress(EnrollmentError):  # else a ciphertext that starts with "{"
+            return EnrollmentConfirmation.from_json(body)
     try:
         if node_hpke is not None:
             plain = open_sealed(body, node_hpke, sender=kdc_hpke, where="enrollment confirmation")
@@ -409,7 +416,7 @@ def open_confirmation(
             plain, _ = jwe_decrypt(body, node_jose, where="enrollment confirmation")
         else:
             raise EnrollmentError("no node key to open the enrollment confirmation with")
-    except (DecryptionError, WireError) as exc:
+    except (KrsError, ValueError) as exc:
         raise EnrollmentError(
             f"the enrollment confirmation does not open with this node's new key and the "
             f"package's KDC key (not from that KDC?): {exc}"

@@ -131,8 +131,8 @@ class EnrollmentDesk:
         node_id = ""
         try:
             query = _parse(wire)
-        except Refusal as refusal:
-            return _formerr(wire, refusal.text)
+        except Refusal as unparsable:
+            return _formerr(wire, unparsable.text)
         try:
             request, backend = self._open(query)
             node_keys = (request.hpke_key(), request.jose_key()) if _keys_ok(request) else node_keys
@@ -140,7 +140,12 @@ class EnrollmentDesk:
             node_id = token.node_id
             self._check_request(wire, request, token, backend, now)
             self._register(request, token, backend, now)
-        except Refusal as refusal:
+        except (Refusal, KrsError) as failure:
+            refusal = (
+                failure
+                if isinstance(failure, Refusal)
+                else Refusal(dns.rcode.FORMERR, f"unreadable request: {failure}")
+            )
             log.warning(
                 "enrollment from %s%s refused: %s",
                 source,
