@@ -160,7 +160,10 @@ class Deployment:
         return process
 
     def start_kdc(self, name: str = "kdc", port: int | None = None) -> subprocess.Popen[bytes]:
-        return self.start(
+        """``krs-kdc serve``, returned once it listens (its "krs-kdc serving" line)."""
+        log = self.logs / f"{name}.log"
+        seen = log.read_text().count("krs-kdc serving") if log.exists() else 0
+        process = self.start(
             name,
             [
                 str(BIN / "krs-kdc"),
@@ -173,6 +176,14 @@ class Deployment:
                 "0.3",
             ],
         )
+        wait_until(
+            lambda: log.read_text().count("krs-kdc serving") > seen or process.poll() is not None,
+            20,
+            f"krs-kdc serve ({log})",
+        )
+        if process.poll() is not None:
+            raise LabError(f"krs-kdc serve exited ({process.returncode}): see {log}")
+        return process
 
     def start_krs(
         self, name: str = "krs", env: dict[str, str] | None = None
