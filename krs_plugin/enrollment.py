@@ -179,12 +179,7 @@ class BootstrapPackage:
         return parse_rfc3339(self.valid_until, "valid_until") if self.valid_until else None
 
     def kdc_hpke_key(self) -> HpkeKey | None:
-        if not self.kdc_hpke_pubkey:
-            return None
-        try:
-            return HpkeKey.from_public_hex(self.kdc_hpke_pubkey, "package kdc_hpke_pubkey")
-        except KrsError as exc:
-            raise EnrollmentError(str(exc)) from exc
+        return _hpke_hex(self.kdc_hpke_pubkey, "package kdc_hpke_pubkey")
 
     def kdc_jose_key(self) -> JoseKey | None:
         if not self.kdc_jose_pubkey:
@@ -249,18 +244,22 @@ class EnrollmentRequest:
         return cls(**values)
 
     def hpke_key(self) -> HpkeKey | None:
-        if not self.hpke_pubkey:
-            return None
-        try:
-            return HpkeKey.from_public_hex(self.hpke_pubkey, "request hpke_pubkey")
-        except KrsError as exc:
-            raise EnrollmentError(str(exc)) from exc
+        return _hpke_hex(self.hpke_pubkey, "request hpke_pubkey")
 
     def jose_key(self) -> JoseKey | None:
         return _jwk_text(self.jose_pubkey, "request jose_pubkey")
 
     def signing_key(self) -> JoseKey | None:
         return _jwk_text(self.signing_pubkey, "request signing_pubkey")
+
+
+def _hpke_hex(text: str, where: str) -> HpkeKey | None:
+    if not text:
+        return None
+    try:
+        return HpkeKey.from_public_hex(text, where)
+    except KrsError as exc:
+        raise EnrollmentError(str(exc)) from exc
 
 
 def _jwk_text(text: str, where: str) -> JoseKey | None:

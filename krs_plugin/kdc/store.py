@@ -436,17 +436,7 @@ class Store:
 
     @staticmethod
     def _token(row: sqlite3.Row) -> TokenRow:
-        return TokenRow(
-            row["token_hash"],
-            row["node_id"],
-            row["backend"],
-            tuple(json.loads(row["zones"])),
-            row["package_digest"],
-            row["created_at"],
-            row["expires_at"],
-            row["used_at"],
-            row["revoked_at"],
-        )
+        return TokenRow(**{**dict(row), "zones": tuple(json.loads(row["zones"]))})
 
     # --- keys -----------------------------------------------------------------------------
 

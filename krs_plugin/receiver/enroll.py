@@ -17,7 +17,6 @@ import contextlib
 import json
 import os
 import socket
-import struct
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -27,6 +26,7 @@ from typing import Any
 import dns.exception
 import dns.message
 import dns.name
+import dns.query
 import dns.rcode
 import yaml
 from cryptography.hazmat.primitives import serialization
@@ -273,29 +273,18 @@ def signed_update(
 def exchange(wire: bytes, host: str, port: int, timeout: float) -> dns.message.Message:
     """One UPDATE over TCP (the request may not fit a datagram), its answer parsed."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    expiration = time.time() + timeout
     try:
         with socket.socket(family, socket.SOCK_STREAM) as connection:
             connection.settimeout(timeout)
             connection.connect((host, port))
-            connection.sendall(struct.pack("!H", len(wire)) + wire)
-            (length,) = struct.unpack("!H", _read(connection, 2))
-            answer = _read(connection, length)
-    except (OSError, TimeoutError) as exc:
+            dns.query.send_tcp(connection, wire, expiration)
+            answer, _ = dns.query.receive_tcp(connection, expiration)
+    except (OSError, EOFError, dns.exception.Timeout) as exc:
         raise EnrollmentError(f"no answer from the KDC at {host} port {port}: {exc}") from exc
-    try:
-        return dns.message.from_wire(answer)
     except (dns.exception.DNSException, KrsError, ValueError) as exc:
         raise EnrollmentError(f"the KDC's answer is malformed: {exc}") from exc
-
-
-def _read(connection: socket.socket, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        part = connection.recv(size - len(data))
-        if not part:
-            raise ConnectionError("the KDC closed the connection")
-        data += part
-    return data
+    return answer
 
 
 def _check_reply(reply: dns.message.Message, package: BootstrapPackage, keys: NodeKeys) -> None:

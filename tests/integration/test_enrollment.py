@@ -129,6 +129,7 @@ def test_a_fresh_node_enrols_and_its_first_distribution_arrives_without_a_manual
         return bool(mine) and all(d["status"] == "confirmed" for d in mine)
 
     wait_until(confirmed, 30, lambda: f"a confirmed distribution for {NEW}")
+    assert token not in (kdc.logs / "kdc.log").read_text()  # never logged
     tags = {k["key_tag"] for k in json.loads(kdc.kdc("--json", "key", "list", "--zone", ZONE))}
     installed = {int(p.name.split("+")[2][:5]) for p in (node / "zone-keys").glob("*.private")}
     assert installed == tags and len(tags) == 2
@@ -283,3 +284,35 @@ def test_a_sig0_key_text_round_trips_for_the_request() -> None:
     key = Ed25519PrivateKey.generate()
     parsed = sig0.parse_key_text(sig0.key_text(key, dns.name.from_text(NEW)))
     assert parsed.owner == dns.name.from_text(NEW) and parsed.algorithm == 15
+
+
+def test_enroll_revoke_by_token_id_ends_that_package_only(kdc: Deployment, tmp_path: Path) -> None:
+    create(kdc, tmp_path)
+    create(kdc, tmp_path, node="ns3.edge.example.")
+    tokens = json.loads(kdc.kdc("--json", "enroll", "list"))
+    first = next(t["token_id"] for t in tokens if t["node_id"] == NEW)
+    kdc.kdc("enroll", "revoke", "--token", first)
+    status = {t["node_id"]: t["status"] for t in json.loads(kdc.kdc("--json", "enroll", "list"))}
+    assert status == {NEW: "revoked", "ns3.edge.example.": "open"}
+    result = subprocess.run(
+        [str(BIN / "krs-kdc"), "--state", str(kdc.state), "enroll", "revoke", "--token", first],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2 and "no open enrollment token" in result.stderr
+
+
+def test_a_tdns_shaped_request_without_our_fields_enrols(kdc: Deployment, tmp_path: Path) -> None:
+    # A tdns KRS sends neither signing_pubkey nor package_digest, and signs its SIG(0) as the
+    # control zone: our KDC enrols it, without a confirmation signing key.
+    package = BootstrapPackage.parse(create(kdc, tmp_path).read_text())
+    keys = NodeKeys.generate("hpke")
+    now = time.time()
+    request = replace(
+        build_request(package, keys, "127.0.0.1:5399", now), signing_pubkey="", package_digest=""
+    )
+    cz = dns.name.from_text(package.control_zone)
+    wire = build_update(cz, seal_request(request, package)).to_wire(max_size=0xFFFF)
+    reply = send(kdc, sig0.sign(wire, keys.sig0, cz, now=now))
+    assert reply.rcode() == dns.rcode.NOERROR, ede_text(reply)
+    (row,) = [n for n in json.loads(kdc.kdc("--json", "node", "list")) if n["id"] == NEW]
+    assert row["signing_pubkey"] is None and row["hpke_pubkey"] == keys.hpke.public_hex
