@@ -224,12 +224,7 @@ class EnrollmentRequest:
 
     @classmethod
     def from_json(cls, data: bytes) -> EnrollmentRequest:
-        try:
-            obj = json.loads(data)
-        except (ValueError, RecursionError) as exc:
-            raise EnrollmentError(f"enrollment request: not JSON: {exc}") from exc
-        if not isinstance(obj, dict):
-            raise EnrollmentError("enrollment request: not a JSON object")
+        obj = _json_object(data, "enrollment request")
         values = {}
         for name in cls.__dataclass_fields__:
             value = obj.get(name, "")
@@ -251,6 +246,16 @@ class EnrollmentRequest:
 
     def signing_key(self) -> JoseKey | None:
         return _jwk_text(self.signing_pubkey, "request signing_pubkey")
+
+
+def _json_object(data: bytes, what: str) -> dict[str, Any]:
+    try:
+        obj = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise EnrollmentError(f"{what}: not JSON: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise EnrollmentError(f"{what}: not a JSON object")
+    return obj
 
 
 def _hpke_hex(text: str, where: str) -> HpkeKey | None:
@@ -356,11 +361,8 @@ class EnrollmentConfirmation:
 
     @classmethod
     def from_json(cls, data: bytes) -> EnrollmentConfirmation:
-        try:
-            obj = json.loads(data)
-        except (ValueError, RecursionError) as exc:
-            raise EnrollmentError(f"enrollment confirmation: not JSON: {exc}") from exc
-        if not isinstance(obj, dict) or obj.get("status") not in ("success", "error"):
+        obj = _json_object(data, "enrollment confirmation")
+        if obj.get("status") not in ("success", "error"):
             raise EnrollmentError("enrollment confirmation: no status success or error")
         return cls(
             node_id=str(obj.get("node_id", "")),
