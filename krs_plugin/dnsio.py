@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import cast
 
 import dns.message
+import dns.rcode
 
 
 async def udp_exchange(
@@ -56,6 +57,16 @@ async def tcp_exchange(
     except asyncio.IncompleteReadError as exc:
         raise ConnectionError(f"{host} port {port} closed the connection") from exc
     return dns.message.from_wire(data)
+
+
+def formerr_reply(wire: bytes) -> bytes | None:
+    """FORMERR for a query whose header can be read; None (drop) otherwise."""
+    if len(wire) < 12:
+        return None
+    (qid, flags) = struct.unpack("!HH", wire[:4])
+    if flags & 0x8000:
+        return None  # a response: never answer it
+    return struct.pack("!HHHHHH", qid, 0x8000 | (flags & 0x7800) | dns.rcode.FORMERR, 0, 0, 0, 0)
 
 
 Handler = Callable[[bytes, str, bool], bytes | None]

@@ -37,7 +37,6 @@ from krs_plugin.adapters.base import ApplyResult, InstalledKey, KeyPlan, Problem
 from krs_plugin.adapters.dnscheck import KeyState, expectation, wait_served
 from krs_plugin.adapters.settings import reject_unknown, seconds, server_address, settings_path
 from krs_plugin.adapters.soaserial import (
-    find_serial,
     is_after,
     next_serial,
     serial_of_file,
@@ -251,20 +250,19 @@ class NsdAdapter:
         """The file NSD loads ``zone`` from, as nsd.conf says (patterns expanded, relative to
         zonesdir); None when nsd.conf does not name it (a zone added with nsd-control addzone
         whose pattern is not known here, or nsd-checkconf missing)."""
-        checkconf = ["nsd-checkconf"]
+
+        def option(*query: str) -> str:
+            argv = ["nsd-checkconf", *query, str(self.config)]
+            return run(argv, "nsd-checkconf", self.verify_timeout).strip()
+
         try:
-            text = run([*checkconf, "-z", zone.to_text(), "-o", "zonefile", str(self.config)],
-                       "nsd-checkconf", self.verify_timeout).strip()  # fmt: skip
+            text = option("-z", zone.to_text(), "-o", "zonefile")
             if not text:
                 return None
             path = Path(expand_zonefile(text, zone))
-            if not path.is_absolute():
-                zonesdir = run([*checkconf, "-o", "zonesdir", str(self.config)],
-                               "nsd-checkconf", self.verify_timeout).strip()  # fmt: skip
-                path = Path(zonesdir) / path
+            return path if path.is_absolute() else Path(option("-o", "zonesdir")) / path
         except AdapterError:
             return None
-        return path
 
     def current_keys(self, zone: dns.name.Name) -> list[InstalledKey]:
         return keyfiles.installed_keys(self.key_directory, zone)
@@ -390,14 +388,14 @@ class NsdAdapter:
         """After the serial NSD serves (and any written since), not below the unsigned file's
         serial or the Unix time."""
         unsigned = self.unsigned_file(zone)
-        found = find_serial(unsigned.read_text(encoding="latin-1"))
-        if found is None:
+        own = serial_of_file(unsigned)
+        if own is None:
             raise AdapterError(f"unsigned zone file {unsigned}: no SOA record with a serial")
         previous = serial_of_file(self.signed_file(zone))
         written = self._written.get(zone)
         if written is not None and (previous is None or is_after(written, previous)):
             previous = written  # a rollback put a lower serial back: never reuse one
-        return next_serial(previous, found.value, int(time.time()))
+        return next_serial(previous, own, int(time.time()))
 
     def _wait(
         self, zone: dns.name.Name, removed: Iterable[int], serial: int | None = None
@@ -527,14 +525,9 @@ def expand_zonefile(pattern: str, zone: dns.name.Name) -> str:
     zone name, %1 %2 %3 its first characters, %z %y %x its labels from the top; a "." where
     there is no such character or label."""
     name = zone.to_text(omit_final_dot=True)
-    labels = [label.decode() for label in zone.labels if label][::-1]
-    fill = {"s": name, "z": labels[0] if labels else ".", "y": ".", "x": "."}
-    if len(labels) > 1:
-        fill["y"] = labels[1]
-    if len(labels) > 2:
-        fill["x"] = labels[2]
-    for index in (1, 2, 3):
-        fill[str(index)] = name[index - 1] if len(name) >= index else "."
+    top_down = [label.decode() for label in reversed(zone.labels) if label] + ["."] * 3
+    fill = {"s": name, "z": top_down[0], "y": top_down[1], "x": top_down[2]}
+    fill.update({str(i): name[i - 1] if len(name) >= i else "." for i in (1, 2, 3)})
     out, i = [], 0
     while i < len(pattern):
         if pattern[i] == "%" and i + 1 < len(pattern) and pattern[i + 1] in fill:

@@ -26,6 +26,7 @@ import dns.opcode
 import dns.rcode
 
 from krs_plugin.crypto import HpkeKey, JoseKey
+from krs_plugin.dnsio import formerr_reply
 from krs_plugin.enrollment import (
     DEFAULT_WINDOW,
     BootstrapPackage,
@@ -132,7 +133,8 @@ class EnrollmentDesk:
         try:
             query = _parse(wire)
         except Refusal as unparsable:
-            return _formerr(wire, unparsable.text)
+            log.info("malformed enrollment UPDATE from %s: %s", source, unparsable.text)
+            return formerr_reply(wire) or b""
         try:
             request, backend = self._open(query)
             node_keys = (request.hpke_key(), request.jose_key()) if _keys_ok(request) else node_keys
@@ -351,14 +353,3 @@ def _keys_ok(request: EnrollmentRequest) -> bool:
     except EnrollmentError:
         return False
     return True
-
-
-def _formerr(wire: bytes, text: str) -> bytes:
-    """FORMERR for an UPDATE that cannot be parsed (the header's id and opcode kept)."""
-    import struct
-
-    if len(wire) < 12:
-        return b""
-    (qid, flags) = struct.unpack("!HH", wire[:4])
-    log.info("malformed enrollment UPDATE: %s", text)
-    return struct.pack("!HHHHHH", qid, 0x8000 | (flags & 0x7800) | dns.rcode.FORMERR, 0, 0, 0, 0)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import struct
 import time
 from dataclasses import dataclass
 
@@ -33,7 +32,7 @@ from dns.rdtypes.ANY.SOA import SOA
 
 from krs_plugin.confirmation import verify_report
 from krs_plugin.crypto import JoseKey
-from krs_plugin.dnsio import serve_dns, udp_exchange
+from krs_plugin.dnsio import formerr_reply, serve_dns, udp_exchange
 from krs_plugin.errors import KrsError
 from krs_plugin.kdc.enroll import EnrollmentDesk
 from krs_plugin.kdc.identity import KdcIdentity
@@ -236,16 +235,6 @@ def _is_update(wire: bytes) -> bool:
     return len(wire) >= 12 and not wire[2] & 0x80 and (wire[2] >> 3) & 0x0F == dns.opcode.UPDATE
 
 
-def _formerr(wire: bytes) -> bytes | None:
-    """FORMERR for a query whose header can be read; None (drop) otherwise."""
-    if len(wire) < 12:
-        return None
-    (qid, flags) = struct.unpack("!HH", wire[:4])
-    if flags & 0x8000:
-        return None  # a response: never answer it
-    return struct.pack("!HHHHHH", qid, 0x8000 | (flags & 0x7800) | dns.rcode.FORMERR, 0, 0, 0, 0)
-
-
 class KdcServer:
     """UDP and TCP listeners plus the NOTIFY and expiry loops."""
 
@@ -271,7 +260,7 @@ class KdcServer:
             query = dns.message.from_wire(wire)
         except (dns.exception.DNSException, KrsError, ValueError) as exc:
             log.info("malformed query from %s: %s", source, exc)
-            return _formerr(wire)
+            return formerr_reply(wire)
         if query.flags & dns.flags.QR:
             return None
         response = self.zone.answer(query, source)
