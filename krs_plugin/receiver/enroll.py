@@ -121,6 +121,7 @@ def enroll(
     made_directory = not options.directory.exists()
     options.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     pending = _write_keys(keys, files)
+    succeeded = False
     try:
         request = build_request(package, keys, notify, now)
         wire = signed_update(package, keys, request, now)
@@ -128,16 +129,13 @@ def enroll(
         _check_reply(reply, package, keys)
         for temporary, final in pending.items():
             os.replace(temporary, final)
-    except BaseException:
-        if made_directory:  # refused: leave the host as it was
-            with contextlib.suppress(OSError):
-                for temporary in pending:
-                    temporary.unlink(missing_ok=True)
-                options.directory.rmdir()
-        raise
+        succeeded = True
     finally:
         for temporary in pending:
             temporary.unlink(missing_ok=True)
+        if not succeeded and made_directory:  # refused: leave the host as it was
+            with contextlib.suppress(OSError):
+                options.directory.rmdir()
     written = [*pending.values()]
     kdc_key_file = files["kdc"]
     write_public_file(kdc_key_file, verification)
