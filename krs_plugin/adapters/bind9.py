@@ -29,7 +29,7 @@ import dns.name
 
 from krs_plugin.adapters import keyfiles
 from krs_plugin.adapters.base import ApplyResult, InstalledKey, KeyPlan, Problem, Verification
-from krs_plugin.adapters.dnscheck import KeyState, expectation, wait_served
+from krs_plugin.adapters.dnscheck import KeyState, expectation, is_active, wait_served
 from krs_plugin.adapters.settings import reject_unknown, seconds, server_address, settings_path
 from krs_plugin.errors import AdapterError, ConfigError, KrsError
 
@@ -203,6 +203,7 @@ class Bind9Adapter:
         directory = self.directory(zone)
         owner = self._file_owner(directory)
         before = keyfiles.snapshot_files(directory, zone)
+        signing_before = self._active_tags(zone, int(time.time()))
         installed: list[int] = []
         retired: list[int] = []
         removed: list[int] = []
@@ -225,8 +226,12 @@ class Bind9Adapter:
                 step = f"remove key {tag}"
                 if keyfiles.retime(directory, zone, tag, owner, inactive=now, delete=now):
                     removed.append(tag)
-            step = "rndc loadkeys"
-            self.rndc("loadkeys", zone.to_text())
+            # loadkeys leaves the RRSIGs of a key that stops signing in place until they are
+            # due for refresh (days); sign re-signs the zone now, without them.
+            stopped = signing_before - self._active_tags(zone, now)
+            command = "sign" if stopped else "loadkeys"
+            step = f"rndc {command}"
+            self.rndc(command, zone.to_text())
             step = "verify"
             verification = self.verify(zone, plan)
             if not verification.ok:
@@ -248,6 +253,9 @@ class Bind9Adapter:
         return ApplyResult(
             zone, changed, tuple(installed), tuple(retired), tuple(removed), verification
         )
+
+    def _active_tags(self, zone: dns.name.Name, now: int) -> set[int]:
+        return {k.key_tag for k in self.current_keys(zone) if is_active(k.timing, now)}
 
     def verify(self, zone: dns.name.Name, plan: KeyPlan) -> Verification:
         """named serves the key files' keys as their timing says, signatures valid; the plan's

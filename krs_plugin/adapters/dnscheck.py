@@ -7,8 +7,9 @@ is validated with dnspython against the served DNSKEY RRset.
 What "should" means follows DNSSEC practice for a zone with split keys: the SOA is signed by every
 active ZSK (by the active KSKs when there is no ZSK, i.e. a CSK), the DNSKEY RRset by every active
 KSK (by the ZSKs when there is no KSK). Keys published but not yet active must be in the DNSKEY
-RRset; removed keys must be gone. Keys the KRS does not know about (another signer's, say) are
-neither required nor refused.
+RRset; removed keys must be gone; retired keys (published, past their inactive time) must sign
+nothing: "retire" means the server stops signing with the key now, on every server alike. Keys
+the KRS does not know about (another signer's, say) are neither required nor refused.
 """
 
 from __future__ import annotations
@@ -47,11 +48,13 @@ class Expectation:
     soa_signers: frozenset[int]
     dnskey_signers: frozenset[int]
     serial: int | None = None  # the SOA serial, when the adapter wrote it (NSD)
+    retired: frozenset[int] = frozenset()  # published, no longer active: must not sign
 
     def describe(self) -> str:
         return (
             f"DNSKEY {sorted(self.present)} present, {sorted(self.absent)} absent; SOA signed by "
             f"{sorted(self.soa_signers)}, DNSKEY signed by {sorted(self.dnskey_signers)}"
+            + (f"; {sorted(self.retired)} signing nothing" if self.retired else "")
         )
 
 
@@ -65,6 +68,16 @@ def is_active(timing: KeyTiming, now: int) -> bool:
     if timing.inactive is not None and timing.inactive <= now:
         return False
     return timing.activate is not None and timing.activate <= now
+
+
+def is_retired(timing: KeyTiming, now: int) -> bool:
+    """Was active, is past its inactive time, and still published."""
+    return (
+        timing.activate is not None
+        and timing.inactive is not None
+        and timing.inactive <= now
+        and is_published(timing, now)
+    )
 
 
 def expectation(
@@ -83,6 +96,7 @@ def expectation(
         frozenset(gone - present),
         frozenset(zsks or ksks),
         frozenset(ksks or zsks),
+        retired=frozenset(k.key_tag for k in keys if is_retired(k.timing, now)),
     )
 
 
@@ -141,9 +155,13 @@ def check_served(expect: Expectation, host: str, port: int, timeout: float = 3.0
         ("SOA", soa, soa_sigs, expect.soa_signers),
         ("DNSKEY", dnskey, dnskey_sigs, expect.dnskey_signers),
     ):
-        unsigned = signers - _valid_signers(rrset, sigs, dnskey, zone)
-        if unsigned:
-            details.append(f"{zone}: {what} has no valid RRSIG by key(s) {sorted(unsigned)}")
+        valid = _valid_signers(rrset, sigs, dnskey, zone)
+        if signers - valid:
+            details.append(f"{zone}: {what} has no valid RRSIG by key(s) {sorted(signers - valid)}")
+        if expect.retired & valid:
+            details.append(
+                f"{zone}: {what} still signed by retired key(s) {sorted(expect.retired & valid)}"
+            )
     return Verification(not details, tuple(details))
 
 

@@ -107,6 +107,20 @@ def test_zsk_rollover_publish_then_activate_then_retire_then_remove(lab: ServerL
     assert old.key_tag not in lab.stored_tags()
 
 
+def test_retired_key_stops_signing_at_once_after_double_signing(lab: ServerLab) -> None:
+    # A double-signature rollover as the KDC sends it: both ZSKs active, then the old one with
+    # its inactive time reached. BIND's loadkeys alone kept the old RRSIGs until due for refresh.
+    adapter = lab.adapter()
+    ksk, old, new = key("KSK"), key("ZSK"), key("ZSK")
+    adapter.apply(NAME, install((ksk, "KSK"), (old, "ZSK"), (new, "ZSK")))
+    assert served(lab).soa_signers == {old.key_tag, new.key_tag}
+    retired = PlannedKey(old, "ZSK", now_timing(inactive=int(time.time())))
+    adapter.apply(NAME, KeyPlan(NAME, (retired, PlannedKey(new, "ZSK", now_timing()))))
+    now = served(lab)
+    assert now.tags == {ksk.key_tag, old.key_tag, new.key_tag}
+    assert now.soa_signers == {new.key_tag} and now.dnskey_signers == {ksk.key_tag}
+
+
 def test_delete_removes_the_key_from_the_served_set(lab: ServerLab) -> None:
     adapter = lab.adapter()
     ksk, zsk, spare = key("KSK"), key("ZSK"), key("ZSK")
