@@ -12,7 +12,7 @@ import pytest
 
 from tests.containers.matrix import Kdc, Pair, run_checked, wait_until
 
-pytestmark = pytest.mark.containers
+pytestmark = [pytest.mark.containers, pytest.mark.timeout(1500)]  # the first one builds
 
 
 def keys_of(kdc: Kdc, zone: str, role: str) -> list[int]:
