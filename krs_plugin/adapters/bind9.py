@@ -1,40 +1,77 @@
-"""BIND 9 adapter: key files in the zone's ``key-directory``, ``rndc loadkeys``, a DNS check.
+"""BIND 9 adapter: key files in the zone's key directory, ``rndc``, a DNS check.
 
-BIND 9.18 takes externally managed keys in zones with ``inline-signing yes; auto-dnssec
-maintain;`` (docs/servers/bind9.md). Zones under ``dnssec-policy`` are refused by ``check()`` and
-before any file is touched: in 9.18, keys added to such a zone while named runs are retired at
-once, and named may create keys of its own, which breaks a shared-key multi-signer setup.
+BIND takes externally managed keys in two ways, chosen per zone from the running named's version
+and the zone's configuration (docs/servers/bind9.md):
 
-BIND's own rules shape the steps (SERVERS.md, verified by hand):
+- BIND 9.18: ``inline-signing yes; auto-dnssec maintain;``. named acts on the timing in the key
+  files by itself. Zones under ``dnssec-policy`` are refused: 9.18 retires keys added while named
+  runs and creates keys of its own.
+- BIND 9.20 (no ``auto-dnssec``): ``dnssec-policy`` with ``manual-mode yes`` and a ``keys`` clause
+  that matches the KDC's keys. named then never creates, rolls or retires a key, and never moves
+  a key forward by itself either: at every key time the KRS has named re-derive the key's states
+  from its timing (bindstate.py), in ``apply`` and in ``maintain``.
+
+What both share (verified by hand, SERVERS.md):
 
 - a key is only used with Publish/Activate times, so every key file carries its timing;
 - ``rndc loadkeys`` exits 0 even when named could not read a key, so success is only ever
   decided by asking named over DNS (``dnscheck``);
 - deleting a key's files does not unpublish it: a key is removed by setting Inactive and Delete
-  to now, ``loadkeys``, waiting until it is gone from the DNSKEY RRset, and only then deleting
+  to now, loading keys, waiting until it is gone from the DNSKEY RRset, and only then deleting
   its files. Rollback removes keys that a failed apply added the same way.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import shutil
 import subprocess
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import dns.name
 
-from krs_plugin.adapters import keyfiles
+from krs_plugin.adapters import bindstate, keyfiles
 from krs_plugin.adapters.base import ApplyResult, InstalledKey, KeyPlan, Problem, Verification
+from krs_plugin.adapters.bindconf import (
+    BUILTIN_POLICIES,
+    DEFAULT_RSA_BITS,
+    NamedConfig,
+    Policy,
+    PolicyKey,
+    read_named_config,
+)
 from krs_plugin.adapters.dnscheck import KeyState, expectation, is_active, wait_served
 from krs_plugin.adapters.settings import reject_unknown, seconds, server_address, settings_path
 from krs_plugin.errors import AdapterError, ConfigError, KrsError
 
-SETTINGS = {"key_directory", "key_directories", "server", "rndc", "owner", "verify_timeout"}
+log = logging.getLogger(__name__)
+
+SETTINGS = {
+    "key_directory",
+    "key_directories",
+    "server",
+    "rndc",
+    "owner",
+    "verify_timeout",
+    "named_conf",
+    "named_checkconf",
+}
 RNDC_SETTINGS = {"binary", "config", "key_file", "server", "port", "timeout"}
+DEFAULT_NAMED_CONF = "/etc/bind/named.conf"
+POLICY_VERSION = (9, 20)
+"""From this version on, zones take keys from outside through dnssec-policy manual-mode."""
+RETRY_AFTER = 30.0  # seconds before maintain() tries a zone again after a failure
+POLICY_EXAMPLE = (
+    'dnssec-policy "kdc" { manual-mode yes; keys { ksk key-directory lifetime unlimited '
+    "algorithm ecdsap256sha256; zsk key-directory lifetime unlimited algorithm "
+    "ecdsap256sha256; }; };"
+)
 
 
 class Rndc:
@@ -77,6 +114,33 @@ class Rndc:
         return result.stdout
 
 
+def named_version(status: str) -> tuple[int, int]:
+    """(9, 20) from ``rndc status``'s "version: BIND 9.20.30-1~deb13u1-Debian ..." line."""
+    match = re.search(r"^version: BIND (\d+)\.(\d+)", status, re.MULTILINE)
+    if match is None:
+        raise AdapterError(f"rndc status: no BIND version in its answer: {status[:200]!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+class ZoneRefused(AdapterError):
+    """The zone's configuration cannot take keys from outside; carries the Problem."""
+
+    def __init__(self, problem: Problem) -> None:
+        super().__init__(problem.what)
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class ZoneMode:
+    """How named takes a zone's keys: through auto-dnssec (9.18) or a manual-mode policy."""
+
+    policy: Policy | None = None  # None: auto-dnssec maintain
+
+    @property
+    def manual_policy(self) -> bool:
+        return self.policy is not None
+
+
 class Bind9Adapter:
     name = "bind9"
 
@@ -101,9 +165,12 @@ class Bind9Adapter:
         if not isinstance(rndc, Mapping):
             raise ConfigError("adapter.settings.rndc: must be a mapping")
         self.rndc = Rndc(rndc, base)
+        self.named_conf = settings_path(settings.get("named_conf", DEFAULT_NAMED_CONF), base)
+        self.named_checkconf = str(settings.get("named_checkconf", "named-checkconf"))
         self.owner = self._owner(settings.get("owner"))
         self.verify_timeout = seconds(settings, "verify_timeout", 10)
         self.zones = tuple(zones)
+        self._retry_at: dict[dns.name.Name, float] = {}
 
     @staticmethod
     def _owner(value: object) -> str | None:
@@ -132,6 +199,115 @@ class Bind9Adapter:
                 return info.st_uid, info.st_gid
         return None
 
+    # --- which way named takes the zone's keys ------------------------------------------------
+
+    def version(self) -> tuple[int, int]:
+        """The running named's (major, minor) version, from its control channel."""
+        return named_version(self.rndc("status"))
+
+    def _zone_mode(self, zone: dns.name.Name, version: tuple[int, int]) -> ZoneMode:
+        """How named takes ``zone``'s keys; ZoneRefused (with the fix) when it cannot."""
+        name = zone.to_text()
+        try:
+            status = self.rndc("zonestatus", name)
+        except AdapterError as exc:
+            raise ZoneRefused(
+                Problem(
+                    f"BIND does not serve zone {name}: {exc}",
+                    f"add zone {name} to named.conf or remove it from zones in krs.yaml",
+                )
+            ) from exc
+        try:
+            policy_status = self.rndc("dnssec", "-status", name)
+        except AdapterError as exc:
+            if "dnssec-policy" not in str(exc):  # 9.18 answers "does not have" as a failure
+                raise ZoneRefused(
+                    Problem(
+                        f"named cannot tell the key state of zone {name}: {exc}",
+                        "let the user named runs as read and write the key directory "
+                        "(docs/servers/bind9.md, permissions)",
+                    )
+                ) from exc
+            policy_status = str(exc)
+        has_policy = "does not have dnssec-policy" not in policy_status
+        if version < POLICY_VERSION:
+            if has_policy:
+                raise ZoneRefused(
+                    Problem(
+                        f"zone {name} uses dnssec-policy, which in BIND 9.18 retires keys added "
+                        "while named runs",
+                        f'use "inline-signing yes; auto-dnssec maintain;" for {name} '
+                        "(docs/servers/bind9.md)",
+                    )
+                )
+            if "key maintenance: automatic" not in status:
+                raise ZoneRefused(
+                    Problem(
+                        f"zone {name} is not set up for signing with external keys",
+                        f'add "inline-signing yes; auto-dnssec maintain; key-directory" to zone '
+                        f"{name}",
+                    )
+                )
+            return ZoneMode()
+        if not has_policy:
+            raise ZoneRefused(
+                Problem(
+                    f"zone {name} is not signed by named: BIND {version[0]}.{version[1]} takes "
+                    "keys from outside only under a dnssec-policy with manual-mode",
+                    f'add "dnssec-policy kdc; inline-signing yes; key-directory ..." to zone '
+                    f"{name} with {POLICY_EXAMPLE} (docs/servers/bind9.md)",
+                )
+            )
+        return ZoneMode(self._manual_policy(zone, policy_status))
+
+    def _manual_policy(self, zone: dns.name.Name, policy_status: str) -> Policy:
+        """The zone's policy from named.conf, checked to be one named takes keys from outside
+        with (manual-mode, keys that never roll, the KRS's key directory)."""
+        name = zone.to_text()
+        match = re.search(r"^dnssec-policy: (\S+)", policy_status, re.MULTILINE)
+        policy_name = match.group(1) if match else "?"
+        if policy_name in BUILTIN_POLICIES:
+            raise ZoneRefused(
+                Problem(
+                    f"zone {name} uses the built-in dnssec-policy {policy_name}, under which "
+                    "named makes and rolls keys of its own",
+                    f"define a policy with manual-mode, e.g. {POLICY_EXAMPLE}, and use it for "
+                    f"{name} (docs/servers/bind9.md)",
+                )
+            )
+        try:
+            config = read_named_config(self.named_checkconf, self.named_conf)
+        except AdapterError as exc:
+            raise ZoneRefused(
+                Problem(
+                    f"cannot read dnssec-policy {policy_name} of zone {name}: {exc}",
+                    "set adapter.settings.named_conf to the file named runs with and let the "
+                    "KRS read it (named-checkconf from bind9-utils is needed)",
+                )
+            ) from exc
+        zone_config = config.zone(name)
+        policy = config.policies.get(policy_name)
+        if zone_config is None or policy is None:
+            missing = f"zone {name}" if zone_config is None else f"dnssec-policy {policy_name}"
+            raise ZoneRefused(
+                Problem(
+                    f"{self.named_conf} has no {missing}, but the running named has: named.conf "
+                    "changed since named last loaded it, or named runs another file",
+                    "rndc reconfig, or set adapter.settings.named_conf to the file named runs with",
+                )
+            )
+        problem = policy_problem(name, policy, config, zone_config, self.directory(zone))
+        if problem is not None:
+            raise ZoneRefused(problem)
+        return policy
+
+    def _zone_problem(self, zone: dns.name.Name, version: tuple[int, int]) -> Problem | None:
+        try:
+            self._zone_mode(zone, version)
+        except ZoneRefused as refused:
+            return refused.problem
+        return None
+
     # --- the Adapter interface ------------------------------------------------------------
 
     def check(self) -> list[Problem]:
@@ -139,7 +315,7 @@ class Bind9Adapter:
         if shutil.which(self.rndc.binary) is None:
             return [Problem(f"rndc not found ({self.rndc.binary})", "apt-get install bind9-utils")]
         try:
-            self.rndc("status")
+            version = self.version()
         except AdapterError as exc:
             return [
                 Problem(
@@ -153,38 +329,10 @@ class Bind9Adapter:
             elif not os.access(directory, os.W_OK):
                 problems.append(Problem(f"key directory {directory} is not writable by the KRS"))
         for zone in self.zones:
-            problem = self._zone_problem(zone)
+            problem = self._zone_problem(zone, version)
             if problem is not None:
                 problems.append(problem)
         return problems
-
-    def _zone_problem(self, zone: dns.name.Name) -> Problem | None:
-        """Why BIND cannot take pushed keys for ``zone``, or None."""
-        name = zone.to_text()
-        try:
-            status = self.rndc("zonestatus", name)
-        except AdapterError as exc:
-            return Problem(
-                f"BIND does not serve zone {name}: {exc}",
-                f"add zone {name} to named.conf or remove it from zones in krs.yaml",
-            )
-        try:
-            policy = self.rndc("dnssec", "-status", name)
-        except AdapterError:
-            policy = "Zone does not have dnssec-policy"
-        if "does not have dnssec-policy" not in policy:
-            return Problem(
-                f"zone {name} uses dnssec-policy, which in BIND 9.18 retires keys added while "
-                "named runs",
-                f'use "inline-signing yes; auto-dnssec maintain;" for {name} '
-                "(docs/servers/bind9.md)",
-            )
-        if "key maintenance: automatic" not in status:
-            return Problem(
-                f"zone {name} is not set up for signing with external keys",
-                f'add "inline-signing yes; auto-dnssec maintain; key-directory" to zone {name}',
-            )
-        return None
 
     def current_keys(self, zone: dns.name.Name) -> list[InstalledKey]:
         return keyfiles.installed_keys(self.directory(zone), zone)
@@ -194,12 +342,17 @@ class Bind9Adapter:
 
     def restore(self, zone: dns.name.Name, snapshot: str) -> None:
         directory = self.directory(zone)
-        self._rollback(zone, keyfiles.decode_snapshot(directory, snapshot))
+        mode = self._zone_mode(zone, self.version())
+        self._rollback(zone, keyfiles.decode_snapshot(directory, snapshot), mode)
 
     def apply(self, zone: dns.name.Name, plan: KeyPlan) -> ApplyResult:
-        problem = self._zone_problem(zone)
-        if problem is not None:  # before any file is touched
-            raise AdapterError(f"bind9, zone {zone}: {problem.what}")
+        try:  # before any file is touched
+            mode = self._zone_mode(zone, self.version())
+            if mode.policy is not None:
+                check_keys_against_policy(zone, plan, mode.policy)
+                check_every_zsk_has_a_ksk(plan, self._roles_after(zone, plan))
+        except AdapterError as exc:
+            raise AdapterError(f"bind9, zone {zone}: {exc}") from exc
         directory = self.directory(zone)
         owner = self._file_owner(directory)
         before = keyfiles.snapshot_files(directory, zone)
@@ -214,6 +367,8 @@ class Bind9Adapter:
                 step = f"write key {planned.key.key_tag}"
                 if keyfiles.write_key(directory, planned.key, planned.timing, owner):
                     installed.append(planned.key.key_tag)
+                    if mode.manual_policy:
+                        bindstate.reset_state(directory, planned.key, planned.role, owner)
             for tag in plan.retire:
                 step = f"retire key {tag}"
                 timing = next((k.timing for k in self.current_keys(zone) if k.key_tag == tag), None)
@@ -226,6 +381,9 @@ class Bind9Adapter:
                 step = f"remove key {tag}"
                 if keyfiles.retime(directory, zone, tag, owner, inactive=now, delete=now):
                     removed.append(tag)
+            if mode.manual_policy:
+                step = "reset key states"
+                self._reset_states(zone, now, owner)
             # loadkeys leaves the RRSIGs of a key that stops signing in place until they are
             # due for refresh (days); sign re-signs the zone now, without them.
             stopped = signing_before - self._active_tags(zone, now)
@@ -244,7 +402,7 @@ class Bind9Adapter:
             for tag in removed:
                 keyfiles.delete_key_files(directory, zone, tag)
         except (KrsError, OSError) as exc:
-            outcome = self._rollback(zone, before)
+            outcome = self._rollback(zone, before, mode)
             raise AdapterError(
                 f"bind9, zone {zone}: step '{step}' failed: {exc}; key directory restored"
                 f" ({outcome})"
@@ -253,6 +411,49 @@ class Bind9Adapter:
         return ApplyResult(
             zone, changed, tuple(installed), tuple(retired), tuple(removed), verification
         )
+
+    def _roles_after(self, zone: dns.name.Name, plan: KeyPlan) -> list[tuple[int, int, str, bool]]:
+        """(tag, algorithm, role, active) of every key the zone would have after ``plan``."""
+        directory = self.directory(zone)
+        now = int(time.time())
+        keys = {}
+        for _, key, timing in keyfiles.read_keys(directory, zone):
+            if key.key_tag in plan.remove:
+                continue
+            state = bindstate.read_state(bindstate.state_path(directory, key))
+            active = is_active(timing, now) and key.key_tag not in plan.retire
+            keys[key.key_tag] = (
+                key.key_tag,
+                key.algorithm,
+                bindstate.role_of(state, key.flags),
+                active,
+            )
+        for planned in plan.install:
+            key = planned.key
+            keys[key.key_tag] = (
+                key.key_tag,
+                key.algorithm,
+                planned.role,
+                is_active(planned.timing, now),
+            )
+        return list(keys.values())
+
+    def _reset_states(
+        self, zone: dns.name.Name, now: int, owner: tuple[int, int] | None
+    ) -> list[str]:
+        """BIND 9.20: have named re-derive, from its timing, the states of every key of
+        ``zone`` whose states say otherwise than its timing for ``now`` (bindstate.py).
+        Returns why, one line per key, for the log."""
+        directory = self.directory(zone)
+        reasons = []
+        for _, key, timing in keyfiles.read_keys(directory, zone):
+            reason = bindstate.needs_reset(directory, key, timing, now)
+            if reason is None:
+                continue
+            if reason != "named has not read its state yet":
+                bindstate.reset_state(directory, key, None, owner)
+            reasons.append(f"key {key.key_tag}: {reason}")
+        return reasons
 
     def _active_tags(self, zone: dns.name.Name, now: int) -> set[int]:
         return {k.key_tag for k in self.current_keys(zone) if is_active(k.timing, now)}
@@ -267,7 +468,7 @@ class Bind9Adapter:
         expect = expectation(zone, keys, removed, int(time.time()))
         return wait_served(expect, self.host, self.port, timeout=self.verify_timeout)
 
-    def _rollback(self, zone: dns.name.Name, before: dict[Path, bytes]) -> str:
+    def _rollback(self, zone: dns.name.Name, before: dict[Path, bytes], mode: ZoneMode) -> str:
         """Put the zone's keys back to ``before``. Keys added since are unpublished first (set to
         Delete now and loaded), because named keeps serving a key whose files are simply
         deleted; their files go last. Returns what happened, for the error message."""
@@ -280,7 +481,9 @@ class Bind9Adapter:
             for tag in added:
                 keyfiles.retime(directory, zone, tag, owner, inactive=now, delete=now)
             keyfiles.write_files(before, owner)
-            self.rndc("loadkeys", zone.to_text())
+            if mode.manual_policy:
+                self._reset_states(zone, now, owner)
+            self.rndc("sign" if mode.manual_policy else "loadkeys", zone.to_text())
             result = self._wait(zone, removed=added)
         except (KrsError, OSError) as exc:
             keyfiles.restore_files(directory, zone, before)
@@ -291,3 +494,168 @@ class Bind9Adapter:
                 result.details
             )
         return "named serves the previous keys again"
+
+    # --- BIND 9.20: acting on key times ---------------------------------------------------
+
+    def maintain(self) -> float:
+        """BIND 9.20 in manual-mode does not act on key times by itself: at each Publish,
+        Activate, Inactive and Delete time of a zone's keys, have named re-derive those keys'
+        states, re-sign when a key stopped signing, and check over DNS. Returns the seconds until
+        the next such time (an hour when there is none; 9.18 acts by itself)."""
+        now = time.time()
+        try:
+            version = self.version()
+        except AdapterError as exc:
+            log.warning("bind9: key times not checked, named does not answer: %s", exc)
+            return RETRY_AFTER
+        if version < POLICY_VERSION:
+            return 3600.0
+        for zone in self.zones:
+            if self._retry_at.get(zone, 0.0) > now:
+                continue
+            try:
+                self._maintain_zone(zone)
+                self._retry_at.pop(zone, None)
+            except (KrsError, OSError) as exc:
+                self._retry_at[zone] = now + RETRY_AFTER
+                log.error(
+                    "bind9, zone %s: acting on key times failed (next try in %d s): %s",
+                    zone, RETRY_AFTER, exc,
+                )  # fmt: skip
+        return self._next_wait(time.time())
+
+    def _maintain_zone(self, zone: dns.name.Name) -> None:
+        directory = self.directory(zone)
+        now = int(time.time())
+        due, stopped = False, False
+        for _, key, timing in keyfiles.read_keys(directory, zone):
+            if bindstate.needs_reset(directory, key, timing, now) is None:
+                continue
+            due = True
+            state = bindstate.read_state(bindstate.state_path(directory, key))
+            believed = bindstate.named_phase(state, key.flags)
+            stopped |= bool(believed and believed.signing and not is_active(timing, now))
+        if not due:
+            return
+        mode = self._zone_mode(zone, self.version())
+        if not mode.manual_policy:
+            return
+        reasons = self._reset_states(zone, now, self._file_owner(directory))
+        log.info("bind9, zone %s: key times passed: %s", zone, "; ".join(reasons))
+        # as in apply: sign when a key stopped signing, or its RRSIGs stay for days
+        self.rndc("sign" if stopped else "loadkeys", zone.to_text())
+        result = self._wait(zone, removed=())
+        if not result.ok:
+            raise AdapterError("; ".join(result.details))
+
+    def _next_wait(self, now: float) -> float:
+        moments = []
+        for zone in self.zones:
+            retry = self._retry_at.get(zone, 0.0)
+            if retry > now:
+                moments.append(retry)
+                continue
+            for key in self.current_keys(zone):
+                t = key.timing
+                moments += [m for m in (t.publish, t.activate, t.inactive, t.delete)
+                            if m is not None and m > now]  # fmt: skip
+        if not moments:
+            return 3600.0
+        return max(1.0, min(moments) - now)
+
+
+def policy_problem(
+    name: str, policy: Policy, config: NamedConfig, zone: Any, key_directory: Path
+) -> Problem | None:
+    """Why a zone under ``policy`` cannot take keys from the KRS, or None."""
+    where = f"dnssec-policy {policy.name} (zone {name})"
+    if not policy.manual_mode:
+        return Problem(
+            f"{where} has no manual-mode: named would retire the KDC's keys and make its own",
+            f"add 'manual-mode yes;' to dnssec-policy {policy.name} (BIND 9.20.13 or later)",
+        )
+    if policy.offline_ksk:
+        return Problem(
+            f"{where} uses offline-ksk: named would sign the DNSKEY set only from an imported "
+            "SKR, not with the KDC's KSK",
+            f"remove offline-ksk from dnssec-policy {policy.name}",
+        )
+    if not policy.keys:
+        return Problem(
+            f"{where} has no keys clause: named would not know which of the KDC's keys to use",
+            f"add a keys clause, e.g. {POLICY_EXAMPLE}",
+        )
+    if zone.options.get("inline-signing") == "no":
+        return Problem(
+            f"zone {name} has inline-signing no: named would sign its zone file in place",
+            f"set 'inline-signing yes;' in zone {name}",
+        )
+    for entry in policy.keys:
+        if entry.lifetime != "unlimited":
+            return Problem(
+                f"{where}: '{entry.text()}' has a lifetime, so named wants to roll the KDC's "
+                "key when it ends (the KDC decides rollovers)",
+                f"use 'lifetime unlimited' in dnssec-policy {policy.name}",
+            )
+        folder = config.store_directory(zone, entry)
+        if folder is None:
+            return Problem(f"{where}: key-store {entry.store} is not defined in named.conf")
+        if os.path.normpath(folder) != os.path.normpath(key_directory):
+            return Problem(
+                f"{where}: named looks for its {entry.role} files in {folder}, the KRS writes "
+                f"them to {key_directory}",
+                "make adapter.settings.key_directory (or key_directories) the zone's "
+                "key-directory (or its key-store's directory)",
+            )
+    return None
+
+
+def matching_entry(role: str, key: Any, policy: Policy) -> PolicyKey | None:
+    """The policy entry named would match ``key`` with (dns_kasp_key_match: role, algorithm,
+    length, tag range), or None."""
+    wanted = {"KSK": "ksk", "ZSK": "zsk", "CSK": "csk"}[role]
+    length = bindstate.key_length(key)
+    for entry in policy.keys:
+        if entry.role != wanted or entry.algorithm != key.algorithm:
+            continue
+        if key.algorithm in (5, 7, 8, 10) and (entry.length or DEFAULT_RSA_BITS) != length:
+            continue
+        if entry.tag_range is not None and not (
+            entry.tag_range[0] <= key.key_tag <= entry.tag_range[1]
+        ):
+            continue
+        return entry
+    return None
+
+
+def check_keys_against_policy(zone: dns.name.Name, plan: KeyPlan, policy: Policy) -> None:
+    """Every key the plan installs must match an entry of the zone's policy: named treats a key
+    that matches none as unwanted (it would retire and replace it, were it not for
+    manual-mode). Refused before anything is written."""
+    for planned in plan.install:
+        key = planned.key
+        if matching_entry(planned.role, key, policy) is None:
+            entries = " ".join(e.text() for e in policy.keys)
+            length = bindstate.key_length(key)
+            raise AdapterError(
+                f"key {key.key_tag} ({planned.role}, algorithm {key.algorithm}, {length} bits) "
+                f"matches no entry of dnssec-policy {policy.name} ({entries}): add "
+                f"'{planned.role.lower()} key-directory lifetime unlimited algorithm "
+                f"{key.algorithm}{f' {length}' if key.algorithm in (5, 7, 8, 10) else ''};' "
+                "to its keys clause"
+            )
+
+
+def check_every_zsk_has_a_ksk(plan: KeyPlan, keys: list[tuple[int, int, str, bool]]) -> None:
+    """BIND 9.20 signs the DNSKEY RRset only with keys in the KSK role (9.18 used the ZSKs when
+    there was no KSK): an active ZSK whose algorithm has no active KSK or CSK would leave the
+    DNSKEY RRset without a signature of that algorithm, and the zone would not validate
+    (RFC 4035 section 2.2). Refused before anything is written, as Knot refuses it."""
+    signing_dnskey = {alg for _, alg, role, active in keys if active and role in ("KSK", "CSK")}
+    for tag, alg, role, active in keys:
+        if active and role == "ZSK" and alg not in signing_dnskey:
+            raise AdapterError(
+                f"key {tag} (ZSK, algorithm {alg}) would have no active KSK or CSK of algorithm "
+                f"{alg} beside it: BIND 9.20 signs the DNSKEY set only with keys in the KSK "
+                "role, so the zone would not validate; send a KSK of that algorithm with it"
+            )

@@ -18,6 +18,7 @@ from krs_plugin import failpoints
 from krs_plugin.adapters.base import InstalledKey
 from krs_plugin.dnssec import DnssecKey, KeyTiming, read_bind_key_pair
 from krs_plugin.dnssec.bindfiles import bind_private_text, bind_public_text
+from krs_plugin.errors import KrsError
 from krs_plugin.files import SECRET_MODE, atomic_write
 
 PUBLIC_MODE = 0o644
@@ -89,12 +90,14 @@ def restore_files(directory: Path, zone: dns.name.Name, before: dict[Path, bytes
 def write_key(
     directory: Path, key: DnssecKey, timing: KeyTiming, owner: tuple[int, int] | None = None
 ) -> bool:
-    """Write ``key`` with ``timing`` (both files, atomically); False when already exactly so."""
+    """Write ``key`` with ``timing`` (both files, atomically); False when the files already
+    hold this key with this timing. Compared by meaning, not bytes: BIND 9.20 rewrites the
+    files of keys it manages (adding a ``SyncPublish`` of its own, say)."""
     stem = directory / key.basename
     private, public = Path(f"{stem}.private"), Path(f"{stem}.key")
-    private_text = bind_private_text(key, timing).encode()
-    if private.exists() and public.exists() and private.read_bytes() == private_text:
+    if private.exists() and public.exists() and holds(private, key, timing):
         return False
+    private_text = bind_private_text(key, timing).encode()
     atomic_write(private, private_text, SECRET_MODE)
     failpoints.reached("write_key")
     atomic_write(public, bind_public_text(key, timing).encode(), PUBLIC_MODE)
@@ -102,6 +105,15 @@ def write_key(
         for path in (private, public):
             os.chown(path, *owner)
     return True
+
+
+def holds(private: Path, key: DnssecKey, timing: KeyTiming) -> bool:
+    """Whether the key files at ``private`` are ``key`` (same DNSKEY) with ``timing``."""
+    try:
+        present, present_timing = read_bind_key_pair(private)
+    except (KrsError, OSError):
+        return False  # unreadable or not this key: write it anew
+    return present.dnskey == key.dnskey and present.ttl == key.ttl and present_timing == timing
 
 
 def retime(

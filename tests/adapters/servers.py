@@ -16,12 +16,15 @@ import dns.name
 import dns.query
 import dns.rdataclass
 import dns.rdatatype
+import pytest
 
 from krs_plugin.adapters.base import Adapter
+from krs_plugin.dnssec import read_bind_key_pair
 from krs_plugin.lab.bind9 import Bind9Lab
 from krs_plugin.lab.knot import KnotLab
 from krs_plugin.lab.nsd import NsdLab
 from krs_plugin.lab.powerdns import PowerDnsLab
+from krs_plugin.lab.sysroot import Sysroot, other_generation, sysroot_dir
 
 ZONES = ("example.com.", "example.net.")
 UNSERVED = "not-served.example."
@@ -39,6 +42,11 @@ class ServerLab(Protocol):
     reload_failure: str
     """Text the adapter's error carries when the server does not take the keys (see
     ``break_reload``)."""
+    lone_zsk_refusal: str
+    """Text of the refusal of a ZSK without a KSK of its algorithm (when ``zsk_needs_ksk``)."""
+    reload_break_roles: tuple[str, ...]
+    """The keys ``break_reload``'s scenario installs (a lone ZSK, or a KSK and a ZSK where a
+    lone ZSK is refused before the server is asked)."""
 
     def adapter(self) -> Adapter: ...
     def stop(self) -> None: ...
@@ -54,17 +62,53 @@ class ServerLab(Protocol):
         ...
 
 
+def other_generation_root() -> Sysroot:
+    """The debootstrap root of the Debian release beside the host's (BIND 9.20 on a Debian 12
+    host, 9.18 on Debian 13): ``./run setup`` makes it. Missing, its labs skip with the reason,
+    or fail under KRS_REQUIRE_SYSROOTS (which ``./run tests`` and so CI set)."""
+    suite = other_generation()
+    root = Sysroot.find(suite)
+    if root is None:
+        reason = f"no {suite} root in {sysroot_dir()} (./run setup makes it)"
+        if os.environ.get("KRS_REQUIRE_SYSROOTS"):
+            pytest.fail(f"the {suite} tier is required here and cannot run: {reason}")
+        pytest.skip(reason)
+    return root
+
+
+# Every shape of key the scenario table installs: KSK+ZSK and CSK of algorithms 13, 15 and 16.
+# An operator's policy names only what their KDC sends (docs/servers/bind9.md).
+SCENARIO_POLICY_KEYS = tuple(
+    (role, algorithm)
+    for algorithm in ("ecdsap256sha256", "ed25519", "ed448")
+    for role in ("ksk", "zsk", "csk")
+)
+
+
 class Bind9ServerLab:
     name = "bind9"
-    zsk_needs_ksk = False
     serves_last_keys_when_emptied = False
     reload_failure = "not served"
+    lone_zsk_refusal = "no active KSK or CSK"
 
     def __init__(self, root: Path) -> None:
-        self.lab = Bind9Lab(root, ZONES)
+        self.lab = Bind9Lab(root, ZONES, sysroot=self.root(), policy_keys=SCENARIO_POLICY_KEYS)
         self.lab.start()
         self.host = self.lab.host
         self.port = self.lab.port
+
+    def root(self) -> Sysroot | None:
+        return None
+
+    @property
+    def zsk_needs_ksk(self) -> bool:
+        """BIND 9.20 signs the DNSKEY set only with keys in the KSK role; 9.18 with the ZSKs
+        when there is no KSK. The adapter refuses what 9.20 would leave unsigned."""
+        return self.lab.uses_policy
+
+    @property
+    def reload_break_roles(self) -> tuple[str, ...]:
+        return ("KSK", "ZSK") if self.lab.uses_policy else ("ZSK",)
 
     def adapter(self) -> Adapter:
         from krs_plugin.adapters.bind9 import Bind9Adapter
@@ -78,8 +122,21 @@ class Bind9ServerLab:
     def start(self) -> None:
         self.lab.start()
 
-    def stored(self) -> dict[str, bytes]:
-        return {p.name: p.read_bytes() for p in self.lab.key_directory.iterdir()}
+    def stored(self) -> dict[str, object]:
+        """The key files. Under BIND 9.20 named keeps its own bookkeeping in them (``.state``
+        files, a ``SyncPublish`` it adds), rewritten as its states settle: there each key is
+        compared by what the KRS wrote, its DNSKEY and timing."""
+        files = sorted(self.lab.key_directory.iterdir())
+        if not self.lab.uses_policy:
+            return {p.name: p.read_bytes() for p in files}
+        stored: dict[str, object] = {}
+        for path in files:
+            if path.suffix == ".private":
+                key, timing = read_bind_key_pair(path)
+                stored[path.name] = (key.dnskey_text(), timing)
+            elif path.suffix == ".key":
+                stored[path.name] = "present"
+        return stored
 
     def stored_tags(self) -> set[int]:
         return {int(n.split("+")[2][:5]) for n in self.stored() if n.endswith(".private")}
@@ -88,11 +145,22 @@ class Bind9ServerLab:
         # named running as bind cannot enter a root-owned 0700 key directory: loadkeys "succeeds"
         # and nothing is published, the pitfall SERVERS.md describes. (The lab root must be
         # reachable by bind, see the fixture.)
+        # BIND 9.20 says so itself when it cannot enter the directory (the zone check then
+        # refuses the zone); what it cannot tell is a key file it cannot read: root's 0600.
         self.lab.stop()
         self.lab.user = "bind"
         os.chown(self.lab.key_directory, 0, 0)
-        os.chmod(self.lab.key_directory, 0o700)
+        os.chmod(self.lab.key_directory, 0o755 if self.lab.uses_policy else 0o700)
         self.lab.start()
+
+
+class Bind9OtherGenerationLab(Bind9ServerLab):
+    """named from the other Debian release's packages (sysroot.py): BIND 9.20 on Debian 12."""
+
+    name = f"bind9-{other_generation()}"
+
+    def root(self) -> Sysroot | None:
+        return other_generation_root()
 
 
 class KnotServerLab:
@@ -100,6 +168,8 @@ class KnotServerLab:
     zsk_needs_ksk = True
     serves_last_keys_when_emptied = True
     reload_failure = "missing active KSK or ZSK"
+    lone_zsk_refusal = reload_failure
+    reload_break_roles = ("ZSK",)
 
     def __init__(self, root: Path) -> None:
         self.lab = KnotLab(root, ZONES)
@@ -148,6 +218,8 @@ class NsdServerLab:
     zsk_needs_ksk = False
     serves_last_keys_when_emptied = False
     reload_failure = "unexpected end of input"  # the signer refuses the broken unsigned file
+    lone_zsk_refusal = ""
+    reload_break_roles = ("ZSK",)
 
     signer = "dnssec-signzone"
 
@@ -209,6 +281,8 @@ class PowerDnsServerLab:
     # break_reload marks the zone PRESIGNED (an operator's mistake check() reports): PowerDNS
     # then refuses the rectify that follows the new key (API and pdnsutil word it differently).
     reload_failure = "pre-signed"
+    lone_zsk_refusal = ""
+    reload_break_roles = ("ZSK",)
     backend = "gsqlite3"
     method = "api"
 
@@ -276,6 +350,7 @@ class PowerDnsUtilBindServerLab(PowerDnsUtilServerLab):
 
 LABS = {
     "bind9": Bind9ServerLab,
+    Bind9OtherGenerationLab.name: Bind9OtherGenerationLab,
     "knot": KnotServerLab,
     "nsd": NsdServerLab,
     "nsd-ldns": NsdLdnsServerLab,

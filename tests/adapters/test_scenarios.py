@@ -174,7 +174,7 @@ def test_reload_that_does_not_take_effect_is_rolled_back(lab: ServerLab) -> None
     adapter = lab.adapter()
     before = lab.stored()
     with pytest.raises(AdapterError) as failure:
-        adapter.apply(NAME, install((key("ZSK"), "ZSK")))
+        adapter.apply(NAME, install(*((key(role), role) for role in lab.reload_break_roles)))
     message = str(failure.value)
     assert "step '" in message and lab.reload_failure in message
     assert lab.stored() == before
@@ -195,7 +195,7 @@ def test_refused_key_set_leaves_the_old_keys_served_and_signing(lab: ServerLab) 
         return
     with pytest.raises(AdapterError) as failure:
         adapter.apply(NAME, install((stray, "ZSK")))
-    assert lab.reload_failure in str(failure.value)
+    assert lab.lone_zsk_refusal in str(failure.value)
     assert lab.stored() == before
     now = served(lab)
     assert now.tags == {csk.key_tag} and now.soa_signers == {csk.key_tag}

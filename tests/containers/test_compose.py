@@ -1,5 +1,6 @@
 """docker/compose.yaml as an operator runs it: one `up`, and the four nameservers serve the KDC's
-keys, validly signed; one distribution then reaches all four (the multi-signer case).
+keys, validly signed; one distribution then reaches all four (the multi-signer case). Once per
+Debian base of the tier (``suite``), with that base's images (``KRS_IMAGE_TAG=test-<suite>``).
 
 The compose file binds fixed loopback ports (docs/containers.md); the test says which one is
 taken rather than failing somewhere inside compose.
@@ -53,10 +54,11 @@ def port_taken(port: int) -> bool:
 
 
 class Compose:
-    def __init__(self, command: list[str], images: dict[str, str]) -> None:
-        self.argv = [*command, "-p", f"{PREFIX}-compose", "-f", str(COMPOSE_FILE)]
-        self.env = {**os.environ, "KRS_IMAGE_PREFIX": PREFIX, "KRS_IMAGE_TAG": "test"}
-        assert images["krs"] == f"{PREFIX}/krs:test"
+    def __init__(self, command: list[str], images: dict[str, str], suite: str) -> None:
+        self.argv = [*command, "-p", f"{PREFIX}-compose-{suite}", "-f", str(COMPOSE_FILE)]
+        tag = f"test-{suite}"
+        self.env = {**os.environ, "KRS_IMAGE_PREFIX": PREFIX, "KRS_IMAGE_TAG": tag}
+        assert images["krs"] == f"{PREFIX}/krs:{tag}"
 
     def __call__(self, *args: str, timeout: float = 300) -> str:
         done = subprocess.run(
@@ -71,11 +73,11 @@ class Compose:
 
 
 @pytest.fixture(scope="module")
-def compose(images: dict[str, str]) -> Iterator[Compose]:
+def compose(images: dict[str, str], suite: str) -> Iterator[Compose]:
     taken = [p for p in (*DNS_PORTS.values(), *OTHER_PORTS) if port_taken(p)]
     if taken:
         pytest.fail(f"docker/compose.yaml needs 127.0.0.1 ports {taken}, which are in use")
-    project = Compose(compose_command(), images)
+    project = Compose(compose_command(), images, suite)
     try:
         project("up", "-d")
         yield project
