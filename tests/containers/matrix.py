@@ -78,13 +78,18 @@ class ServerSpec:
 SERVERS: dict[str, ServerSpec] = {
     "bind9": ServerSpec(
         "bind9",
-        (Mount("keys", "/var/lib/bind/keys", False), Mount("rndc", "/etc/bind/rndc", True)),
+        (
+            Mount("keys", "/var/lib/bind/keys", False),
+            Mount("rndc", "/etc/bind/rndc", True),
+            Mount("conf", "/etc/bind/conf", True),  # named.conf: the dnssec-policy on 9.20
+        ),
         ("DNS_PORT", "RNDC_PORT"),
         lambda p: {
             "type": "bind9",
             "settings": {
                 "key_directory": "/var/lib/bind/keys",
                 "server": f"{HOST}:{p['DNS_PORT']}",
+                "named_conf": "/etc/bind/conf/named.conf",
                 "rndc": {
                     "key_file": "/etc/bind/rndc/rndc.key",
                     "server": HOST,
