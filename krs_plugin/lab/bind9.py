@@ -73,6 +73,8 @@ class Bind9Lab(LabServer):
         ("zsk", "ecdsap256sha256"),
     )
     extra_zone_options: dict[str, str] = field(default_factory=dict)  # zone -> raw options
+    zone_policies: dict[str, str] = field(default_factory=dict)  # zone -> policy (9.20)
+    extra_config: str = ""  # raw statements (more dnssec-policy blocks, say)
     process: ServerProcess | None = field(default=None, init=False)
     _version: tuple[int, int] | None = field(default=None, init=False)
 
@@ -101,6 +103,16 @@ class Bind9Lab(LabServer):
 
     def command(self, name: str, *args: str) -> list[str]:
         return [self.tool(name), *args]
+
+    def rndc(self, *args: str) -> str:
+        """rndc against this instance; its output (LabError with it when rndc fails)."""
+        argv = self.command("rndc", "-k", str(self.rndc_key), "-s", self.host)
+        result = subprocess.run(
+            [*argv, "-p", str(self.control_port), *args], capture_output=True, text=True
+        )
+        if result.returncode != 0:
+            raise LabError(f"rndc {' '.join(args)}: {result.stderr or result.stdout}")
+        return result.stdout
 
     @property
     def version(self) -> tuple[int, int]:
@@ -153,7 +165,8 @@ class Bind9Lab(LabServer):
         elif zone not in signed:
             lines = []
         elif self.uses_policy:
-            lines = ["inline-signing yes;", f'dnssec-policy "{POLICY}";', "checkds no;"]
+            policy = self.zone_policies.get(zone, POLICY)
+            lines = ["inline-signing yes;", f'dnssec-policy "{policy}";', "checkds no;"]
         else:
             lines = ["inline-signing yes;", "auto-dnssec maintain;"]
         if lines:
@@ -196,7 +209,7 @@ class Bind9Lab(LabServer):
             "    dnssec-validation no;\n"
             "};\n"
             f"controls {{ inet {self.host} port {self.control_port} allow {{ {self.host}; }} "
-            'keys { "rndc-key"; }; };\n' + policy + "".join(blocks)
+            'keys { "rndc-key"; }; };\n' + policy + self.extra_config + "".join(blocks)
         )
 
     def _give_to_user(self, user: str) -> None:

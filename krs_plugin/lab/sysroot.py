@@ -162,3 +162,23 @@ def make_sysroot(
     subprocess.run(["rm", "-rf", str(target)], check=True)
     work.rename(target)
     return Sysroot(target, suite)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m krs_plugin.lab.sysroot [SUITE]``: make the root (default: the other
+    generation's), print its path."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    suite = args[0] if args else other_generation()
+    try:
+        root = make_sysroot(suite)
+    except LabError as exc:
+        print(f"sysroot: {exc}", file=sys.stderr)
+        return 1
+    print(root.path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

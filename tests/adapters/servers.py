@@ -20,10 +20,11 @@ import pytest
 
 from krs_plugin.adapters.base import Adapter
 from krs_plugin.dnssec import read_bind_key_pair
-from krs_plugin.lab.bind9 import Bind9Lab
+from krs_plugin.lab.bind9 import Bind9Lab, version_tuple
 from krs_plugin.lab.knot import KnotLab
 from krs_plugin.lab.nsd import NsdLab
 from krs_plugin.lab.powerdns import PowerDnsLab
+from krs_plugin.lab.process import server_binary
 from krs_plugin.lab.sysroot import Sysroot, other_generation, sysroot_dir
 
 ZONES = ("example.com.", "example.net.")
@@ -74,6 +75,23 @@ def other_generation_root() -> Sysroot:
             pytest.fail(f"the {suite} tier is required here and cannot run: {reason}")
         pytest.skip(reason)
     return root
+
+
+def host_bind_version() -> tuple[int, int] | None:
+    named = server_binary("named")
+    if named is None:
+        return None
+    return version_tuple(subprocess.run([named, "-v"], capture_output=True, text=True).stdout)
+
+
+def bind9_root(policy: bool) -> Sysroot | None:
+    """Where to run a named that takes keys through dnssec-policy manual-mode (``policy``, BIND
+    9.20 and later) or through auto-dnssec (9.18): the host's packages (None) when they are that
+    generation, else the other Debian generation's root."""
+    host = host_bind_version()
+    if host is not None and (host >= (9, 20)) == policy:
+        return None
+    return other_generation_root()
 
 
 # Every shape of key the scenario table installs: KSK+ZSK and CSK of algorithms 13, 15 and 16.

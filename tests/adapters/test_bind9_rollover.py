@@ -1,0 +1,106 @@
+"""A whole ZSK rollover at the payload's times, on BIND 9.18 (auto-dnssec: named acts on the key
+times itself) and BIND 9.20 (manual-mode: the KRS's ``maintain()`` has named act at each time):
+publish, activate with retire, remove, each step validated over DNS with dnspython, and on 9.20
+named's own key states (``rndc dnssec -status``) matching the KDC's timing."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import dns.name
+import pytest
+
+from krs_plugin.adapters.base import KeyPlan, PlannedKey
+from krs_plugin.adapters.bind9 import Bind9Adapter
+from krs_plugin.dnssec import KeyTiming, generate_key
+from krs_plugin.lab.bind9 import Bind9Lab
+from tests.adapters.servers import Served, bind9_root
+
+pytestmark = pytest.mark.integration
+
+ZONE = "example.com."
+NAME = dns.name.from_text(ZONE)
+STEP = 8  # seconds between the rollover's key times
+
+
+@pytest.fixture(params=["bind9.18-auto-dnssec", "bind9.20-manual-mode"])
+def named(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Bind9Lab]:
+    policy = request.param.endswith("manual-mode")
+    lab = Bind9Lab(tmp_path / "named", [ZONE], sysroot=bind9_root(policy=policy))
+    lab.start()
+    assert lab.uses_policy == policy
+    yield lab
+    lab.stop()
+
+
+def run_maintenance_until(adapter: Bind9Adapter, moment: float) -> None:
+    """What ``krs run``'s maintenance loop does: call maintain() and sleep as long as it says."""
+    while (left := moment - time.time()) > 0:
+        time.sleep(min(adapter.maintain(), left))
+
+
+def named_key_states(lab: Bind9Lab) -> dict[int, tuple[bool, bool]]:
+    """tag -> (published, signing) as ``rndc dnssec -status`` reports it."""
+    out = lab.rndc("dnssec", "-status", ZONE)
+    states = {}
+    for block in out.split("\nkey: ")[1:]:
+        tag = int(block.split()[0])
+        published = re.search(r"published:\s+yes", block) is not None
+        signing = re.search(r"(zone|key) signing:\s+yes", block) is not None
+        states[tag] = (published, signing)
+    return states
+
+
+def test_zsk_rollover_follows_the_payloads_times(named: Bind9Lab) -> None:
+    adapter = Bind9Adapter({**named.adapter_settings(), "verify_timeout": 5}, zones=[NAME])
+    t0 = int(time.time())
+    ksk, old, new = (generate_key(ZONE, 13, f) for f in (257, 256, 256))
+    start = KeyTiming(created=t0 - 7200, publish=t0 - 7200, activate=t0 - 7200)
+    adapter.apply(
+        NAME, KeyPlan(NAME, (PlannedKey(ksk, "KSK", start), PlannedKey(old, "ZSK", start)))
+    )
+
+    # One distribution carries the whole rollover: the new ZSK published now (pre-published
+    # long enough ago that 9.18 does not delay its activation by the DNSKEY TTL), active at
+    # t1; the old one inactive at t1 and deleted at t2.
+    t1, t2 = t0 + STEP, t0 + 2 * STEP
+    rolled_old = KeyTiming(t0 - 7200, t0 - 7200, t0 - 7200, inactive=t1, delete=t2)
+    rolled_new = KeyTiming(t0, t0 - 3600, t1)
+    plan = KeyPlan(NAME, (PlannedKey(old, "ZSK", rolled_old), PlannedKey(new, "ZSK", rolled_new)))
+    adapter.apply(NAME, plan)
+
+    published = Served(named.host, named.port, ZONE)
+    assert published.tags == {ksk.key_tag, old.key_tag, new.key_tag}
+    assert published.soa_signers == {old.key_tag}
+    assert published.dnskey_signers == {ksk.key_tag}
+    if named.uses_policy:
+        assert named_key_states(named) == {
+            ksk.key_tag: (True, True),
+            old.key_tag: (True, True),
+            new.key_tag: (True, False),
+        }
+
+    run_maintenance_until(adapter, t1 + 3)
+    swapped = Served(named.host, named.port, ZONE)
+    assert swapped.tags == {ksk.key_tag, old.key_tag, new.key_tag}
+    assert swapped.soa_signers == {new.key_tag}  # the retired ZSK signs nothing
+    assert swapped.dnskey_signers == {ksk.key_tag}
+    if named.uses_policy:
+        assert named_key_states(named) == {
+            ksk.key_tag: (True, True),
+            old.key_tag: (True, False),
+            new.key_tag: (True, True),
+        }
+
+    run_maintenance_until(adapter, t2 + 3)
+    removed = Served(named.host, named.port, ZONE)
+    assert removed.tags == {ksk.key_tag, new.key_tag}
+    assert removed.soa_signers == {new.key_tag}
+    assert removed.dnskey_signers == {ksk.key_tag}
+    if named.uses_policy:
+        states = named_key_states(named)
+        assert states[old.key_tag] == (False, False)
+        assert states[new.key_tag] == (True, True) and states[ksk.key_tag] == (True, True)
