@@ -365,7 +365,10 @@ class Bind9Adapter:
             now = int(time.time())
             for planned in plan.install:
                 step = f"write key {planned.key.key_tag}"
-                if keyfiles.write_key(directory, planned.key, planned.timing, owner):
+                keep = mode.manual_policy  # 9.20 rewrites timing in the key files
+                if keyfiles.write_key(
+                    directory, planned.key, planned.timing, owner, keep_timing=keep
+                ):
                     installed.append(planned.key.key_tag)
                     if mode.manual_policy:
                         bindstate.reset_state(directory, planned.key, planned.role, owner)
@@ -446,11 +449,16 @@ class Bind9Adapter:
         Returns why, one line per key, for the log."""
         directory = self.directory(zone)
         reasons = []
-        for _, key, timing in keyfiles.read_keys(directory, zone):
+        for private, key, timing in keyfiles.read_keys(directory, zone):
+            if not keyfiles.timing_record(private).exists():  # a key from before 9.20
+                keyfiles.write_key(directory, key, timing, owner, keep_timing=True)
             reason = bindstate.needs_reset(directory, key, timing, now)
             if reason is None:
                 continue
             if reason != "named has not read its state yet":
+                # named re-derives the states from the timing in the key files, where it may
+                # have written times of its own (a Delete after a retire): the KDC's first
+                keyfiles.write_key_files(directory, key, timing, owner)
                 bindstate.reset_state(directory, key, None, owner)
             reasons.append(f"key {key.key_tag}: {reason}")
         return reasons

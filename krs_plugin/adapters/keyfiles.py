@@ -2,6 +2,11 @@
 
 Shared by the adapters whose server reads such a folder (directory, BIND9) and by the ones that
 keep a copy to import or sign from. Snapshots are the file bytes, so a restore is exact.
+
+A server that rewrites the timing in key files (BIND 9.20 under dnssec-policy writes a Delete of
+its own after a retire) gets a timing record beside each key, ``K<zone>+<alg>+<tag>.krs-timing``:
+the KDC's timing as the KRS last wrote it, which then is the key's timing for everything here
+(what to expect over DNS, whether a key is already as planned). The server ignores the file.
 """
 
 from __future__ import annotations
@@ -9,7 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-from dataclasses import replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import dns.name
@@ -18,10 +23,12 @@ from krs_plugin import failpoints
 from krs_plugin.adapters.base import InstalledKey
 from krs_plugin.dnssec import DnssecKey, KeyTiming, read_bind_key_pair
 from krs_plugin.dnssec.bindfiles import bind_private_text, bind_public_text
-from krs_plugin.errors import KrsError
+from krs_plugin.errors import KeyFileError, KrsError
 from krs_plugin.files import SECRET_MODE, atomic_write
 
 PUBLIC_MODE = 0o644
+TIMING_SUFFIX = ".krs-timing"
+TIMING_FIELDS = tuple(f.name for f in fields(KeyTiming))
 
 
 def zone_prefix(zone: dns.name.Name) -> str:
@@ -32,11 +39,34 @@ def private_files(directory: Path, zone: dns.name.Name) -> list[Path]:
     return sorted(directory.glob(f"{zone_prefix(zone)}*.private"))
 
 
+def timing_record(private: Path) -> Path:
+    return private.with_suffix(TIMING_SUFFIX)
+
+
+def read_timing_record(path: Path) -> KeyTiming | None:
+    """The timing a record holds; None when there is no record. A damaged record is an error
+    naming the file (it is only ever written atomically)."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise KeyFileError(f"{path}: not a timing record: {exc}") from None
+    if not isinstance(data, dict):
+        raise KeyFileError(f"{path}: not a timing record")
+    try:
+        return KeyTiming(**{k: data.get(k) for k in TIMING_FIELDS})
+    except TypeError as exc:
+        raise KeyFileError(f"{path}: not a timing record: {exc}") from None
+
+
 def read_keys(directory: Path, zone: dns.name.Name) -> list[tuple[Path, DnssecKey, KeyTiming]]:
+    """Each key of ``zone`` in ``directory`` with its timing: from its timing record when it has
+    one, else from its files."""
     out = []
     for private in private_files(directory, zone):
         key, timing = read_bind_key_pair(private)
-        out.append((private, key, timing))
+        out.append((private, key, read_timing_record(timing_record(private)) or timing))
     return out
 
 
@@ -88,29 +118,55 @@ def restore_files(directory: Path, zone: dns.name.Name, before: dict[Path, bytes
 
 
 def write_key(
-    directory: Path, key: DnssecKey, timing: KeyTiming, owner: tuple[int, int] | None = None
+    directory: Path,
+    key: DnssecKey,
+    timing: KeyTiming,
+    owner: tuple[int, int] | None = None,
+    *,
+    keep_timing: bool = False,
 ) -> bool:
-    """Write ``key`` with ``timing`` (both files, atomically); False when the files already
-    hold this key with this timing. Compared by meaning, not bytes: BIND 9.20 rewrites the
-    files of keys it manages (adding a ``SyncPublish`` of its own, say)."""
+    """Write ``key`` with ``timing`` (both files, atomically; and its timing record with
+    ``keep_timing``, or when it has one); False when the files already hold this key with this
+    timing. Compared by meaning, not bytes: BIND 9.20 rewrites the files of keys it manages."""
     stem = directory / key.basename
     private, public = Path(f"{stem}.private"), Path(f"{stem}.key")
-    if private.exists() and public.exists() and holds(private, key, timing):
+    record = timing_record(private)
+    keep_timing = keep_timing or record.exists()
+    if private.exists() and public.exists() and holds(private, key, timing, keep_timing):
         return False
-    private_text = bind_private_text(key, timing).encode()
-    atomic_write(private, private_text, SECRET_MODE)
-    failpoints.reached("write_key")
-    atomic_write(public, bind_public_text(key, timing).encode(), PUBLIC_MODE)
-    if owner is not None:
-        for path in (private, public):
-            os.chown(path, *owner)
+    if keep_timing:  # first: a key is never there without the timing it was written with
+        _write_owned(
+            record, json.dumps(asdict(timing), sort_keys=True).encode(), PUBLIC_MODE, owner
+        )
+    write_key_files(directory, key, timing, owner)
     return True
 
 
-def holds(private: Path, key: DnssecKey, timing: KeyTiming) -> bool:
-    """Whether the key files at ``private`` are ``key`` (same DNSKEY) with ``timing``."""
+def write_key_files(
+    directory: Path, key: DnssecKey, timing: KeyTiming, owner: tuple[int, int] | None = None
+) -> None:
+    """Write the ``.private`` and ``.key`` files of ``key`` with ``timing``, as they are (BIND
+    9.20: the KDC's timing put back where named wrote times of its own)."""
+    stem = directory / key.basename
+    private_text = bind_private_text(key, timing).encode()
+    _write_owned(Path(f"{stem}.private"), private_text, SECRET_MODE, owner)
+    failpoints.reached("write_key")
+    _write_owned(Path(f"{stem}.key"), bind_public_text(key, timing).encode(), PUBLIC_MODE, owner)
+
+
+def _write_owned(path: Path, data: bytes, mode: int, owner: tuple[int, int] | None) -> None:
+    atomic_write(path, data, mode)
+    if owner is not None:
+        os.chown(path, *owner)
+
+
+def holds(private: Path, key: DnssecKey, timing: KeyTiming, by_record: bool = False) -> bool:
+    """Whether the key files at ``private`` are ``key`` (same DNSKEY) with ``timing`` (the
+    timing in its record, ``by_record``)."""
     try:
         present, present_timing = read_bind_key_pair(private)
+        if by_record:
+            present_timing = read_timing_record(timing_record(private)) or present_timing
     except (KrsError, OSError):
         return False  # unreadable or not this key: write it anew
     return present.dnskey == key.dnskey and present.ttl == key.ttl and present_timing == timing
@@ -138,5 +194,6 @@ def delete_key_files(directory: Path, zone: dns.name.Name, tag: int) -> bool:
         if key.key_tag == tag:
             private.unlink()
             private.with_suffix(".key").unlink(missing_ok=True)
+            timing_record(private).unlink(missing_ok=True)
             return True
     return False

@@ -11,6 +11,7 @@ instead (the directory adapter). Everything is removed at the end unless ``--kee
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import time
@@ -31,6 +32,7 @@ from krs_plugin.lab.bind9 import Bind9Lab
 from krs_plugin.lab.deployment import Deployment
 from krs_plugin.lab.knot import KnotLab
 from krs_plugin.lab.process import LabError, server_binary
+from krs_plugin.lab.sysroot import Sysroot
 
 
 def _say(step: str, text: str) -> None:
@@ -71,9 +73,15 @@ def _run(root: Path, backend: str, zone: str, server: str) -> int:
             lab.start()
             _say("knot", f"knotd on {lab.host} port {lab.port}, {zone} waiting for its keys")
         elif use_bind:
-            lab = Bind9Lab(root / "bind9", [zone])
+            lab = Bind9Lab(root / "bind9", [zone], sysroot=_demo_sysroot())
             lab.start()
-            _say("bind9", f"named serving {zone} unsigned on {lab.host} port {lab.port}")
+            major, minor = lab.version
+            how = "dnssec-policy manual-mode" if lab.uses_policy else "auto-dnssec maintain"
+            _say(
+                "bind9",
+                f"named {major}.{minor} serving {zone} unsigned on {lab.host} port {lab.port}"
+                f" ({how})",
+            )
         adapter_type = "knot" if server == "knot" else "bind9"
         adapter = {"type": adapter_type, "settings": lab.adapter_settings()} if lab else None
         deployment = Deployment(
@@ -106,6 +114,18 @@ def _run(root: Path, backend: str, zone: str, server: str) -> int:
             deployment.close()
         if lab is not None:
             lab.stop()
+
+
+def _demo_sysroot() -> Sysroot | None:
+    """named from another Debian release's root (KRS_DEMO_SYSROOT=trixie, say; a developer's
+    switch, see docs/development.md) instead of the host's packages."""
+    suite = os.environ.get("KRS_DEMO_SYSROOT")
+    if not suite:
+        return None
+    found = Sysroot.find(suite)
+    if found is None:
+        raise LabError(f"KRS_DEMO_SYSROOT={suite}: no such root (python -m krs_plugin.lab.sysroot)")
+    return found
 
 
 def _kdc_keys(deployment: Deployment, zone: str) -> dict[int, str]:

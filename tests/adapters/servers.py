@@ -18,8 +18,8 @@ import dns.rdataclass
 import dns.rdatatype
 import pytest
 
+from krs_plugin.adapters import keyfiles
 from krs_plugin.adapters.base import Adapter
-from krs_plugin.dnssec import read_bind_key_pair
 from krs_plugin.lab.bind9 import Bind9Lab, version_tuple
 from krs_plugin.lab.knot import KnotLab
 from krs_plugin.lab.nsd import NsdLab
@@ -147,13 +147,14 @@ class Bind9ServerLab:
         files = sorted(self.lab.key_directory.iterdir())
         if not self.lab.uses_policy:
             return {p.name: p.read_bytes() for p in files}
-        stored: dict[str, object] = {}
-        for path in files:
-            if path.suffix == ".private":
-                key, timing = read_bind_key_pair(path)
-                stored[path.name] = (key.dnskey_text(), timing)
-            elif path.suffix == ".key":
-                stored[path.name] = "present"
+        stored: dict[str, object] = {
+            path.name: (key.dnskey_text(), timing)
+            for zone in ZONES
+            for path, key, timing in keyfiles.read_keys(
+                self.lab.key_directory, dns.name.from_text(zone)
+            )
+        }
+        stored.update({p.name: "present" for p in files if p.suffix in (".key", ".krs-timing")})
         return stored
 
     def stored_tags(self) -> set[int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import dns.rdatatype
 import dns.rrset
 
 from krs_plugin.dnssec import read_bind_key_pair
+from tests.adapters.servers import host_bind_version, other_generation_root
 
 KRS = str(Path(sys.executable).parent / "krs")
 
@@ -72,6 +74,23 @@ def test_main_job_installs_into_a_real_bind_and_the_served_keys_validate() -> No
     assert "named serving example.com. unsigned" in out
     assert "DNSKEY set equals the KDC's keys" in out
     assert out.count(": valid (dnspython)") == 2  # DNSKEY by the KSK, SOA by the ZSK
+    assert out.rstrip().splitlines()[-1].startswith("[ done] VALID")
+
+
+def test_main_job_installs_into_the_other_debian_generations_bind() -> None:
+    # BIND 9.20 on a Debian 12 host (9.18 on Debian 13), from that release's root: the demo is
+    # VALID on both generations' named, each configured its own way.
+    root = other_generation_root()
+    env = {**os.environ, "KRS_DEMO_SYSROOT": root.suite}
+    result = subprocess.run([KRS, "demo"], capture_output=True, text=True, timeout=180, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    host_920 = (host_bind_version() or (0, 0)) >= (9, 20)
+    expected = "named 9.18 " if host_920 else "named 9.20 "
+    mode = "(auto-dnssec maintain)" if host_920 else "(dnssec-policy manual-mode)"
+    assert expected in out and mode in out
+    assert "DNSKEY set equals the KDC's keys" in out
+    assert out.count(": valid (dnspython)") == 2
     assert out.rstrip().splitlines()[-1].startswith("[ done] VALID")
 
 
