@@ -43,14 +43,16 @@ import dns.query
 import dns.rdataclass
 import dns.rdatatype
 
+from krs_plugin.adapters.bindstate import reset_state
 from krs_plugin.adapters.keyfiles import write_key
-from krs_plugin.dnssec import KeyTiming, generate_key
+from krs_plugin.dnssec import DnssecKey, KeyTiming, generate_key
 from krs_plugin.lab.bind9 import Bind9Lab
 from krs_plugin.lab.deployment import CZ, Deployment
 from krs_plugin.lab.knot import KnotLab
 from krs_plugin.lab.nsd import NsdLab
 from krs_plugin.lab.ports import free_port
 from krs_plugin.lab.powerdns import PowerDnsLab
+from krs_plugin.lab.sysroot import Sysroot
 from krs_plugin.protocol import notify_name
 
 ZONE = "example.com."
@@ -96,19 +98,24 @@ def wait_signed(lab: Lab, tag: int, timeout: float = 30, interval: float = 0.001
     return time.perf_counter()
 
 
-def bind9_floor(root: Path, runs: int) -> list[float]:
-    lab = Bind9Lab(root / "floor", [ZONE])
+def bind9_floor(root: Path, runs: int, sysroot: Sysroot | None = None) -> list[float]:
+    lab = Bind9Lab(root / "floor", [ZONE], sysroot=sysroot)
     lab.start()
-    rndc = ["rndc", "-k", str(lab.rndc_key), "-s", lab.host, "-p", str(lab.control_port)]
-    try:
-        ksk = generate_key(ZONE, 13, 257)
+    rndc = lab.command("rndc", "-k", str(lab.rndc_key), "-s", lab.host)
+    rndc += ["-p", str(lab.control_port)]
+
+    def write(key: DnssecKey, role: str) -> None:
         now = int(time.time()) - 1
-        write_key(lab.key_directory, ksk, KeyTiming(now, now, now))
+        write_key(lab.key_directory, key, KeyTiming(now, now, now))
+        if lab.uses_policy:  # 9.20: the role goes into a .state (docs/servers/bind9.md)
+            reset_state(lab.key_directory, key, role, None)
+
+    try:
+        write(generate_key(ZONE, 13, 257), "KSK")
         times = []
         for _ in range(runs):
             zsk = generate_key(ZONE, 13, 256)
-            now = int(time.time()) - 1
-            write_key(lab.key_directory, zsk, KeyTiming(now, now, now))
+            write(zsk, "ZSK")
             start = time.perf_counter()
             subprocess.run([*rndc, "loadkeys", ZONE], check=True, capture_output=True)
             times.append(wait_signed(lab, zsk.key_tag) - start)
@@ -200,10 +207,12 @@ FLOORS = {
 }
 
 
-def start_lab(server: str, root: Path, pdns_backend: str = "gsqlite3") -> Lab:
+def start_lab(
+    server: str, root: Path, pdns_backend: str = "gsqlite3", sysroot: Sysroot | None = None
+) -> Lab:
     lab: Lab
     if server == "bind9":
-        lab = Bind9Lab(root / "named", [ZONE])
+        lab = Bind9Lab(root / "named", [ZONE], sysroot=sysroot)
     elif server == "knot":
         lab = KnotLab(root, [ZONE])
     else:
@@ -232,8 +241,9 @@ def krs_path(
     server: str,
     pdns_method: str = "api",
     pdns_backend: str = "gsqlite3",
+    sysroot: Sysroot | None = None,
 ) -> list[float]:
-    lab = start_lab(server, root / server, pdns_backend)
+    lab = start_lab(server, root / server, pdns_backend, sysroot)
     try:
         adapter = {"type": server, "settings": adapter_settings(lab, pdns_method)}
         return notify_to_served(root, lab, runs, backend, adapter)
@@ -321,8 +331,23 @@ def main() -> int:
     parser.add_argument("--backend", choices=("hpke", "jose"), default="hpke")
     parser.add_argument("--pdns-method", choices=("api", "pdnsutil"), default="api")
     parser.add_argument("--pdns-backend", choices=("gsqlite3", "bind"), default="gsqlite3")
+    parser.add_argument(
+        "--sysroot",
+        metavar="SUITE",
+        help="bind9 only: named from this Debian release's root (krs_plugin/lab/sysroot.py), "
+        "e.g. trixie for BIND 9.20 on a Debian 12 host",
+    )
     args = parser.parse_args()
     floor, floor_name = FLOORS[args.server]
+    sysroot = None
+    if args.sysroot:
+        sysroot = Sysroot.find(args.sysroot)
+        if sysroot is None:
+            raise SystemExit(
+                f"no {args.sysroot} root: python -m krs_plugin.lab.sysroot {args.sysroot}"
+            )
+        floor = functools.partial(bind9_floor, sysroot=sysroot)
+        print(f"BIND from the {args.sysroot} root: {sysroot.version('bind9')}")
     if args.server == "powerdns":
         floor = functools.partial(
             powerdns_floor, method=args.pdns_method, backend=args.pdns_backend
@@ -336,7 +361,13 @@ def main() -> int:
         krs_p50, krs_p95 = summary(
             f"KRS ({args.backend}): NOTIFY to served",
             krs_path(
-                root, args.runs, args.backend, args.server, args.pdns_method, args.pdns_backend
+                root,
+                args.runs,
+                args.backend,
+                args.server,
+                args.pdns_method,
+                args.pdns_backend,
+                sysroot,
             ),
         )
     ok = True

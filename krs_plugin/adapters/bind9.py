@@ -67,6 +67,10 @@ DEFAULT_NAMED_CONF = "/etc/bind/named.conf"
 POLICY_VERSION = (9, 20)
 """From this version on, zones take keys from outside through dnssec-policy manual-mode."""
 RETRY_AFTER = 30.0  # seconds before maintain() tries a zone again after a failure
+VERSION_TTL = 60.0  # seconds a named version read from rndc status is taken as current
+MAX_ZONE_KEYS = 32
+"""named signs with at most this many keys of a zone: with a 33rd, 9.18 and 9.20 both stopped
+signing the DNSKEY RRset with the KSK (measured; BIND's DNS_MAXZONEKEYS)."""
 POLICY_EXAMPLE = (
     'dnssec-policy "kdc" { manual-mode yes; keys { ksk key-directory lifetime unlimited '
     "algorithm ecdsap256sha256; zsk key-directory lifetime unlimited algorithm "
@@ -171,6 +175,7 @@ class Bind9Adapter:
         self.verify_timeout = seconds(settings, "verify_timeout", 10)
         self.zones = tuple(zones)
         self._retry_at: dict[dns.name.Name, float] = {}
+        self._version: tuple[tuple[int, int], float] | None = None
 
     @staticmethod
     def _owner(value: object) -> str | None:
@@ -202,8 +207,13 @@ class Bind9Adapter:
     # --- which way named takes the zone's keys ------------------------------------------------
 
     def version(self) -> tuple[int, int]:
-        """The running named's (major, minor) version, from its control channel."""
-        return named_version(self.rndc("status"))
+        """The running named's (major, minor) version, from its control channel; asked again
+        after VERSION_TTL. A named upgraded meanwhile is safe: the zone check of the other
+        generation refuses its zones (9.18 refuses dnssec-policy, 9.20 wants it) until then."""
+        now = time.monotonic()
+        if self._version is None or now - self._version[1] > VERSION_TTL:
+            self._version = (named_version(self.rndc("status")), now)
+        return self._version[0]
 
     def _zone_mode(self, zone: dns.name.Name, version: tuple[int, int]) -> ZoneMode:
         """How named takes ``zone``'s keys; ZoneRefused (with the fix) when it cannot."""
@@ -314,6 +324,7 @@ class Bind9Adapter:
         problems: list[Problem] = []
         if shutil.which(self.rndc.binary) is None:
             return [Problem(f"rndc not found ({self.rndc.binary})", "apt-get install bind9-utils")]
+        self._version = None  # what named runs now, not a minute ago
         try:
             version = self.version()
         except AdapterError as exc:
@@ -348,9 +359,11 @@ class Bind9Adapter:
     def apply(self, zone: dns.name.Name, plan: KeyPlan) -> ApplyResult:
         try:  # before any file is touched
             mode = self._zone_mode(zone, self.version())
+            keys_after = self._roles_after(zone, plan)
+            check_key_count(len(keys_after))
             if mode.policy is not None:
                 check_keys_against_policy(zone, plan, mode.policy)
-                check_every_zsk_has_a_ksk(plan, self._roles_after(zone, plan))
+                check_both_roles_per_algorithm(keys_after)
         except AdapterError as exc:
             raise AdapterError(f"bind9, zone {zone}: {exc}") from exc
         directory = self.directory(zone)
@@ -654,16 +667,35 @@ def check_keys_against_policy(zone: dns.name.Name, plan: KeyPlan, policy: Policy
             )
 
 
-def check_every_zsk_has_a_ksk(plan: KeyPlan, keys: list[tuple[int, int, str, bool]]) -> None:
-    """BIND 9.20 signs the DNSKEY RRset only with keys in the KSK role (9.18 used the ZSKs when
-    there was no KSK): an active ZSK whose algorithm has no active KSK or CSK would leave the
-    DNSKEY RRset without a signature of that algorithm, and the zone would not validate
-    (RFC 4035 section 2.2). Refused before anything is written, as Knot refuses it."""
-    signing_dnskey = {alg for _, alg, role, active in keys if active and role in ("KSK", "CSK")}
-    for tag, alg, role, active in keys:
-        if active and role == "ZSK" and alg not in signing_dnskey:
-            raise AdapterError(
-                f"key {tag} (ZSK, algorithm {alg}) would have no active KSK or CSK of algorithm "
-                f"{alg} beside it: BIND 9.20 signs the DNSKEY set only with keys in the KSK "
-                "role, so the zone would not validate; send a KSK of that algorithm with it"
-            )
+def check_both_roles_per_algorithm(keys: list[tuple[int, int, str, bool]]) -> None:
+    """BIND 9.20 signs the DNSKEY RRset only with keys in the KSK role and the zone's data only
+    with keys in the ZSK role (9.18 let a lone KSK or ZSK sign everything): an algorithm with an
+    active key but no active key of the other role would leave the DNSKEY RRset or the zone's
+    data without a signature of that algorithm, and the zone would not validate (RFC 4035
+    section 2.2). Refused before anything is written, as Knot refuses it."""
+    signs_dnskey = {alg for _, alg, role, active in keys if active and role in ("KSK", "CSK")}
+    signs_zone = {alg for _, alg, role, active in keys if active and role in ("ZSK", "CSK")}
+    for tag, alg, role, active in sorted(keys):
+        if not active:
+            continue
+        if role == "ZSK" and alg not in signs_dnskey:
+            missing, what = "KSK or CSK", "the DNSKEY set only with keys in the KSK role"
+        elif role == "KSK" and alg not in signs_zone:
+            missing, what = "ZSK or CSK", "the zone's data only with keys in the ZSK role"
+        else:
+            continue
+        raise AdapterError(
+            f"key {tag} ({role}, algorithm {alg}) would have no active {missing} of algorithm "
+            f"{alg} beside it: BIND 9.20 signs {what}, so the zone would not validate; send "
+            "the other role's key of that algorithm with it"
+        )
+
+
+def check_key_count(count: int) -> None:
+    """Refuse a key set named cannot sign with (MAX_ZONE_KEYS), before anything is written."""
+    if count > MAX_ZONE_KEYS:
+        raise AdapterError(
+            f"the zone would have {count} keys; named signs with at most {MAX_ZONE_KEYS} keys "
+            "of a zone (with more, it stops signing the DNSKEY set): have the KDC remove "
+            "retired keys first"
+        )
