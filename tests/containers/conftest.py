@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import subprocess
 from collections.abc import Iterator
@@ -38,13 +39,26 @@ def _unavailable(reason: str) -> None:
     pytest.skip(f"no container tier: {reason}")
 
 
-def leftovers(client: object) -> list[str]:
-    """Every container, volume and image whose name carries this run's PREFIX."""
+def volume_names(client: object) -> set[str]:
+    import docker
+
+    engine: docker.DockerClient = client  # type: ignore[assignment]
+    return {str(v.name) for v in engine.volumes.list()}
+
+
+def leftovers(client: object, volumes_before: set[str]) -> list[str]:
+    """Every container, volume and image whose name carries this run's PREFIX, and every
+    anonymous volume (an image's VOLUME of a container removed without its volumes) made since
+    the tier started."""
     import docker
 
     engine: docker.DockerClient = client  # type: ignore[assignment]
     found = [f"container {c.name}" for c in engine.containers.list(all=True) if PREFIX in c.name]
-    found += [f"volume {v.name}" for v in engine.volumes.list() if PREFIX in str(v.name)]
+    found += [
+        f"volume {name}"
+        for name in volume_names(client) - volumes_before
+        if PREFIX in name or re.fullmatch(r"[0-9a-f]{64}", name)
+    ]
     tags = [tag for image in engine.images.list(all=True) for tag in image.tags]
     found += [f"image {tag}" for tag in tags if PREFIX in tag]
     return found
@@ -61,8 +75,9 @@ def docker_client() -> Iterator[object]:
         client.ping()
     except Exception as exc:  # the SDK raises several kinds; all mean "no engine"
         _unavailable(f"no Docker engine answers ({exc}); start dockerd (docs/containers.md)")
+    volumes_before = volume_names(client)
     yield client
-    left = leftovers(client)
+    left = leftovers(client, volumes_before)
     client.close()
     assert not left, f"the container tier left behind: {left}"
 
