@@ -133,11 +133,11 @@ def write_key(
     record = timing_record(private)
     keep_timing = keep_timing or record.exists()
     if private.exists() and public.exists() and holds(private, key, timing, keep_timing):
+        if keep_timing and not record.exists():  # a key written before records: add one
+            _write_owned(record, _record_bytes(timing), PUBLIC_MODE, owner)
         return False
     if keep_timing:  # first: a key is never there without the timing it was written with
-        _write_owned(
-            record, json.dumps(asdict(timing), sort_keys=True).encode(), PUBLIC_MODE, owner
-        )
+        _write_owned(record, _record_bytes(timing), PUBLIC_MODE, owner)
     write_key_files(directory, key, timing, owner)
     return True
 
@@ -152,6 +152,10 @@ def write_key_files(
     _write_owned(Path(f"{stem}.private"), private_text, SECRET_MODE, owner)
     failpoints.reached("write_key")
     _write_owned(Path(f"{stem}.key"), bind_public_text(key, timing).encode(), PUBLIC_MODE, owner)
+
+
+def _record_bytes(timing: KeyTiming) -> bytes:
+    return json.dumps(asdict(timing), sort_keys=True).encode()
 
 
 def _write_owned(path: Path, data: bytes, mode: int, owner: tuple[int, int] | None) -> None:
