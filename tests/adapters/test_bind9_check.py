@@ -1,5 +1,6 @@
-"""``check()`` of the BIND 9 adapter against a real named: what an operator is told (and what
-``krs doctor`` prints) when the server cannot take pushed keys."""
+"""``check()`` of the BIND 9 adapter against a real named 9.18: what an operator is told (and what
+``krs doctor`` prints) when the server cannot take pushed keys. (9.20: test_bind9_policy.py.)
+named 9.18 runs from the host's packages on Debian 12, from the bookworm root elsewhere."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from krs_plugin.adapters.bind9 import Bind9Adapter
 from krs_plugin.errors import AdapterError
 from krs_plugin.lab.bind9 import Bind9Lab
 from krs_plugin.lab.ports import free_port
+from tests.adapters.servers import bind9_root
 
 pytestmark = pytest.mark.integration
 
@@ -27,6 +29,7 @@ def named(tmp_path: Path) -> Iterator[Bind9Lab]:
         ZONES,
         signed_zones=("good.example.",),
         policy_zones=("policy.example.",),
+        sysroot=bind9_root(policy=False),
     )
     lab.start()
     yield lab
