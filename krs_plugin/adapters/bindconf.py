@@ -41,7 +41,7 @@ class PolicyKey:
     lifetime: str  # "unlimited" or an ISO 8601 duration
     algorithm: int
     length: int | None  # bits, when the entry names a length
-    tag_range: tuple[int, int] | None = None
+    tag_range: tuple[int, int] | None = None  # newer BIND only: 9.20.30 refuses tag-range
 
     def text(self) -> str:
         """The entry as named.conf would have it."""
