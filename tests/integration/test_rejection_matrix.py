@@ -5,7 +5,8 @@ Refused, each with its own error and stage: flipped byte, wrong signer, other re
 another key, replay, older serial, expired window, zone not served here, unsigned without opt-in.
 Every case runs through the real pipeline, state store and directory adapter of `krs fetch`/`krs
 run`; the outcome must show in `krs status` (the real CLI), and a refusal must leave the key
-directory byte for byte as it was.
+directory byte for byte as it was. The same refusals in front of a real named (9.18 and 9.20)
+leave it serving, and signing with, exactly the keys it served.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +26,9 @@ from joserfc import jwe as rfc_jwe
 from joserfc import jws as rfc_jws
 from joserfc.jwk import ECKey
 
-from krs_plugin.adapters import make_adapter
+from krs_plugin.adapters import keyfiles, make_adapter
+from krs_plugin.adapters.base import KeyPlan, PlannedKey
+from krs_plugin.adapters.bind9 import Bind9Adapter
 from krs_plugin.config import load_config
 from krs_plugin.crypto import (
     HpkeKey,
@@ -35,12 +38,14 @@ from krs_plugin.crypto import (
     write_jose_private,
     write_jose_public,
 )
-from krs_plugin.dnssec import generate_key, read_bind_key_pair, write_bind_key_pair
+from krs_plugin.dnssec import KeyTiming, generate_key, read_bind_key_pair, write_bind_key_pair
 from krs_plugin.kdc.build import NodeRecipient, build_distribution
+from krs_plugin.lab.bind9 import Bind9Lab
 from krs_plugin.payload import encode_payload, roll_key_entry
 from krs_plugin.protocol import CHUNK, ManifestMetadata, build_chunk_records
 from krs_plugin.receiver.pipeline import Outcome, Pipeline, load_identity
 from krs_plugin.receiver.store import ReceiverStore
+from tests.adapters.servers import Served, bind9_root
 
 BIN = Path(sys.executable).parent
 VECTORS = Path(__file__).resolve().parent.parent / "data" / "tdns-transport"
@@ -102,6 +107,7 @@ def make_node(
     node_id: str = "ns1.edge.example.",
     key: HpkeKey | JoseKey | None = None,
     kdc: JoseKey | None = None,
+    adapter: dict[str, object] | None = None,
 ) -> Node:
     (folder / "keys").mkdir(parents=True)
     kdc = kdc or JoseKey.generate()
@@ -120,7 +126,7 @@ def make_node(
                 "kdc": {"verification_key": "kdc.pub"},
                 "control_zone": CZ,
                 "control_servers": ["127.0.0.1:9"],
-                "adapter": {"type": "directory", "settings": {"path": "keys"}},
+                "adapter": adapter or {"type": "directory", "settings": {"path": "keys"}},
                 "zones": [ZONE],
                 "state": "krs.db",
             }
@@ -356,3 +362,41 @@ def test_unsigned_is_accepted_only_with_the_explicit_opt_in(tmp_path: Path) -> N
     outcome = node.process(dist_id, unsigned(node, dist_id))
     assert (outcome.outcome, outcome.error) == ("applied", None)
     assert len(installed(node)) == 2
+
+
+# --- the same refusals in front of a real named, both generations ------------------------------
+
+
+@pytest.fixture(params=["bind9.18", "bind9.20"])
+def named(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Bind9Lab]:
+    lab = Bind9Lab(tmp_path / "named", [ZONE], sysroot=bind9_root(request.param == "bind9.20"))
+    lab.start()
+    yield lab
+    lab.stop()
+
+
+def test_every_refusal_leaves_named_serving_the_keys_it_served(
+    tmp_path: Path, named: Bind9Lab
+) -> None:
+    settings = {**named.adapter_settings(), "verify_timeout": 5}
+    node = make_node(tmp_path / "node", "hpke", adapter={"type": "bind9", "settings": settings})
+    zone = dns.name.from_text(ZONE)
+    now = int(time.time()) - 1
+    timing = KeyTiming(now, now, now)
+    ksk, zsk = generate_key(ZONE, 13, 257), generate_key(ZONE, 13, 256)
+    plan = KeyPlan(zone, (PlannedKey(ksk, "KSK", timing), PlannedKey(zsk, "ZSK", timing)))
+    Bind9Adapter(settings, zones=[zone]).apply(zone, plan)
+    before = Served(named.host, named.port, ZONE)
+    assert before.tags == {ksk.key_tag, zsk.key_tag}
+    keys_before = keyfiles.read_keys(named.key_directory, zone)
+    for offset, (case, (make_records, stage, fragment)) in enumerate(REFUSALS.items()):
+        dist_id = new_id(offset)
+        outcome = node.process(dist_id, make_records(node, dist_id))
+        assert (outcome.outcome, outcome.stage) == ("rejected", stage), (case, outcome.error)
+        assert fragment in (outcome.error or ""), (case, outcome.error)
+    after = Served(named.host, named.port, ZONE)
+    assert after.tags == before.tags
+    assert after.soa_signers == {zsk.key_tag} and after.dnskey_signers == {ksk.key_tag}
+    assert [
+        (p.name, k.key_tag, t) for p, k, t in keyfiles.read_keys(named.key_directory, zone)
+    ] == [(p.name, k.key_tag, t) for p, k, t in keys_before]
