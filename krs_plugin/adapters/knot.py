@@ -44,7 +44,7 @@ from krs_plugin.adapters.base import (
     Verification,
 )
 from krs_plugin.adapters.dnscheck import KeyState, expectation, wait_served
-from krs_plugin.adapters.knotctl import KaspKey, KnotTools, knot_key_id, knot_times
+from krs_plugin.adapters.knotctl import KaspKey, KnotTools, install_hint, knot_key_id, knot_times
 from krs_plugin.adapters.settings import reject_unknown, seconds, server_address, settings_path
 from krs_plugin.errors import AdapterError, ConfigError, KrsError
 from krs_plugin.files import SECRET_MODE
@@ -137,7 +137,7 @@ class KnotAdapter:
     def check(self) -> list[Problem]:
         for binary in (self.tools.knotc_binary, self.tools.keymgr_binary):
             if shutil.which(binary) is None:
-                return [Problem(f"{binary} not found", "apt-get install knot-dnsutils")]
+                return [Problem(f"{binary} not found", install_hint(binary))]
         try:
             self.tools.knotc("status")
         except AdapterError as exc:

@@ -106,7 +106,7 @@ class KnotTools:
                 argv, capture_output=True, text=True, timeout=self.timeout, umask=0o077
             )
         except FileNotFoundError as exc:
-            raise AdapterError(f"{argv[0]} not found: install knot-dnsutils") from exc
+            raise AdapterError(f"{argv[0]} not found: {install_hint(argv[0])}") from exc
         except subprocess.TimeoutExpired as exc:
             raise AdapterError(f"{what}: no answer in {self.timeout:g} s") from exc
         if result.returncode != 0:
@@ -187,3 +187,11 @@ class KnotTools:
 
     def delete(self, zone: dns.name.Name, key_id: str) -> None:
         self.keymgr(zone, "delete", f"id={key_id}")
+
+
+def install_hint(binary: str) -> str:
+    """Which Debian package has ``binary``: knotc is in knot; keymgr in knot up to Knot 3.4
+    (Debian 12 and 13) and in knot-keymgr from Knot 3.5 (Debian testing)."""
+    if binary.endswith("keymgr"):
+        return "apt-get install knot (Knot 3.4 and older) or knot-keymgr (Knot 3.5 and later)"
+    return "apt-get install knot"
