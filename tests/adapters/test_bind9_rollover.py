@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import dns.name
 import pytest
@@ -17,23 +15,13 @@ from krs_plugin.adapters.base import KeyPlan, PlannedKey
 from krs_plugin.adapters.bind9 import Bind9Adapter
 from krs_plugin.dnssec import KeyTiming, generate_key
 from krs_plugin.lab.bind9 import Bind9Lab
-from tests.adapters.servers import Served, bind9_root
+from tests.adapters.servers import Served
 
 pytestmark = pytest.mark.integration
 
 ZONE = "example.com."
 NAME = dns.name.from_text(ZONE)
 STEP = 8  # seconds between the rollover's key times
-
-
-@pytest.fixture(params=["bind9.18-auto-dnssec", "bind9.20-manual-mode"])
-def named(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Bind9Lab]:
-    policy = request.param.endswith("manual-mode")
-    lab = Bind9Lab(tmp_path / "named", [ZONE], sysroot=bind9_root(policy=policy))
-    lab.start()
-    assert lab.uses_policy == policy
-    yield lab
-    lab.stop()
 
 
 def run_maintenance_until(adapter: Bind9Adapter, moment: float) -> None:
@@ -54,8 +42,8 @@ def named_key_states(lab: Bind9Lab) -> dict[int, tuple[bool, bool]]:
     return states
 
 
-def test_zsk_rollover_follows_the_payloads_times(named: Bind9Lab) -> None:
-    adapter = Bind9Adapter({**named.adapter_settings(), "verify_timeout": 5}, zones=[NAME])
+def test_zsk_rollover_follows_the_payloads_times(bind9_named: Bind9Lab) -> None:
+    adapter = Bind9Adapter({**bind9_named.adapter_settings(), "verify_timeout": 5}, zones=[NAME])
     t0 = int(time.time())
     ksk, old, new = (generate_key(ZONE, 13, f) for f in (257, 256, 256))
     start = KeyTiming(created=t0 - 7200, publish=t0 - 7200, activate=t0 - 7200)
@@ -72,35 +60,35 @@ def test_zsk_rollover_follows_the_payloads_times(named: Bind9Lab) -> None:
     plan = KeyPlan(NAME, (PlannedKey(old, "ZSK", rolled_old), PlannedKey(new, "ZSK", rolled_new)))
     adapter.apply(NAME, plan)
 
-    published = Served(named.host, named.port, ZONE)
+    published = Served(bind9_named.host, bind9_named.port, ZONE)
     assert published.tags == {ksk.key_tag, old.key_tag, new.key_tag}
     assert published.soa_signers == {old.key_tag}
     assert published.dnskey_signers == {ksk.key_tag}
-    if named.uses_policy:
-        assert named_key_states(named) == {
+    if bind9_named.uses_policy:
+        assert named_key_states(bind9_named) == {
             ksk.key_tag: (True, True),
             old.key_tag: (True, True),
             new.key_tag: (True, False),
         }
 
     run_maintenance_until(adapter, t1 + 3)
-    swapped = Served(named.host, named.port, ZONE)
+    swapped = Served(bind9_named.host, bind9_named.port, ZONE)
     assert swapped.tags == {ksk.key_tag, old.key_tag, new.key_tag}
     assert swapped.soa_signers == {new.key_tag}  # the retired ZSK signs nothing
     assert swapped.dnskey_signers == {ksk.key_tag}
-    if named.uses_policy:
-        assert named_key_states(named) == {
+    if bind9_named.uses_policy:
+        assert named_key_states(bind9_named) == {
             ksk.key_tag: (True, True),
             old.key_tag: (True, False),
             new.key_tag: (True, True),
         }
 
     run_maintenance_until(adapter, t2 + 3)
-    removed = Served(named.host, named.port, ZONE)
+    removed = Served(bind9_named.host, bind9_named.port, ZONE)
     assert removed.tags == {ksk.key_tag, new.key_tag}
     assert removed.soa_signers == {new.key_tag}
     assert removed.dnskey_signers == {ksk.key_tag}
-    if named.uses_policy:
-        states = named_key_states(named)
+    if bind9_named.uses_policy:
+        states = named_key_states(bind9_named)
         assert states[old.key_tag] == (False, False)
         assert states[new.key_tag] == (True, True) and states[ksk.key_tag] == (True, True)
