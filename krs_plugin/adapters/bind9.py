@@ -353,8 +353,21 @@ class Bind9Adapter:
 
     def restore(self, zone: dns.name.Name, snapshot: str) -> None:
         directory = self.directory(zone)
-        mode = self._zone_mode(zone, self.version())
-        self._rollback(zone, keyfiles.decode_snapshot(directory, snapshot), mode)
+        self._rollback(
+            zone, keyfiles.decode_snapshot(directory, snapshot), self._restore_mode(zone)
+        )
+
+    def _restore_mode(self, zone: dns.name.Name) -> ZoneMode:
+        """The zone's mode for a restore, which must work with named down (crash recovery at
+        start): asked of named when it answers, else told by the files (timing records are
+        only written for 9.20 zones)."""
+        try:
+            return self._zone_mode(zone, self.version())
+        except AdapterError:
+            records = self.directory(zone).glob(f"{keyfiles.zone_prefix(zone)}*.krs-timing")
+            if any(True for _ in records):
+                return ZoneMode(Policy("(named not asked)", manual_mode=True))
+            return ZoneMode()
 
     def apply(self, zone: dns.name.Name, plan: KeyPlan) -> ApplyResult:
         try:  # before any file is touched
@@ -415,8 +428,7 @@ class Bind9Adapter:
                     f"check that the user named runs as can read {directory}, and named's log"
                 )
             step = "delete removed key files"
-            for tag in removed:
-                keyfiles.delete_key_files(directory, zone, tag)
+            self._delete_withdrawn(zone, now)
         except (KrsError, OSError) as exc:
             outcome = self._rollback(zone, before, mode)
             raise AdapterError(
@@ -427,6 +439,14 @@ class Bind9Adapter:
         return ApplyResult(
             zone, changed, tuple(installed), tuple(retired), tuple(removed), verification
         )
+
+    def _delete_withdrawn(self, zone: dns.name.Name, cutoff: int) -> None:
+        """Delete the files of every key deleted as of ``cutoff`` (no later than the DNS check's
+        moment, which just saw named no longer serve them): the plan's removals, and keys a
+        rollback left deleted while named was down."""
+        for _, key, timing in keyfiles.read_keys(self.directory(zone), zone):
+            if timing.delete is not None and timing.delete <= cutoff:
+                keyfiles.delete_key_files(self.directory(zone), zone, key.key_tag)
 
     def _roles_after(self, zone: dns.name.Name, plan: KeyPlan) -> list[tuple[int, int, str, bool]]:
         """(tag, algorithm, role, active) of every key the zone would have after ``plan``."""
@@ -507,8 +527,12 @@ class Bind9Adapter:
             self.rndc("sign" if mode.manual_policy else "loadkeys", zone.to_text())
             result = self._wait(zone, removed=added)
         except (KrsError, OSError) as exc:
-            keyfiles.restore_files(directory, zone, before)
-            return f"named could not be told: {exc}; it reads the restored files when it can"
+            # named keeps serving a key whose files are simply gone (9.18): the added keys stay,
+            # deleted as of now, so named withdraws them when it reads the directory again; the
+            # next successful apply deletes their files.
+            keyfiles.restore_files(directory, zone, before, keep_tags=frozenset(added))
+            kept = f" (keys {sorted(added)} stay, deleted as of now)" if added else ""
+            return f"named could not be told: {exc}; it reads the restored files when it can{kept}"
         keyfiles.restore_files(directory, zone, before)
         if not result.ok:
             return "named reloaded, but does not serve the old keys yet: " + "; ".join(

@@ -107,14 +107,28 @@ def write_files(files: dict[Path, bytes], owner: tuple[int, int] | None = None) 
             os.chown(path, *owner)
 
 
-def restore_files(directory: Path, zone: dns.name.Name, before: dict[Path, bytes]) -> None:
+def restore_files(
+    directory: Path,
+    zone: dns.name.Name,
+    before: dict[Path, bytes],
+    keep_tags: frozenset[int] = frozenset(),
+) -> None:
     """Make the zone's files exactly ``before``: extra ones (and the temporary ``.K…`` files of
-    a write that was killed) removed, the others rewritten with their old bytes."""
+    a write that was killed) removed, the others rewritten with their old bytes. The files of
+    keys ``keep_tags`` stay (a server that could not be told to withdraw them must still read
+    that they are deleted)."""
     for pattern in (f"{zone_prefix(zone)}*", f".{zone_prefix(zone)}*"):
         for path in directory.glob(pattern):
-            if path not in before:
-                path.unlink(missing_ok=True)
+            if path in before or (not path.name.startswith(".") and tag_of(path) in keep_tags):
+                continue
+            path.unlink(missing_ok=True)
     write_files(before)
+
+
+def tag_of(path: Path) -> int | None:
+    """The key tag in a ``K<zone>+<alg>+<tag>.<suffix>`` file name."""
+    tag = path.name.rsplit("+", 1)[-1].split(".", 1)[0]
+    return int(tag) if tag.isdigit() else None
 
 
 def write_key(
@@ -197,7 +211,7 @@ def delete_key_files(directory: Path, zone: dns.name.Name, tag: int) -> bool:
     for private, key, _ in read_keys(directory, zone):
         if key.key_tag == tag:
             private.unlink()
-            private.with_suffix(".key").unlink(missing_ok=True)
-            timing_record(private).unlink(missing_ok=True)
+            for suffix in (".key", TIMING_SUFFIX, ".state"):  # .state: BIND 9.20's own
+                private.with_suffix(suffix).unlink(missing_ok=True)
             return True
     return False
