@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Sequence
@@ -48,10 +51,14 @@ class ServerProcess:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        # A process group of its own, so that stop() reaches the server itself and not only
+        # the process started: named run through bwrap (sysroot.py) with -u bind outlived
+        # bwrap, since changing its user cleared the parent-death signal bwrap had set.
         with open(self.log, "ab") as out:
             self.process = subprocess.Popen(
-                self.argv, stdout=out, stderr=subprocess.STDOUT, cwd=self.cwd
-            )
+                self.argv, stdout=out, stderr=subprocess.STDOUT, cwd=self.cwd,
+                start_new_session=True,
+            )  # fmt: skip
 
     def wait_answering(self, host: str, port: int, zones: Sequence[str], timeout: float) -> None:
         """Until every zone answers its SOA; on failure the process is stopped, then LabError."""
@@ -82,14 +89,33 @@ class ServerProcess:
         return "\n".join(text.splitlines()[-lines:])
 
     def stop(self, timeout: float = 10) -> None:
-        if self.process is None or self.process.poll() is not None:
+        """SIGTERM to the process group, SIGKILL after ``timeout``; also when the process
+        started has exited but left the server running (the group outlives it)."""
+        if self.process is None:
             return
-        self.process.terminate()
+        self._signal_group(signal.SIGTERM)
         try:
             self.process.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.process.kill()
+            self._signal_group(signal.SIGKILL)
             self.process.wait()
+        deadline = time.monotonic() + timeout
+        while self._group_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self._signal_group(signal.SIGKILL)
+
+    def _signal_group(self, signum: int) -> None:
+        assert self.process is not None
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signum)
+
+    def _group_alive(self) -> bool:
+        assert self.process is not None
+        try:
+            os.killpg(self.process.pid, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
 
     @property
     def running(self) -> bool:
