@@ -138,11 +138,8 @@ class ZoneRefused(AdapterError):
 class ZoneMode:
     """How named takes a zone's keys: through auto-dnssec (9.18) or a manual-mode policy."""
 
-    policy: Policy | None = None  # None: auto-dnssec maintain
-
-    @property
-    def manual_policy(self) -> bool:
-        return self.policy is not None
+    manual_policy: bool = False  # False: auto-dnssec maintain (9.18)
+    policy: Policy | None = None  # the policy, when named was asked
 
 
 class Bind9Adapter:
@@ -268,7 +265,7 @@ class Bind9Adapter:
                     f"{name} with {POLICY_EXAMPLE} (docs/servers/bind9.md)",
                 )
             )
-        return ZoneMode(self._manual_policy(zone, policy_status))
+        return ZoneMode(manual_policy=True, policy=self._manual_policy(zone, policy_status))
 
     def _manual_policy(self, zone: dns.name.Name, policy_status: str) -> Policy:
         """The zone's policy from named.conf, checked to be one named takes keys from outside
@@ -366,7 +363,7 @@ class Bind9Adapter:
         except AdapterError:
             records = self.directory(zone).glob(f"{keyfiles.zone_prefix(zone)}*.krs-timing")
             if any(True for _ in records):
-                return ZoneMode(Policy("(named not asked)", manual_mode=True))
+                return ZoneMode(manual_policy=True)
             return ZoneMode()
 
     def apply(self, zone: dns.name.Name, plan: KeyPlan) -> ApplyResult:
@@ -600,10 +597,7 @@ class Bind9Adapter:
             if retry > now:
                 moments.append(retry)
                 continue
-            for key in self.current_keys(zone):
-                t = key.timing
-                moments += [m for m in (t.publish, t.activate, t.inactive, t.delete)
-                            if m is not None and m > now]  # fmt: skip
+            moments += [t for t in keyfiles.key_times(self.directory(zone), zone) if t > now]
         if not moments:
             return 3600.0
         return max(1.0, min(moments) - now)

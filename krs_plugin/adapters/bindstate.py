@@ -14,6 +14,7 @@ settling (rumoured to omnipresent) is not restarted for nothing.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,6 +146,4 @@ def reset_state(
         role = role_of(read_state(path), key.flags)
     atomic_write(path, minimal_state_text(key, role).encode(), STATE_MODE)
     if owner is not None:
-        import os
-
         os.chown(path, *owner)

@@ -77,6 +77,16 @@ def installed_keys(directory: Path, zone: dns.name.Name) -> list[InstalledKey]:
     ]
 
 
+def key_times(directory: Path, zone: dns.name.Name) -> list[int]:
+    """Every publish, activate, inactive and delete time of the zone's keys: for servers that do
+    not act on them by themselves (NSD, BIND 9.20 in manual-mode), the moments to act."""
+    times = []
+    for _, _, timing in read_keys(directory, zone):
+        times += [t for t in (timing.publish, timing.activate, timing.inactive, timing.delete)
+                  if t is not None]  # fmt: skip
+    return times
+
+
 def snapshot_files(directory: Path, zone: dns.name.Name) -> dict[Path, bytes]:
     return {p: p.read_bytes() for p in directory.glob(f"{zone_prefix(zone)}*")}
 

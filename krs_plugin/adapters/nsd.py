@@ -461,21 +461,11 @@ class NsdAdapter:
                 return "the unsigned zone file changed"
         except FileNotFoundError:
             return None
-        passed = [t for t in self._key_times(zone) if signed_at < t <= now]
+        passed = [t for t in keyfiles.key_times(self.key_directory, zone) if signed_at < t <= now]
         if passed:
             when = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(min(passed)))
             return f"a key's publish, activate, inactive or delete time passed ({when})"
         return None
-
-    def _key_times(self, zone: dns.name.Name) -> list[int]:
-        """Every publish, activate, inactive and delete time of the zone's keys: NSD cannot act
-        on them, so the zone is signed again when one passes."""
-        times = []
-        for key in keyfiles.installed_keys(self.key_directory, zone):
-            timing = key.timing
-            times += [t for t in (timing.publish, timing.activate, timing.inactive, timing.delete)
-                      if t is not None]  # fmt: skip
-        return times
 
     def maintain(self) -> float:
         """Sign again every zone that is due; the seconds until the next one will be. A zone
@@ -514,7 +504,7 @@ class NsdAdapter:
             expiry = self.signature_expiry(zone)
             if expiry is not None:
                 moments.append(expiry - self.refresh_before)
-            moments += [t for t in self._key_times(zone) if t > now]
+            moments += [t for t in keyfiles.key_times(self.key_directory, zone) if t > now]
         if not moments:
             return 3600.0
         return max(1.0, min(moments) - now)
