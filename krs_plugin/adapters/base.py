@@ -7,8 +7,9 @@ before it reports success (certbot installers). No server-specific code lives ou
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import dns.name
 
@@ -91,4 +92,32 @@ class Adapter(Protocol):
 
     def restore(self, zone: dns.name.Name, snapshot: str) -> None:
         """Put ``zone``'s keys back as ``snapshot`` recorded them (crash recovery)."""
+        ...
+
+
+@runtime_checkable
+class ActsOnKeyTimes(Protocol):
+    """An adapter whose server does not act on key times by itself (NSD, PowerDNS, BIND 9.20
+    in manual-mode): the daemon calls ``maintain()`` when it says and whenever a watched file
+    changes, never while a distribution is being applied."""
+
+    def maintain(self) -> float:
+        """Act on every key time (and re-sign) that is due; the seconds until the next one."""
+        ...
+
+
+@runtime_checkable
+class WatchesFiles(Protocol):
+    """An adapter that must act when files outside the KRS change (NSD's unsigned zones)."""
+
+    def watched_files(self) -> list[Path]: ...
+
+
+@runtime_checkable
+class ReportsSignatureExpiry(Protocol):
+    """An adapter that signs the zone itself (NSD): ``krs status`` shows when its signatures
+    expire."""
+
+    def signature_expiry(self, zone: dns.name.Name) -> int | None:
+        """The earliest RRSIG expiration (Unix time) the server serves for ``zone``, or None."""
         ...
