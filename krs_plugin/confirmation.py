@@ -1,4 +1,5 @@
-"""The key status report a KRS sends back to the KDC (PROTOCOL.md section 6), and its signature.
+"""The key status report a KRS sends back to the KDC (docs/protocol.md section 6), and its
+signature.
 
 tdns identifies the node by the packet's source address only. Ours adds ``node_id`` and
 ``signature``: a compact JWS ES256 by the node's P-256 key whose payload is the report without

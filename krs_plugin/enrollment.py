@@ -1,4 +1,4 @@
-"""Enrollment (PROTOCOL.md section 7, the tdns-nm wire): the bootstrap package, the request the
+"""Enrollment (docs/protocol.md section 7, the tdns-nm wire): the bootstrap package, the request the
 node seals to the KDC, the DNS UPDATE that carries it, and the KDC's sealed confirmation.
 
 One implementation for both sides: the KDC (``kdc/enroll.py``) and the KRS

@@ -1,4 +1,5 @@
-"""The decrypted distribution content (PROTOCOL.md section 5): a JSON array of operations.
+"""The decrypted distribution content (docs/protocol.md section 5, docs/payload.md): a JSON
+array of operations.
 
 Every entry is validated before anything is installed: field names and JSON types, zone names,
 the algorithm, that ``key_id`` is the DNSKEY's key tag, and that the private key derives that

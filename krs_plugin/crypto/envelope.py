@@ -1,4 +1,4 @@
-"""The sealed and signed envelope: the transport string T of PROTOCOL.md section 4.
+"""The sealed and signed envelope: the transport string T of docs/protocol.md section 4.
 
 ``T = base64(JWS_ES256(C))`` where C, the JWS payload, is
 

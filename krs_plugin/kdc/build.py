@@ -1,4 +1,5 @@
-"""Turn one node's cleartext into the CHUNK records the KDC publishes (PROTOCOL.md sections 3-4).
+"""Turn one node's cleartext into the CHUNK records the KDC publishes (docs/protocol.md sections
+3-4).
 
 This is the KDC half of the distribution format; ``receiver.unpack`` is the other half. Both use the
 same protocol and crypto modules, so there is one implementation of each idea.

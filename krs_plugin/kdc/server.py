@@ -6,9 +6,9 @@ when its header can be read and is dropped when not. Over UDP an answer larger t
 buffer is truncated (TC=1) so the client retries over TCP.
 
 NOTIFY goes to each target node with exponential backoff until the node answers NOERROR.
-Confirmations are NOTIFY messages from nodes carrying EDNS0 option 65004 (PROTOCOL.md section 6);
-when the node enrolled a signing key, the report's JWS must verify with it. Enrollment UPDATEs
-(PROTOCOL.md section 7) go to ``kdc/enroll.py``.
+Confirmations are NOTIFY messages from nodes carrying EDNS0 option 65004 (docs/protocol.md
+section 6); when the node enrolled a signing key, the report's JWS must verify with it.
+Enrollment UPDATEs (docs/protocol.md section 7) go to ``kdc/enroll.py``.
 """
 
 from __future__ import annotations
