@@ -22,8 +22,8 @@ import dns.message
 import dns.query
 import dns.rcode
 
+from krs_lab.knot import KnotLab
 from krs_plugin.dnssec import generate_key
-from krs_plugin.lab.knot import KnotLab
 
 ZONES = ("example.com.", "example.net.")
 

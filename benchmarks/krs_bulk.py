@@ -41,11 +41,11 @@ from pathlib import Path
 from inotify_simple import INotify, flags
 from krs_harness import NotifyRelay, machine, proc_status
 
+from krs_lab.deployment import CZ, NODE, Deployment
 from krs_plugin.dnssec import generate_key, get_algorithm
 from krs_plugin.kdc.distribute import distribute_node
 from krs_plugin.kdc.identity import load_identity
 from krs_plugin.kdc.store import Store
-from krs_plugin.lab.deployment import CZ, NODE, Deployment
 from krs_plugin.protocol import Limits
 
 TARGET_SECONDS = 60.0

@@ -40,11 +40,11 @@ from pathlib import Path
 from inotify_simple import INotify, flags
 from krs_harness import NotifyRelay, machine, percentile
 
+from krs_lab.deployment import CZ, ZONE, Deployment
 from krs_plugin.dnssec import generate_key
 from krs_plugin.kdc.distribute import distribute_zone
 from krs_plugin.kdc.identity import load_identity
 from krs_plugin.kdc.store import Store
-from krs_plugin.lab.deployment import CZ, ZONE, Deployment
 
 ALGORITHM = 13
 TIMEOUT = 30.0

@@ -45,6 +45,8 @@ import dns.name
 from krs_harness import machine
 from server_latency import ZONE, notify_to_served, summary
 
+from krs_lab.nsd import NsdLab
+from krs_lab.zones import unsigned_zone_text
 from krs_plugin.adapters.zonesign import (
     SIGNERS,
     VERIFIER,
@@ -53,8 +55,6 @@ from krs_plugin.adapters.zonesign import (
     sign_zone,
     signer_available,
 )
-from krs_plugin.lab.nsd import NsdLab
-from krs_plugin.lab.zones import unsigned_zone_text
 
 VALIDITY = 14 * 86400  # the adapter's default signature_validity
 POLL = 0.01  # s between looks at NSD: a 1 ms poll would take CPU from the signer (2 cores)

@@ -43,16 +43,16 @@ import dns.query
 import dns.rdataclass
 import dns.rdatatype
 
+from krs_lab.bind9 import Bind9Lab
+from krs_lab.deployment import CZ, Deployment
+from krs_lab.knot import KnotLab
+from krs_lab.nsd import NsdLab
+from krs_lab.ports import free_port
+from krs_lab.powerdns import PowerDnsLab
+from krs_lab.sysroot import Sysroot
 from krs_plugin.adapters.bindstate import reset_state
 from krs_plugin.adapters.keyfiles import write_key
 from krs_plugin.dnssec import DnssecKey, KeyTiming, generate_key
-from krs_plugin.lab.bind9 import Bind9Lab
-from krs_plugin.lab.deployment import CZ, Deployment
-from krs_plugin.lab.knot import KnotLab
-from krs_plugin.lab.nsd import NsdLab
-from krs_plugin.lab.ports import free_port
-from krs_plugin.lab.powerdns import PowerDnsLab
-from krs_plugin.lab.sysroot import Sysroot
 from krs_plugin.protocol import notify_name
 
 ZONE = "example.com."
@@ -334,7 +334,7 @@ def main() -> int:
     parser.add_argument(
         "--sysroot",
         metavar="SUITE",
-        help="bind9 only: named from this Debian release's root (krs_plugin/lab/sysroot.py), "
+        help="bind9 only: named from this Debian release's root (lab/krs_lab/sysroot.py), "
         "e.g. trixie for BIND 9.20 on a Debian 12 host",
     )
     args = parser.parse_args()
@@ -343,9 +343,7 @@ def main() -> int:
     if args.sysroot:
         sysroot = Sysroot.find(args.sysroot)
         if sysroot is None:
-            raise SystemExit(
-                f"no {args.sysroot} root: python -m krs_plugin.lab.sysroot {args.sysroot}"
-            )
+            raise SystemExit(f"no {args.sysroot} root: python -m krs_lab.sysroot {args.sysroot}")
         floor = functools.partial(bind9_floor, sysroot=sysroot)
         print(f"BIND from the {args.sysroot} root: {sysroot.version('bind9')}")
     if args.server == "powerdns":

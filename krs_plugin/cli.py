@@ -13,6 +13,12 @@ from collections.abc import Sequence
 from krs_plugin import __version__
 from krs_plugin.errors import ConfigError, KrsError
 
+LIVE_DEMO_ELSEWHERE = (
+    "krs demo: the live demo (a KDC, named or knotd and krs run on loopback) is not part of "
+    "krs-plugin: run krs-demo, from the krs-plugin-lab distribution (lab/ in the source tree; "
+    "./run demo installs and runs it). krs demo --offline runs the in-memory round trip."
+)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -26,19 +32,18 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     demo = commands.add_parser(
         "demo",
-        help="the main job: a KDC distributes a KSK and a ZSK to a KRS that installs them in BIND",
+        help="the in-memory round trip of a distribution (--offline); the live demo is krs-demo",
         description=(
-            "Starts a KDC (krs-kdc serve), a BIND 9 (named, from the OS packages) and a KRS "
-            "(krs run) on loopback; the KDC distributes a KSK and a ZSK, the KRS installs them "
-            "into BIND, and the served DNSKEY set is printed and validated. Without named, the "
-            "keys go to a folder (directory adapter). --offline runs the in-memory round trip "
-            "of both backends instead, without any process or network."
+            "--offline runs the in-memory round trip of both backends: a KDC seals, signs and "
+            "splits a KSK and a ZSK, the records go through DNS wire form, the node checks and "
+            "opens them and writes BIND key files; no process, no network. The live demo (a "
+            "KDC, named or knotd and krs run on loopback) is krs-demo, from krs-plugin-lab, "
+            "which operators do not install: ./run demo in the source tree installs and runs it."
         ),
     )
     demo.add_argument("--backend", choices=("hpke", "jose", "both"), default=None)
     demo.add_argument("--zone", default="example.com.")
-    demo.add_argument("--server", choices=("auto", "bind9", "knot", "directory"), default="auto")
-    demo.add_argument("--offline", action="store_true", help="in-memory round trip only")
+    demo.add_argument("--offline", action="store_true", help="in-memory round trip (required)")
     demo.add_argument("--algorithm", type=int, default=13, choices=(8, 13, 14, 15, 16))
     demo.add_argument(
         "--keep", metavar="DIR", help="write the demo's files here instead of a temporary folder"
@@ -120,12 +125,18 @@ def _json_option(p: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if args.command == "demo" and not args.offline:
+        # Options of the live demo (--server) included: say where it went, not "unrecognized".
+        print(LIVE_DEMO_ELSEWHERE, file=sys.stderr)
+        return 2
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command is None:
         parser.print_help()
         return 0
     try:
-        if args.command == "demo" and args.offline:
+        if args.command == "demo":
             from krs_plugin.demo import run_demo
 
             backend = args.backend or "both"
@@ -134,14 +145,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 zone=args.zone,
                 algorithm=args.algorithm,
                 keep=args.keep,
-            )
-        if args.command == "demo":
-            from krs_plugin.lab.mainjob import run_main_job
-
-            backends = ("hpke", "jose") if args.backend == "both" else (args.backend or "hpke",)
-            return max(
-                run_main_job(backend=b, zone=args.zone, server=args.server, keep=args.keep)
-                for b in backends
             )
         if args.command == "enroll":
             from krs_plugin.receiver.enroll import enroll_command

@@ -13,7 +13,7 @@ import ctypes
 import ctypes.util
 import logging
 
-log = logging.getLogger("krs_plugin.memory")
+log = logging.getLogger(__name__)
 
 M_MMAP_THRESHOLD = -3  # from glibc's malloc.h
 MMAP_THRESHOLD_BYTES = 128 * 1024

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from krs_plugin.lab.bind9 import Bind9Lab
+from krs_lab.bind9 import Bind9Lab
 from tests.adapters.servers import bind9_root
 
 

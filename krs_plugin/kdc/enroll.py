@@ -48,7 +48,7 @@ from krs_plugin.kdc.identity import KdcIdentity
 from krs_plugin.kdc.store import StateError, Store, TokenRow, canonical
 from krs_plugin.protocol import check_node_id, sig0
 
-log = logging.getLogger("krs_plugin.kdc.enroll")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

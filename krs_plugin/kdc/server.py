@@ -48,7 +48,7 @@ from krs_plugin.protocol import (
 )
 from krs_plugin.protocol.edns import CONTENT_KEY_STATUS
 
-log = logging.getLogger("krs_plugin.kdc.server")
+log = logging.getLogger(__name__)
 
 RECORD_TTL = 300
 UDP_DEFAULT_PAYLOAD = 512

@@ -88,7 +88,7 @@ def _run(config: Any, store: ReceiverStore) -> int:
     import asyncio
     import contextlib
 
-    from krs_plugin.logging import setup_logging
+    from krs_plugin.logs import setup_logging
     from krs_plugin.memory import fix_mmap_threshold
     from krs_plugin.receiver.service import Service
 

@@ -33,7 +33,7 @@ from krs_plugin.protocol import (
     pending_name,
 )
 
-log = logging.getLogger("krs_plugin.receiver.fetcher")
+log = logging.getLogger(__name__)
 
 
 class FetchError(KrsError):

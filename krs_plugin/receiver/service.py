@@ -34,7 +34,7 @@ from krs_plugin.confirmation import confirmation_message
 from krs_plugin.crypto import JoseKey
 from krs_plugin.dnsio import serve_dns, tcp_exchange, udp_exchange
 from krs_plugin.errors import KrsError
-from krs_plugin.logging import context
+from krs_plugin.logs import context
 from krs_plugin.metrics import Metrics, serve_http
 from krs_plugin.protocol import parse_notify_name
 from krs_plugin.receiver.fetcher import Fetcher, NotPublished
@@ -42,7 +42,7 @@ from krs_plugin.receiver.pipeline import Pipeline, load_identity
 from krs_plugin.receiver.store import ReceiverStore
 from krs_plugin.receiver.watch import FileWatcher
 
-log = logging.getLogger("krs_plugin.receiver.service")
+log = logging.getLogger(__name__)
 
 CONFIRM_TIMEOUT = 5.0
 CONFIRM_RETRY_MAX = 300.0

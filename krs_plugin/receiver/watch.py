@@ -16,7 +16,7 @@ from pathlib import Path
 
 from inotify_simple import INotify, flags
 
-log = logging.getLogger("krs_plugin.receiver.watch")
+log = logging.getLogger(__name__)
 
 WATCH_MASK = (
     flags.CLOSE_WRITE | flags.MOVED_TO | flags.CREATE | flags.DELETE | flags.ATTRIB | flags.MODIFY

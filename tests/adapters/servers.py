@@ -18,14 +18,14 @@ import dns.rdataclass
 import dns.rdatatype
 import pytest
 
+from krs_lab.bind9 import Bind9Lab, version_tuple
+from krs_lab.knot import KnotLab
+from krs_lab.nsd import NsdLab
+from krs_lab.powerdns import PowerDnsLab
+from krs_lab.process import server_binary
+from krs_lab.sysroot import Sysroot, other_generation, sysroot_dir
 from krs_plugin.adapters import keyfiles
 from krs_plugin.adapters.base import Adapter
-from krs_plugin.lab.bind9 import Bind9Lab, version_tuple
-from krs_plugin.lab.knot import KnotLab
-from krs_plugin.lab.nsd import NsdLab
-from krs_plugin.lab.powerdns import PowerDnsLab
-from krs_plugin.lab.process import server_binary
-from krs_plugin.lab.sysroot import Sysroot, other_generation, sysroot_dir
 
 ZONES = ("example.com.", "example.net.")
 UNSERVED = "not-served.example."

@@ -10,11 +10,11 @@ from pathlib import Path
 import dns.name
 import pytest
 
+from krs_lab.bind9 import Bind9Lab
+from krs_lab.ports import free_port
 from krs_plugin.adapters.base import KeyPlan
 from krs_plugin.adapters.bind9 import Bind9Adapter
 from krs_plugin.errors import AdapterError
-from krs_plugin.lab.bind9 import Bind9Lab
-from krs_plugin.lab.ports import free_port
 from tests.adapters.servers import bind9_root
 
 pytestmark = pytest.mark.integration

@@ -11,10 +11,10 @@ from pathlib import Path
 import dns.name
 import pytest
 
+from krs_lab.bind9 import Bind9Lab
 from krs_plugin.adapters.base import KeyPlan, PlannedKey
 from krs_plugin.adapters.bind9 import Bind9Adapter
 from krs_plugin.dnssec import KeyTiming, generate_key
-from krs_plugin.lab.bind9 import Bind9Lab
 from tests.adapters.servers import Served, bind9_root
 
 pytestmark = pytest.mark.integration

@@ -2,7 +2,7 @@
 operator for each misconfiguration they can meet, and what ``apply`` refuses before writing.
 
 named 9.20 runs from the host's packages on Debian 13, from the trixie root elsewhere
-(krs_plugin/lab/sysroot.py)."""
+(lab/krs_lab/sysroot.py)."""
 
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ from pathlib import Path
 import dns.name
 import pytest
 
+from krs_lab.bind9 import Bind9Lab, policy_text
 from krs_plugin.adapters.base import KeyPlan, PlannedKey
 from krs_plugin.adapters.bind9 import Bind9Adapter
 from krs_plugin.dnssec import KeyTiming, generate_key
 from krs_plugin.errors import AdapterError
-from krs_plugin.lab.bind9 import Bind9Lab, policy_text
 from tests.adapters.servers import Served, bind9_root
 
 pytestmark = pytest.mark.integration

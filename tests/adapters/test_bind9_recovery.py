@@ -7,11 +7,11 @@ import time
 
 import dns.name
 
+from krs_lab.bind9 import Bind9Lab
 from krs_plugin.adapters import keyfiles
 from krs_plugin.adapters.base import KeyPlan, PlannedKey
 from krs_plugin.adapters.bind9 import Bind9Adapter
 from krs_plugin.dnssec import KeyTiming, generate_key
-from krs_plugin.lab.bind9 import Bind9Lab
 from tests.adapters.servers import Served
 
 ZONE = "example.com."

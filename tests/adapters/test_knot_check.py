@@ -11,11 +11,11 @@ from pathlib import Path
 import dns.name
 import pytest
 
+from krs_lab.knot import KnotLab
 from krs_plugin.adapters.base import KeyPlan, PlannedKey
 from krs_plugin.adapters.knot import KnotAdapter
 from krs_plugin.dnssec import KeyTiming, generate_key
 from krs_plugin.errors import AdapterError
-from krs_plugin.lab.knot import KnotLab
 
 pytestmark = pytest.mark.integration
 

@@ -17,13 +17,13 @@ import dns.rdataclass
 import dns.rdatatype
 import pytest
 
+from krs_lab.deployment import Deployment, wait_until
+from krs_lab.nsd import NsdLab
+from krs_lab.ports import free_port
 from krs_plugin.adapters.base import KeyPlan, PlannedKey
 from krs_plugin.adapters.nsd import NsdAdapter, expand_zonefile
 from krs_plugin.dnssec import KeyTiming, generate_key
 from krs_plugin.errors import AdapterError, ConfigError
-from krs_plugin.lab.deployment import Deployment, wait_until
-from krs_plugin.lab.nsd import NsdLab
-from krs_plugin.lab.ports import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -18,12 +18,12 @@ from pathlib import Path
 import dns.name
 import pytest
 
+from krs_lab.deployment import wait_until
+from krs_lab.powerdns import Backend, PowerDnsLab
 from krs_plugin.adapters.base import KeyPlan, PlannedKey
 from krs_plugin.adapters.powerdns import IDLE_WAIT, PowerDnsAdapter
 from krs_plugin.dnssec import DnssecKey
 from krs_plugin.errors import AdapterError
-from krs_plugin.lab.deployment import wait_until
-from krs_plugin.lab.powerdns import Backend, PowerDnsLab
 from tests.adapters.servers import ZONES, Served
 from tests.adapters.test_scenarios import install, key, now_timing
 

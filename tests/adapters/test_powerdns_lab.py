@@ -22,8 +22,8 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 
+from krs_lab.powerdns import BACKENDS, PowerDnsLab
 from krs_plugin.dnssec import generate_key
-from krs_plugin.lab.powerdns import BACKENDS, PowerDnsLab
 
 pytestmark = pytest.mark.integration
 

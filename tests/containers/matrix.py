@@ -23,7 +23,7 @@ import docker.errors
 import yaml
 from docker.models.containers import Container
 
-from krs_plugin.lab.ports import free_port
+from krs_lab.ports import free_port
 from tests.adapters.servers import Served
 
 HOST = "127.0.0.1"

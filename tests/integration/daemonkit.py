@@ -1,4 +1,4 @@
-"""Test helpers around ``krs_plugin.lab.deployment`` (the KDC + node pair as real processes):
+"""Test helpers around ``krs_lab.deployment`` (the KDC + node pair as real processes):
 timeouts fail the test, plus an HTTP getter, RSS and a counting DNS/TCP proxy."""
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import dns.message
 import dns.query
 import pytest
 
-from krs_plugin.lab import deployment as _deployment
-from krs_plugin.lab.deployment import BIN, CZ, NODE, ZONE, Deployment, run
-from krs_plugin.lab.process import LabError
+from krs_lab import deployment as _deployment
+from krs_lab.deployment import BIN, CZ, NODE, ZONE, Deployment, run
+from krs_lab.process import LabError
 
 __all__ = ["BIN", "CZ", "NODE", "ZONE", "Deployment", "run"]
 

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from krs_plugin.lab.ports import free_port
+from krs_lab.ports import free_port
 
 __all__ = ["free_port"]

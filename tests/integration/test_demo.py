@@ -1,4 +1,5 @@
-"""`krs demo`, the README's main job: its key files are real BIND keys that sign a zone."""
+"""The README's main job, `krs-demo` (from krs-plugin-lab, `./run demo`), against real servers,
+and the core's `krs demo --offline`: its key files are real BIND keys that sign a zone."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from krs_plugin.dnssec import read_bind_key_pair
 from tests.adapters.servers import host_bind_version, other_generation_root
 
 KRS = str(Path(sys.executable).parent / "krs")
+KRS_DEMO = str(Path(sys.executable).parent / "krs-demo")  # krs-plugin-lab (lab/)
 
 
 def test_demo_delivers_both_backends_and_writes_matching_bind_keys(tmp_path: Path) -> None:
@@ -59,16 +61,42 @@ def test_demo_delivers_both_backends_and_writes_matching_bind_keys(tmp_path: Pat
 
 
 def test_demo_rejects_unknown_algorithm() -> None:
+    for command in ([KRS, "demo", "--offline"], [KRS_DEMO]):
+        result = subprocess.run(
+            [*command, "--algorithm", "7"], capture_output=True, text=True, timeout=60, check=False
+        )
+        assert result.returncode == 2
+        assert "invalid choice" in result.stderr
+
+
+def test_core_krs_demo_without_offline_points_to_the_lab() -> None:
+    # The live demo is not in the krs-plugin wheel: krs demo says where it went, also when
+    # given the live demo's own options, and starts nothing.
+    for extra in ([], ["--server", "knot"]):
+        result = subprocess.run(
+            [KRS, "demo", *extra], capture_output=True, text=True, timeout=60, check=False
+        )
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert "krs-demo" in result.stderr and "krs-plugin-lab" in result.stderr
+        assert result.stdout == ""
+
+
+def test_krs_demo_offline_is_the_core_round_trip(tmp_path: Path) -> None:
     result = subprocess.run(
-        [KRS, "demo", "--algorithm", "7"], capture_output=True, text=True, timeout=60, check=False
+        [KRS_DEMO, "--offline", "--backend", "hpke", "--keep", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
-    assert result.returncode == 2
-    assert "invalid choice" in result.stderr
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "KDC signature verified" in result.stdout
+    assert len(list((tmp_path / "keys-hpke").glob("*.private"))) == 2
 
 
 def test_main_job_installs_into_a_real_bind_and_the_served_keys_validate() -> None:
     result = subprocess.run(
-        [KRS, "demo", "--backend", "jose"], capture_output=True, text=True, timeout=180
+        [KRS_DEMO, "--backend", "jose"], capture_output=True, text=True, timeout=180
     )
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
@@ -83,7 +111,7 @@ def test_main_job_installs_into_the_other_debian_generations_bind() -> None:
     # VALID on both generations' named, each configured its own way.
     root = other_generation_root()
     env = {**os.environ, "KRS_DEMO_SYSROOT": root.suite}
-    result = subprocess.run([KRS, "demo"], capture_output=True, text=True, timeout=180, env=env)
+    result = subprocess.run([KRS_DEMO], capture_output=True, text=True, timeout=180, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     host_920 = (host_bind_version() or (0, 0)) >= (9, 20)
@@ -97,7 +125,7 @@ def test_main_job_installs_into_the_other_debian_generations_bind() -> None:
 
 def test_main_job_with_knot_installs_into_a_real_knotd_and_the_served_keys_validate() -> None:
     result = subprocess.run(
-        [KRS, "demo", "--server", "knot"], capture_output=True, text=True, timeout=180
+        [KRS_DEMO, "--server", "knot"], capture_output=True, text=True, timeout=180
     )
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
@@ -109,7 +137,7 @@ def test_main_job_with_knot_installs_into_a_real_knotd_and_the_served_keys_valid
 
 def test_main_job_without_a_server_installs_key_files() -> None:
     result = subprocess.run(
-        [KRS, "demo", "--server", "directory"], capture_output=True, text=True, timeout=180
+        [KRS_DEMO, "--server", "directory"], capture_output=True, text=True, timeout=180
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count(".private (") == 2

@@ -19,6 +19,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from daemonkit import BIN, ZONE, Deployment, wait_until
 
+from krs_lab.ports import free_port
 from krs_plugin.crypto import HpkeKey, JoseKey
 from krs_plugin.enrollment import (
     BootstrapPackage,
@@ -28,7 +29,6 @@ from krs_plugin.enrollment import (
     seal_request,
 )
 from krs_plugin.errors import EnrollmentError
-from krs_plugin.lab.ports import free_port
 from krs_plugin.protocol import sig0
 from krs_plugin.receiver.enroll import (
     EnrollOptions,

@@ -26,6 +26,7 @@ from joserfc import jwe as rfc_jwe
 from joserfc import jws as rfc_jws
 from joserfc.jwk import ECKey
 
+from krs_lab.bind9 import Bind9Lab
 from krs_plugin.adapters import keyfiles, make_adapter
 from krs_plugin.adapters.base import KeyPlan, PlannedKey
 from krs_plugin.adapters.bind9 import Bind9Adapter
@@ -40,7 +41,6 @@ from krs_plugin.crypto import (
 )
 from krs_plugin.dnssec import KeyTiming, generate_key, read_bind_key_pair, write_bind_key_pair
 from krs_plugin.kdc.build import NodeRecipient, build_distribution
-from krs_plugin.lab.bind9 import Bind9Lab
 from krs_plugin.payload import encode_payload, roll_key_entry
 from krs_plugin.protocol import CHUNK, ManifestMetadata, build_chunk_records
 from krs_plugin.receiver.pipeline import Outcome, Pipeline, load_identity

@@ -24,8 +24,8 @@ import dns.update
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
+from krs_lab.ports import free_port
 from krs_plugin.errors import SignatureError
-from krs_plugin.lab.ports import free_port
 from krs_plugin.protocol import sig0
 
 pytestmark = pytest.mark.integration

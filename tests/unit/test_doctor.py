@@ -19,6 +19,7 @@ import dns.message
 import dns.rrset
 import pytest
 
+from krs_lab.ports import free_port
 from krs_plugin import cli
 from krs_plugin.config import Config, load_config
 from krs_plugin.crypto import (
@@ -31,7 +32,6 @@ from krs_plugin.crypto import (
 from krs_plugin.dnsio import Handler, serve_dns
 from krs_plugin.kdc.server import ControlZone, KdcServer, ServeOptions
 from krs_plugin.kdc.store import Store
-from krs_plugin.lab.ports import free_port
 from krs_plugin.receiver.doctor import Check, doctor_command, render, run_checks
 
 CZ = "kdc.example."

@@ -17,13 +17,13 @@ import dns.name
 import pytest
 import yaml
 
+from krs_lab.ports import free_port
 from krs_plugin.adapters import make_adapter
 from krs_plugin.adapters.bind9 import Bind9Adapter
 from krs_plugin.adapters.knot import KnotAdapter
 from krs_plugin.adapters.nsd import NsdAdapter
 from krs_plugin.adapters.powerdns import PowerDnsAdapter
 from krs_plugin.config import load_config
-from krs_plugin.lab.ports import free_port
 
 INTEGRATIONS = Path(__file__).resolve().parents[2] / "integrations"
 ADAPTERS = {

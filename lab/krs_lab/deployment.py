@@ -1,5 +1,5 @@
 """A KDC and a node on loopback as real processes (``krs-kdc serve``, ``krs run``): KDC state,
-node keys, krs.yaml, start, distribute, wait, stop. The main job (``krs demo``) and the tests that
+node keys, krs.yaml, start, distribute, wait, stop. The main job (``krs-demo``) and the tests that
 need the whole path use it."""
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from krs_lab.ports import free_port
+from krs_lab.process import LabError
 from krs_plugin.crypto import (
     HpkeKey,
     JoseKey,
@@ -22,8 +24,6 @@ from krs_plugin.crypto import (
     write_jose_private,
     write_jose_public,
 )
-from krs_plugin.lab.ports import free_port
-from krs_plugin.lab.process import LabError
 
 BIN = Path(sys.executable).parent
 CZ, ZONE, NODE = "kdc.example.", "example.com.", "ns1.edge.example."

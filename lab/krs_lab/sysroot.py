@@ -18,7 +18,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from krs_plugin.lab.process import LabError
+from krs_lab.process import LabError
 
 DEFAULT_DIR = Path("/var/cache/krs-plugin/sysroots")
 SHARED_PATHS = ("/tmp",)  # the labs' directories are made under it (tempfile)
@@ -165,7 +165,7 @@ def make_sysroot(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m krs_plugin.lab.sysroot [SUITE]``: make the root (default: the other
+    """``python -m krs_lab.sysroot [SUITE]``: make the root (default: the other
     generation's), print its path."""
     import sys
 

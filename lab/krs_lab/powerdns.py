@@ -8,7 +8,7 @@ The server runs in the foreground (``daemon=no``, ``guardian=no``, no syslog) wi
 pdns would look up its security status in the public DNS at start; with it, an strace of a start
 shows binds on 127.0.0.1 only and no connect() or sendto() at all. The API key is random, written
 to a 0600 file, and the config that repeats it is 0600 too: the API hands out private keys. The
-zones start unsigned (no cryptokeys), from the same text as every other lab (``lab/zones.py``).
+zones start unsigned (no cryptokeys), from the same text as every other lab (``zones.py``).
 ``stop()`` then ``start()`` keeps the database, the zone files, the ports and the API key.
 
 What the adapter has to know about this server, found with this lab (exact commands and outputs
@@ -58,9 +58,9 @@ import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 
-from krs_plugin.lab.ports import free_port
-from krs_plugin.lab.process import LabError, LabServer, ServerProcess, server_binary
-from krs_plugin.lab.zones import unsigned_zone_text
+from krs_lab.ports import free_port
+from krs_lab.process import LabError, LabServer, ServerProcess, server_binary
+from krs_lab.zones import unsigned_zone_text
 
 SCHEMA = Path("/usr/share/doc/pdns-backend-sqlite3/schema.sqlite3.sql")
 Backend = Literal["gsqlite3", "bind"]

@@ -7,7 +7,7 @@ takes external keys with ``inline-signing yes; auto-dnssec maintain;``, BIND 9.2
 KDC's keys. Plus what a throw-away instance needs: explicit pid, session and managed-keys paths,
 and ``dnssec-validation no`` so that named does not try to reach the root servers.
 
-With a ``sysroot`` (krs_plugin/lab/sysroot.py) named and its tools come from a debootstrap root of
+With a ``sysroot`` (lab/krs_lab/sysroot.py) named and its tools come from a debootstrap root of
 another Debian release, so one host tests both generations.
 """
 
@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from krs_plugin.lab.ports import free_port
-from krs_plugin.lab.process import LabError, LabServer, ServerProcess, server_binary
-from krs_plugin.lab.sysroot import Sysroot
-from krs_plugin.lab.zones import unsigned_zone_text
+from krs_lab.ports import free_port
+from krs_lab.process import LabError, LabServer, ServerProcess, server_binary
+from krs_lab.sysroot import Sysroot
+from krs_lab.zones import unsigned_zone_text
 
 POLICY = "krs"
 """The lab's dnssec-policy for zones that take the KDC's keys (BIND 9.20)."""

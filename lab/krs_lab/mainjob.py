@@ -1,4 +1,4 @@
-"""``krs demo``: the main job, end to end on this machine's loopback.
+"""The main job behind ``krs-demo`` (krs_lab.demo), end to end on this machine's loopback.
 
 A KDC (``krs-kdc serve``), a BIND 9 (``named`` from the OS packages) serving an unsigned zone, and
 a KRS (``krs run``) with the bind9 adapter start as processes (``--server knot``: a knotd and the
@@ -25,14 +25,14 @@ import dns.query
 import dns.rdataclass
 import dns.rdatatype
 
+from krs_lab.bind9 import Bind9Lab
+from krs_lab.deployment import Deployment
+from krs_lab.knot import KnotLab
+from krs_lab.process import LabError, server_binary
+from krs_lab.sysroot import Sysroot
 from krs_plugin.dnssec import read_bind_key_pair
 from krs_plugin.kdc.distribute import key_of
 from krs_plugin.kdc.store import Store
-from krs_plugin.lab.bind9 import Bind9Lab
-from krs_plugin.lab.deployment import Deployment
-from krs_plugin.lab.knot import KnotLab
-from krs_plugin.lab.process import LabError, server_binary
-from krs_plugin.lab.sysroot import Sysroot
 
 
 def _say(step: str, text: str) -> None:
@@ -124,7 +124,7 @@ def _demo_sysroot() -> Sysroot | None:
         return None
     found = Sysroot.find(suite)
     if found is None:
-        raise LabError(f"KRS_DEMO_SYSROOT={suite}: no such root (python -m krs_plugin.lab.sysroot)")
+        raise LabError(f"KRS_DEMO_SYSROOT={suite}: no such root (python -m krs_lab.sysroot)")
     return found
 
 

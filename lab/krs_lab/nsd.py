@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from krs_plugin.lab.ports import free_port
-from krs_plugin.lab.process import LabError, LabServer, ServerProcess, server_binary
-from krs_plugin.lab.zones import unsigned_zone_text
+from krs_lab.ports import free_port
+from krs_lab.process import LabError, LabServer, ServerProcess, server_binary
+from krs_lab.zones import unsigned_zone_text
 
 
 @dataclass

@@ -1,0 +1,72 @@
+"""``krs-demo``: the live demo, the README's main job (``./run demo``).
+
+A KDC, a BIND 9 or a knotd and a KRS on this machine's loopback (krs_lab.mainjob). It lives in
+krs-plugin-lab, not in the krs-plugin wheel operators install; ``--offline`` runs the core's
+in-memory round trip (``krs demo --offline``, krs_plugin.demo) with the same options.
+
+Exit codes follow STYLE.md: 0 ok, 1 operational failure, 2 usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from krs_plugin import __version__
+from krs_plugin.errors import ConfigError, KrsError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="krs-demo",
+        description=(
+            "The main job: starts a KDC (krs-kdc serve), a BIND 9 (named, from the OS packages) "
+            "and a KRS (krs run) on loopback; the KDC distributes a KSK and a ZSK, the KRS "
+            "installs them into BIND, and the served DNSKEY set is printed and validated. "
+            "Without named, the keys go to a folder (directory adapter). --offline runs the "
+            "in-memory round trip of both backends instead, without any process or network."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--backend", choices=("hpke", "jose", "both"), default=None)
+    parser.add_argument("--zone", default="example.com.")
+    parser.add_argument("--server", choices=("auto", "bind9", "knot", "directory"), default="auto")
+    parser.add_argument("--offline", action="store_true", help="in-memory round trip only")
+    parser.add_argument("--algorithm", type=int, default=13, choices=(8, 13, 14, 15, 16))
+    parser.add_argument(
+        "--keep", metavar="DIR", help="write the demo's files here instead of a temporary folder"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.offline:
+            from krs_plugin.demo import run_demo
+
+            backend = args.backend or "both"
+            return run_demo(
+                backends=("hpke", "jose") if backend == "both" else (backend,),
+                zone=args.zone,
+                algorithm=args.algorithm,
+                keep=args.keep,
+            )
+        from krs_lab.mainjob import run_main_job
+
+        backends = ("hpke", "jose") if args.backend == "both" else (args.backend or "hpke",)
+        return max(
+            run_main_job(backend=b, zone=args.zone, server=args.server, keep=args.keep)
+            for b in backends
+        )
+    except ConfigError as exc:
+        print(f"krs-demo: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KrsError as exc:
+        print(f"krs-demo: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
