@@ -17,7 +17,7 @@ from krs_plugin.confirmation import (
     verify_report,
 )
 from krs_plugin.crypto import JoseKey
-from krs_plugin.logging import context, setup_logging
+from krs_plugin.logs import context, setup_logging
 from krs_plugin.metrics import Metrics
 from krs_plugin.protocol.edns import CHUNK_OPTION
 
