@@ -18,10 +18,10 @@ import dns.exception
 import dns.name
 import yaml
 
+from krs_plugin.adapters.registry import names as adapter_names
 from krs_plugin.errors import ConfigError
 from krs_plugin.protocol.chunking import Limits
 
-ADAPTERS = ("directory", "bind9", "knot", "nsd", "powerdns")
 LOG_FORMATS = ("auto", "json", "text")
 
 
@@ -253,8 +253,13 @@ def load_config(path: str | os.PathLike[str], *, require_files: bool = True) -> 
 
     adapter_raw = r.mapping(top["adapter"], "adapter", {"type", "settings"})
     adapter_type = adapter_raw.get("type")
-    if adapter_type not in ADAPTERS:
-        raise r.fail("adapter.type", f"must be one of {', '.join(ADAPTERS)}, got {adapter_type!r}")
+    installed = adapter_names()
+    if adapter_type not in installed:
+        raise r.fail(
+            "adapter.type",
+            f"no adapter {adapter_type!r} is installed (installed: {', '.join(installed)}; "
+            "others come as packages registering the entry point krs_plugin.adapters)",
+        )
     settings = adapter_raw.get("settings") or {}
     if not isinstance(settings, dict):
         raise r.fail("adapter.settings", "must be a mapping")

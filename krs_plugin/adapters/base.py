@@ -1,19 +1,32 @@
-"""The adapter interface: how the KRS talks to one nameserver (DESIGN.md, STYLE.md).
+"""The adapter interface, and the one apply algorithm every adapter shares (docs/adapters.md).
 
-Plans are computed first and applied second (octoDNS); apply is atomic with rollback and verifies
-before it reports success (certbot installers). No server-specific code lives outside its module.
+``Adapter`` is what the KRS needs of a nameserver: check its configuration, list a zone's keys,
+apply a plan, snapshot and restore a zone's keys. ``BaseAdapter`` implements ``apply`` once: checks
+before anything is written, then write, retire and remove key by key, have the server load the
+keys, verify over DNS what it serves, finish; a server supplies those steps as hooks. A failed
+apply is never rolled back by the adapter: the caller, ``transaction.apply_atomically``, owns
+rollback (it restores every zone it touched, once, from snapshots taken first). Optional
+abilities are Protocols the daemon checks with ``isinstance``.
+
+Plans are computed first and applied second (octoDNS's plan/apply split); apply verifies before
+it reports success (certbot's installers). No server-specific code lives outside its module.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from pathlib import Path
+from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar, runtime_checkable
 
 import dns.name
 
 from krs_plugin.dnssec import DnssecKey, KeyTiming
+from krs_plugin.errors import AdapterError, KrsError
+
+Role = Literal["KSK", "ZSK", "CSK"]
 
 
 @dataclass(frozen=True)
@@ -38,7 +51,7 @@ class InstalledKey:
 @dataclass(frozen=True)
 class PlannedKey:
     key: DnssecKey
-    role: str
+    role: Role
     timing: KeyTiming
 
 
@@ -75,24 +88,171 @@ class ApplyResult:
     verification: Verification = field(default_factory=lambda: Verification(True))
 
 
-class Adapter(Protocol):
-    name: str
+class Adapter(ABC):
+    """How the KRS talks to one nameserver. Registered in the entry-point group
+    ``krs_plugin.adapters`` under the name operators write as ``adapter.type``; constructed as
+    ``Adapter(settings, config_path=..., zones=...)`` (``adapter.settings`` of krs.yaml, the
+    file's path for relative paths, the zones the node serves)."""
 
-    def check(self) -> list[Problem]: ...
+    name: ClassVar[str]
 
-    def current_keys(self, zone: dns.name.Name) -> list[InstalledKey]: ...
+    @abstractmethod
+    def __init__(
+        self,
+        settings: Mapping[str, Any],
+        *,
+        config_path: Path | None = None,
+        zones: Iterable[dns.name.Name] = (),
+    ) -> None:
+        """Read ``settings`` (refusing unknown keys, with ConfigError); talk to no server yet."""
 
-    def apply(self, zone: dns.name.Name, plan: KeyPlan) -> ApplyResult: ...
+    @abstractmethod
+    def check(self) -> list[Problem]:
+        """Every reason the server cannot take keys from the KRS now, each with its fix
+        (``krs doctor``); an empty list when it can. Never changes anything."""
 
-    def verify(self, zone: dns.name.Name, plan: KeyPlan) -> Verification: ...
+    @abstractmethod
+    def current_keys(self, zone: dns.name.Name) -> list[InstalledKey]:
+        """The zone's keys as the server has them (the plan is computed against these)."""
 
+    @abstractmethod
+    def apply(self, zone: dns.name.Name, plan: KeyPlan) -> ApplyResult:
+        """Carry out ``plan`` and see the server serve it; ApplyFailed when it cannot (without
+        rolling back: see ``transaction.apply_atomically``)."""
+
+    @abstractmethod
     def snapshot(self, zone: dns.name.Name) -> str:
-        """Everything needed to put ``zone``'s keys back as they are now (kept in the journal)."""
-        ...
+        """Everything needed to put ``zone``'s keys back as they are now (kept in the journal,
+        so it must survive a restart: text, private keys included)."""
 
-    def restore(self, zone: dns.name.Name, snapshot: str) -> None:
-        """Put ``zone``'s keys back as ``snapshot`` recorded them (crash recovery)."""
-        ...
+    @abstractmethod
+    def restore(self, zone: dns.name.Name, snapshot: str) -> str:
+        """Put ``zone``'s keys back as ``snapshot`` recorded them and have the server serve
+        them; says what happened, for the operator. Must work after a crash, with the server
+        down (then it says so); AdapterError only when the keys themselves could not be put
+        back."""
+
+
+class ApplyFailed(AdapterError):
+    """An apply stopped at ``step``. ``wrote`` is False when it stopped before anything was
+    written (the checks refused the plan): then there is nothing to roll back."""
+
+    def __init__(
+        self, adapter: str, zone: dns.name.Name, step: str, cause: Exception, *, wrote: bool
+    ) -> None:
+        where = f"{adapter}, zone {zone}"
+        if wrote:
+            text = f"{where}: step '{step}' failed: {cause}"
+        else:
+            text = f"{where}: {cause}; nothing was changed"
+        super().__init__(text)
+        self.adapter, self.zone, self.step, self.wrote = adapter, zone, step, wrote
+
+
+@dataclass(kw_only=True)
+class ZoneChange:
+    """One apply in progress: the plan, the moment it started, what was done so far and the
+    step being taken (named in the error if it fails). A server keeps what else it needs
+    between its hooks in a subclass (named's mode, Knot's KASP keys, ...)."""
+
+    zone: dns.name.Name
+    plan: KeyPlan
+    now: int
+    step: str = "start"
+    installed: list[int] = field(default_factory=list)
+    retired: list[int] = field(default_factory=list)
+    removed: list[int] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.installed or self.retired or self.removed)
+
+
+Change = TypeVar("Change", bound=ZoneChange)
+
+
+class BaseAdapter(Adapter, Generic[Change]):
+    """The apply algorithm, once, for every server; a server supplies the hooks:
+
+    ``begin``   everything read and checked before anything is written (refuse here);
+    ``write_key``, ``retire_key``, ``remove_key``   one key each, True when something changed;
+    ``load``    have the server take the keys (rndc, knotc, sign and reload, rectify);
+    ``verify``  what the server serves now, over DNS, against what was planned;
+    ``finish``  what may only happen once the server serves the change (delete key files).
+
+    ``failures`` are the exceptions that mean "this step failed" (reported, then rolled back by
+    the caller); anything else is a bug and propagates as it is.
+    """
+
+    failures: ClassVar[tuple[type[Exception], ...]] = (KrsError, OSError)
+
+    def apply(self, zone: dns.name.Name, plan: KeyPlan) -> ApplyResult:
+        try:
+            change = self.begin(zone, plan, int(time.time()))
+        except self.failures as exc:
+            raise ApplyFailed(self.name, zone, "check", exc, wrote=False) from exc
+        try:
+            for planned in plan.install:
+                change.step = f"write key {planned.key.key_tag}"
+                if self.write_key(change, planned):
+                    change.installed.append(planned.key.key_tag)
+            for tag in plan.retire:
+                change.step = f"retire key {tag}"
+                if self.retire_key(change, tag):
+                    change.retired.append(tag)
+            for tag in plan.remove:
+                change.step = f"remove key {tag}"
+                if self.remove_key(change, tag):
+                    change.removed.append(tag)
+            change.step = "load"
+            self.load(change)
+            change.step = "verify"
+            verification = self.verify(change)
+            if not verification.ok:
+                raise AdapterError("; ".join(verification.details))
+            change.step = "finish"
+            self.finish(change)
+        except self.failures as exc:
+            raise ApplyFailed(self.name, zone, change.step, exc, wrote=True) from exc
+        return ApplyResult(
+            zone,
+            change.changed,
+            tuple(change.installed),
+            tuple(change.retired),
+            tuple(change.removed),
+            verification,
+        )
+
+    @abstractmethod
+    def begin(self, zone: dns.name.Name, plan: KeyPlan, now: int) -> Change:
+        """Read what the apply needs and refuse, before anything is written, a plan the server
+        cannot take (AdapterError saying why)."""
+
+    @abstractmethod
+    def write_key(self, change: Change, planned: PlannedKey) -> bool:
+        """Install ``planned`` with its timing; False when the server has it exactly so."""
+
+    @abstractmethod
+    def retire_key(self, change: Change, tag: int) -> bool:
+        """Make key ``tag`` inactive as of ``change.now`` (and deleted at the plan's
+        ``retire_delete_at``, when set); False when it already is, or is not there."""
+
+    @abstractmethod
+    def remove_key(self, change: Change, tag: int) -> bool:
+        """Withdraw key ``tag`` from the zone; False when it is not there."""
+
+    @abstractmethod
+    def load(self, change: Change) -> None:
+        """Have the server take the zone's keys as they are now written (``change.changed``
+        says whether anything was); may refine ``change.step`` for the error message."""
+
+    @abstractmethod
+    def verify(self, change: Change) -> Verification:
+        """Whether the server serves the zone's keys as their timing says, signatures valid,
+        and none of ``change.removed``; waits up to the adapter's timeout."""
+
+    def finish(self, change: Change) -> None:
+        """After the server was seen to serve the change: nothing, unless a server must."""
 
 
 @runtime_checkable

@@ -11,7 +11,7 @@ and the zone's configuration (docs/servers/bind9.md):
   a key forward by itself either: at every key time the KRS has named re-derive the key's states
   from its timing (bindstate.py), in ``apply`` and in ``maintain``.
 
-What both share (verified by hand, SERVERS.md):
+What both share (verified by hand, docs/servers/bind9.md):
 
 - a key is only used with Publish/Activate times, so every key file carries its timing;
 - ``rndc loadkeys`` exits 0 even when named could not read a key, so success is only ever
@@ -27,17 +27,24 @@ import logging
 import os
 import re
 import shutil
-import subprocess
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import dns.name
 
-from krs_plugin.adapters import bindstate, keyfiles
-from krs_plugin.adapters.base import ApplyResult, InstalledKey, KeyPlan, Problem, Verification
+from krs_plugin.adapters import bindstate
+from krs_plugin.adapters.base import (
+    BaseAdapter,
+    InstalledKey,
+    KeyPlan,
+    PlannedKey,
+    Problem,
+    Verification,
+    ZoneChange,
+)
 from krs_plugin.adapters.bindconf import (
     BUILTIN_POLICIES,
     DEFAULT_RSA_BITS,
@@ -47,7 +54,19 @@ from krs_plugin.adapters.bindconf import (
     read_named_config,
 )
 from krs_plugin.adapters.dnscheck import KeyState, expectation, is_active, wait_served
+from krs_plugin.adapters.keyfiles import (
+    TIMING_SUFFIX,
+    KeyFolder,
+    decode_snapshot,
+    encode_snapshot,
+    tags_in,
+    timing_record,
+    write_files,
+    write_key,
+    write_key_files,
+)
 from krs_plugin.adapters.settings import reject_unknown, seconds, server_address, settings_path
+from krs_plugin.adapters.tools import run_tool
 from krs_plugin.errors import AdapterError, ConfigError, KrsError
 
 log = logging.getLogger(__name__)
@@ -104,18 +123,7 @@ class Rndc:
 
     def __call__(self, *command: str) -> str:
         argv = [self.binary, *self.args, *command]
-        try:
-            result = subprocess.run(argv, capture_output=True, text=True, timeout=self.timeout)
-        except FileNotFoundError as exc:
-            raise AdapterError(f"rndc not found ({self.binary}): install bind9-utils") from exc
-        except subprocess.TimeoutExpired as exc:
-            raise AdapterError(
-                f"rndc {' '.join(command)}: no answer in {self.timeout:g} s"
-            ) from exc
-        if result.returncode != 0:
-            message = " ".join((result.stderr or result.stdout).split())
-            raise AdapterError(f"rndc {' '.join(command)}: {message}")
-        return result.stdout
+        return run_tool(argv, f"rndc {' '.join(command)}", timeout=self.timeout)
 
 
 def named_version(status: str) -> tuple[int, int]:
@@ -142,7 +150,18 @@ class ZoneMode:
     policy: Policy | None = None  # the policy, when named was asked
 
 
-class Bind9Adapter:
+@dataclass(kw_only=True)
+class BindChange(ZoneChange):
+    """An apply in BIND: how named takes the zone's keys, the folder and owner of its key files,
+    and which keys signed before (a key that stops signing needs ``rndc sign``)."""
+
+    mode: ZoneMode
+    keys: KeyFolder
+    owner: tuple[int, int] | None
+    signing_before: set[int] = field(default_factory=set)
+
+
+class Bind9Adapter(BaseAdapter[BindChange]):
     name = "bind9"
 
     def __init__(
@@ -173,6 +192,7 @@ class Bind9Adapter:
         self.zones = tuple(zones)
         self._retry_at: dict[dns.name.Name, float] = {}
         self._version: tuple[tuple[int, int], float] | None = None
+        self._folders: dict[Path, KeyFolder] = {}
 
     @staticmethod
     def _owner(value: object) -> str | None:
@@ -186,6 +206,14 @@ class Bind9Adapter:
 
     def directory(self, zone: dns.name.Name) -> Path:
         return self.key_directories.get(zone, self.key_directory)
+
+    def keys(self, zone: dns.name.Name) -> KeyFolder:
+        """The zone's key directory, read through its index (one per folder)."""
+        path = self.directory(zone)
+        folder = self._folders.get(path)
+        if folder is None:
+            folder = self._folders[path] = KeyFolder(path)
+        return folder
 
     def _file_owner(self, directory: Path) -> tuple[int, int] | None:
         """named must read the key files: give them to ``owner``, or, when the KRS runs as root,
@@ -343,16 +371,14 @@ class Bind9Adapter:
         return problems
 
     def current_keys(self, zone: dns.name.Name) -> list[InstalledKey]:
-        return keyfiles.installed_keys(self.directory(zone), zone)
+        return self.keys(zone).installed_keys(zone)
 
     def snapshot(self, zone: dns.name.Name) -> str:
-        return keyfiles.encode_snapshot(keyfiles.snapshot_files(self.directory(zone), zone))
+        return encode_snapshot(self.keys(zone).snapshot(zone))
 
-    def restore(self, zone: dns.name.Name, snapshot: str) -> None:
-        directory = self.directory(zone)
-        self._rollback(
-            zone, keyfiles.decode_snapshot(directory, snapshot), self._restore_mode(zone)
-        )
+    def restore(self, zone: dns.name.Name, snapshot: str) -> str:
+        before = decode_snapshot(self.directory(zone), snapshot)
+        return self._rollback(zone, before, self._restore_mode(zone))
 
     def _restore_mode(self, zone: dns.name.Name) -> ZoneMode:
         """The zone's mode for a restore, which must work with named down (crash recovery at
@@ -361,96 +387,97 @@ class Bind9Adapter:
         try:
             return self._zone_mode(zone, self.version())
         except AdapterError:
-            records = self.directory(zone).glob(f"{keyfiles.zone_prefix(zone)}*.krs-timing")
-            if any(True for _ in records):
+            files = self.keys(zone).files(zone)
+            if any(path.name.endswith(TIMING_SUFFIX) for path in files):
                 return ZoneMode(manual_policy=True)
             return ZoneMode()
 
-    def apply(self, zone: dns.name.Name, plan: KeyPlan) -> ApplyResult:
-        try:  # before any file is touched
-            mode = self._zone_mode(zone, self.version())
-            keys_after = self._roles_after(zone, plan)
-            check_key_count(len(keys_after))
-            if mode.policy is not None:
-                check_keys_against_policy(zone, plan, mode.policy)
-                check_both_roles_per_algorithm(keys_after)
-        except AdapterError as exc:
-            raise AdapterError(f"bind9, zone {zone}: {exc}") from exc
-        directory = self.directory(zone)
-        owner = self._file_owner(directory)
-        before = keyfiles.snapshot_files(directory, zone)
-        signing_before = self._active_tags(zone, int(time.time()))
-        installed: list[int] = []
-        retired: list[int] = []
-        removed: list[int] = []
-        step = "start"
-        try:
-            now = int(time.time())
-            for planned in plan.install:
-                step = f"write key {planned.key.key_tag}"
-                keep = mode.manual_policy  # 9.20 rewrites timing in the key files
-                if keyfiles.write_key(
-                    directory, planned.key, planned.timing, owner, keep_timing=keep
-                ):
-                    installed.append(planned.key.key_tag)
-                    if mode.manual_policy:
-                        bindstate.reset_state(directory, planned.key, planned.role, owner)
-            for tag in plan.retire:
-                step = f"retire key {tag}"
-                timing = next((k.timing for k in self.current_keys(zone) if k.key_tag == tag), None)
-                if timing is not None and (timing.inactive is None or timing.inactive > now):
-                    keyfiles.retime(
-                        directory, zone, tag, owner, inactive=now, delete=plan.retire_delete_at
-                    )
-                    retired.append(tag)
-            for tag in plan.remove:
-                step = f"remove key {tag}"
-                if keyfiles.retime(directory, zone, tag, owner, inactive=now, delete=now):
-                    removed.append(tag)
-            if mode.manual_policy:
-                step = "reset key states"
-                self._reset_states(zone, now, owner)
-            # loadkeys leaves the RRSIGs of a key that stops signing in place until they are
-            # due for refresh (days); sign re-signs the zone now, without them.
-            stopped = signing_before - self._active_tags(zone, now)
-            command = "sign" if stopped else "loadkeys"
-            step = f"rndc {command}"
-            self.rndc(command, zone.to_text())
-            step = "verify"
-            verification = self.verify(zone, plan)
-            if not verification.ok:
-                raise AdapterError(
-                    "; ".join(verification.details) + f" after {self.verify_timeout:g} s. "
-                    "rndc loadkeys reports success even when named cannot read a key file: "
-                    f"check that the user named runs as can read {directory}, and named's log"
-                )
-            step = "delete removed key files"
-            self._delete_withdrawn(zone, now)
-        except (KrsError, OSError) as exc:
-            outcome = self._rollback(zone, before, mode)
-            raise AdapterError(
-                f"bind9, zone {zone}: step '{step}' failed: {exc}; key directory restored"
-                f" ({outcome})"
-            ) from exc
-        changed = bool(installed or retired or removed)
-        return ApplyResult(
-            zone, changed, tuple(installed), tuple(retired), tuple(removed), verification
+    # --- the apply hooks (base.BaseAdapter.apply) -------------------------------------------
+
+    def begin(self, zone: dns.name.Name, plan: KeyPlan, now: int) -> BindChange:
+        mode = self._zone_mode(zone, self.version())
+        keys_after = self._roles_after(zone, plan)
+        check_key_count(len(keys_after))
+        if mode.policy is not None:
+            check_keys_against_policy(zone, plan, mode.policy)
+            check_both_roles_per_algorithm(keys_after)
+        return BindChange(
+            zone=zone,
+            plan=plan,
+            now=now,
+            mode=mode,
+            keys=self.keys(zone),
+            owner=self._file_owner(self.directory(zone)),
+            signing_before=self._active_tags(zone, now),
         )
+
+    def write_key(self, change: BindChange, planned: PlannedKey) -> bool:
+        manual = change.mode.manual_policy  # 9.20 rewrites timing in the key files
+        written = change.keys.write_key(
+            planned.key, planned.timing, change.owner, keep_timing=manual
+        )
+        if written and manual:
+            bindstate.reset_state(change.keys.path, planned.key, planned.role, change.owner)
+        return written
+
+    def retire_key(self, change: BindChange, tag: int) -> bool:
+        timing = next((k.timing for k in self.current_keys(change.zone) if k.key_tag == tag), None)
+        if timing is None or (timing.inactive is not None and timing.inactive <= change.now):
+            return False
+        delete = change.plan.retire_delete_at
+        change.keys.retime(change.zone, tag, change.owner, inactive=change.now, delete=delete)
+        return True
+
+    def remove_key(self, change: BindChange, tag: int) -> bool:
+        """Deleted as of now; the files go in ``finish``, once named no longer serves it."""
+        now = change.now
+        return (
+            change.keys.retime(change.zone, tag, change.owner, inactive=now, delete=now) is not None
+        )
+
+    def load(self, change: BindChange) -> None:
+        if change.mode.manual_policy:
+            change.step = "reset key states"
+            self._reset_states(change.zone, change.now, change.owner)
+        # loadkeys leaves the RRSIGs of a key that stops signing in place until they are
+        # due for refresh (days); sign re-signs the zone now, without them.
+        stopped = change.signing_before - self._active_tags(change.zone, change.now)
+        command = "sign" if stopped else "loadkeys"
+        change.step = f"rndc {command}"
+        self.rndc(command, change.zone.to_text())
+
+    def verify(self, change: BindChange) -> Verification:
+        """named serves the key files' keys as their timing says, signatures valid; the plan's
+        removed keys gone."""
+        result = self._wait(change.zone, removed=change.plan.remove)
+        if result.ok:
+            return result
+        hint = (
+            f"(after {self.verify_timeout:g} s; rndc loadkeys reports success even when named "
+            f"cannot read a key file: check that the user named runs as can read "
+            f"{change.keys.path}, and named's log)"
+        )
+        return Verification(False, (*result.details, hint))
+
+    def finish(self, change: BindChange) -> None:
+        change.step = "delete removed key files"
+        self._delete_withdrawn(change.zone, change.now)
 
     def _delete_withdrawn(self, zone: dns.name.Name, cutoff: int) -> None:
         """Delete the files of every key deleted as of ``cutoff`` (no later than the DNS check's
         moment, which just saw named no longer serve them): the plan's removals, and keys a
         rollback left deleted while named was down."""
-        for _, key, timing in keyfiles.read_keys(self.directory(zone), zone):
+        folder = self.keys(zone)
+        for _, key, timing in folder.read_keys(zone):
             if timing.delete is not None and timing.delete <= cutoff:
-                keyfiles.delete_key_files(self.directory(zone), zone, key.key_tag)
+                folder.delete_key(zone, key.key_tag)
 
     def _roles_after(self, zone: dns.name.Name, plan: KeyPlan) -> list[tuple[int, int, str, bool]]:
         """(tag, algorithm, role, active) of every key the zone would have after ``plan``."""
         directory = self.directory(zone)
         now = int(time.time())
         keys = {}
-        for _, key, timing in keyfiles.read_keys(directory, zone):
+        for _, key, timing in self.keys(zone).read_keys(zone):
             if key.key_tag in plan.remove:
                 continue
             state = bindstate.read_state(bindstate.state_path(directory, key))
@@ -479,27 +506,22 @@ class Bind9Adapter:
         Returns why, one line per key, for the log."""
         directory = self.directory(zone)
         reasons = []
-        for private, key, timing in keyfiles.read_keys(directory, zone):
-            if not keyfiles.timing_record(private).exists():  # a key from before 9.20
-                keyfiles.write_key(directory, key, timing, owner, keep_timing=True)
+        for private, key, timing in self.keys(zone).read_keys(zone):
+            if not timing_record(private).exists():  # a key from before 9.20
+                write_key(directory, key, timing, owner, keep_timing=True)
             reason = bindstate.needs_reset(directory, key, timing, now)
             if reason is None:
                 continue
             if reason != "named has not read its state yet":
                 # named re-derives the states from the timing in the key files, where it may
                 # have written times of its own (a Delete after a retire): the KDC's first
-                keyfiles.write_key_files(directory, key, timing, owner)
+                write_key_files(directory, key, timing, owner)
                 bindstate.reset_state(directory, key, None, owner)
             reasons.append(f"key {key.key_tag}: {reason}")
         return reasons
 
     def _active_tags(self, zone: dns.name.Name, now: int) -> set[int]:
         return {k.key_tag for k in self.current_keys(zone) if is_active(k.timing, now)}
-
-    def verify(self, zone: dns.name.Name, plan: KeyPlan) -> Verification:
-        """named serves the key files' keys as their timing says, signatures valid; the plan's
-        removed keys gone."""
-        return self._wait(zone, removed=plan.remove)
 
     def _wait(self, zone: dns.name.Name, removed: Iterable[int]) -> Verification:
         keys = [KeyState(k.key_tag, k.flags, k.timing) for k in self.current_keys(zone)]
@@ -510,15 +532,15 @@ class Bind9Adapter:
         """Put the zone's keys back to ``before``. Keys added since are unpublished first (set to
         Delete now and loaded), because named keeps serving a key whose files are simply
         deleted; their files go last. Returns what happened, for the error message."""
-        directory = self.directory(zone)
-        owner = self._file_owner(directory)
-        old_tags = keyfiles.tags_in(before)
+        folder = self.keys(zone)
+        owner = self._file_owner(folder.path)
+        old_tags = tags_in(before)
         added = [k.key_tag for k in self.current_keys(zone) if k.key_tag not in old_tags]
         try:
             now = int(time.time())
             for tag in added:
-                keyfiles.retime(directory, zone, tag, owner, inactive=now, delete=now)
-            keyfiles.write_files(before, owner)
+                folder.retime(zone, tag, owner, inactive=now, delete=now)
+            write_files(before, owner)
             if mode.manual_policy:
                 self._reset_states(zone, now, owner)
             self.rndc("sign" if mode.manual_policy else "loadkeys", zone.to_text())
@@ -527,10 +549,10 @@ class Bind9Adapter:
             # named keeps serving a key whose files are simply gone (9.18): the added keys stay,
             # deleted as of now, so named withdraws them when it reads the directory again; the
             # next successful apply deletes their files.
-            keyfiles.restore_files(directory, zone, before, keep_tags=frozenset(added))
+            folder.restore(zone, before, keep_tags=frozenset(added), owner=owner)
             kept = f" (keys {sorted(added)} stay, deleted as of now)" if added else ""
             return f"named could not be told: {exc}; it reads the restored files when it can{kept}"
-        keyfiles.restore_files(directory, zone, before)
+        folder.restore(zone, before, owner=owner)
         if not result.ok:
             return "named reloaded, but does not serve the old keys yet: " + "; ".join(
                 result.details
@@ -570,7 +592,7 @@ class Bind9Adapter:
         directory = self.directory(zone)
         now = int(time.time())
         due, stopped = False, False
-        for _, key, timing in keyfiles.read_keys(directory, zone):
+        for _, key, timing in self.keys(zone).read_keys(zone):
             if bindstate.needs_reset(directory, key, timing, now) is None:
                 continue
             due = True
@@ -597,7 +619,7 @@ class Bind9Adapter:
             if retry > now:
                 moments.append(retry)
                 continue
-            moments += [t for t in keyfiles.key_times(self.directory(zone), zone) if t > now]
+            moments += [t for t in self.keys(zone).key_times(zone) if t > now]
         if not moments:
             return 3600.0
         return max(1.0, min(moments) - now)

@@ -10,10 +10,10 @@ blocks), which is what this module reads. Nothing here talks to the running name
 from __future__ import annotations
 
 import re
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from krs_plugin.adapters.tools import run_tool
 from krs_plugin.errors import AdapterError
 
 # dnssec-policy algorithm names (BIND ARM, "dnssec-policy keys") and their numbers.
@@ -224,13 +224,5 @@ def parse_named_config(text: str) -> NamedConfig:
 def read_named_config(checkconf: str, named_conf: Path, timeout: float = 10) -> NamedConfig:
     """Run ``named-checkconf -px`` on ``named_conf`` and parse what it prints."""
     argv = [checkconf, "-px", str(named_conf)]
-    try:
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
-    except FileNotFoundError as exc:
-        raise AdapterError(f"named-checkconf not found ({checkconf}): install bind9-utils") from exc
-    except subprocess.TimeoutExpired as exc:
-        raise AdapterError(f"named-checkconf -px {named_conf}: no answer in {timeout:g} s") from exc
-    if result.returncode != 0:
-        message = " ".join((result.stderr or result.stdout).split())[:400]
-        raise AdapterError(f"named-checkconf -px {named_conf}: {message}")
-    return parse_named_config(result.stdout)
+    text = run_tool(argv, f"named-checkconf -px {named_conf}", timeout=timeout)
+    return parse_named_config(text)

@@ -1,7 +1,8 @@
 """A zone's BIND-format key files in one folder: list, read, snapshot, restore, re-time.
 
 Shared by the adapters whose server reads such a folder (directory, BIND9) and by the ones that
-keep a copy to import or sign from. Snapshots are the file bytes, so a restore is exact.
+keep a copy to import or sign from (NSD). Snapshots are the file bytes, so a restore is exact. A
+zone's files are found through the folder's ``FolderIndex``, never a glob of the whole folder.
 
 A server that rewrites the timing in key files (BIND 9.20 under dnssec-policy writes a Delete of
 its own after a retire) gets a timing record beside each key, ``K<zone>+<alg>+<tag>.krs-timing``:
@@ -21,6 +22,7 @@ import dns.name
 
 from krs_plugin import failpoints
 from krs_plugin.adapters.base import InstalledKey
+from krs_plugin.adapters.folderindex import FolderIndex
 from krs_plugin.dnssec import DnssecKey, KeyTiming, read_bind_key_pair
 from krs_plugin.dnssec.bindfiles import bind_private_text, bind_public_text
 from krs_plugin.errors import KeyFileError, KrsError
@@ -33,10 +35,6 @@ TIMING_FIELDS = tuple(f.name for f in fields(KeyTiming))
 
 def zone_prefix(zone: dns.name.Name) -> str:
     return f"K{zone.to_text()}+"
-
-
-def private_files(directory: Path, zone: dns.name.Name) -> list[Path]:
-    return sorted(directory.glob(f"{zone_prefix(zone)}*.private"))
 
 
 def timing_record(private: Path) -> Path:
@@ -58,37 +56,6 @@ def read_timing_record(path: Path) -> KeyTiming | None:
         return KeyTiming(**{k: data.get(k) for k in TIMING_FIELDS})
     except TypeError as exc:
         raise KeyFileError(f"{path}: not a timing record: {exc}") from None
-
-
-def read_keys(directory: Path, zone: dns.name.Name) -> list[tuple[Path, DnssecKey, KeyTiming]]:
-    """Each key of ``zone`` in ``directory`` with its timing: from its timing record when it has
-    one, else from its files."""
-    out = []
-    for private in private_files(directory, zone):
-        key, timing = read_bind_key_pair(private)
-        out.append((private, key, read_timing_record(timing_record(private)) or timing))
-    return out
-
-
-def installed_keys(directory: Path, zone: dns.name.Name) -> list[InstalledKey]:
-    return [
-        InstalledKey(zone, key.key_tag, key.algorithm, key.flags, timing)
-        for _, key, timing in read_keys(directory, zone)
-    ]
-
-
-def key_times(directory: Path, zone: dns.name.Name) -> list[int]:
-    """Every publish, activate, inactive and delete time of the zone's keys: for servers that do
-    not act on them by themselves (NSD, BIND 9.20 in manual-mode), the moments to act."""
-    times = []
-    for _, _, timing in read_keys(directory, zone):
-        times += [t for t in (timing.publish, timing.activate, timing.inactive, timing.delete)
-                  if t is not None]  # fmt: skip
-    return times
-
-
-def snapshot_files(directory: Path, zone: dns.name.Name) -> dict[Path, bytes]:
-    return {p: p.read_bytes() for p in directory.glob(f"{zone_prefix(zone)}*")}
 
 
 def encode_snapshot(files: dict[Path, bytes]) -> str:
@@ -115,24 +82,6 @@ def write_files(files: dict[Path, bytes], owner: tuple[int, int] | None = None) 
         atomic_write(path, data, SECRET_MODE if path.suffix == ".private" else PUBLIC_MODE)
         if owner is not None:
             os.chown(path, *owner)
-
-
-def restore_files(
-    directory: Path,
-    zone: dns.name.Name,
-    before: dict[Path, bytes],
-    keep_tags: frozenset[int] = frozenset(),
-) -> None:
-    """Make the zone's files exactly ``before``: extra ones (and the temporary ``.K…`` files of
-    a write that was killed) removed, the others rewritten with their old bytes. The files of
-    keys ``keep_tags`` stay (a server that could not be told to withdraw them must still read
-    that they are deleted)."""
-    for pattern in (f"{zone_prefix(zone)}*", f".{zone_prefix(zone)}*"):
-        for path in directory.glob(pattern):
-            if path in before or (not path.name.startswith(".") and tag_of(path) in keep_tags):
-                continue
-            path.unlink(missing_ok=True)
-    write_files(before)
 
 
 def tag_of(path: Path) -> int | None:
@@ -200,28 +149,100 @@ def holds(private: Path, key: DnssecKey, timing: KeyTiming, by_record: bool = Fa
     return present.dnskey == key.dnskey and present.ttl == key.ttl and present_timing == timing
 
 
-def retime(
-    directory: Path,
-    zone: dns.name.Name,
-    tag: int,
-    owner: tuple[int, int] | None = None,
-    **times: int | None,
-) -> KeyTiming | None:
-    """Set some of a key's times (e.g. ``inactive=now``; None leaves a time as it is); its new
-    timing, or None when the zone has no key ``tag``."""
-    for _, key, timing in read_keys(directory, zone):
-        if key.key_tag == tag:
+class KeyFolder:
+    """One folder of BIND-format key files (a key directory): each zone's keys read, snapshot,
+    restored, re-timed and deleted by file name, found through the folder's index."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.index = FolderIndex(path)
+
+    def files(self, zone: dns.name.Name, *, temporary: bool = False) -> list[Path]:
+        """The zone's files (``K<zone>+*``); with ``temporary``, also the ``.K<zone>+*``
+        leftovers of a write that was killed."""
+        return [self.path / name for name in self.index.names(zone, temporary=temporary)]
+
+    def private_files(self, zone: dns.name.Name) -> list[Path]:
+        return [path for path in self.files(zone) if path.suffix == ".private"]
+
+    def read_keys(
+        self, zone: dns.name.Name, tag: int | None = None
+    ) -> list[tuple[Path, DnssecKey, KeyTiming]]:
+        """Each key of ``zone`` (only those named with ``tag``, when given) with its timing: from
+        its timing record when it has one, else from its files."""
+        out = []
+        for private in self.private_files(zone):
+            if tag is not None and tag_of(private) != tag:
+                continue
+            key, timing = read_bind_key_pair(private)
+            out.append((private, key, read_timing_record(timing_record(private)) or timing))
+        return out
+
+    def installed_keys(self, zone: dns.name.Name) -> list[InstalledKey]:
+        return [
+            InstalledKey(zone, key.key_tag, key.algorithm, key.flags, timing)
+            for _, key, timing in self.read_keys(zone)
+        ]
+
+    def key_times(self, zone: dns.name.Name) -> list[int]:
+        """Every publish, activate, inactive and delete time of the zone's keys: for servers
+        that do not act on them by themselves (NSD, BIND 9.20 in manual-mode), when to act."""
+        times = []
+        for _, _, timing in self.read_keys(zone):
+            times += [t for t in (timing.publish, timing.activate, timing.inactive, timing.delete)
+                      if t is not None]  # fmt: skip
+        return times
+
+    def snapshot(self, zone: dns.name.Name) -> dict[Path, bytes]:
+        return {path: path.read_bytes() for path in self.files(zone)}
+
+    def restore(
+        self,
+        zone: dns.name.Name,
+        before: dict[Path, bytes],
+        keep_tags: frozenset[int] = frozenset(),
+        owner: tuple[int, int] | None = None,
+    ) -> None:
+        """Make the zone's files exactly ``before``: extra ones (and the temporary ``.K…`` files
+        of a write that was killed) removed, the others rewritten with their old bytes. The files
+        of keys ``keep_tags`` stay (a server that could not be told to withdraw them must still
+        read that they are deleted)."""
+        for path in self.files(zone, temporary=True):
+            if path in before or (not path.name.startswith(".") and tag_of(path) in keep_tags):
+                continue
+            path.unlink(missing_ok=True)
+        write_files(before, owner)
+
+    def write_key(
+        self,
+        key: DnssecKey,
+        timing: KeyTiming,
+        owner: tuple[int, int] | None = None,
+        *,
+        keep_timing: bool = False,
+    ) -> bool:
+        return write_key(self.path, key, timing, owner, keep_timing=keep_timing)
+
+    def retime(
+        self,
+        zone: dns.name.Name,
+        tag: int,
+        owner: tuple[int, int] | None = None,
+        **times: int | None,
+    ) -> KeyTiming | None:
+        """Set some of a key's times (e.g. ``inactive=now``; None leaves a time as it is); its
+        new timing, or None when the zone has no key ``tag``."""
+        for _, key, timing in self.read_keys(zone, tag):
             new = replace(timing, **{k: v for k, v in times.items() if v is not None})
-            write_key(directory, key, new, owner)
+            write_key(self.path, key, new, owner)
             return new
-    return None
+        return None
 
-
-def delete_key_files(directory: Path, zone: dns.name.Name, tag: int) -> bool:
-    for private, key, _ in read_keys(directory, zone):
-        if key.key_tag == tag:
+    def delete_key(self, zone: dns.name.Name, tag: int) -> bool:
+        """Delete the files of key ``tag`` (its .state too: BIND 9.20's own); False if none."""
+        for private, _, _ in self.read_keys(zone, tag):
             private.unlink()
-            for suffix in (".key", TIMING_SUFFIX, ".state"):  # .state: BIND 9.20's own
+            for suffix in (".key", TIMING_SUFFIX, ".state"):
                 private.with_suffix(suffix).unlink(missing_ok=True)
             return True
-    return False
+        return False

@@ -30,22 +30,25 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import dns.name
 
 from krs_plugin.adapters.base import (
-    ApplyResult,
+    BaseAdapter,
     InstalledKey,
     KeyPlan,
     PlannedKey,
     Problem,
     Verification,
+    ZoneChange,
 )
 from krs_plugin.adapters.dnscheck import KeyState, expectation, wait_served
-from krs_plugin.adapters.knotctl import KaspKey, KnotTools, install_hint, knot_key_id, knot_times
+from krs_plugin.adapters.knotctl import KaspKey, KnotTools, knot_key_id, knot_times
 from krs_plugin.adapters.settings import reject_unknown, seconds, server_address, settings_path
+from krs_plugin.adapters.tools import install_hint
 from krs_plugin.errors import AdapterError, ConfigError, KrsError
 from krs_plugin.files import SECRET_MODE
 
@@ -69,7 +72,16 @@ SETTINGS = {
 }
 
 
-class KnotAdapter:
+@dataclass(kw_only=True)
+class KaspChange(ZoneChange):
+    """An apply in Knot: the zone's KASP keys as read first, and the ids of the keys removed
+    (deleted from the KASP database only once knotd no longer serves them)."""
+
+    keys: list[KaspKey]
+    removed_ids: list[str] = field(default_factory=list)
+
+
+class KnotAdapter(BaseAdapter[KaspChange]):
     name = "knot"
 
     def __init__(
@@ -225,93 +237,80 @@ class KnotAdapter:
                 "roll back: run it as root or as knotd's user, or set adapter.settings.keystore"
             ) from exc
 
-    def restore(self, zone: dns.name.Name, snapshot: str) -> None:
+    def restore(self, zone: dns.name.Name, snapshot: str) -> str:
         outcome = self._restore(zone, json.loads(snapshot)["keys"])
         if outcome == NO_WAY_BACK:
             log.warning("knot, zone %s: %s", zone, outcome)
-        elif outcome is not None:
+            return outcome
+        if outcome is not None:
             raise AdapterError(f"knot, zone {zone}: restoring the previous keys: {outcome}")
+        return "knotd serves the previous keys again"
 
-    def apply(self, zone: dns.name.Name, plan: KeyPlan) -> ApplyResult:
+    # --- the apply hooks (base.BaseAdapter.apply) -------------------------------------------
+
+    def begin(self, zone: dns.name.Name, plan: KeyPlan, now: int) -> KaspChange:
         problem = self._zone_problem(zone)
         if problem is not None:  # before the KASP database is touched
-            raise AdapterError(f"knot, zone {zone}: {problem.what}")
-        keys = self.tools.keys(zone)
-        before = self._snapshot_entries(keys)
-        installed: list[int] = []
-        retired: list[int] = []
-        removed: list[str] = []
-        removed_tags: list[int] = []
-        step = "start"
-        try:
-            now = int(time.time())
-            for planned in plan.install:
-                step = f"import key {planned.key.key_tag}"
-                if self._install(zone, planned, keys, now):
-                    installed.append(planned.key.key_tag)
-            for tag in plan.retire:
-                step = f"retire key {tag}"
-                for key in self._with_tag(keys, tag):
-                    publish, active, retire, remove = key.times
-                    if retire == 0 or retire > now:
-                        new_remove = plan.retire_delete_at or remove
-                        self.tools.set_times(zone, key.key_id, (publish, active, now, new_remove))
-                        retired.append(tag)
-            for tag in plan.remove:
-                step = f"remove key {tag}"
-                for key in self._with_tag(keys, tag):
-                    publish, active, retire, _ = key.times
-                    retire = retire if 0 < retire <= now else now
-                    self.tools.set_times(zone, key.key_id, (publish, active, retire, now))
-                    removed.append(key.key_id)
-                    removed_tags.append(tag)
-            changed = bool(installed or retired or removed)
-            if changed:
-                step = "knotc zone-keys-load"
-                self.tools.load_keys(zone)
-            step = "verify"
-            verification = self._wait(zone, removed_tags)
-            if not verification.ok:
-                raise AdapterError("; ".join(verification.details))
-            step = "delete removed keys"
-            for key_id in removed:
-                self.tools.delete(zone, key_id)
-        except (KrsError, OSError) as exc:
-            outcome = self._restore(zone, before) or "knotd serves the previous keys again"
-            raise AdapterError(
-                f"knot, zone {zone}: step '{step}' failed: {exc}; previous keys restored"
-                f" ({outcome})"
-            ) from exc
-        return ApplyResult(
-            zone,
-            changed,
-            tuple(installed),
-            tuple(retired),
-            tuple(removed_tags),
-            verification,
-        )
+            raise AdapterError(problem.what)
+        return KaspChange(zone=zone, plan=plan, now=now, keys=self.tools.keys(zone))
+
+    def write_key(self, change: KaspChange, planned: PlannedKey) -> bool:
+        """Import ``planned`` or bring its times up to date; False when Knot has it exactly."""
+        key = planned.key
+        times = knot_times(planned.timing, change.now)
+        key_id = knot_key_id(key)
+        existing = next((k for k in change.keys if k.key_id == key_id and not k.public_only), None)
+        if existing is not None:
+            if existing.times == times:
+                return False
+            self.tools.set_times(change.zone, key_id, times)
+            return True
+        ksk = planned.role in ("KSK", "CSK")
+        zsk = planned.role in ("ZSK", "CSK")
+        self._import(change.zone, key.to_pkcs8_pem(), key.algorithm, ksk=ksk, zsk=zsk, times=times)
+        return True
+
+    def retire_key(self, change: KaspChange, tag: int) -> bool:
+        retired = False
+        for key in self._with_tag(change.keys, tag):
+            publish, active, retire, remove = key.times
+            if retire == 0 or retire > change.now:
+                new_remove = change.plan.retire_delete_at or remove
+                self.tools.set_times(
+                    change.zone, key.key_id, (publish, active, change.now, new_remove)
+                )
+                retired = True
+        return retired
+
+    def remove_key(self, change: KaspChange, tag: int) -> bool:
+        """Set the remove time to now; the key leaves the KASP database in ``finish``."""
+        found = False
+        for key in self._with_tag(change.keys, tag):
+            publish, active, retire, _ = key.times
+            retire = retire if 0 < retire <= change.now else change.now
+            self.tools.set_times(change.zone, key.key_id, (publish, active, retire, change.now))
+            change.removed_ids.append(key.key_id)
+            found = True
+        return found
+
+    def load(self, change: KaspChange) -> None:
+        if change.changed:
+            change.step = "knotc zone-keys-load"
+            self.tools.load_keys(change.zone)
+
+    def verify(self, change: KaspChange) -> Verification:
+        """knotd serves the KASP database's keys as their times say, signatures valid; the
+        plan's removed keys gone."""
+        return self._wait(change.zone, change.removed)
+
+    def finish(self, change: KaspChange) -> None:
+        change.step = "delete removed keys"
+        for key_id in change.removed_ids:
+            self.tools.delete(change.zone, key_id)
 
     @staticmethod
     def _with_tag(keys: list[KaspKey], tag: int) -> list[KaspKey]:
         return [k for k in keys if k.tag == tag and not k.public_only]
-
-    def _install(
-        self, zone: dns.name.Name, planned: PlannedKey, keys: list[KaspKey], now: int
-    ) -> bool:
-        """Import ``planned`` or bring its times up to date; False when Knot has it exactly."""
-        key = planned.key
-        times = knot_times(planned.timing, now)
-        key_id = knot_key_id(key)
-        existing = next((k for k in keys if k.key_id == key_id and not k.public_only), None)
-        if existing is not None:
-            if existing.times == times:
-                return False
-            self.tools.set_times(zone, key_id, times)
-            return True
-        ksk = planned.role in ("KSK", "CSK")
-        zsk = planned.role in ("ZSK", "CSK")
-        self._import(zone, key.to_pkcs8_pem(), key.algorithm, ksk=ksk, zsk=zsk, times=times)
-        return True
 
     def _import(
         self,
@@ -339,11 +338,6 @@ class KnotAdapter:
             )
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-
-    def verify(self, zone: dns.name.Name, plan: KeyPlan) -> Verification:
-        """knotd serves the KASP database's keys as their times say, signatures valid; the
-        plan's removed keys gone."""
-        return self._wait(zone, plan.remove)
 
     def _wait(self, zone: dns.name.Name, removed: Iterable[int]) -> Verification:
         keys = [KeyState(k.key_tag, k.flags, k.timing) for k in self.current_keys(zone)]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +18,8 @@ from typing import Any
 import dns.name
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from krs_plugin.adapters.tools import run_tool
 from krs_plugin.dnssec import DnssecKey, KeyTiming
-from krs_plugin.errors import AdapterError
 
 TIMES = ("publish", "active", "retire", "remove")
 """The Knot key times the KRS sets (manual policy); 0 means "not set" to Knot."""
@@ -99,20 +98,9 @@ class KnotTools:
         self.knotc_args = [*self.config_args, *socket_args, "-t", f"{max(1, int(timeout))}"]
 
     def _run(self, argv: list[str], what: str) -> str:
-        try:
-            # umask 077: keymgr creates the keystore's PEM files with the caller's umask (0640
-            # under the usual 022), and they hold private keys.
-            result = subprocess.run(
-                argv, capture_output=True, text=True, timeout=self.timeout, umask=0o077
-            )
-        except FileNotFoundError as exc:
-            raise AdapterError(f"{argv[0]} not found: {install_hint(argv[0])}") from exc
-        except subprocess.TimeoutExpired as exc:
-            raise AdapterError(f"{what}: no answer in {self.timeout:g} s") from exc
-        if result.returncode != 0:
-            message = " ".join((result.stderr or result.stdout).split()) or "failed"
-            raise AdapterError(f"{what}: {message}")
-        return result.stdout
+        # umask 077: keymgr creates the keystore's PEM files with the caller's umask (0640
+        # under the usual 022), and they hold private keys.
+        return run_tool(argv, what, timeout=self.timeout, umask=0o077)
 
     def knotc(self, *command: str) -> str:
         return self._run(
@@ -187,11 +175,3 @@ class KnotTools:
 
     def delete(self, zone: dns.name.Name, key_id: str) -> None:
         self.keymgr(zone, "delete", f"id={key_id}")
-
-
-def install_hint(binary: str) -> str:
-    """Which Debian package has ``binary``: knotc is in knot; keymgr in knot up to Knot 3.4
-    (Debian 12 and 13) and in knot-keymgr from Knot 3.5 (Debian testing)."""
-    if binary.endswith("keymgr"):
-        return "apt-get install knot (Knot 3.4 and older) or knot-keymgr (Knot 3.5 and later)"
-    return "apt-get install knot"

@@ -2,7 +2,7 @@
 files in its own folder), signs the operator's unsigned zone file with the active ones, checks
 the result, renames it over the file NSD serves and runs ``nsd-control reload <zone>``.
 
-What shapes the steps (SERVERS.md, verified by hand on NSD 4.6.1):
+What shapes the steps (docs/servers/nsd.md, verified by hand on NSD 4.6.1):
 
 - NSD loads a broken file "with success" (``nsd-control`` prints ok) and then answers SERVFAIL,
   and keeps no copy of the old zone: so a signed file is only ever renamed into place after the
@@ -11,8 +11,8 @@ What shapes the steps (SERVERS.md, verified by hand on NSD 4.6.1):
 - NSD never re-signs: ``maintain()`` signs again before the signatures expire and when the
   unsigned file changes (the service calls it on a timer and on inotify events);
 - the signed zone is a function of the unsigned file and the keys, so a snapshot is the key files
-  and a restore writes them back and signs again (or, when there were no keys, serves the
-  unsigned zone);
+  (and which served file there was) and a restore writes them back and, unless the served file
+  was never replaced, signs again (or, when there were no keys, serves the unsigned zone);
 - secondaries only transfer a higher serial, so the adapter picks every serial itself
   (``soaserial``): after the one served before, and not below the unsigned file's or the Unix
   time.
@@ -20,21 +20,31 @@ What shapes the steps (SERVERS.md, verified by hand on NSD 4.6.1):
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import os
 import shutil
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import dns.exception
 import dns.name
 
-from krs_plugin.adapters import keyfiles
-from krs_plugin.adapters.base import ApplyResult, InstalledKey, KeyPlan, Problem, Verification
+from krs_plugin.adapters.base import (
+    BaseAdapter,
+    InstalledKey,
+    KeyPlan,
+    PlannedKey,
+    Problem,
+    Verification,
+    ZoneChange,
+)
 from krs_plugin.adapters.dnscheck import KeyState, expectation, wait_served
+from krs_plugin.adapters.keyfiles import KeyFolder, tags_in
 from krs_plugin.adapters.settings import reject_unknown, seconds, server_address, settings_path
 from krs_plugin.adapters.soaserial import (
     is_after,
@@ -42,11 +52,11 @@ from krs_plugin.adapters.soaserial import (
     serial_of_file,
     with_serial,
 )
+from krs_plugin.adapters.tools import run_tool
 from krs_plugin.adapters.zonesign import (
     SIGNERS,
     check_zone_file,
     earliest_expiry,
-    run,
     sign_zone,
     signer_available,
 )
@@ -74,7 +84,14 @@ RETRY_AFTER = 60  # seconds between tries when signing again fails
 CHECK_TOOLS = ("nsd-checkzone", "nsd-checkconf")
 
 
-class NsdAdapter:
+@dataclass(kw_only=True)
+class NsdChange(ZoneChange):
+    """An apply in NSD: the serial of the signed file written, once ``load`` has written one."""
+
+    serial: int | None = None
+
+
+class NsdAdapter(BaseAdapter[NsdChange]):
     name = "nsd"
 
     def __init__(
@@ -91,6 +108,7 @@ class NsdAdapter:
                 raise ConfigError(f"adapter.settings.{required}: required for nsd")
         self.base = base
         self.key_directory = self._path(settings["key_directory"])
+        self.keys = KeyFolder(self.key_directory)
         self.unsigned_pattern = str(settings["unsigned_file"])
         self.signed_pattern = str(settings["signed_file"])
         self.zones = tuple(zones)
@@ -182,7 +200,7 @@ class NsdAdapter:
 
     def control(self, *command: str) -> str:
         argv = [self.control_binary, "-c", str(self.config), *command]
-        out = run(argv, f"nsd-control {' '.join(command)}", self.verify_timeout)
+        out = run_tool(argv, f"nsd-control {' '.join(command)}", timeout=self.verify_timeout)
         if out.startswith("error"):
             raise AdapterError(f"nsd-control {' '.join(command)}: {out.strip()}")
         return out
@@ -253,7 +271,7 @@ class NsdAdapter:
 
         def option(*query: str) -> str:
             argv = ["nsd-checkconf", *query, str(self.config)]
-            return run(argv, "nsd-checkconf", self.verify_timeout).strip()
+            return run_tool(argv, "nsd-checkconf", timeout=self.verify_timeout).strip()
 
         try:
             text = option("-z", zone.to_text(), "-o", "zonefile")
@@ -265,85 +283,85 @@ class NsdAdapter:
             return None
 
     def current_keys(self, zone: dns.name.Name) -> list[InstalledKey]:
-        return keyfiles.installed_keys(self.key_directory, zone)
+        return self.keys.installed_keys(zone)
 
     def snapshot(self, zone: dns.name.Name) -> str:
-        return keyfiles.encode_snapshot(keyfiles.snapshot_files(self.key_directory, zone))
-
-    def restore(self, zone: dns.name.Name, snapshot: str) -> None:
-        """Put the snapshot's keys back and serve the zone signed with them; a snapshot without
-        keys (the zone's first distribution undone) serves the unsigned zone again, as before
-        the KRS signed it."""
-        before = keyfiles.decode_snapshot(self.key_directory, snapshot)
-        installed = {k.key_tag for k in self.current_keys(zone)}
-        keyfiles.restore_files(self.key_directory, zone, before)
-        removed = installed - keyfiles.tags_in(before)
-        if keyfiles.tags_in(before):
-            self._sign_and_serve(zone, removed)
-        else:
-            self._serve(zone, self._copy_unsigned, removed)
-
-    def apply(self, zone: dns.name.Name, plan: KeyPlan) -> ApplyResult:
-        problem = self._zone_problem(zone)
-        if problem is not None:  # before any file is touched
-            raise AdapterError(f"nsd, zone {zone}: {problem.what}")
-        if not signer_available(self.signer):
-            raise AdapterError(f"nsd, zone {zone}: signer {self.signer} not found")
-        directory = self.key_directory
-        before = keyfiles.snapshot_files(directory, zone)
-        served_before = self._read(self.signed_file(zone))
-        installed: list[int] = []
-        retired: list[int] = []
-        removed: list[int] = []
-        step = "start"
-        try:
-            now = int(time.time())
-            for planned in plan.install:
-                step = f"write key {planned.key.key_tag}"
-                if keyfiles.write_key(directory, planned.key, planned.timing):
-                    installed.append(planned.key.key_tag)
-            for tag in plan.retire:
-                step = f"retire key {tag}"
-                timing = next((k.timing for k in self.current_keys(zone) if k.key_tag == tag), None)
-                if timing is not None and (timing.inactive is None or timing.inactive > now):
-                    keyfiles.retime(
-                        directory, zone, tag, inactive=now, delete=plan.retire_delete_at
-                    )
-                    retired.append(tag)
-            for tag in plan.remove:
-                step = f"remove key {tag}"
-                if keyfiles.delete_key_files(directory, zone, tag):
-                    removed.append(tag)
-            changed = bool(installed or retired or removed)
-            step = "sign"
-            verification = (
-                self._sign_and_serve(zone, removed=removed)
-                if changed
-                else self._wait(zone, removed=())
-            )
-        except (KrsError, OSError) as exc:
-            outcome = self._rollback(zone, before, served_before)
-            raise AdapterError(
-                f"nsd, zone {zone}: step '{step}' failed: {exc}; keys restored, {outcome}"
-            ) from exc
-        return ApplyResult(
-            zone, changed, tuple(installed), tuple(retired), tuple(removed), verification
+        files = self.keys.snapshot(zone)
+        return json.dumps(
+            {
+                "files": {p.name: base64.b64encode(d).decode() for p, d in files.items()},
+                "served": self._identity(self.signed_file(zone)),
+            }
         )
 
-    def verify(self, zone: dns.name.Name, plan: KeyPlan) -> Verification:
-        return self._wait(zone, plan.remove)
+    def restore(self, zone: dns.name.Name, snapshot: str) -> str:
+        """Put the snapshot's keys back and serve the zone signed with them; a snapshot without
+        keys (the zone's first distribution undone) serves the unsigned zone again, as before
+        the KRS signed it. When the served file is still the one of the snapshot, only the key
+        files are put back: NSD never saw the change."""
+        data = json.loads(snapshot)
+        files = data.get("files", data)  # a journal written before snapshots named the file
+        before = {self.key_directory / n: base64.b64decode(d) for n, d in files.items()}
+        installed = {k.key_tag for k in self.current_keys(zone)}
+        self.keys.restore(zone, before)
+        if "served" in data and data["served"] == self._identity(self.signed_file(zone)):
+            return "keys restored; the served file was never replaced"
+        removed = installed - tags_in(before)
+        if tags_in(before):
+            serial = self._serve(zone, self._sign, removed)
+            return f"NSD serves the zone signed with the previous keys again (serial {serial})"
+        serial = self._serve(zone, self._copy_unsigned, removed)
+        return f"NSD serves the unsigned zone again, as before its first keys (serial {serial})"
+
+    @staticmethod
+    def _identity(path: Path) -> str | None:
+        """Which file is at ``path``: replaced by a rename, it is another inode."""
+        try:
+            info = path.stat()
+        except FileNotFoundError:
+            return None
+        return f"{info.st_ino}:{info.st_mtime_ns}:{info.st_size}"
+
+    # --- the apply hooks (base.BaseAdapter.apply) -------------------------------------------
+
+    def begin(self, zone: dns.name.Name, plan: KeyPlan, now: int) -> NsdChange:
+        problem = self._zone_problem(zone)
+        if problem is not None:  # before any file is touched
+            raise AdapterError(problem.what)
+        if not signer_available(self.signer):
+            raise AdapterError(f"signer {self.signer} not found")
+        return NsdChange(zone=zone, plan=plan, now=now)
+
+    def write_key(self, change: NsdChange, planned: PlannedKey) -> bool:
+        return self.keys.write_key(planned.key, planned.timing)
+
+    def retire_key(self, change: NsdChange, tag: int) -> bool:
+        timing = next((k.timing for k in self.current_keys(change.zone) if k.key_tag == tag), None)
+        if timing is None or (timing.inactive is not None and timing.inactive <= change.now):
+            return False
+        delete = change.plan.retire_delete_at
+        return self.keys.retime(change.zone, tag, inactive=change.now, delete=delete) is not None
+
+    def remove_key(self, change: NsdChange, tag: int) -> bool:
+        return self.keys.delete_key(change.zone, tag)
+
+    def load(self, change: NsdChange) -> None:
+        """Sign with the keys as they are now and have NSD load the signed file."""
+        if change.changed:
+            change.step = "sign"
+            change.serial = self._publish(change.zone, self._sign)
+
+    def verify(self, change: NsdChange) -> Verification:
+        return self._wait(change.zone, change.removed, change.serial)
 
     # --- signing ----------------------------------------------------------------------------
-
-    def _sign_and_serve(self, zone: dns.name.Name, removed: Iterable[int]) -> Verification:
-        return self._serve(zone, self._sign, removed)
 
     def _sign(self, zone: dns.name.Name, fresh: Path, serial: int) -> None:
         result = sign_zone(
             self.signer,
             zone,
             self.unsigned_file(zone),
-            self.key_directory,
+            self.keys,
             fresh,
             serial=serial,
             validity=self.validity,
@@ -360,10 +378,20 @@ class NsdAdapter:
         zone: dns.name.Name,
         produce: Callable[[dns.name.Name, Path, int], None],
         removed: Iterable[int],
-    ) -> Verification:
+    ) -> int:
+        """``_publish`` the zone, then see NSD serve it (raises when it does not); the serial."""
+        serial = self._publish(zone, produce)
+        verification = self._wait(zone, removed, serial)
+        if not verification.ok:
+            raise AdapterError("verify: " + "; ".join(verification.details))
+        return serial
+
+    def _publish(
+        self, zone: dns.name.Name, produce: Callable[[dns.name.Name, Path, int], None]
+    ) -> int:
         """Write the zone (``produce``) with the next serial beside the served file, check it,
-        rename it into place, reload, and see NSD serve it; raises (with the step in the
-        message) on any failure. A failure before the rename leaves the served file untouched."""
+        rename it into place and reload; raises (with the step in the message) on any
+        failure. A failure before the rename leaves the served file untouched."""
         served = self.signed_file(zone)
         fresh = served.with_name(f".{served.name}.krs-new")
         serial = self._next_serial(zone)
@@ -379,10 +407,7 @@ class NsdAdapter:
             self.control("reload", zone.to_text())
         except AdapterError as exc:
             raise AdapterError(f"reload: {exc}") from exc
-        verification = self._wait(zone, removed, serial)
-        if not verification.ok:
-            raise AdapterError("verify: " + "; ".join(verification.details))
-        return verification
+        return serial
 
     def _next_serial(self, zone: dns.name.Name) -> int:
         """After the serial NSD serves (and any written since), not below the unsigned file's
@@ -404,39 +429,6 @@ class NsdAdapter:
         expect = replace(expectation(zone, keys, removed, int(time.time())), serial=serial)
         return wait_served(expect, self.host, self.port, timeout=self.verify_timeout)
 
-    @staticmethod
-    def _read(path: Path) -> bytes | None:
-        try:
-            return path.read_bytes()
-        except FileNotFoundError:
-            return None
-
-    def _rollback(
-        self, zone: dns.name.Name, before: dict[Path, bytes], served_before: bytes | None
-    ) -> str:
-        """Keys and served file back as they were; says what NSD was seen to serve after."""
-        keyfiles.restore_files(self.key_directory, zone, before)
-        served = self.signed_file(zone)
-        if self._read(served) == served_before:
-            return "the served file was never replaced"
-        try:
-            if served_before is None:
-                served.unlink(missing_ok=True)
-                self.control("reload", zone.to_text())
-                return "the signed file written is removed again (there was none before)"
-            keyfiles.write_files({served: served_before})
-            os.chmod(served, 0o644)
-            self.control("reload", zone.to_text())
-        except (KrsError, OSError) as exc:
-            return f"putting the previous served file back failed: {exc}"
-        serial = serial_of_file(served)
-        seen = self._wait(zone, (), serial)
-        if seen.ok:
-            return f"NSD serves the previous zone again (serial {serial})"
-        return (
-            f"the previous file is back, but NSD was not seen serving it: {'; '.join(seen.details)}"
-        )
-
     # --- keeping signatures fresh -------------------------------------------------------------
 
     def signature_expiry(self, zone: dns.name.Name) -> int | None:
@@ -445,7 +437,7 @@ class NsdAdapter:
 
     def due(self, zone: dns.name.Name, now: float) -> str | None:
         """Why ``zone`` must be signed again now, or None."""
-        if not keyfiles.private_files(self.key_directory, zone):
+        if not self.keys.private_files(zone):
             return None  # no keys from the KDC yet: nothing to sign with
         served = self.signed_file(zone)
         expiry = self.signature_expiry(zone)
@@ -461,7 +453,7 @@ class NsdAdapter:
                 return "the unsigned zone file changed"
         except FileNotFoundError:
             return None
-        passed = [t for t in keyfiles.key_times(self.key_directory, zone) if signed_at < t <= now]
+        passed = [t for t in self.keys.key_times(zone) if signed_at < t <= now]
         if passed:
             when = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(min(passed)))
             return f"a key's publish, activate, inactive or delete time passed ({when})"
@@ -480,7 +472,7 @@ class NsdAdapter:
             log.info("nsd, zone %s: signing again: %s", zone, reason)
             served_before = serial_of_file(self.signed_file(zone))
             try:
-                self._sign_and_serve(zone, removed=())
+                self._serve(zone, self._sign, removed=())
                 self._retry_at.pop(zone, None)
             except (KrsError, OSError) as exc:
                 self._retry_at[zone] = now + RETRY_AFTER
@@ -504,7 +496,7 @@ class NsdAdapter:
             expiry = self.signature_expiry(zone)
             if expiry is not None:
                 moments.append(expiry - self.refresh_before)
-            moments += [t for t in keyfiles.key_times(self.key_directory, zone) if t > now]
+            moments += [t for t in self.keys.key_times(zone) if t > now]
         if not moments:
             return 3600.0
         return max(1.0, min(moments) - now)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 import tempfile
 import time
 import urllib.error
@@ -38,6 +37,7 @@ import dns.rdatatype
 from dns.rdtypes.ANY.DNSKEY import DNSKEY
 
 from krs_plugin.adapters.base import Problem
+from krs_plugin.adapters.tools import run_tool
 from krs_plugin.errors import AdapterError
 from krs_plugin.files import SECRET_MODE
 
@@ -321,19 +321,7 @@ class PdnsutilKeyStore:
         self._dnskeys: dict[tuple[dns.name.Name, int], DNSKEY] = {}
 
     def _run(self, argv: list[str], what: str) -> str:
-        try:
-            result = subprocess.run(
-                argv, capture_output=True, text=True, timeout=self.timeout, check=False
-            )
-        except FileNotFoundError:
-            raise AdapterError(f"powerdns: {argv[0]} not found") from None
-        except subprocess.TimeoutExpired:
-            raise AdapterError(f"powerdns: {what}: no answer in {self.timeout:g} s") from None
-        if result.returncode != 0:
-            lines = [ln for ln in (result.stderr + result.stdout).splitlines() if ln.strip()]
-            message = next((ln for ln in lines if "rror" in ln or "not found" in ln), None)
-            raise AdapterError(f"powerdns: {what}: {message or (lines[-1] if lines else 'failed')}")
-        return result.stdout
+        return run_tool(argv, what, timeout=self.timeout)
 
     def util(self, *args: str, what: str) -> str:
         return self._run([*self.pdnsutil, *args], what)

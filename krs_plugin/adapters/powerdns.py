@@ -24,18 +24,20 @@ import json
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import dns.name
 
 from krs_plugin.adapters.base import (
-    ApplyResult,
+    BaseAdapter,
     InstalledKey,
     KeyPlan,
     PlannedKey,
     Problem,
     Verification,
+    ZoneChange,
 )
 from krs_plugin.adapters.dnscheck import (
     KeyState,
@@ -113,8 +115,18 @@ def _parse_timing(values: Iterable[str]) -> dict[str, KeyTiming]:
     return out
 
 
-class PowerDnsAdapter:
+@dataclass(kw_only=True)
+class PdnsChange(ZoneChange):
+    """An apply in PowerDNS: the zone's keys and the KRS's timing metadata, as read first and
+    updated key by key (the metadata is written once, in ``load``)."""
+
+    keys: list[PdnsKey]
+    timings: dict[str, KeyTiming]
+
+
+class PowerDnsAdapter(BaseAdapter[PdnsChange]):
     name = "powerdns"
+    failures = UNEXPECTED
 
     def __init__(
         self,
@@ -243,113 +255,93 @@ class PowerDnsAdapter:
 
     def _private_text(self, zone: dns.name.Name, key: PdnsKey) -> str:
         """A key's private part, asked of PowerDNS once per key: it never changes for a given
-        DNSKEY, and each request costs 3.4 ms (API) or a pdnsutil process, twice per apply
-        otherwise (the pipeline's snapshot, then the adapter's own)."""
+        DNSKEY, and each request costs 3.4 ms (API) or a pdnsutil process, at every snapshot
+        otherwise."""
         cache = self._private_cache.setdefault(zone, {})
         text = key.dnskey.to_text()
         if text not in cache:
             cache[text] = self.store.private_text(zone, key.id)
         return cache[text]
 
-    def restore(self, zone: dns.name.Name, snapshot: str) -> None:
+    def restore(self, zone: dns.name.Name, snapshot: str) -> str:
         outcome = self._restore(zone, json.loads(snapshot))
         if outcome is not None:
             raise AdapterError(f"powerdns, zone {zone}: restoring the previous keys: {outcome}")
+        return "PowerDNS serves the previous keys again"
 
-    def apply(self, zone: dns.name.Name, plan: KeyPlan) -> ApplyResult:
-        try:  # everything read before anything is written
-            if not self.store.zone_exists(zone):
-                raise AdapterError("PowerDNS does not serve this zone")
-            if self.store.presigned(zone) is None:
-                raise AdapterError(
-                    "PowerDNS has no DNSSEC storage for this zone (bind-dnssec-db or "
-                    "gsqlite3-dnssec=yes, see krs doctor)"
-                )
-            keys = self.store.keys(zone)
-            before = self._snapshot(zone, keys)
-        except UNEXPECTED as exc:
-            raise AdapterError(f"powerdns, zone {zone}: {exc}; nothing was changed") from exc
-        timings = _parse_timing(before["timing"])
-        installed: list[int] = []
-        retired: list[int] = []
-        removed: list[int] = []
-        step = "start"
-        now = int(time.time())
-        try:
-            for planned in plan.install:
-                step = f"add key {planned.key.key_tag}"
-                if self._install(zone, planned, keys, timings, now):
-                    installed.append(planned.key.key_tag)
-            for tag in plan.retire:
-                step = f"retire key {tag}"
-                for key in (k for k in keys if k.tag == tag):
-                    timing = self._timing_of(key, timings)
-                    if timing.inactive is not None and timing.inactive <= now:
-                        continue
-                    new = dataclasses.replace(
-                        timing, inactive=now, delete=plan.retire_delete_at or timing.delete
-                    )
-                    timings[_identity(key.tag, key.algorithm, key.flags)] = new
-                    self._set_state(zone, key, new, now)
-                    retired.append(tag)
-            for tag in plan.remove:
-                step = f"remove key {tag}"
-                for key in (k for k in keys if k.tag == tag):
-                    self.store.remove(zone, key.id)
-                    timings.pop(_identity(key.tag, key.algorithm, key.flags), None)
-                    removed.append(tag)
-            changed = bool(installed or retired or removed)
-            if changed:
-                step = f"metadata {TIMING_KIND}"
-                self._write_timings(zone, timings)
-                step = "rectify and purge caches"
-                self._publish(zone)
-            step = "verify"
-            verification = self._wait(zone, removed)
-            if not verification.ok:
-                raise AdapterError("; ".join(verification.details))
-        except UNEXPECTED as exc:
-            outcome = self._restore(zone, before) or "PowerDNS serves the previous keys again"
+    # --- the apply hooks (base.BaseAdapter.apply) -------------------------------------------
+
+    def begin(self, zone: dns.name.Name, plan: KeyPlan, now: int) -> PdnsChange:
+        if not self.store.zone_exists(zone):
+            raise AdapterError("PowerDNS does not serve this zone")
+        if self.store.presigned(zone) is None:
             raise AdapterError(
-                f"powerdns, zone {zone}: step '{step}' failed: {exc}; previous keys restored"
-                f" ({outcome})"
-            ) from exc
-        return ApplyResult(
-            zone, changed, tuple(installed), tuple(retired), tuple(removed), verification
+                "PowerDNS has no DNSSEC storage for this zone (bind-dnssec-db or "
+                "gsqlite3-dnssec=yes, see krs doctor)"
+            )
+        timings = _parse_timing(self.store.get_meta(zone, TIMING_KIND))
+        return PdnsChange(
+            zone=zone, plan=plan, now=now, keys=self.store.keys(zone), timings=timings
         )
 
-    def _install(
-        self,
-        zone: dns.name.Name,
-        planned: PlannedKey,
-        keys: list[PdnsKey],
-        timings: dict[str, KeyTiming],
-        now: int,
-    ) -> bool:
+    def write_key(self, change: PdnsChange, planned: PlannedKey) -> bool:
         """Add ``planned`` or bring its state and timing up to date; False if nothing changed."""
-        key = planned.key
+        zone, key = change.zone, planned.key
         identity = _identity(key.key_tag, key.algorithm, key.flags)
         timing = dataclasses.replace(planned.timing, created=None)
-        existing = next((k for k in keys if k.dnskey == key.dnskey), None)
+        existing = next((k for k in change.keys if k.dnskey == key.dnskey), None)
         if existing is not None:
-            changed = timings.get(identity) != timing
-            timings[identity] = timing
-            return self._set_state(zone, existing, timing, now) or changed
+            changed = change.timings.get(identity) != timing
+            change.timings[identity] = timing
+            return self._set_state(zone, existing, timing, change.now) or changed
         added = self.store.add(
             zone,
             key.to_bind_private(),
             keytype=planned.role.lower(),
-            active=is_active(timing, now),
-            published=is_published(timing, now),
+            active=is_active(timing, change.now),
+            published=is_published(timing, change.now),
         )
-        keys.append(added)
+        change.keys.append(added)
         if added.dnskey != key.dnskey:
             raise AdapterError(
                 f"PowerDNS derived DNSKEY tag {added.tag} from the private key of key "
                 f"{key.key_tag}: it read the key differently"
             )
-        timings[identity] = timing
+        change.timings[identity] = timing
         return True
+
+    def retire_key(self, change: PdnsChange, tag: int) -> bool:
+        retired = False
+        for key in (k for k in change.keys if k.tag == tag):
+            timing = self._timing_of(key, change.timings)
+            if timing.inactive is not None and timing.inactive <= change.now:
+                continue
+            new = dataclasses.replace(
+                timing, inactive=change.now, delete=change.plan.retire_delete_at or timing.delete
+            )
+            change.timings[_identity(key.tag, key.algorithm, key.flags)] = new
+            self._set_state(change.zone, key, new, change.now)
+            retired = True
+        return retired
+
+    def remove_key(self, change: PdnsChange, tag: int) -> bool:
+        removed = False
+        for key in (k for k in change.keys if k.tag == tag):
+            self.store.remove(change.zone, key.id)
+            change.timings.pop(_identity(key.tag, key.algorithm, key.flags), None)
+            removed = True
+        return removed
+
+    def load(self, change: PdnsChange) -> None:
+        if not change.changed:
+            return
+        change.step = f"metadata {TIMING_KIND}"
+        self._write_timings(change.zone, change.timings)
+        change.step = "rectify and purge caches"
+        self._publish(change.zone)
+
+    def verify(self, change: PdnsChange) -> Verification:
+        return self._wait(change.zone, change.removed)
 
     def _set_state(self, zone: dns.name.Name, key: PdnsKey, timing: KeyTiming, now: int) -> bool:
         active, published = is_active(timing, now), is_published(timing, now)
@@ -367,9 +359,6 @@ class PowerDnsAdapter:
         if self.rectify:
             self.store.rectify(zone)
         self.store.refresh(zone)
-
-    def verify(self, zone: dns.name.Name, plan: KeyPlan) -> Verification:
-        return self._wait(zone, plan.remove)
 
     def _wait(self, zone: dns.name.Name, removed: Iterable[int]) -> Verification:
         """Poll until PowerDNS serves the expected keys. A query answered while the caches are

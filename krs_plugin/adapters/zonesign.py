@@ -1,7 +1,7 @@
 """Sign a zone file with a folder of BIND key files, for servers that do not sign (NSD).
 
 Two signers, both from Debian packages: ``dnssec-signzone`` (bind9-utils, the default) and
-``ldns-signzone`` (ldnsutils). What each needs, verified by hand (SERVERS.md):
+``ldns-signzone`` (ldnsutils). What each needs, verified by hand (docs/servers/nsd.md):
 
 - dnssec-signzone ``-S`` (smart signing) takes the keys from the folder by their timing and
   checks its own output (a mismatched key pair fails with "Zone verification failed"); ``-x``
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import calendar
 import shutil
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
@@ -31,20 +30,13 @@ from pathlib import Path
 
 import dns.name
 
-from krs_plugin.adapters import keyfiles
+from krs_plugin.adapters.keyfiles import KeyFolder
 from krs_plugin.adapters.soaserial import with_serial
+from krs_plugin.adapters.tools import run_tool
 from krs_plugin.errors import AdapterError
 
 SIGNERS = ("dnssec-signzone", "ldns-signzone")
 VERIFIER = {"dnssec-signzone": None, "ldns-signzone": "ldns-verify-zone"}
-PACKAGE = {  # the Debian package of each tool the adapter runs, for "not found" messages
-    "dnssec-signzone": "bind9-utils",
-    "ldns-signzone": "ldnsutils",
-    "ldns-verify-zone": "ldnsutils",
-    "nsd-checkzone": "nsd",
-    "nsd-checkconf": "nsd",
-    "nsd-control": "nsd",
-}
 
 
 @dataclass(frozen=True)
@@ -53,35 +45,18 @@ class SignedZone:
     seconds: float
 
 
-def run(argv: list[str], what: str, timeout: float, cwd: Path | None = None) -> str:
-    try:
-        result = subprocess.run(
-            argv, capture_output=True, text=True, timeout=timeout, cwd=cwd, check=False
-        )
-    except FileNotFoundError as exc:
-        package = PACKAGE.get(Path(argv[0]).name)
-        hint = f": apt-get install {package}" if package else ""
-        raise AdapterError(f"{argv[0]} not found{hint}") from exc
-    except subprocess.TimeoutExpired as exc:
-        raise AdapterError(f"{what}: did not finish in {timeout:g} s") from exc
-    if result.returncode != 0:
-        lines = (result.stderr or result.stdout).strip().splitlines()
-        raise AdapterError(f"{what}: {' '.join(' '.join(lines[-3:]).split())}")
-    return result.stdout
-
-
 def sign_zone(
     signer: str,
     zone: dns.name.Name,
     unsigned: Path,
-    key_directory: Path,
+    keys: KeyFolder,
     output: Path,
     *,
     serial: int,
     validity: int,
     timeout: float,
 ) -> SignedZone:
-    """Sign ``unsigned`` with the zone's keys in ``key_directory`` into ``output`` (a new file
+    """Sign ``unsigned`` with the zone's keys in the folder ``keys`` into ``output`` (a new file
     beside the served one), with SOA serial ``serial``; raises with the signer's message when it
     fails, or when no key is active."""
     start = time.perf_counter()
@@ -97,31 +72,31 @@ def sign_zone(
         if signer == "dnssec-signzone":
             # -x: the DNSKEY RRset by the KSKs only. When an algorithm has keys of one kind
             # only (a CSK, a lone ZSK), -z lets every key sign everything, as BIND does.
-            roles = _active_roles(zone, key_directory, now)
+            roles = _active_roles(zone, keys, now)
             if not roles:
                 raise AdapterError(f"dnssec-signzone {origin}: no active key to sign with")
             split = ["-x"] if all(r == {"KSK", "ZSK"} for r in roles.values()) else ["-z"]
             source.write_text(text, encoding="latin-1")
-            run(
+            run_tool(
                 [
-                    "dnssec-signzone", "-S", *split, "-O", "full", "-K", str(key_directory),
+                    "dnssec-signzone", "-S", *split, "-O", "full", "-K", str(keys.path),
                     "-o", origin,
                     "-N", "keep", "-s", str(now - 3600), "-e", str(now + validity),
                     "-f", str(output), str(source),
                 ],
                 f"dnssec-signzone {origin}",
-                timeout,
+                timeout=timeout,
                 cwd=work,
             )  # fmt: skip
         else:
-            _ldns_sign(zone, text, key_directory, output, source, now, validity, timeout)
+            _ldns_sign(zone, text, keys, output, source, now, validity, timeout)
     return SignedZone(output, time.perf_counter() - start)
 
 
-def _active_roles(zone: dns.name.Name, key_directory: Path, now: int) -> dict[int, set[str]]:
+def _active_roles(zone: dns.name.Name, keys: KeyFolder, now: int) -> dict[int, set[str]]:
     """The roles of the zone's active keys, per algorithm."""
     roles: dict[int, set[str]] = {}
-    for _, key, timing in keyfiles.read_keys(key_directory, zone):
+    for _, key, timing in keys.read_keys(zone):
         active = timing.activate is not None and timing.activate <= now
         if active and (timing.inactive is None or timing.inactive > now):
             roles.setdefault(key.algorithm, set()).add("KSK" if key.flags == 257 else "ZSK")
@@ -131,7 +106,7 @@ def _active_roles(zone: dns.name.Name, key_directory: Path, now: int) -> dict[in
 def _ldns_sign(
     zone: dns.name.Name,
     text: str,
-    key_directory: Path,
+    keys: KeyFolder,
     output: Path,
     source: Path,
     now: int,
@@ -139,7 +114,7 @@ def _ldns_sign(
     timeout: float,
 ) -> None:
     active, published = [], []
-    for private, key, timing in keyfiles.read_keys(key_directory, zone):
+    for private, key, timing in keys.read_keys(zone):
         is_active = timing.activate is not None and timing.activate <= now
         is_active &= timing.inactive is None or timing.inactive > now
         gone = timing.delete is not None and timing.delete <= now
@@ -153,22 +128,23 @@ def _ldns_sign(
         out.write(text)
         out.write("\n" + "".join(f"{line}\n" for line in published))
     origin = zone.to_text()
-    run(
+    run_tool(
         [
             "ldns-signzone", "-U", "-o", origin, "-i", str(now - 3600),
             "-e", str(now + validity), "-f", str(output), str(source), *active,
         ],
         f"ldns-signzone {origin}",
-        timeout,
+        timeout=timeout,
         cwd=source.parent,
     )  # fmt: skip
-    run(["ldns-verify-zone", str(output)], f"ldns-verify-zone {origin}", timeout)
+    run_tool(["ldns-verify-zone", str(output)], f"ldns-verify-zone {origin}", timeout=timeout)
 
 
 def check_zone_file(zone: dns.name.Name, path: Path, timeout: float) -> None:
     """NSD's own parser on the file: a file NSD cannot read must never be served (NSD would
     load it "with success" and answer SERVFAIL)."""
-    run(["nsd-checkzone", zone.to_text(), str(path)], f"nsd-checkzone {zone.to_text()}", timeout)
+    what = f"nsd-checkzone {zone.to_text()}"
+    run_tool(["nsd-checkzone", zone.to_text(), str(path)], what, timeout=timeout)
 
 
 def earliest_expiry(path: Path) -> int | None:

@@ -1,7 +1,9 @@
 """One distribution through the KRS: unpack, validate, apply policy, plan, apply, record.
 
-The stages and their order are those of DESIGN.md. Every refusal is recorded in the state store
-with the stage that refused it, and nothing reaches the adapter before every check has passed.
+The stages and their order are those of docs/architecture.md. Every refusal is recorded in the
+state store with the stage that refused it, and nothing reaches the adapter before every check
+has passed. Applying is all or nothing across the distribution's zones
+(``transaction.apply_atomically``, the one owner of rollback), journalled for crash recovery.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass, field
 import dns.name
 
 from krs_plugin.adapters.base import Adapter, ApplyResult, KeyPlan
+from krs_plugin.adapters.transaction import apply_atomically, restore_zones
 from krs_plugin.config import Config
 from krs_plugin.crypto import JoseKey, load_hpke_private, load_jose_key
 from krs_plugin.errors import (
@@ -160,8 +163,9 @@ class Pipeline:
         caller fetches those distributions again to complete them. Returns their ids."""
         recovered = []
         for dist_id, snapshots in self.store.interrupted():
-            for zone, snapshot in snapshots.items():
-                self.adapter.restore(dns.name.from_text(zone), snapshot)
+            outcome = restore_zones(
+                self.adapter, {dns.name.from_text(z): s for z, s in snapshots.items()}
+            )
             self.store.record_outcome(
                 dist_id,
                 self.kdc,
@@ -171,7 +175,7 @@ class Pipeline:
                 error="interrupted while applying; rolled back to the previous keys",
             )
             self.store.end_apply(dist_id)
-            log.warning("distribution %s was interrupted mid-apply: rolled back", dist_id)
+            log.warning("distribution %s was interrupted mid-apply%s", dist_id, outcome)
             recovered.append(dist_id)
         return recovered
 
@@ -195,21 +199,17 @@ class Pipeline:
             )
 
     def _apply(self, dist_id: str, plans: list[KeyPlan]) -> list[ApplyResult]:
-        """Apply zone by zone. If any zone fails, every zone of the plan is put back from the
-        snapshots taken first (the failing one too, whatever its adapter left), so a
-        distribution is all or nothing."""
-        snapshots = {p.zone: self.adapter.snapshot(p.zone) for p in plans}
-        self.store.begin_apply(dist_id, {z.to_text(): snap for z, snap in snapshots.items()})
-        results: list[ApplyResult] = []
+        """Apply zone by zone, all or nothing (``apply_atomically`` restores the zones it
+        touched if one fails), with the snapshots journalled first for crash recovery."""
+
+        def journal(snapshots: dict[dns.name.Name, str]) -> None:
+            self.store.begin_apply(dist_id, {z.to_text(): s for z, s in snapshots.items()})
+
         try:
-            for plan in plans:
-                results.append(self.adapter.apply(plan.zone, plan))
+            return apply_atomically(self.adapter, plans, journal)
         except KrsError:
-            for zone, snapshot in snapshots.items():
-                self.adapter.restore(zone, snapshot)
             self.store.end_apply(dist_id)
             raise
-        return results
 
     def _report(self, payload: Payload) -> dict[str, object]:
         ok: list[dict[str, str]] = []

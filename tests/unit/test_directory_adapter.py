@@ -12,7 +12,9 @@ import pytest
 from inotify_simple import Event, flags
 
 from krs_plugin.adapters.base import KeyPlan, PlannedKey
-from krs_plugin.adapters.directory import DirectoryAdapter, FolderIndex
+from krs_plugin.adapters.base import ZoneChange
+from krs_plugin.adapters.directory import DirectoryAdapter
+from krs_plugin.adapters.folderindex import FolderIndex
 from krs_plugin.dnssec import KeyTiming, generate_key, write_bind_key_pair
 
 ZONE = dns.name.from_text("example.com.")
@@ -92,7 +94,7 @@ def test_apply_verifies_the_bytes_it_wrote(tmp_path: Path) -> None:
     private = tmp_path / f"{key.basename}.private"
     other = generate_key(ZONE, 13, 256)
     private.write_text(other.to_bind_private(TIMING))  # someone else's key under this name
-    verification = adapter.verify(ZONE, plan)
+    verification = adapter.verify(ZoneChange(zone=ZONE, plan=plan, now=0))
     assert not verification.ok
     assert f"key {key.key_tag} is not in" in verification.details[0]
 

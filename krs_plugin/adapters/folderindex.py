@@ -1,0 +1,106 @@
+"""The names of the key files in one folder, grouped by zone and kept current with inotify.
+
+One folder may hold the keys of 10,000 zones (40,000 files). A zone's files are found through a
+``FolderIndex`` (one scan, then inotify) rather than a glob per lookup: a glob scans the whole
+folder (25 ms at 40,000 files), and with several lookups per zone the time to apply a
+distribution grew with the square of its zones (docs/benchmarks.md, "Bulk"). Every adapter that
+keeps key files in a folder reads it through one (``keyfiles.KeyFolder``).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import dns.name
+from inotify_simple import INotify, flags
+
+_ADDED = flags.CREATE | flags.MOVED_TO
+_GONE = flags.DELETE | flags.MOVED_FROM
+_LOST = flags.Q_OVERFLOW | flags.IGNORED | flags.DELETE_SELF | flags.MOVE_SELF
+
+
+class FolderIndex:
+    """The names in one folder grouped by zone (``K<zone>``, and ``.K<zone>`` for the temporary
+    files of an interrupted write), kept current with inotify.
+
+    One scan builds it; after that every create, delete and rename in the folder, by this
+    process or any other, arrives as an event, and the kernel queues the event before the change
+    returns, so a lookup after a change always sees it. An overflowing event queue, or the folder
+    itself moved or removed, means a fresh scan at the next lookup. Where inotify cannot be had
+    (another OS, the per-user limit of instances), every lookup scans. Only names are indexed:
+    file contents are always read from disk."""
+
+    MASK = _ADDED | _GONE | flags.DELETE_SELF | flags.MOVE_SELF | flags.ONLYDIR
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._inotify: INotify | None = None
+        self._zones: dict[str, set[str]] | None = None
+
+    def names(self, zone: dns.name.Name, *, temporary: bool = False) -> list[str]:
+        """Sorted names of the zone's files, ``K<zone>+*`` (what ``glob`` would find), plus the
+        ``.K<zone>+*`` leftovers with ``temporary``."""
+        head = f"K{zone.to_text()}"
+        if "+" in head:  # grouping is by the text before the first "+": scan for such names
+            with self._lock:
+                every = set().union(*self._scan().values())
+            return sorted(n for n in every if n.startswith((head + "+", "." + head + "+")))
+        with self._lock:
+            zones = self._current()
+            found = set(zones.get(head, ()))
+            if temporary:
+                found |= zones.get("." + head, set())
+        return sorted(found)
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop()
+
+    @staticmethod
+    def _group(name: str) -> str | None:
+        head, plus, _ = name.partition("+")
+        return head if plus and head.startswith(("K", ".K")) else None
+
+    def _scan(self) -> dict[str, set[str]]:
+        zones: dict[str, set[str]] = {}
+        try:
+            with os.scandir(self.path) as entries:
+                for entry in entries:
+                    group = self._group(entry.name)
+                    if group is not None:
+                        zones.setdefault(group, set()).add(entry.name)
+        except FileNotFoundError:
+            pass
+        return zones
+
+    def _drop(self) -> None:
+        if self._inotify is not None:
+            self._inotify.close()
+        self._inotify, self._zones = None, None
+
+    def _current(self) -> dict[str, set[str]]:
+        if self._inotify is None:
+            try:
+                self._inotify = INotify()
+                self._inotify.add_watch(self.path, self.MASK)
+            except OSError:
+                self._drop()
+                return self._scan()
+            self._zones = None  # scanned below, after the watch exists: nothing is missed
+        for event in self._inotify.read(timeout=0):
+            if event.mask & _LOST:  # events were lost, or the folder was moved or removed
+                self._drop()
+                return self._current()  # a new watch (on whatever is at the path now), a scan
+            group = self._group(event.name)
+            if self._zones is None or group is None:
+                continue
+            if event.mask & _ADDED:
+                self._zones.setdefault(group, set()).add(event.name)
+            elif event.mask & _GONE:
+                self._zones.get(group, set()).discard(event.name)
+        if self._zones is None:
+            self._zones = self._scan()
+        return self._zones
