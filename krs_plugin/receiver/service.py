@@ -1,126 +1,50 @@
-"""``krs run``: the NOTIFY listener, the fetch-and-apply worker, the poller, the confirmation
-sender, live reload of the config and key files, and the metrics/health endpoint.
+"""``krs run``: the service that ties the receiver's jobs together, and its task wiring.
 
 NOTIFY carries no trust: it only names a distribution id to fetch from the configured servers.
-The listener answers at once (NOERROR), checks the source against ``notify.allowed_sources``,
-rate-limits, and queues each id once; one worker fetches and applies them in order, in a thread,
-so neither the network nor a slow nameserver ever blocks the listener. The pipeline has its own
-database connection for that thread. Confirmations are retried until the KDC answers.
+The listener (``receiver/notify.py``) answers at once; the ids it accepts are queued once each,
+and one worker fetches and applies them in order, in a thread, so neither the network nor a slow
+nameserver ever blocks the listener. The pipeline has its own database connection for that thread.
+A poller finds what a lost NOTIFY did not announce. Confirmations (``receiver/confirm.py``) are
+retried until the KDC answers. A reload (``receiver/reload.py``) swaps in a new configuration
+between two distributions. Adapters that act on key times themselves get ``maintain()`` calls on
+their own schedule. ``/metrics`` and ``/healthz`` report on all of it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import ipaddress
 import logging
 import signal
 import sqlite3
 import time
-from dataclasses import dataclass
-from pathlib import Path
 
-import dns.exception
-import dns.flags
-import dns.message
-import dns.opcode
-import dns.rcode
-import dns.rdatatype
-
-from krs_plugin.adapters import make_adapter
-from krs_plugin.config import Address, Config, load_config
-from krs_plugin.confirmation import confirmation_message
+from krs_plugin.adapters.base import ActsOnKeyTimes, WatchesFiles
+from krs_plugin.config import Address, Config
 from krs_plugin.crypto import JoseKey
-from krs_plugin.dnsio import serve_dns, tcp_exchange, udp_exchange
 from krs_plugin.errors import KrsError
 from krs_plugin.logs import context
 from krs_plugin.metrics import Metrics, serve_http
-from krs_plugin.protocol import parse_notify_name
+from krs_plugin.receiver import notify
+from krs_plugin.receiver.confirm import confirm, retry_delay
 from krs_plugin.receiver.fetcher import Fetcher, NotPublished
-from krs_plugin.receiver.pipeline import Pipeline, load_identity
+from krs_plugin.receiver.pipeline import Pipeline
+from krs_plugin.receiver.reload import (
+    Change,
+    HttpServer,
+    build_components,
+    files_fingerprint,
+    load_change,
+    watched_files,
+)
 from krs_plugin.receiver.store import ReceiverStore
 from krs_plugin.receiver.watch import FileWatcher
 
 log = logging.getLogger(__name__)
 
-CONFIRM_TIMEOUT = 5.0
-CONFIRM_RETRY_MAX = 300.0
-UDP_CONFIRM_MAX = 1232  # the DNS flag day 2020 datagram size: bigger reports go over TCP
 MAX_QUEUE = 1000
 MAINTAIN_MAX_WAIT = 300.0  # look again at least this often, even when nothing is due
-
-
-class RateLimiter:
-    """Token bucket: ``rate`` per second, bursts up to ``rate``."""
-
-    def __init__(self, rate: float) -> None:
-        self.rate = rate
-        self.tokens = rate
-        self.stamp = time.monotonic()
-
-    def allow(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(self.rate, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return True
-        return False
-
-
-@dataclass
-class Components:
-    """What a config builds: replaced as a whole when a reload is applied."""
-
-    pipeline: Pipeline
-    fetcher: Fetcher
-    signer: JoseKey | None
-    fingerprint: str
-
-
-def watched_files(config: Config) -> list[Path]:
-    """The files whose change reloads the daemon: krs.yaml and every key file it names."""
-    keys = (config.keys.hpke, config.keys.jose, config.keys.signing, config.kdc.verification_key)
-    return [config.path, *(k for k in keys if k is not None)]
-
-
-def files_fingerprint(paths: list[Path]) -> str:
-    """A digest of the files' contents, so that a touch or a rewrite with the same bytes is not
-    a change (and nothing secret is kept in memory longer than the loaders keep it)."""
-    digest = hashlib.sha256()
-    for path in paths:
-        digest.update(str(path).encode() + b"\0")
-        try:
-            digest.update(path.read_bytes())
-        except OSError as exc:
-            digest.update(f"unreadable: {exc}".encode())
-    return digest.hexdigest()
-
-
-def build_components(config: Config) -> Components:
-    """Load keys, adapter, pipeline and fetcher for ``config``; raises KrsError, touches nothing
-    that the running service uses."""
-    identity, verifier, signer = load_identity(config)
-    adapter = make_adapter(config)
-    store = ReceiverStore(config.state, any_thread=True)
-    pipeline = Pipeline(config, adapter, store, identity, verifier)
-    fetcher = Fetcher(
-        config.control_servers, config.control_zone, config.node_id, config.fetch, config.limits
-    )
-    return Components(pipeline, fetcher, signer, files_fingerprint(watched_files(config)))
-
-
-@dataclass
-class _Listener:
-    address: Address
-    bound: Address
-    transport: asyncio.BaseTransport
-    server: asyncio.AbstractServer
-
-    def close(self) -> None:
-        self.transport.close()
-        self.server.close()
+MAINTAIN_RETRY = 60.0  # after a failed maintain(): the old zone stays served meanwhile
 
 
 class Service:
@@ -142,8 +66,8 @@ class Service:
         self.fingerprint = files_fingerprint(watched_files(config))
         self.queue: asyncio.Queue[str] = asyncio.Queue(MAX_QUEUE)
         self.pending: set[str] = set()
-        self.limiter = RateLimiter(config.notify.rate_limit)
-        self.listeners: list[_Listener] = []
+        self.limiter = notify.RateLimiter(config.notify.rate_limit)
+        self.listeners: list[notify.Listener] = []
         self.http: asyncio.AbstractServer | None = None
         self.http_bound: Address | None = None
         self.tasks: list[asyncio.Task[None]] = []
@@ -175,31 +99,15 @@ class Service:
     # --- NOTIFY ---------------------------------------------------------------------------
 
     def handle_notify(self, wire: bytes, source: str) -> bytes | None:
-        try:
-            message = dns.message.from_wire(wire)
-        except (dns.exception.DNSException, KrsError, ValueError):
-            return None
-        if message.flags & dns.flags.QR:
-            return None
-        response = dns.message.make_response(message)
-        response.flags |= dns.flags.AA
-        if not self._allowed(source) or message.opcode() != dns.opcode.NOTIFY:
-            self._count_notify("refused")
-            response.set_rcode(dns.rcode.REFUSED)
-            return bytes(response.to_wire())
-        try:
-            dist_id = parse_notify_name(message.question[0].name, self.config.control_zone)
-        except (KrsError, IndexError):
-            self._count_notify("refused")
-            response.set_rcode(dns.rcode.NOTAUTH)
-            return bytes(response.to_wire())
-        if not self.limiter.allow():
-            self._count_notify("rate_limited")
-            response.set_rcode(dns.rcode.REFUSED)
-            return bytes(response.to_wire())
-        queued = self.enqueue(dist_id)
-        self._count_notify("accepted" if queued else "duplicate")
-        return bytes(response.to_wire())
+        answer = notify.answer_notify(
+            wire, source, self.config.notify, self.config.control_zone, self.limiter
+        )
+        if answer.refused is not None:
+            self._count_notify(answer.refused)
+        elif answer.distribution_id is not None:
+            queued = self.enqueue(answer.distribution_id)
+            self._count_notify("accepted" if queued else "duplicate")
+        return answer.response
 
     def _count_notify(self, result: str) -> None:
         self.metrics.notifies.labels(result).inc()
@@ -226,13 +134,6 @@ class Service:
             return False
         self.pending.add(dist_id)
         return True
-
-    def _allowed(self, source: str) -> bool:
-        try:
-            address = ipaddress.ip_address(source.split("%")[0])
-        except ValueError:
-            return False
-        return any(address in net for net in self.config.notify.allowed_sources)
 
     # --- worker ---------------------------------------------------------------------------
 
@@ -336,85 +237,31 @@ class Service:
     async def confirm_loop(self, tick: float = 0.5) -> None:
         while True:
             for dist_id, report, attempts in self.store.due_confirmations(time.time()):
-                try:
-                    acked = await self._confirm(dist_id, report)
-                except Exception:  # one bad report must not stop confirming the others
-                    log.exception(
-                        "confirmation %s could not be sent",
-                        dist_id,
-                        extra=context(distribution_id=dist_id, stage="confirm"),
-                    )
-                    acked = False
+                acked = await confirm(dist_id, report, self.config, self.signer)
                 self.metrics.confirmations.labels("acknowledged" if acked else "failed").inc()
-                delay = 0 if acked else min(CONFIRM_RETRY_MAX, 2.0**attempts)
+                delay = 0 if acked else retry_delay(attempts)
                 self.store.confirmation_attempted(
                     dist_id, acknowledged=acked, next_at=time.time() + delay
                 )
             await asyncio.sleep(tick)
 
-    async def _confirm(self, dist_id: str, report: dict[str, object]) -> bool:
-        body = confirmation_message(dist_id, self.config.control_zone, report, self.signer)
-        fits_udp = len(body.to_wire(max_size=0xFFFF)) <= UDP_CONFIRM_MAX
-        where = context(distribution_id=dist_id, stage="confirm")
-        for server in self.config.control_servers:
-            # UDP first, as tdns does; TCP when the report is too big or UDP gets no answer.
-            for exchange in (udp_exchange, tcp_exchange) if fits_udp else (tcp_exchange,):
-                try:
-                    reply = await exchange(body, server.host, server.port, CONFIRM_TIMEOUT)
-                except (TimeoutError, OSError, dns.exception.DNSException) as exc:
-                    log.info("confirmation %s to %s: %s", dist_id, server, exc, extra=where)
-                    continue
-                if reply.rcode() == dns.rcode.NOERROR:
-                    log.info("confirmation %s acknowledged by %s", dist_id, server, extra=where)
-                    return True
-                log.warning(
-                    "confirmation %s refused by %s: %s",
-                    dist_id,
-                    server,
-                    dns.rcode.to_text(reply.rcode()),
-                    extra=where,
-                )
-                break
-        return False
-
     # --- listeners ------------------------------------------------------------------------
 
-    async def _listen(self, addresses: tuple[Address, ...]) -> list[_Listener]:
-        """Bind every NOTIFY address, or none: a partial bind is closed again and raises."""
-        listeners: list[_Listener] = []
-        try:
-            for address in addresses:
-                transport, server, port = await serve_dns(
-                    lambda wire, source, udp: self.handle_notify(wire, source),
-                    address.host,
-                    address.port,
-                    idle_timeout=10,
-                )
-                listeners.append(_Listener(address, Address(address.host, port), transport, server))
-        except OSError:
-            for listener in listeners:
-                listener.close()
-            raise
-        return listeners
-
-    async def _serve_http(
-        self, address: Address | None
-    ) -> tuple[asyncio.AbstractServer, Address] | None:
+    async def _serve_http(self, address: Address | None) -> HttpServer | None:
         if address is None:
             return None
         server, port = await serve_http(address.host, address.port, self.metrics, self.health)
         return server, Address(address.host, port)
 
     async def start(self) -> list[asyncio.AbstractServer]:
-        self.listeners = await self._listen(self.config.notify.listen)
+        self.listeners = await notify.listen(self.config.notify.listen, self.handle_notify)
         http = await self._serve_http(self.config.metrics)
         if http is not None:
             self.http, self.http_bound = http
         return [listener.server for listener in self.listeners]
 
     def close(self) -> None:
-        for listener in self.listeners:
-            listener.close()
+        notify.close(self.listeners)
         self.listeners = []
         if self.http is not None:
             self.http.close()
@@ -466,45 +313,23 @@ class Service:
         async with self.reloading:
             path = self.config.path
             try:
-                config = load_config(path)
-                if (
-                    config == self.config
-                    and files_fingerprint(watched_files(config)) == self.fingerprint
-                ):
-                    # e.g. a refused edit reverted: the files match what runs again
-                    self.last_reload = {"result": "unchanged", "at": int(time.time())}
-                    return "unchanged"
-                components = build_components(config)
+                change = load_change(self.config, self.fingerprint)
             except KrsError as exc:
                 return self._reload_refused(exc)
+            if change is None:
+                self.last_reload = {"result": "unchanged", "at": int(time.time())}
+                return "unchanged"
             async with self.busy:
                 try:
-                    listeners = (
-                        await self._listen(config.notify.listen)
-                        if config.notify.listen != self.config.notify.listen
-                        else None
-                    )
-                except OSError as exc:
-                    components.pipeline.store.close()
-                    return self._reload_refused(f"notify.listen: cannot bind: {exc}")
-                try:
-                    http = (
-                        await self._serve_http(config.metrics)
-                        if config.metrics != self.config.metrics
-                        else None
-                    )
-                except OSError as exc:
-                    if listeners is not None:
-                        for listener in listeners:
-                            listener.close()
-                    components.pipeline.store.close()
-                    return self._reload_refused(f"metrics: cannot bind: {exc}")
-                self._swap(config, components, listeners, http)
+                    await change.bind(self.config, self.handle_notify, self._serve_http)
+                except KrsError as exc:
+                    return self._reload_refused(exc)
+                self._swap(change)
             self.metrics.reloads.labels("applied").inc()
             self.last_reload = {"result": "applied", "at": int(time.time())}
             log.info("configuration reloaded from %s", path, extra=context(stage="reload"))
             if self.watcher is not None:
-                self.watcher.watch(watched_files(config))
+                self.watcher.watch(watched_files(change.config))
             return "applied"
 
     def _reload_refused(self, error: object) -> str:
@@ -517,27 +342,21 @@ class Service:
         )
         return "refused"
 
-    def _swap(
-        self,
-        config: Config,
-        components: Components,
-        listeners: list[_Listener] | None,
-        http: tuple[asyncio.AbstractServer, Address] | None,
-    ) -> None:
+    def _swap(self, change: Change) -> None:
+        config, components = change.config, change.components
         old_pipeline_store = self.pipeline.store
         if config.state != self.config.state:
             old_store, self.store = self.store, ReceiverStore(config.state)
             old_store.close()
-        if listeners is not None:
-            for listener in self.listeners:
-                listener.close()
-            self.listeners = listeners
+        if change.listeners is not None:
+            notify.close(self.listeners)
+            self.listeners = change.listeners
         if config.metrics != self.config.metrics:
             if self.http is not None:
                 self.http.close()
-            self.http, self.http_bound = http if http is not None else (None, None)
+            self.http, self.http_bound = change.http if change.http is not None else (None, None)
         if config.notify.rate_limit != self.config.notify.rate_limit:
-            self.limiter = RateLimiter(config.notify.rate_limit)
+            self.limiter = notify.RateLimiter(config.notify.rate_limit)
         self.config = config
         self.pipeline = components.pipeline
         self.fetcher = components.fetcher
@@ -556,18 +375,18 @@ class Service:
 
     async def maintain_loop(self) -> None:
         """Call the adapter's ``maintain()`` when it says it is due and whenever one of its
-        watched files changes. Only adapters that must act on their own have one: NSD's signs the
-        zone again before signatures expire and when the unsigned zone is edited."""
+        watched files changes. Only adapters that must act on their own have one (ActsOnKeyTimes):
+        NSD's signs the zone again before signatures expire and when the unsigned zone is edited."""
         while True:
-            maintain = getattr(self.pipeline.adapter, "maintain", None)
+            adapter = self.pipeline.adapter
             wait = MAINTAIN_MAX_WAIT
-            if maintain is not None:
+            if isinstance(adapter, ActsOnKeyTimes):
                 async with self.busy:  # never while a distribution is being applied
                     try:
-                        wait = float(await asyncio.to_thread(maintain))
+                        wait = float(await asyncio.to_thread(adapter.maintain))
                     except Exception:  # the next round tries again; the old zone stays served
                         log.exception("adapter maintenance failed", extra=context(stage="maintain"))
-                        wait = 60.0
+                        wait = MAINTAIN_RETRY
             self.maintain_wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.maintain_wake.wait(), min(wait, MAINTAIN_MAX_WAIT))
@@ -575,8 +394,10 @@ class Service:
     def _watch_adapter_files(self) -> None:
         if self.adapter_watcher is None:
             return
-        files = getattr(self.pipeline.adapter, "watched_files", None)
-        self.adapter_watcher.watch(files() if files is not None else [])
+        adapter = self.pipeline.adapter
+        self.adapter_watcher.watch(
+            adapter.watched_files() if isinstance(adapter, WatchesFiles) else []
+        )
 
     # --- main -----------------------------------------------------------------------------
 
