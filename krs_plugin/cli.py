@@ -1,6 +1,7 @@
 """The ``krs`` command: the Key Receiver Service that runs next to a nameserver.
 
-Exit codes follow STYLE.md: 0 ok, 1 operational failure, 2 usage or configuration error.
+Output and exit codes as in ``krs_plugin/cliout.py`` (docs/operations.md): 0 ok, 1 operational
+failure, 2 usage or configuration error.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from krs_plugin import __version__
+from krs_plugin.cliout import error_exit
 from krs_plugin.errors import ConfigError, KrsError
 
 LIVE_DEMO_ELSEWHERE = (
@@ -154,12 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from krs_plugin.receiver.commands import run_command
 
             return run_command(args)
-    except ConfigError as exc:
-        print(f"krs: configuration error: {exc}", file=sys.stderr)
-        return 2
     except KrsError as exc:
-        print(f"krs: {exc}", file=sys.stderr)
-        return 1
+        return error_exit("krs", exc, (ConfigError,), usage_label="configuration error: ")
     parser.print_help()
     return 2
 

@@ -1,8 +1,9 @@
 """The ``krs-kdc`` command: the Python Key Distribution Center.
 
 State lives in one directory (``--state``, or ``$KRS_KDC_STATE``, default ``./kdc-state``): the
-SQLite database ``kdc.db`` and the KDC's own keys under ``keys/``. Exit codes: 0 ok, 1 operational
-failure, 2 usage or configuration error (including references to things that do not exist).
+SQLite database ``kdc.db`` and the KDC's own keys under ``keys/``. Output and exit codes as in
+``krs_plugin/cliout.py``: 0 ok, 1 operational failure, 2 usage or configuration error (including
+references to things that do not exist).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from krs_plugin import __version__
+from krs_plugin.cliout import emit, error_exit
 from krs_plugin.crypto import load_hpke_public, load_jose_key, write_secret_file
 from krs_plugin.dnssec import generate_key, read_bind_key_pair
 from krs_plugin.errors import ConfigError, KeyFileError, KrsError, WireError
@@ -43,14 +45,6 @@ def _open_store(args: argparse.Namespace) -> Store:
     return Store(state / "kdc.db")
 
 
-def _emit(args: argparse.Namespace, data: Any, lines: Sequence[str]) -> None:
-    if args.json:
-        print(json.dumps(data, indent=2, sort_keys=True))
-    else:
-        for line in lines:
-            print(line)
-
-
 # --- commands ---------------------------------------------------------------------------------
 
 
@@ -69,14 +63,14 @@ def cmd_init(args: argparse.Namespace) -> int:
         "signing_key": identity.signer.thumbprint,
         "signing_pubkey_file": str(state / "keys" / "kdc.signing.pubkey"),
     }
-    _emit(
-        args,
+    emit(
         data,
         [
             f"initialised KDC in {state} for control zone {control_zone}",
             f"signing key {identity.signer.thumbprint}",
             f"give every KRS this verification key: {data['signing_pubkey_file']}",
         ],
+        as_json=args.json,
     )
     return 0
 
@@ -84,14 +78,14 @@ def cmd_init(args: argparse.Namespace) -> int:
 def cmd_zone_add(args: argparse.Namespace) -> int:
     store = _open_store(args)
     zone = store.add_zone(args.zone)
-    _emit(args, {"zone": zone}, [f"added zone {zone}"])
+    emit({"zone": zone}, [f"added zone {zone}"], as_json=args.json)
     return 0
 
 
 def cmd_zone_list(args: argparse.Namespace) -> int:
     store = _open_store(args)
     zones = store.zones()
-    _emit(args, zones, zones)
+    emit(zones, zones, as_json=args.json)
     return 0
 
 
@@ -121,13 +115,13 @@ def cmd_node_add(args: argparse.Namespace) -> int:
         signing_pubkey=signing,
         zones=args.zone or [],
     )
-    _emit(
-        args,
+    emit(
         asdict(node),
         [
             f"added node {node.id} ({node.backend}, notify {node.notify_address}), "
             f"zones: {', '.join(node.zones) or 'none'}"
         ],
+        as_json=args.json,
     )
     return 0
 
@@ -135,10 +129,10 @@ def cmd_node_add(args: argparse.Namespace) -> int:
 def cmd_node_list(args: argparse.Namespace) -> int:
     store = _open_store(args)
     nodes = store.nodes(args.zone)
-    _emit(
-        args,
+    emit(
         [asdict(n) for n in nodes],
         [f"{n.id:32} {n.backend:5} {n.notify_address:22} {' '.join(n.zones)}" for n in nodes],
+        as_json=args.json,
     )
     return 0
 
@@ -146,7 +140,11 @@ def cmd_node_list(args: argparse.Namespace) -> int:
 def cmd_node_remove(args: argparse.Namespace) -> int:
     store = _open_store(args)
     store.remove_node(args.node_id)
-    _emit(args, {"removed": canonical(args.node_id)}, [f"removed node {canonical(args.node_id)}"])
+    emit(
+        {"removed": canonical(args.node_id)},
+        [f"removed node {canonical(args.node_id)}"],
+        as_json=args.json,
+    )
     return 0
 
 
@@ -166,10 +164,10 @@ def cmd_key_generate(args: argparse.Namespace) -> int:
         activate_at=now + args.activate_after,
         now=now,
     )
-    _emit(
-        args,
+    emit(
         _key_json(row),
         [f"generated {row.role} for {zone}: algorithm {row.algorithm}, tag {row.key_tag}"],
+        as_json=args.json,
     )
     return 0
 
@@ -195,17 +193,17 @@ def cmd_key_import(args: argparse.Namespace) -> int:
         activate_at=timing.activate if timing.activate is not None else now,
         now=now,
     )
-    _emit(args, _key_json(row), [f"imported {row.role} {zone} tag {row.key_tag}"])
+    emit(_key_json(row), [f"imported {row.role} {zone} tag {row.key_tag}"], as_json=args.json)
     return 0
 
 
 def cmd_key_list(args: argparse.Namespace) -> int:
     store = _open_store(args)
     rows = store.keys(args.zone)
-    _emit(
-        args,
+    emit(
         [_key_json(r) for r in rows],
         [f"{r.zone:28} {r.role} alg {r.algorithm:2} tag {r.key_tag:5} {r.state}" for r in rows],
+        as_json=args.json,
     )
     return 0
 
@@ -217,10 +215,10 @@ def cmd_key_retire(args: argparse.Namespace) -> int:
     if row.state == "removed":
         raise StateError(f"key {row.key_tag} of {row.zone} is already removed")
     store.set_key_state(row.id, "retired")
-    _emit(
-        args,
+    emit(
         _key_json(store.key_by_id(row.id)),
         [f"retired {row.role} {row.zone} tag {row.key_tag}"],
+        as_json=args.json,
     )
     return 0
 
@@ -230,10 +228,10 @@ def cmd_key_remove(args: argparse.Namespace) -> int:
     store = _open_store(args)
     row = store.require_key(args.zone, args.tag)
     store.set_key_state(row.id, "removed")
-    _emit(
-        args,
+    emit(
         _key_json(store.key_by_id(row.id)),
         [f"removed {row.role} {row.zone} tag {row.key_tag}"],
+        as_json=args.json,
     )
     return 0
 
@@ -262,13 +260,13 @@ def cmd_distribute(args: argparse.Namespace) -> int:
         chunk_size=args.chunk_size,
         progress=show,
     )
-    _emit(
-        args,
+    emit(
         asdict(summary),
         [
             f"distribution {summary.distribution_id} for {summary.zone}: {summary.key_count} "
             f"key(s), {summary.delete_count} deletion(s), to {len(summary.nodes)} node(s)"
         ],
+        as_json=args.json,
     )
     return 0
 
@@ -282,14 +280,14 @@ def _distribute_node(args: argparse.Namespace) -> int:
     summary = distribute_node(
         store, identity, args.node[0], now=time.time(), ttl=args.ttl, chunk_size=args.chunk_size
     )
-    _emit(
-        args,
+    emit(
         asdict(summary),
         [
             f"distribution {summary.distribution_id} for {summary.nodes[0]}: "
             f"{len(summary.zones)} zone(s), {summary.key_count} key(s), "
             f"{summary.delete_count} deletion(s), {summary.records} record(s)"
         ],
+        as_json=args.json,
     )
     return 0
 
@@ -308,13 +306,13 @@ def _progress(done: int, total: int) -> None:
 def cmd_distribution_list(args: argparse.Namespace) -> int:
     store = _open_store(args)
     rows = store.distributions(status=args.status)
-    _emit(
-        args,
+    emit(
         [asdict(r) for r in rows],
         [
             f"{r.id} {r.node_id:32} {r.zone or '-':24} {r.status:9} notified x{r.notify_attempts}"
             for r in rows
         ],
+        as_json=args.json,
     )
     return 0
 
@@ -333,7 +331,7 @@ def cmd_distribution_show(args: argparse.Namespace) -> int:
         )
         if r.error:
             lines.append(f"  error: {r.error}")
-    _emit(args, [asdict(r) for r in rows], lines)
+    emit([asdict(r) for r in rows], lines, as_json=args.json)
     return 0
 
 
@@ -392,8 +390,7 @@ def cmd_enroll_create(args: argparse.Namespace) -> int:
         "valid_until": package.valid_until,
         "file": str(output),
     }
-    _emit(
-        args,
+    emit(
         data,
         [
             f"enrollment package for {package.node_id} written to {output} (0600)",
@@ -401,6 +398,7 @@ def cmd_enroll_create(args: argparse.Namespace) -> int:
             f"{', '.join(package.zones) or 'none'}, valid until {package.valid_until}",
             f"on the node: krs enroll {output.name}",
         ],
+        as_json=args.json,
     )
     return 0
 
@@ -443,7 +441,7 @@ def cmd_enroll_list(args: argparse.Namespace) -> int:
         + time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t.expires_at))
         for t in tokens
     ]
-    _emit(args, rows, lines)
+    emit(rows, lines, as_json=args.json)
     return 0
 
 
@@ -456,7 +454,7 @@ def cmd_enroll_revoke(args: argparse.Namespace) -> int:
         what = f"node {canonical(args.node)}" if args.node else f"token {args.token}"
         raise StateError(f"no open enrollment token for {what} (see: krs-kdc enroll list)")
     ids = [t.token_id for t in revoked]
-    _emit(args, {"revoked": ids}, [f"revoked token {i}" for i in ids])
+    emit({"revoked": ids}, [f"revoked token {i}" for i in ids], as_json=args.json)
     return 0
 
 
@@ -606,12 +604,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return int(func(args))
-    except (ConfigError, StateError, KeyFileError) as exc:
-        print(f"krs-kdc: {exc}", file=sys.stderr)
-        return 2
     except KrsError as exc:
-        print(f"krs-kdc: {exc}", file=sys.stderr)
-        return 1
+        return error_exit("krs-kdc", exc, (ConfigError, StateError, KeyFileError))
 
 
 if __name__ == "__main__":

@@ -3,25 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import asdict
-from typing import Any
 
 from krs_plugin.adapters import make_adapter
-from krs_plugin.config import load_config
+from krs_plugin.adapters.base import ReportsSignatureExpiry
+from krs_plugin.cliout import emit
+from krs_plugin.config import Config, load_config
 from krs_plugin.errors import KrsError
 from krs_plugin.protocol import check_distribution_id
 from krs_plugin.receiver.fetcher import Fetcher
 from krs_plugin.receiver.pipeline import Outcome, Pipeline, load_identity, stage_of
 from krs_plugin.receiver.store import ReceiverStore
-
-
-def _print(args: argparse.Namespace, data: Any, lines: list[str]) -> None:
-    if getattr(args, "json", False):
-        print(json.dumps(data, indent=2, sort_keys=True, default=str))
-    else:
-        print("\n".join(lines))
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -38,13 +31,13 @@ def run_command(args: argparse.Namespace) -> int:
             return _fetch(args, config, store)
         if args.command == "status":
             rows = store.distributions()
-            _print(
-                args,
+            emit(
                 [asdict(r) for r in rows],
                 [f"{r.id} {r.outcome:8} {r.stage or '-':10} {r.error or ''}" for r in rows]
                 or ["no distributions received yet"],
+                as_json=args.json,
             )
-            if not getattr(args, "json", False):
+            if not args.json:
                 for line in _signature_lines(config):
                     print(line)
             return 0
@@ -52,8 +45,7 @@ def run_command(args: argparse.Namespace) -> int:
         if zone and not zone.endswith("."):
             zone += "."
         keys = [dict(r) for r in store.installed(zone)]
-        _print(
-            args,
+        emit(
             keys,
             [
                 f"{k['zone']:28} tag {k['key_tag']:5} alg {k['algorithm']:2} flags {k['flags']} "
@@ -61,30 +53,30 @@ def run_command(args: argparse.Namespace) -> int:
                 for k in keys
             ]
             or ["no keys installed"],
+            as_json=args.json,
         )
         return 0
     finally:
         store.close()
 
 
-def _signature_lines(config: Any) -> list[str]:
+def _signature_lines(config: Config) -> list[str]:
     """For adapters that sign (NSD): when each zone's served signatures expire."""
     try:
         adapter = make_adapter(config)
     except KrsError:
         return []
-    expiry = getattr(adapter, "signature_expiry", None)
-    if expiry is None:
+    if not isinstance(adapter, ReportsSignatureExpiry):
         return []
     lines = ["signatures served (earliest RRSIG expiry per zone):"]
     for zone in sorted(config.zones):
-        when = expiry(zone)
+        when = adapter.signature_expiry(zone)
         text = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(when)) if when else "not signed"
         lines.append(f"  {zone.to_text():28} {text}")
     return lines
 
 
-def _run(config: Any, store: ReceiverStore) -> int:
+def _run(config: Config, store: ReceiverStore) -> int:
     import asyncio
     import contextlib
 
@@ -100,7 +92,7 @@ def _run(config: Any, store: ReceiverStore) -> int:
     return 0
 
 
-def _fetch(args: argparse.Namespace, config: Any, store: ReceiverStore) -> int:
+def _fetch(args: argparse.Namespace, config: Config, store: ReceiverStore) -> int:
     dist_id = check_distribution_id(args.distribution_id)
     identity, verifier, _ = load_identity(config)
     adapter = make_adapter(config)
@@ -151,4 +143,4 @@ def _show(args: argparse.Namespace, outcome: Outcome) -> None:
             for p in outcome.plans
         ],
     }
-    _print(args, data, lines)
+    emit(data, lines, as_json=args.json)
