@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from krs_plugin import __version__
+from krs_plugin.cliout import error_exit
 from krs_plugin.errors import ConfigError, KrsError
 
 
@@ -60,12 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_main_job(backend=b, zone=args.zone, server=args.server, keep=args.keep)
             for b in backends
         )
-    except ConfigError as exc:
-        print(f"krs-demo: configuration error: {exc}", file=sys.stderr)
-        return 2
     except KrsError as exc:
-        print(f"krs-demo: {exc}", file=sys.stderr)
-        return 1
+        return error_exit("krs-demo", exc, (ConfigError,), usage_label="configuration error: ")
 
 
 if __name__ == "__main__":
