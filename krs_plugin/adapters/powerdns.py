@@ -232,7 +232,13 @@ class PowerDnsAdapter(BaseAdapter[PdnsChange]):
         )
 
     def snapshot(self, zone: dns.name.Name) -> str:
-        return json.dumps(self._snapshot(zone, self.store.keys(zone)))
+        try:
+            keys = self.store.keys(zone)
+        except AdapterError:
+            if not self.store.zone_exists(zone):  # say so, rather than the API's "404"
+                raise AdapterError("PowerDNS does not serve this zone") from None
+            raise
+        return json.dumps(self._snapshot(zone, keys))
 
     def _snapshot(self, zone: dns.name.Name, keys: Sequence[PdnsKey]) -> dict[str, Any]:
         present = {k.dnskey.to_text() for k in keys}

@@ -27,7 +27,15 @@ def apply_atomically(
 ) -> list[ApplyResult]:
     """Apply ``plans`` in order; on failure, put every touched zone back and raise AdapterError
     (the failure, then what the rollback did)."""
-    snapshots = {plan.zone: adapter.snapshot(plan.zone) for plan in plans}
+    snapshots = {}
+    for plan in plans:
+        try:
+            snapshots[plan.zone] = adapter.snapshot(plan.zone)
+        except KrsError as exc:
+            raise AdapterError(
+                f"{adapter.name}, zone {plan.zone}: taking the snapshot to roll back to "
+                f"failed: {exc}; nothing was changed"
+            ) from exc
     if journal is not None:
         journal(snapshots)
     results: list[ApplyResult] = []

@@ -24,8 +24,8 @@ from krs_lab.nsd import NsdLab
 from krs_lab.powerdns import PowerDnsLab
 from krs_lab.process import server_binary
 from krs_lab.sysroot import Sysroot, other_generation, sysroot_dir
-from krs_plugin.adapters import keyfiles
 from krs_plugin.adapters.base import Adapter
+from krs_plugin.adapters.keyfiles import KeyFolder
 
 ZONES = ("example.com.", "example.net.")
 UNSERVED = "not-served.example."
@@ -150,8 +150,8 @@ class Bind9ServerLab:
         stored: dict[str, object] = {
             path.name: (key.dnskey_text(), timing)
             for zone in ZONES
-            for path, key, timing in keyfiles.read_keys(
-                self.lab.key_directory, dns.name.from_text(zone)
+            for path, key, timing in KeyFolder(self.lab.key_directory).read_keys(
+                dns.name.from_text(zone)
             )
         }
         stored.update({p.name: "present" for p in files if p.suffix in (".key", ".krs-timing")})

@@ -8,9 +8,9 @@ import time
 import dns.name
 
 from krs_lab.bind9 import Bind9Lab
-from krs_plugin.adapters import keyfiles
 from krs_plugin.adapters.base import KeyPlan, PlannedKey
 from krs_plugin.adapters.bind9 import Bind9Adapter
+from krs_plugin.adapters.keyfiles import KeyFolder
 from krs_plugin.dnssec import KeyTiming, generate_key
 from tests.adapters.servers import Served
 
@@ -33,7 +33,7 @@ def test_restore_with_named_down_brings_the_old_keys_back(bind9_named: Bind9Lab)
     adapter.restore(NAME, snapshot)  # named does not answer: the files alone
     # The key the undone apply added stays, deleted as of now: named 9.18 keeps serving a key
     # whose files are simply gone (it is in its signed copy), so it must read that.
-    timings = {k.key_tag: t for _, k, t in keyfiles.read_keys(bind9_named.key_directory, NAME)}
+    timings = {k.key_tag: t for _, k, t in KeyFolder(bind9_named.key_directory).read_keys(NAME)}
     assert set(timings) == {ksk.key_tag, zsk.key_tag, newer.key_tag}
     deleted = timings[newer.key_tag].delete
     assert deleted is not None and deleted <= time.time()
@@ -48,6 +48,6 @@ def test_restore_with_named_down_brings_the_old_keys_back(bind9_named: Bind9Lab)
     another = generate_key(ZONE, 13, 256)
     now = int(time.time()) - 1
     adapter.apply(NAME, KeyPlan(NAME, (PlannedKey(another, "ZSK", KeyTiming(now, now, now)),)))
-    tags = {k.key_tag for _, k, _ in keyfiles.read_keys(bind9_named.key_directory, NAME)}
+    tags = {k.key_tag for _, k, _ in KeyFolder(bind9_named.key_directory).read_keys(NAME)}
     assert tags == {ksk.key_tag, zsk.key_tag, another.key_tag}
     assert not list(bind9_named.key_directory.glob(f"*{newer.key_tag:05d}*"))

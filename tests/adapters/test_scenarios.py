@@ -1,7 +1,8 @@
 """The adapter scenario table, run against every real nameserver in the harness (servers.py).
 
-Each scenario drives the adapter as the KRS pipeline does (plan, apply) and then asks the running
-server over DNS, validating every RRSIG with dnspython: the server's answers are the outcome.
+Each scenario drives the adapter as the KRS pipeline does (plan, apply; a failure rolled back by
+``apply_atomically``, as in the pipeline) and then asks the running server over DNS, validating
+every RRSIG with dnspython: the server's answers are the outcome.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import dns.name
 import pytest
 
 from krs_plugin.adapters.base import KeyPlan, PlannedKey
+from krs_plugin.adapters.transaction import apply_atomically
 from krs_plugin.dnssec import DnssecKey, KeyTiming, generate_key
 from krs_plugin.errors import AdapterError
 from tests.adapters.servers import UNSERVED, ZONES, Served, ServerLab
@@ -162,7 +164,7 @@ def test_server_down_during_apply_is_a_clean_error_and_nothing_changes(lab: Serv
     before = lab.stored()
     lab.stop()
     with pytest.raises(AdapterError) as failure:
-        adapter.apply(NAME, install((key("CSK"), "CSK")))
+        apply_atomically(adapter, [install((key("CSK"), "CSK"))])
     assert str(NAME) in str(failure.value)
     assert lab.stored() == before
     lab.start()
@@ -174,7 +176,9 @@ def test_reload_that_does_not_take_effect_is_rolled_back(lab: ServerLab) -> None
     adapter = lab.adapter()
     before = lab.stored()
     with pytest.raises(AdapterError) as failure:
-        adapter.apply(NAME, install(*((key(role), role) for role in lab.reload_break_roles)))
+        apply_atomically(
+            adapter, [install(*((key(role), role) for role in lab.reload_break_roles))]
+        )
     message = str(failure.value)
     assert "step '" in message and lab.reload_failure in message
     assert lab.stored() == before
@@ -194,7 +198,7 @@ def test_refused_key_set_leaves_the_old_keys_served_and_signing(lab: ServerLab) 
         assert served(lab).soa_signers == {csk.key_tag, stray.key_tag}
         return
     with pytest.raises(AdapterError) as failure:
-        adapter.apply(NAME, install((stray, "ZSK")))
+        apply_atomically(adapter, [install((stray, "ZSK"))])
     assert lab.lone_zsk_refusal in str(failure.value)
     assert lab.stored() == before
     now = served(lab)
@@ -207,10 +211,7 @@ def test_zone_the_server_does_not_serve_is_refused_before_touching_files(
     adapter = lab.adapter()
     before = lab.stored()
     with pytest.raises(AdapterError) as failure:
-        adapter.apply(
-            dns.name.from_text(UNSERVED),
-            install((key("ZSK", UNSERVED), "ZSK"), zone=UNSERVED),
-        )
+        apply_atomically(adapter, [install((key("ZSK", UNSERVED), "ZSK"), zone=UNSERVED)])
     assert UNSERVED in str(failure.value) and "does not serve" in str(failure.value)
     assert lab.stored() == before
 

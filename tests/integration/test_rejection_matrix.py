@@ -27,9 +27,10 @@ from joserfc import jws as rfc_jws
 from joserfc.jwk import ECKey
 
 from krs_lab.bind9 import Bind9Lab
-from krs_plugin.adapters import keyfiles, make_adapter
+from krs_plugin.adapters import make_adapter
 from krs_plugin.adapters.base import KeyPlan, PlannedKey
 from krs_plugin.adapters.bind9 import Bind9Adapter
+from krs_plugin.adapters.keyfiles import KeyFolder
 from krs_plugin.config import load_config
 from krs_plugin.crypto import (
     HpkeKey,
@@ -380,7 +381,7 @@ def test_every_refusal_leaves_named_serving_the_keys_it_served(
     Bind9Adapter(settings, zones=[zone]).apply(zone, plan)
     before = Served(bind9_named.host, bind9_named.port, ZONE)
     assert before.tags == {ksk.key_tag, zsk.key_tag}
-    keys_before = keyfiles.read_keys(bind9_named.key_directory, zone)
+    keys_before = KeyFolder(bind9_named.key_directory).read_keys(zone)
     for offset, (case, (make_records, stage, fragment)) in enumerate(REFUSALS.items()):
         dist_id = new_id(offset)
         outcome = node.process(dist_id, make_records(node, dist_id))
@@ -390,5 +391,5 @@ def test_every_refusal_leaves_named_serving_the_keys_it_served(
     assert after.tags == before.tags
     assert after.soa_signers == {zsk.key_tag} and after.dnskey_signers == {ksk.key_tag}
     assert [
-        (p.name, k.key_tag, t) for p, k, t in keyfiles.read_keys(bind9_named.key_directory, zone)
+        (p.name, k.key_tag, t) for p, k, t in KeyFolder(bind9_named.key_directory).read_keys(zone)
     ] == [(p.name, k.key_tag, t) for p, k, t in keys_before]

@@ -11,8 +11,7 @@ import dns.name
 import pytest
 from inotify_simple import Event, flags
 
-from krs_plugin.adapters.base import KeyPlan, PlannedKey
-from krs_plugin.adapters.base import ZoneChange
+from krs_plugin.adapters.base import KeyPlan, PlannedKey, ZoneChange
 from krs_plugin.adapters.directory import DirectoryAdapter
 from krs_plugin.adapters.folderindex import FolderIndex
 from krs_plugin.dnssec import KeyTiming, generate_key, write_bind_key_pair
