@@ -23,6 +23,7 @@ from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar, runtime_c
 
 import dns.name
 
+from krs_plugin.adapters.settings import reject_unknown, settings_path
 from krs_plugin.dnssec import DnssecKey, KeyTiming
 from krs_plugin.errors import AdapterError, KrsError
 
@@ -92,11 +93,14 @@ class Adapter(ABC):
     """How the KRS talks to one nameserver. Registered in the entry-point group
     ``krs_plugin.adapters`` under the name operators write as ``adapter.type``; constructed as
     ``Adapter(settings, config_path=..., zones=...)`` (``adapter.settings`` of krs.yaml, the
-    file's path for relative paths, the zones the node serves)."""
+    file's path for relative paths, the zones the node serves), which checks the settings' keys
+    and hands them to ``configure``."""
 
     name: ClassVar[str]
+    settings_keys: ClassVar[frozenset[str]] = frozenset()
+    """The keys ``adapter.settings`` may have; any other is refused, naming it (a misspelt
+    setting would otherwise fall back to its default in silence)."""
 
-    @abstractmethod
     def __init__(
         self,
         settings: Mapping[str, Any],
@@ -104,7 +108,19 @@ class Adapter(ABC):
         config_path: Path | None = None,
         zones: Iterable[dns.name.Name] = (),
     ) -> None:
-        """Read ``settings`` (refusing unknown keys, with ConfigError); talk to no server yet."""
+        reject_unknown(settings, self.settings_keys, self.name)
+        self.settings_dir = config_path.parent if config_path is not None else None
+        self.zones = tuple(zones)
+        self.configure(settings)
+
+    @abstractmethod
+    def configure(self, settings: Mapping[str, Any]) -> None:
+        """Read ``settings`` (ConfigError naming the key when one is wrong); talk to no server
+        yet. ``self.zones`` and ``path_setting`` are ready."""
+
+    def path_setting(self, value: object) -> Path:
+        """A path from ``adapter.settings``; a relative one is relative to krs.yaml's folder."""
+        return settings_path(value, self.settings_dir)
 
     @abstractmethod
     def check(self) -> list[Problem]:

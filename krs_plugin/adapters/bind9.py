@@ -65,7 +65,7 @@ from krs_plugin.adapters.keyfiles import (
     write_key,
     write_key_files,
 )
-from krs_plugin.adapters.settings import reject_unknown, seconds, server_address, settings_path
+from krs_plugin.adapters.settings import seconds, server_address
 from krs_plugin.adapters.tools import run_tool
 from krs_plugin.errors import AdapterError, ConfigError, KrsError
 
@@ -163,33 +163,25 @@ class BindChange(ZoneChange):
 
 class Bind9Adapter(BaseAdapter[BindChange]):
     name = "bind9"
+    settings_keys = frozenset(SETTINGS)
 
-    def __init__(
-        self,
-        settings: Mapping[str, Any],
-        *,
-        config_path: Path | None = None,
-        zones: Iterable[dns.name.Name] = (),
-    ) -> None:
-        reject_unknown(settings, SETTINGS, "bind9")
-        base = config_path.parent if config_path is not None else None
+    def configure(self, settings: Mapping[str, Any]) -> None:
         if "key_directory" not in settings:
             raise ConfigError("adapter.settings.key_directory: required for bind9")
-        self.key_directory = settings_path(settings["key_directory"], base)
+        self.key_directory = self.path_setting(settings["key_directory"])
         self.key_directories = {
-            dns.name.from_text(str(zone)): settings_path(path, base)
+            dns.name.from_text(str(zone)): self.path_setting(path)
             for zone, path in dict(settings.get("key_directories") or {}).items()
         }
         self.host, self.port = server_address(settings)
         rndc = settings.get("rndc") or {}
         if not isinstance(rndc, Mapping):
             raise ConfigError("adapter.settings.rndc: must be a mapping")
-        self.rndc = Rndc(rndc, base)
-        self.named_conf = settings_path(settings.get("named_conf", DEFAULT_NAMED_CONF), base)
+        self.rndc = Rndc(rndc, self.settings_dir)
+        self.named_conf = self.path_setting(settings.get("named_conf", DEFAULT_NAMED_CONF))
         self.named_checkconf = str(settings.get("named_checkconf", "named-checkconf"))
         self.owner = self._owner(settings.get("owner"))
         self.verify_timeout = seconds(settings, "verify_timeout", 10)
-        self.zones = tuple(zones)
         self._retry_at: dict[dns.name.Name, float] = {}
         self._version: tuple[tuple[int, int], float] | None = None
         self._folders: dict[Path, KeyFolder] = {}

@@ -8,7 +8,7 @@ verifying is reading the files back. The smallest example of ``BaseAdapter`` (do
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -25,26 +25,19 @@ from krs_plugin.adapters.base import (
     ZoneChange,
 )
 from krs_plugin.adapters.keyfiles import KeyFolder, decode_snapshot, encode_snapshot, tags_in
-from krs_plugin.adapters.settings import reject_unknown, settings_path
 from krs_plugin.dnssec.bindfiles import bind_private_text
 from krs_plugin.errors import AdapterError, ConfigError
 
 
 class DirectoryAdapter(BaseAdapter[ZoneChange]):
     name = "directory"
+    settings_keys = frozenset({"path"})
 
-    def __init__(
-        self,
-        settings: Mapping[str, Any],
-        *,
-        config_path: Path | None = None,
-        zones: Iterable[dns.name.Name] = (),
-    ) -> None:
-        reject_unknown(settings, {"path"}, "directory")
+    def configure(self, settings: Mapping[str, Any]) -> None:
         raw = settings.get("path")
         if not isinstance(raw, str):
             raise ConfigError("adapter.settings.path: required for the directory adapter")
-        self.path = settings_path(raw, config_path.parent if config_path else None)
+        self.path = self.path_setting(raw)
         self.folder = KeyFolder(self.path)
 
     def check(self) -> list[Problem]:

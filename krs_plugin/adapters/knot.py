@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -47,10 +46,9 @@ from krs_plugin.adapters.base import (
 )
 from krs_plugin.adapters.dnscheck import KeyState, expectation, wait_served
 from krs_plugin.adapters.knotctl import KaspKey, KnotTools, knot_key_id, knot_times
-from krs_plugin.adapters.settings import reject_unknown, seconds, server_address, settings_path
-from krs_plugin.adapters.tools import install_hint
+from krs_plugin.adapters.settings import seconds, server_address
+from krs_plugin.adapters.tools import install_hint, secret_file
 from krs_plugin.errors import AdapterError, ConfigError, KrsError
-from krs_plugin.files import SECRET_MODE
 
 log = logging.getLogger(__name__)
 
@@ -83,18 +81,11 @@ class KaspChange(ZoneChange):
 
 class KnotAdapter(BaseAdapter[KaspChange]):
     name = "knot"
+    settings_keys = frozenset(SETTINGS)
 
-    def __init__(
-        self,
-        settings: Mapping[str, Any],
-        *,
-        config_path: Path | None = None,
-        zones: Iterable[dns.name.Name] = (),
-    ) -> None:
-        reject_unknown(settings, SETTINGS, "knot")
-        base = config_path.parent if config_path is not None else None
-        config = settings_path(settings.get("config", "/etc/knot/knot.conf"), base)
-        socket = settings_path(settings["socket"], base) if "socket" in settings else None
+    def configure(self, settings: Mapping[str, Any]) -> None:
+        config = self.path_setting(settings.get("config", "/etc/knot/knot.conf"))
+        socket = self.path_setting(settings["socket"]) if "socket" in settings else None
         self.tools = KnotTools(
             config=config,
             socket=socket,
@@ -103,15 +94,12 @@ class KnotAdapter(BaseAdapter[KaspChange]):
             timeout=seconds(settings, "timeout", 10),
         )
         self.host, self.port = server_address(settings)
-        self._keystore = (
-            settings_path(settings["keystore"], base) if "keystore" in settings else None
-        )
+        self._keystore = self.path_setting(settings["keystore"]) if "keystore" in settings else None
         owner = settings.get("owner")
         if owner is not None and (not isinstance(owner, str) or not owner):
             raise ConfigError("adapter.settings.owner: must be a user name (e.g. knot)")
         self.owner = owner
         self.verify_timeout = seconds(settings, "verify_timeout", 10)
-        self.zones = tuple(zones)
 
     # --- where Knot keeps things ------------------------------------------------------------
 
@@ -323,21 +311,10 @@ class KnotAdapter(BaseAdapter[KaspChange]):
         times: Iterable[int],
     ) -> str:
         """Hand keymgr the PEM in a private folder of its own, removed right after."""
-        owner = self._stage_owner()
-        staging = Path(tempfile.mkdtemp(prefix="krs-knot-"))
-        try:
-            path = staging / "key.pem"
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, SECRET_MODE)
-            with os.fdopen(fd, "wb") as out:
-                out.write(pem)
-            if owner is not None:
-                os.chown(staging, *owner)
-                os.chown(path, *owner)
+        with secret_file("key.pem", pem, owner=self._stage_owner()) as path:
             return self.tools.import_pem(
                 zone, path, algorithm, ksk=ksk, zsk=zsk, times=tuple(times)
             )
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
 
     def _wait(self, zone: dns.name.Name, removed: Iterable[int]) -> Verification:
         keys = [KeyState(k.key_tag, k.flags, k.timing) for k in self.current_keys(zone)]

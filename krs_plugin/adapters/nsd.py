@@ -45,7 +45,7 @@ from krs_plugin.adapters.base import (
 )
 from krs_plugin.adapters.dnscheck import KeyState, expectation, wait_served
 from krs_plugin.adapters.keyfiles import KeyFolder, tags_in
-from krs_plugin.adapters.settings import reject_unknown, seconds, server_address, settings_path
+from krs_plugin.adapters.settings import seconds, server_address
 from krs_plugin.adapters.soaserial import (
     is_after,
     next_serial,
@@ -93,25 +93,16 @@ class NsdChange(ZoneChange):
 
 class NsdAdapter(BaseAdapter[NsdChange]):
     name = "nsd"
+    settings_keys = frozenset(SETTINGS)
 
-    def __init__(
-        self,
-        settings: Mapping[str, Any],
-        *,
-        config_path: Path | None = None,
-        zones: Iterable[dns.name.Name] = (),
-    ) -> None:
-        reject_unknown(settings, SETTINGS, "nsd")
-        base = config_path.parent if config_path is not None else None
+    def configure(self, settings: Mapping[str, Any]) -> None:
         for required in ("key_directory", "unsigned_file", "signed_file"):
             if required not in settings:
                 raise ConfigError(f"adapter.settings.{required}: required for nsd")
-        self.base = base
         self.key_directory = self._path(settings["key_directory"])
         self.keys = KeyFolder(self.key_directory)
         self.unsigned_pattern = str(settings["unsigned_file"])
         self.signed_pattern = str(settings["signed_file"])
-        self.zones = tuple(zones)
         self.zone_files = self._zone_files(settings.get("zone_files"))
         self._refuse_shared_signed_files()
         self.config = self._path(settings.get("config", "/etc/nsd/nsd.conf"))
@@ -134,7 +125,7 @@ class NsdAdapter(BaseAdapter[NsdChange]):
         self._written: dict[dns.name.Name, int] = {}  # the last serial written, per zone
 
     def _path(self, value: object) -> Path:
-        return settings_path(value, self.base)
+        return self.path_setting(value)
 
     def _zone_files(self, value: object) -> dict[dns.name.Name, dict[str, str]]:
         """``zone_files``: per zone, the files that do not follow the patterns. A typo here

@@ -16,9 +16,7 @@ What shapes them (docs/servers/powerdns-lab-notes.md, measured against pdns_serv
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -37,9 +35,8 @@ import dns.rdatatype
 from dns.rdtypes.ANY.DNSKEY import DNSKEY
 
 from krs_plugin.adapters.base import Problem
-from krs_plugin.adapters.tools import run_tool
+from krs_plugin.adapters.tools import run_tool, secret_file
 from krs_plugin.errors import AdapterError
-from krs_plugin.files import SECRET_MODE
 
 PRESIGNED = "PRESIGNED"
 
@@ -427,21 +424,12 @@ class PdnsutilKeyStore:
     ) -> PdnsKey:
         # pdnsutil knows ksk and zsk; a CSK is a KSK that signs alone (flags 257).
         kind = "zsk" if keytype == "zsk" else "ksk"
-        folder = Path(tempfile.mkdtemp(prefix="krs-pdns-"))
-        try:
-            path = folder / "key.private"
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, SECRET_MODE)
-            with os.fdopen(fd, "w") as out:
-                out.write(private)
-            state = ["active" if active else "inactive", kind]
-            state.append("published" if published else "unpublished")
+        state = ["active" if active else "inactive", kind]
+        state.append("published" if published else "unpublished")
+        with secret_file("key.private", private.encode()) as path:
             out_text = self.util(
                 "import-zone-key", zone.to_text(), str(path), *state, what=f"import into {zone}"
             )
-        finally:
-            for child in folder.iterdir():
-                child.unlink()
-            folder.rmdir()
         key_id = int(out_text.strip().splitlines()[-1])
         if key_id == 0:  # pdnsutil's answer for a zone that does not exist
             raise AdapterError(f"powerdns: pdnsutil did not store the key: no zone {zone}")

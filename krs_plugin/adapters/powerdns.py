@@ -25,7 +25,6 @@ import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import dns.name
@@ -48,10 +47,8 @@ from krs_plugin.adapters.dnscheck import (
 )
 from krs_plugin.adapters.pdnsctl import ApiKeyStore, KeyStore, PdnsKey, PdnsutilKeyStore
 from krs_plugin.adapters.settings import (
-    reject_unknown,
     seconds,
     server_address,
-    settings_path,
 )
 from krs_plugin.dnssec import KeyTiming
 from krs_plugin.errors import AdapterError, ConfigError, KrsError
@@ -126,17 +123,10 @@ class PdnsChange(ZoneChange):
 
 class PowerDnsAdapter(BaseAdapter[PdnsChange]):
     name = "powerdns"
+    settings_keys = frozenset(SETTINGS)
     failures = UNEXPECTED
 
-    def __init__(
-        self,
-        settings: Mapping[str, Any],
-        *,
-        config_path: Path | None = None,
-        zones: Iterable[dns.name.Name] = (),
-    ) -> None:
-        reject_unknown(settings, SETTINGS, "powerdns")
-        base = config_path.parent if config_path is not None else None
+    def configure(self, settings: Mapping[str, Any]) -> None:
         timeout = seconds(settings, "timeout", 10)
         method = settings.get("method", "api")
         self.store: KeyStore
@@ -148,7 +138,7 @@ class PowerDnsAdapter(BaseAdapter[PdnsChange]):
                 )
             self.store = ApiKeyStore(
                 str(settings.get("api_url", "http://127.0.0.1:8081")),
-                settings_path(settings["api_key_file"], base),
+                self.path_setting(settings["api_key_file"]),
                 str(settings.get("server_id", "localhost")),
                 timeout,
             )
@@ -166,7 +156,6 @@ class PowerDnsAdapter(BaseAdapter[PdnsChange]):
             raise ConfigError("adapter.settings.rectify: true or false")
         self.rectify = rectify
         self.verify_timeout = seconds(settings, "verify_timeout", 10)
-        self.zones = tuple(zones)
         self._private_cache: dict[dns.name.Name, dict[str, str]] = {}
         self._unpublished: set[dns.name.Name] = set()  # changed by maintain(), not yet purged
 

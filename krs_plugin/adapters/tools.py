@@ -7,10 +7,16 @@ timeout, and a tool that fails is quoted (its error lines, not a Python tracebac
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from krs_plugin.errors import AdapterError
+from krs_plugin.files import SECRET_MODE
 
 PACKAGES = {
     "rndc": "bind9-utils",
@@ -74,3 +80,22 @@ def run_tool(
         said = failure_text(f"{result.stderr}\n{result.stdout}")
         raise AdapterError(f"{what}: {said}")
     return result.stdout
+
+
+@contextmanager
+def secret_file(name: str, data: bytes, *, owner: tuple[int, int] | None = None) -> Iterator[Path]:
+    """A private key handed to a tool as a file (keymgr, pdnsutil take no stdin): in a fresh
+    folder only we can enter, the file 0600 from its creation, both removed afterwards.
+    ``owner`` gives both to the user the tool switches to (keymgr as root becomes knotd's)."""
+    folder = Path(tempfile.mkdtemp(prefix="krs-secret-"))
+    try:
+        path = folder / name
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, SECRET_MODE)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        if owner is not None:
+            os.chown(folder, *owner)
+            os.chown(path, *owner)
+        yield path
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
