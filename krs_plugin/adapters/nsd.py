@@ -286,23 +286,37 @@ class NsdAdapter(BaseAdapter[NsdChange]):
         )
 
     def restore(self, zone: dns.name.Name, snapshot: str) -> str:
-        """Put the snapshot's keys back and serve the zone signed with them; a snapshot without
-        keys (the zone's first distribution undone) serves the unsigned zone again, as before
-        the KRS signed it. When the served file is still the one of the snapshot, only the key
-        files are put back: NSD never saw the change."""
+        """Put the snapshot's keys back and serve the zone signed with them, under a new serial
+        (secondaries may have transferred the one being undone, and only take a higher one); a
+        snapshot without keys (the zone's first distribution undone) serves the unsigned zone
+        again, as before the KRS signed it. When the served file is still the one of the
+        snapshot, only the key files are put back: NSD never saw the change."""
         data = json.loads(snapshot)
         files = data.get("files", data)  # a journal written before snapshots named the file
         before = {self.key_directory / n: base64.b64decode(d) for n, d in files.items()}
         installed = {k.key_tag for k in self.current_keys(zone)}
         self.keys.restore(zone, before)
-        if "served" in data and data["served"] == self._identity(self.signed_file(zone)):
-            return "keys restored; the served file was never replaced"
-        removed = installed - tags_in(before)
-        if tags_in(before):
-            serial = self._serve(zone, self._sign, removed)
-            return f"NSD serves the zone signed with the previous keys again (serial {serial})"
-        serial = self._serve(zone, self._copy_unsigned, removed)
-        return f"NSD serves the unsigned zone again, as before its first keys (serial {serial})"
+        served = self.signed_file(zone)
+        if "served" in data:
+            if data["served"] == self._identity(served):
+                return "keys restored; the served file was never replaced"
+            if data["served"] is None:
+                served.unlink(missing_ok=True)
+                self.control("reload", zone.to_text())
+                return "keys restored; the signed file written is removed again (there was none)"
+        produce, what = (
+            (self._sign, "signed with the previous keys")
+            if tags_in(before)
+            else (self._copy_unsigned, "unsigned, as before its first keys")
+        )
+        serial = self._publish(zone, produce)
+        seen = self._wait(zone, installed - tags_in(before), serial)
+        if not seen.ok:
+            return (
+                f"keys restored and the zone {what} written (serial {serial}), but NSD was not "
+                f"seen serving it: {'; '.join(seen.details)}"
+            )
+        return f"keys restored; NSD serves the zone {what} (serial {serial})"
 
     @staticmethod
     def _identity(path: Path) -> str | None:

@@ -260,9 +260,7 @@ class PowerDnsAdapter(BaseAdapter[PdnsChange]):
 
     def restore(self, zone: dns.name.Name, snapshot: str) -> str:
         outcome = self._restore(zone, json.loads(snapshot))
-        if outcome is not None:
-            raise AdapterError(f"powerdns, zone {zone}: restoring the previous keys: {outcome}")
-        return "PowerDNS serves the previous keys again"
+        return outcome or "PowerDNS serves the previous keys again"
 
     # --- the apply hooks (base.BaseAdapter.apply) -------------------------------------------
 
@@ -374,7 +372,8 @@ class PowerDnsAdapter(BaseAdapter[PdnsChange]):
 
     def _restore(self, zone: dns.name.Name, before: Mapping[str, Any]) -> str | None:
         """Make the zone's keys, their flags and timing ``before`` again; None when PowerDNS
-        serves them, else what went wrong (for the error message)."""
+        serves them, else what it was not seen to do (for the error message); AdapterError
+        when the keys themselves could not be put back."""
         wanted = {entry["dnskey"]: entry for entry in before["keys"]}
         try:
             current = {k.dnskey.to_text(): k for k in self.store.keys(zone)}
@@ -399,7 +398,7 @@ class PowerDnsAdapter(BaseAdapter[PdnsChange]):
             if self.store.get_meta(zone, TIMING_KIND) != before["timing"]:
                 self.store.set_meta(zone, TIMING_KIND, before["timing"])
         except UNEXPECTED as exc:
-            return f"PowerDNS could not be given the previous keys: {exc}"
+            raise AdapterError(f"PowerDNS could not be given the previous keys: {exc}") from exc
         try:
             self._publish(zone)
         except (KrsError, OSError) as exc:

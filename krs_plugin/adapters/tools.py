@@ -30,6 +30,7 @@ PACKAGES = {
     "ldns-signzone": "ldnsutils",
     "ldns-verify-zone": "ldnsutils",
     "pdnsutil": "pdns-server",
+    "pdns_control": "pdns-server",
 }
 """The Debian package of each tool an adapter runs, for "not found" messages."""
 

@@ -22,6 +22,7 @@ from krs_lab.nsd import NsdLab
 from krs_lab.ports import free_port
 from krs_plugin.adapters.base import KeyPlan, PlannedKey
 from krs_plugin.adapters.nsd import NsdAdapter, expand_zonefile
+from krs_plugin.adapters.transaction import apply_atomically
 from krs_plugin.dnssec import KeyTiming, generate_key
 from krs_plugin.errors import AdapterError, ConfigError
 
@@ -119,9 +120,13 @@ def test_a_failed_signing_leaves_the_served_file_byte_for_byte(nsd: NsdLab) -> N
     nsd_adapter.apply(NAME, csk_plan())
     served = nsd.signed_file(ZONE).read_bytes()
     nsd.unsigned_file(ZONE).write_text("$ORIGIN example.com.\n@ IN SOA broken\n")
-    with pytest.raises(AdapterError, match="step 'sign' failed"):
-        nsd_adapter.apply(NAME, csk_plan())
+    keys_before = sorted((nsd.root / "keys").iterdir())
+    with pytest.raises(
+        AdapterError, match=r"step 'sign' failed.*the served file was never replaced"
+    ):
+        apply_atomically(nsd_adapter, [csk_plan()])
     assert nsd.signed_file(ZONE).read_bytes() == served
+    assert sorted((nsd.root / "keys").iterdir()) == keys_before
     assert not list(nsd.signed_file(ZONE).parent.glob(".*krs-new"))
     signed_answer(nsd, ZONE, "SOA")  # still served and valid
 
@@ -234,19 +239,27 @@ def test_restore_of_a_first_distribution_serves_the_zone_unsigned_with_a_higher_
 
 def test_a_rollback_after_the_rename_says_what_nsd_serves(nsd: NsdLab) -> None:
     nsd_adapter = adapter(nsd, ZONE)
-    nsd_adapter.apply(NAME, csk_plan())
-    previous = nsd.signed_file(ZONE).read_bytes()
+    first = csk_plan()
+    nsd_adapter.apply(NAME, first)
     serial = served_serial(nsd)
     # NSD serves another address than the adapter asks: the DNS check after the reload fails.
     elsewhere = adapter(nsd, ZONE, server=f"{nsd.host}:{nsd.port}")
     elsewhere.port = free_port(nsd.host)
     with pytest.raises(AdapterError) as failure:
-        elsewhere.apply(NAME, csk_plan())
+        apply_atomically(elsewhere, [csk_plan()])
     message = str(failure.value)
-    assert "step 'sign' failed: verify:" in message
-    assert "keys restored, the previous file is back, but NSD was not seen serving it" in message
-    assert nsd.signed_file(ZONE).read_bytes() == previous
-    assert served_serial(nsd) == serial  # and it does serve it again
+    assert "step 'verify' failed:" in message
+    assert (
+        "rolled back: keys restored and the zone signed with the previous keys written" in message
+    )
+    assert "but NSD was not seen serving it" in message
+    # it does serve it: the previous key only, under a serial above the one being undone
+    reply = dns.query.tcp(
+        dns.message.make_query(NAME, "DNSKEY", want_dnssec=True), nsd.host, port=nsd.port
+    )
+    (dnskeys,) = [r for r in reply.answer if r.rdtype == dns.rdatatype.DNSKEY]
+    assert {dns.dnssec.key_id(k) for k in dnskeys} == {first.install[0].key.key_tag}
+    assert served_serial(nsd) > serial
 
 
 def test_a_rollback_removes_a_signed_file_there_was_none_of(nsd: NsdLab) -> None:
@@ -255,7 +268,7 @@ def test_a_rollback_removes_a_signed_file_there_was_none_of(nsd: NsdLab) -> None
     nsd_adapter = adapter(nsd, ZONE)
     nsd_adapter.port = free_port(nsd.host)  # the DNS check fails after the rename
     with pytest.raises(AdapterError, match="the signed file written is removed again"):
-        nsd_adapter.apply(NAME, csk_plan())
+        apply_atomically(nsd_adapter, [csk_plan()])
     assert not nsd.signed_file(ZONE).exists()
     assert not list((nsd.root / "keys").iterdir())
 

@@ -22,6 +22,7 @@ from krs_lab.deployment import wait_until
 from krs_lab.powerdns import Backend, PowerDnsLab
 from krs_plugin.adapters.base import KeyPlan, PlannedKey
 from krs_plugin.adapters.powerdns import IDLE_WAIT, PowerDnsAdapter
+from krs_plugin.adapters.transaction import apply_atomically
 from krs_plugin.dnssec import DnssecKey
 from krs_plugin.errors import AdapterError
 from tests.adapters.servers import ZONES, Served
@@ -135,14 +136,14 @@ def test_a_webserver_without_the_api_is_reported(start: Start) -> None:
 @pytest.mark.parametrize("tool", ["pdnsutil", "pdns_control"])
 def test_missing_tools_are_reported(pdns: PowerDnsLab, tool: str) -> None:
     (problem,) = adapter(pdns, "pdnsutil", **{tool: f"/nonexistent/{tool}"}).check()
-    assert problem.what == f"powerdns: /nonexistent/{tool} not found"
+    assert problem.what.startswith(f"/nonexistent/{tool} not found: apt-get install pdns-server")
     assert "apt-get install pdns-server" in problem.fix
 
 
 def test_a_control_socket_that_does_not_answer_is_reported(pdns: PowerDnsLab) -> None:
     pdns.stop()  # pdnsutil still reads the backend; pdns_control has no server to talk to
     (problem,) = adapter(pdns, "pdnsutil").check()
-    assert problem.what.startswith("powerdns: pdns_control rping: Fatal error: Unable to connect")
+    assert problem.what.startswith("pdns_control rping: Fatal error: Unable to connect")
     assert "control socket" in problem.fix
 
 
@@ -309,8 +310,9 @@ def test_api_key_and_private_keys_stay_out_of_logs_and_errors(
 
     # a failed apply rolled back: the snapshot (private keys included) goes back into PowerDNS
     pdns.pdnsutil("set-presigned", ZONE)
-    with pytest.raises(AdapterError, match="previous keys restored") as rolled_back:
-        node.apply(NAME, install((csk, "CSK"), remove=(zsk.key_tag,)))
+    back = "rolled back: the previous keys are stored again, but PowerDNS was not told"
+    with pytest.raises(AdapterError, match=back) as rolled_back:
+        apply_atomically(node, [install((csk, "CSK"), remove=(zsk.key_tag,))])
     errors.append(rolled_back.value)
     pdns.pdnsutil("unset-presigned", ZONE)
 
@@ -354,8 +356,8 @@ def test_unexpected_output_after_a_write_is_rolled_back(
         raise KeyError("dnskey")
 
     monkeypatch.setattr(pdns_adapter.store, "add", add_then_garble)
-    with pytest.raises(AdapterError, match=r"step 'add key \d+' failed: 'dnskey'; previous keys"):
-        pdns_adapter.apply(NAME, install((key("ZSK"), "ZSK")))
+    with pytest.raises(AdapterError, match=r"step 'write key \d+' failed: 'dnskey'; rolled back"):
+        apply_atomically(pdns_adapter, [install((key("ZSK"), "ZSK"))])
     assert {k.tag for k in pdns_adapter.store.keys(NAME)} == {csk.key_tag}
     assert served(pdns).tags == {csk.key_tag}
 
