@@ -331,9 +331,9 @@ def test_a_failed_apply_leaves_the_store_exactly_as_before(store: KeyStoreLab) -
     fail_verify(adapter)
     with pytest.raises(AdapterError) as failure:
         apply_atomically(adapter, [KeyPlan(ZONE, (planned("ZSK"),), remove=(tag(old),))])
+    assert store.stored() == before
     message = str(failure.value)
     assert "step 'verify' failed: planted" in message and "; rolled back: " in message
-    assert store.stored() == before
     assert held(store) == expected(store, ksk, old)
 
 
@@ -407,10 +407,10 @@ def test_two_zones_one_failing_both_are_restored(store: KeyStoreLab) -> None:
     plans = [KeyPlan(z, (planned("CSK", z),), remove=(tag(old[z]),)) for z in (ZONE, OTHER)]
     with pytest.raises(AdapterError) as failure:
         apply_atomically(adapter, plans)
+    assert store.stored() == before
     message = str(failure.value)
     assert f"zone {OTHER}: step 'verify' failed" in message
     assert f"rolled back: zone {ZONE}: " in message and f"; zone {OTHER}: " in message
-    assert store.stored() == before
     for zone, csk in old.items():
         assert held(store, zone) == expected(store, csk)
 
