@@ -89,7 +89,7 @@ class DirectoryLab:
         return sorted(self.root.glob("*.private"))
 
     def keys(self, zone: dns.name.Name) -> dict[int, tuple[DnssecKey, KeyTiming, str | None]]:
-        found = {}
+        found: dict[int, tuple[DnssecKey, KeyTiming, str | None]] = {}
         for private in sorted(self.root.glob(f"K{zone.to_text()}+*.private")):
             key, timing = read_bind_key_pair(private)
             found[key.key_tag] = (key, timing, None)
