@@ -169,15 +169,12 @@ class JsonKeysAdapter(BaseAdapter[JsonChange]):
         problems = self.directory_problems()
         if problems:
             return problems
+        fix = "repair it or restore it from a backup: until then the zone's distributions fail"
         for zone in self.zones:
             try:
                 read_keys(self.file(zone))
             except KrsError as exc:
-                problems.append(
-                    Problem(
-                        str(exc), "repair it or restore it from a backup; krs will not touch it"
-                    )
-                )
+                problems.append(Problem(str(exc), fix))
         return problems
 
     def current_keys(self, zone: dns.name.Name) -> list[InstalledKey]:
