@@ -117,11 +117,12 @@ LABS: dict[str, Callable[[Path], KeyStoreLab]] = {
 # --- the example package, installed from outside the source tree ----------------------------
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def jsonkeys_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """examples/krs-adapter-jsonkeys built and installed by pip into a temporary directory, first
-    on sys.path for the session: what ``pip install ./krs-adapter-jsonkeys`` does next to
-    krs-plugin, without the network (the venv's setuptools builds it)."""
+    on sys.path while this module runs: what ``pip install ./krs-adapter-jsonkeys`` does next to
+    krs-plugin, without the network (the venv's setuptools builds it). Not for the session:
+    the registry of every later test module would list jsonkeys too."""
     base = tmp_path_factory.mktemp("jsonkeys")
     source, site = base / "src", base / "site"
     # setuptools builds in the source directory (build/, *.egg-info): a copy keeps the checkout
