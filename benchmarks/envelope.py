@@ -3,7 +3,7 @@
 Run:  .venv/bin/python benchmarks/envelope.py [--seconds 1] [--repeats 5] [--json]
 
 For each backend (hpke, jose) and payload size (1 KiB, 64 KiB, 1 MiB) it times ``seal_envelope``
-and ``open_envelope`` (PROTOCOL.md section 4: T = base64(JWS_ES256(inner))) and the same
+and ``open_envelope`` (docs/protocol.md section 4: T = base64(JWS_ES256(inner))) and the same
 primitives called directly in ``cryptography``, with keys and AEAD contexts set up in advance:
 
 - open floor: one ECDSA P-256 verify over a message as long as the real JWS signing input, one key

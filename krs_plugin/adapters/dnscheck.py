@@ -1,7 +1,8 @@
 """Ask the running nameserver, over DNS, whether it serves and signs with the keys it should.
 
-This is the only success signal the adapters trust (SERVERS.md): ``rndc`` and friends exit 0 on
-failure, and a server given a mismatched key pair signs with it happily. Every RRSIG counted here
+This is the only success signal the adapters trust (each server's guide in docs/servers/ says
+why): ``rndc`` and friends exit 0 on failure, and a server given a mismatched key pair signs with
+it happily. Every RRSIG counted here
 is validated with dnspython against the served DNSKEY RRset.
 
 What "should" means follows DNSSEC practice for a zone with split keys: the SOA is signed by every

@@ -1,6 +1,6 @@
 """CHUNK RR (type 65288): wire and presentation forms, dnspython integration, malformed RDATA.
 
-Expected wire bytes are built here with ``struct`` from PROTOCOL.md section 3, independently of
+Expected wire bytes are built here with ``struct`` from docs/protocol.md section 3, independently of
 the code under test.
 """
 

@@ -1,4 +1,4 @@
-"""The console scripts exist, print help, and use STYLE.md's exit codes."""
+"""The console scripts exist, print help, and use the exit codes of docs/operations.md."""
 
 from __future__ import annotations
 

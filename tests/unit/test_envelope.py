@@ -1,4 +1,4 @@
-"""The signed, sealed envelope T = base64(JWS_ES256(C)) of PROTOCOL.md section 4.
+"""The signed, sealed envelope T = base64(JWS_ES256(C)) of docs/protocol.md section 4.
 
 Interoperability is checked against code we did not write: tdns's Go output (the golden vector),
 joserfc for JWS/JWE, and cryptography's own RFC 9180 HPKE.

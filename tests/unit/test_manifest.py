@@ -1,6 +1,6 @@
 """The manifest (CHUNK sequence 0): tdns's JSON, its HMAC, freshness, and Go durations.
 
-HMACs are recomputed here with ``hmac``/``hashlib`` from PROTOCOL.md section 3, never through
+HMACs are recomputed here with ``hmac``/``hashlib`` from docs/protocol.md section 3, never through
 ``manifest_hmac``.
 """
 
