@@ -4,7 +4,8 @@ A KDC, a BIND 9 or a knotd and a KRS on this machine's loopback (krs_lab.mainjob
 krs-plugin-lab, not in the krs-plugin wheel operators install; ``--offline`` runs the core's
 in-memory round trip (``krs demo --offline``, krs_plugin.demo) with the same options.
 
-Exit codes as krs's (docs/operations.md): 0 ok, 1 operational failure, 2 usage or configuration error.
+Exit codes as krs's (docs/operations.md): 0 ok, 1 operational failure, 2 usage or
+configuration error.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Control-zone names (docs/protocol.md section 2): building them, and reading them as a KDC does."""
+"""Control-zone names (docs/protocol.md section 2): building them, and reading them as a KDC
+does."""
 
 from __future__ import annotations
 
