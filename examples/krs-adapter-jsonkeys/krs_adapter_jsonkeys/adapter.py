@@ -1,9 +1,9 @@
 """The ``jsonkeys`` adapter: each zone's DNSSEC keys in one JSON file, for a home-grown signer.
 
-An adapter that lives outside krs-plugin (docs/adapters-example.md): this module and one line in
-pyproject.toml's ``[project.entry-points."krs_plugin.adapters"]``. It suits a signer of one's own
-that reads its keys from a JSON key store rather than from BIND's key files. The store is a
-directory with one file per zone, named after the zone in lower case, final dot included, then
+An adapter that lives outside krs-plugin (docs/adapters.md, "A worked example"): this module and one
+line in pyproject.toml's ``[project.entry-points."krs_plugin.adapters"]``. It suits a signer of
+one's own that reads its keys from a JSON key store rather than from BIND's key files. The store is
+a directory with one file per zone, named after the zone in lower case, final dot included, then
 ``json`` (``example.com.json``), mode 0600::
 
     {

@@ -1,5 +1,5 @@
 """The jsonkeys adapter's lab: what krs-plugin's storage-level scenario table needs to drive it
-(tests/adapters/test_key_store_scenarios.py in krs-plugin; docs/adapters-example.md).
+(tests/adapters/test_key_store_scenarios.py in krs-plugin; docs/adapters.md, "A worked example").
 
 The table makes the adapter through the registry with ``settings()``, applies plans, and asserts
 on what ``keys()`` and ``stored()`` read back. Both read the store as the signer would: the JSON
