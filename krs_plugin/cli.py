@@ -22,6 +22,16 @@ LIVE_DEMO_ELSEWHERE = (
 )
 
 
+def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options both demos take (``krs demo --offline`` and the lab's ``krs-demo``)."""
+    parser.add_argument("--backend", choices=("hpke", "jose", "both"), default=None)
+    parser.add_argument("--zone", default="example.com.")
+    parser.add_argument("--algorithm", type=int, default=13, choices=(8, 13, 14, 15, 16))
+    parser.add_argument(
+        "--keep", metavar="DIR", help="write the demo's files here instead of a temporary folder"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="krs",
@@ -43,13 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
             "which operators do not install: ./run demo in the source tree installs and runs it."
         ),
     )
-    demo.add_argument("--backend", choices=("hpke", "jose", "both"), default=None)
-    demo.add_argument("--zone", default="example.com.")
+    add_demo_arguments(demo)
     demo.add_argument("--offline", action="store_true", help="in-memory round trip (required)")
-    demo.add_argument("--algorithm", type=int, default=13, choices=(8, 13, 14, 15, 16))
-    demo.add_argument(
-        "--keep", metavar="DIR", help="write the demo's files here instead of a temporary folder"
-    )
     for name, text in (
         ("fetch", "fetch one distribution now, check it, apply it and record the outcome"),
         ("apply", "fetch and check one distribution and show what applying it would change"),

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from krs_plugin import __version__
+from krs_plugin.cli import add_demo_arguments
 from krs_plugin.cliout import error_exit
 from krs_plugin.errors import ConfigError, KrsError
 
@@ -31,14 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--backend", choices=("hpke", "jose", "both"), default=None)
-    parser.add_argument("--zone", default="example.com.")
+    add_demo_arguments(parser)
     parser.add_argument("--server", choices=("auto", "bind9", "knot", "directory"), default="auto")
     parser.add_argument("--offline", action="store_true", help="in-memory round trip only")
-    parser.add_argument("--algorithm", type=int, default=13, choices=(8, 13, 14, 15, 16))
-    parser.add_argument(
-        "--keep", metavar="DIR", help="write the demo's files here instead of a temporary folder"
-    )
     return parser
 
 

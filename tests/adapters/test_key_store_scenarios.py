@@ -22,7 +22,6 @@ import sys
 import textwrap
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,6 +35,7 @@ from krs_plugin.adapters.base import BaseAdapter, KeyPlan, PlannedKey, Role, Ver
 from krs_plugin.adapters.transaction import apply_atomically
 from krs_plugin.dnssec import DnssecKey, KeyTiming, generate_key, read_bind_key_pair
 from krs_plugin.errors import AdapterError, ConfigError
+from tests.fsutil import unwritable
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "krs-adapter-jsonkeys"
 PACKAGE = "krs_adapter_jsonkeys"
@@ -206,24 +206,6 @@ def fail_verify(adapter: BaseAdapter[Any], zone: dns.name.Name | None = None) ->
         return real(change)
 
     adapter.verify = verify  # type: ignore[method-assign]
-
-
-@contextmanager
-def unwritable(directory: Path) -> Iterator[None]:
-    """A directory this process cannot create files in, even as root (immutable flag)."""
-    if os.geteuid() != 0:
-        directory.chmod(0o500)
-        try:
-            yield
-        finally:
-            directory.chmod(0o700)
-        return
-    if subprocess.run(["chattr", "+i", str(directory)], check=False).returncode != 0:
-        pytest.skip("running as root and chattr +i is not available here")
-    try:
-        yield
-    finally:
-        subprocess.run(["chattr", "-i", str(directory)], check=True)
 
 
 # --- the scenarios ----------------------------------------------------------------------------

@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import os
 import socket
-import subprocess
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,6 +31,7 @@ from krs_plugin.dnsio import Handler, serve_dns
 from krs_plugin.kdc.server import ControlZone, KdcServer, ServeOptions
 from krs_plugin.kdc.store import Store
 from krs_plugin.receiver.doctor import Check, doctor_command, render, run_checks
+from tests.fsutil import unwritable
 
 CZ = "kdc.example."
 
@@ -246,24 +245,6 @@ def test_allow_unsigned_is_a_warning_and_still_exit_0(tmp_path: Path, kdc_port: 
         )
     ]
     assert doctor_command(config, as_json=True) == 0
-
-
-@contextmanager
-def unwritable(directory: Path) -> Iterator[None]:
-    """A directory this process cannot create files in, even as root (immutable flag)."""
-    if os.geteuid() != 0:
-        directory.chmod(0o500)
-        try:
-            yield
-        finally:
-            directory.chmod(0o700)
-        return
-    if subprocess.run(["chattr", "+i", str(directory)], check=False).returncode != 0:
-        pytest.skip("running as root and chattr +i is not available here")
-    try:
-        yield
-    finally:
-        subprocess.run(["chattr", "-i", str(directory)], check=True)
 
 
 def test_unwritable_state_directory_is_an_error(config: Config) -> None:
