@@ -238,6 +238,12 @@ class Bind9Adapter(BaseAdapter[BindChange]):
         try:
             status = self.rndc("zonestatus", name)
         except AdapterError as exc:
+            if "no matching zone" not in str(exc):  # named is down, not the zone missing
+                self._version = None
+                raise AdapterError(
+                    f"named does not answer on its control channel ({exc}): is named running? "
+                    "(the key files are untouched)"
+                ) from exc
             raise ZoneRefused(
                 Problem(
                     f"BIND does not serve zone {name}: {exc}",
@@ -333,6 +339,8 @@ class Bind9Adapter(BaseAdapter[BindChange]):
             self._zone_mode(zone, version)
         except ZoneRefused as refused:
             return refused.problem
+        except AdapterError as exc:  # named stopped answering during the check
+            return Problem(str(exc), "start named, or check adapter.settings.rndc")
         return None
 
     # --- the Adapter interface ------------------------------------------------------------

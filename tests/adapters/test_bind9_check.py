@@ -73,6 +73,23 @@ def test_unreachable_control_channel_is_reported(named: Bind9Lab) -> None:
     assert len(problems) == 1 and "control channel does not answer" in problems[0].what
 
 
+def test_named_stopped_during_apply_is_said_to_be_down_not_the_zone_missing(
+    named: Bind9Lab,
+) -> None:
+    # The named version is cached for a minute: the first rndc call of the apply after named
+    # stopped is the zone's status, whose failure must not read as "BIND does not serve zone".
+    node = adapter(named, "good.example.")
+    assert node.version() >= (9, 16)
+    named.stop()
+    with pytest.raises(AdapterError) as failure:
+        node.apply(
+            dns.name.from_text("good.example."), KeyPlan(dns.name.from_text("good.example."))
+        )
+    message = str(failure.value)
+    assert "named does not answer on its control channel" in message, message
+    assert "does not serve zone" not in message and "nothing was changed" in message
+
+
 def test_missing_key_directory_is_reported(named: Bind9Lab, tmp_path: Path) -> None:
     problems = adapter(named, key_directory=str(tmp_path / "nowhere")).check()
     assert [p.what for p in problems] == [f"key directory {tmp_path / 'nowhere'} does not exist"]
