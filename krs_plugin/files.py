@@ -2,7 +2,8 @@
 
 Key files must never exist, even for a moment, with looser permissions or half-written: the data
 goes to a temporary file in the same directory (created 0600 by ``mkstemp``), is synced, gets its
-final mode, and is renamed over the target in one step.
+final mode, and is renamed over the target in one step. The directory is synced after the rename:
+until then a power loss may undo the rename, and the old file (or none) comes back.
 """
 
 from __future__ import annotations
@@ -36,3 +37,16 @@ def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = SECRET_M
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
         raise KeyFileError(f"{target}: cannot write file: {exc}") from exc
+    try:
+        sync_directory(directory)
+    except OSError as exc:
+        raise KeyFileError(f"{target}: written, but its directory cannot be synced: {exc}") from exc
+
+
+def sync_directory(directory: Path) -> None:
+    """fsync ``directory``, so that the names created, renamed or removed in it last."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
