@@ -22,6 +22,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from krs_plugin.errors import DONE, STAGES, outcome_of
+
 log = logging.getLogger(__name__)
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -111,12 +113,17 @@ class Metrics:
         # Known label values start at 0, so rates and alerts work before the first event.
         for counter, results in (
             (self.notifies, ("accepted", "duplicate", "refused", "rate_limited")),
-            (self.fetches, ("ok", "failed", "not_published")),
+            (self.fetches, ("ok", "failed", "rejected", "not_published")),
             (self.confirmations, ("acknowledged", "failed")),
             (self.reloads, ("applied", "refused")),
         ):
             for result in results:
                 counter.labels(result)
+        # The stage label takes the names of errors.STAGES only (docs/operations.md, "Errors
+        # and what to do"), each with the one outcome it is recorded with, and applied/done.
+        self.distributions.labels("applied", DONE)
+        for stage in STAGES:
+            self.distributions.labels(outcome_of(stage), stage)
         self.up_since = Gauge("krs_start_time_seconds", "Unix time krs run started", registry=r)
         self.up_since.set_to_current_time()
 

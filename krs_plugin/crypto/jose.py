@@ -95,10 +95,14 @@ def jws_verify(compact: bytes | str, verifier: JoseKey, *, where: str = "JWS") -
         raise WireError(f"{where}: JWS protected header is not a JSON object")
     alg = header.get("alg")
     if alg != "ES256":
-        raise UnsupportedAlgorithmError(f"{where}: JWS algorithm {alg!r} is not supported (ES256)")
-    if "crit" in header:
         raise UnsupportedAlgorithmError(
-            f"{where}: JWS header lists critical extensions {header['crit']!r}, none are supported"
+            f"{where}: JWS algorithm {alg!r} is not supported (ES256)", stage="signature"
+        )
+    if "crit" in header:
+        crit = header["crit"]
+        raise UnsupportedAlgorithmError(
+            f"{where}: JWS header lists critical extensions {crit!r}, none are supported",
+            stage="signature",
         )
     if len(signature) != _ES256_SIGNATURE_BYTES:
         raise SignatureError(
@@ -173,7 +177,8 @@ def jwe_decrypt(
     if alg not in JWE_KEY_ALGORITHMS or enc != JWE_CONTENT_ALGORITHM:
         raise UnsupportedAlgorithmError(
             f"{where}: JWE alg {alg!r} / enc {enc!r} not supported "
-            f"(alg {' or '.join(JWE_KEY_ALGORITHMS)}, enc {JWE_CONTENT_ALGORITHM})"
+            f"(alg {' or '.join(JWE_KEY_ALGORITHMS)}, enc {JWE_CONTENT_ALGORITHM})",
+            stage="decryption",
         )
     if recipient.private is None:
         raise DecryptionError(f"{where}: no P-256 private key to open the JWE with")

@@ -16,7 +16,7 @@ import dns.dnssec
 from krs_plugin.dnssec.bindtext import parse_bind_private, parse_dnskey_text
 from krs_plugin.dnssec.key import VALID_FLAGS, DnssecKey, check_key_matches
 from krs_plugin.dnssec.timing import KeyTiming
-from krs_plugin.errors import KeyFileError, KeyMismatchError
+from krs_plugin.errors import KeyFileError, KeyMismatchError, UnsupportedAlgorithmError
 from krs_plugin.files import PUBLIC_MODE, SECRET_MODE, atomic_write
 
 MAX_KEY_FILE = 64 * 1024  # a 4096-bit RSA .private is about 3.3 KB
@@ -62,8 +62,17 @@ def read_bind_key_pair(path: str | os.PathLike[str]) -> tuple[DnssecKey, KeyTimi
 
     The private key must derive the ``.key`` file's DNSKEY, and, when the file name has BIND's
     ``K<zone>+<alg>+<tag>`` form, that algorithm and tag: ``KeyMismatchError`` naming the file and
-    both key tags otherwise.
+    both key tags otherwise. Every error has the stage ``apply``: a key file on this node is its
+    own side, not a refusal of the KDC's data (krs_plugin/errors.py).
     """
+    try:
+        return _read_bind_key_pair(path)
+    except (KeyMismatchError, UnsupportedAlgorithmError) as exc:
+        exc.stage = "apply"
+        raise
+
+
+def _read_bind_key_pair(path: str | os.PathLike[str]) -> tuple[DnssecKey, KeyTiming]:
     key_path, private_path = key_file_paths(path)
     owner, ttl, dnskey = parse_dnskey_text(_read(key_path), where=str(key_path))
     algorithm, private, timing = parse_bind_private(_read(private_path), where=str(private_path))

@@ -46,7 +46,7 @@ class ChunkWireError(WireError, dns.exception.FormError):
     """Malformed CHUNK RDATA; also a dnspython FormError so message parsing reports it normally."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(message)  # type: ignore[no-untyped-call]
+        super().__init__(message)
 
 
 def _uint(value: int, maximum: int, what: str) -> int:

@@ -29,7 +29,7 @@ class ChunkOptionError(WireError, dns.exception.FormError):
     """Malformed CHUNK option; also a FormError so message parsing fails the normal way."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(message)  # type: ignore[no-untyped-call]
+        super().__init__(message)
 
 
 class ChunkOption(dns.edns.Option):

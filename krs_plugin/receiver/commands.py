@@ -10,10 +10,10 @@ from krs_plugin.adapters import make_adapter
 from krs_plugin.adapters.base import ReportsSignatureExpiry
 from krs_plugin.cliout import emit
 from krs_plugin.config import Config, load_config
-from krs_plugin.errors import KrsError
+from krs_plugin.errors import KrsError, outcome_of, stage_of
 from krs_plugin.protocol import check_distribution_id
 from krs_plugin.receiver.fetcher import Fetcher
-from krs_plugin.receiver.pipeline import Outcome, Pipeline, load_identity, stage_of
+from krs_plugin.receiver.pipeline import Outcome, Pipeline, load_identity
 from krs_plugin.receiver.store import ReceiverStore
 
 
@@ -103,12 +103,13 @@ def _fetch(args: argparse.Namespace, config: Config, store: ReceiverStore) -> in
     try:
         fetched = fetcher.fetch(dist_id)
     except KrsError as exc:
-        stage = "fetch" if stage_of(exc) == "validation" else stage_of(exc)
+        stage = stage_of(exc)  # fetch when the servers are down, else what refused the answer
+        result = outcome_of(stage)
         if args.command == "fetch":
             store.record_outcome(
-                dist_id, pipeline.kdc, int(dist_id, 16), "failed", stage=stage, error=str(exc)
+                dist_id, pipeline.kdc, int(dist_id, 16), result, stage=stage, error=str(exc)
             )
-        outcome = Outcome(dist_id, "failed", stage, str(exc))
+        outcome = Outcome(dist_id, result, stage, str(exc))
         _show(args, outcome)
         return 1
     outcome = pipeline.process(

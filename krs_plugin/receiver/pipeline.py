@@ -19,16 +19,7 @@ from krs_plugin.adapters.base import Adapter, ApplyResult, KeyPlan
 from krs_plugin.adapters.transaction import apply_atomically, restore_zones
 from krs_plugin.config import Config
 from krs_plugin.crypto import JoseKey, load_hpke_private, load_jose_key
-from krs_plugin.errors import (
-    AdapterError,
-    DecryptionError,
-    IntegrityError,
-    KrsError,
-    PayloadError,
-    PolicyError,
-    SignatureError,
-    WireError,
-)
+from krs_plugin.errors import DONE, KrsError, PolicyError, outcome_of, stage_of
 from krs_plugin.payload import DeleteKey, Payload, Ping, RollKey, parse_payload
 from krs_plugin.protocol import CHUNK
 from krs_plugin.receiver.plan import build_plans
@@ -36,23 +27,6 @@ from krs_plugin.receiver.store import ReceiverStore
 from krs_plugin.receiver.unpack import NodeIdentity, unpack_distribution
 
 log = logging.getLogger("krs_plugin.receiver.pipeline")
-
-_STAGES: tuple[tuple[type[KrsError], str], ...] = (
-    (SignatureError, "signature"),
-    (DecryptionError, "decryption"),
-    (IntegrityError, "integrity"),
-    (WireError, "wire"),
-    (PolicyError, "policy"),
-    (PayloadError, "payload"),
-    (AdapterError, "apply"),
-)
-
-
-def stage_of(error: KrsError) -> str:
-    for kind, stage in _STAGES:
-        if isinstance(error, kind):
-            return stage
-    return "validation"
 
 
 @dataclass(frozen=True)
@@ -137,8 +111,8 @@ class Pipeline:
                 return Outcome(dist_id, "planned", "plan", plans=tuple(plans))
             results = self._apply(dist_id, plans)
         except KrsError as exc:
-            stage = stage_of(exc)
-            outcome = "failed" if stage == "apply" else "rejected"
+            stage = stage_of(exc)  # errors.STAGES, docs/operations.md "Errors and what to do"
+            outcome = outcome_of(stage)
             if not dry_run:
                 self.store.record_outcome(
                     dist_id, self.kdc, serial, outcome, stage=stage, error=str(exc), now=moment
@@ -156,7 +130,7 @@ class Pipeline:
         ]
         self.store.record_applied(dist_id, self.kdc, serial, keys, removed, report, now=moment)
         log.info("distribution %s applied: %d zone(s)", dist_id, len(plans))
-        return Outcome(dist_id, "applied", "done", None, tuple(results), tuple(plans), report)
+        return Outcome(dist_id, "applied", DONE, None, tuple(results), tuple(plans), report)
 
     def recover(self) -> list[str]:
         """Roll back applies that a crash interrupted, so each zone holds its old key set; the

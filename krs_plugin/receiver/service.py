@@ -22,7 +22,7 @@ import time
 from krs_plugin.adapters.base import ActsOnKeyTimes, WatchesFiles
 from krs_plugin.config import Address, Config
 from krs_plugin.crypto import JoseKey
-from krs_plugin.errors import KrsError
+from krs_plugin.errors import KrsError, outcome_of, stage_of
 from krs_plugin.logs import context
 from krs_plugin.metrics import Metrics, serve_http
 from krs_plugin.receiver import notify
@@ -168,21 +168,21 @@ class Service:
             )
             return
         except KrsError as exc:
-            self.metrics.fetches.labels("failed").inc()
-            self.metrics.distributions.labels("failed", "fetch").inc()
+            # The servers down: failed/fetch, tried again. A bad answer (fetcher.BadAnswer):
+            # rejected at the stage that found it (docs/operations.md, "Errors and what to do").
+            stage = stage_of(exc)
+            result = outcome_of(stage)
+            self.metrics.fetches.labels(result).inc()
+            self.metrics.distributions.labels(result, stage).inc()
             log.warning(
-                "distribution %s: fetch failed: %s",
+                "distribution %s: fetch %s: %s",
                 dist_id,
+                result,
                 exc,
-                extra=context(distribution_id=dist_id, stage="fetch", outcome="failed"),
+                extra=context(distribution_id=dist_id, stage=stage, outcome=result),
             )
             self.store.record_outcome(
-                dist_id,
-                self.pipeline.kdc,
-                int(dist_id, 16),
-                "failed",
-                stage="fetch",
-                error=str(exc),
+                dist_id, self.pipeline.kdc, int(dist_id, 16), result, stage=stage, error=str(exc)
             )
             return
         fetched_at = time.monotonic()
