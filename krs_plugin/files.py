@@ -4,10 +4,15 @@ Key files must never exist, even for a moment, with looser permissions or half-w
 goes to a temporary file in the same directory (created 0600 by ``mkstemp``), is synced, gets its
 final mode, and is renamed over the target in one step. The directory is synced after the rename:
 until then a power loss may undo the rename, and the old file (or none) comes back.
+
+A full disk (ENOSPC) or quota (EDQUOT) is said as such in the error ("disk full"): the operator's
+to fix, and a failure to try again, never a fault of the data being written (docs/operations.md,
+"Errors and what to do").
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -16,6 +21,13 @@ from krs_plugin.errors import KeyFileError
 
 SECRET_MODE = 0o600
 PUBLIC_MODE = 0o644
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def _reason(exc: OSError) -> str:
+    if exc.errno in DISK_FULL:
+        return f"disk full ({exc.strerror})"
+    return str(exc)
 
 
 def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = SECRET_MODE) -> None:
@@ -25,7 +37,7 @@ def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = SECRET_M
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=directory)
     except OSError as exc:
-        raise KeyFileError(f"{target}: cannot create file: {exc}") from exc
+        raise KeyFileError(f"{target}: cannot create file: {_reason(exc)}") from exc
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -36,7 +48,7 @@ def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = SECRET_M
         os.replace(tmp, target)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
-        raise KeyFileError(f"{target}: cannot write file: {exc}") from exc
+        raise KeyFileError(f"{target}: cannot write file: {_reason(exc)}") from exc
     try:
         sync_directory(directory)
     except OSError as exc:

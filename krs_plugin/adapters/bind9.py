@@ -462,6 +462,7 @@ class Bind9Adapter(BaseAdapter[BindChange]):
     def finish(self, change: BindChange) -> None:
         change.step = "delete removed key files"
         self._delete_withdrawn(change.zone, change.now)
+        change.keys.remove_incomplete(change.zone)  # what a write cut short left: keyfiles.py
 
     def _delete_withdrawn(self, zone: dns.name.Name, cutoff: int) -> None:
         """Delete the files of every key deleted as of ``cutoff`` (no later than the DNS check's

@@ -109,3 +109,7 @@ class DirectoryAdapter(BaseAdapter[ZoneChange]):
             if tag in present:
                 details.append(f"key {tag} is still in {self.path}")
         return Verification(not details, tuple(details))
+
+    def finish(self, change: ZoneChange) -> None:
+        """What a write cut short left (a full disk, a kill) goes: keyfiles.py."""
+        self.folder.remove_incomplete(change.zone)

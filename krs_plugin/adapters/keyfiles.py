@@ -8,12 +8,21 @@ A server that rewrites the timing in key files (BIND 9.20 under dnssec-policy wr
 its own after a retire) gets a timing record beside each key, ``K<zone>+<alg>+<tag>.krs-timing``:
 the KDC's timing as the KRS last wrote it, which then is the key's timing for everything here
 (what to expect over DNS, whether a key is already as planned). The server ignores the file.
+
+A key is installed when both its files are there. The KRS writes a key's ``.private`` before its
+``.key`` and deletes them in the other order, so what a full disk or a kill leaves half done is a
+``.private`` without its ``.key`` (and perhaps a ``.K…`` temporary file): such a key is not
+installed (reading the zone's keys passes over it, a snapshot leaves it out, so a restore removes
+it) and the next apply removes its files (``remove_incomplete``). A ``.key`` alone is no key of the
+KRS either, and is left alone: BIND writes the ``.key`` first, and an offline KSK has only that
+(docs/operations.md, "A full disk").
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 from dataclasses import asdict, fields, replace
 from pathlib import Path
@@ -27,6 +36,8 @@ from krs_plugin.dnssec import DnssecKey, KeyTiming, read_bind_key_pair
 from krs_plugin.dnssec.bindfiles import bind_private_text, bind_public_text
 from krs_plugin.errors import KeyFileError, KrsError
 from krs_plugin.files import SECRET_MODE, atomic_write
+
+log = logging.getLogger(__name__)
 
 PUBLIC_MODE = 0o644
 TIMING_SUFFIX = ".krs-timing"
@@ -77,11 +88,44 @@ def tags_in(files: dict[Path, bytes]) -> set[int]:
     return tags
 
 
+def _write_order(path: Path) -> int:
+    """Timing records first, then ``.private`` files, then the rest (``.key`` last of a key):
+    as ``write_key`` does, so that a write cut short leaves a key not installed, not a mix."""
+    return {TIMING_SUFFIX: 0, ".private": 1}.get(path.suffix, 2)
+
+
 def write_files(files: dict[Path, bytes], owner: tuple[int, int] | None = None) -> None:
-    for path, data in files.items():
-        atomic_write(path, data, SECRET_MODE if path.suffix == ".private" else PUBLIC_MODE)
+    """Write ``files`` (a snapshot's), skipping those that already hold their bytes with their
+    mode: a rollback that has nothing to put back needs no free space."""
+    for path in sorted(files, key=_write_order):
+        data = files[path]
+        mode = SECRET_MODE if path.suffix == ".private" else PUBLIC_MODE
+        if _holds_bytes(path, data, mode):
+            continue
+        atomic_write(path, data, mode)
         if owner is not None:
             os.chown(path, *owner)
+
+
+def _holds_bytes(path: Path, data: bytes, mode: int) -> bool:
+    try:
+        with path.open("rb") as handle:
+            same_mode = os.stat(handle.fileno()).st_mode & 0o777 == mode
+            return same_mode and handle.read(len(data) + 1) == data
+    except OSError:
+        return False
+
+
+def incomplete(paths: list[Path]) -> set[Path]:
+    """The files, among a zone's ``paths``, of keys half written: a ``.private`` without its
+    ``.key``, with the other files named after that key (its timing record, its ``.state``)."""
+    names = {path.name for path in paths}
+    stems = {
+        path.name[: -len(".private")]
+        for path in paths
+        if path.suffix == ".private" and f"{path.name[: -len('.private')]}.key" not in names
+    }
+    return {path for path in paths if path.name.rsplit(".", 1)[0] in stems}
 
 
 def tag_of(path: Path) -> int | None:
@@ -169,9 +213,14 @@ class KeyFolder:
         self, zone: dns.name.Name, tag: int | None = None
     ) -> list[tuple[Path, DnssecKey, KeyTiming]]:
         """Each key of ``zone`` (only those named with ``tag``, when given) with its timing: from
-        its timing record when it has one, else from its files."""
+        its timing record when it has one, else from its files. A ``.private`` without its
+        ``.key`` is a key half written, not installed: passed over."""
+        files = self.files(zone)
+        half = incomplete(files)
         out = []
-        for private in self.private_files(zone):
+        for private in files:
+            if private.suffix != ".private" or private in half:
+                continue
             if tag is not None and tag_of(private) != tag:
                 continue
             key, timing = read_bind_key_pair(private)
@@ -194,7 +243,24 @@ class KeyFolder:
         return times
 
     def snapshot(self, zone: dns.name.Name) -> dict[Path, bytes]:
-        return {path: path.read_bytes() for path in self.files(zone)}
+        """The bytes of the zone's files, keys half written left out (a restore removes them)."""
+        files = self.files(zone)
+        half = incomplete(files)
+        return {path: path.read_bytes() for path in files if path not in half}
+
+    def remove_incomplete(self, zone: dns.name.Name) -> list[Path]:
+        """Delete the files of the zone's keys half written and the temporary ``.K…`` files of
+        writes that never finished; the paths deleted. Only while no write of the KRS runs."""
+        files = self.files(zone, temporary=True)
+        gone = sorted(incomplete(files) | {p for p in files if p.name.startswith(".")})
+        for path in gone:
+            path.unlink(missing_ok=True)
+        if gone:
+            log.warning(
+                "zone %s: removed what a write cut short left in %s: %s",
+                zone, self.path, ", ".join(p.name for p in gone),
+            )  # fmt: skip
+        return gone
 
     def restore(
         self,
@@ -239,10 +305,11 @@ class KeyFolder:
         return None
 
     def delete_key(self, zone: dns.name.Name, tag: int) -> bool:
-        """Delete the files of key ``tag`` (its .state too: BIND 9.20's own); False if none."""
+        """Delete the files of key ``tag`` (its .state too: BIND 9.20's own); False if none. The
+        ``.key`` goes first and the ``.private`` last: cut short, it leaves a key half written."""
         for private, _, _ in self.read_keys(zone, tag):
-            private.unlink()
             for suffix in (".key", TIMING_SUFFIX, ".state"):
                 private.with_suffix(suffix).unlink(missing_ok=True)
+            private.unlink()
             return True
         return False
