@@ -1,16 +1,20 @@
 """The key status report a KRS sends back to the KDC (docs/protocol.md section 6), and its
 signature.
 
-tdns identifies the node by the packet's source address only. Ours adds ``node_id`` and
-``signature``: a compact JWS ES256 by the node's P-256 key whose payload is the report without
-``signature`` as canonical JSON (sorted keys, no spaces). Shared by the KRS (signs) and the KDC
-(verifies), so both sides serialize the same way.
+tdns identifies the node by the packet's source address only. Ours adds ``distribution_id``,
+``node_id``, ``time`` and ``signature``: a compact JWS ES256 by the node's P-256 key whose payload
+is the report without ``signature`` as canonical JSON (sorted keys, no spaces). The signature thus
+binds the report to one distribution, one node and one moment, and ``check_binding`` is the KDC's
+check that they are the ones it expects (docs/protocol.md section 6). Shared by the KRS (signs) and
+the KDC (verifies), so both sides serialize the same way.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import time
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 
 import dns.flags
 import dns.message
@@ -20,7 +24,7 @@ import dns.rdatatype
 
 from krs_plugin.crypto import JoseKey
 from krs_plugin.crypto.jose import jws_sign, jws_verify
-from krs_plugin.errors import SignatureError
+from krs_plugin.errors import PolicyError, SignatureError
 from krs_plugin.protocol import CHUNK_TYPE, ChunkOption, notify_name
 from krs_plugin.protocol.edns import CONTENT_KEY_STATUS
 
@@ -92,11 +96,19 @@ def confirmation_message(
     control_zone: dns.name.Name | str,
     report: Mapping[str, object],
     signer: JoseKey | None,
+    *,
+    node_id: str | None = None,
+    now: float | None = None,
 ) -> dns.message.Message:
-    """The NOTIFY that carries ``report`` (compacted, then signed when the node has a key).
+    """The NOTIFY that carries ``report`` (bound, compacted, then signed when the node has a key).
 
-    Always fits one DNS message: compaction keeps the signed option under 64 KiB."""
-    compact = compact_report(report)
+    The report is bound to ``dist_id``, ``node_id`` (when given) and the current time here, when it
+    is sent, so a retry hours later still carries a fresh ``time``. Always fits one DNS message:
+    compaction keeps the signed option under 64 KiB."""
+    bound = {**report, "distribution_id": dist_id, "time": int(time.time() if now is None else now)}
+    if node_id is not None:
+        bound["node_id"] = node_id
+    compact = compact_report(bound)
     body = sign_report(compact, signer) if signer is not None else compact
     message = dns.message.make_query(
         notify_name(dist_id, control_zone), dns.rdatatype.RdataType.make(CHUNK_TYPE)
@@ -106,3 +118,88 @@ def confirmation_message(
     option = ChunkOption(CONTENT_KEY_STATUS, json.dumps(body, separators=(",", ":")).encode())
     message.use_edns(0, 0, 4096, options=[option])
     return message
+
+
+# --- the KDC's check of what a signed report is bound to (docs/protocol.md section 6) ----------
+
+
+def key_ref(zone: object, key_id: object) -> tuple[str, str]:
+    """How a key is named in a report and in the KDC's record of what it sent: the zone
+    lower-case and absolute, the key tag as decimal text."""
+    name = str(zone).strip().lower()
+    return (name if name.endswith(".") else name + ".", str(key_id).strip())
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What the KDC knows of one distribution to one node."""
+
+    distribution_id: str  # from the NOTIFY's QNAME
+    node_id: str  # the enrolled node whose key verified the signature
+    created_at: int  # when the KDC made the distribution (Unix seconds)
+    sent_keys: Collection[tuple[str, str]] | None  # ``key_ref``s; None: not recorded
+
+
+def check_binding(
+    report: Mapping[str, object], expected: Expected, *, now: float, clock_skew: float
+) -> None:
+    """Require a (verified) report to be for this distribution, this node, now, and to list only
+    keys the distribution sent to the node; ``PolicyError`` naming the first mismatch otherwise.
+
+    A signature proves who wrote the report, not what it answers: without these a report captured
+    for one distribution confirms any later one (issue 20, finding 1)."""
+    dist_id = report.get("distribution_id")
+    if not isinstance(dist_id, str):
+        raise PolicyError("the report does not name its distribution (no distribution_id)")
+    if dist_id != expected.distribution_id:
+        raise PolicyError(
+            f"the report is for distribution {dist_id[:32]!r}, "
+            f"the NOTIFY for {expected.distribution_id}"
+        )
+    node = report.get("node_id")
+    if not isinstance(node, str):
+        raise PolicyError("the report does not name its node (no node_id)")
+    if key_ref(node, "")[0] != expected.node_id:
+        raise PolicyError(f"the report is from node {node[:255]!r}, not {expected.node_id}")
+    stamp = report.get("time")
+    if not isinstance(stamp, int) or isinstance(stamp, bool):
+        raise PolicyError("the report carries no time (Unix seconds)")
+    if stamp > now + clock_skew:
+        raise PolicyError(
+            f"the report's time is {stamp - now:.0f} s in the future "
+            f"(allowed clock skew {clock_skew:.0f} s)"
+        )
+    if stamp < now - clock_skew:
+        raise PolicyError(
+            f"the report's time is {now - stamp:.0f} s old (allowed clock skew {clock_skew:.0f} s)"
+        )
+    if stamp < expected.created_at - clock_skew:
+        raise PolicyError(
+            f"the report's time {stamp} is before distribution {expected.distribution_id} "
+            f"was created ({expected.created_at})"
+        )
+    if expected.sent_keys is None:
+        return  # a distribution stored before the KDC recorded its keys: nothing to compare
+    for name in ("successful_keys", "failed_keys"):
+        items = report.get(name, [])
+        if not isinstance(items, list):
+            raise PolicyError(f"the report's {name} is not a list")
+        for item in items:
+            if not isinstance(item, dict) or "zone_name" not in item or "key_id" not in item:
+                raise PolicyError(f"the report's {name} has a malformed entry")
+            ref = key_ref(item["zone_name"], item["key_id"])
+            if ref not in expected.sent_keys:
+                raise PolicyError(
+                    f"the report's {name} names key {ref[1][:16]} of {ref[0][:255]}, which "
+                    f"distribution {expected.distribution_id} did not send to {expected.node_id}"
+                )
+
+
+def same_outcome(recorded: Mapping[str, object], report: Mapping[str, object]) -> bool:
+    """True when two reports say the same thing: equal apart from ``time`` and ``signature``
+    (a retry of a report the KDC already recorded, re-signed when it was sent again)."""
+
+    def claim(r: Mapping[str, object]) -> bytes:
+        return canonical_report({k: v for k, v in r.items() if k != "time"})
+
+    return claim(recorded) == claim(report)

@@ -350,6 +350,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         _check_address(text)
         host, _, port = text.rpartition(":")
         listen.append((host.strip("[]"), int(port)))
+    if args.clock_skew < 0:
+        raise ConfigError("--clock-skew: must be 0 seconds or more")
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -357,6 +359,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         listen=tuple(listen),
         notify_retry_base=args.notify_retry,
         notify_retry_max=args.notify_retry_max,
+        clock_skew=args.clock_skew,
     )
     identity = load_identity(_state_dir(args) / "keys")
     with contextlib.suppress(KeyboardInterrupt):
@@ -570,6 +573,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", action="append", help="host:port (repeatable; 127.0.0.1:5354)")
     p.add_argument("--notify-retry", type=float, default=1.0, metavar="SECONDS")
     p.add_argument("--notify-retry-max", type=float, default=60.0, metavar="SECONDS")
+    p.add_argument(
+        "--clock-skew",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="clock difference allowed in a signed confirmation's time (30)",
+    )
     enroll = sub.add_parser(
         "enroll", help="bootstrap packages: a new node joins without pre-shared keys"
     ).add_subparsers(dest="enroll_command", metavar="ACTION", required=True)

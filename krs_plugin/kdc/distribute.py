@@ -16,12 +16,20 @@ from dataclasses import dataclass
 
 import dns.name
 
+from krs_plugin.confirmation import key_ref
 from krs_plugin.crypto import HpkeKey, JoseKey
 from krs_plugin.dnssec import DnssecKey, KeyTiming, load_pkcs8_pem
 from krs_plugin.kdc.build import NodeRecipient, build_distribution
 from krs_plugin.kdc.identity import KdcIdentity
 from krs_plugin.kdc.store import KeyRow, NodeRow, StateError, Store
-from krs_plugin.payload import Entry, delete_key_entry, encode_payload, roll_key_entry
+from krs_plugin.payload import (
+    DeleteKey,
+    Entry,
+    RollKey,
+    delete_key_entry,
+    encode_payload,
+    roll_key_entry,
+)
 from krs_plugin.protocol import DEFAULT_CHUNK_SIZE
 from krs_plugin.protocol.manifest import DEFAULT_DISTRIBUTION_TTL
 
@@ -95,6 +103,14 @@ def zone_entries(
     return entries, rolls, deletes
 
 
+def sent_keys(entries: Sequence[Entry]) -> list[tuple[str, str]]:
+    """The keys the entries carry, named as the KRS names them in its confirmation: what the KDC
+    records with the distribution and checks a confirmation against (docs/protocol.md section 6)."""
+    return [
+        key_ref(e.zone.to_text(), e.key_tag) for e in entries if isinstance(e, RollKey | DeleteKey)
+    ]
+
+
 def distribute_zone(
     store: Store,
     identity: KdcIdentity,
@@ -128,6 +144,7 @@ def distribute_zone(
         dist_id, serial = store.next_distribution_id(now)
         entries, rolls, deletes = zone_entries(keys, dist_id, now=stamp, expires_at=expires_at)
         cleartext = encode_payload(entries)
+        carried = sent_keys(entries)
         counts = {"zone_count": 1, "key_count": rolls + deletes, "operation_count": len(entries)}
         for index, (node, recipient) in enumerate(zip(nodes, recipients, strict=True)):
             records = build_distribution(
@@ -149,6 +166,7 @@ def distribute_zone(
                 created_at=stamp,
                 expires_at=expires_at,
                 records=[r.to_wire() or b"" for r in records],
+                keys=carried,
             )
             records_total += len(records)
             if progress is not None:
@@ -210,6 +228,7 @@ def distribute_node(
             rolls += r
             deletes += d
         cleartext = encode_payload(entries)
+        carried = sent_keys(entries)
         del entries
         counts = {
             "zone_count": len(wanted),
@@ -236,6 +255,7 @@ def distribute_node(
             created_at=stamp,
             expires_at=expires_at,
             records=[r.to_wire() or b"" for r in records],
+            keys=carried,
         )
         store.db.executemany(
             "UPDATE keys SET state = 'published' WHERE zone = ? AND state = 'created'",

@@ -7,7 +7,9 @@ buffer is truncated (TC=1) so the client retries over TCP.
 
 NOTIFY goes to each target node with exponential backoff until the node answers NOERROR.
 Confirmations are NOTIFY messages from nodes carrying EDNS0 option 65004 (docs/protocol.md
-section 6); when the node enrolled a signing key, the report's JWS must verify with it.
+section 6); when the node enrolled a signing key, the report's JWS must verify with it and the
+report must be bound to this distribution, this node, the present time and keys the distribution
+sent (``confirmation.check_binding``); a node without one is known by its source address only.
 Enrollment UPDATEs (docs/protocol.md section 7) go to ``kdc/enroll.py``.
 """
 
@@ -30,13 +32,13 @@ import dns.rdatatype
 import dns.rrset
 from dns.rdtypes.ANY.SOA import SOA
 
-from krs_plugin.confirmation import verify_report
+from krs_plugin.confirmation import Expected, check_binding, key_ref, same_outcome, verify_report
 from krs_plugin.crypto import JoseKey
 from krs_plugin.dnsio import formerr_reply, serve_dns, udp_exchange
 from krs_plugin.errors import KrsError
 from krs_plugin.kdc.enroll import EnrollmentDesk
 from krs_plugin.kdc.identity import KdcIdentity
-from krs_plugin.kdc.store import DistributionRow, Store
+from krs_plugin.kdc.store import DistributionRow, NodeRow, Store
 from krs_plugin.protocol import (
     CHUNK_TYPE,
     find_chunk_option,
@@ -47,6 +49,7 @@ from krs_plugin.protocol import (
     parse_pending_name,
 )
 from krs_plugin.protocol.edns import CONTENT_KEY_STATUS
+from krs_plugin.protocol.manifest import DEFAULT_CLOCK_SKEW
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +65,22 @@ class ServeOptions:
     notify_retry_base: float = 1.0
     notify_retry_max: float = 60.0
     tick: float = 0.5
+    clock_skew: float = DEFAULT_CLOCK_SKEW  # allowed in a signed confirmation's ``time``
 
 
 class ControlZone:
     """Builds answers from the store; no network code, so it is testable on its own."""
 
-    def __init__(self, store: Store, control_zone: str, nameserver: str = "ns") -> None:
+    def __init__(
+        self,
+        store: Store,
+        control_zone: str,
+        nameserver: str = "ns",
+        *,
+        clock_skew: float = DEFAULT_CLOCK_SKEW,
+    ) -> None:
         self.store = store
+        self.clock_skew = clock_skew
         self.origin = dns.name.from_text(control_zone)
         self.ns = dns.name.Name((nameserver.encode(), *self.origin.labels))
         self.chunk_type = dns.rdatatype.RdataType.make(CHUNK_TYPE)
@@ -147,7 +159,10 @@ class ControlZone:
     def _confirmation(
         self, query: dns.message.Message, response: dns.message.Message, source: str
     ) -> dns.message.Message:
-        """A node's confirmation NOTIFY: find the node, check the report, record the outcome."""
+        """A node's confirmation NOTIFY: find the node, check the report, record the outcome.
+
+        Every refusal is REFUSED (FORMERR for a report that is not JSON), logged at warning with
+        its reason, and records nothing (docs/kdc.md, "Confirmations")."""
         try:
             dist_id = parse_notify_name(query.question[0].name, self.origin)
         except (KrsError, IndexError) as exc:
@@ -171,12 +186,20 @@ class ControlZone:
                 response.set_rcode(dns.rcode.FORMERR)
                 return response
             report = loaded
-        node_id = self._identify(report, rows, source)
+        node_id, unknown = self._identify(report, rows, source)
         if node_id is None:
-            log.warning("confirmation from %s for %s: no matching node", source, dist_id)
+            log.warning(
+                "confirmation from %s for %s: no matching node: %s", source, dist_id, unknown
+            )
             response.set_rcode(dns.rcode.REFUSED)
             return response
-        problem = self._check_signature(report, node_id)
+        row = next(r for r in rows if r.node_id == node_id)
+        problem = self._check_report(report, row)
+        if problem is None:
+            problem = self._check_recorded(report, row)
+        if problem == "":
+            log.info("confirmation %s for %s already recorded; nothing changed", dist_id, node_id)
+            return response
         if problem is not None:
             log.warning(
                 "confirmation for %s from node %s (%s) rejected: %s",
@@ -198,31 +221,68 @@ class ControlZone:
 
     def _identify(
         self, report: dict[str, object], rows: list[DistributionRow], source: str
-    ) -> str | None:
+    ) -> tuple[str | None, str]:
+        """The target node the report is from, or None and why not."""
         claimed = report.get("node_id")
         targets = {r.node_id for r in rows}
         if isinstance(claimed, str):
-            name = claimed.lower() if claimed.endswith(".") else claimed.lower() + "."
-            return name if name in targets else None
+            name = key_ref(claimed, "")[0]
+            if name not in targets:
+                return None, f"the report names node {claimed[:255]!r}, not a target of it"
+            node = self.store.find_node(name)
+            if node is not None and not node.signing_pubkey and not _sent_from(node, source):
+                # tdns: a node without a signing key is known by its source address only.
+                return None, f"{name} has no signing key and {source} is not its address"
+            return name, ""
         # tdns: the node is the one whose notify address has the packet's source IP.
         node_id: str
         for node_id in sorted(targets):
             node = self.store.find_node(node_id)
-            if node is not None and node.notify_address.rpartition(":")[0].strip("[]") == source:
-                return node_id
-        return None
+            if node is not None and _sent_from(node, source):
+                return node_id, ""
+        return None, "no target of it has that address"
 
-    def _check_signature(self, report: dict[str, object], node_id: str) -> str | None:
-        node = self.store.find_node(node_id)
+    def _check_report(self, report: dict[str, object], row: DistributionRow) -> str | None:
+        """Why a report from ``row``'s node must be refused, or None: the signature by the node's
+        key, then what the signed report is bound to (docs/protocol.md section 6)."""
+        node = self.store.find_node(row.node_id)
         if node is None:
             return "node no longer exists"
         if not node.signing_pubkey:
             return None  # a tdns node without a signing key: identified by address only
+        expected = Expected(
+            row.id, row.node_id, row.created_at, self.store.sent_keys(row.id, row.node_id)
+        )
         try:
             verify_report(report, JoseKey.from_jwk(json.loads(node.signing_pubkey)))
+            check_binding(report, expected, now=time.time(), clock_skew=self.clock_skew)
         except KrsError as exc:
             return str(exc)
         return None
+
+    @staticmethod
+    def _check_recorded(report: dict[str, object], row: DistributionRow) -> str | None:
+        """For a distribution already confirmed or failed: "" for a copy of the recorded report
+        sent again (nothing to do, answered NOERROR), a reason for anything else."""
+        if row.status not in ("confirmed", "failed") or row.report is None:
+            return None
+        try:
+            recorded = json.loads(row.report)
+        except json.JSONDecodeError:
+            recorded = {}
+        if not isinstance(recorded, dict):
+            recorded = {}
+        signature = report.get("signature")
+        if signature is not None and signature == recorded.get("signature"):
+            return f"a replay of the report already recorded ({row.status})"
+        if not same_outcome(recorded, report):
+            return f"already recorded as {row.status} with a different report"
+        return ""
+
+
+def _sent_from(node: NodeRow, source: str) -> bool:
+    """Whether ``source`` is the IP address of the node's notify address (tdns's identification)."""
+    return node.notify_address.rpartition(":")[0].strip("[]") == source
 
 
 def _udp_limit(query: dns.message.Message) -> int:
@@ -352,7 +412,7 @@ async def serve(
     store: Store, control_zone: str, options: ServeOptions, identity: KdcIdentity | None = None
 ) -> None:
     """Run until cancelled; with ``identity``, enrollment UPDATEs are answered too."""
-    zone = ControlZone(store, control_zone)
+    zone = ControlZone(store, control_zone, clock_skew=options.clock_skew)
     desk = EnrollmentDesk(store, identity, zone.origin) if identity is not None else None
     server = KdcServer(store, zone, options, desk)
     await server.start()

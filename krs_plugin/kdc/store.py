@@ -86,6 +86,13 @@ CREATE TABLE IF NOT EXISTS records (
     rdata BLOB NOT NULL,
     PRIMARY KEY (distribution_id, node_id, sequence)
 );
+CREATE TABLE IF NOT EXISTS distribution_keys (
+    distribution_id TEXT NOT NULL,
+    node_id TEXT NOT NULL,
+    zone TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    PRIMARY KEY (distribution_id, node_id, zone, key_id)
+);
 CREATE TABLE IF NOT EXISTS distribution_sequence (id INTEGER PRIMARY KEY CHECK (id = 1),
                                                   next INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS enrollment_tokens (
@@ -591,8 +598,10 @@ class Store:
         created_at: int,
         expires_at: int,
         records: Sequence[bytes],
+        keys: Sequence[tuple[str, str]] = (),
     ) -> None:
-        """Store one node's distribution and its CHUNK records (index 0 = manifest)."""
+        """Store one node's distribution and its CHUNK records (index 0 = manifest), with the
+        keys it carries as (zone, key tag text): what a confirmation may name (``sent_keys``)."""
         self.db.execute(
             "INSERT INTO distributions(id, node_id, serial, zone, content, status, created_at, "
             "expires_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
@@ -602,6 +611,20 @@ class Store:
             "INSERT INTO records(distribution_id, node_id, sequence, rdata) VALUES (?, ?, ?, ?)",
             [(dist_id, node_id, i, rdata) for i, rdata in enumerate(records)],
         )
+        self.db.executemany(
+            "INSERT OR IGNORE INTO distribution_keys(distribution_id, node_id, zone, key_id) "
+            "VALUES (?, ?, ?, ?)",
+            [(dist_id, node_id, zone_name, key_id) for zone_name, key_id in keys],
+        )
+
+    def sent_keys(self, dist_id: str, node_id: str) -> set[tuple[str, str]] | None:
+        """The (zone, key tag text) pairs distribution ``dist_id`` carried to ``node_id``; None
+        when none were recorded (a distribution stored before keys were, or one without keys)."""
+        rows = self.db.execute(
+            "SELECT zone, key_id FROM distribution_keys WHERE distribution_id = ? AND node_id = ?",
+            (dist_id, node_id),
+        ).fetchall()
+        return {(r[0], r[1]) for r in rows} if rows else None
 
     def distributions(
         self, *, status: str | None = None, dist_id: str | None = None

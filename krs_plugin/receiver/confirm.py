@@ -2,7 +2,10 @@
 answers NOERROR (docs/protocol.md section 6).
 
 The report is a NOTIFY to the control servers in order, UDP first as tdns does, TCP when the
-report is too big for a datagram or UDP gets no answer. The reports wait in the state database
+report is too big for a datagram or UDP gets no answer. Each try is bound and signed afresh
+(``confirmation_message``): its ``time`` is when it is sent, so a report that waited through a
+restart is still fresh, and no two tries carry the same signature, which the KDC refuses as a
+replay once it has recorded one. The reports wait in the state database
 (``ReceiverStore.due_confirmations``), so a restart or a KDC that is down delays them but never
 loses them; each failed round waits twice as long as the last, up to ``CONFIRM_RETRY_MAX``.
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 import logging
 
 import dns.exception
+import dns.message
 import dns.rcode
 
 from krs_plugin.config import Config
@@ -51,12 +55,16 @@ async def confirm(
 async def _send(
     dist_id: str, report: dict[str, object], config: Config, signer: JoseKey | None
 ) -> bool:
-    body = confirmation_message(dist_id, config.control_zone, report, signer)
-    fits_udp = len(body.to_wire(max_size=0xFFFF)) <= UDP_CONFIRM_MAX
+    def message() -> dns.message.Message:
+        node_id = config.node_id.to_text()
+        return confirmation_message(dist_id, config.control_zone, report, signer, node_id=node_id)
+
+    fits_udp = len(message().to_wire(max_size=0xFFFF)) <= UDP_CONFIRM_MAX
     where = context(distribution_id=dist_id, stage="confirm")
     for server in config.control_servers:
         # UDP first, as tdns does; TCP when the report is too big or UDP gets no answer.
         for exchange in (udp_exchange, tcp_exchange) if fits_udp else (tcp_exchange,):
+            body = message()  # bound to this moment, signed afresh (docs/protocol.md section 6)
             try:
                 reply = await exchange(body, server.host, server.port, CONFIRM_TIMEOUT)
             except (TimeoutError, OSError, dns.exception.DNSException) as exc:

@@ -286,7 +286,13 @@ def confirm(server: Kdc, dist_id: str, report: dict[str, object]) -> dns.message
 def test_signed_confirmation_moves_status_and_a_forged_one_is_refused(running_kdc: Kdc) -> None:
     out = kdc(running_kdc.state, "--json", "distribute", "--zone", ZONE)
     dist_id = json.loads(out.stdout)["distribution_id"]
-    base = {"node_id": "a.edge.example.", "successful_keys": [{"zone_name": ZONE, "key_id": "1"}]}
+    listed = json.loads(kdc(running_kdc.state, "--json", "key", "list").stdout)
+    base = {
+        "distribution_id": dist_id,
+        "node_id": "a.edge.example.",
+        "time": int(time.time()),
+        "successful_keys": [{"zone_name": ZONE, "key_id": str(k["key_tag"])} for k in listed],
+    }
 
     forged = confirm(running_kdc, dist_id, sign_report(base, JoseKey.generate()))
     assert forged.rcode() == dns.rcode.REFUSED
