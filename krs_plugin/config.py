@@ -19,6 +19,7 @@ import dns.name
 import yaml
 
 from krs_plugin.adapters.registry import names as adapter_names
+from krs_plugin.dnsio import connection_budget_problem, default_max_connections
 from krs_plugin.errors import ConfigError
 from krs_plugin.protocol.chunking import Limits
 
@@ -49,9 +50,14 @@ class KdcSettings:
 
 @dataclass(frozen=True)
 class NotifySettings:
+    """The NOTIFY listener and its limits (docs/operations.md, "Resource limits")."""
+
     listen: tuple[Address, ...] = ()
     allowed_sources: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
-    rate_limit: float = 50.0
+    rate_limit: float = 50.0  # new ids per second from one source, over each transport
+    rate_limit_total: float = 200.0  # new ids per second from all sources, over each transport
+    max_connections: int = 256  # open TCP connections per listener
+    tcp_idle_timeout: float = 10.0  # seconds a TCP connection may go without a complete message
 
 
 @dataclass(frozen=True)
@@ -189,6 +195,40 @@ TOP_KEYS = {
 }  # fmt: skip
 
 
+NOTIFY_KEYS = {
+    "listen", "allowed_sources", "rate_limit", "rate_limit_total", "max_connections",
+    "tcp_idle_timeout",
+}  # fmt: skip
+
+
+def _notify_limits(
+    r: _Reader,
+    raw: Mapping[str, Any],
+    listen: tuple[Address, ...],
+    sources: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...],
+) -> NotifySettings:
+    """The NOTIFY budgets and the TCP connection limits (docs/operations.md, "Resource limits"):
+    ``max_connections`` defaults to what the descriptor limit leaves after a reserve, and an
+    explicit value that would eat into that reserve is refused."""
+    rate = r.number(raw.get("rate_limit"), "notify.rate_limit", 50.0, minimum=0.1)
+    total = r.number(raw.get("rate_limit_total"), "notify.rate_limit_total", 4 * rate, minimum=0.1)
+    if total < rate:
+        raise r.fail(
+            "notify.rate_limit_total",
+            f"must be at least notify.rate_limit ({rate:g}), got {total:g}",
+        )
+    connections = r.integer(
+        raw.get("max_connections"),
+        "notify.max_connections",
+        default_max_connections(len(listen)),
+    )
+    problem = connection_budget_problem(connections, len(listen))
+    if raw.get("max_connections") is not None and problem is not None:
+        raise r.fail("notify.max_connections", problem)
+    idle = r.number(raw.get("tcp_idle_timeout"), "notify.tcp_idle_timeout", 10.0, minimum=0.1)
+    return NotifySettings(listen, sources, rate, total, connections, idle)
+
+
 def load_config(path: str | os.PathLike[str], *, require_files: bool = True) -> Config:
     """Read and check ``krs.yaml``; ``ConfigError`` naming file, key and reason.
 
@@ -232,7 +272,7 @@ def load_config(path: str | os.PathLike[str], *, require_files: bool = True) -> 
     if not servers:
         raise r.fail("control_servers", "needs at least one server")
 
-    notify_raw = r.mapping(top.get("notify"), "notify", {"listen", "allowed_sources", "rate_limit"})
+    notify_raw = r.mapping(top.get("notify"), "notify", NOTIFY_KEYS)
     listen = tuple(
         r.address(v, f"notify.listen[{i}]", 5355)
         for i, v in enumerate(r.list_of(notify_raw.get("listen"), "notify.listen"))
@@ -245,11 +285,7 @@ def load_config(path: str | os.PathLike[str], *, require_files: bool = True) -> 
             raise r.fail(f"notify.allowed_sources[{i}]", str(exc)) from exc
     if not sources:  # NOTIFY carries no trust, but by default only the control servers send it
         sources = [ipaddress.ip_network(s.host) for s in servers]
-    notify = NotifySettings(
-        listen,
-        tuple(sources),
-        r.number(notify_raw.get("rate_limit"), "notify.rate_limit", 50.0, minimum=0.1),
-    )
+    notify = _notify_limits(r, notify_raw, listen, tuple(sources))
 
     adapter_raw = r.mapping(top["adapter"], "adapter", {"type", "settings"})
     adapter_type = adapter_raw.get("type")

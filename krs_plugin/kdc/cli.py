@@ -339,6 +339,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import asyncio
     import logging
 
+    from krs_plugin.dnsio import connection_budget_problem
     from krs_plugin.kdc.server import ServeOptions, serve
 
     store = _open_store(args)
@@ -350,6 +351,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         _check_address(text)
         host, _, port = text.rpartition(":")
         listen.append((host.strip("[]"), int(port)))
+    if args.max_connections is not None:
+        problem = connection_budget_problem(args.max_connections, len(listen))
+        if args.max_connections < 1 or problem is not None:
+            raise ConfigError(f"--max-connections: {problem or 'must be at least 1'}")
+    if args.tcp_idle_timeout <= 0:
+        raise ConfigError("--tcp-idle-timeout: must be more than 0 seconds")
     if args.clock_skew < 0:
         raise ConfigError("--clock-skew: must be 0 seconds or more")
     logging.basicConfig(
@@ -360,6 +367,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         notify_retry_base=args.notify_retry,
         notify_retry_max=args.notify_retry_max,
         clock_skew=args.clock_skew,
+        max_connections=args.max_connections,
+        tcp_idle_timeout=args.tcp_idle_timeout,
     )
     identity = load_identity(_state_dir(args) / "keys")
     with contextlib.suppress(KeyboardInterrupt):
@@ -579,6 +588,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=30.0,
         metavar="SECONDS",
         help="clock difference allowed in a signed confirmation's time (30)",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        metavar="N",
+        help="open TCP connections per listener (default: from the descriptor limit, at most 256)",
+    )
+    p.add_argument(
+        "--tcp-idle-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="close a TCP connection without a complete message for this long (30)",
     )
     enroll = sub.add_parser(
         "enroll", help="bootstrap packages: a new node joins without pre-shared keys"

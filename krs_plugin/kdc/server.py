@@ -34,7 +34,14 @@ from dns.rdtypes.ANY.SOA import SOA
 
 from krs_plugin.confirmation import Expected, check_binding, key_ref, same_outcome, verify_report
 from krs_plugin.crypto import JoseKey
-from krs_plugin.dnsio import formerr_reply, serve_dns, udp_exchange
+from krs_plugin.dnsio import (
+    ConnectionGuard,
+    default_max_connections,
+    formerr_reply,
+    quiet_accept_errors,
+    serve_dns,
+    udp_exchange,
+)
 from krs_plugin.errors import KrsError
 from krs_plugin.kdc.enroll import EnrollmentDesk
 from krs_plugin.kdc.identity import KdcIdentity
@@ -57,6 +64,7 @@ RECORD_TTL = 300
 UDP_DEFAULT_PAYLOAD = 512
 NOTIFY_TIMEOUT = 2.0
 MAX_TCP_MESSAGE = 65535
+MAX_NOTIFY_IN_FLIGHT = 64  # NOTIFYs awaiting an answer at once, each holding a UDP socket
 
 
 @dataclass(frozen=True)
@@ -66,6 +74,11 @@ class ServeOptions:
     notify_retry_max: float = 60.0
     tick: float = 0.5
     clock_skew: float = DEFAULT_CLOCK_SKEW  # allowed in a signed confirmation's ``time``
+    # TCP connections per listener (None: from the descriptor limit) and their idle timeout;
+    # docs/kdc.md, "Serve", and docs/operations.md, "Resource limits".
+    max_connections: int | None = None
+    tcp_idle_timeout: float = 30.0
+    max_notify_in_flight: int = MAX_NOTIFY_IN_FLIGHT
 
 
 class ControlZone:
@@ -95,10 +108,17 @@ class ControlZone:
     def answer(self, query: dns.message.Message, source: str) -> dns.message.Message:
         response = dns.message.make_response(query)
         response.flags |= dns.flags.AA
+        if len(query.question) != 1:
+            # RFC 1035 4.1.2 and RFC 1996: one question. Not echoed back: a hundred questions
+            # would not fit the answer (and would make this server an amplifier).
+            response.question = []
+            response.set_rcode(dns.rcode.FORMERR)
+            response.flags &= ~dns.flags.AA
+            return response
         if query.opcode() == dns.opcode.NOTIFY:
             return self._confirmation(query, response, source)
-        if query.opcode() != dns.opcode.QUERY or len(query.question) != 1:
-            response.set_rcode(dns.rcode.REFUSED if query.question else dns.rcode.FORMERR)
+        if query.opcode() != dns.opcode.QUERY:
+            response.set_rcode(dns.rcode.REFUSED)
             response.flags &= ~dns.flags.AA
             return response
         question = query.question[0]
@@ -289,6 +309,25 @@ def _udp_limit(query: dns.message.Message) -> int:
     return max(UDP_DEFAULT_PAYLOAD, query.payload) if query.edns >= 0 else UDP_DEFAULT_PAYLOAD
 
 
+def _wire(response: dns.message.Message, limit: int) -> bytes:
+    """``response`` in at most ``limit`` bytes: when it does not fit, the same answer emptied
+    with TC set, so the client retries over TCP; when even that does not fit (questions and
+    EDNS options larger than the client's buffer), without the question too."""
+    try:
+        return bytes(response.to_wire(max_size=limit))
+    except dns.exception.TooBig:
+        response.answer.clear()
+        response.authority.clear()
+        response.additional.clear()
+        response.flags |= dns.flags.TC
+    try:
+        return bytes(response.to_wire(max_size=limit))
+    except dns.exception.TooBig:
+        response.question = []
+        response.use_edns(False)
+        return bytes(response.to_wire(max_size=limit))
+
+
 def _is_update(wire: bytes) -> bool:
     """A query (QR clear) with opcode UPDATE, read from the header alone: the SIG(0) after it
     must be checked on the bytes as they came."""
@@ -324,21 +363,20 @@ class KdcServer:
         if query.flags & dns.flags.QR:
             return None
         response = self.zone.answer(query, source)
-        limit = _udp_limit(query) if udp else MAX_TCP_MESSAGE
-        try:
-            return bytes(response.to_wire(max_size=limit))
-        except dns.exception.TooBig:
-            # Does not fit: an empty answer with TC tells the client to retry over TCP.
-            response.answer.clear()
-            response.authority.clear()
-            response.additional.clear()
-            response.flags |= dns.flags.TC
-            return bytes(response.to_wire(max_size=limit))
+        return _wire(response, _udp_limit(query) if udp else MAX_TCP_MESSAGE)
 
     async def start(self) -> None:
-        for host, port in self.options.listen:
+        options = self.options
+        connections = options.max_connections or default_max_connections(len(options.listen))
+        for host, port in options.listen:
+            guard = ConnectionGuard(
+                f"control-zone listener {host} port {port}", connections, options.tcp_idle_timeout
+            )
             transport, server, bound = await serve_dns(
-                lambda wire, source, udp: self.handle(wire, source, udp=udp), host, port
+                lambda wire, source, udp: self.handle(wire, source, udp=udp),
+                host,
+                port,
+                guard=guard,
             )
             self._transports.append(transport)
             self._servers.append(server)
@@ -363,6 +401,8 @@ class KdcServer:
                 key = (d.id, d.node_id)
                 if key in in_flight or d.notify_acked_at is not None:
                     continue
+                if len(in_flight) >= self.options.max_notify_in_flight:
+                    break  # the rest at the next tick: descriptors stay free for queries
                 if self._due(d.notified_at, d.notify_attempts, now):
                     in_flight[key] = asyncio.create_task(self._notify(d.id, d.node_id))
             await asyncio.sleep(self.options.tick)
@@ -415,6 +455,7 @@ async def serve(
     zone = ControlZone(store, control_zone, clock_skew=options.clock_skew)
     desk = EnrollmentDesk(store, identity, zone.origin) if identity is not None else None
     server = KdcServer(store, zone, options, desk)
+    quiet_accept_errors(asyncio.get_running_loop())
     await server.start()
     print(
         "krs-kdc serving "

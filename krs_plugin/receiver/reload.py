@@ -20,6 +20,7 @@ from pathlib import Path
 from krs_plugin.adapters import make_adapter
 from krs_plugin.config import Address, Config, load_config
 from krs_plugin.crypto import JoseKey
+from krs_plugin.dnsio import Handler
 from krs_plugin.errors import ConfigError
 from krs_plugin.receiver import notify
 from krs_plugin.receiver.fetcher import Fetcher
@@ -83,7 +84,7 @@ class Change:
     async def bind(
         self,
         running: Config,
-        answer: Callable[[bytes, str], bytes | None],
+        answer: Handler,
         serve_http: Callable[[Address | None], Awaitable[HttpServer | None]],
     ) -> None:
         """Bind the addresses that differ from ``running``: ``answer`` takes the NOTIFYs,
@@ -91,7 +92,7 @@ class Change:
         change opened is closed again and ConfigError names the setting."""
         try:
             if self.config.notify.listen != running.notify.listen:
-                self.listeners = await notify.listen(self.config.notify.listen, answer)
+                self.listeners = await notify.listen(self.config.notify, answer)
         except OSError as exc:
             self.components.pipeline.store.close()
             raise ConfigError(f"notify.listen: cannot bind: {exc}") from exc

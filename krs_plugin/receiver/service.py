@@ -4,7 +4,9 @@ NOTIFY carries no trust: it only names a distribution id to fetch from the confi
 The listener (``receiver/notify.py``) answers at once; the ids it accepts are queued once each,
 and one worker fetches and applies them in order, in a thread, so neither the network nor a slow
 nameserver ever blocks the listener. The pipeline has its own database connection for that thread.
-A poller finds what a lost NOTIFY did not announce. Confirmations (``receiver/confirm.py``) are
+A poller finds what a lost NOTIFY did not announce, and polls early when a NOTIFY had to be
+refused for its budget, so a flood delays a real distribution by a second or two, not until the
+next poll (docs/operations.md, "Resource limits"). Confirmations (``receiver/confirm.py``) are
 retried until the KDC answers. A reload (``receiver/reload.py``) swaps in a new configuration
 between two distributions. Adapters that act on key times themselves get ``maintain()`` calls on
 their own schedule. ``/metrics`` and ``/healthz`` report on all of it.
@@ -18,10 +20,12 @@ import logging
 import signal
 import sqlite3
 import time
+from collections import OrderedDict
 
 from krs_plugin.adapters.base import ActsOnKeyTimes, WatchesFiles
 from krs_plugin.config import Address, Config
 from krs_plugin.crypto import JoseKey
+from krs_plugin.dnsio import quiet_accept_errors
 from krs_plugin.errors import KrsError, outcome_of, stage_of
 from krs_plugin.logs import context
 from krs_plugin.metrics import Metrics, serve_http
@@ -43,6 +47,9 @@ from krs_plugin.receiver.watch import FileWatcher
 log = logging.getLogger(__name__)
 
 MAX_QUEUE = 1000
+RECENT_IDS = 4096  # ids known to be done (applied or rejected), answered without a budget
+EARLY_POLL_GAP = 1.0  # seconds between polls brought forward by refused NOTIFYs
+QUEUE_FULL_WARN_INTERVAL = 60.0
 MAINTAIN_MAX_WAIT = 300.0  # look again at least this often, even when nothing is due
 MAINTAIN_RETRY = 60.0  # after a failed maintain(): the old zone stays served meanwhile
 
@@ -66,7 +73,11 @@ class Service:
         self.fingerprint = files_fingerprint(watched_files(config))
         self.queue: asyncio.Queue[str] = asyncio.Queue(MAX_QUEUE)
         self.pending: set[str] = set()
-        self.limiter = notify.RateLimiter(config.notify.rate_limit)
+        self.recent: OrderedDict[str, None] = OrderedDict()  # done ids, the newest last
+        self.budget = notify.NotifyBudget(config.notify.rate_limit, config.notify.rate_limit_total)
+        self.poll_wake = asyncio.Event()
+        self._dropped = 0  # NOTIFYs dropped on a full queue since the last warning
+        self._dropped_warned = -QUEUE_FULL_WARN_INTERVAL
         self.listeners: list[notify.Listener] = []
         self.http: asyncio.AbstractServer | None = None
         self.http_bound: Address | None = None
@@ -98,12 +109,20 @@ class Service:
 
     # --- NOTIFY ---------------------------------------------------------------------------
 
-    def handle_notify(self, wire: bytes, source: str) -> bytes | None:
+    def handle_notify(self, wire: bytes, source: str, udp: bool = True) -> bytes | None:
         answer = notify.answer_notify(
-            wire, source, self.config.notify, self.config.control_zone, self.limiter
+            wire,
+            source,
+            self.config.notify,
+            self.config.control_zone,
+            self.budget,
+            tcp=not udp,
+            known=self.known,
         )
         if answer.refused is not None:
             self._count_notify(answer.refused)
+            if answer.refused == "rate_limited":
+                self.poll_wake.set()  # whatever it named, the poller finds what is published
         elif answer.distribution_id is not None:
             queued = self.enqueue(answer.distribution_id)
             self._count_notify("accepted" if queued else "duplicate")
@@ -116,24 +135,43 @@ class Service:
         )
         self.counters[key] += 1
 
+    def known(self, dist_id: str) -> bool:
+        """Whether ``dist_id`` is queued, running or known to be done: a NOTIFY naming it costs
+        no budget (docs/operations.md, "Resource limits")."""
+        return dist_id in self.pending or dist_id in self.recent
+
     def enqueue(self, dist_id: str) -> bool:
         """Queue ``dist_id`` unless it is queued, running or already finished."""
-        if dist_id in self.pending:
+        if self.known(dist_id):
             return False
         seen = self.store.seen(dist_id)
         if seen is not None and seen.outcome in ("applied", "rejected"):
+            self.recent[dist_id] = None
+            if len(self.recent) > RECENT_IDS:
+                self.recent.popitem(last=False)
             return False
         try:
             self.queue.put_nowait(dist_id)
         except asyncio.QueueFull:
-            log.warning(
-                "queue full, NOTIFY for %s dropped (the poller will find it)",
-                dist_id,
-                extra=context(distribution_id=dist_id),
-            )
+            self._queue_full(dist_id)
             return False
         self.pending.add(dist_id)
         return True
+
+    def _queue_full(self, dist_id: str) -> None:
+        """One warning a minute at most: a flood must not fill the log."""
+        self._dropped += 1
+        now = time.monotonic()
+        if now - self._dropped_warned >= QUEUE_FULL_WARN_INTERVAL:
+            log.warning(
+                "queue full (%d ids), %d NOTIFY(s) dropped, the last for %s (the poller will "
+                "find what is published)",
+                MAX_QUEUE,
+                self._dropped,
+                dist_id,
+                extra=context(distribution_id=dist_id),
+            )
+            self._dropped, self._dropped_warned = 0, now
 
     # --- worker ---------------------------------------------------------------------------
 
@@ -215,8 +253,11 @@ class Service:
 
     async def poll_loop(self) -> None:
         """Ask the control zone for this node's distributions every ``poll_interval`` seconds,
-        so a lost NOTIFY delays a key but never loses it."""
+        so a lost NOTIFY delays a key but never loses it; sooner (``EARLY_POLL_GAP`` apart at
+        most) when a NOTIFY was refused for its budget, so a flood cannot hold a real one back."""
         while True:
+            self.poll_wake.clear()
+            started = time.monotonic()
             try:
                 ids = await asyncio.to_thread(self.fetcher.pending_ids)
             except KrsError as exc:
@@ -230,7 +271,9 @@ class Service:
                         dist_id,
                         extra=context(distribution_id=dist_id, stage="poll"),
                     )
-            await asyncio.sleep(self.config.poll_interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.poll_wake.wait(), self.config.poll_interval)
+            await asyncio.sleep(max(0.0, started + EARLY_POLL_GAP - time.monotonic()))
 
     # --- confirmations --------------------------------------------------------------------
 
@@ -254,7 +297,7 @@ class Service:
         return server, Address(address.host, port)
 
     async def start(self) -> list[asyncio.AbstractServer]:
-        self.listeners = await notify.listen(self.config.notify.listen, self.handle_notify)
+        self.listeners = await notify.listen(self.config.notify, self.handle_notify)
         http = await self._serve_http(self.config.metrics)
         if http is not None:
             self.http, self.http_bound = http
@@ -351,12 +394,15 @@ class Service:
         if change.listeners is not None:
             notify.close(self.listeners)
             self.listeners = change.listeners
+        else:
+            notify.limit_connections(self.listeners, config.notify)
         if config.metrics != self.config.metrics:
             if self.http is not None:
                 self.http.close()
             self.http, self.http_bound = change.http if change.http is not None else (None, None)
-        if config.notify.rate_limit != self.config.notify.rate_limit:
-            self.limiter = notify.RateLimiter(config.notify.rate_limit)
+        new, old = config.notify, self.config.notify
+        if (new.rate_limit, new.rate_limit_total) != (old.rate_limit, old.rate_limit_total):
+            self.budget = notify.NotifyBudget(new.rate_limit, new.rate_limit_total)
         self.config = config
         self.pipeline = components.pipeline
         self.fetcher = components.fetcher
@@ -406,6 +452,7 @@ class Service:
             self.enqueue(dist_id)  # fetch again to complete it, if still published
         await self.start()
         loop = asyncio.get_running_loop()
+        quiet_accept_errors(loop)
         self.watcher = FileWatcher(self.request_reload)
         self.watcher.watch(watched_files(self.config))
         self.watcher.start(loop)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import resource
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,14 @@ def test_minimal_config_loads_with_defaults(files: Path) -> None:
         ({"notify": {"allowed_sources": ["300.1.1.1/8"]}}, "notify.allowed_sources[0]", ""),
         ({"log_format": "xml"}, "log_format", "must be one of"),
         ({"state": "/nonexistent-dir/krs.db"}, "state", "does not exist"),
+        ({"notify": {"max_connections": 0}}, "notify.max_connections", "integer >= 1"),
+        ({"notify": {"max_connections": 10**7}}, "notify.max_connections", "RLIMIT_NOFILE"),
+        ({"notify": {"tcp_idle_timeout": 0}}, "notify.tcp_idle_timeout", "number >= 0.1"),
+        (
+            {"notify": {"rate_limit": 10, "rate_limit_total": 5}},
+            "notify.rate_limit_total",
+            "at least notify.rate_limit (10)",
+        ),
     ],
 )
 def test_errors_name_file_key_and_reason(
@@ -105,3 +114,19 @@ def test_broken_yaml_is_a_config_error(files: Path) -> None:
     path.write_text("node_id: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(path)
+
+
+def test_notify_limits_follow_the_descriptor_limit(
+    files: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/operations.md, "Resource limits": 256 descriptors kept for everything but the
+    listeners, the rest shared by them, at most 256 connections each."""
+    listen = {"listen": ["127.0.0.1:5355", "[::1]:5355"], "rate_limit": 20}
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (1024, 4096))
+    notify = load_config(write(files, base(files) | {"notify": listen})).notify
+    assert (notify.max_connections, notify.tcp_idle_timeout) == (256, 10.0)
+    assert (notify.rate_limit, notify.rate_limit_total) == (20.0, 80.0)
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (512, 4096))
+    assert load_config(write(files, base(files) | {"notify": listen})).notify.max_connections == 128
+    with pytest.raises(ConfigError, match=r"lower it to at most 128 or raise the limit"):
+        load_config(write(files, base(files) | {"notify": listen | {"max_connections": 129}}))

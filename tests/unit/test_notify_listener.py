@@ -1,9 +1,11 @@
-"""The KRS NOTIFY listener: source ACL, control-zone names, rate limit, one fetch per id."""
+"""The KRS NOTIFY listener: source ACL, control-zone names, the budgets that keep a flood from
+starving real NOTIFYs (docs/operations.md, "Resource limits"), one fetch per id."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 
 import dns.message
@@ -15,6 +17,8 @@ import pytest
 from krs_plugin.config import load_config
 from krs_plugin.crypto import HpkeKey, JoseKey, write_hpke_private, write_jose_public
 from krs_plugin.protocol import notify_name
+from krs_plugin.receiver.fetcher import NotPublished
+from krs_plugin.receiver.notify import NotifyBudget
 from krs_plugin.receiver.service import Service
 from krs_plugin.receiver.store import ReceiverStore
 
@@ -98,3 +102,121 @@ def test_flood_is_rate_limited_and_memory_is_bounded(service: Service) -> None:
 
 def test_garbage_is_dropped_silently(service: Service) -> None:
     assert service.handle_notify(b"\x00\x01garbage", "192.0.2.1") is None
+
+
+def new_id(n: int) -> str:
+    return f"{0x6B100000 + n:08x}"
+
+
+def flood(service: Service, source: str, count: int = 200, *, udp: bool = True) -> list[int]:
+    """``count`` NOTIFYs from ``source``, each for an id never seen; their rcodes."""
+    return [
+        rcode(service.handle_notify(notify(notify_name(new_id(i), CZ).to_text()), source, udp))
+        for i in range(count)
+    ]
+
+
+def test_a_flood_from_one_source_leaves_other_sources_their_budget(service: Service) -> None:
+    assert flood(service, "192.0.2.66").count(dns.rcode.REFUSED) >= 190
+    real = notify_name("6b037da1", CZ).to_text()
+    assert rcode(service.handle_notify(notify(real), "192.0.2.1")) == dns.rcode.NOERROR
+    assert "6b037da1" in service.pending
+
+
+def test_notifies_for_an_id_already_queued_cost_no_budget(service: Service) -> None:
+    name = notify_name("6b037da1", CZ).to_text()
+    answers = [rcode(service.handle_notify(notify(name), "192.0.2.1")) for _ in range(100)]
+    assert answers == [dns.rcode.NOERROR] * 100  # the KDC's retries, or a replayed NOTIFY
+    assert service.queue.qsize() == 1 and service.counters["notify_limited"] == 0
+    accepted = flood(service, "192.0.2.1", 10).count(dns.rcode.NOERROR)
+    assert accepted in (4, 5)  # 5 a second: the hundred repeats took one
+
+
+def test_tcp_has_a_budget_of_its_own(service: Service) -> None:
+    """A forged UDP flood from the KDC's own address does not use up what the KDC may send
+    over TCP, where a source cannot be forged."""
+    flood(service, "192.0.2.1")
+    real = notify_name("6b037da1", CZ).to_text()
+    assert rcode(service.handle_notify(notify(real), "192.0.2.1", udp=True)) == dns.rcode.REFUSED
+    assert rcode(service.handle_notify(notify(real), "192.0.2.1", udp=False)) == dns.rcode.NOERROR
+
+
+def test_all_sources_together_share_a_total(service: Service) -> None:
+    """Forged floods from many addresses: 4 x rate_limit a second in all (20 here)."""
+    answers = [
+        rcode(
+            service.handle_notify(notify(notify_name(new_id(i), CZ).to_text()), f"192.0.2.{10 + i}")
+        )
+        for i in range(200)
+    ]
+    assert 20 <= answers.count(dns.rcode.NOERROR) <= 22
+
+
+def test_the_sources_remembered_are_bounded() -> None:
+    budget = NotifyBudget(5, 20, max_sources=100)
+    for i in range(1000):
+        budget.allow(f"10.0.{i // 256}.{i % 256}", tcp=False)
+    assert len(budget.sources[False]) == 100 and not budget.sources[True]
+
+
+def test_more_than_one_question_is_a_format_error(service: Service) -> None:
+    message = dns.message.make_query(notify_name("6b037da1", CZ), dns.rdatatype.SOA)
+    message.set_opcode(dns.opcode.NOTIFY)
+    message.question = message.question * 100
+    reply = dns.message.from_wire(service.handle_notify(message.to_wire(), "192.0.2.1") or b"")
+    assert reply.rcode() == dns.rcode.FORMERR and not reply.question
+    assert service.queue.qsize() == 0
+
+
+class Publisher:
+    """The control zone as the poller and the worker see it: ``published`` ids, nothing to fetch
+    (each fetch is recorded and answered "not published")."""
+
+    kdc = "kdc.example."
+
+    def __init__(self) -> None:
+        self.published: list[str] = []
+        self.fetched: list[str] = []
+
+    def pending_ids(self) -> list[str]:
+        return list(self.published)
+
+    def fetch(self, dist_id: str) -> None:
+        self.fetched.append(dist_id)
+        raise NotPublished(f"{dist_id}: test double")
+
+
+def test_a_flood_in_the_kdcs_name_does_not_hold_back_a_real_distribution(
+    service: Service,
+) -> None:
+    """3,000 NOTIFYs a second forged from the KDC's address use up its budget, so the real
+    NOTIFY is refused too; the refusal brings the poll forward and the distribution is fetched
+    within about a second, not at the next poll (poll_interval 60 s)."""
+    control = Publisher()
+    service.fetcher = control  # type: ignore[assignment]
+    service.pipeline = control  # type: ignore[assignment]
+
+    async def scenario() -> float:
+        tasks = [asyncio.create_task(service.worker()), asyncio.create_task(service.poll_loop())]
+        await asyncio.sleep(0.1)  # the first poll: nothing published yet
+        control.published.append("6b037da1")
+        real = notify(notify_name("6b037da1", CZ).to_text())
+        started = time.monotonic()
+        sent = 0
+        try:
+            while "6b037da1" not in control.fetched and time.monotonic() - started < 5:
+                flood(service, "192.0.2.1", 30)  # about 3,000 a second
+                sent += 30
+                if sent == 300:
+                    refused = rcode(service.handle_notify(real, "192.0.2.1"))
+                    assert refused == dns.rcode.REFUSED
+                await asyncio.sleep(0.01)
+            return time.monotonic() - started
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    took = asyncio.get_event_loop().run_until_complete(scenario())
+    assert "6b037da1" in control.fetched, f"not fetched after {took:.1f} s"
+    assert took < 3
