@@ -19,7 +19,7 @@ import dns.exception
 import dns.name
 
 from krs_plugin.errors import ConfigError, KrsError
-from krs_plugin.sqlitedb import open_private_db, transaction
+from krs_plugin.sqlitedb import open_private_db, transaction, write_error
 
 SCHEMA_VERSION = 1
 KEY_STATES = ("created", "published", "active", "retired", "removed")
@@ -107,6 +107,13 @@ CREATE TABLE IF NOT EXISTS enrollment_tokens (
     revoked_at INTEGER
 );
 """
+# The tables of the first release: a database without them is not a KDC's (sqlitedb.py).
+_TABLES = ("meta", "zones", "keys", "nodes", "node_zones", "distributions", "records")
+DAMAGED_ADVICE = (
+    "restore kdc.db (with its -wal file, if any) from a backup; it holds the zones' private "
+    "keys, so there is no starting afresh without new keys for every zone "
+    "(docs/kdc.md, 'A damaged state database')"
+)
 # Columns added after the first release: (table, column, declaration), added when missing.
 _ADDED_COLUMNS = (("nodes", "sig0_pubkey", "TEXT"),)
 
@@ -206,12 +213,16 @@ class Store:
         self.path = Path(path)
         if not self.path.exists() and not self.path.parent.is_dir():
             raise ConfigError(f"{self.path}: state directory does not exist (run init)")
-        self.db = open_private_db(self.path)
-        self.db.executescript(_SCHEMA)  # idempotent; executescript manages its own transaction
-        for table, column, declaration in _ADDED_COLUMNS:
-            present = {r["name"] for r in self.db.execute(f"PRAGMA table_info({table})")}
-            if column not in present:
-                self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+        self.db = open_private_db(self.path, _SCHEMA, tables=_TABLES, advice=DAMAGED_ADVICE)
+        try:
+            self.db.executescript(_SCHEMA)  # tables added since; executescript commits itself
+            for table, column, declaration in _ADDED_COLUMNS:
+                present = {r["name"] for r in self.db.execute(f"PRAGMA table_info({table})")}
+                if column not in present:
+                    self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+        except sqlite3.Error as exc:
+            self.db.close()
+            raise write_error(self.path, exc) from exc
         with self.transaction():
             self.db.execute(
                 "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",

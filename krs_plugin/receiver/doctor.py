@@ -34,6 +34,7 @@ from krs_plugin.config import Address, Config, KdcSettings
 from krs_plugin.crypto import load_hpke_private, load_jose_key
 from krs_plugin.errors import KeyFileError, KrsError
 from krs_plugin.receiver.store import ReceiverStore
+from krs_plugin.sqlitedb import StateDatabaseError, StateWriteError
 
 OK, WARNING, ERROR = "ok", "warning", "error"
 CONTROL_TIMEOUT = 2.0
@@ -238,8 +239,10 @@ def check_state(db_path: Path) -> list[Check]:
         ]
     existed = db_path.exists()
     try:
-        store = ReceiverStore(db_path)
-    except (sqlite3.Error, OSError) as exc:
+        store = ReceiverStore(db_path)  # checks it (sqlitedb.check_database), writes nothing
+    except StateDatabaseError as exc:
+        return [Check("state", ERROR, f"{db_path} {exc.problem}", exc.advice)]
+    except (sqlite3.Error, OSError, StateWriteError) as exc:
         return [Check("state", ERROR, f"{db_path} does not open: {exc}", "restore it or move it")]
     checks = []
     try:

@@ -3,6 +3,10 @@ the last applied serial per KDC, pending confirmations, and the apply in progres
 
 The journal row is written before an adapter touches the server and deleted after the outcome is
 recorded, so a KRS killed mid-apply finds it at start-up and can finish or roll back.
+
+The database is checked when it opens and refused when damaged; a change that cannot be written
+(a full disk) is ``StateWriteError`` and recorded nothing (krs_plugin/sqlitedb.py;
+docs/operations.md, "A full disk" and "A damaged state database").
 """
 
 from __future__ import annotations
@@ -11,11 +15,12 @@ import json
 import os
 import sqlite3
 import time
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from krs_plugin.sqlitedb import open_private_db, transaction
+from krs_plugin.sqlitedb import StateWriteError, open_private_db, transaction
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS distributions (
@@ -52,6 +57,14 @@ CREATE TABLE IF NOT EXISTS journal (
 );
 """
 
+_TABLES = ("distributions", "installed_keys", "kdc_serials", "confirmations", "journal")
+DAMAGED_ADVICE = (
+    "restore it (with its -wal file, if any) from a backup; or move it and its -wal and -shm "
+    "files aside and start again as a new node, which forgets the distributions it applied "
+    "(a replay is then refused only as stale), its history and any interrupted apply "
+    "(docs/operations.md, 'A damaged state database')"
+)
+
 OUTCOMES = ("fetching", "applied", "rejected", "failed")
 
 
@@ -71,14 +84,26 @@ class ReceiverStore:
     def __init__(self, path: str | os.PathLike[str], *, any_thread: bool = False) -> None:
         """``any_thread``: for the pipeline's own connection, used from a worker thread."""
         self.path = Path(path)
-        self.db = open_private_db(self.path, any_thread=any_thread)
-        self.db.executescript(_SCHEMA)
+        self.db = open_private_db(
+            self.path, _SCHEMA, tables=_TABLES, advice=DAMAGED_ADVICE, any_thread=any_thread
+        )
+        self.write_error: str | None = None
+        """Why the last change could not be written (``/healthz`` shows it), until one is."""
 
     def close(self) -> None:
         self.db.close()
 
-    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
-        return transaction(self.db)
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One atomic change (``sqlitedb.transaction``); a change that cannot be written is
+        StateWriteError, and ``write_error`` says why until a later change is written."""
+        try:
+            with transaction(self.db) as db:
+                yield db
+        except StateWriteError as exc:
+            self.write_error = str(exc)
+            raise
+        self.write_error = None
 
     def seen(self, dist_id: str) -> DistributionRecord | None:
         row = self.db.execute("SELECT * FROM distributions WHERE id = ?", (dist_id,)).fetchone()

@@ -271,7 +271,9 @@ def test_state_database_that_is_not_sqlite_is_an_error(config: Config) -> None:
     config.state.chmod(0o600)
     check = only(run_checks(config), "state")
     assert check.status == "error"
-    assert check.message.startswith(f"{config.state} does not open: ")
+    assert check.message == f"{config.state} is not an SQLite database (it begins with b'not a da')"
+    assert check.fix.startswith("restore it (with its -wal file, if any) from a backup")
+    assert config.state.read_bytes() == b"not a database" * 100
 
 
 def test_unreachable_control_server_is_named(tmp_path: Path) -> None:
