@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 import socket
 import struct
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 
@@ -192,3 +193,56 @@ def send_tcp(
                     pass
             except OSError:
                 pass  # the server closed first (it may, after a message it does not answer)
+
+
+class IdleConnections:
+    """``count`` TCP connections to ``port`` that never send anything, kept open: every
+    ``interval`` seconds those the server closed are opened again (an attacker holding a
+    listener's descriptors, as in issue 20, finding 7). A thread of its own until ``close``."""
+
+    def __init__(
+        self, port: int, count: int, host: str = "127.0.0.1", interval: float = 0.5
+    ) -> None:
+        self.address = (host, port)
+        self.count = count
+        self.interval = interval
+        self.opened = 0
+        self.closed_by_server = 0
+        self.failed = 0  # connects refused or timed out (the server's backlog full)
+        self.sockets: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            alive = []
+            for sock in self.sockets:
+                try:
+                    gone = sock.recv(1) == b""
+                except BlockingIOError:
+                    gone = False
+                except OSError:
+                    gone = True
+                if gone:
+                    self.closed_by_server += 1
+                    sock.close()
+                else:
+                    alive.append(sock)
+            while len(alive) < self.count and not self._stop.is_set():
+                try:
+                    sock = socket.create_connection(self.address, timeout=0.5)
+                    sock.setblocking(False)
+                    alive.append(sock)
+                    self.opened += 1
+                except OSError:
+                    self.failed += 1
+                    break
+            self.sockets = alive
+            self._stop.wait(self.interval)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        for sock in self.sockets:
+            sock.close()

@@ -224,7 +224,10 @@ def test_notify_flood_is_bounded_and_each_distribution_is_fetched_once(
     seen = counts()
     print(f"flood: {flood_seconds:.2f} s, slowest health answer {slowest:.3f} s, {seen}")
     assert sum(seen.values()) > 8000  # most of the flood reached the daemon
-    assert seen["rate_limited"] > 0.8 * sum(seen.values())  # 50/s by default
+    # Repeats of the real id cost no budget; of the made-up ids, 50 a second from this one
+    # source get through (docs/operations.md, "Resource limits").
+    assert seen["duplicate"] > 0.4 * sum(seen.values())
+    assert seen["rate_limited"] > 0.8 * (sum(seen.values()) - seen["duplicate"])
     deployment.wait_confirmed(dist_id)
     wait_until(
         lambda: metric(http_get(metrics_port, "/metrics")[1].decode(), "krs_queue_length") == 0,
