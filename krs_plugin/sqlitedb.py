@@ -96,6 +96,8 @@ def open_private_db(
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA foreign_keys=ON")
         db.execute("PRAGMA busy_timeout=10000")
+        # A first read maps the WAL index (-shm) now: on a full disk, later reads then work.
+        db.execute("SELECT count(*) FROM sqlite_master").fetchone()
     except sqlite3.Error as exc:
         db.close()
         raise write_error(path, exc) from exc

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sqlite3
 import time
 from dataclasses import dataclass
 
@@ -57,8 +58,12 @@ from krs_plugin.protocol import (
 )
 from krs_plugin.protocol.edns import CONTENT_KEY_STATUS
 from krs_plugin.protocol.manifest import DEFAULT_CLOCK_SKEW
+from krs_plugin.sqlitedb import FailureLog, StateWriteError
 
 log = logging.getLogger(__name__)
+# kdc.db failing (a full disk): one line per kind a minute, no traceback (docs/kdc.md, "Serve")
+state_failures = FailureLog(log)
+STATE_RETRY = 5.0  # no NOTIFY round for this long after one could not be recorded
 
 RECORD_TTL = 300
 UDP_DEFAULT_PAYLOAD = 512
@@ -233,9 +238,17 @@ class ControlZone:
         failed = report.get("failed_keys") or []
         status = "failed" if failed else "confirmed"
         error = json.dumps(failed) if failed else None
-        self.store.set_distribution_status(
-            dist_id, node_id, status, now=time.time(), error=error, report=json.dumps(report)
-        )
+        try:
+            self.store.set_distribution_status(
+                dist_id, node_id, status, now=time.time(), error=error, report=json.dumps(report)
+            )
+        except StateWriteError as exc:  # never dropped: the node sends it again until NOERROR
+            state_failures.error(
+                "confirmation", f"confirmation not recorded, answered SERVFAIL: {exc}"
+            )
+            response.set_rcode(dns.rcode.SERVFAIL)
+            return response
+        state_failures.recovered("confirmation", "confirmations are recorded again")
         log.info("distribution %s for %s %s", dist_id, node_id, status)
         return response
 
@@ -351,6 +364,7 @@ class KdcServer:
         self.bound: list[tuple[str, int]] = []
         self._servers: list[asyncio.AbstractServer] = []
         self._transports: list[asyncio.BaseTransport] = []
+        self.notify_hold = 0.0  # no NOTIFY round before this time (kdc.db not taking changes)
 
     def handle(self, wire: bytes, source: str, *, udp: bool) -> bytes | None:
         if self.enrollment is not None and _is_update(wire):
@@ -362,7 +376,12 @@ class KdcServer:
             return formerr_reply(wire)
         if query.flags & dns.flags.QR:
             return None
-        response = self.zone.answer(query, source)
+        try:
+            response = self.zone.answer(query, source)
+        except (sqlite3.Error, StateWriteError) as exc:  # kdc.db failing: SERVFAIL, one line
+            state_failures.error("answer", f"state database {self.store.path}: {exc}")
+            response = dns.message.make_response(query)
+            response.set_rcode(dns.rcode.SERVFAIL)
         return _wire(response, _udp_limit(query) if udp else MAX_TCP_MESSAGE)
 
     async def start(self) -> None:
@@ -391,10 +410,13 @@ class KdcServer:
         in_flight: dict[tuple[str, str], asyncio.Task[None]] = {}
         while True:
             now = time.time()
-            for dist_id, node_id in self.store.expire_distributions(now=now):
-                log.info("distribution %s for %s expired and was withdrawn", dist_id, node_id)
-            for zone, tag, state in self.store.advance_key_states(now=now):
-                log.info("key %d of %s is now %s", tag, zone, state)
+            try:
+                for dist_id, node_id in self.store.expire_distributions(now=now):
+                    log.info("distribution %s for %s expired and was withdrawn", dist_id, node_id)
+                for zone, tag, state in self.store.advance_key_states(now=now):
+                    log.info("key %d of %s is now %s", tag, zone, state)
+            except StateWriteError as exc:  # the next tick tries again
+                state_failures.error("expiry", f"expiry and key states not recorded: {exc}")
             for key in [k for k, task in in_flight.items() if task.done()]:
                 del in_flight[key]
             for d in self.store.distributions(status="pending"):
@@ -403,7 +425,7 @@ class KdcServer:
                     continue
                 if len(in_flight) >= self.options.max_notify_in_flight:
                     break  # the rest at the next tick: descriptors stay free for queries
-                if self._due(d.notified_at, d.notify_attempts, now):
+                if now >= self.notify_hold and self._due(d.notified_at, d.notify_attempts, now):
                     in_flight[key] = asyncio.create_task(self._notify(d.id, d.node_id))
             await asyncio.sleep(self.options.tick)
 
@@ -425,7 +447,11 @@ class KdcServer:
         )
         message.set_opcode(dns.opcode.NOTIFY)
         message.flags = (message.flags | dns.flags.AA) & ~dns.flags.RD
-        self.store.mark_notified(dist_id, node_id, now=time.time())
+        try:
+            self.store.mark_notified(dist_id, node_id, now=time.time())
+        except StateWriteError as exc:  # sent all the same, and no new round for a while
+            state_failures.error("notify", f"NOTIFY not recorded: {exc}")
+            self.notify_hold = time.time() + STATE_RETRY
         try:
             reply = await udp_exchange(message, host.strip("[]"), int(port), NOTIFY_TIMEOUT)
         except (TimeoutError, OSError, dns.exception.DNSException) as exc:
@@ -434,7 +460,10 @@ class KdcServer:
             )
             return
         if reply.rcode() == dns.rcode.NOERROR and reply.id == message.id:
-            self.store.mark_notify_acked(dist_id, node_id, now=time.time())
+            try:
+                self.store.mark_notify_acked(dist_id, node_id, now=time.time())
+            except StateWriteError as exc:  # NOTIFYed again later: the node has it queued
+                state_failures.error("notify", f"NOTIFY answer not recorded: {exc}")
             log.info("NOTIFY %s to %s answered", dist_id, node_id)
         else:
             log.info(

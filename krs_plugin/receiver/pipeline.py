@@ -8,6 +8,7 @@ has passed. Applying is all or nothing across the distribution's zones
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -25,6 +26,7 @@ from krs_plugin.protocol import CHUNK
 from krs_plugin.receiver.plan import build_plans
 from krs_plugin.receiver.store import ReceiverStore
 from krs_plugin.receiver.unpack import NodeIdentity, unpack_distribution
+from krs_plugin.sqlitedb import StateWriteError
 
 log = logging.getLogger("krs_plugin.receiver.pipeline")
 
@@ -182,7 +184,10 @@ class Pipeline:
         try:
             return apply_atomically(self.adapter, plans, journal)
         except KrsError:
-            self.store.end_apply(dist_id)
+            # A journal row left by a full disk is replaced by the next apply's (begin_apply)
+            # or rolled back again at the next start, to where it already is: no harm.
+            with contextlib.suppress(StateWriteError):
+                self.store.end_apply(dist_id)
             raise
 
     def _report(self, payload: Payload) -> dict[str, object]:

@@ -43,6 +43,7 @@ from krs_plugin.receiver.reload import (
 )
 from krs_plugin.receiver.store import ReceiverStore
 from krs_plugin.receiver.watch import FileWatcher
+from krs_plugin.sqlitedb import StateWriteError
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,8 @@ EARLY_POLL_GAP = 1.0  # seconds between polls brought forward by refused NOTIFYs
 QUEUE_FULL_WARN_INTERVAL = 60.0
 MAINTAIN_MAX_WAIT = 300.0  # look again at least this often, even when nothing is due
 MAINTAIN_RETRY = 60.0  # after a failed maintain(): the old zone stays served meanwhile
+STATE_RETRY = 5.0  # a distribution not recorded (a full disk): again after 5 s, doubling...
+STATE_RETRY_MAX = 300.0  # ...up to 5 min (docs/operations.md, "A full disk")
 
 
 class Service:
@@ -90,6 +93,7 @@ class Service:
         self.adapter_watcher: FileWatcher | None = None
         self.maintain_wake = asyncio.Event()
         self.counters = {"notify_accepted": 0, "notify_refused": 0, "notify_limited": 0}
+        self.unrecorded: dict[str, int] = {}  # distribution id -> tries not recorded
         self.metrics.watch_store(self._store_gauges)
 
     @classmethod
@@ -181,6 +185,9 @@ class Service:
             try:
                 async with self.busy:
                     await self.process(dist_id)
+                self.unrecorded.pop(dist_id, None)
+            except StateWriteError as exc:
+                self._not_recorded(dist_id, exc)
             except Exception:  # keep the daemon alive whatever one distribution does
                 log.exception(
                     "distribution %s: unexpected error",
@@ -189,6 +196,22 @@ class Service:
                 )
             finally:
                 self.pending.discard(dist_id)
+
+    def _not_recorded(self, dist_id: str, error: StateWriteError) -> None:
+        """The outcome of ``dist_id`` could not be written (a full disk): one error line, and
+        the distribution processed again later, so that it is recorded, and only then
+        confirmed, once the state database takes changes (docs/operations.md, "A full disk")."""
+        tries = self.unrecorded[dist_id] = self.unrecorded.get(dist_id, 0) + 1
+        delay = min(STATE_RETRY_MAX, STATE_RETRY * 2 ** (tries - 1))
+        log.error(
+            "distribution %s: its outcome is not recorded, so it is not confirmed (tried again "
+            "in %.0f s): %s",
+            dist_id,
+            delay,
+            error,
+            extra=context(distribution_id=dist_id),
+        )
+        asyncio.get_running_loop().call_later(delay, self.enqueue, dist_id)
 
     async def process(self, dist_id: str) -> None:
         started = time.monotonic()
@@ -283,9 +306,14 @@ class Service:
                 acked = await confirm(dist_id, report, self.config, self.signer)
                 self.metrics.confirmations.labels("acknowledged" if acked else "failed").inc()
                 delay = 0 if acked else retry_delay(attempts)
-                self.store.confirmation_attempted(
-                    dist_id, acknowledged=acked, next_at=time.time() + delay
-                )
+                try:
+                    self.store.confirmation_attempted(
+                        dist_id, acknowledged=acked, next_at=time.time() + delay
+                    )
+                except StateWriteError as exc:  # sent again later: the KDC takes it twice
+                    log.error("confirmation %s: the attempt is not recorded: %s", dist_id, exc)
+                    await asyncio.sleep(STATE_RETRY)
+                    break
             await asyncio.sleep(tick)
 
     # --- listeners ------------------------------------------------------------------------
@@ -326,7 +354,8 @@ class Service:
         }
 
     def health(self) -> tuple[bool, dict[str, object]]:
-        """Healthy: listening, every loop alive, the state database answering."""
+        """Healthy: listening, every loop alive, the state database answering and taking
+        changes."""
         problems = []
         if self.config.notify.listen and not self.listeners:
             problems.append("not listening for NOTIFY")
@@ -337,6 +366,9 @@ class Service:
         except sqlite3.Error as exc:
             problems.append(f"state database {self.config.state}: {exc}")
             pending, last = -1, None
+        for error in dict.fromkeys((self.store.write_error, self.pipeline.store.write_error)):
+            if error is not None:  # the last change could not be written (a full disk)
+                problems.append(error)
         detail: dict[str, object] = {
             "node_id": self.config.node_id.to_text(),
             "listening": [str(a) for a in self.bound],

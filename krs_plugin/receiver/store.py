@@ -177,8 +177,11 @@ class ReceiverStore:
             self.db.execute("DELETE FROM journal WHERE distribution_id = ?", (dist_id,))
 
     def begin_apply(self, dist_id: str, snapshots: dict[str, str]) -> None:
-        """Record, before any change, how to put every zone back (zone -> adapter snapshot)."""
+        """Record, before any change, how to put every zone back (zone -> adapter snapshot).
+        One apply runs at a time: a row another one left (its end not written, the disk full)
+        goes, lest a restart roll the zones back to before what was applied since."""
         with self.transaction():
+            self.db.execute("DELETE FROM journal WHERE distribution_id != ?", (dist_id,))
             self.db.execute(
                 "INSERT OR REPLACE INTO journal VALUES (?, ?, ?)",
                 (dist_id, json.dumps(snapshots), int(time.time())),

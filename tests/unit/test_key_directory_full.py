@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,6 +79,13 @@ class Node:
 
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[Node]:
+    with make_node(tmp_path) as made:
+        yield made
+
+
+@contextmanager
+def make_node(tmp_path: Path) -> Iterator[Node]:
+    """A node (directory adapter, one zone with one key) whose key directory is a small tmpfs."""
     with full_disk(tmp_path / "keys", size=64 * 1024) as disk:
         keys = HpkeKey.generate(), JoseKey.generate()
         write_hpke_private(tmp_path / "node.key", keys[0])
