@@ -79,6 +79,22 @@ class Pipeline:
         now: float | None = None,
         dry_run: bool = False,
     ) -> Outcome:
+        """Check, plan and (unless ``dry_run``) apply one distribution; never raises KrsError.
+        Applying holds the state's lock (``ReceiverStore.exclusive``): one apply at a time."""
+        if dry_run:
+            return self._process(dist_id, manifest, chunks, now=now, dry_run=True)
+        with self.store.exclusive():
+            return self._process(dist_id, manifest, chunks, now=now)
+
+    def _process(
+        self,
+        dist_id: str,
+        manifest: CHUNK,
+        chunks: Sequence[CHUNK],
+        *,
+        now: float | None = None,
+        dry_run: bool = False,
+    ) -> Outcome:
         """Check, plan and (unless ``dry_run``) apply one distribution; never raises KrsError."""
         moment = time.time() if now is None else now
         serial = int(dist_id, 16)
@@ -137,6 +153,10 @@ class Pipeline:
     def recover(self) -> list[str]:
         """Roll back applies that a crash interrupted, so each zone holds its old key set; the
         caller fetches those distributions again to complete them. Returns their ids."""
+        with self.store.exclusive():
+            return self._recover()
+
+    def _recover(self) -> list[str]:
         recovered = []
         for dist_id, snapshots in self.store.interrupted():
             outcome = restore_zones(

@@ -11,6 +11,7 @@ docs/operations.md, "A full disk" and "A damaged state database").
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import sqlite3
@@ -175,6 +176,18 @@ class ReceiverStore:
                 (dist_id, json.dumps(report), stamp),
             )
             self.db.execute("DELETE FROM journal WHERE distribution_id = ?", (dist_id,))
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """One process at a time plans, applies and records a distribution (``krs run`` and a
+        ``krs fetch`` typed beside it): an flock on ``<krs.db>.lock``, held throughout; the
+        other waits. So the crash journal only ever holds the one apply in progress."""
+        fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
     def begin_apply(self, dist_id: str, snapshots: dict[str, str]) -> None:
         """Record, before any change, how to put every zone back (zone -> adapter snapshot).

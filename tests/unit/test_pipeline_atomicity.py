@@ -123,3 +123,45 @@ def test_restart_after_a_kill_mid_apply_restores_the_old_keys(setup) -> None:  #
     assert outcome.outcome == "applied"
     assert {z for z, _ in key_files(config)} == set(ZONES)
     assert len(key_files(config)) == 4  # old keys stay until the KDC removes them
+
+
+def test_a_second_process_waits_for_the_apply_in_progress(setup) -> None:  # type: ignore[no-untyped-def]
+    # krs fetch typed beside krs run: one apply at a time, or the second's journal row would
+    # stand for the first's and a crash would roll back to the wrong keys.
+    import fcntl
+    import os
+    import subprocess
+    import sys
+    import threading
+
+    config, node, kdc, dist_id, records = setup
+    lock = f"{config.state}.lock"
+    hold = (
+        "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600); "
+        "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); sys.stdin.read()"
+    )
+    holder = subprocess.Popen(  # another process in the middle of an apply
+        [sys.executable, "-c", hold, lock], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+    outcomes = []
+
+    def apply() -> None:  # krs fetch: its own process, here its own thread and connection
+        adapter = DirectoryAdapter({"path": "keys"}, config_path=config.path)
+        own = pipeline(config, node, kdc, adapter)
+        outcomes.append(own.process(dist_id, records[0], tuple(records[1:])))
+
+    worker = threading.Thread(target=apply)
+    worker.start()
+    worker.join(1.0)
+    assert worker.is_alive() and outcomes == []  # waiting for the lock
+    assert ReceiverStore(config.state).seen(dist_id) is None
+    holder.communicate("")  # the other apply ends
+    worker.join(10)
+    assert [o.outcome for o in outcomes] == ["applied"]
+    assert oct(os.stat(lock).st_mode & 0o777) == "0o600"
+    fd = os.open(lock, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released after the apply
+    finally:
+        os.close(fd)
