@@ -76,6 +76,22 @@ async def tcp_exchange(
     return dns.message.from_wire(data)
 
 
+QUERY_FLAGS = 0xFFB0
+"""The header bits a listener reads of a query: QR, opcode, AA, TC, RD, RA, AD, CD; not Z, not
+the rcode (which mean nothing in a query)."""
+
+
+def parse_query(wire: bytes) -> dns.message.Message:
+    """``dns.message.from_wire`` of a message sent to a listener, its Z bit and rcode cleared
+    first. dnspython turns the header's flags into a ``dns.flags.Flag``, and Python's enum keeps
+    every combination it was ever given: 65,536 different headers would hold 27 MB for good
+    (docs/operations.md, "Resource limits"). Cleared, at most 2,048 combinations remain."""
+    if len(wire) >= 4:
+        (flags,) = struct.unpack("!H", wire[2:4])
+        wire = wire[:2] + struct.pack("!H", flags & QUERY_FLAGS) + wire[4:]
+    return dns.message.from_wire(wire)
+
+
 def formerr_reply(wire: bytes) -> bytes | None:
     """FORMERR for a query whose header can be read; None (drop) otherwise."""
     return _header_reply(wire, dns.rcode.FORMERR)

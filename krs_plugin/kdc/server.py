@@ -39,6 +39,7 @@ from krs_plugin.dnsio import (
     ConnectionGuard,
     default_max_connections,
     formerr_reply,
+    parse_query,
     quiet_accept_errors,
     serve_dns,
     udp_exchange,
@@ -370,7 +371,7 @@ class KdcServer:
         if self.enrollment is not None and _is_update(wire):
             return self.enrollment.handle(wire, source) or None
         try:
-            query = dns.message.from_wire(wire)
+            query = parse_query(wire)
         except (dns.exception.DNSException, KrsError, ValueError) as exc:
             log.info("malformed query from %s: %s", source, exc)
             return formerr_reply(wire)

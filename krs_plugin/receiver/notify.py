@@ -27,7 +27,7 @@ import dns.opcode
 import dns.rcode
 
 from krs_plugin.config import Address, NotifySettings
-from krs_plugin.dnsio import ConnectionGuard, Handler, serve_dns
+from krs_plugin.dnsio import ConnectionGuard, Handler, parse_query, serve_dns
 from krs_plugin.errors import KrsError
 from krs_plugin.protocol import parse_notify_name
 
@@ -107,7 +107,7 @@ def answer_notify(
     """Check one NOTIFY from ``source``: one question, the ACL, the opcode, the name, then the
     budget, which an id that is ``known`` (queued, running or done) does not use."""
     try:
-        message = dns.message.from_wire(wire)
+        message = parse_query(wire)
     except (dns.exception.DNSException, KrsError, ValueError):
         return Answer(None)
     if message.flags & dns.flags.QR:

@@ -4,6 +4,7 @@ a query with more than one question or an answer too big for the client (finding
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import socket
 import struct
@@ -21,6 +22,7 @@ import dns.rdatatype
 import pytest
 
 from krs_lab.ports import free_port
+from krs_plugin.config import NotifySettings
 from krs_plugin.dnsio import (
     ConnectionGuard,
     connection_budget_problem,
@@ -30,9 +32,11 @@ from krs_plugin.dnsio import (
 from krs_plugin.kdc.server import ControlZone, KdcServer, ServeOptions
 from krs_plugin.kdc.store import Store
 from krs_plugin.protocol import pending_name
+from krs_plugin.receiver.notify import NotifyBudget, answer_notify
 from tests.loopthread import LoopThread
 
 CZ = "kdc.example."
+ORIGIN = dns.name.from_text(CZ)
 
 
 @pytest.fixture
@@ -218,3 +222,23 @@ def test_an_answer_too_big_for_udp_is_truncated(
     assert udp.flags & dns.flags.TC and not udp.answer and udp.rcode() == dns.rcode.NOERROR
     tcp = dns.message.from_wire(handle(loop_thread, kdc_server, query.to_wire(), False))
     assert not tcp.flags & dns.flags.TC and len(tcp.answer[0][0].strings) == 50
+
+
+def test_header_flags_do_not_grow_memory(loop_thread: LoopThread, kdc_server: KdcServer) -> None:
+    """dnspython keeps every header flags value it parsed (Python's enum.Flag caches each one):
+    all 65,536 would hold 27 MB in each daemon for good. The listeners clear Z and the rcode
+    before parsing, so a few thousand values at most are ever kept (2,048 of queries, a few
+    hundred of answers: about 1 MB)."""
+    settings = NotifySettings(allowed_sources=(ipaddress.ip_network("127.0.0.0/8"),))
+    budget = NotifyBudget(50, 200)
+    query = bytearray(dns.message.make_query(CZ, dns.rdatatype.SOA).to_wire())
+    before = set(dns.flags.Flag._value2member_map_)
+
+    def every_flags_value() -> None:
+        for flags in range(65536):
+            query[2:4] = struct.pack("!H", flags)
+            kdc_server.handle(bytes(query), "127.0.0.1", udp=True)
+            answer_notify(bytes(query), "127.0.0.1", settings, ORIGIN, budget)
+
+    loop_thread.call(every_flags_value)
+    assert len(set(dns.flags.Flag._value2member_map_) - before) <= 3000
