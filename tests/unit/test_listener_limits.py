@@ -1,9 +1,12 @@
 """The listeners' resource limits (docs/operations.md, "Resource limits"): how many TCP
-connections stay open and for how long (issue 20, finding 7), and what ``krs-kdc serve`` answers
-a query with more than one question or an answer too big for the client (finding 9)."""
+connections stay open and for how long (issue 20, finding 7), what ``krs-kdc serve`` answers a
+query with more than one question or an answer too big for the client (finding 9), the memory
+header flags cannot grow, and how many NOTIFYs the KDC has in flight."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ipaddress
 import logging
 import socket
@@ -23,12 +26,17 @@ import pytest
 
 from krs_lab.ports import free_port
 from krs_plugin.config import NotifySettings
+from krs_plugin.crypto import HpkeKey
 from krs_plugin.dnsio import (
     ConnectionGuard,
     connection_budget_problem,
     default_max_connections,
+    quiet_accept_errors,
     serve_dns,
 )
+from krs_plugin.dnssec import generate_key
+from krs_plugin.kdc.distribute import distribute_zone
+from krs_plugin.kdc.identity import create_identity
 from krs_plugin.kdc.server import ControlZone, KdcServer, ServeOptions
 from krs_plugin.kdc.store import Store
 from krs_plugin.protocol import pending_name
@@ -242,3 +250,72 @@ def test_header_flags_do_not_grow_memory(loop_thread: LoopThread, kdc_server: Kd
 
     loop_thread.call(every_flags_value)
     assert len(set(dns.flags.Flag._value2member_map_) - before) <= 3000
+
+
+def test_accept_out_of_descriptors_is_one_warning_not_a_traceback(
+    loop_thread: LoopThread, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What asyncio reports when ``accept()`` finds no free descriptor (it then pauses a second):
+    one warning a minute instead of a traceback each time; anything else as asyncio would."""
+
+    def report() -> None:
+        loop = asyncio.get_running_loop()
+        quiet_accept_errors(loop)
+        for _ in range(50):
+            loop.call_exception_handler(
+                {
+                    "message": "socket.accept() out of system resource",
+                    "exception": OSError(24, "Too many open files"),
+                }
+            )
+        loop.call_exception_handler({"message": "something else", "exception": ValueError("x")})
+
+    loop_thread.call(report)
+    accept = [r for r in caplog.records if "cannot accept TCP connections" in r.getMessage()]
+    assert len(accept) == 1 and accept[0].levelno == logging.WARNING and not accept[0].exc_info
+    others = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(others) == 1 and "something else" in others[0].getMessage()
+
+
+def test_the_kdc_has_a_bounded_number_of_notifies_in_flight(
+    tmp_path: Path, loop_thread: LoopThread
+) -> None:
+    """Each NOTIFY awaiting an answer holds a UDP socket: with 10 nodes pending and a cap of 3,
+    three go out; the rest wait for a free place."""
+    started: list[str] = []
+
+    def make() -> KdcServer:
+        identity = create_identity(tmp_path / "keys")
+        store = Store(tmp_path / "kdc.db")
+        store.set_meta("control_zone", CZ)
+        store.add_zone("example.com.")
+        key = generate_key("example.com.", 13, 257)
+        store.add_key(
+            "example.com.", key_tag=key.key_tag, role="CSK", algorithm=13, flags=257,
+            private_pem=key.to_pkcs8_pem(),
+        )  # fmt: skip
+        for n in range(10):
+            store.add_node(
+                f"n{n}.edge.example.", notify_address="127.0.0.1:9", backend="hpke",
+                hpke_pubkey=HpkeKey.generate().public_hex, jose_pubkey=None, signing_pubkey=None,
+                zones=["example.com."],
+            )  # fmt: skip
+        distribute_zone(store, identity, "example.com.", now=time.time())
+        options = ServeOptions(listen=(), tick=0.05, max_notify_in_flight=3)
+        return KdcServer(store, ControlZone(store, CZ), options)
+
+    server = loop_thread.call(make)
+
+    async def silent(dist_id: str, node_id: str) -> None:
+        started.append(node_id)
+        await asyncio.sleep(3600)  # a node that never answers
+
+    server._notify = silent  # type: ignore[method-assign]
+
+    async def a_few_ticks() -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(server.notify_loop(), 0.5)
+
+    loop_thread.run(a_few_ticks())
+    assert len(started) == 3
+    loop_thread.call(server.store.close)
