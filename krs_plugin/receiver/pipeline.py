@@ -82,20 +82,13 @@ class Pipeline:
         """Check, plan and (unless ``dry_run``) apply one distribution; never raises KrsError.
         Applying holds the state's lock (``ReceiverStore.exclusive``): one apply at a time."""
         if dry_run:
-            return self._process(dist_id, manifest, chunks, now=now, dry_run=True)
+            return self._process(dist_id, manifest, chunks, now, dry_run)
         with self.store.exclusive():
-            return self._process(dist_id, manifest, chunks, now=now)
+            return self._process(dist_id, manifest, chunks, now, dry_run)
 
-    def _process(
-        self,
-        dist_id: str,
-        manifest: CHUNK,
-        chunks: Sequence[CHUNK],
-        *,
-        now: float | None = None,
-        dry_run: bool = False,
-    ) -> Outcome:
-        """Check, plan and (unless ``dry_run``) apply one distribution; never raises KrsError."""
+    def _process(self, dist_id: str, manifest: CHUNK, chunks: Sequence[CHUNK], now: float | None,
+                 dry_run: bool) -> Outcome:  # fmt: skip
+        """``process``, the lock held unless ``dry_run``."""
         moment = time.time() if now is None else now
         serial = int(dist_id, 16)
         try:
