@@ -20,8 +20,10 @@ log = logging.getLogger(__name__)
 
 FD_RESERVE = 256
 """File descriptors a listener's connection cap leaves free for everything else: fetches,
-confirmations, NOTIFYs sent, the state database, the adapter's tools (docs/operations.md,
-"Resource limits")."""
+confirmations, NOTIFYs sent, the state database, the adapter's tools, and for an instant up to
+2 x ``ACCEPT_BACKLOG`` connections just accepted or being closed (docs/operations.md, "Resource
+limits")."""
+ACCEPT_BACKLOG = 32  # the listen() backlog, and what asyncio accepts in one go
 MAX_CONNECTIONS_DEFAULT = 256  # per listener, when the descriptor limit allows that many
 MIN_CONNECTIONS = 4
 IDLE_TIMEOUT_DEFAULT = 10.0  # seconds a TCP connection may go without a complete message
@@ -285,5 +287,5 @@ async def serve_dns(
             tcp.leave(connection)
             writer.close()
 
-    server = await asyncio.start_server(client, host, bound)
+    server = await asyncio.start_server(client, host, bound, backlog=ACCEPT_BACKLOG)
     return transport, server, bound

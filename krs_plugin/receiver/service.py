@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import signal
 import sqlite3
@@ -47,7 +48,9 @@ from krs_plugin.sqlitedb import StateWriteError
 
 log = logging.getLogger(__name__)
 
-MAX_QUEUE = 1000
+MAX_QUEUE = 1000  # ids a NOTIFY named waiting to be fetched; ids the control zone lists come first
+PUBLISHED, NOTIFIED = 0, 1  # queue priorities
+BUSY_QUEUE = 10  # more ids waiting than this: the poller looks at once for the real ones
 RECENT_IDS = 4096  # ids known to be done (applied or rejected), answered without a budget
 EARLY_POLL_GAP = 1.0  # seconds between polls brought forward by refused NOTIFYs
 QUEUE_FULL_WARN_INTERVAL = 60.0
@@ -74,8 +77,11 @@ class Service:
         self.signer = signer
         self.metrics = metrics or Metrics()
         self.fingerprint = files_fingerprint(watched_files(config))
-        self.queue: asyncio.Queue[str] = asyncio.Queue(MAX_QUEUE)
-        self.pending: set[str] = set()
+        # (priority, arrival, id): ids the control zone lists (PUBLISHED) before ids that only a
+        # NOTIFY named (NOTIFIED); ``pending`` holds each queued or running id's priority.
+        self.queue: asyncio.PriorityQueue[tuple[int, int, str]] = asyncio.PriorityQueue()
+        self.pending: dict[str, int] = {}
+        self._arrivals = itertools.count()
         self.recent: OrderedDict[str, None] = OrderedDict()  # done ids, the newest last
         self.budget = notify.NotifyBudget(config.notify.rate_limit, config.notify.rate_limit_total)
         self.poll_wake = asyncio.Event()
@@ -144,9 +150,19 @@ class Service:
         no budget (docs/operations.md, "Resource limits")."""
         return dist_id in self.pending or dist_id in self.recent
 
-    def enqueue(self, dist_id: str) -> bool:
-        """Queue ``dist_id`` unless it is queued, running or already finished."""
-        if self.known(dist_id):
+    def enqueue(self, dist_id: str, *, published: bool = False) -> bool:
+        """Queue ``dist_id`` unless it is queued, running or already finished. ``published``:
+        the control zone lists it (the poller, crash recovery), so it goes before every id that
+        only a NOTIFY named and is never dropped for a full queue; a flood of made-up ids that
+        got within budget cannot keep a real distribution waiting behind them
+        (docs/operations.md, "Resource limits")."""
+        priority = PUBLISHED if published else NOTIFIED
+        if dist_id in self.pending:
+            if priority < self.pending[dist_id]:
+                self.pending[dist_id] = priority  # the entry already queued is skipped
+                self.queue.put_nowait((priority, next(self._arrivals), dist_id))
+            return False
+        if dist_id in self.recent:
             return False
         seen = self.store.seen(dist_id)
         if seen is not None and seen.outcome in ("applied", "rejected"):
@@ -154,12 +170,13 @@ class Service:
             if len(self.recent) > RECENT_IDS:
                 self.recent.popitem(last=False)
             return False
-        try:
-            self.queue.put_nowait(dist_id)
-        except asyncio.QueueFull:
+        if not published and len(self.pending) >= MAX_QUEUE:
             self._queue_full(dist_id)
             return False
-        self.pending.add(dist_id)
+        self.pending[dist_id] = priority
+        self.queue.put_nowait((priority, next(self._arrivals), dist_id))
+        if len(self.pending) > BUSY_QUEUE:
+            self.poll_wake.set()
         return True
 
     def _queue_full(self, dist_id: str) -> None:
@@ -181,7 +198,9 @@ class Service:
 
     async def worker(self) -> None:
         while True:
-            dist_id = await self.queue.get()
+            priority, _, dist_id = await self.queue.get()
+            if self.pending.get(dist_id) != priority:
+                continue  # queued again ahead of this entry, and done already
             try:
                 async with self.busy:
                     await self.process(dist_id)
@@ -195,7 +214,7 @@ class Service:
                     extra=context(distribution_id=dist_id),
                 )
             finally:
-                self.pending.discard(dist_id)
+                self.pending.pop(dist_id, None)
 
     def _not_recorded(self, dist_id: str, error: StateWriteError) -> None:
         """The outcome of ``dist_id`` could not be written (a full disk): one error line, and
@@ -288,7 +307,7 @@ class Service:
                 ids = []
             last = self.store.last_serial(self.pipeline.kdc) or 0
             for dist_id in ids:
-                if int(dist_id, 16) > last and self.enqueue(dist_id):
+                if int(dist_id, 16) > last and self.enqueue(dist_id, published=True):
                     log.info(
                         "poll found distribution %s",
                         dist_id,
@@ -481,7 +500,7 @@ class Service:
 
     async def run(self) -> None:
         for dist_id in self.pipeline.recover():
-            self.enqueue(dist_id)  # fetch again to complete it, if still published
+            self.enqueue(dist_id, published=True)  # fetch again to complete it, if still there
         await self.start()
         loop = asyncio.get_running_loop()
         quiet_accept_errors(loop)

@@ -68,7 +68,7 @@ def test_accepts_notify_from_allowed_source_and_queues_it_once(service: Service)
     name = notify_name("6b037da1", CZ).to_text()
     assert rcode(service.handle_notify(notify(name), "192.0.2.1")) == dns.rcode.NOERROR
     assert rcode(service.handle_notify(notify(name), "192.0.2.1")) == dns.rcode.NOERROR
-    assert service.queue.qsize() == 1 and service.pending == {"6b037da1"}
+    assert service.queue.qsize() == 1 and set(service.pending) == {"6b037da1"}
 
 
 def test_refuses_other_sources_and_other_opcodes(service: Service) -> None:
@@ -166,6 +166,32 @@ def test_more_than_one_question_is_a_format_error(service: Service) -> None:
     reply = dns.message.from_wire(service.handle_notify(message.to_wire(), "192.0.2.1") or b"")
     assert reply.rcode() == dns.rcode.FORMERR and not reply.question
     assert service.queue.qsize() == 0
+
+
+def test_ids_the_control_zone_lists_go_before_ids_a_notify_named(service: Service) -> None:
+    """Made-up ids that got within budget queue up; the real one, found by the poller (even when
+    a NOTIFY already queued it behind them), is fetched next, and only once."""
+    for i in range(5):
+        assert service.enqueue(new_id(i))
+    assert service.enqueue("6b037da1")  # the KDC's NOTIFY, behind them
+    assert not service.enqueue("6b037da1", published=True)  # the poll: moves it to the front
+    assert service.enqueue("6b037da2", published=True)
+    order = []
+    while not service.queue.empty():
+        priority, _, dist_id = service.queue.get_nowait()
+        if service.pending.get(dist_id) == priority:  # what the worker takes
+            order.append(dist_id)
+            del service.pending[dist_id]
+    assert order == ["6b037da1", "6b037da2", *(new_id(i) for i in range(5))]
+
+
+def test_a_full_queue_drops_notified_ids_never_published_ones(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("krs_plugin.receiver.service.MAX_QUEUE", 3)
+    assert [service.enqueue(new_id(i)) for i in range(5)] == [True] * 3 + [False] * 2
+    assert service.enqueue("6b037da1", published=True)
+    assert service.poll_wake.is_set() is False  # 4 waiting: not busy yet
 
 
 class Publisher:
