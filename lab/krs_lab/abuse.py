@@ -8,7 +8,9 @@ also lies about lengths, stops half-way and sends several messages at once. Loop
 
 from __future__ import annotations
 
+import contextlib
 import random
+import select
 import socket
 import struct
 import threading
@@ -196,9 +198,11 @@ def send_tcp(
 
 
 class IdleConnections:
-    """``count`` TCP connections to ``port`` that never send anything, kept open: every
+    """``count`` TCP connections to ``port`` that never send a whole message, kept open: every
     ``interval`` seconds those the server closed are opened again (an attacker holding a
-    listener's descriptors, as in issue 20, finding 7). A thread of its own until ``close``."""
+    listener's descriptors, as in issue 20, finding 7). Connections are opened without waiting
+    (the kernel retries a SYN the server's full backlog dropped), so ``count`` are always open or
+    on their way. A thread of its own until ``close``."""
 
     def __init__(
         self, port: int, count: int, host: str = "127.0.0.1", interval: float = 0.5
@@ -208,8 +212,9 @@ class IdleConnections:
         self.interval = interval
         self.opened = 0
         self.closed_by_server = 0
-        self.failed = 0  # connects refused or timed out (the server's backlog full)
+        self.failed = 0  # connects refused or reset before they were established
         self.sockets: list[socket.socket] = []
+        self.connecting: list[socket.socket] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -229,20 +234,39 @@ class IdleConnections:
                     sock.close()
                 else:
                     alive.append(sock)
-            while len(alive) < self.count and not self._stop.is_set():
-                try:
-                    sock = socket.create_connection(self.address, timeout=0.5)
-                    sock.setblocking(False)
-                    alive.append(sock)
-                    self.opened += 1
-                except OSError:
-                    self.failed += 1
-                    break
+            alive += self._established()
+            while len(alive) + len(self.connecting) < self.count:
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sock.setblocking(False)
+                sock.connect_ex(self.address)
+                self.connecting.append(sock)
             self.sockets = alive
             self._stop.wait(self.interval)
+
+    def _established(self) -> list[socket.socket]:
+        """The connections whose handshake completed since the last look."""
+        poll = select.poll()
+        by_fd = {sock.fileno(): sock for sock in self.connecting}
+        for fd in by_fd:
+            poll.register(fd, select.POLLOUT)
+        done = []
+        for fd, _ in poll.poll(0):
+            sock = by_fd[fd]
+            self.connecting.remove(sock)
+            if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+                self.failed += 1
+                sock.close()
+            else:
+                # Half a length prefix: never a complete message, but a connection the server's
+                # full backlog dropped (SYN cookies) is established on its side too.
+                with contextlib.suppress(OSError):
+                    sock.send(b"\x00")
+                self.opened += 1
+                done.append(sock)
+        return done
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join(10)
-        for sock in self.sockets:
+        for sock in self.sockets + self.connecting:
             sock.close()
