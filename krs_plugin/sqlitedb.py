@@ -25,7 +25,9 @@ import sqlite3
 import struct
 import sys
 import tempfile
+import threading
 import time
+import weakref
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -58,9 +60,37 @@ class StateWriteError(KrsError):
 
 
 class StateConnection(sqlite3.Connection):
-    """A connection that knows the file it is to (for the errors)."""
+    """A connection that knows the file it is to (for the errors), and counts itself among this
+    process's open connections to that file while it is open."""
 
     path: Path
+    _release: weakref.finalize[[str, int], StateConnection] | None = None
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            if self._release is not None:
+                self._release()
+
+
+_OPEN_LOCK = threading.Lock()
+_OPEN: dict[str, int] = {}
+"""Connections this process has open, per database file. SQLite locks with POSIX locks, which a
+process loses on a file the moment it closes *any* descriptor of it: the file checks of
+``check_database`` (reading the header, the ``-shm`` and ``-wal`` files) would drop the locks
+of a connection this process already has (krs run opens the state twice), and another process
+could then delete the write-ahead log under it, losing what it writes. So a file is checked
+only when this process has no connection to it."""
+
+
+def _count_open(key: str, change: int) -> None:
+    with _OPEN_LOCK:
+        count = _OPEN.get(key, 0) + change
+        if count > 0:
+            _OPEN[key] = count
+        else:
+            _OPEN.pop(key, None)
 
 
 def open_private_db(
@@ -78,19 +108,23 @@ def open_private_db(
     Autocommit mode: every change goes through ``transaction`` so it is all or nothing.
     ``any_thread`` allows one owner to use the connection from successive worker threads (never
     from two at once); concurrent users open their own connections, which WAL serialises."""
-    if not path.exists():
-        _create(path, schema)
-    else:
-        check_database(path, tables, advice)
-    db = sqlite3.connect(
-        path,
-        timeout=10,
-        isolation_level=None,
-        check_same_thread=not any_thread,
-        factory=StateConnection,
-    )
+    key = str(path.resolve())
+    with _OPEN_LOCK:  # checked and connected as one step: no other open of ours in between
+        if not path.exists():
+            _create(path, schema)
+        elif key not in _OPEN:  # checked when first opened here; see _OPEN
+            check_database(path, tables, advice)
+        db = sqlite3.connect(
+            path,
+            timeout=10,
+            isolation_level=None,
+            check_same_thread=not any_thread,
+            factory=StateConnection,
+        )
+        _OPEN[key] = _OPEN.get(key, 0) + 1
     assert isinstance(db, StateConnection)
     db.path = path
+    db._release = weakref.finalize(db, _count_open, key, -1)
     db.row_factory = sqlite3.Row
     try:
         db.execute("PRAGMA journal_mode=WAL")

@@ -277,3 +277,28 @@ def test_a_kdc_db_whose_log_was_damaged_after_a_kill_is_refused(tmp_path: Path) 
     assert result.returncode == 2, result.stderr
     assert "has a damaged write-ahead log (kdc.db-wal)" in result.stderr
     assert files_of(db) == before
+
+
+def test_a_second_open_in_one_process_keeps_the_first_ones_locks(tmp_path: Path) -> None:
+    # krs run opens its state twice. Checking the file again for the second open (reading it
+    # and its -shm and -wal with plain descriptors) dropped the first connection's POSIX locks:
+    # another process opening and closing the database then deleted the write-ahead log under
+    # it, and everything written after was lost. Found by the NOTIFY flood test.
+    path = tmp_path / "krs.db"
+    first = ReceiverStore(path)
+    second = ReceiverStore(path, any_thread=True)
+    peek = (
+        "import sqlite3, sys; db = sqlite3.connect(sys.argv[1]); "
+        "print(db.execute(sys.argv[2]).fetchone()[0]); db.close()"
+    )
+    count = "SELECT count(*) FROM sqlite_master"
+    subprocess.run([sys.executable, "-c", peek, str(path), count], check=True, capture_output=True)
+    assert Path(f"{path}-wal").exists()
+    first.db.execute("CREATE TABLE probe (x)")
+    seen = subprocess.run(
+        [sys.executable, "-c", peek, str(path), f"{count} WHERE name = 'probe'"],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    assert seen.stdout.strip() == "1"
+    second.close()
+    first.close()
