@@ -99,13 +99,13 @@ class NsdAdapter(BaseAdapter[NsdChange]):
         for required in ("key_directory", "unsigned_file", "signed_file"):
             if required not in settings:
                 raise ConfigError(f"adapter.settings.{required}: required for nsd")
-        self.key_directory = self._path(settings["key_directory"])
+        self.key_directory = self.path_setting(settings["key_directory"])
         self.keys = KeyFolder(self.key_directory)
         self.unsigned_pattern = str(settings["unsigned_file"])
         self.signed_pattern = str(settings["signed_file"])
         self.zone_files = self._zone_files(settings.get("zone_files"))
         self._refuse_shared_signed_files()
-        self.config = self._path(settings.get("config", "/etc/nsd/nsd.conf"))
+        self.config = self.path_setting(settings.get("config", "/etc/nsd/nsd.conf"))
         self.control_binary = str(settings.get("control", "nsd-control"))
         self.host, self.port = server_address(settings)
         self.signer = str(settings.get("signer", "dnssec-signzone"))
@@ -123,9 +123,6 @@ class NsdAdapter(BaseAdapter[NsdChange]):
         self.verify_timeout = seconds(settings, "verify_timeout", 10)
         self._retry_at: dict[dns.name.Name, float] = {}
         self._written: dict[dns.name.Name, int] = {}  # the last serial written, per zone
-
-    def _path(self, value: object) -> Path:
-        return self.path_setting(value)
 
     def _zone_files(self, value: object) -> dict[dns.name.Name, dict[str, str]]:
         """``zone_files``: per zone, the files that do not follow the patterns. A typo here
@@ -177,11 +174,11 @@ class NsdAdapter(BaseAdapter[NsdChange]):
 
     def unsigned_file(self, zone: dns.name.Name) -> Path:
         own = self.zone_files.get(zone, {}).get("unsigned")
-        return self._path(own or self.unsigned_pattern.format(zone=zone.to_text()))
+        return self.path_setting(own or self.unsigned_pattern.format(zone=zone.to_text()))
 
     def signed_file(self, zone: dns.name.Name) -> Path:
         own = self.zone_files.get(zone, {}).get("signed")
-        return self._path(own or self.signed_pattern.format(zone=zone.to_text()))
+        return self.path_setting(own or self.signed_pattern.format(zone=zone.to_text()))
 
     def watched_files(self) -> list[Path]:
         """The unsigned zone files: an edit is signed and served without operator action."""
