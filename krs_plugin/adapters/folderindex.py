@@ -16,6 +16,8 @@ from pathlib import Path
 import dns.name
 from inotify_simple import INotify, flags
 
+from krs_plugin.inotify import open_inotify
+
 _ADDED = flags.CREATE | flags.MOVED_TO
 _GONE = flags.DELETE | flags.MOVED_FROM
 _LOST = flags.Q_OVERFLOW | flags.IGNORED | flags.DELETE_SELF | flags.MOVE_SELF
@@ -83,12 +85,15 @@ class FolderIndex:
 
     def _current(self) -> dict[str, set[str]]:
         if self._inotify is None:
-            try:
-                self._inotify = INotify()
-                self._inotify.add_watch(self.path, self.MASK)
-            except OSError:
-                self._drop()
+            inotify = open_inotify(f"the key folder {self.path} is read at each lookup instead")
+            if inotify is None:
                 return self._scan()
+            try:
+                inotify.add_watch(self.path, self.MASK)
+            except OSError:
+                inotify.close()
+                return self._scan()
+            self._inotify = inotify
             self._zones = None  # scanned below, after the watch exists: nothing is missed
         for event in self._inotify.read(timeout=0):
             if event.mask & _LOST:  # events were lost, or the folder was moved or removed

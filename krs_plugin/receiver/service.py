@@ -507,7 +507,7 @@ class Service:
         self.watcher = FileWatcher(self.request_reload)
         self.watcher.watch(watched_files(self.config))
         self.watcher.start(loop)
-        self.adapter_watcher = FileWatcher(self.maintain_wake.set)
+        self.adapter_watcher = FileWatcher(self.maintain_wake.set, what="the adapter's files")
         self._watch_adapter_files()
         self.adapter_watcher.start(loop)
         with contextlib.suppress(NotImplementedError, RuntimeError):
