@@ -240,3 +240,72 @@ def test_powerdns_snippet_starts_and_its_api_refuses_an_unknown_key(tmp_path: Pa
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+# --- each snippet added to the server's Debian default configuration (issue 21, item 9) ---------
+
+
+def debian_default(tmp_path: Path, folder: str) -> Path:
+    """A copy of the packaged configuration folder (/etc/<folder>), its own paths pointed at
+    the copy: what an operator has before adding a snippet."""
+    source = Path("/etc") / folder
+    if not source.is_dir():
+        pytest.fail(f"{source} is missing: the server's Debian package is not installed")
+    copy = tmp_path / folder
+    shutil.copytree(source, copy)
+    for path in copy.rglob("*.conf"):
+        path.write_text(path.read_text().replace(f"{source}/", f"{copy}/"))
+    return copy
+
+
+def test_knot_snippet_appended_to_debians_knot_conf_passes_conf_check(tmp_path: Path) -> None:
+    conf = debian_default(tmp_path, "knot") / "knot.conf"
+    conf.write_text(conf.read_text() + (INTEGRATIONS / "knot" / "knot.conf.snippet").read_text())
+    result = subprocess.run(
+        ["knotc", "-c", str(conf), "conf-check"], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_bind9_snippet_appended_to_debians_named_conf_passes_named_checkconf(
+    tmp_path: Path,
+) -> None:
+    version = subprocess.run(["named", "-v"], capture_output=True, text=True).stdout
+    snippet = "named-9.20.conf.snippet" if " 9.20" in version else "named-9.18.conf.snippet"
+    folder = debian_default(tmp_path, "bind")
+    conf = folder / "named.conf"
+    text = (INTEGRATIONS / "bind9" / snippet).read_text().replace("/etc/bind/", f"{folder}/")
+    conf.write_text(conf.read_text() + text)
+    result = subprocess.run(["named-checkconf", str(conf)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_nsd_snippet_in_debians_nsd_conf_d_passes_nsd_checkconf(tmp_path: Path) -> None:
+    folder = debian_default(tmp_path, "nsd")
+    (folder / "nsd.conf.d").mkdir(exist_ok=True)
+    shutil.copy(INTEGRATIONS / "nsd" / "nsd.conf.snippet", folder / "nsd.conf.d" / "krs.conf")
+    checkconf = shutil.which("nsd-checkconf") or "/usr/sbin/nsd-checkconf"
+    result = subprocess.run([checkconf, str(folder / "nsd.conf")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    zonefile = subprocess.run(
+        [checkconf, "-z", "example.com", "-o", "zonefile", str(folder / "nsd.conf")],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    assert zonefile == "/var/lib/nsd/signed/example.com.zone.signed"  # the include was read
+
+
+def test_powerdns_snippet_appended_to_debians_pdns_conf_passes_config_check(
+    tmp_path: Path,
+) -> None:
+    folder = debian_default(tmp_path, "powerdns")
+    conf = folder / "pdns.conf"
+    conf.write_text(
+        conf.read_text() + (INTEGRATIONS / "powerdns" / "pdns.conf.snippet").read_text()
+    )
+    result = subprocess.run(
+        [pdns_server(), f"--config-dir={folder}", "--config=check"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
