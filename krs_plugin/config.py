@@ -21,6 +21,7 @@ import yaml
 from krs_plugin.adapters.registry import names as adapter_names
 from krs_plugin.dnsio import connection_budget_problem, default_max_connections
 from krs_plugin.errors import ConfigError
+from krs_plugin.humantime import EXAMPLES, parse_duration
 from krs_plugin.protocol.chunking import Limits
 
 LOG_FORMATS = ("auto", "json", "text")
@@ -147,6 +148,21 @@ class _Reader:
             raise self.fail(key, f"must be a number >= {minimum}, got {value!r}")
         return float(value)
 
+    def duration(self, value: Any, key: str, default: float, minimum: float = 0) -> float:
+        """Seconds: a number (``30``, ``0.5``) or a duration string (``"90s"``, ``"15m"``,
+        ``"1h30m"``; krs_plugin/humantime.py)."""
+        if value is None:
+            return default
+        try:
+            seconds = parse_duration(value, what=key)
+        except (ValueError, TypeError):
+            raise self.fail(
+                key, f"must be a number of seconds or a duration such as {EXAMPLES}, got {value!r}"
+            ) from None
+        if seconds < minimum:
+            raise self.fail(key, f"must be a number >= {minimum} (seconds), got {value!r}")
+        return seconds
+
     def integer(self, value: Any, key: str, default: int, minimum: int = 1) -> int:
         if value is None:
             return default
@@ -225,7 +241,7 @@ def _notify_limits(
     problem = connection_budget_problem(connections, len(listen))
     if raw.get("max_connections") is not None and problem is not None:
         raise r.fail("notify.max_connections", problem)
-    idle = r.number(raw.get("tcp_idle_timeout"), "notify.tcp_idle_timeout", 10.0, minimum=0.1)
+    idle = r.duration(raw.get("tcp_idle_timeout"), "notify.tcp_idle_timeout", 10.0, minimum=0.1)
     return NotifySettings(listen, sources, rate, total, connections, idle)
 
 
@@ -334,9 +350,9 @@ def load_config(path: str | os.PathLike[str], *, require_files: bool = True) -> 
 
     fetch_raw = r.mapping(top.get("fetch"), "fetch", {"timeout", "retries", "backoff"})
     fetch = FetchSettings(
-        r.number(fetch_raw.get("timeout"), "fetch.timeout", 10.0, minimum=0.1),
+        r.duration(fetch_raw.get("timeout"), "fetch.timeout", 10.0, minimum=0.1),
         r.integer(fetch_raw.get("retries"), "fetch.retries", 3),
-        r.number(fetch_raw.get("backoff"), "fetch.backoff", 0.5),
+        r.duration(fetch_raw.get("backoff"), "fetch.backoff", 0.5),
     )
     log_format = top.get("log_format", "auto")
     if log_format not in LOG_FORMATS:
@@ -355,8 +371,8 @@ def load_config(path: str | os.PathLike[str], *, require_files: bool = True) -> 
         state=state,
         limits=limits,
         fetch=fetch,
-        poll_interval=r.number(top.get("poll_interval"), "poll_interval", 60.0, minimum=1),
-        clock_skew=r.number(top.get("clock_skew"), "clock_skew", 30.0),
+        poll_interval=r.duration(top.get("poll_interval"), "poll_interval", 60.0, minimum=1),
+        clock_skew=r.duration(top.get("clock_skew"), "clock_skew", 30.0),
         log_format=str(log_format),
         metrics=None if metrics is None else r.address(metrics, "metrics", 9153),
     )

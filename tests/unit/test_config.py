@@ -130,3 +130,18 @@ def test_notify_limits_follow_the_descriptor_limit(
     assert load_config(write(files, base(files) | {"notify": listen})).notify.max_connections == 128
     with pytest.raises(ConfigError, match=r"lower it to at most 128 or raise the limit"):
         load_config(write(files, base(files) | {"notify": listen | {"max_connections": 129}}))
+
+
+def test_durations_take_seconds_or_unit_strings(files: Path) -> None:
+    data = base(files) | {
+        "poll_interval": "2m",
+        "clock_skew": "1m30s",
+        "fetch": {"timeout": "10s", "backoff": 0.5},
+        "notify": {"tcp_idle_timeout": "15s"},
+    }
+    config = load_config(write(files, data))
+    assert (config.poll_interval, config.clock_skew) == (120.0, 90.0)
+    assert (config.fetch.timeout, config.fetch.backoff) == (10.0, 0.5)
+    assert config.notify.tcp_idle_timeout == 15.0
+    with pytest.raises(ConfigError, match=r"poll_interval: must be a number of seconds or a dur"):
+        load_config(write(files, base(files) | {"poll_interval": "1 hour"}))
