@@ -2,7 +2,8 @@
 
 Layout (CHUNK RDATA without Sequence and Total): Format u8 | HMACLen u16 | HMAC | DataLength u16 |
 Data. For the KDC and KRS, ``Data[0]`` is a content byte: 1 key status report, 2 enrollment
-confirmation, 3 component status report; the rest is the body.
+confirmation, 3 component status report; ours: 0x80 resync request (``krs_plugin/resync.py``).
+The rest is the body.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ CHUNK_OPTION = 65004
 CONTENT_KEY_STATUS = 1
 CONTENT_ENROLLMENT = 2
 CONTENT_COMPONENT_STATUS = 3
+CONTENT_RESYNC = 0x80  # ours: a KRS asks for its keys again (krs_plugin/resync.py)
 MAX_OPTION_HMAC = 64
 _MIN_LENGTH = 5
 
