@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from krs_plugin import __version__
 from krs_plugin.cliout import error_exit
+from krs_plugin.completion import SHELLS, completion_script
 from krs_plugin.errors import ConfigError, KrsError
 
 LIVE_DEMO_ELSEWHERE = (
@@ -114,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _config_option(p)
     _json_option(p)
+    p = commands.add_parser(
+        "completion",
+        help="print the shell completion script of krs",
+        description="print the shell completion script of krs",
+    )
+    p.add_argument("shell", choices=SHELLS, help="bash, or zsh (through its bashcompinit)")
     return parser
 
 
@@ -141,6 +148,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command is None:
         parser.print_help()
+        return 0
+    if args.command == "completion":
+        sys.stdout.write(completion_script(build_parser(), args.shell))
         return 0
     try:
         if args.command == "demo":

@@ -21,6 +21,7 @@ from typing import Any
 
 from krs_plugin import __version__
 from krs_plugin.cliout import emit, error_exit
+from krs_plugin.completion import SHELLS, completion_script
 from krs_plugin.crypto import load_hpke_public, load_jose_key, write_secret_file
 from krs_plugin.dnssec import generate_key, read_bind_key_pair
 from krs_plugin.errors import ConfigError, KeyFileError, KrsError, WireError
@@ -470,6 +471,12 @@ def cmd_enroll_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_completion(args: argparse.Namespace) -> int:
+    """Completion made from this parser (krs_plugin/completion.py); needs no state."""
+    sys.stdout.write(completion_script(build_parser(), args.shell))
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from krs_plugin.kdc.export import export_zone
 
@@ -624,6 +631,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add(sub, "export", cmd_export, "write the control zone as a standard zone file")
     p.add_argument("--output", "-o", help="file (default: standard output)")
+
+    p = add(sub, "completion", cmd_completion, "print the shell completion script of krs-kdc")
+    p.add_argument("shell", choices=SHELLS, help="bash, or zsh (through its bashcompinit)")
     return parser
 
 
