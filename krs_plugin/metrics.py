@@ -110,12 +110,37 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.polls = Counter(
+            "krs_polls",
+            "control-zone polls for this node's distributions, by result (ok: a server "
+            "answered; failed: none did, the KDC is unreachable)",
+            ["result"],
+            registry=r,
+        )
+        self.poll_failures = Gauge(
+            "krs_poll_failures_consecutive",
+            "polls in a row that no control server answered (0 after one that did)",
+            registry=r,
+        )
+        self.server_up = Gauge(
+            "krs_server_up",
+            "1 when the adapter's nameserver answers its control channel (knotc/rndc/"
+            "nsd-control status, PowerDNS's API or pdns_control), 0 when not; checked "
+            "periodically, absent for adapters without a server (directory)",
+            registry=r,
+        )
+        self.apply_failing = Gauge(
+            "krs_apply_failing",
+            "1 from a distribution that failed to apply until one applies, else 0",
+            registry=r,
+        )
         # Known label values start at 0, so rates and alerts work before the first event.
         for counter, results in (
             (self.notifies, ("accepted", "duplicate", "refused", "rate_limited")),
             (self.fetches, ("ok", "failed", "rejected", "not_published")),
             (self.confirmations, ("acknowledged", "failed")),
             (self.reloads, ("applied", "refused")),
+            (self.polls, ("ok", "failed")),
         ):
             for result in results:
                 counter.labels(result)

@@ -297,3 +297,15 @@ class ReportsSignatureExpiry(Protocol):
     def signature_expiry(self, zone: dns.name.Name) -> int | None:
         """The earliest RRSIG expiration (Unix time) the server serves for ``zone``, or None."""
         ...
+
+
+@runtime_checkable
+class ReportsServerProblem(Protocol):
+    """An adapter that can say cheaply, changing nothing, whether its server runs and takes
+    commands (``knotc status``, ``rndc status``, ``nsd-control status``, PowerDNS's API or
+    ``pdns_control rping``). ``krs run`` asks it every ``server_check_interval`` seconds, never
+    per ``/healthz`` request, and shows the answer in ``/healthz`` and ``krs_server_up``."""
+
+    def server_problem(self) -> str | None:
+        """Why the server cannot take keys now (one line for an operator), or None."""
+        ...

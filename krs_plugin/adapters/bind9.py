@@ -65,7 +65,7 @@ from krs_plugin.adapters.keyfiles import (
     write_key,
     write_key_files,
 )
-from krs_plugin.adapters.settings import seconds, server_address
+from krs_plugin.adapters.settings import existing_file, seconds, server_address
 from krs_plugin.adapters.tools import run_tool
 from krs_plugin.errors import AdapterError, ConfigError, KrsError
 
@@ -178,7 +178,11 @@ class Bind9Adapter(BaseAdapter[BindChange]):
         if not isinstance(rndc, Mapping):
             raise ConfigError("adapter.settings.rndc: must be a mapping")
         self.rndc = Rndc(rndc, self.settings_dir)
-        self.named_conf = self.path_setting(settings.get("named_conf", DEFAULT_NAMED_CONF))
+        self.named_conf = existing_file(
+            self.path_setting(settings.get("named_conf", DEFAULT_NAMED_CONF)),
+            "named_conf",
+            "named's configuration, which the KRS and named-checkconf read",
+        )
         self.named_checkconf = str(settings.get("named_checkconf", "named-checkconf"))
         self.owner = self._owner(settings.get("owner"))
         self.verify_timeout = seconds(settings, "verify_timeout", 10)
@@ -344,6 +348,14 @@ class Bind9Adapter(BaseAdapter[BindChange]):
         return None
 
     # --- the Adapter interface ------------------------------------------------------------
+
+    def server_problem(self) -> str | None:
+        """``rndc status``: named runs and answers its control channel."""
+        try:
+            self.rndc("status")
+        except (AdapterError, OSError) as exc:
+            return f"named's control channel does not answer: {exc}"
+        return None
 
     def check(self) -> list[Problem]:
         problems: list[Problem] = []

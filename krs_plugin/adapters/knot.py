@@ -46,12 +46,16 @@ from krs_plugin.adapters.base import (
 )
 from krs_plugin.adapters.dnscheck import KeyState, expectation, wait_served
 from krs_plugin.adapters.knotctl import KaspKey, KnotTools, knot_key_id, knot_times
-from krs_plugin.adapters.settings import seconds, server_address
+from krs_plugin.adapters.settings import existing_file, seconds, server_address
 from krs_plugin.adapters.tools import install_hint, secret_file
 from krs_plugin.errors import AdapterError, ConfigError, KrsError
 
 log = logging.getLogger(__name__)
 
+KEYS_BACK_NOT_LOADED = (
+    "the previous keys are back in Knot's KASP database (nothing is lost), but knotd could not "
+    "be told to load them: it serves them once it runs again (or after knotc zone-keys-load)"
+)
 NO_WAY_BACK = (
     "the KASP database has no keys again, but knotd keeps serving the zone as last signed: "
     "Knot cannot load a signed zone without keys"
@@ -84,7 +88,11 @@ class KnotAdapter(BaseAdapter[KaspChange]):
     settings_keys = frozenset(SETTINGS)
 
     def configure(self, settings: Mapping[str, Any]) -> None:
-        config = self.path_setting(settings.get("config", "/etc/knot/knot.conf"))
+        config = existing_file(
+            self.path_setting(settings.get("config", "/etc/knot/knot.conf")),
+            "config",
+            "knotd's configuration, which knotc -c and keymgr -c read",
+        )
         socket = self.path_setting(settings["socket"]) if "socket" in settings else None
         self.tools = KnotTools(
             config=config,
@@ -133,6 +141,14 @@ class KnotAdapter(BaseAdapter[KaspChange]):
         return None
 
     # --- the Adapter interface ------------------------------------------------------------
+
+    def server_problem(self) -> str | None:
+        """``knotc status``: knotd runs and answers its control socket."""
+        try:
+            self.tools.knotc("status")
+        except AdapterError as exc:
+            return f"knotd does not answer its control socket: {exc}"
+        return None
 
     def check(self) -> list[Problem]:
         for binary in (self.tools.knotc_binary, self.tools.keymgr_binary):
@@ -227,9 +243,9 @@ class KnotAdapter(BaseAdapter[KaspChange]):
 
     def restore(self, zone: dns.name.Name, snapshot: str) -> str:
         outcome = self._restore(zone, json.loads(snapshot)["keys"])
-        if outcome == NO_WAY_BACK:
+        if outcome == NO_WAY_BACK or (outcome or "").startswith(KEYS_BACK_NOT_LOADED):
             log.warning("knot, zone %s: %s", zone, outcome)
-            return outcome
+            return str(outcome)
         if outcome is not None:
             raise AdapterError(f"knot, zone {zone}: restoring the previous keys: {outcome}")
         return "knotd serves the previous keys again"
@@ -345,10 +361,13 @@ class KnotAdapter(BaseAdapter[KaspChange]):
                     )
                 elif current[key_id].times != times:
                     self.tools.set_times(zone, key_id, times)
+        except (KrsError, OSError) as exc:
+            return f"the previous keys could not all be put back into Knot's KASP database: {exc}"
+        try:
             if not wanted:  # knotd cannot load a signed zone without keys
                 return NO_WAY_BACK if added and self.tools.zone_loaded(zone) else None
             self.tools.load_keys(zone)
         except (KrsError, OSError) as exc:
-            return f"knotd could not be given the previous keys: {exc}"
+            return f"{KEYS_BACK_NOT_LOADED} ({exc})"
         result = self._wait(zone, [k.tag for k in added])
         return None if result.ok else "; ".join(result.details)

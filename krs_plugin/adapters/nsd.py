@@ -45,7 +45,7 @@ from krs_plugin.adapters.base import (
 )
 from krs_plugin.adapters.dnscheck import KeyState, expectation, wait_served
 from krs_plugin.adapters.keyfiles import KeyFolder, tags_in
-from krs_plugin.adapters.settings import seconds, server_address
+from krs_plugin.adapters.settings import existing_file, seconds, server_address
 from krs_plugin.adapters.soaserial import (
     is_after,
     next_serial,
@@ -105,7 +105,11 @@ class NsdAdapter(BaseAdapter[NsdChange]):
         self.signed_pattern = str(settings["signed_file"])
         self.zone_files = self._zone_files(settings.get("zone_files"))
         self._refuse_shared_signed_files()
-        self.config = self.path_setting(settings.get("config", "/etc/nsd/nsd.conf"))
+        self.config = existing_file(
+            self.path_setting(settings.get("config", "/etc/nsd/nsd.conf")),
+            "config",
+            "NSD's configuration, which nsd-control -c reads",
+        )
         self.control_binary = str(settings.get("control", "nsd-control"))
         self.host, self.port = server_address(settings)
         self.signer = str(settings.get("signer", "dnssec-signzone"))
@@ -194,6 +198,14 @@ class NsdAdapter(BaseAdapter[NsdChange]):
         return out
 
     # --- the Adapter interface --------------------------------------------------------------
+
+    def server_problem(self) -> str | None:
+        """``nsd-control status``: NSD runs and answers its control channel."""
+        try:
+            self.control("status")
+        except (AdapterError, OSError) as exc:
+            return f"nsd-control cannot reach NSD: {exc}"
+        return None
 
     def check(self) -> list[Problem]:
         if shutil.which(self.control_binary) is None:

@@ -25,6 +25,7 @@ import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import dns.name
@@ -47,6 +48,7 @@ from krs_plugin.adapters.dnscheck import (
 )
 from krs_plugin.adapters.pdnsctl import ApiKeyStore, KeyStore, PdnsKey, PdnsutilKeyStore
 from krs_plugin.adapters.settings import (
+    existing_file,
     seconds,
     server_address,
 )
@@ -85,6 +87,23 @@ def _command(value: object, default: str, name: str) -> list[str]:
     if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
         return list(value)
     raise ConfigError(f"adapter.settings.{name}: a command (string or list of strings)")
+
+
+def _config_dir_exists(key: str, command: list[str]) -> None:
+    """``--config-dir=DIR`` in a command: DIR/pdns.conf must be there (PowerDNS's tools would
+    otherwise fail at the next distribution, not now)."""
+    for i, word in enumerate(command):
+        folder = None
+        if word.startswith("--config-dir="):
+            folder = word.partition("=")[2]
+        elif word == "--config-dir" and i + 1 < len(command):
+            folder = command[i + 1]
+        if folder:
+            existing_file(
+                Path(folder) / "pdns.conf",
+                key,
+                f"PowerDNS's configuration in the --config-dir {key} is given",
+            )
 
 
 def _identity(tag: int, algorithm: int, flags: int) -> str:
@@ -143,11 +162,11 @@ class PowerDnsAdapter(BaseAdapter[PdnsChange]):
                 timeout,
             )
         elif method == "pdnsutil":
-            self.store = PdnsutilKeyStore(
-                _command(settings.get("pdnsutil"), "pdnsutil", "pdnsutil"),
-                _command(settings.get("pdns_control"), "pdns_control", "pdns_control"),
-                timeout,
-            )
+            pdnsutil = _command(settings.get("pdnsutil"), "pdnsutil", "pdnsutil")
+            control = _command(settings.get("pdns_control"), "pdns_control", "pdns_control")
+            for key, command in (("pdnsutil", pdnsutil), ("pdns_control", control)):
+                _config_dir_exists(key, command)
+            self.store = PdnsutilKeyStore(pdnsutil, control, timeout)
         else:
             raise ConfigError(f"adapter.settings.method: 'api' or 'pdnsutil', not {method!r}")
         self.host, self.port = server_address(settings)
@@ -160,6 +179,15 @@ class PowerDnsAdapter(BaseAdapter[PdnsChange]):
         self._unpublished: set[dns.name.Name] = set()  # changed by maintain(), not yet purged
 
     # --- the Adapter interface ------------------------------------------------------------
+
+    def server_problem(self) -> str | None:
+        """PowerDNS answers: its API (method api), or ``pdnsutil list-all-zones`` and
+        ``pdns_control rping`` (method pdnsutil)."""
+        try:
+            problems = self.store.problems()
+        except (KrsError, OSError) as exc:
+            return f"PowerDNS does not answer: {exc}"
+        return "; ".join(p.what for p in problems) or None
 
     def check(self) -> list[Problem]:
         problems = self.store.problems()
@@ -398,7 +426,12 @@ class PowerDnsAdapter(BaseAdapter[PdnsChange]):
             if self.store.get_meta(zone, TIMING_KIND) != before["timing"]:
                 self.store.set_meta(zone, TIMING_KIND, before["timing"])
         except UNEXPECTED as exc:
-            raise AdapterError(f"PowerDNS could not be given the previous keys: {exc}") from exc
+            raise AdapterError(
+                "the previous keys could not be written back to PowerDNS's backend (pdns_server "
+                f"down? with method api every write goes through it): {exc}; the zone keeps "
+                "what the failed apply left (pdnsutil list-keys), the next distribution sets it "
+                "right"
+            ) from exc
         try:
             self._publish(zone)
         except (KrsError, OSError) as exc:

@@ -38,3 +38,15 @@ def seconds(settings: Mapping[str, Any], key: str, default: float, *, within: st
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
         raise ConfigError(f"adapter.settings.{within}{key}: must be a positive number of seconds")
     return float(value)
+
+
+def existing_file(path: Path, key: str, what: str) -> Path:
+    """A file the server's tools read (knot.conf, named.conf, ...): it must exist when krs.yaml
+    is loaded (``krs run``, a reload, ``krs doctor``), not only at the next distribution."""
+    if not path.is_file():
+        found = "is not a file" if path.exists() else "does not exist"
+        raise ConfigError(
+            f"adapter.settings.{key}: {path} {found} ({what}); give the file the server really "
+            f"reads, or install and configure the server first"
+        )
+    return path

@@ -47,3 +47,24 @@ def test_good_settings_are_taken(name: str) -> None:
     adapter, required = ADAPTERS[name]
     made = adapter({**required, "verify_timeout": 2.5, "server": "[::1]:5353"})
     assert (made.host, made.port, made.verify_timeout) == ("::1", 5353, 2.5)
+
+
+@pytest.mark.parametrize(
+    ("name", "key", "value"),
+    [
+        ("knot", "config", "/nonexistent/knot/knot.conf"),
+        ("bind9", "named_conf", "/nonexistent/bind/named.conf"),
+        ("nsd", "config", "/nonexistent/nsd/nsd.conf"),
+        ("powerdns", "pdnsutil", "pdnsutil --config-dir=/nonexistent/powerdns"),
+        ("powerdns", "pdns_control", "pdns_control --config-dir /nonexistent/powerdns"),
+    ],
+)
+def test_a_server_config_file_that_does_not_exist_is_refused_when_krs_yaml_loads(
+    name: str, key: str, value: str
+) -> None:
+    # Refused at start and at a reload (both build the adapter), not at the next distribution.
+    adapter, required = ADAPTERS[name]
+    with pytest.raises(ConfigError) as failure:
+        adapter({**required, key: value})
+    text = str(failure.value)
+    assert text.startswith(f"adapter.settings.{key}: /nonexistent/") and "does not exist" in text
