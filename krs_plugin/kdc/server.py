@@ -10,7 +10,8 @@ Confirmations are NOTIFY messages from nodes carrying EDNS0 option 65004 (docs/p
 section 6); when the node enrolled a signing key, the report's JWS must verify with it and the
 report must be bound to this distribution, this node, the present time and keys the distribution
 sent (``confirmation.check_binding``); a node without one is known by its source address only.
-Enrollment UPDATEs (docs/protocol.md section 7) go to ``kdc/enroll.py``.
+Enrollment UPDATEs (docs/protocol.md section 7) go to ``kdc/enroll.py``; resync requests (ours,
+section 9: a node asks for its keys again) to ``kdc/resync.py``.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from krs_plugin.dnsio import (
 from krs_plugin.errors import KrsError
 from krs_plugin.kdc.enroll import EnrollmentDesk
 from krs_plugin.kdc.identity import KdcIdentity
+from krs_plugin.kdc.resync import RESYNC_INTERVAL, ResyncDesk
 from krs_plugin.kdc.store import DistributionRow, NodeRow, Store
 from krs_plugin.protocol import (
     CHUNK_TYPE,
@@ -59,6 +61,7 @@ from krs_plugin.protocol import (
 )
 from krs_plugin.protocol.edns import CONTENT_KEY_STATUS
 from krs_plugin.protocol.manifest import DEFAULT_CLOCK_SKEW
+from krs_plugin.resync import is_resync
 from krs_plugin.sqlitedb import FailureLog, StateWriteError
 
 log = logging.getLogger(__name__)
@@ -85,6 +88,7 @@ class ServeOptions:
     max_connections: int | None = None
     tcp_idle_timeout: float = 30.0
     max_notify_in_flight: int = MAX_NOTIFY_IN_FLIGHT
+    resync_interval: float = RESYNC_INTERVAL  # at most one resend per node in this time
 
 
 class ControlZone:
@@ -97,9 +101,11 @@ class ControlZone:
         nameserver: str = "ns",
         *,
         clock_skew: float = DEFAULT_CLOCK_SKEW,
+        resync: ResyncDesk | None = None,
     ) -> None:
         self.store = store
         self.clock_skew = clock_skew
+        self.resync = resync  # resync requests (ours, kdc/resync.py); None: refused
         self.origin = dns.name.from_text(control_zone)
         self.ns = dns.name.Name((nameserver.encode(), *self.origin.labels))
         self.chunk_type = dns.rdatatype.RdataType.make(CHUNK_TYPE)
@@ -122,6 +128,12 @@ class ControlZone:
             response.flags &= ~dns.flags.AA
             return response
         if query.opcode() == dns.opcode.NOTIFY:
+            if is_resync(query, self.origin):
+                if self.resync is None:
+                    log.warning("resync request from %s refused: not taken here", source)
+                    response.set_rcode(dns.rcode.REFUSED)
+                    return response
+                return self.resync.answer(query, response, source)
             return self._confirmation(query, response, source)
         if query.opcode() != dns.opcode.QUERY:
             response.set_rcode(dns.rcode.REFUSED)
@@ -482,7 +494,10 @@ async def serve(
     store: Store, control_zone: str, options: ServeOptions, identity: KdcIdentity | None = None
 ) -> None:
     """Run until cancelled; with ``identity``, enrollment UPDATEs are answered too."""
-    zone = ControlZone(store, control_zone, clock_skew=options.clock_skew)
+    resync = ResyncDesk(
+        store, identity, clock_skew=options.clock_skew, min_interval=options.resync_interval
+    )
+    zone = ControlZone(store, control_zone, clock_skew=options.clock_skew, resync=resync)
     desk = EnrollmentDesk(store, identity, zone.origin) if identity is not None else None
     server = KdcServer(store, zone, options, desk)
     quiet_accept_errors(asyncio.get_running_loop())

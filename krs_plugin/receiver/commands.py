@@ -14,6 +14,7 @@ from krs_plugin.errors import KrsError, outcome_of, stage_of
 from krs_plugin.protocol import check_distribution_id
 from krs_plugin.receiver.fetcher import Fetcher
 from krs_plugin.receiver.pipeline import Outcome, Pipeline, load_identity
+from krs_plugin.receiver.reconcile import compare, resend_advice
 from krs_plugin.receiver.store import ReceiverStore
 
 
@@ -45,19 +46,47 @@ def run_command(args: argparse.Namespace) -> int:
         if zone and not zone.endswith("."):
             zone += "."
         keys = [dict(r) for r in store.installed(zone)]
+        notes = _held_by_server(config, store, zone, keys)
         emit(
             keys,
             [
                 f"{k['zone']:28} tag {k['key_tag']:5} alg {k['algorithm']:2} flags {k['flags']} "
-                f"from {k['distribution_id']}"
+                f"from {k['distribution_id']}" + ("  NOT HELD" if k["held"] is False else "")
                 for k in keys
             ]
+            + notes
             or ["no keys installed"],
             as_json=args.json,
         )
         return 0
     finally:
         store.close()
+
+
+def _held_by_server(
+    config: Config, store: ReceiverStore, zone: str | None, keys: list[dict[str, object]]
+) -> list[str]:
+    """Mark each key ``held``: True or False when the server was asked (the keys of each zone's
+    newest distribution, ``reconcile.compare``), None otherwise; the lines saying what is
+    missing and what happens about it."""
+    for key in keys:
+        key["held"] = None
+    try:
+        results = compare(config, store, make_adapter(config))
+    except (KrsError, OSError):
+        return []
+    notes = []
+    for result in results:
+        if (zone is not None and result.zone != zone) or result.error is not None:
+            continue
+        missing = {t for t, _ in result.missing}
+        expected = {t for t, _, _ in result.expected}
+        for key in keys:
+            if key["zone"] == result.zone and key["distribution_id"] == result.distribution_id:
+                key["held"] = key["key_tag"] not in missing and key["key_tag"] in expected
+        if not result.in_sync:
+            notes.append(f"{result.reason}; {resend_advice(config)}")
+    return notes
 
 
 def _signature_lines(config: Config) -> list[str]:

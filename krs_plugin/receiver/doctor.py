@@ -33,6 +33,7 @@ from krs_plugin.adapters import make_adapter
 from krs_plugin.config import Address, Config, KdcSettings
 from krs_plugin.crypto import load_hpke_private, load_jose_key
 from krs_plugin.errors import KeyFileError, KrsError
+from krs_plugin.receiver.reconcile import compare, holder, resend_advice
 from krs_plugin.receiver.store import ReceiverStore
 from krs_plugin.sqlitedb import StateDatabaseError, StateWriteError
 
@@ -61,6 +62,7 @@ def run_checks(config: Config) -> list[Check]:
         *check_state(config.state),
         *check_zones(config.zones),
         *check_adapter(config),
+        *check_sync(config),
         *check_control_servers(config.control_zone, config.control_servers),
         *check_notify(config),
         *check_listen("metrics", () if config.metrics is None else (config.metrics,), ("TCP",)),
@@ -328,6 +330,38 @@ def check_adapter(config: Config) -> list[Check]:
     if not problems:
         return [Check("adapter", OK, f"{kind}: ready to install keys")]
     return [Check("adapter", ERROR, f"{kind}: {p.what}", p.fix) for p in problems]
+
+
+def check_sync(config: Config) -> list[Check]:
+    """The server holds the keys each zone's newest distribution installed (``reconcile``): a
+    warning per zone that lacks some (another adapter configured since, a key folder emptied),
+    which ``krs run`` repairs by asking the KDC for the keys again."""
+    if not config.state.exists():
+        return []
+    try:
+        store = ReceiverStore(config.state)
+    except (KrsError, sqlite3.Error, OSError):
+        return []  # check_state reports it
+    try:
+        results = compare(config, store, make_adapter(config))
+    except (KrsError, sqlite3.Error, OSError):
+        return []  # check_state or check_adapter reports it
+    finally:
+        store.close()
+    checks = [
+        Check("sync", WARNING, r.reason, resend_advice(config)) for r in results if not r.in_sync
+    ]
+    compared = [r for r in results if r.error is None]
+    if not checks and compared:
+        checks.append(
+            Check(
+                "sync",
+                OK,
+                f"{holder(config)} holds the keys the last distribution installed in "
+                f"{len(compared)} zone(s)",
+            )
+        )
+    return checks
 
 
 # --- network -------------------------------------------------------------------------------------

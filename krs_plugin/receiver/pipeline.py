@@ -24,6 +24,7 @@ from krs_plugin.errors import DONE, KrsError, PolicyError, outcome_of, stage_of
 from krs_plugin.payload import DeleteKey, Payload, Ping, RollKey, parse_payload
 from krs_plugin.protocol import CHUNK
 from krs_plugin.receiver.plan import build_plans
+from krs_plugin.receiver.reconcile import adapter_identity
 from krs_plugin.receiver.store import ReceiverStore
 from krs_plugin.receiver.unpack import NodeIdentity, unpack_distribution
 from krs_plugin.sqlitedb import StateWriteError
@@ -69,6 +70,7 @@ class Pipeline:
         self.identity = identity
         self.verifier = verifier
         self.kdc = config.control_zone.to_text()
+        self.adapter_id = adapter_identity(config)  # recorded with each apply
 
     def process(
         self,
@@ -139,7 +141,9 @@ class Pipeline:
         removed = [
             (e.zone.to_text(), e.key_tag) for e in payload.entries if isinstance(e, DeleteKey)
         ]
-        self.store.record_applied(dist_id, self.kdc, serial, keys, removed, report, now=moment)
+        self.store.record_applied(
+            dist_id, self.kdc, serial, keys, removed, report, now=moment, adapter=self.adapter_id
+        )
         log.info("distribution %s applied: %d zone(s)", dist_id, len(plans))
         return Outcome(dist_id, "applied", DONE, None, tuple(results), tuple(plans), report)
 

@@ -34,6 +34,13 @@ from krs_plugin.receiver import notify
 from krs_plugin.receiver.confirm import confirm, retry_delay
 from krs_plugin.receiver.fetcher import Fetcher, NotPublished
 from krs_plugin.receiver.pipeline import Pipeline
+from krs_plugin.receiver.reconcile import (
+    adapter_identity,
+    compare,
+    kdc_command,
+    request_resend,
+)
+from krs_plugin.receiver.reconcile import retry_delay as resend_delay
 from krs_plugin.receiver.reload import (
     Change,
     HttpServer,
@@ -100,6 +107,11 @@ class Service:
         self.maintain_wake = asyncio.Event()
         self.counters = {"notify_accepted": 0, "notify_refused": 0, "notify_limited": 0}
         self.unrecorded: dict[str, int] = {}  # distribution id -> tries not recorded
+        # Zones whose server lacks keys their newest distribution installed -> why (reconcile.py);
+        # /healthz is unhealthy while any is listed (``sync_problems``).
+        self.out_of_sync: dict[str, str] = {}
+        self.resync_task: asyncio.Task[None] | None = None
+        self._reconcile_tasks: set[asyncio.Task[None]] = set()
         self.metrics.watch_store(self._store_gauges)
 
     @classmethod
@@ -203,8 +215,10 @@ class Service:
                 continue  # queued again ahead of this entry, and done already
             try:
                 async with self.busy:
-                    await self.process(dist_id)
+                    outcome = await self.process(dist_id)
                 self.unrecorded.pop(dist_id, None)
+                if outcome == "applied" and self.out_of_sync:
+                    await self.reconcile(f"after distribution {dist_id}")
             except StateWriteError as exc:
                 self._not_recorded(dist_id, exc)
             except Exception:  # keep the daemon alive whatever one distribution does
@@ -232,7 +246,9 @@ class Service:
         )
         asyncio.get_running_loop().call_later(delay, self.enqueue, dist_id)
 
-    async def process(self, dist_id: str) -> None:
+    async def process(self, dist_id: str) -> str | None:
+        """Fetch and process ``dist_id``; its outcome (applied, rejected, failed), or None when
+        nothing was published under it."""
         started = time.monotonic()
         try:
             fetched = await asyncio.to_thread(self.fetcher.fetch, dist_id)
@@ -246,7 +262,7 @@ class Service:
                 exc,
                 extra=context(distribution_id=dist_id, stage="fetch", outcome="not_published"),
             )
-            return
+            return None
         except KrsError as exc:
             # The servers down: failed/fetch, tried again. A bad answer (fetcher.BadAnswer):
             # rejected at the stage that found it (docs/operations.md, "Errors and what to do").
@@ -264,7 +280,7 @@ class Service:
             self.store.record_outcome(
                 dist_id, self.pipeline.kdc, int(dist_id, 16), result, stage=stage, error=str(exc)
             )
-            return
+            return result
         fetched_at = time.monotonic()
         self.metrics.fetches.labels("ok").inc()
         self.metrics.fetch_seconds.observe(fetched_at - started)
@@ -290,6 +306,7 @@ class Service:
                 duration=round(done - started, 6),
             ),
         )
+        return outcome.outcome
 
     # --- poller -------------------------------------------------------------------------
 
@@ -362,6 +379,8 @@ class Service:
         self.watcher = self.adapter_watcher = None
         for task in self.tasks:
             task.cancel()
+        if self.resync_task is not None:
+            self.resync_task.cancel()
 
     # --- health and metrics -------------------------------------------------------------------
 
@@ -388,6 +407,7 @@ class Service:
         for error in dict.fromkeys((self.store.write_error, self.pipeline.store.write_error)):
             if error is not None:  # the last change could not be written (a full disk)
                 problems.append(error)
+        problems += self.sync_problems()
         detail: dict[str, object] = {
             "node_id": self.config.node_id.to_text(),
             "listening": [str(a) for a in self.bound],
@@ -395,6 +415,7 @@ class Service:
             "confirmations_pending": pending,
             "last_success": last,
             "last_reload": self.last_reload,
+            "out_of_sync": dict(self.out_of_sync),
             "problems": problems,
         }
         return not problems, detail
@@ -418,7 +439,11 @@ class Service:
                     await change.bind(self.config, self.handle_notify, self._serve_http)
                 except KrsError as exc:
                     return self._reload_refused(exc)
+                before = adapter_identity(self.config)
                 self._swap(change)
+            if adapter_identity(self.config) != before:
+                now = self.pipeline.adapter_id
+                self._spawn_reconcile(f"after the adapter changed ({before} -> {now})")
             self.metrics.reloads.labels("applied").inc()
             self.last_reload = {"result": "applied", "at": int(time.time())}
             log.info("configuration reloaded from %s", path, extra=context(stage="reload"))
@@ -468,6 +493,87 @@ class Service:
         self._reload_tasks.add(task)
         task.add_done_callback(self._reload_tasks.discard)
 
+    # --- reconcile: what the server holds against what was installed ----------------------------
+
+    async def reconcile(self, why: str) -> None:
+        """Compare each zone's keys on the server with those its newest distribution installed
+        (``reconcile.compare``); warn once per zone that lacks some, list it in ``out_of_sync``
+        (``/healthz`` unhealthy) and ask the KDC to send the keys again (docs/operations.md,
+        "When the server lost keys")."""
+        async with self.busy:  # never while a distribution is being applied
+            try:
+                results = await asyncio.to_thread(
+                    compare, self.config, self.pipeline.store, self.pipeline.adapter
+                )
+            except Exception:  # never stop the daemon for a check
+                log.exception("comparing the server's keys failed (%s)", why)
+                return
+        now: dict[str, str] = {}
+        for result in results:
+            if result.error is not None:
+                log.warning(
+                    "zone %s: its keys could not be listed (%s): %s",
+                    result.zone,
+                    why,
+                    result.error,
+                    extra=context(zone=result.zone, stage="reconcile"),
+                )
+            if result.in_sync:
+                if result.zone in self.out_of_sync:
+                    log.info(
+                        "zone %s: the server holds its keys again",
+                        result.zone,
+                        extra=context(zone=result.zone, stage="reconcile", outcome="in_sync"),
+                    )
+                continue
+            now[result.zone] = result.reason
+            if self.out_of_sync.get(result.zone) != result.reason:
+                log.warning(
+                    "zone %s out of sync (%s): %s; %s",
+                    result.zone,
+                    why,
+                    result.reason,
+                    "asking the KDC to send the keys again"
+                    if self.signer is not None
+                    else "this node has no keys.signing, so it cannot ask the KDC; there: "
+                    + kdc_command(self.config),
+                    extra=context(
+                        zone=result.zone,
+                        distribution_id=result.distribution_id,
+                        stage="reconcile",
+                        outcome="out_of_sync",
+                    ),
+                )
+        self.out_of_sync = now
+        if now and self.signer is not None:
+            self._request_resend(sorted(now), why)
+
+    def sync_problems(self) -> list[str]:
+        """``/healthz`` problems: one per zone whose server lacks keys it was given."""
+        return [f"zone {zone} out of sync: {why}" for zone, why in sorted(self.out_of_sync.items())]
+
+    def _spawn_reconcile(self, why: str) -> None:
+        task = asyncio.get_running_loop().create_task(self.reconcile(why), name="reconcile")
+        self._reconcile_tasks.add(task)
+        task.add_done_callback(self._reconcile_tasks.discard)
+
+    def _request_resend(self, zones: list[str], why: str) -> None:
+        if self.resync_task is not None and not self.resync_task.done():
+            return  # a request is being sent: the distribution it brings covers every zone
+        reason = f"{len(zones)} zone(s) out of sync {why}: {self.out_of_sync[zones[0]]}"
+        self.resync_task = asyncio.get_running_loop().create_task(
+            self._resend_loop(zones, reason), name="resync"
+        )
+
+    async def _resend_loop(self, zones: list[str], reason: str) -> None:
+        """The resync request, sent again with backoff until a control server acknowledges it."""
+        attempts = 0
+        while self.signer is not None and self.out_of_sync:
+            attempts += 1
+            if await request_resend(self.config, self.signer, zones, reason):
+                return
+            await asyncio.sleep(resend_delay(attempts))
+
     # --- adapter maintenance ------------------------------------------------------------------
 
     async def maintain_loop(self) -> None:
@@ -512,6 +618,7 @@ class Service:
         self.adapter_watcher.start(loop)
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        self._spawn_reconcile("at start")
         where = ", ".join(str(a) for a in self.bound)
         http = f"; metrics and health on http://{self.http_bound}" if self.http_bound else ""
         print(f"krs listening for NOTIFY on {where}{http}", flush=True)

@@ -23,6 +23,16 @@ from pathlib import Path
 
 from krs_plugin.sqlitedb import StateWriteError, open_private_db, transaction
 
+# Which adapter applied each distribution (type and a digest of its settings, reconcile.py):
+# created with the first apply of a database made before it existed, and not required at open.
+_ADAPTERS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS applied_adapters (
+    distribution_id TEXT PRIMARY KEY,
+    adapter TEXT NOT NULL,
+    applied_at INTEGER NOT NULL
+);
+"""
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS distributions (
     id TEXT PRIMARY KEY,
@@ -57,6 +67,7 @@ CREATE TABLE IF NOT EXISTS journal (
     started_at INTEGER NOT NULL
 );
 """
+_SCHEMA += _ADAPTERS_SCHEMA
 
 _TABLES = ("distributions", "installed_keys", "kdc_serials", "confirmations", "journal")
 DAMAGED_ADVICE = (
@@ -79,6 +90,18 @@ class DistributionRecord:
     error: str | None
     received_at: int
     finished_at: int | None
+
+
+@dataclass
+class ExpectedZone:
+    """What a zone's server should hold: the keys (tag, algorithm, flags) its newest applied
+    distribution installed, and the identity of the adapter that installed them (None when
+    recorded by a version that did not keep it)."""
+
+    zone: str
+    distribution_id: str
+    adapter: str | None
+    keys: list[tuple[int, int, int]]
 
 
 class ReceiverStore:
@@ -147,10 +170,18 @@ class ReceiverStore:
         report: dict[str, object],
         *,
         now: float | None = None,
+        adapter: str | None = None,
     ) -> None:
-        """Outcome, installed keys, serial and the confirmation to send: one transaction."""
+        """Outcome, installed keys, serial, the adapter that installed them (``adapter``,
+        ``reconcile.adapter_identity``) and the confirmation to send: one transaction."""
         stamp = int(now or time.time())
         with self.transaction():
+            if adapter is not None:
+                self.db.execute(_ADAPTERS_SCHEMA.strip().rstrip(";"))
+                self.db.execute(
+                    "INSERT OR REPLACE INTO applied_adapters VALUES (?, ?, ?)",
+                    (dist_id, adapter, stamp),
+                )
             self.db.execute(
                 "INSERT INTO distributions(id, kdc, serial, outcome, stage, error, received_at, "
                 "finished_at) VALUES (?, ?, ?, 'applied', 'done', NULL, ?, ?) "
@@ -236,6 +267,41 @@ class ReceiverStore:
                 "acknowledged_at = CASE WHEN ? THEN ? ELSE NULL END WHERE distribution_id = ?",
                 (int(next_at), acknowledged, int(time.time()), dist_id),
             )
+
+    def expected_keys(self) -> dict[str, ExpectedZone]:
+        """Per zone, the keys its newest applied distribution installed and the adapter that
+        installed them: what the server should hold (``reconcile.py``). The keys of earlier
+        distributions are left out: a later one may have retired them, and the server then
+        removes them on its own schedule."""
+        rows = self.db.execute(
+            "SELECT k.zone, k.key_tag, k.algorithm, k.flags, k.distribution_id, "
+            "COALESCE(d.serial, 0) AS serial FROM installed_keys k "
+            "LEFT JOIN distributions d ON d.id = k.distribution_id"
+        ).fetchall()
+        newest: dict[str, tuple[int, str]] = {}
+        for r in rows:
+            rank = (int(r["serial"]), str(r["distribution_id"]))
+            if r["zone"] not in newest or rank > newest[r["zone"]]:
+                newest[r["zone"]] = rank
+        adapters = self._adapters()
+        zones: dict[str, ExpectedZone] = {}
+        for r in rows:
+            dist_id = newest[r["zone"]][1]
+            if r["distribution_id"] != dist_id:
+                continue
+            if r["zone"] not in zones:
+                zones[r["zone"]] = ExpectedZone(r["zone"], dist_id, adapters.get(dist_id), [])
+            zones[r["zone"]].keys.append((int(r["key_tag"]), int(r["algorithm"]), int(r["flags"])))
+        return zones
+
+    def _adapters(self) -> dict[str, str]:
+        found = self.db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'applied_adapters'"
+        ).fetchone()
+        if found is None:
+            return {}
+        rows = self.db.execute("SELECT distribution_id, adapter FROM applied_adapters")
+        return {str(r[0]): str(r[1]) for r in rows}
 
     def keys_per_zone(self) -> dict[str, int]:
         rows = self.db.execute("SELECT zone, COUNT(*) FROM installed_keys GROUP BY zone")

@@ -1,0 +1,233 @@
+"""Issue 21, item 3: a KRS whose server lost the keys it installed (a key folder emptied, krs.yaml
+switched to another adapter after enrolling) finds out at start and after the reload, says so
+(log, /healthz, `krs keys`, `krs doctor`) and asks the KDC to send the keys again; real
+`krs-kdc serve` and `krs run`, no operator `distribute`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import dns.dnssec
+import dns.exception
+import dns.message
+import dns.name
+import dns.query
+import dns.rdataclass
+import dns.rdatatype
+import pytest
+from daemonkit import BIN, ZONE, Deployment, http_get, wait_until
+from netutil import free_port
+
+from krs_lab.knot import KnotLab
+from krs_lab.process import server_binary
+from krs_plugin.dnssec import read_bind_key_pair
+from krs_plugin.errors import KrsError
+from krs_plugin.kdc.distribute import key_of
+from krs_plugin.kdc.store import Store
+
+
+def kdc_keys(deployment: Deployment) -> dict[int, str]:
+    store = Store(deployment.state / "kdc.db")
+    try:
+        return {k.key_tag: key_of(k).dnskey for k in store.keys(ZONE)}
+    finally:
+        store.close()
+
+
+def folder_dnskeys(folder: Path) -> set[str]:
+    try:
+        return {read_bind_key_pair(f)[0].dnskey for f in sorted(folder.glob("*.private"))}
+    except KrsError:  # a pair being written
+        return set()
+
+
+def krs(deployment: Deployment, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "krs"), *args, "-c", str(deployment.config_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def resends(deployment: Deployment) -> int:
+    return deployment.log("kdc").count("resync request from node")
+
+
+@pytest.fixture
+def deployment(tmp_path: Path):  # type: ignore[no-untyped-def]
+    deployment = Deployment(tmp_path / "pair")
+    yield deployment
+    deployment.close()
+
+
+def test_keys_come_back_after_the_key_folder_is_emptied_and_krs_run_starts_again(
+    deployment: Deployment,
+) -> None:
+    metrics = free_port()
+    deployment.write_config(metrics=f"127.0.0.1:{metrics}")
+    deployment.start_kdc()
+    deployment.start_krs()
+    dist_id = deployment.distribute("--zone", ZONE)
+    deployment.wait_confirmed(dist_id)
+    folder = deployment.node_dir / "keys"
+    expected = set(kdc_keys(deployment).values())
+    assert folder_dnskeys(folder) == expected
+    deployment.stop("krs")
+
+    for path in folder.iterdir():
+        path.unlink()
+
+    # What the operator sees before krs run starts again.
+    keys = krs(deployment, "keys")
+    assert keys.returncode == 0, keys.stderr
+    assert keys.stdout.count("NOT HELD") == 2
+    assert f"that distribution {dist_id} installed" in keys.stdout
+    assert "krs run asks the KDC to send the keys again" in keys.stdout
+    held = json.loads(krs(deployment, "keys", "--json").stdout)
+    assert [k["held"] for k in held] == [False, False]
+    doctor = krs(deployment, "doctor")
+    assert "warning sync" in " ".join(doctor.stdout.split())
+    assert "does not hold key(s)" in doctor.stdout
+
+    deployment.start_krs()
+    wait_until(
+        lambda: folder_dnskeys(folder) == expected,
+        30,
+        lambda: f"the keys back in {folder}:\n{deployment.all_logs()}",
+    )
+    assert resends(deployment) == 1
+    assert f"zone {ZONE} out of sync (at start)" in deployment.log("krs")
+    wait_until(
+        lambda: http_get(metrics, "/healthz")[0] == 200,
+        30,
+        lambda: f"/healthz healthy again: {http_get(metrics, '/healthz')}",
+    )
+    assert "NOT HELD" not in krs(deployment, "keys").stdout
+    # Only the operator's distribution and the one the KRS asked for.
+    assert len({r["id"] for r in deployment.distributions()}) == 2
+
+
+def test_healthz_is_unhealthy_while_the_kdc_does_not_answer_the_request(
+    deployment: Deployment,
+) -> None:
+    metrics = free_port()
+    deployment.write_config(metrics=f"127.0.0.1:{metrics}")
+    deployment.start_kdc()
+    deployment.start_krs()
+    dist_id = deployment.distribute("--zone", ZONE)
+    deployment.wait_confirmed(dist_id)
+    deployment.stop("krs")
+    deployment.stop("kdc")
+    for path in (deployment.node_dir / "keys").iterdir():
+        path.unlink()
+    deployment.start_krs()
+    wait_until(
+        lambda: http_get(metrics, "/healthz")[0] == 503,
+        20,
+        lambda: f"/healthz unhealthy: {http_get(metrics, '/healthz')}",
+    )
+    _, body = http_get(metrics, "/healthz")
+    detail = json.loads(body)
+    assert ZONE in detail["out_of_sync"]
+    assert any(p.startswith(f"zone {ZONE} out of sync") for p in detail["problems"])
+    deployment.start_kdc()  # the KRS's retries reach it
+    wait_until(
+        lambda: http_get(metrics, "/healthz")[0] == 200,
+        60,
+        lambda: f"/healthz healthy again:\n{deployment.all_logs()}",
+    )
+    assert resends(deployment) == 1
+
+
+def test_switching_to_another_key_folder_while_running_brings_the_keys_there(
+    deployment: Deployment,
+) -> None:
+    deployment.start_kdc()
+    deployment.start_krs()
+    dist_id = deployment.distribute("--zone", ZONE)
+    deployment.wait_confirmed(dist_id)
+    other = deployment.node_dir / "other-keys"
+    other.mkdir()
+    deployment.write_config(adapter={"type": "directory", "settings": {"path": str(other)}})
+    os.kill(deployment.processes["krs"].pid, signal.SIGHUP)
+    expected = set(kdc_keys(deployment).values())
+    wait_until(
+        lambda: folder_dnskeys(other) == expected,
+        30,
+        lambda: f"the keys in {other}:\n{deployment.all_logs()}",
+    )
+    assert "after the adapter changed" in deployment.log("krs")
+
+
+# --- the issue's scenario on a real Knot ------------------------------------------------------
+
+
+def served(host: str, port: int) -> tuple[set[int], set[int]]:
+    """The DNSKEY tags Knot publishes for ZONE and the tags whose RRSIG over the SOA validates
+    (dnspython only)."""
+    zone = dns.name.from_text(ZONE)
+
+    def get(rdtype: dns.rdatatype.RdataType):  # type: ignore[no-untyped-def]
+        query = dns.message.make_query(zone, rdtype, want_dnssec=True)
+        reply = dns.query.tcp(query, host, port=port, timeout=3)
+        rrset = reply.get_rrset(reply.answer, zone, dns.rdataclass.IN, rdtype)
+        sigs = reply.get_rrset(reply.answer, zone, dns.rdataclass.IN, dns.rdatatype.RRSIG, rdtype)
+        return rrset, sigs
+
+    try:
+        dnskey, _ = get(dns.rdatatype.DNSKEY)
+        soa, soa_sigs = get(dns.rdatatype.SOA)
+    except (OSError, dns.exception.DNSException):
+        return set(), set()
+    if dnskey is None:
+        return set(), set()
+    valid = set()
+    for sig in soa_sigs or []:
+        try:
+            dns.dnssec.validate_rrsig(soa, sig, {zone: dnskey})
+        except dns.exception.ValidationFailure:
+            continue
+        valid.add(sig.key_tag)
+    return {dns.dnssec.key_id(k) for k in dnskey}, valid
+
+
+@pytest.mark.skipif(server_binary("knotd") is None, reason="knotd is not installed")
+def test_switching_to_the_knot_adapter_after_applying_makes_knot_serve_and_sign(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    """The issue: keys applied with the directory adapter, then krs.yaml switched to Knot and
+    reloaded. Knot had no keys (SERVFAIL); the KRS asks, the KDC sends them again, Knot signs."""
+    lab = KnotLab(tmp_path / "knot", [ZONE])
+    lab.start()
+    try:
+        deployment.start_kdc()
+        deployment.start_krs()
+        dist_id = deployment.distribute("--zone", ZONE)
+        deployment.wait_confirmed(dist_id)
+        assert served(lab.host, lab.port) == (set(), set())  # Knot has no keys: not signed
+
+        deployment.write_config(
+            adapter={"type": "knot", "settings": {**lab.adapter_settings(), "verify_timeout": 5}}
+        )
+        os.kill(deployment.processes["krs"].pid, signal.SIGHUP)
+        tags = set(kdc_keys(deployment))
+        wait_until(
+            lambda: served(lab.host, lab.port)[0] == tags,
+            60,
+            lambda: f"Knot serving {tags}: {served(lab.host, lab.port)}\n{deployment.all_logs()}",
+        )
+        _, signers = served(lab.host, lab.port)
+        assert signers and signers <= tags  # the ZSK's RRSIG over the SOA validates
+        assert resends(deployment) == 1
+        log = deployment.log("krs")
+        assert f"zone {ZONE} out of sync (after the adapter changed" in log
+        assert "knotd does not hold key(s)" in log
+        keys = krs(deployment, "keys")
+        assert "NOT HELD" not in keys.stdout, keys.stdout
+    finally:
+        lab.stop()
