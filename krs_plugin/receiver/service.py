@@ -18,12 +18,13 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import os
 import signal
 import sqlite3
 import time
 from collections import OrderedDict
 
-from krs_plugin.adapters.base import ActsOnKeyTimes, WatchesFiles
+from krs_plugin.adapters.base import ActsOnKeyTimes, ReportsServerProblem, WatchesFiles
 from krs_plugin.config import Address, Config
 from krs_plugin.crypto import JoseKey
 from krs_plugin.dnsio import quiet_accept_errors
@@ -65,6 +66,9 @@ MAINTAIN_MAX_WAIT = 300.0  # look again at least this often, even when nothing i
 MAINTAIN_RETRY = 60.0  # after a failed maintain(): the old zone stays served meanwhile
 STATE_RETRY = 5.0  # a distribution not recorded (a full disk): again after 5 s, doubling...
 STATE_RETRY_MAX = 300.0  # ...up to 5 min (docs/operations.md, "A full disk")
+# Seconds between asking the adapter whether its server answers (KRS_SERVER_CHECK_INTERVAL).
+SERVER_CHECK_INTERVAL = float(os.environ.get("KRS_SERVER_CHECK_INTERVAL", "30"))
+POLL_FAILURES_UNHEALTHY = 3  # polls in a row without an answer: /healthz says the KDC is lost
 
 
 class Service:
@@ -107,6 +111,11 @@ class Service:
         self.maintain_wake = asyncio.Event()
         self.counters = {"notify_accepted": 0, "notify_refused": 0, "notify_limited": 0}
         self.unrecorded: dict[str, int] = {}  # distribution id -> tries not recorded
+        # What /healthz reports besides its own loops (docs/operations.md, "Monitoring"):
+        self.server_problem: str | None = None  # the adapter's server, every 30 s
+        self.apply_failure: str | None = None  # the last failed apply, until one succeeds
+        self.poll_failures = 0  # polls in a row that no control server answered
+        self.poll_error: str | None = None
         # Zones whose server lacks keys their newest distribution installed -> why (reconcile.py);
         # /healthz is unhealthy while any is listed (``sync_problems``).
         self.out_of_sync: dict[str, str] = {}
@@ -289,6 +298,7 @@ class Service:
         outcome = await asyncio.to_thread(self.pipeline.process, dist_id, manifest, chunks)
         done = time.monotonic()
         self.metrics.distributions.labels(outcome.outcome, outcome.stage).inc()
+        self._note_apply(dist_id, outcome.outcome, outcome.stage, outcome.error)
         if outcome.outcome == "applied":
             self.metrics.apply_seconds.observe(done - fetched_at)
             self.metrics.last_success.set_to_current_time()
@@ -322,6 +332,9 @@ class Service:
             except KrsError as exc:
                 log.warning("poll failed: %s", exc, extra=context(stage="poll"))
                 ids = []
+                self._note_poll(exc)
+            else:
+                self._note_poll(None)
             last = self.store.last_serial(self.pipeline.kdc) or 0
             for dist_id in ids:
                 if int(dist_id, 16) > last and self.enqueue(dist_id, published=True):
@@ -408,6 +421,7 @@ class Service:
             if error is not None:  # the last change could not be written (a full disk)
                 problems.append(error)
         problems += self.sync_problems()
+        problems += self.reach_problems()
         detail: dict[str, object] = {
             "node_id": self.config.node_id.to_text(),
             "listening": [str(a) for a in self.bound],
@@ -416,6 +430,9 @@ class Service:
             "last_success": last,
             "last_reload": self.last_reload,
             "out_of_sync": dict(self.out_of_sync),
+            "server": self.server_problem or "ok",
+            "last_apply_error": self.apply_failure,
+            "polls_failed_in_a_row": self.poll_failures,
             "problems": problems,
         }
         return not problems, detail
@@ -574,6 +591,64 @@ class Service:
                 return
             await asyncio.sleep(resend_delay(attempts))
 
+    # --- the server, the last apply, the KDC: what /healthz reports beside the loops ----------
+
+    def reach_problems(self) -> list[str]:
+        """``/healthz`` problems: the adapter's server not answering, the last apply failed
+        (until one succeeds), the KDC unreachable for ``POLL_FAILURES_UNHEALTHY`` polls."""
+        problems = []
+        if self.server_problem is not None:
+            problems.append(f"nameserver: {self.server_problem}")
+        if self.apply_failure is not None:
+            problems.append(f"the last apply failed: {self.apply_failure}")
+        if self.poll_failures >= POLL_FAILURES_UNHEALTHY:
+            problems.append(
+                f"KDC unreachable: {self.poll_failures} polls in a row failed: {self.poll_error}"
+            )
+        return problems
+
+    def _note_apply(self, dist_id: str, outcome: str, stage: str, error: str | None) -> None:
+        if outcome == "applied":
+            self.apply_failure = None
+        elif outcome == "failed" and stage == "apply":
+            self.apply_failure = f"distribution {dist_id}: {error}"
+        self.metrics.apply_failing.set(1 if self.apply_failure is not None else 0)
+
+    def _note_poll(self, error: KrsError | None) -> None:
+        self.metrics.polls.labels("ok" if error is None else "failed").inc()
+        if error is None:
+            if self.poll_failures >= POLL_FAILURES_UNHEALTHY:
+                log.info("the KDC answers again", extra=context(stage="poll", outcome="ok"))
+            self.poll_failures, self.poll_error = 0, None
+        else:
+            self.poll_failures += 1
+            self.poll_error = str(error)
+        self.metrics.poll_failures.set(self.poll_failures)
+
+    async def server_check_loop(self) -> None:
+        """Ask the adapter every ``SERVER_CHECK_INTERVAL`` seconds whether its nameserver
+        answers (ReportsServerProblem), so /healthz answers at once and reflects the server."""
+        while True:
+            await self.check_server()
+            await asyncio.sleep(SERVER_CHECK_INTERVAL)
+
+    async def check_server(self) -> None:
+        adapter = self.pipeline.adapter
+        if not isinstance(adapter, ReportsServerProblem):
+            self.server_problem = None
+            return
+        try:
+            problem = await asyncio.to_thread(adapter.server_problem)
+        except Exception as exc:  # a check must never stop the daemon
+            problem = f"checking the server failed: {exc}"
+        if problem != self.server_problem:
+            if problem is None:
+                log.info("the nameserver answers again", extra=context(stage="server"))
+            else:
+                log.warning("nameserver: %s", problem, extra=context(stage="server"))
+        self.server_problem = problem
+        self.metrics.server_up.set(0 if problem else 1)
+
     # --- adapter maintenance ------------------------------------------------------------------
 
     async def maintain_loop(self) -> None:
@@ -627,6 +702,7 @@ class Service:
             asyncio.create_task(self.confirm_loop(), name="confirm_loop"),
             asyncio.create_task(self.poll_loop(), name="poll_loop"),
             asyncio.create_task(self.maintain_loop(), name="maintain_loop"),
+            asyncio.create_task(self.server_check_loop(), name="server_check_loop"),
         ]
         try:
             await asyncio.gather(*self.tasks)
