@@ -22,6 +22,7 @@ import fcntl
 import logging
 import os
 import sqlite3
+import stat
 import struct
 import sys
 import tempfile
@@ -109,6 +110,14 @@ def open_private_db(
     ``any_thread`` allows one owner to use the connection from successive worker threads (never
     from two at once); concurrent users open their own connections, which WAL serialises."""
     key = str(path.resolve())
+    problem = directory_problem(path.parent)
+    if problem is not None:  # SQLite would say "unable to open database file", or "damaged"
+        raise StateDatabaseError(
+            path,
+            f"cannot be opened for writing (its -wal and -shm files are made beside it): "
+            f"{problem[0]}",
+            problem[1],
+        )
     with _OPEN_LOCK:  # checked and connected as one step: no other open of ours in between
         if not path.exists():
             _create(path, schema)
@@ -136,6 +145,54 @@ def open_private_db(
         db.close()
         raise write_error(path, exc) from exc
     return db
+
+
+def directory_problem(directory: Path) -> tuple[str, str] | None:
+    """Why this process cannot make files in ``directory`` (the state database's folder), and
+    the fix; None when it can. A read-only file system (EROFS: a read-only mount, or systemd's
+    ProtectSystem=strict outside ReadWritePaths= and StateDirectory=) is told apart from
+    permissions, for which a chown is the fix and for EROFS is not."""
+    if not directory.is_dir():
+        return None  # the configuration's checks say so, naming the setting
+    if os.access(directory, os.W_OK | os.X_OK):
+        return None
+    try:  # what the kernel says to a real attempt (access() gives no reason)
+        fd, name = tempfile.mkstemp(prefix=".krs-probe.", dir=directory)
+    except OSError as exc:
+        reason = exc.errno
+    else:
+        os.close(fd)
+        os.unlink(name)
+        return None
+    if reason == errno.EROFS:
+        return (
+            f"its directory {directory} is on a read-only file system (EROFS), for this process "
+            "at least: a read-only mount, or a systemd unit with ProtectSystem=strict, which "
+            "leaves only ReadWritePaths= and StateDirectory= writable",
+            "keep the state where the unit makes it writable (krs: state: /var/lib/krs/krs.db "
+            "in krs.yaml, made by StateDirectory=krs; krs-kdc: --state /var/lib/krs-kdc), or "
+            f"add {directory} to ReadWritePaths= in the unit; chown does not help",
+        )
+    if reason == errno.EPERM:
+        return (
+            f"its directory {directory} does not take new files (EPERM: the immutable "
+            "attribute, or a security module)",
+            f"lsattr -d {directory} (chattr -i {directory} when it shows i), or check the "
+            "AppArmor/SELinux policy",
+        )
+    import pwd
+
+    try:
+        user = pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        user = str(os.geteuid())
+    info = directory.stat()
+    mode = stat.S_IMODE(info.st_mode)
+    return (
+        f"its directory {directory} (owner uid {info.st_uid}, mode {mode:04o}) is not writable "
+        f"by {user}",
+        f"chown {user} {directory} (and the files in it), or run krs as the directory's owner",
+    )
 
 
 def _create(path: Path, schema: str) -> None:

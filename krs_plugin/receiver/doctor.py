@@ -35,7 +35,7 @@ from krs_plugin.crypto import load_hpke_private, load_jose_key
 from krs_plugin.errors import KeyFileError, KrsError
 from krs_plugin.receiver.reconcile import compare, holder, resend_advice
 from krs_plugin.receiver.store import ReceiverStore
-from krs_plugin.sqlitedb import StateDatabaseError, StateWriteError
+from krs_plugin.sqlitedb import StateDatabaseError, StateWriteError, directory_problem
 
 OK, WARNING, ERROR = "ok", "warning", "error"
 CONTROL_TIMEOUT = 2.0
@@ -230,15 +230,9 @@ def check_state(db_path: Path) -> list[Check]:
                 f"mkdir -m 0700 {directory}",
             )
         ]
-    if not _writable(directory):
-        return [
-            Check(
-                "state",
-                ERROR,
-                f"directory {directory} is not writable by this user",
-                f"run krs as the owner of {directory}, or chown it to that user",
-            )
-        ]
+    unwritable = directory_problem(directory)  # a read-only mount is not fixed by a chown
+    if unwritable is not None:
+        return [Check("state", ERROR, f"{db_path}: {unwritable[0]}", unwritable[1])]
     existed = db_path.exists()
     try:
         store = ReceiverStore(db_path)  # checks it (sqlitedb.check_database), writes nothing
@@ -301,10 +295,6 @@ def check_state(db_path: Path) -> list[Check]:
             )
         )
     return checks
-
-
-def _writable(directory: Path) -> bool:
-    return os.access(directory, os.W_OK | os.X_OK)
 
 
 # --- zones and adapter ---------------------------------------------------------------------------
