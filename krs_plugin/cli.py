@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from krs_plugin import __version__
-from krs_plugin.cliout import error_exit
+from krs_plugin.cliout import add_json_option, error_exit
 from krs_plugin.completion import SHELLS, completion_script
 from krs_plugin.errors import ConfigError, KrsError
 
@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    add_json_option(parser, top_level=True)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     demo = commands.add_parser(
         "demo",
@@ -134,7 +135,7 @@ def _config_option(p: argparse.ArgumentParser) -> None:
 
 
 def _json_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_json_option(p)  # also before the command: krs --json status
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,6 +9,7 @@ configuration is wrong (docs/operations.md for ``krs``, docs/kdc.md for ``krs-kd
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from collections.abc import Iterable
@@ -19,6 +20,18 @@ from krs_plugin.errors import KrsError
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+
+
+def add_json_option(parser: argparse.ArgumentParser, *, top_level: bool = False) -> None:
+    """``--json``, taken both before and after the subcommand (``krs-kdc --json key list`` and
+    ``krs-kdc key list --json``; the same for ``krs``). The top-level parser gives it the default
+    False; a subcommand's has none (SUPPRESS), so that it does not reset one given before it."""
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        default=False if top_level else argparse.SUPPRESS,
+        help="machine-readable output (JSON; times in Unix seconds)",
+    )
 
 
 def emit(data: Any, lines: Iterable[str], *, as_json: bool) -> None:

@@ -73,7 +73,7 @@ def duration_argument(
             )
         if maximum is not None and seconds > maximum:
             raise argparse.ArgumentTypeError(f"{text!r}: at most {format_duration(maximum)}")
-        return float(round(seconds)) if whole else seconds
+        return round(seconds) if whole else seconds
 
     parse.__name__ = "duration"  # argparse's "invalid duration value" names it
     return parse
@@ -87,7 +87,7 @@ def format_duration(seconds: float, *, parts: int = 2) -> str:
     if 0 < seconds < 10 and seconds != int(seconds):
         return f"{seconds:g}s"
     rest = int(seconds)
-    out = []
+    out: list[str] = []
     for unit, size in UNITS:
         if rest >= size and len(out) < parts:
             out.append(f"{rest // size}{unit}")
@@ -112,4 +112,8 @@ def relative(stamp: float, *, now: float | None = None) -> str:
     delta = stamp - now
     if abs(delta) < 1:
         return "now"
+    # To the unit below the largest shown: a command run a second after 'in 1h' reads 'in 1h',
+    # not 'in 59m59s'.
+    step = 3600 if abs(delta) >= 86400 - 1800 else 60 if abs(delta) >= 3600 - 30 else 1
+    delta = round(delta / step) * step
     return f"in {format_duration(delta)}" if delta > 0 else f"{format_duration(-delta)} ago"

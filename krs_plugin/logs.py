@@ -49,7 +49,11 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
-    """Human lines with the context appended as ``key=value``."""
+    """Human lines with the context appended as ``key=value``; times in UTC, as the JSON's."""
+
+    converter = time.gmtime  # type: ignore[assignment]  # typeshed: Callable[[], ...] overload
+    default_time_format = "%Y-%m-%dT%H:%M:%S"
+    default_msec_format = "%s.%03dZ"
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")

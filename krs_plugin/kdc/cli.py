@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from krs_plugin import __version__
-from krs_plugin.cliout import emit, error_exit
+from krs_plugin.cliout import add_json_option, emit, error_exit
 from krs_plugin.completion import SHELLS, completion_script
 from krs_plugin.crypto import load_hpke_public, load_jose_key, write_secret_file
 from krs_plugin.dnssec import generate_key, read_bind_key_pair
 from krs_plugin.errors import ConfigError, KeyFileError, KrsError, WireError
-from krs_plugin.kdc.distribute import distribute_node, distribute_zone
+from krs_plugin.humantime import duration_argument, format_duration, format_time
+from krs_plugin.kdc.distribute import distribute_node, distribute_zone, key_of
 from krs_plugin.kdc.identity import create_identity, load_identity
 from krs_plugin.kdc.store import StateError, Store, canonical
 from krs_plugin.protocol import check_node_id
@@ -90,6 +91,61 @@ def cmd_zone_list(args: argparse.Namespace) -> int:
     return 0
 
 
+DS_DIGESTS = {"SHA-256": "SHA256", "SHA-384": "SHA384"}  # our name: dnspython's
+
+
+def cmd_zone_ds(args: argparse.Namespace) -> int:
+    """DS, CDS and CDNSKEY of the zone's published and active KSKs/CSKs, for the parent."""
+    import dns.dnssec
+
+    store = _open_store(args)
+    zone = store.require_zone(args.zone)
+    digests = list(dict.fromkeys(args.digest or ["SHA-256"]))
+    live = store.keys(zone, states=("published", "active"))
+    rows = [r for r in live if r.role in ("KSK", "CSK")]
+    if not rows:
+        raise StateError(
+            f"zone {zone} has no published or active KSK or CSK (a new key is published by its "
+            f"first distribution: krs-kdc distribute --zone {zone}; see krs-kdc key list)"
+        )
+    keys, ds_lines, cds_lines = [], [], []
+    for row in rows:
+        key = key_of(row)
+        dnskey = key.dnskey
+        ds = [dns.dnssec.make_ds(zone, dnskey, DS_DIGESTS[d]) for d in digests]
+        cds = [dns.dnssec.make_cds(zone, dnskey, DS_DIGESTS[d]) for d in digests]
+        cdnskey = dns.dnssec.make_cdnskey(key.public_key, dnskey.algorithm, dnskey.flags)
+        ds_lines += [f"{zone} IN DS {r.to_text()}" for r in ds]
+        cds_lines += [f"{zone} IN CDS {r.to_text()}" for r in cds]
+        cds_lines.append(f"{zone} IN CDNSKEY {cdnskey.to_text()}")
+        keys.append(
+            {
+                "key_tag": row.key_tag,
+                "algorithm": row.algorithm,
+                "role": row.role,
+                "state": row.state,
+                "ds": [
+                    {
+                        "digest_type": r.digest_type,
+                        "digest": r.digest.hex(),
+                        "text": r.to_text(),
+                    }
+                    for r in ds
+                ],
+                "cds": [r.to_text() for r in cds],
+                "cdnskey": cdnskey.to_text(),
+            }
+        )
+    lines = [
+        f"; DS for the parent of {zone} ({', '.join(digests)}): give these to the registrar",
+        *ds_lines,
+        f"; CDS and CDNSKEY (RFC 7344, RFC 8078), for a parent that scans {zone}'s apex",
+        *cds_lines,
+    ]
+    emit({"zone": zone, "keys": keys}, lines, as_json=args.json)
+    return 0
+
+
 def cmd_node_add(args: argparse.Namespace) -> int:
     store = _open_store(args)
     try:
@@ -149,9 +205,45 @@ def cmd_node_remove(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_node_set(args: argparse.Namespace) -> int:
+    """Change the zones a node serves; its keys and notify address stay."""
+    store = _open_store(args)
+    if not args.add_zone and not args.remove_zone:
+        raise StateError("node set: give --add-zone or --remove-zone (repeatable)")
+    node = store.change_node_zones(args.node_id, add=args.add_zone or (),
+                                   remove=args.remove_zone or ())  # fmt: skip
+    lines = [f"node {node.id} serves: {', '.join(node.zones) or 'no zones'}"]
+    for zone in args.add_zone or ():
+        zone = canonical(zone)
+        lines.append(
+            f"on the node: add {zone} to krs.yaml zones:, systemctl reload krs; then here: "
+            f"krs-kdc distribute --zone {zone} --node {node.id}"
+        )
+    for zone in args.remove_zone or ():
+        lines.append(
+            f"on the node: remove {canonical(zone)} from krs.yaml zones: and systemctl reload "
+            "krs (its keys stay in the nameserver until removed there)"
+        )
+    emit(asdict(node), lines, as_json=args.json)
+    return 0
+
+
 def cmd_key_generate(args: argparse.Namespace) -> int:
     store = _open_store(args)
     zone = store.require_zone(args.zone)
+    activate, retire, remove = args.activate_after, args.retire_after, args.remove_after
+    if remove is not None and retire is None:
+        raise StateError("key generate: --remove-after needs --retire-after (a key retires first)")
+    if retire is not None and retire <= activate:
+        raise StateError(
+            f"key generate: --retire-after ({format_duration(retire)}) must be later than "
+            f"--activate-after ({format_duration(activate)})"
+        )
+    if remove is not None and retire is not None and remove < retire:
+        raise StateError(
+            f"key generate: --remove-after ({format_duration(remove)}) must not be before "
+            f"--retire-after ({format_duration(retire)})"
+        )
     now = int(time.time())
     key = generate_key(zone, args.algorithm, ROLE_FLAGS[args.role])
     row = store.add_key(
@@ -162,7 +254,9 @@ def cmd_key_generate(args: argparse.Namespace) -> int:
         flags=key.flags,
         private_pem=key.to_pkcs8_pem(),
         publish_at=now,
-        activate_at=now + args.activate_after,
+        activate_at=now + int(activate),
+        inactive_at=None if retire is None else now + int(retire),
+        delete_at=None if remove is None else now + int(remove),
         now=now,
     )
     emit(
@@ -201,37 +295,65 @@ def cmd_key_import(args: argparse.Namespace) -> int:
 def cmd_key_list(args: argparse.Namespace) -> int:
     store = _open_store(args)
     rows = store.keys(args.zone)
-    emit(
-        [_key_json(r) for r in rows],
-        [f"{r.zone:28} {r.role} alg {r.algorithm:2} tag {r.key_tag:5} {r.state}" for r in rows],
-        as_json=args.json,
-    )
+    now = time.time()
+    lines = []
+    for r in rows:
+        lines.append(f"{r.zone:28} {r.role} alg {r.algorithm:2} tag {r.key_tag:5} {r.state}")
+        for label, stamp in (
+            ("publish", r.publish_at),
+            ("activate", r.activate_at),
+            ("retire", r.inactive_at),
+            ("remove", r.delete_at),
+        ):
+            if stamp is not None:
+                lines.append(f"    {label:9}{format_time(stamp, now=now)}")
+    emit([_key_json(r) for r in rows], lines or ["no keys"], as_json=args.json)
     return 0
 
 
 def cmd_key_retire(args: argparse.Namespace) -> int:
-    """Stop signing with a key; it stays published until removed."""
+    """Stop signing with a key; it stays published until removed. Guarded (store.retire_key)."""
     store = _open_store(args)
-    row = store.require_key(args.zone, args.tag)
-    if row.state == "removed":
-        raise StateError(f"key {row.key_tag} of {row.zone} is already removed")
-    store.set_key_state(row.id, "retired")
+    row = store.retire_key(args.zone, args.tag, force=args.force, now=time.time())
     emit(
-        _key_json(store.key_by_id(row.id)),
-        [f"retired {row.role} {row.zone} tag {row.key_tag}"],
+        _key_json(row),
+        [
+            f"retired {row.role} {row.zone} tag {row.key_tag}",
+            f"send it to the nodes: krs-kdc distribute --zone {row.zone}",
+        ],
         as_json=args.json,
     )
     return 0
 
 
 def cmd_key_remove(args: argparse.Namespace) -> int:
-    """Withdraw a key: the next distribution tells the nodes to delete it."""
+    """Withdraw a key: the next distribution tells the nodes to delete it. Guarded
+    (store.remove_key); ``key restore`` brings it back."""
     store = _open_store(args)
-    row = store.require_key(args.zone, args.tag)
-    store.set_key_state(row.id, "removed")
+    row = store.remove_key(args.zone, args.tag, force=args.force, now=time.time())
     emit(
-        _key_json(store.key_by_id(row.id)),
-        [f"removed {row.role} {row.zone} tag {row.key_tag}"],
+        _key_json(row),
+        [
+            f"removed {row.role} {row.zone} tag {row.key_tag} (undo: krs-kdc key restore "
+            f"--zone {row.zone} --tag {row.key_tag})",
+            f"send it to the nodes: krs-kdc distribute --zone {row.zone}",
+        ],
+        as_json=args.json,
+    )
+    return 0
+
+
+def cmd_key_restore(args: argparse.Namespace) -> int:
+    """Bring a removed key back (its private key is still in kdc.db)."""
+    store = _open_store(args)
+    row = store.restore_key(args.zone, args.tag, now=time.time())
+    signing = "published, not signing" if row.state == "retired" else "signs from its activate time"
+    emit(
+        _key_json(row),
+        [
+            f"restored {row.role} {row.zone} tag {row.key_tag}: {row.state} ({signing})",
+            f"send it to the nodes again: krs-kdc distribute --zone {row.zone}",
+        ],
         as_json=args.json,
     )
     return 0
@@ -307,12 +429,15 @@ def _progress(done: int, total: int) -> None:
 def cmd_distribution_list(args: argparse.Namespace) -> int:
     store = _open_store(args)
     rows = store.distributions(status=args.status)
+    now = time.time()
     emit(
         [asdict(r) for r in rows],
         [
-            f"{r.id} {r.node_id:32} {r.zone or '-':24} {r.status:9} notified x{r.notify_attempts}"
+            f"{r.id} {r.node_id:32} {r.zone or '-':24} {r.status:9} "
+            f"created {format_time(r.created_at, now=now)}"
             for r in rows
-        ],
+        ]
+        or ["no distributions"],
         as_json=args.json,
     )
     return 0
@@ -324,24 +449,38 @@ def cmd_distribution_show(args: argparse.Namespace) -> int:
     if not rows:
         raise StateError(f"distribution {args.distribution_id} not found")
     lines = []
+    now = time.time()
     for r in rows:
-        lines.append(f"{r.id} node {r.node_id}: {r.status}, zone {r.zone}, serial {r.serial}")
-        lines.append(
-            f"  created {r.created_at}, expires {r.expires_at}, notified "
-            f"{r.notify_attempts}x, confirmed {r.confirmed_at or '-'}"
-        )
+        lines.append(f"{r.id} node {r.node_id}: {r.status}, zone {r.zone or 'several'}, serial "
+                     f"{r.serial}")  # fmt: skip
+        lines.append(f"  created   {format_time(r.created_at, now=now)}")
+        expired = "expired  " if r.expires_at < now else "expires  "
+        lines.append(f"  {expired} {format_time(r.expires_at, now=now)}")
+        lines.append(f"  notify    {_notify_text(r, now)}")
+        lines.append(f"  confirmed {format_time(r.confirmed_at, now=now)}")
         if r.error:
             lines.append(f"  error: {r.error}")
     emit([asdict(r) for r in rows], lines, as_json=args.json)
     return 0
 
 
+def _notify_text(row: Any, now: float) -> str:
+    """``not notified yet`` or ``notified 3 times, last ...; acknowledged ...``."""
+    if not row.notify_attempts:
+        return "not notified yet"
+    times = "once" if row.notify_attempts == 1 else f"{row.notify_attempts} times"
+    text = f"notified {times}, last {format_time(row.notified_at, now=now)}"
+    if row.notify_acked_at is None:
+        return text + ", not acknowledged"
+    return text + f", acknowledged {format_time(row.notify_acked_at, now=now)}"
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import asyncio
-    import logging
 
     from krs_plugin.dnsio import connection_budget_problem
     from krs_plugin.kdc.server import ServeOptions, serve
+    from krs_plugin.logs import setup_logging
 
     store = _open_store(args)
     control_zone = store.get_meta("control_zone")
@@ -360,9 +499,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise ConfigError("--tcp-idle-timeout: must be more than 0 seconds")
     if args.clock_skew < 0:
         raise ConfigError("--clock-skew: must be 0 seconds or more")
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    setup_logging(args.log_format)
     options = ServeOptions(
         listen=tuple(listen),
         notify_retry_base=args.notify_retry,
@@ -383,7 +520,7 @@ def cmd_enroll_create(args: argparse.Namespace) -> int:
     store = _open_store(args)
     identity = load_identity(_state_dir(args) / "keys")
     _check_address(args.kdc_address)
-    valid = _validity(args.valid)
+    valid = int(args.valid)
     issued = create_package(
         store, identity, args.node, zones=args.zones, backend=args.backend, valid_for=valid,
         kdc_address=args.kdc_address, now=time.time(),
@@ -408,7 +545,8 @@ def cmd_enroll_create(args: argparse.Namespace) -> int:
         [
             f"enrollment package for {package.node_id} written to {output} (0600)",
             f"token {issued.token.token_id}, {package.backend}, zones "
-            f"{', '.join(package.zones) or 'none'}, valid until {package.valid_until}",
+            f"{', '.join(package.zones) or 'none'}, valid until "
+            f"{format_time(issued.token.expires_at)}",
             f"on the node: krs enroll {output.name}",
         ],
         as_json=args.json,
@@ -416,19 +554,7 @@ def cmd_enroll_create(args: argparse.Namespace) -> int:
     return 0
 
 
-MAX_PACKAGE_VALIDITY = 7 * 86400
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def _validity(text: str) -> int:
-    """``--valid``: 90s, 15m, 2h, 1d; at most 7 days, since a package is a bearer secret."""
-    number, unit = text[:-1], text[-1:]
-    if not number.isdigit() or unit not in _UNIT_SECONDS or int(number) == 0:
-        raise StateError(f"--valid {text!r}: expected a duration such as 15m, 2h or 1d")
-    seconds = int(number) * _UNIT_SECONDS[unit]
-    if seconds > MAX_PACKAGE_VALIDITY:
-        raise StateError(f"--valid {text!r}: at most 7d (a package is a secret: keep it short)")
-    return seconds
+MAX_PACKAGE_VALIDITY = 7 * 86400  # a package is a bearer secret: keep it short
 
 
 def cmd_enroll_list(args: argparse.Namespace) -> int:
@@ -450,10 +576,17 @@ def cmd_enroll_list(args: argparse.Namespace) -> int:
         for t in tokens
     ]
     lines = [
-        f"{t.token_id} {t.node_id:32} {t.backend:5} {t.status(now):8} until "
-        + time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t.expires_at))
+        f"{t.token_id} {t.node_id:32} {t.backend:5} {t.status(now):8} "
+        + (
+            f"used {format_time(t.used_at, now=now)}"
+            if t.used_at is not None
+            else f"revoked {format_time(t.revoked_at, now=now)}"
+            if t.revoked_at is not None
+            else f"{'expired' if t.expires_at < now else 'until'} "
+            f"{format_time(t.expires_at, now=now)}"
+        )
         for t in tokens
-    ]
+    ] or ["no enrollment tokens"]
     emit(rows, lines, as_json=args.json)
     return 0
 
@@ -510,12 +643,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--state", help=f"state directory (default $KRS_KDC_STATE or ./{DEFAULT_STATE})"
     )
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    add_json_option(parser, top_level=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def add(parent: Any, name: str, func: Callable[[argparse.Namespace], int], text: str) -> Any:
         p = parent.add_parser(name, help=text, description=text)
         p.set_defaults(func=func)
+        add_json_option(p)
         return p
 
     p = add(sub, "init", cmd_init, "create the state directory, database and KDC keys")
@@ -527,6 +661,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(zone, "add", cmd_zone_add, "add a zone")
     p.add_argument("zone")
     add(zone, "list", cmd_zone_list, "list zones")
+    p = add(
+        zone,
+        "ds",
+        cmd_zone_ds,
+        "print the DS records (and CDS/CDNSKEY) of the zone's published and active KSKs and "
+        "CSKs, in zone-file form for the registrar or the parent",
+    )
+    p.add_argument("zone")
+    p.add_argument(
+        "--digest",
+        action="append",
+        choices=tuple(DS_DIGESTS),
+        help="DS digest (repeatable; default SHA-256)",
+    )
 
     node = sub.add_parser("node", help="nodes (KRS instances) that receive keys").add_subparsers(
         dest="node_command", metavar="ACTION", required=True
@@ -543,6 +691,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--zone")
     p = add(node, "remove", cmd_node_remove, "remove a node")
     p.add_argument("node_id")
+    p = add(
+        node,
+        "set",
+        cmd_node_set,
+        "change the zones a node serves (its keys stay); then distribute the added zones to it",
+    )
+    p.add_argument("node_id")
+    p.add_argument("--add-zone", action="append", metavar="ZONE", help="serve this zone too "
+                   "(repeatable)")  # fmt: skip
+    p.add_argument("--remove-zone", action="append", metavar="ZONE",
+                   help="no longer serve this zone (repeatable)")  # fmt: skip
 
     key = sub.add_parser("key", help="DNSSEC keys").add_subparsers(
         dest="key_command", metavar="ACTION", required=True
@@ -551,15 +710,58 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--zone", required=True)
     p.add_argument("--role", choices=tuple(ROLE_FLAGS), required=True)
     p.add_argument("--algorithm", type=int, choices=(8, 13, 14, 15, 16), default=13)
-    p.add_argument("--activate-after", type=int, default=0, metavar="SECONDS")
+    when = duration_argument(whole=True)
+    p.add_argument(
+        "--activate-after",
+        type=when,
+        default=0.0,
+        metavar="DURATION",
+        help="published now, signing this long after (e.g. 1h; default 0: at once)",
+    )
+    p.add_argument(
+        "--retire-after",
+        type=when,
+        metavar="DURATION",
+        help="stops signing this long after now (its inactive time; e.g. 30d)",
+    )
+    p.add_argument(
+        "--remove-after",
+        type=when,
+        metavar="DURATION",
+        help="withdrawn from the zone this long after now (its delete time; needs --retire-after)",
+    )
     p = add(key, "import", cmd_key_import, "import a BIND key pair (.key/.private)")
     p.add_argument("path")
     p.add_argument("--role", choices=tuple(ROLE_FLAGS))
-    p = add(key, "retire", cmd_key_retire, "stop signing with a key (it stays published)")
+    force = (
+        "also when it leaves the zone without a signing key of its role, or the key is a "
+        "published KSK/CSK whose DS may be at the parent"
+    )
+    p = add(
+        key,
+        "retire",
+        cmd_key_retire,
+        "stop signing with a key (it stays published); refused when that breaks the zone",
+    )
     p.add_argument("--zone", required=True)
     p.add_argument("--tag", type=int, required=True)
+    p.add_argument("--force", action="store_true", help=force)
     p = add(
-        key, "remove", cmd_key_remove, "withdraw a key; nodes delete it on the next distribution"
+        key,
+        "remove",
+        cmd_key_remove,
+        "withdraw a key; nodes delete it on the next distribution; refused when that breaks the "
+        "zone (undo: key restore)",
+    )
+    p.add_argument("--zone", required=True)
+    p.add_argument("--tag", type=int, required=True)
+    p.add_argument("--force", action="store_true", help=force)
+    p = add(
+        key,
+        "restore",
+        cmd_key_restore,
+        "bring a removed key back (retired when its retire time has passed, else published); "
+        "the next distribution sends it again",
     )
     p.add_argument("--zone", required=True)
     p.add_argument("--tag", type=int, required=True)
@@ -574,7 +776,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with one --node: the keys of every zone it serves, in one distribution",
     )
-    p.add_argument("--ttl", type=int, default=300, help="seconds the distribution stays valid")
+    p.add_argument(
+        "--ttl",
+        type=duration_argument(minimum=1, whole=True),
+        default=300,
+        metavar="DURATION",
+        help="how long the distribution stays valid (default 300s; e.g. 15m)",
+    )
     p.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE)
 
     dist = sub.add_parser("distribution", help="distributions and their status").add_subparsers(
@@ -587,13 +795,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add(sub, "serve", cmd_serve, "serve the control zone, send NOTIFY, take confirmations")
     p.add_argument("--listen", action="append", help="host:port (repeatable; 127.0.0.1:5354)")
-    p.add_argument("--notify-retry", type=float, default=1.0, metavar="SECONDS")
-    p.add_argument("--notify-retry-max", type=float, default=60.0, metavar="SECONDS")
+    p.add_argument(
+        "--notify-retry",
+        type=duration_argument(),
+        default=1.0,
+        metavar="DURATION",
+        help="first wait before a NOTIFY is sent again, doubling (1s)",
+    )
+    p.add_argument(
+        "--notify-retry-max",
+        type=duration_argument(),
+        default=60.0,
+        metavar="DURATION",
+        help="longest wait between NOTIFYs (60s)",
+    )
     p.add_argument(
         "--clock-skew",
-        type=float,
+        type=duration_argument(),
         default=30.0,
-        metavar="SECONDS",
+        metavar="DURATION",
         help="clock difference allowed in a signed confirmation's time (30)",
     )
     p.add_argument(
@@ -604,10 +824,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--tcp-idle-timeout",
-        type=float,
+        type=duration_argument(),
         default=30.0,
-        metavar="SECONDS",
-        help="close a TCP connection without a complete message for this long (30)",
+        metavar="DURATION",
+        help="close a TCP connection without a complete message for this long (30s)",
+    )
+    p.add_argument(
+        "--log-format",
+        choices=("auto", "json", "text"),
+        default="auto",
+        help="log lines as krs run writes them, times in UTC: JSON, text, or auto (text on a "
+        "terminal)",
     )
     enroll = sub.add_parser(
         "enroll", help="bootstrap packages: a new node joins without pre-shared keys"
@@ -616,7 +843,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--node", required=True, help="the new node's id, an FQDN")
     p.add_argument("--zones", nargs="+", required=True, metavar="ZONE", help="zones it serves")
     p.add_argument("--backend", choices=("hpke", "jose"), default="hpke")
-    p.add_argument("--valid", default="15m", help="how long the package works (15m, 2h, 1d)")
+    p.add_argument(
+        "--valid",
+        type=duration_argument(minimum=1, maximum=MAX_PACKAGE_VALIDITY, whole=True),
+        default=900,
+        metavar="DURATION",
+        help="how long the package works (default 15m; e.g. 2h, 1d; at most 7d)",
+    )
     p.add_argument(
         "--kdc-address",
         default="127.0.0.1:5354",

@@ -98,6 +98,12 @@ def create_package(
     return IssuedPackage(package, row)
 
 
+# How long the distribution queued at enrollment stays valid: an hour, not distribute's 300 s.
+# The operator enrols, then sets the adapter up (krs.yaml's adapter:, the server's key directory)
+# before krs run starts; the node must still find its keys then (docs/enrollment.md).
+FIRST_DISTRIBUTION_TTL = 3600
+
+
 class Refusal(Exception):
     """Why an enrollment is refused: the rcode, and the text for the EDE and the confirmation."""
 
@@ -117,7 +123,7 @@ class EnrollmentDesk:
         control_zone: dns.name.Name,
         *,
         window: int = DEFAULT_WINDOW,
-        distribution_ttl: int = 3600,
+        distribution_ttl: int = FIRST_DISTRIBUTION_TTL,
     ) -> None:
         self.store = store
         self.identity = identity

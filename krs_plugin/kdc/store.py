@@ -23,6 +23,8 @@ from krs_plugin.sqlitedb import open_private_db, transaction, write_error
 
 SCHEMA_VERSION = 1
 KEY_STATES = ("created", "published", "active", "retired", "removed")
+SIGNING_ROLES = ("ZSK", "CSK")  # sign the zone's RRsets
+SEP_ROLES = ("KSK", "CSK")  # sign the DNSKEY RRset; the parent's DS points at them
 DISTRIBUTION_STATES = ("pending", "confirmed", "failed", "expired")
 BACKENDS = ("hpke", "jose")
 
@@ -195,6 +197,19 @@ class DistributionRow:
     report: str | None
 
 
+def _signs(row: KeyRow, now: float) -> bool:
+    """The key signs now: active, or published with its activate time passed (``serve`` makes it
+    active on its next round; the nodes already sign by the timing)."""
+    if row.state == "active":
+        return True
+    return (
+        row.state == "published"
+        and row.activate_at is not None
+        and row.activate_at <= now
+        and (row.inactive_at is None or row.inactive_at > now)
+    )
+
+
 def canonical(name: str) -> str:
     """Zone and node names are stored lower-case and absolute."""
     text = name.strip().lower()
@@ -339,6 +354,40 @@ class Store:
                 (node,),
             )
 
+    def change_node_zones(
+        self, node_id: str, *, add: Sequence[str] = (), remove: Sequence[str] = ()
+    ) -> NodeRow:
+        """``node set``: the node serves ``add`` too and no longer ``remove``, in one transaction.
+        Refused, changing nothing, for an unknown node or zone, a zone it already serves (add) or
+        does not serve (remove), or one zone in both."""
+        node = canonical(node_id)
+        with self.transaction():
+            found = self.require_node(node)
+            adding = [self.require_zone(z) for z in add]
+            removing = [canonical(z) for z in remove]
+            both = sorted(set(adding) & set(removing))
+            if both:
+                raise StateError(f"node {node}: zone {both[0]} is both added and removed")
+            served = set(found.zones)
+            already = [z for z in adding if z in served]
+            if already:
+                raise StateError(f"node {node} already serves zone {already[0]}")
+            foreign = [z for z in removing if z not in served]
+            if foreign:
+                raise StateError(
+                    f"node {node} does not serve zone {foreign[0]} "
+                    f"(it serves: {', '.join(found.zones) or 'none'})"
+                )
+            self.db.executemany(
+                "INSERT INTO node_zones(node_id, zone) VALUES (?, ?)",
+                [(node, z) for z in dict.fromkeys(adding)],
+            )
+            self.db.executemany(
+                "DELETE FROM node_zones WHERE node_id = ? AND zone = ?",
+                [(node, z) for z in removing],
+            )
+        return self.require_node(node)
+
     def find_node(self, node_id: str) -> NodeRow | None:
         row = self.db.execute("SELECT * FROM nodes WHERE id = ?", (canonical(node_id),)).fetchone()
         return None if row is None else self._node(row)
@@ -470,6 +519,8 @@ class Store:
         state: str = "created",
         publish_at: int | None = None,
         activate_at: int | None = None,
+        inactive_at: int | None = None,
+        delete_at: int | None = None,
         now: float | None = None,
     ) -> KeyRow:
         with self.transaction():
@@ -482,7 +533,8 @@ class Store:
                 raise StateError(f"zone {zone} already has a key with tag {key_tag}")
             cursor = self.db.execute(
                 "INSERT INTO keys(zone, key_tag, role, algorithm, flags, state, private_pem, "
-                "created_at, publish_at, activate_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "created_at, publish_at, activate_at, inactive_at, delete_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     zone,
                     key_tag,
@@ -494,6 +546,8 @@ class Store:
                     int(now or time.time()),
                     publish_at,
                     activate_at,
+                    inactive_at,
+                    delete_at,
                 ),
             )
             key_id = cursor.lastrowid
@@ -541,6 +595,93 @@ class Store:
                     f"UPDATE keys SET {column} = COALESCE({column}, ?) WHERE id = ?",
                     (int(now or time.time()), key_id),
                 )
+
+    def retire_key(self, zone: str, key_tag: int, *, force: bool, now: float) -> KeyRow:
+        """``key retire``: the key stops signing and stays published. Refused (nothing changed)
+        when it would leave the zone without a key signing in its role, or when it is a KSK/CSK
+        that was published (its DS may be at the parent), unless ``force``."""
+        with self.transaction():
+            row = self.require_key(zone, key_tag)
+            if row.state in ("retired", "removed"):
+                raise StateError(f"key {row.key_tag} of {row.zone} is already {row.state}")
+            if not force:
+                self._guard(row, "retire", now)
+            self.db.execute(
+                "UPDATE keys SET state = 'retired', inactive_at = MIN(COALESCE(inactive_at, ?), ?)"
+                " WHERE id = ?",
+                (int(now), int(now), row.id),
+            )
+        return self.key_by_id(row.id)
+
+    def remove_key(self, zone: str, key_tag: int, *, force: bool, now: float) -> KeyRow:
+        """``key remove``: the next distribution tells the nodes to delete the key. Guarded as
+        ``retire_key``."""
+        with self.transaction():
+            row = self.require_key(zone, key_tag)
+            if row.state == "removed":
+                raise StateError(f"key {row.key_tag} of {row.zone} is already removed")
+            if not force:
+                self._guard(row, "remove", now)
+            self.db.execute(
+                "UPDATE keys SET state = 'removed', delete_at = MIN(COALESCE(delete_at, ?), ?) "
+                "WHERE id = ?",
+                (int(now), int(now), row.id),
+            )
+        return self.key_by_id(row.id)
+
+    def restore_key(self, zone: str, key_tag: int, *, now: float) -> KeyRow:
+        """``key restore``: a removed key comes back (kdc.db still holds its private key), its
+        removal time cleared. ``retired`` (published, not signing) when its retire time has
+        passed; else ``published``, so it signs again from its activate time. The next
+        distribution sends it to the nodes again."""
+        with self.transaction():
+            row = self.require_key(zone, key_tag)
+            if row.state != "removed":
+                raise StateError(
+                    f"key {row.key_tag} of {row.zone} is {row.state}, not removed: nothing to "
+                    "restore"
+                )
+            retired = row.inactive_at is not None and row.inactive_at <= int(now)
+            self.db.execute(
+                "UPDATE keys SET state = ?, delete_at = NULL WHERE id = ?",
+                ("retired" if retired else "published", row.id),
+            )
+        return self.key_by_id(row.id)
+
+    def _guard(self, row: KeyRow, action: str, now: float) -> None:
+        """Refuse ``action`` on ``row`` with every reason at once (StateError), or return."""
+        others = [k for k in self.keys(row.zone) if k.id != row.id]
+        problems = []
+        what = "removing" if action == "remove" else "retiring"
+        for roles, duty, missing in (
+            (SIGNING_ROLES, "signs the zone", "its RRsets unsigned (bogus)"),
+            (SEP_ROLES, "signs the DNSKEY RRset (secure entry point)", "no signed DNSKEY RRset"),
+        ):
+            if row.role not in roles or not _signs(row, now):
+                continue
+            if not any(k.role in roles and _signs(k, now) for k in others):
+                names = "/".join(roles)
+                problems.append(
+                    f"it is the only {names} of {row.zone} that {duty} now: {what} it leaves the "
+                    f"zone with {missing}. First generate a new {row.role} (krs-kdc key generate "
+                    f"--zone {row.zone} --role {row.role}), distribute it and wait until it is "
+                    "active and in the caches (docs/kdc.md, 'A ZSK rollover by hand')"
+                )
+        if row.role in SEP_ROLES and row.state != "created":
+            problems.append(
+                f"its DS may be at the parent of {row.zone} (a published {row.role}; the KDC "
+                f"does not query the parent): check with dig +short DS {row.zone} @<a parent "
+                f"nameserver>; a record starting '{row.key_tag} {row.algorithm} ' is this key's. "
+                f"While the parent lists it, {what} it makes the zone bogus for validating "
+                "resolvers: first have the parent list the new key's DS (krs-kdc zone ds "
+                f"{row.zone}) and wait out the DS TTL"
+            )
+        if problems:
+            raise StateError(
+                f"refused to {action} {row.role} {row.key_tag} of {row.zone}: "
+                + "; and ".join(problems)
+                + ". Nothing was changed; to do it all the same: add --force"
+            )
 
     def advance_key_states(self, *, now: float) -> list[tuple[str, int, str]]:
         """Move keys along by their timing: published -> active at ``activate_at`` (once

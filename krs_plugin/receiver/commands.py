@@ -11,6 +11,7 @@ from krs_plugin.adapters.base import ReportsSignatureExpiry
 from krs_plugin.cliout import emit
 from krs_plugin.config import Config, load_config
 from krs_plugin.errors import KrsError, outcome_of, stage_of
+from krs_plugin.humantime import format_time
 from krs_plugin.protocol import check_distribution_id
 from krs_plugin.receiver.fetcher import Fetcher
 from krs_plugin.receiver.pipeline import Outcome, Pipeline, load_identity
@@ -32,9 +33,14 @@ def run_command(args: argparse.Namespace) -> int:
             return _fetch(args, config, store)
         if args.command == "status":
             rows = store.distributions()
+            now = time.time()
             emit(
                 [asdict(r) for r in rows],
-                [f"{r.id} {r.outcome:8} {r.stage or '-':10} {r.error or ''}" for r in rows]
+                [
+                    f"{r.id} {r.outcome:8} {r.stage or '-':10} received "
+                    f"{format_time(r.received_at, now=now)} {r.error or ''}".rstrip()
+                    for r in rows
+                ]
                 or ["no distributions received yet"],
                 as_json=args.json,
             )
@@ -51,7 +57,8 @@ def run_command(args: argparse.Namespace) -> int:
             keys,
             [
                 f"{k['zone']:28} tag {k['key_tag']:5} alg {k['algorithm']:2} flags {k['flags']} "
-                f"from {k['distribution_id']}" + ("  NOT HELD" if k["held"] is False else "")
+                f"from {k['distribution_id']}, installed {format_time(k['installed_at'])}"
+                + ("  NOT HELD" if k["held"] is False else "")
                 for k in keys
             ]
             + notes

@@ -63,6 +63,8 @@ def test_formats_times_in_utc_with_the_distance_from_now() -> None:
     assert format_time(stamp, now=stamp - 3600) == "2026-12-05 15:20:00Z (in 1h)"
     assert format_time(stamp, now=stamp + 7200) == "2026-12-05 15:20:00Z (2h ago)"
     assert relative(stamp, now=stamp) == "now"
+    assert relative(stamp, now=stamp - 3599) == "in 1h"
+    assert relative(stamp, now=stamp - 30 * 86400 + 1) == "in 4w2d"
     assert format_time(None) == "-"
 
 
