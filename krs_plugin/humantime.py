@@ -56,9 +56,10 @@ def parse_duration(value: str | int | float, *, what: str = "duration") -> float
 
 
 def duration_argument(
-    *, minimum: float = 0, maximum: float | None = None, whole: bool = False
+    *, minimum: float = 0, maximum: float | None = None, whole: bool = False, why: str = ""
 ) -> Callable[[str], float]:
-    """An argparse ``type=`` for a duration option; ``whole`` rounds to whole seconds."""
+    """An argparse ``type=`` for a duration option; ``whole`` rounds to whole seconds; ``why``
+    follows the message when ``maximum`` is passed."""
 
     def parse(text: str) -> float:
         try:
@@ -72,7 +73,10 @@ def duration_argument(
                 f"{text!r}: must be at least {format_duration(minimum)}"
             )
         if maximum is not None and seconds > maximum:
-            raise argparse.ArgumentTypeError(f"{text!r}: at most {format_duration(maximum)}")
+            limit = format_duration(maximum)
+            if maximum % 604800 == 0:
+                limit = f"{int(maximum // 86400)}d"  # 7d reads better than 1w
+            raise argparse.ArgumentTypeError(f"{text!r}: at most {limit}{why}")
         return round(seconds) if whole else seconds
 
     parse.__name__ = "duration"  # argparse's "invalid duration value" names it

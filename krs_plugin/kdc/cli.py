@@ -845,7 +845,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=("hpke", "jose"), default="hpke")
     p.add_argument(
         "--valid",
-        type=duration_argument(minimum=1, maximum=MAX_PACKAGE_VALIDITY, whole=True),
+        type=duration_argument(
+            minimum=1,
+            maximum=MAX_PACKAGE_VALIDITY,
+            whole=True,
+            why=" (a package is a secret: keep it short)",
+        ),
         default=900,
         metavar="DURATION",
         help="how long the package works (default 15m; e.g. 2h, 1d; at most 7d)",
