@@ -78,17 +78,30 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Reads the package from krs-kdc enroll create, makes the node's keys (0600), sends "
             "the SIG(0)-signed enrollment UPDATE to the KDC over TCP, and on success writes the "
-            "keys, the KDC's verification key and krs.yaml into --dir; krs run starts next. "
+            "keys, the KDC's verification key and krs.yaml into --dir and the state into "
+            "--state-dir; krs doctor checks the node next, then start the service. "
             "Nothing is written when the KDC refuses."
         ),
     )
     p.add_argument("package", help="the <node>.enroll file")
-    p.add_argument("--dir", default="/etc/krs", help="where keys, krs.yaml and state go")
+    p.add_argument("--dir", default="/etc/krs", help="where the keys and krs.yaml go")
+    p.add_argument(
+        "--state-dir",
+        default="/var/lib/krs",
+        help="where krs.db goes (default /var/lib/krs, which the shipped krs.service keeps "
+        "writable; /etc is read-only under it)",
+    )
     p.add_argument("--config", "-c", help="krs.yaml to write (default DIR/krs.yaml)")
     p.add_argument(
         "--notify",
         help="host:port the KDC sends NOTIFY to (default: this host's address "
         "toward the KDC, port 5355)",
+    )
+    p.add_argument(
+        "--adapter",
+        choices=("bind9", "knot", "nsd", "powerdns", "directory"),
+        help="the nameserver to install keys into, with the paths of its Debian package "
+        "(default: directory, a folder no nameserver loads)",
     )
     p.add_argument("--adapter-config", help="YAML file with krs.yaml's adapter: section")
     p.add_argument(

@@ -32,6 +32,8 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from krs_plugin.adapters.registry import make_adapter
+from krs_plugin.adapters.settings import settings_path
 from krs_plugin.config import load_config
 from krs_plugin.crypto import HpkeKey, JoseKey, write_public_file, write_secret_file
 from krs_plugin.crypto.keys import write_hpke_private, write_jose_private
@@ -46,17 +48,60 @@ from krs_plugin.enrollment import (
 )
 from krs_plugin.errors import ConfigError, EnrollmentError, KrsError
 from krs_plugin.protocol import sig0
+from krs_plugin.sqlitedb import directory_problem
 
 DEFAULT_NOTIFY_PORT = 5355
 TIMEOUT = 10.0
+DEFAULT_STATE_DIR = Path("/var/lib/krs")
+"""krs.db lives here, not beside krs.yaml: the shipped krs.service (ProtectSystem=strict) makes
+/etc read-only for krs and /var/lib/krs writable (StateDirectory=krs)."""
+SERVERS = ("bind9", "knot", "nsd", "powerdns")
+ADAPTER_CHOICES = (*SERVERS, "directory")
+
+
+def debian_adapter(kind: str, directory: Path, state_dir: Path) -> dict[str, Any]:
+    """``adapter:`` for ``kind`` with the paths of Debian's packages (as in
+    integrations/<server>/krs.yaml): what ``krs enroll --adapter <kind>`` writes. ``directory``
+    is where krs.yaml and the keys go, ``state_dir`` where krs.db goes."""
+    local = "127.0.0.1:53"
+    settings: dict[str, Any]
+    if kind == "bind9":
+        settings = {
+            "key_directory": "/var/lib/bind/keys",
+            "server": local,
+            "rndc": {"key_file": "/etc/bind/rndc.key", "server": "127.0.0.1", "port": 953},
+        }
+    elif kind == "knot":
+        settings = {"config": "/etc/knot/knot.conf", "server": local}
+    elif kind == "nsd":
+        settings = {
+            "key_directory": str(state_dir / "keys"),
+            "unsigned_file": "/etc/nsd/unsigned/{zone}zone",
+            "signed_file": "/var/lib/nsd/signed/{zone}zone.signed",
+            "config": "/etc/nsd/nsd.conf",
+            "server": local,
+        }
+    elif kind == "powerdns":
+        settings = {
+            "method": "api",
+            "api_url": "http://127.0.0.1:8081",
+            "api_key_file": str(directory / "pdns-api.key"),
+            "server": local,
+        }
+    elif kind == "directory":
+        settings = {"path": str(state_dir / "zone-keys")}
+    else:
+        raise ConfigError(f"--adapter: {kind!r} is not one of {', '.join(ADAPTER_CHOICES)}")
+    return {"type": kind, "settings": settings}
 
 
 @dataclass(frozen=True)
 class EnrollOptions:
-    directory: Path  # where the keys, the KDC's key, krs.yaml and the state go
+    directory: Path  # where the keys, the KDC's key and krs.yaml go
     config_path: Path
     notify: str | None = None  # host:port the KDC sends NOTIFY to; default: toward the KDC
     adapter: Mapping[str, Any] | None = None  # krs.yaml's adapter section; default directory
+    state_dir: Path | None = None  # krs.db (and the directory adapter's folder); None: directory
     kdc_verification_key: Path | None = None  # for a package without one (a tdns KDC)
     timeout: float = TIMEOUT
 
@@ -103,7 +148,10 @@ def enroll(
     """Enrol with ``package``; EnrollmentError (nothing written) when anything is refused."""
     now = time.time() if now is None else now
     options = replace(
-        options, directory=options.directory.resolve(), config_path=options.config_path.resolve()
+        options,
+        directory=options.directory.resolve(),
+        config_path=options.config_path.resolve(),
+        state_dir=(options.state_dir or options.directory).resolve(),
     )
     expires = package.expires_at()
     if expires is not None and expires < now:
@@ -114,6 +162,8 @@ def enroll(
     backend = package.backend or ("hpke" if package.kdc_hpke_pubkey else "jose")
     files = _planned_files(options, backend)
     _refuse_existing(options, files)
+    adapter = _check_adapter(options, package)  # before the KDC registers anything
+    _check_state_dir(_state_dir(options))
     verification = _verification_key(package, options)
     host, port = _kdc_address(package.kdc_enrollment_address)
     notify = options.notify or f"{_local_address_toward(host, port)}:{DEFAULT_NOTIFY_PORT}"
@@ -140,7 +190,8 @@ def enroll(
     kdc_key_file = files["kdc"]
     write_public_file(kdc_key_file, verification)
     written.append(kdc_key_file)
-    _write_config(options, package, keys, files, notify, host, port)
+    _state_dir(options).mkdir(mode=0o700, parents=True, exist_ok=True)
+    _write_config(options, package, keys, files, notify, host, port, adapter)
     written.append(options.config_path)
     try:
         load_config(options.config_path)  # what krs run will read: it must load
@@ -165,13 +216,52 @@ def _planned_files(options: EnrollOptions, backend: str) -> dict[str, Path]:
     }
 
 
+def _state_dir(options: EnrollOptions) -> Path:
+    return options.state_dir or options.directory
+
+
+def _check_adapter(options: EnrollOptions, package: BootstrapPackage) -> dict[str, Any]:
+    """The adapter section krs.yaml gets, built once as ``krs run`` will build it: a setting
+    it refuses (a knot.conf that does not exist: the server not installed) stops ``krs enroll``
+    before the KDC registers the node."""
+    adapter = dict(
+        options.adapter or debian_adapter("directory", options.directory, _state_dir(options))
+    )
+    zones = [dns.name.from_text(z) for z in package.zones]
+    try:
+        make_adapter(
+            str(adapter.get("type")),
+            adapter.get("settings") or {},
+            config_path=options.config_path,
+            zones=zones,
+        )
+    except ConfigError as exc:
+        raise ConfigError(f"the adapter for krs.yaml: {exc}; nothing was sent to the KDC") from exc
+    return adapter
+
+
+def _check_state_dir(state_dir: Path) -> None:
+    """``--state-dir`` must be creatable and writable now, not after the KDC registered us."""
+    existing = state_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    problem = directory_problem(existing)
+    if problem is not None:
+        raise ConfigError(
+            f"--state-dir {state_dir}: krs.db cannot be written there: {problem[0]}; fix: "
+            f"{problem[1]}; nothing was sent to the KDC"
+        )
+
+
 def _refuse_existing(options: EnrollOptions, files: Mapping[str, Path]) -> None:
-    """Never overwrite: an existing krs.yaml or key belongs to a node that already enrolled."""
-    existing = [p for p in (options.config_path, *files.values()) if p.exists()]
+    """Never overwrite: an existing krs.yaml, key or state database belongs to a node that
+    already enrolled."""
+    state = _state_dir(options) / "krs.db"
+    existing = [p for p in (options.config_path, *files.values(), state) if p.exists()]
     if existing:
         raise ConfigError(
             f"{existing[0]} already exists: this node looks enrolled; move the old files away "
-            "(or choose --dir/--config) to enrol again"
+            "(or choose --dir/--config/--state-dir) to enrol again"
         )
 
 
@@ -307,16 +397,19 @@ def _write_config(
     notify: str,
     kdc_host: str,
     kdc_port: int,
+    adapter: dict[str, Any],
 ) -> None:
-    directory = options.directory
     kdc = f"[{kdc_host}]:{kdc_port}" if ":" in kdc_host else f"{kdc_host}:{kdc_port}"
     network = f"{kdc_host}/128" if ":" in kdc_host else f"{kdc_host}/32"
-    default = {"type": "directory", "settings": {"path": str(directory / "zone-keys")}}
-    adapter = dict(options.adapter or default)
-    if adapter.get("type") == "directory":
-        Path(adapter.get("settings", {}).get("path", directory / "zone-keys")).mkdir(
-            mode=0o700, parents=True, exist_ok=True
-        )
+    settings = adapter.get("settings") or {}
+    folder = settings.get("path") if adapter.get("type") == "directory" else None
+    if adapter.get("type") == "nsd":
+        folder = settings.get("key_directory")  # the KRS's own; NSD never reads it
+    if folder:
+        with contextlib.suppress(OSError):  # krs doctor says it when it could not be made
+            settings_path(folder, options.config_path.parent).mkdir(
+                mode=0o700, parents=True, exist_ok=True
+            )
     config = {
         "node_id": package.node_id,
         "keys": {keys.backend: str(files[keys.backend]), "signing": str(files["signing"])},
@@ -326,7 +419,7 @@ def _write_config(
         "notify": {"listen": [notify], "allowed_sources": [network]},
         "adapter": adapter,
         "zones": list(package.zones),
-        "state": str(directory / "krs.db"),
+        "state": str(_state_dir(options) / "krs.db"),
     }
     header = (
         f"# written by krs enroll on {rfc3339(time.time())}: node {package.node_id}, enrolled "
@@ -339,34 +432,75 @@ def _write_config(
 def enroll_command(args: argparse.Namespace) -> int:
     """``krs enroll``: 0 enrolled, 1 refused or unreachable (nothing written), 2 bad input."""
     directory = Path(args.dir)
+    state_dir = Path(args.state_dir)
+    if args.adapter and args.adapter_config:
+        raise ConfigError("--adapter and --adapter-config: give one of them")
     adapter = None
     if args.adapter_config:
         adapter = _adapter_section(Path(args.adapter_config))
+    elif args.adapter:
+        adapter = debian_adapter(args.adapter, directory.resolve(), state_dir.resolve())
     options = EnrollOptions(
         directory=directory,
         config_path=Path(args.config) if args.config else directory / "krs.yaml",
         notify=args.notify,
         adapter=adapter,
+        state_dir=state_dir,
         kdc_verification_key=(
             Path(args.kdc_verification_key) if args.kdc_verification_key else None
         ),
     )
     enrolled = enroll(read_package(Path(args.package)), options)
+    config = load_config(enrolled.config_path)
     data = {
         "node_id": enrolled.node_id,
         "backend": enrolled.backend,
         "zones": list(enrolled.zones),
         "config": str(enrolled.config_path),
+        "state": str(config.state),
+        "adapter": config.adapter.type,
         "files": [str(p) for p in enrolled.files],
+        "next": next_steps(enrolled.config_path),
     }
     if args.json:
         print(json.dumps(data, indent=2, sort_keys=True))
-    else:
-        print(f"enrolled {enrolled.node_id} ({enrolled.backend}); zones: "
-              f"{', '.join(enrolled.zones) or 'none'}")  # fmt: skip
-        print(f"wrote {enrolled.config_path} and the node's keys beside it (0600)")
-        print(f"next: krs run -c {enrolled.config_path}")
+        return 0
+    print(f"enrolled {enrolled.node_id} ({enrolled.backend}); zones: "
+          f"{', '.join(enrolled.zones) or 'none'}")  # fmt: skip
+    print(
+        f"wrote {enrolled.config_path} and the node's keys beside it (0600); state: {config.state}"
+    )
+    for line in adapter_lines(config.adapter.type, config.adapter.settings):
+        print(line)
+    for step in next_steps(enrolled.config_path):
+        print(f"next: {step}")
     return 0
+
+
+def adapter_lines(kind: str, settings: Mapping[str, Any]) -> list[str]:
+    """What krs enroll says about the adapter: plainly, when keys go to a folder nobody loads."""
+    if kind != "directory":
+        guide = f"docs/servers/{kind}.md" if kind in SERVERS else "its documentation"
+        return [
+            f"adapter: {kind}: keys are installed into the nameserver (settings in krs.yaml; "
+            f"the server's side: {guide})"
+        ]
+    return [
+        f"adapter: directory: keys will only be written to {settings.get('path')}, a folder no "
+        "nameserver loads. To install them into your server, enrol with --adapter "
+        f"{'|'.join(SERVERS)} (or --adapter-config FILE), or now set adapter: in krs.yaml "
+        "(see docs/servers/); the KRS then asks the KDC to send the keys again",
+    ]
+
+
+def next_steps(config_path: Path) -> list[str]:
+    """The real next steps: check everything, then start the service."""
+    return [
+        f"krs doctor -c {config_path}    # keys, state, the KDC, the adapter's server: fix what "
+        "it reports",
+        "systemctl enable --now krs    # the unit of integrations/<server>/krs.service (or: "
+        f"krs run -c {config_path})",
+    ]
 
 
 def _adapter_section(path: Path) -> dict[str, Any]:

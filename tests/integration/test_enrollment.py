@@ -71,7 +71,7 @@ def create(kdc: Deployment, where: Path, *, node: str = NEW, backend: str = "hpk
 def krs_enroll(package: Path, directory: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(BIN / "krs"), "enroll", str(package), "--dir", str(directory),
-         "--notify", f"127.0.0.1:{free_port()}"],
+         "--state-dir", str(directory), "--notify", f"127.0.0.1:{free_port()}"],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
 
