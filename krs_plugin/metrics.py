@@ -126,7 +126,8 @@ class Metrics:
             "krs_server_up",
             "1 when the adapter's nameserver answers its control channel (knotc/rndc/"
             "nsd-control status, PowerDNS's API or pdns_control), 0 when not; checked "
-            "periodically, absent for adapters without a server (directory)",
+            "periodically; no sample for adapters without a server (directory)",
+            ["adapter"],
             registry=r,
         )
         self.apply_failing = Gauge(

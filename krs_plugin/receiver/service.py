@@ -636,6 +636,7 @@ class Service:
         adapter = self.pipeline.adapter
         if not isinstance(adapter, ReportsServerProblem):
             self.server_problem = None
+            self.metrics.server_up.clear()  # no server to be up or down: no sample, no alert
             return
         try:
             problem = await asyncio.to_thread(adapter.server_problem)
@@ -647,7 +648,8 @@ class Service:
             else:
                 log.warning("nameserver: %s", problem, extra=context(stage="server"))
         self.server_problem = problem
-        self.metrics.server_up.set(0 if problem else 1)
+        self.metrics.server_up.clear()  # one sample, for the adapter running now
+        self.metrics.server_up.labels(adapter.name).set(0 if problem else 1)
 
     # --- adapter maintenance ------------------------------------------------------------------
 

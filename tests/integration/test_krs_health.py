@@ -60,7 +60,7 @@ def test_healthz_reflects_knotd_stopped_and_a_failed_apply_until_one_succeeds(
         deployment.wait_confirmed(first)
         wait_until(lambda: health(port)[0] == 200, 10, lambda: str(health(port)))
         assert health(port)[1]["server"] == "ok"
-        assert metric(port, "krs_server_up") == 1
+        assert metric(port, 'krs_server_up{adapter="knot"}') == 1
 
         lab.stop()
         wait_until(
@@ -68,7 +68,7 @@ def test_healthz_reflects_knotd_stopped_and_a_failed_apply_until_one_succeeds(
             10,
             lambda: str(health(port)),
         )
-        assert metric(port, "krs_server_up") == 0
+        assert metric(port, 'krs_server_up{adapter="knot"}') == 0
 
         failed = deployment.distribute("--zone", ZONE)
         wait_until(

@@ -404,3 +404,26 @@ def test_kdc_sysusers_file_makes_the_units_user(tmp_path: Path) -> None:
     assert int(uid) < 1000  # a system user
     assert home == "/var/lib/krs-kdc"
     assert shell.strip() == "/usr/sbin/nologin"
+
+
+def test_every_metric_the_alerts_use_is_one_krs_run_exports() -> None:
+    """A renamed metric would leave an alert that never fires: each krs_* name in the alert
+    rules must be in the exposition of a fresh Metrics (with the state gauges)."""
+    import re
+
+    from krs_plugin.metrics import Metrics
+
+    metrics = Metrics()
+    metrics.watch_store(lambda: {})
+    exported = set(re.findall(r"^# TYPE (krs_\w+) (\w+)", metrics.exposition().decode(), re.M))
+    names = {name for name, _ in exported} | {
+        f"{name}_total" for name, kind in exported if kind == "counter"
+    }
+    rules = yaml.safe_load((INTEGRATIONS / "bind9" / "prometheus-alerts.yaml").read_text())
+    used = {
+        name
+        for rule in rules["groups"][0]["rules"]
+        for name in re.findall(r"\bkrs_\w+", rule["expr"])
+    }
+    assert used and used <= names, used - names
+    assert {"krs_poll_failures_consecutive", "krs_server_up", "krs_apply_failing"} <= used
