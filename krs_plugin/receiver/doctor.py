@@ -13,9 +13,11 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import socket
 import sqlite3
 import stat
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -66,6 +68,7 @@ def run_checks(config: Config) -> list[Check]:
         *check_control_servers(config.control_zone, config.control_servers),
         *check_notify(config),
         *check_listen("metrics", () if config.metrics is None else (config.metrics,), ("TCP",)),
+        *check_units(),
     ]
 
 
@@ -294,6 +297,46 @@ def check_state(db_path: Path) -> list[Check]:
                 f"mode {mode:04o}{created}",
             )
         )
+    return checks
+
+
+# --- the systemd unit ----------------------------------------------------------------------------
+
+UNITS = Path("/etc/systemd/system")
+
+
+def check_units(units: Path = UNITS) -> list[Check]:
+    """A krs unit whose ExecStart names a krs that is not there (a venv install, the unit's
+    /usr/local/bin/krs never linked) fails at every start; say so before. Only units found in
+    ``units`` are looked at (``krs*.service``); nothing when there are none."""
+    checks = []
+    for unit in sorted(units.glob("krs*.service")):
+        try:
+            text = unit.read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            key, _, value = line.strip().partition("=")
+            if key.strip() != "ExecStart" or not value.strip():
+                continue
+            binary = value.split()[0].lstrip("@-:+!")
+            if Path(binary).name not in ("krs", "krs-kdc"):
+                continue
+            if os.access(binary, os.X_OK):
+                checks.append(Check("systemd", OK, f"{unit} starts {binary}"))
+            else:
+                beside = Path(sys.argv[0]).absolute().parent / Path(binary).name
+                here = str(beside) if beside.exists() else shutil.which(Path(binary).name)
+                checks.append(
+                    Check(
+                        "systemd",
+                        WARNING,
+                        f"{unit} starts {binary}, which does not exist (or is not executable)",
+                        f"ln -s {here or '/opt/krs/bin/' + Path(binary).name} {binary} (the one "
+                        f"of your venv), or set ExecStart= in {unit} to it; then systemctl "
+                        "daemon-reload",
+                    )
+                )
     return checks
 
 

@@ -429,3 +429,29 @@ def test_text_output_has_one_line_per_check_and_the_fix_under_it() -> None:
         "warning kdc.allow_unsigned  unsigned accepted",
         "3 checks: 1 error(s), 1 warning(s)",
     ]
+
+
+def test_a_unit_whose_exec_start_names_a_missing_krs_is_a_warning_with_the_link_to_make(
+    tmp_path: Path,
+) -> None:
+    # The shipped unit starts /usr/local/bin/krs; krs installed into a venv (/opt/krs) is not
+    # there until linked (docs/operations.md, "Installing").
+    from krs_plugin.receiver.doctor import check_units
+
+    units = tmp_path / "system"
+    units.mkdir()
+    missing = tmp_path / "usr-local-bin" / "krs"
+    (units / "krs.service").write_text(f"[Service]\nExecStart={missing} run -c /etc/krs/krs.yaml\n")
+    (units / "other.service").write_text("[Service]\nExecStart=/nonexistent/thing\n")
+    (check,) = check_units(units)
+    assert check.status == "warning" and check.name == "systemd"
+    assert check.message == (
+        f"{units / 'krs.service'} starts {missing}, which does not exist (or is not executable)"
+    )
+    assert check.fix.startswith("ln -s ") and f" {missing} " in check.fix
+    present = tmp_path / "krs"
+    present.write_text("#!/bin/sh\n")
+    present.chmod(0o755)
+    (units / "krs.service").write_text(f"[Service]\nExecStart={present} run\n")
+    assert [c.status for c in check_units(units)] == ["ok"]
+    assert check_units(tmp_path / "none") == []
