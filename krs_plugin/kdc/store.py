@@ -606,10 +606,13 @@ class Store:
                 raise StateError(f"key {row.key_tag} of {row.zone} is already {row.state}")
             if not force:
                 self._guard(row, "retire", now)
+            # Not before its activate time (a key retired before it ever signed): the times
+            # stay in order, publish <= activate <= inactive, as the payload requires.
+            stamp = max(int(now), row.activate_at or 0)
             self.db.execute(
                 "UPDATE keys SET state = 'retired', inactive_at = MIN(COALESCE(inactive_at, ?), ?)"
                 " WHERE id = ?",
-                (int(now), int(now), row.id),
+                (stamp, stamp, row.id),
             )
         return self.key_by_id(row.id)
 

@@ -111,3 +111,11 @@ def test_restore_refuses_a_key_that_is_not_removed(kdc: Kdc) -> None:
     result = kdc("key", "restore", "--zone", ZONE, "--tag", str(zsk))
     assert result.code == 2 and "is published, not removed: nothing to restore" in result.err
     assert kdc.keys()[zsk]["state"] == "published"
+
+
+def test_a_key_retired_before_it_ever_signed_can_still_be_distributed(kdc: Kdc) -> None:
+    later = kdc.generate("ZSK", "--activate-after", "1h")
+    kdc.ok("distribute", "--zone", ZONE)
+    retired = kdc.ok("key", "retire", "--zone", ZONE, "--tag", str(later))
+    assert retired["inactive_at"] == retired["activate_at"]  # times stay in order
+    assert kdc.ok("distribute", "--zone", ZONE)["key_count"] == 3
