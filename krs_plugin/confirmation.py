@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import dns.flags
@@ -24,7 +24,7 @@ import dns.rdatatype
 
 from krs_plugin.crypto import JoseKey
 from krs_plugin.crypto.jose import jws_sign, jws_verify
-from krs_plugin.errors import PolicyError, SignatureError
+from krs_plugin.errors import STAGES, PolicyError, SignatureError
 from krs_plugin.protocol import CHUNK_TYPE, ChunkOption, notify_name
 from krs_plugin.protocol.edns import CONTENT_KEY_STATUS
 
@@ -32,6 +32,78 @@ MAX_REPORT_BYTES = 24 * 1024
 """A report travels in one EDNS0 option (DataLength is 16 bits, so under 64 KiB) of one DNS
 message, and a signed report carries it twice: as JSON and base64url-encoded inside the JWS
 (4/3 of it). 24 KiB x (1 + 4/3) plus the JWS header and the message stays under 64 KiB."""
+
+
+MAX_ERROR_CHARS = 1000
+"""A failure report's ``error`` is cut to this many characters; each ``failed_keys`` entry's to
+``MAX_KEY_ERROR_CHARS``. Even escaped (6 bytes a character) the error leaves most of
+``MAX_REPORT_BYTES`` to the keys, which ``compact_report`` cuts to fit."""
+MAX_KEY_ERROR_CHARS = 200
+FAILURE_OUTCOMES = ("rejected", "failed")
+"""``outcome`` of a failure report (errors.outcome_of): the node refused the KDC's data, or
+failed on its own side and tries again."""
+
+
+def failure_report(
+    node_id: str,
+    outcome: str,
+    stage: str,
+    error: str,
+    keys: Sequence[tuple[str, int | str]] = (),
+) -> dict[str, object]:
+    """The report of a distribution this node rejected or failed to apply (docs/protocol.md
+    section 6): tdns's ``failed_keys`` (every key of ``keys``: a distribution is applied all or
+    nothing), empty when the keys are unknown (the payload was not read), and ours ``outcome``,
+    ``stage`` and ``error``, cut to ``MAX_ERROR_CHARS``."""
+    if outcome not in FAILURE_OUTCOMES or stage not in STAGES:
+        raise ValueError(f"not a failure: outcome {outcome!r} at stage {stage!r}")
+    short = clip(error, MAX_KEY_ERROR_CHARS)
+    return {
+        "node_id": node_id,
+        "successful_keys": [],
+        "failed_keys": [
+            {"zone_name": zone, "key_id": str(tag), "error": short} for zone, tag in keys
+        ],
+        "outcome": outcome,
+        "stage": stage,
+        "error": clip(error, MAX_ERROR_CHARS),
+    }
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` in at most ``limit`` characters, one line: control characters (a newline in a
+    server's message) become spaces, so it cannot forge log lines; "..." marks a cut."""
+    flat = "".join(c if c.isprintable() else " " for c in text[: limit + 1])
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+@dataclass(frozen=True)
+class Failure:
+    """What the KDC records of a failure report (``failure_of``)."""
+
+    outcome: str  # rejected | failed
+    stage: str | None  # errors.STAGES; None from a tdns KRS, which does not say
+    error: str  # the node's reason, one line, at most MAX_ERROR_CHARS
+
+
+def failure_of(report: Mapping[str, object]) -> Failure | None:
+    """The failure a report tells of, or None for a success: ours name ``outcome``; a tdns report
+    with ``failed_keys`` is a failure too (its reason: the first key's ``error``)."""
+    outcome = report.get("outcome")
+    failed = _items(report, "failed_keys")
+    if outcome not in FAILURE_OUTCOMES and not failed:
+        return None
+    stage = report.get("stage")
+    error = report.get("error")
+    if not isinstance(error, str) or not error.strip():
+        first = failed[0] if failed else {}
+        reason = first.get("error") if isinstance(first, dict) else None
+        error = reason if isinstance(reason, str) and reason else f"{len(failed)} key(s) failed"
+    return Failure(
+        outcome if isinstance(outcome, str) and outcome in FAILURE_OUTCOMES else "failed",
+        stage if isinstance(stage, str) and stage in STAGES else None,
+        clip(error, MAX_ERROR_CHARS),
+    )
 
 
 def compact_report(
@@ -178,6 +250,7 @@ def check_binding(
             f"the report's time {stamp} is before distribution {expected.distribution_id} "
             f"was created ({expected.created_at})"
         )
+    _check_failure_fields(report)
     if expected.sent_keys is None:
         return  # a distribution stored before the KDC recorded its keys: nothing to compare
     for name in ("successful_keys", "failed_keys"):
@@ -193,6 +266,17 @@ def check_binding(
                     f"the report's {name} names key {ref[1][:16]} of {ref[0][:255]}, which "
                     f"distribution {expected.distribution_id} did not send to {expected.node_id}"
                 )
+
+
+def _check_failure_fields(report: Mapping[str, object]) -> None:
+    """A failure report's own members (ours), when present, must be what our KRS sends."""
+    outcome, stage, error = report.get("outcome"), report.get("stage"), report.get("error")
+    if outcome is not None and outcome not in FAILURE_OUTCOMES:
+        raise PolicyError(f"the report's outcome {str(outcome)[:32]!r} is not rejected or failed")
+    if stage is not None and stage not in STAGES:
+        raise PolicyError(f"the report's stage {str(stage)[:32]!r} is not one of {STAGES}")
+    if error is not None and not isinstance(error, str):
+        raise PolicyError("the report's error is not text")
 
 
 def same_outcome(recorded: Mapping[str, object], report: Mapping[str, object]) -> bool:

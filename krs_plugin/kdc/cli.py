@@ -22,13 +22,21 @@ from typing import Any
 from krs_plugin import __version__
 from krs_plugin.cliout import add_json_option, emit, error_exit
 from krs_plugin.completion import SHELLS, completion_script
+from krs_plugin.confirmation import clip
 from krs_plugin.crypto import load_hpke_public, load_jose_key, write_secret_file
 from krs_plugin.dnssec import generate_key, read_bind_key_pair
 from krs_plugin.errors import ConfigError, KeyFileError, KrsError, WireError
 from krs_plugin.humantime import duration_argument, format_duration, format_time
 from krs_plugin.kdc.distribute import distribute_node, distribute_zone, key_of
 from krs_plugin.kdc.identity import create_identity, load_identity
-from krs_plugin.kdc.store import StateError, Store, canonical
+from krs_plugin.kdc.store import (
+    DistributionRow,
+    HeldKey,
+    StateError,
+    Store,
+    canonical,
+    node_state,
+)
 from krs_plugin.protocol import check_node_id
 from krs_plugin.protocol.chunking import DEFAULT_CHUNK_SIZE
 
@@ -186,12 +194,106 @@ def cmd_node_add(args: argparse.Namespace) -> int:
 def cmd_node_list(args: argparse.Namespace) -> int:
     store = _open_store(args)
     nodes = store.nodes(args.zone)
+    states = {n: node_state(z) for n, z in store.zone_states().items()}
     emit(
-        [asdict(n) for n in nodes],
-        [f"{n.id:32} {n.backend:5} {n.notify_address:22} {' '.join(n.zones)}" for n in nodes],
+        [{**asdict(n), "status": states.get(n.id, "none")} for n in nodes],
+        [
+            f"{n.id:32} {states.get(n.id, 'none'):7} {n.backend:5} {n.notify_address:22} "
+            f"{' '.join(n.zones)}"
+            for n in nodes
+        ],
         as_json=args.json,
     )
     return 0
+
+
+def cmd_node_show(args: argparse.Namespace) -> int:
+    """One node: per zone its newest distribution and the keys it confirmed holding, its last
+    failure and when it was last heard from (docs/kdc.md, "What a node holds")."""
+    store = _open_store(args)
+    node = store.require_node(args.node_id)
+    zones = store.zone_states(node.id)[node.id]
+    held: dict[str, list[HeldKey]] = {}
+    for key in store.held_keys(node.id):
+        held.setdefault(key.zone, []).append(key)
+    failure = store.last_failure(node.id)
+    contact = store.last_contact(node.id)
+    status = node_state(zones)
+    now = time.time()
+    data = {
+        "node_id": node.id,
+        "status": status,
+        "backend": node.backend,
+        "notify_address": node.notify_address,
+        "last_contact": contact,
+        "last_failure": None if failure is None else _failure_json(failure),
+        "zones": [
+            {
+                "zone": z.zone,
+                "distribution": None if z.distribution is None else _brief_json(z.distribution),
+                "keys": [asdict(k) for k in held.get(z.zone, [])],
+            }
+            for z in zones
+        ],
+    }
+    lines = [
+        f"node {node.id}: {status} ({node.backend}, notify {node.notify_address})",
+        f"  last contact  {format_time(contact, now=now) if contact else 'never'}",
+    ]
+    if failure is not None:
+        lines.append(
+            f"  last failure  {format_time(failure.failed_at, now=now)}, distribution "
+            f"{failure.id} at {failure.stage or 'an unnamed stage'}: {failure.error}"
+        )
+    for z in zones:
+        lines.append(f"zone {z.zone}")
+        lines.append(f"  newest distribution  {_distribution_text(z.distribution, now)}")
+        keys = held.get(z.zone, [])
+        if not keys:
+            lines.append("  keys  none confirmed")
+        for key in keys:
+            what = f"{key.role or '?'} alg {key.algorithm or '?'} tag {key.key_tag}"
+            verb = "deleted" if key.deleted else "holds  "
+            lines.append(f"  {verb} {what} (confirmed in {key.distribution_id})")
+    emit(data, lines, as_json=args.json)
+    return 0
+
+
+def _distribution_text(row: DistributionRow | None, now: float) -> str:
+    if row is None:
+        return "none yet"
+    if row.status == "confirmed":
+        return f"{row.id} confirmed {format_time(row.confirmed_at, now=now)}"
+    if row.status == "failed":
+        return (
+            f"{row.id} failed {format_time(row.failed_at, now=now)} at "
+            f"{row.stage or 'an unnamed stage'}: {row.error}"
+        )
+    if row.status == "expired":
+        return f"{row.id} expired {format_time(row.expires_at, now=now)}, never confirmed"
+    return f"{row.id} pending since {format_time(row.created_at, now=now)}"
+
+
+def _brief_json(row: DistributionRow) -> dict[str, Any]:
+    return {
+        "distribution_id": row.id,
+        "status": row.status,
+        "created_at": row.created_at,
+        "expires_at": row.expires_at,
+        "confirmed_at": row.confirmed_at,
+        "failed_at": row.failed_at,
+        "stage": row.stage,
+        "error": row.error,
+    }
+
+
+def _failure_json(row: DistributionRow) -> dict[str, Any]:
+    return {
+        "distribution_id": row.id,
+        "stage": row.stage,
+        "error": row.error,
+        "failed_at": row.failed_at,
+    }
 
 
 def cmd_node_remove(args: argparse.Namespace) -> int:
@@ -435,6 +537,7 @@ def cmd_distribution_list(args: argparse.Namespace) -> int:
         [
             f"{r.id} {r.node_id:32} {r.zone or '-':24} {r.status:9} "
             f"created {format_time(r.created_at, now=now)}"
+            + (f" at {r.stage or '?'}: {clip(r.error or '', 80)}" if r.status == "failed" else "")
             for r in rows
         ]
         or ["no distributions"],
@@ -458,6 +561,11 @@ def cmd_distribution_show(args: argparse.Namespace) -> int:
         lines.append(f"  {expired} {format_time(r.expires_at, now=now)}")
         lines.append(f"  notify    {_notify_text(r, now)}")
         lines.append(f"  confirmed {format_time(r.confirmed_at, now=now)}")
+        if r.status == "failed":
+            lines.append(
+                f"  failed    {format_time(r.failed_at, now=now)} at "
+                f"{r.stage or 'a stage the node did not name'} (the node's report)"
+            )
         if r.error:
             lines.append(f"  error: {r.error}")
     emit([asdict(r) for r in rows], lines, as_json=args.json)
@@ -687,8 +795,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jose-pubkey", help="file with the node's P-256 public JWK")
     p.add_argument("--signing-pubkey", help="file with the node's P-256 key for confirmations")
     p.add_argument("--zone", action="append", help="a zone the node serves (repeatable)")
-    p = add(node, "list", cmd_node_list, "list nodes")
+    p = add(node, "list", cmd_node_list, "list nodes and their status")
     p.add_argument("--zone")
+    p = add(node, "show", cmd_node_show, "one node: its zones, the keys it confirmed, failures")
+    p.add_argument("node_id")
     p = add(node, "remove", cmd_node_remove, "remove a node")
     p.add_argument("node_id")
     p = add(

@@ -111,6 +111,11 @@ def sent_keys(entries: Sequence[Entry]) -> list[tuple[str, str]]:
     ]
 
 
+def deleted_keys(entries: Sequence[Entry]) -> set[tuple[str, str]]:
+    """Those of ``sent_keys`` that the entries delete (``delete_key``)."""
+    return {key_ref(e.zone.to_text(), e.key_tag) for e in entries if isinstance(e, DeleteKey)}
+
+
 def distribute_zone(
     store: Store,
     identity: KdcIdentity,
@@ -144,7 +149,7 @@ def distribute_zone(
         dist_id, serial = store.next_distribution_id(now)
         entries, rolls, deletes = zone_entries(keys, dist_id, now=stamp, expires_at=expires_at)
         cleartext = encode_payload(entries)
-        carried = sent_keys(entries)
+        carried, deleted = sent_keys(entries), deleted_keys(entries)
         counts = {"zone_count": 1, "key_count": rolls + deletes, "operation_count": len(entries)}
         for index, (node, recipient) in enumerate(zip(nodes, recipients, strict=True)):
             records = build_distribution(
@@ -167,6 +172,7 @@ def distribute_zone(
                 expires_at=expires_at,
                 records=[r.to_wire() or b"" for r in records],
                 keys=carried,
+                deleted=deleted,
             )
             records_total += len(records)
             if progress is not None:
@@ -228,7 +234,7 @@ def distribute_node(
             rolls += r
             deletes += d
         cleartext = encode_payload(entries)
-        carried = sent_keys(entries)
+        carried, deleted = sent_keys(entries), deleted_keys(entries)
         del entries
         counts = {
             "zone_count": len(wanted),
@@ -256,6 +262,7 @@ def distribute_node(
             expires_at=expires_at,
             records=[r.to_wire() or b"" for r in records],
             keys=carried,
+            deleted=deleted,
         )
         store.db.executemany(
             "UPDATE keys SET state = 'published' WHERE zone = ? AND state = 'created'",

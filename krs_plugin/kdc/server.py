@@ -34,7 +34,14 @@ import dns.rdatatype
 import dns.rrset
 from dns.rdtypes.ANY.SOA import SOA
 
-from krs_plugin.confirmation import Expected, check_binding, key_ref, same_outcome, verify_report
+from krs_plugin.confirmation import (
+    Expected,
+    check_binding,
+    failure_of,
+    key_ref,
+    same_outcome,
+    verify_report,
+)
 from krs_plugin.crypto import JoseKey
 from krs_plugin.dnsio import (
     ConnectionGuard,
@@ -50,6 +57,7 @@ from krs_plugin.kdc.enroll import EnrollmentDesk
 from krs_plugin.kdc.identity import KdcIdentity
 from krs_plugin.kdc.resync import RESYNC_INTERVAL, ResyncDesk
 from krs_plugin.kdc.store import DistributionRow, NodeRow, Store
+from krs_plugin.logs import context
 from krs_plugin.protocol import (
     CHUNK_TYPE,
     find_chunk_option,
@@ -248,12 +256,17 @@ class ControlZone:
             )
             response.set_rcode(dns.rcode.REFUSED)
             return response
-        failed = report.get("failed_keys") or []
-        status = "failed" if failed else "confirmed"
-        error = json.dumps(failed) if failed else None
+        failure = failure_of(report)  # failed_keys (tdns), or ours: outcome, stage, error
+        status = "failed" if failure is not None else "confirmed"
         try:
             self.store.set_distribution_status(
-                dist_id, node_id, status, now=time.time(), error=error, report=json.dumps(report)
+                dist_id,
+                node_id,
+                status,
+                now=time.time(),
+                error=None if failure is None else failure.error,
+                stage=None if failure is None else failure.stage,
+                report=json.dumps(report),
             )
         except StateWriteError as exc:  # never dropped: the node sends it again until NOERROR
             state_failures.error(
@@ -262,7 +275,18 @@ class ControlZone:
             response.set_rcode(dns.rcode.SERVFAIL)
             return response
         state_failures.recovered("confirmation", "confirmations are recorded again")
-        log.info("distribution %s for %s %s", dist_id, node_id, status)
+        if failure is not None:
+            log.warning(
+                "distribution %s for %s failed (%s at %s): %s",
+                dist_id,
+                node_id,
+                failure.outcome,
+                failure.stage or "a stage it did not name",
+                failure.error,
+                extra=context(distribution_id=dist_id, stage=failure.stage, outcome="failed"),
+            )
+        else:
+            log.info("distribution %s for %s %s", dist_id, node_id, status)
         return response
 
     def _identify(
@@ -309,7 +333,11 @@ class ControlZone:
     @staticmethod
     def _check_recorded(report: dict[str, object], row: DistributionRow) -> str | None:
         """For a distribution already confirmed or failed: "" for a copy of the recorded report
-        sent again (nothing to do, answered NOERROR), a reason for anything else."""
+        sent again (nothing to do, answered NOERROR), a reason to refuse, or None to record it.
+
+        ``confirmed`` is final. ``failed`` is not: a node tries a failed apply again, and its
+        newer report (another failure, or the success) replaces the one recorded; an older one
+        (sent before it, arriving late) does not."""
         if row.status not in ("confirmed", "failed") or row.report is None:
             return None
         try:
@@ -321,9 +349,14 @@ class ControlZone:
         signature = report.get("signature")
         if signature is not None and signature == recorded.get("signature"):
             return f"a replay of the report already recorded ({row.status})"
-        if not same_outcome(recorded, report):
-            return f"already recorded as {row.status} with a different report"
-        return ""
+        if same_outcome(recorded, report):
+            return ""
+        if row.status == "confirmed":
+            return "already recorded as confirmed with a different report"
+        then, now = recorded.get("time"), report.get("time")
+        if isinstance(then, int) and isinstance(now, int) and now < then:
+            return f"older than the failure report already recorded (time {now} < {then})"
+        return None
 
 
 def _sent_from(node: NodeRow, source: str) -> bool:

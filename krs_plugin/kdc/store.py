@@ -10,7 +10,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,7 +117,12 @@ DAMAGED_ADVICE = (
     "(docs/kdc.md, 'A damaged state database')"
 )
 # Columns added after the first release: (table, column, declaration), added when missing.
-_ADDED_COLUMNS = (("nodes", "sig0_pubkey", "TEXT"),)
+_ADDED_COLUMNS = (
+    ("nodes", "sig0_pubkey", "TEXT"),
+    ("distributions", "stage", "TEXT"),  # where the node's failure report says it stopped
+    ("distributions", "failed_at", "INTEGER"),  # when the failure was recorded
+    ("distribution_keys", "operation", "TEXT"),  # roll | delete (NULL: made before it was kept)
+)
 
 
 class StateError(KrsError):
@@ -195,6 +200,44 @@ class DistributionRow:
     confirmed_at: int | None
     error: str | None
     report: str | None
+    stage: str | None = None  # of a failure (errors.STAGES), from the node's report
+    failed_at: int | None = None
+
+
+@dataclass(frozen=True)
+class ZoneState:
+    """A node's zone and the newest distribution of it sent to the node (None: none yet)."""
+
+    zone: str
+    distribution: DistributionRow | None
+
+
+@dataclass(frozen=True)
+class HeldKey:
+    """A key the node confirmed for a zone, in the newest distribution of the zone it confirmed:
+    installed (``deleted`` False) or deleted at the KDC's word. ``role`` and ``algorithm`` are
+    None when the KDC no longer has the key."""
+
+    zone: str
+    key_tag: int
+    role: str | None
+    algorithm: int | None
+    deleted: bool
+    distribution_id: str
+    confirmed_at: int | None
+
+
+NODE_STATES = ("failed", "expired", "pending", "ok", "none")
+"""``node list``'s status, the worst first: the newest distribution of one of its zones failed,
+expired unconfirmed, or waits; every zone's newest is confirmed; no distribution yet."""
+
+
+def node_state(zones: Sequence[ZoneState]) -> str:
+    statuses = {z.distribution.status for z in zones if z.distribution is not None}
+    for status, state in (("failed", "failed"), ("expired", "expired"), ("pending", "pending")):
+        if status in statuses:
+            return state
+    return "ok" if statuses else "none"
 
 
 def _signs(row: KeyRow, now: float) -> bool:
@@ -754,9 +797,12 @@ class Store:
         expires_at: int,
         records: Sequence[bytes],
         keys: Sequence[tuple[str, str]] = (),
+        deleted: Collection[tuple[str, str]] = (),
     ) -> None:
         """Store one node's distribution and its CHUNK records (index 0 = manifest), with the
-        keys it carries as (zone, key tag text): what a confirmation may name (``sent_keys``)."""
+        keys it carries as (zone, key tag text): what a confirmation may name (``sent_keys``);
+        those in ``deleted`` it tells the node to delete (``node show``)."""
+        gone = set(deleted)
         self.db.execute(
             "INSERT INTO distributions(id, node_id, serial, zone, content, status, created_at, "
             "expires_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
@@ -767,9 +813,9 @@ class Store:
             [(dist_id, node_id, i, rdata) for i, rdata in enumerate(records)],
         )
         self.db.executemany(
-            "INSERT OR IGNORE INTO distribution_keys(distribution_id, node_id, zone, key_id) "
-            "VALUES (?, ?, ?, ?)",
-            [(dist_id, node_id, zone_name, key_id) for zone_name, key_id in keys],
+            "INSERT OR IGNORE INTO distribution_keys(distribution_id, node_id, zone, key_id, "
+            "operation) VALUES (?, ?, ?, ?, ?)",
+            [(dist_id, node_id, z, k, "delete" if (z, k) in gone else "roll") for z, k in keys],
         )
 
     def sent_keys(self, dist_id: str, node_id: str) -> set[tuple[str, str]] | None:
@@ -798,9 +844,11 @@ class Store:
         return [DistributionRow(**dict(r)) for r in rows]
 
     def published_ids(self, node_id: str) -> list[str]:
-        """Distribution ids currently served for ``node_id``, oldest first (the poller's index)."""
+        """Distribution ids currently served for ``node_id``, oldest first (the poller's index).
+        A failed one stays until it expires: the node tries an apply that failed again."""
         rows = self.db.execute(
-            "SELECT id FROM distributions WHERE node_id = ? AND status IN ('pending', 'confirmed') "
+            "SELECT id FROM distributions WHERE node_id = ? AND status IN "
+            "('pending', 'confirmed', 'failed') "
             "AND expires_at >= ? ORDER BY serial",
             (node_id, int(time.time())),
         ).fetchall()
@@ -812,7 +860,7 @@ class Store:
             "SELECT r.rdata FROM records r JOIN distributions d "
             "ON d.id = r.distribution_id AND d.node_id = r.node_id "
             "WHERE r.distribution_id = ? AND r.node_id = ? AND r.sequence = ? "
-            "AND d.status IN ('pending', 'confirmed') AND d.expires_at >= ?",
+            "AND d.status IN ('pending', 'confirmed', 'failed') AND d.expires_at >= ?",
             (dist_id, node_id, sequence, int(time.time())),
         ).fetchone()
         return None if row is None else bytes(row["rdata"])
@@ -837,7 +885,8 @@ class Store:
         rows = self.db.execute(
             "SELECT r.distribution_id, r.node_id, r.sequence, r.rdata FROM records r "
             "JOIN distributions d ON d.id = r.distribution_id AND d.node_id = r.node_id "
-            "WHERE d.status IN ('pending', 'confirmed') ORDER BY d.serial, r.node_id, r.sequence"
+            "WHERE d.status IN ('pending', 'confirmed', 'failed') "
+            "ORDER BY d.serial, r.node_id, r.sequence"
         ).fetchall()
         return [(r[0], r[1], r[2], bytes(r[3])) for r in rows]
 
@@ -850,16 +899,100 @@ class Store:
         now: float,
         error: str | None = None,
         report: str | None = None,
+        stage: str | None = None,
     ) -> None:
+        """Record a node's report: ``confirmed``, or ``failed`` with the ``stage`` and ``error``
+        it names (cleared again by a later confirmation)."""
         if status not in DISTRIBUTION_STATES:
             raise StateError(f"distribution status {status!r} is not one of {DISTRIBUTION_STATES}")
         with self.transaction():
             self.db.execute(
-                "UPDATE distributions SET status = ?, error = ?, report = COALESCE(?, report), "
-                "confirmed_at = CASE WHEN ? = 'confirmed' THEN ? ELSE confirmed_at END "
+                "UPDATE distributions SET status = ?, error = ?, stage = ?, "
+                "report = COALESCE(?, report), "
+                "confirmed_at = CASE WHEN ? = 'confirmed' THEN ? ELSE confirmed_at END, "
+                "failed_at = CASE WHEN ? = 'failed' THEN ? END "
                 "WHERE id = ? AND node_id = ?",
-                (status, error, report, status, int(now), dist_id, node_id),
+                (status, error, stage, report, status, int(now), status, int(now), dist_id,
+                 node_id),
+            )  # fmt: skip
+
+    # --- what each node holds (node show, node list) -------------------------------------------
+
+    _NEWEST_PER_ZONE = """
+        WITH covered AS (
+            SELECT d.node_id, k.zone, d.id, d.serial FROM distributions d
+            JOIN distribution_keys k ON k.distribution_id = d.id AND k.node_id = d.node_id
+            WHERE {where}
+            UNION
+            SELECT d.node_id, d.zone, d.id, d.serial FROM distributions d
+            WHERE d.zone IS NOT NULL AND {where}
+        ), newest AS (
+            SELECT node_id, zone, id, ROW_NUMBER() OVER (
+                PARTITION BY node_id, zone ORDER BY serial DESC) AS rank FROM covered
+        )
+        SELECT newest.zone AS covered_zone, d.* FROM newest
+        JOIN distributions d ON d.id = newest.id AND d.node_id = newest.node_id
+        WHERE newest.rank = 1
+    """
+    """The newest distribution per (node, zone) among those ``where`` selects (of ``d``): a
+    distribution covers the zones of the keys it carried, or its one zone (one made before the
+    KDC recorded the keys)."""
+
+    def zone_states(self, node_id: str | None = None) -> dict[str, list[ZoneState]]:
+        """Per node (all, or ``node_id``), each zone it serves with the newest distribution of
+        that zone sent to it."""
+        where, args = ("d.node_id = ?", [canonical(node_id)] * 2) if node_id else ("1", [])
+        newest: dict[tuple[str, str], DistributionRow] = {}
+        for r in self.db.execute(self._NEWEST_PER_ZONE.format(where=where), args).fetchall():
+            row = dict(r)
+            zone = row.pop("covered_zone")
+            newest[(row["node_id"], zone)] = DistributionRow(**row)
+        nodes = [self.require_node(node_id)] if node_id else self.nodes()
+        return {
+            n.id: [ZoneState(z, newest.get((n.id, z))) for z in n.zones] for n in nodes
+        }  # fmt: skip
+
+    def held_keys(self, node_id: str) -> list[HeldKey]:
+        """The keys ``node_id`` confirmed, per zone: those of the newest distribution of the zone
+        that it confirmed (which carries the zone's whole key set), deletions included."""
+        node = canonical(node_id)
+        query = self._NEWEST_PER_ZONE.format(where="d.node_id = ? AND d.status = 'confirmed'")
+        rows = self.db.execute(
+            f"WITH held AS ({query}) "
+            "SELECT held.covered_zone AS zone, held.id, held.confirmed_at, k.key_id, k.operation, "
+            "keys.role, keys.algorithm FROM held "
+            "JOIN distribution_keys k ON k.distribution_id = held.id AND k.node_id = held.node_id "
+            "AND k.zone = held.covered_zone "
+            "LEFT JOIN keys ON keys.zone = k.zone AND keys.key_tag = CAST(k.key_id AS INTEGER) "
+            "ORDER BY zone, k.operation DESC, CAST(k.key_id AS INTEGER)",
+            (node, node),
+        ).fetchall()
+        return [
+            HeldKey(
+                r["zone"], int(r["key_id"]), r["role"], r["algorithm"], r["operation"] == "delete",
+                r["id"], r["confirmed_at"],
             )
+            for r in rows
+            if str(r["key_id"]).isdigit()
+        ]  # fmt: skip
+
+    def last_contact(self, node_id: str) -> int | None:
+        """When the node was last heard from: a report recorded or a NOTIFY answered."""
+        row = self.db.execute(
+            "SELECT MAX(MAX(COALESCE(confirmed_at, 0), COALESCE(failed_at, 0), "
+            "COALESCE(notify_acked_at, 0))) FROM distributions WHERE node_id = ?",
+            (canonical(node_id),),
+        ).fetchone()
+        return int(row[0]) if row is not None and row[0] else None
+
+    def last_failure(self, node_id: str) -> DistributionRow | None:
+        """The node's most recent distribution that is ``failed`` now."""
+        row = self.db.execute(
+            "SELECT * FROM distributions WHERE node_id = ? AND status = 'failed' "
+            "ORDER BY failed_at DESC, serial DESC LIMIT 1",
+            (canonical(node_id),),
+        ).fetchone()
+        return None if row is None else DistributionRow(**dict(row))
 
     def expire_distributions(self, *, now: float) -> list[tuple[str, str]]:
         """Withdraw pending distributions past their expiry; returns (id, node) pairs expired."""

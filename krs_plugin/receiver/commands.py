@@ -143,8 +143,9 @@ def _fetch(args: argparse.Namespace, config: Config, store: ReceiverStore) -> in
         result = outcome_of(stage)
         if args.command == "fetch":
             store.record_outcome(
-                dist_id, pipeline.kdc, int(dist_id, 16), result, stage=stage, error=str(exc)
-            )
+                dist_id, pipeline.kdc, int(dist_id, 16), result, stage=stage, error=str(exc),
+                report=pipeline.failure_report(result, stage, str(exc)),  # None for fetch
+            )  # fmt: skip
         outcome = Outcome(dist_id, result, stage, str(exc))
         _show(args, outcome)
         return 1

@@ -19,6 +19,7 @@ import dns.name
 from krs_plugin.adapters.base import Adapter, ApplyResult, KeyPlan
 from krs_plugin.adapters.transaction import apply_atomically, restore_zones
 from krs_plugin.config import Config
+from krs_plugin.confirmation import failure_report
 from krs_plugin.crypto import JoseKey, load_hpke_private, load_jose_key
 from krs_plugin.errors import DONE, KrsError, PolicyError, outcome_of, stage_of
 from krs_plugin.payload import DeleteKey, Payload, Ping, RollKey, parse_payload
@@ -93,6 +94,7 @@ class Pipeline:
         """``process``, the lock held unless ``dry_run``."""
         moment = time.time() if now is None else now
         serial = int(dist_id, 16)
+        known: Payload | None = None  # the payload once read: its keys go in a failure report
         try:
             self._check_replay(dist_id, serial)
             unpacked = unpack_distribution(
@@ -114,6 +116,7 @@ class Pipeline:
                 expected_distribution_id=dist_id,
                 clock_skew=int(self.config.clock_skew),
             )
+            known = payload
             retire_after = unpacked.manifest.metadata.retire_time
             del unpacked  # the cleartext (megabytes for thousands of zones) is parsed: free it
             self._check_zones(payload)
@@ -128,8 +131,9 @@ class Pipeline:
             outcome = outcome_of(stage)
             if not dry_run:
                 self.store.record_outcome(
-                    dist_id, self.kdc, serial, outcome, stage=stage, error=str(exc), now=moment
-                )
+                    dist_id, self.kdc, serial, outcome, stage=stage, error=str(exc), now=moment,
+                    report=self.failure_report(outcome, stage, str(exc), known),
+                )  # fmt: skip
             log.warning("distribution %s %s at %s: %s", dist_id, outcome, stage, exc)
             return Outcome(dist_id, outcome, stage, str(exc))
         report = self._report(payload)
@@ -159,13 +163,15 @@ class Pipeline:
             outcome = restore_zones(
                 self.adapter, {dns.name.from_text(z): s for z, s in snapshots.items()}
             )
+            error = "interrupted while applying; rolled back to the previous keys"
             self.store.record_outcome(
                 dist_id,
                 self.kdc,
                 int(dist_id, 16),
                 "failed",
                 stage="apply",
-                error="interrupted while applying; rolled back to the previous keys",
+                error=error,
+                report=self.failure_report("failed", "apply", error),
             )
             self.store.end_apply(dist_id)
             log.warning("distribution %s was interrupted mid-apply%s", dist_id, outcome)
@@ -206,6 +212,25 @@ class Pipeline:
             with contextlib.suppress(StateWriteError):
                 self.store.end_apply(dist_id)
             raise
+
+    def failure_report(
+        self, outcome: str, stage: str, error: str, payload: Payload | None = None
+    ) -> dict[str, object] | None:
+        """The report telling the KDC this node rejected the distribution or failed to apply it
+        (docs/protocol.md section 6), or None when it is not sent: for ``fetch`` (the servers
+        down: tried again, and the KDC would not hear it anyway), and, when the keys are unknown
+        (the payload not read), from a node that does not sign its reports: a tdns KDC takes a
+        report without ``failed_keys`` for a success, and only our KDC knows signing keys."""
+        if stage == "fetch":
+            return None
+        keys = [] if payload is None else [
+            (e.zone.to_text(), e.key_tag)
+            for e in payload.entries
+            if isinstance(e, RollKey | DeleteKey)
+        ]  # fmt: skip
+        if not keys and self.config.keys.signing is None:
+            return None
+        return failure_report(self.config.node_id.to_text(), outcome, stage, error, keys)
 
     def _report(self, payload: Payload) -> dict[str, object]:
         ok: list[dict[str, str]] = []

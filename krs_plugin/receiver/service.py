@@ -287,8 +287,9 @@ class Service:
                 extra=context(distribution_id=dist_id, stage=stage, outcome=result),
             )
             self.store.record_outcome(
-                dist_id, self.pipeline.kdc, int(dist_id, 16), result, stage=stage, error=str(exc)
-            )
+                dist_id, self.pipeline.kdc, int(dist_id, 16), result, stage=stage, error=str(exc),
+                report=self.pipeline.failure_report(result, stage, str(exc)),  # None for fetch
+            )  # fmt: skip
             return result
         fetched_at = time.monotonic()
         self.metrics.fetches.labels("ok").inc()

@@ -149,7 +149,13 @@ class ReceiverStore:
         stage: str | None = None,
         error: str | None = None,
         now: float | None = None,
+        report: dict[str, object] | None = None,
     ) -> None:
+        """The outcome of a distribution not applied; with ``report`` (a failure report,
+        ``confirmation.failure_report``), that report queued for the KDC in the same transaction,
+        as ``record_applied`` queues a success. Never over an applied distribution or its
+        confirmation; a report equal to the one already queued or sent is not queued again (an
+        apply retried at every poll that fails the same way tells the KDC once)."""
         stamp = int(now or time.time())
         with self.transaction():
             self.db.execute(
@@ -159,6 +165,16 @@ class ReceiverStore:
                 "finished_at = excluded.finished_at WHERE distributions.outcome != 'applied'",
                 (dist_id, kdc, serial, outcome, stage, error, stamp, stamp),
             )
+            if report is not None:
+                self.db.execute(
+                    "INSERT INTO confirmations(distribution_id, report, attempts, next_at) "
+                    "SELECT ?, ?, 0, ? WHERE NOT EXISTS (SELECT 1 FROM distributions "
+                    "WHERE id = ? AND outcome = 'applied') "
+                    "ON CONFLICT(distribution_id) DO UPDATE SET report = excluded.report, "
+                    "attempts = 0, next_at = excluded.next_at, acknowledged_at = NULL "
+                    "WHERE confirmations.report != excluded.report",
+                    (dist_id, json.dumps(report), stamp, dist_id),
+                )
 
     def record_applied(
         self,
