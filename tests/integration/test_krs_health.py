@@ -114,3 +114,24 @@ def test_healthz_says_the_kdc_is_unreachable_after_three_failed_polls_and_counts
     wait_until(lambda: health(port)[0] == 200, 30, lambda: str(health(port)))
     assert (metric(port, 'krs_polls_total{result="ok"}') or 0) >= 1
     assert metric(port, "krs_poll_failures_consecutive") == 0
+
+
+def test_a_reload_naming_a_knot_conf_that_does_not_exist_is_refused_and_the_old_config_runs(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    port = free_port()
+    deployment.write_config(metrics=f"127.0.0.1:{port}")
+    deployment.start_kdc()
+    deployment.start_krs()
+    missing = tmp_path / "etc-knot" / "knot.conf"
+    deployment.write_config(adapter={"type": "knot", "settings": {"config": str(missing)}})
+    wait_until(
+        lambda: health(port)[1]["last_reload"].get("result") == "refused",
+        15,
+        lambda: str(health(port)),
+    )
+    error = health(port)[1]["last_reload"]["error"]
+    assert f"adapter.settings.config: {missing} does not exist" in error, error
+    dist_id = deployment.distribute("--zone", ZONE)  # still the directory adapter
+    deployment.wait_confirmed(dist_id)
+    assert list((deployment.node_dir / "keys").glob("K*.private"))
