@@ -169,10 +169,12 @@ class NsdAdapter(BaseAdapter[NsdChange]):
 
     @staticmethod
     def _seconds(settings: Mapping[str, Any], key: str, default: int) -> int:
+        """Whole seconds (a number, or a duration such as ``"14d"``)."""
         value = settings.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ConfigError(f"adapter.settings.{key}: must be a positive number of seconds")
-        return value
+        whole = seconds(settings, key, default)
+        if whole != int(whole):
+            raise ConfigError(f"adapter.settings.{key}: must be whole seconds, got {value!r}")
+        return int(whole)
 
     # --- files --------------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from krs_plugin.errors import ConfigError
+from krs_plugin.humantime import EXAMPLES, parse_duration
 
 
 def reject_unknown(settings: Mapping[str, Any], allowed: Collection[str], adapter: str) -> None:
@@ -32,12 +33,20 @@ def settings_path(value: object, base: Path | None) -> Path:
 
 
 def seconds(settings: Mapping[str, Any], key: str, default: float, *, within: str = "") -> float:
-    """A timeout in seconds: a positive number (``timeout: "10s"`` is refused, not a crash).
-    ``within`` names the sub-mapping in messages (``rndc.``)."""
+    """A timeout: a positive number of seconds or a duration (``"10s"``, ``"2m"``; humantime.py);
+    anything else is a configuration error, not a crash. ``within`` names the sub-mapping in
+    messages (``rndc.``)."""
     value = settings.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise ConfigError(f"adapter.settings.{within}{key}: must be a positive number of seconds")
-    return float(value)
+    try:
+        parsed = parse_duration(value)
+    except (ValueError, TypeError):
+        parsed = 0.0
+    if parsed <= 0:
+        raise ConfigError(
+            f"adapter.settings.{within}{key}: must be a positive number of seconds or a duration "
+            f"such as {EXAMPLES}, got {value!r}"
+        )
+    return parsed
 
 
 def existing_file(path: Path, key: str, what: str) -> Path:

@@ -24,7 +24,7 @@ ADAPTERS: dict[str, tuple[Any, dict[str, Any]]] = {
 @pytest.mark.parametrize(
     ("key", "value", "fragment"),
     [
-        ("verify_timeout", "10s", "verify_timeout: must be a positive number of seconds"),
+        ("verify_timeout", "soon", "verify_timeout: must be a positive number of seconds"),
         ("timeout", 0, "timeout: must be a positive number of seconds"),
         ("server", "127.0.0.1", "server: expected host:port"),
         ("sever", "127.0.0.1:53", "unknown key(s)"),
@@ -40,6 +40,18 @@ def test_bad_setting_is_a_configuration_error_naming_it(
     with pytest.raises(ConfigError) as failure:
         adapter({**required, **setting})
     assert fragment in str(failure.value)
+
+
+@pytest.mark.parametrize("name", sorted(ADAPTERS))
+def test_timeouts_take_durations_as_krs_yaml_does(name: str) -> None:
+    adapter, required = ADAPTERS[name]
+    assert adapter({**required, "verify_timeout": "1m30s"}).verify_timeout == 90.0
+
+
+def test_nsd_signature_times_take_durations() -> None:
+    adapter, required = ADAPTERS["nsd"]
+    made = adapter({**required, "signature_validity": "14d", "refresh_before": "4d"})
+    assert (made.validity, made.refresh_before) == (14 * 86400, 4 * 86400)
 
 
 @pytest.mark.parametrize("name", sorted(ADAPTERS))
