@@ -370,6 +370,8 @@ def cmd_key_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_key_import(args: argparse.Namespace) -> int:
+    from itertools import pairwise
+
     store = _open_store(args)
     key, timing = read_bind_key_pair(args.path)
     zone = store.require_zone(key.zone.to_text())
@@ -379,6 +381,18 @@ def cmd_key_import(args: argparse.Namespace) -> int:
             f"{args.path}: a {role} needs flags {ROLE_FLAGS[role]}, key has {key.flags}"
         )
     now = int(time.time())
+    publish = timing.publish if timing.publish is not None else now
+    activate = timing.activate if timing.activate is not None else now
+    # The file's Inactive and Delete too: serve and the nodes act on them as on key generate's.
+    times = [("Publish", publish), ("Activate", activate), ("Inactive", timing.inactive),
+             ("Delete", timing.delete)]  # fmt: skip
+    present = [(name, t) for name, t in times if t is not None]
+    for (first, early), (then, late) in pairwise(present):
+        if late < early:
+            raise StateError(
+                f"{args.path}: {then} ({format_time(late)}) is before {first} "
+                f"({format_time(early)}); fix the key's timing (dnssec-settime) and import again"
+            )
     row = store.add_key(
         zone,
         key_tag=key.key_tag,
@@ -386,8 +400,10 @@ def cmd_key_import(args: argparse.Namespace) -> int:
         algorithm=key.algorithm,
         flags=key.flags,
         private_pem=key.to_pkcs8_pem(),
-        publish_at=timing.publish if timing.publish is not None else now,
-        activate_at=timing.activate if timing.activate is not None else now,
+        publish_at=publish,
+        activate_at=activate,
+        inactive_at=timing.inactive,
+        delete_at=timing.delete,
         now=now,
     )
     emit(_key_json(row), [f"imported {row.role} {zone} tag {row.key_tag}"], as_json=args.json)

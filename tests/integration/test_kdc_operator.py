@@ -180,3 +180,19 @@ def test_serve_logs_as_krs_run_does_in_utc(
     (line,) = [json.loads(x) for x in result.err.splitlines() if x.startswith("{")]
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", line["time"])
     assert (line["message"], line["zone"]) == ("serving", ZONE)
+
+
+def test_import_keeps_the_files_retire_and_remove_times(kdc: Kdc) -> None:
+    from krs_plugin.dnssec import KeyTiming, generate_key, write_bind_key_pair
+
+    now = int(time.time())
+    key = generate_key(ZONE, 13, 256)
+    timing = KeyTiming(now, now, now + 60, now + 86400, now + 2 * 86400)
+    path, _ = write_bind_key_pair(kdc.root, key, timing)
+    row = kdc.ok("key", "import", str(path))
+    assert (row["activate_at"], row["inactive_at"], row["delete_at"]) == (
+        now + 60, now + 86400, now + 2 * 86400)  # fmt: skip
+    bad = generate_key(ZONE, 13, 256)
+    path, _ = write_bind_key_pair(kdc.root, bad, KeyTiming(now, now, now + 86400, now + 60))
+    result = kdc("key", "import", str(path))
+    assert result.code == 2 and "Inactive (" in result.err and "is before Activate" in result.err
