@@ -56,9 +56,7 @@ def test_krs_run_without_inotify_polls_krs_yaml_and_picks_up_a_change(tmp_path: 
             return int(dns.query.udp(query, "127.0.0.1", port=port, timeout=5).rcode())
 
         def last_reload() -> dict[str, object]:
-            health: dict[str, dict[str, object]] = json.loads(
-                http_get(metrics_port, "/healthz")[1]
-            )
+            health: dict[str, dict[str, object]] = json.loads(http_get(metrics_port, "/healthz")[1])
             return health["last_reload"]
 
         assert rcode() == dns.rcode.REFUSED
