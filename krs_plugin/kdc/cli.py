@@ -144,14 +144,28 @@ def cmd_zone_ds(args: argparse.Namespace) -> int:
                 "cdnskey": cdnskey.to_text(),
             }
         )
-    lines = [
-        f"; DS for the parent of {zone} ({', '.join(digests)}): give these to the registrar",
-        *ds_lines,
-        f"; CDS and CDNSKEY (RFC 7344, RFC 8078), for a parent that scans {zone}'s apex",
-        *cds_lines,
-    ]
+    if args.trust_anchors:
+        lines = [_trust_anchors(zone, ds_lines)]
+    else:
+        lines = [
+            f"; DS for the parent of {zone} ({', '.join(digests)}): give these to the registrar",
+            *ds_lines,
+            f"; CDS and CDNSKEY (RFC 7344, RFC 8078), for a parent that scans {zone}'s apex",
+            *cds_lines,
+        ]
     emit({"zone": zone, "keys": keys}, lines, as_json=args.json)
     return 0
+
+
+def _trust_anchors(zone: str, ds_lines: list[str]) -> str:
+    """The DS records as BIND's ``trust-anchors`` statement (``static-ds``), which ``delv -a``
+    and named read: to validate the zone before its parent has the DS."""
+    entries = []
+    for line in ds_lines:
+        tag, algorithm, digest_type, digest = line.split(" IN DS ", 1)[1].split(maxsplit=3)
+        digest = digest.replace(" ", "")
+        entries.append(f'    {zone} static-ds {tag} {algorithm} {digest_type} "{digest}";')
+    return "trust-anchors {\n" + "\n".join(entries) + "\n};"
 
 
 def cmd_node_add(args: argparse.Namespace) -> int:
@@ -798,6 +812,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         choices=tuple(DS_DIGESTS),
         help="DS digest (repeatable; default SHA-256)",
+    )
+    p.add_argument(
+        "--trust-anchors",
+        action="store_true",
+        help="print the DS records as a trust-anchors statement (static-ds) for delv -a or "
+        "named, to validate the zone before the parent serves its DS",
     )
 
     node = sub.add_parser("node", help="nodes (KRS instances) that receive keys").add_subparsers(

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -75,6 +77,26 @@ def test_zone_ds_prints_ds_cds_and_cdnskey_of_published_ksks(kdc: Kdc) -> None:
     (key,) = data["keys"]
     assert (key["key_tag"], key["role"], key["ds"][0]["digest_type"]) == (ksk, "KSK", 2)
     assert key["ds"][0]["text"] == dns.dnssec.make_ds(ZONE, dnskey, "SHA256").to_text()
+
+
+def test_zone_ds_as_trust_anchors_named_reads(kdc: Kdc, tmp_path: Path) -> None:
+    """``--trust-anchors`` (docs/quickstart.md: delv -a validates before the parent has the DS):
+    named-checkconf takes it, and it names the DS the KDC prints."""
+    ksk = kdc.generate("KSK")
+    kdc.generate("ZSK")
+    kdc.ok("distribute", "--zone", ZONE)
+    text = kdc("zone", "ds", ZONE, "--trust-anchors").out
+    (ds,) = kdc.ok("zone", "ds", ZONE)["keys"][0]["ds"]
+    tag, algorithm, digest_type, digest = ds["text"].split()
+    assert int(tag) == ksk
+    assert f'{ZONE} static-ds {ksk} {algorithm} {digest_type} "{digest}";' in text
+    anchors = tmp_path / "anchors.conf"
+    anchors.write_text(text)
+    checkconf = shutil.which("named-checkconf") or "/usr/bin/named-checkconf"
+    result = subprocess.run([checkconf, str(anchors)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    anchors.write_text(text.replace("static-ds", "static-dz"))
+    assert subprocess.run([checkconf, str(anchors)], capture_output=True).returncode != 0
 
 
 def test_every_duration_option_takes_units(kdc: Kdc) -> None:
