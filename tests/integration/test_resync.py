@@ -19,6 +19,7 @@ import dns.query
 import dns.rdataclass
 import dns.rdatatype
 import pytest
+import yaml
 from daemonkit import BIN, ZONE, Deployment, http_get, wait_until
 from netutil import free_port
 
@@ -28,6 +29,8 @@ from krs_plugin.dnssec import read_bind_key_pair
 from krs_plugin.errors import KrsError
 from krs_plugin.kdc.distribute import key_of
 from krs_plugin.kdc.store import Store
+
+NEW = "ns2.edge.example."
 
 
 def kdc_keys(deployment: Deployment) -> dict[int, str]:
@@ -197,37 +200,67 @@ def served(host: str, port: int) -> tuple[set[int], set[int]]:
 
 
 @pytest.mark.skipif(server_binary("knotd") is None, reason="knotd is not installed")
-def test_switching_to_the_knot_adapter_after_applying_makes_knot_serve_and_sign(
+def test_switching_to_the_knot_adapter_after_enrolling_makes_knot_serve_and_sign(
     deployment: Deployment, tmp_path: Path
 ) -> None:
-    """The issue: keys applied with the directory adapter, then krs.yaml switched to Knot and
-    reloaded. Knot had no keys (SERVFAIL); the KRS asks, the KDC sends them again, Knot signs."""
+    """The issue: `krs enroll` ends with "next: krs run"; done at once, the keys go into the
+    default folder and the KDC records success. krs.yaml is then switched to the knot adapter and
+    reloaded: Knot had no keys (not signed, SERVFAIL); the KRS asks, the KDC sends them again,
+    Knot serves and signs with them."""
     lab = KnotLab(tmp_path / "knot", [ZONE])
     lab.start()
     try:
         deployment.start_kdc()
-        deployment.start_krs()
-        dist_id = deployment.distribute("--zone", ZONE)
-        deployment.wait_confirmed(dist_id)
+        package = tmp_path / "ns2.enroll"
+        address = f"127.0.0.1:{deployment.kdc_port}"
+        deployment.kdc("enroll", "create", "--node", NEW, "--zones", ZONE, "--backend", "hpke",
+                       "--kdc-address", address, "-o", str(package))  # fmt: skip
+        node = tmp_path / "ns2"
+        enrolled = subprocess.run(
+            [str(BIN / "krs"), "enroll", str(package), "--dir", str(node), "--state-dir",
+             str(node), "--notify", f"127.0.0.1:{free_port()}"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert enrolled.returncode == 0, enrolled.stderr
+        assert "krs run -c" in enrolled.stdout  # what it says to do next
+        config = node / "krs.yaml"
+        krs_run = deployment.start("krs-ns2", [str(BIN / "krs"), "run", "-c", str(config)])
+
+        def confirmed() -> bool:
+            mine = [d for d in deployment.distributions() if d["node_id"] == NEW]
+            return bool(mine) and all(d["status"] == "confirmed" for d in mine)
+
+        wait_until(confirmed, 30, lambda: f"{NEW} confirmed:\n{deployment.all_logs()}")
+        tags = set(kdc_keys(deployment))
+        assert {
+            read_bind_key_pair(f)[0].key_tag for f in (node / "zone-keys").glob("*.private")
+        } == tags
         assert served(lab.host, lab.port) == (set(), set())  # Knot has no keys: not signed
 
-        deployment.write_config(
-            adapter={"type": "knot", "settings": {**lab.adapter_settings(), "verify_timeout": 5}}
-        )
-        os.kill(deployment.processes["krs"].pid, signal.SIGHUP)
-        tags = set(kdc_keys(deployment))
+        settings = yaml.safe_load(config.read_text())
+        settings["adapter"] = {
+            "type": "knot",
+            "settings": {**lab.adapter_settings(), "verify_timeout": 5},
+        }
+        tmp = config.with_suffix(".tmp")
+        tmp.write_text(yaml.safe_dump(settings))
+        os.replace(tmp, config)
+        os.kill(krs_run.pid, signal.SIGHUP)
         wait_until(
             lambda: served(lab.host, lab.port)[0] == tags,
             60,
             lambda: f"Knot serving {tags}: {served(lab.host, lab.port)}\n{deployment.all_logs()}",
         )
         _, signers = served(lab.host, lab.port)
-        assert signers and signers <= tags  # the ZSK's RRSIG over the SOA validates
+        assert signers and signers <= tags  # an RRSIG over the SOA validates with a KDC key
         assert resends(deployment) == 1
-        log = deployment.log("krs")
+        log = deployment.log("krs-ns2")
         assert f"zone {ZONE} out of sync (after the adapter changed" in log
         assert "knotd does not hold key(s)" in log
-        keys = krs(deployment, "keys")
-        assert "NOT HELD" not in keys.stdout, keys.stdout
+        assert f"resync request from node {NEW}" in deployment.log("kdc")
+        keys = subprocess.run(
+            [str(BIN / "krs"), "keys", "-c", str(config)], capture_output=True, text=True
+        )
+        assert keys.returncode == 0 and "NOT HELD" not in keys.stdout, keys.stdout + keys.stderr
     finally:
         lab.stop()
