@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import dns.exception
 import dns.rcode
@@ -55,7 +56,8 @@ def holder(config: Config) -> str:
     """What holds the keys, for messages: the server's program, or the key folder."""
     kind = config.adapter.type
     if kind == "directory":
-        return f"the key folder {config.adapter.settings.get('path', '')}".rstrip()
+        folder = Path(str(config.adapter.settings.get("path", "")))
+        return f"the key folder {folder if folder.is_absolute() else config.path.parent / folder}"
     return SERVER_NAMES.get(kind, f"the {kind} adapter's server")
 
 
