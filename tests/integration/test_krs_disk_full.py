@@ -60,7 +60,14 @@ def test_full_key_directory_is_failed_at_apply_and_applies_after_a_restart_once_
         assert status_of(deployment, dist_id) == ("failed", "apply")
         assert "disk full" in deployment.log("krs")
         assert [p.name for p in keys.iterdir() if p != disk.filler] == []  # nothing half written
-        assert kdc_status(deployment, dist_id) == "pending"  # not confirmed as a success
+        # Not confirmed as a success: reported as a failure, with the stage (issue 21, item 2).
+        wait_until(
+            lambda: kdc_status(deployment, dist_id) == "failed",
+            30,
+            lambda: f"{dist_id} failed at the KDC:\n{deployment.all_logs()}",
+        )
+        (row,) = json.loads(deployment.kdc("--json", "distribution", "show", dist_id))
+        assert row["stage"] == "apply" and "disk full" in row["error"]
         deployment.stop("krs")
 
         # What a kill between a key's two files leaves must not stop the next start either.

@@ -109,6 +109,13 @@ def make_node(tmp_path: Path) -> Iterator[Node]:
         yield Node(load_config(tmp_path / "krs.yaml"), tmp_path / "keys", disk, *keys, old)
 
 
+def queued_outcomes(pipeline: Pipeline) -> list[object]:
+    """What the reports waiting for the KDC say: ``failed`` for a failure report (docs/protocol.md
+    section 6), ``applied`` for a confirmation."""
+    due = pipeline.store.due_confirmations(time.time() + 1)
+    return [report.get("outcome", "applied") for _, report, _ in due]
+
+
 def test_one_free_page_fails_at_apply_leaves_no_half_pair_and_applies_once_freed(
     node: Node,
 ) -> None:
@@ -127,7 +134,7 @@ def test_one_free_page_fails_at_apply_leaves_no_half_pair_and_applies_once_freed
     assert node.files() == before
     record = pipeline.store.seen(dist_id)
     assert record is not None and (record.outcome, record.stage) == ("failed", "apply")
-    assert pipeline.store.pending_confirmations() == 0  # nothing to confirm as a success
+    assert queued_outcomes(pipeline) == ["failed"]  # a failure report, no success (issue 21)
 
     node.disk.free()
     again = pipeline.process(dist_id, records[0], records[1:])
@@ -174,7 +181,7 @@ def test_a_full_disk_during_the_rollback_is_failed_at_apply_and_retried(node: No
     outcome = pipeline.process(dist_id, records[0], records[1:])
     assert (outcome.outcome, outcome.stage) == ("failed", "apply"), outcome.error
     assert "rollback failed" in (outcome.error or "") and "disk full" in (outcome.error or "")
-    assert pipeline.store.pending_confirmations() == 0
+    assert queued_outcomes(pipeline) == ["failed"]
 
     node.disk.free()
     retried = node.pipeline().process(dist_id, records[0], records[1:])
