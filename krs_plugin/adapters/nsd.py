@@ -91,6 +91,20 @@ class NsdChange(ZoneChange):
     serial: int | None = None
 
 
+NSD_NOT_TOLD = (
+    "NSD could not be told to reload it (nothing is lost: the previous keys are in the key "
+    "directory and the file NSD serves is signed with them; NSD serves it once it runs again)"
+)
+
+
+class NotReloaded(AdapterError):
+    """The signed file is in place, only ``nsd-control reload`` failed (NSD down)."""
+
+    def __init__(self, message: str, serial: int) -> None:
+        super().__init__(message)
+        self.serial = serial
+
+
 class NsdAdapter(BaseAdapter[NsdChange]):
     name = "nsd"
     settings_keys = frozenset(SETTINGS)
@@ -313,14 +327,26 @@ class NsdAdapter(BaseAdapter[NsdChange]):
                 return "keys restored; the served file was never replaced"
             if data["served"] is None:
                 served.unlink(missing_ok=True)
-                self.control("reload", zone.to_text())
+                try:
+                    self.control("reload", zone.to_text())
+                except AdapterError as exc:
+                    return (
+                        "keys restored and the signed file written removed again (there was "
+                        f"none), but {NSD_NOT_TOLD}: {exc}"
+                    )
                 return "keys restored; the signed file written is removed again (there was none)"
         produce, what = (
             (self._sign, "signed with the previous keys")
             if tags_in(before)
             else (self._copy_unsigned, "unsigned, as before its first keys")
         )
-        serial = self._publish(zone, produce)
+        try:
+            serial = self._publish(zone, produce)
+        except NotReloaded as exc:
+            return (
+                f"keys restored and the zone {what} written (serial {exc.serial}), but "
+                f"{NSD_NOT_TOLD}: {exc}"
+            )
         seen = self._wait(zone, installed - tags_in(before), serial)
         if not seen.ok:
             return (
@@ -422,7 +448,7 @@ class NsdAdapter(BaseAdapter[NsdChange]):
         try:
             self.control("reload", zone.to_text())
         except AdapterError as exc:
-            raise AdapterError(f"reload: {exc}") from exc
+            raise NotReloaded(f"reload: {exc}", serial) from exc
         return serial
 
     def _next_serial(self, zone: dns.name.Name) -> int:

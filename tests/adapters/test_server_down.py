@@ -17,7 +17,7 @@ import pytest
 from krs_plugin.adapters.base import KeyPlan, PlannedKey, ReportsServerProblem
 from krs_plugin.adapters.transaction import apply_atomically
 from krs_plugin.dnssec import KeyTiming, generate_key
-from tests.adapters.servers import ZONES, KnotServerLab, ServerLab
+from tests.adapters.servers import ZONES, KnotServerLab, NsdServerLab, ServerLab
 
 pytestmark = pytest.mark.integration
 
@@ -76,3 +76,30 @@ def test_knot_rollback_with_knotd_stopped_says_the_previous_keys_are_in_the_kasp
     assert said.startswith("the previous keys are back in Knot's KASP database"), said
     assert "nothing is lost" in said and "serves them once it runs again" in said
     assert lab.stored_tags() == before
+
+
+@pytest.fixture
+def nsd() -> Iterator[NsdServerLab]:
+    root = Path(tempfile.mkdtemp(prefix="krs-nsd-"))
+    os.chmod(root, 0o755)
+    lab = NsdServerLab(root / "server")
+    try:
+        yield lab
+    finally:
+        lab.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_nsd_rollback_with_nsd_stopped_says_the_previous_keys_and_signed_file_are_in_place(
+    nsd: NsdServerLab,
+) -> None:
+    adapter = nsd.adapter()
+    apply_atomically(adapter, [keys(ksk_too=True)])
+    before = nsd.stored_tags()
+    snapshot = adapter.snapshot(NAME)
+    apply_atomically(adapter, [keys(ksk_too=False)])
+    assert nsd.stored_tags() != before
+    nsd.stop()
+    said = adapter.restore(NAME, snapshot)  # no AdapterError: the keys themselves are back
+    assert "NSD could not be told to reload it (nothing is lost" in said, said
+    assert nsd.stored_tags() == before
