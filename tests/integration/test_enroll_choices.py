@@ -108,3 +108,24 @@ def test_adapter_choices_match_the_integrations_sample_krs_yaml(server: str) -> 
     written = debian_adapter(server, Path("/etc/krs"), Path("/var/lib/krs"))
     assert written == sample["adapter"]
     assert sample["state"] == "/var/lib/krs/krs.db"
+
+
+def test_a_read_only_state_dir_is_refused_before_the_kdc_is_asked(
+    kdc: Deployment, tmp_path: Path
+) -> None:
+    state = tmp_path / "ro-state"
+    state.mkdir()
+    if subprocess.run(["mount", "--bind", str(state), str(state)]).returncode != 0:
+        pytest.skip("mount --bind needs root")
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(state)], check=True)
+        package = create(kdc, tmp_path)
+        before = rows(kdc)
+        result = enroll(package, tmp_path / "etc-krs", "--state-dir", str(state))
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert f"--state-dir {state}: krs.db cannot be written there" in result.stderr
+        assert "read-only file system (EROFS)" in result.stderr
+        assert "nothing was sent to the KDC" in result.stderr and "Traceback" not in result.stderr
+        assert rows(kdc) == before and not (tmp_path / "etc-krs").exists()
+    finally:
+        subprocess.run(["umount", str(state)], check=True)
