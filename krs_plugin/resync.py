@@ -31,8 +31,9 @@ from krs_plugin.protocol import CHUNK_TYPE, ChunkOption, find_chunk_option
 from krs_plugin.protocol.edns import CONTENT_RESYNC
 
 RESYNC_LABEL = b"_resync"
-MAX_REASON = 500  # characters of ``reason`` kept; the KDC logs it
-MAX_ZONES_SENT = 200  # zones named in a request (informative: the KDC resends every zone)
+MAX_REASON = 300  # characters of ``reason`` kept; the KDC logs it
+MAX_ZONES_SENT = 200  # zones named in a request (informative: the KDC resends every zone)...
+MAX_ZONES_BYTES = 300  # ...in about this much JSON: a request stays a few KB
 
 
 def resync_name(control_zone: dns.name.Name | str) -> dns.name.Name:
@@ -54,11 +55,17 @@ def resync_message(
     now: float | None = None,
 ) -> dns.message.Message:
     """The signed NOTIFY asking the KDC for the node's keys again, stamped ``now``."""
+    named: list[str] = []
+    for zone in zones[:MAX_ZONES_SENT]:
+        if sum(len(z) + 3 for z in named) + len(zone) > MAX_ZONES_BYTES:
+            break
+        named.append(zone)
     body: dict[str, object] = {
         "node_id": node_id,
         "time": int(time.time() if now is None else now),
         "reason": reason[:MAX_REASON],
-        "zones": list(zones)[:MAX_ZONES_SENT],
+        "zones": named,
+        "zone_count": len(zones),
     }
     signed = sign_report(body, signer)
     message = dns.message.make_query(

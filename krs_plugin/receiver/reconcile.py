@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 RESYNC_TIMEOUT = 5.0
 RESYNC_RETRY = 2.0  # seconds before the first retry of an unacknowledged request, doubling...
 RESYNC_RETRY_MAX = 300.0  # ...up to this
+UDP_MAX = 1232  # the DNS flag day 2020 datagram size: bigger requests go over TCP
 
 SERVER_NAMES = {"knot": "knotd", "bind9": "named", "nsd": "nsd", "powerdns": "PowerDNS"}
 
@@ -129,8 +130,11 @@ async def request_resend(config: Config, signer: JoseKey, zones: list[str], reas
     once one answered NOERROR. Never raises."""
     where = context(stage="resync")
     node_id = config.node_id.to_text()
+    first = resync_message(node_id, config.control_zone, zones, reason, signer)
+    fits_udp = len(first.to_wire(max_size=0xFFFF)) <= UDP_MAX
     for server in config.control_servers:
-        for exchange in (udp_exchange, tcp_exchange):
+        # UDP first when the request fits a datagram, as confirmations; TCP otherwise.
+        for exchange in (udp_exchange, tcp_exchange) if fits_udp else (tcp_exchange,):
             message = resync_message(node_id, config.control_zone, zones, reason, signer)
             try:
                 reply = await exchange(message, server.host, server.port, RESYNC_TIMEOUT)
