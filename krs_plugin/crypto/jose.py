@@ -79,6 +79,8 @@ def jws_verify(compact: bytes | str, verifier: JoseKey, *, where: str = "JWS") -
     copied to check the signature: the signing input is hashed in place (a memoryview) and the
     signature checked over that digest, and only then is the payload decoded, in slices.
     """
+    if isinstance(compact, str) and not compact.isascii():  # a report's or request's text
+        raise WireError(f"{where}: a compact JWS is ASCII, this one is not")
     data = compact.encode("ascii") if isinstance(compact, str) else compact
     dots = data.count(b".")
     if dots != 2:

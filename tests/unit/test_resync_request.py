@@ -21,12 +21,13 @@ import pytest
 from krs_plugin.confirmation import canonical_report
 from krs_plugin.crypto import HpkeKey, JoseKey
 from krs_plugin.dnssec import generate_key
-from krs_plugin.kdc.identity import create_identity
+from krs_plugin.kdc.distribute import distribute_zone
+from krs_plugin.kdc.identity import KdcIdentity, create_identity
 from krs_plugin.kdc.resync import ResyncDesk
 from krs_plugin.kdc.server import ControlZone
 from krs_plugin.kdc.store import Store
-from krs_plugin.protocol import CHUNK_TYPE
-from krs_plugin.protocol.edns import CONTENT_RESYNC, ChunkOption
+from krs_plugin.protocol import CHUNK_TYPE, notify_name
+from krs_plugin.protocol.edns import CONTENT_KEY_STATUS, CONTENT_RESYNC, ChunkOption
 from krs_plugin.resync import resync_message, resync_name
 
 CZ = "kdc.example."
@@ -39,6 +40,7 @@ class Kdc:
     store: Store
     zone: ControlZone
     signer: JoseKey
+    identity: KdcIdentity
 
     def send(self, message: dns.message.Message) -> int:
         wire = message.to_wire(max_size=0xFFFF)
@@ -74,8 +76,9 @@ def kdc(tmp_path: Path) -> Iterator[Kdc]:
             signing_pubkey=json.dumps(key.public_jwk) if key else None,
             zones=list(ZONES),
         )
-    desk = ResyncDesk(store, create_identity(tmp_path / "keys"), clock_skew=30.0)
-    yield Kdc(store, ControlZone(store, CZ, resync=desk), signer)
+    identity = create_identity(tmp_path / "keys")
+    desk = ResyncDesk(store, identity, clock_skew=30.0)
+    yield Kdc(store, ControlZone(store, CZ, resync=desk), signer, identity)
     store.close()
 
 
@@ -122,6 +125,29 @@ def test_unsigned_request_is_refused(kdc: Kdc, caplog: pytest.LogCaptureFixture)
     assert kdc.send(raw_request(body)) == dns.rcode.REFUSED
     assert kdc.distributions() == []
     assert "not signed" in caplog.text
+
+
+def test_request_with_a_signature_that_is_not_ascii_is_refused(kdc: Kdc) -> None:
+    body = {"node_id": SIGNED, "time": int(time.time()), "reason": "x", "zones": []}
+    assert kdc.send(raw_request({**body, "signature": "é.b.c"})) == dns.rcode.REFUSED
+    assert kdc.distributions() == []
+
+
+def test_confirmation_with_a_signature_that_is_not_ascii_is_refused(kdc: Kdc) -> None:
+    """The same check in jws_verify: before, UnicodeEncodeError escaped the KDC's handler."""
+    dist_id = distribute_zone(kdc.store, kdc.identity, ZONES[0], node_ids=[SIGNED],
+                              now=time.time()).distribution_id  # fmt: skip
+    report = {"distribution_id": dist_id, "node_id": SIGNED, "time": int(time.time()),
+              "successful_keys": [], "signature": "é.b.c"}  # fmt: skip
+    message = dns.message.make_query(
+        notify_name(dist_id, CZ), dns.rdatatype.RdataType.make(CHUNK_TYPE)
+    )
+    message.set_opcode(dns.opcode.NOTIFY)
+    message.use_edns(
+        0, 0, 4096, options=[ChunkOption(CONTENT_KEY_STATUS, json.dumps(report).encode())]
+    )
+    assert kdc.send(message) == dns.rcode.REFUSED
+    assert kdc.store.distributions(dist_id=dist_id)[0].status == "pending"
 
 
 def test_altered_request_is_refused(kdc: Kdc) -> None:
