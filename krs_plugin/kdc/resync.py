@@ -29,6 +29,7 @@ from krs_plugin.sqlitedb import StateWriteError
 log = logging.getLogger("krs_plugin.kdc.server")
 
 RESYNC_INTERVAL = 60.0  # seconds: at most one resend per node in this time
+REFUSALS_LOGGED = 20  # refusals logged one by one per minute; a flood of forged ones is counted
 
 
 class ResyncDesk:
@@ -45,6 +46,8 @@ class ResyncDesk:
         self.clock_skew = clock_skew
         self.min_interval = min_interval
         self.last_resend: dict[str, float] = {}  # node -> when its last resend was made
+        self._window = -60.0  # the minute refusals are counted in (monotonic start)
+        self._logged = self._unlogged = 0
 
     def answer(
         self, query: dns.message.Message, response: dns.message.Message, source: str
@@ -58,7 +61,7 @@ class ResyncDesk:
         except KrsError as exc:
             reason, zones, problem = "", [], str(exc)
         if problem is not None:
-            log.warning("resync request from node %s (%s) refused: %s", node_id, source, problem)
+            self._refused(node_id, source, problem)
             response.set_rcode(dns.rcode.REFUSED)
             return response
         assert self.identity is not None
@@ -91,6 +94,21 @@ class ResyncDesk:
             len(summary.zones),
         )
         return response
+
+    def _refused(self, node_id: str, source: str, problem: str) -> None:
+        """A warning per refusal, up to REFUSALS_LOGGED a minute; beyond, one line saying how
+        many were not logged (a flood of forged requests must not fill the log)."""
+        now = time.monotonic()
+        if now - self._window >= 60.0:
+            if self._unlogged:
+                log.warning("%d more resync request(s) refused in a minute, not logged one by one",
+                            self._unlogged)  # fmt: skip
+            self._window, self._logged, self._unlogged = now, 0, 0
+        if self._logged >= REFUSALS_LOGGED:
+            self._unlogged += 1
+            return
+        self._logged += 1
+        log.warning("resync request from node %s (%s) refused: %s", node_id[:255], source, problem)
 
     def _refusal(self, body: dict[str, object], node_id: str, now: float) -> str | None:
         """Why the request must be refused, or None; raises KrsError for a bad signature."""

@@ -23,7 +23,7 @@ from krs_plugin.crypto import HpkeKey, JoseKey
 from krs_plugin.dnssec import generate_key
 from krs_plugin.kdc.distribute import distribute_zone
 from krs_plugin.kdc.identity import KdcIdentity, create_identity
-from krs_plugin.kdc.resync import ResyncDesk
+from krs_plugin.kdc.resync import REFUSALS_LOGGED, ResyncDesk
 from krs_plugin.kdc.server import ControlZone
 from krs_plugin.kdc.store import Store
 from krs_plugin.protocol import CHUNK_TYPE, notify_name
@@ -192,3 +192,18 @@ def test_unknown_node_and_malformed_body_are_refused(kdc: Kdc) -> None:
     message.use_edns(0, 0, 4096, options=[ChunkOption(CONTENT_RESYNC, b"not json")])
     assert kdc.send(message) == dns.rcode.REFUSED
     assert kdc.store.distributions() == []
+
+
+def test_a_flood_of_forged_requests_is_counted_not_logged_one_by_one(
+    kdc: Kdc, caplog: pytest.LogCaptureFixture
+) -> None:
+    forger = JoseKey.generate()
+    for _ in range(50):
+        assert kdc.send(request(forger)) == dns.rcode.REFUSED
+    assert caplog.text.count("refused: resync request signature") == REFUSALS_LOGGED
+    desk = kdc.zone.resync
+    assert desk is not None
+    desk._window -= 61  # a minute later
+    assert kdc.send(request(forger)) == dns.rcode.REFUSED
+    assert f"{50 - REFUSALS_LOGGED} more resync request(s) refused in a minute" in caplog.text
+    assert kdc.distributions() == []
