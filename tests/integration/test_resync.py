@@ -147,6 +147,32 @@ def test_healthz_is_unhealthy_while_the_kdc_does_not_answer_the_request(
     assert resends(deployment) == 1
 
 
+def test_a_node_without_a_signing_key_says_what_the_kdc_must_run_and_asks_nothing(
+    deployment: Deployment,
+) -> None:
+    metrics = free_port()
+    deployment.write_config(metrics=f"127.0.0.1:{metrics}")
+    deployment.start_kdc()
+    deployment.start_krs()
+    dist_id = deployment.distribute("--zone", ZONE)
+    deployment.wait_confirmed(dist_id)
+    deployment.stop("krs")
+    for path in (deployment.node_dir / "keys").iterdir():
+        path.unlink()
+    keys = {k: v for k, v in deployment.config["keys"].items() if k != "signing"}
+    deployment.write_config(keys=keys)
+    deployment.start_krs()
+    wait_until(
+        lambda: "cannot ask the KDC" in deployment.log("krs"),
+        20,
+        lambda: f"the warning:\n{deployment.all_logs()}",
+    )
+    assert "krs-kdc distribute --node ns1.edge.example. --all-zones" in deployment.log("krs")
+    status, body = http_get(metrics, "/healthz")
+    assert status == 503 and ZONE in json.loads(body)["out_of_sync"]
+    assert resends(deployment) == 0
+
+
 def test_switching_to_another_key_folder_while_running_brings_the_keys_there(
     deployment: Deployment,
 ) -> None:
