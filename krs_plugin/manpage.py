@@ -113,9 +113,10 @@ PAGES = {
             "same user.",
             "--state, an option of krs-kdc itself, goes before the command: krs-kdc --state "
             "/var/lib/krs-kdc key list. A refused command changes nothing.",
-            "Back up kdc.db with SQLite's online backup while serve runs (sqlite3 kdc.db "
-            '".backup /backup/kdc.db"), together with keys/; docs/kdc.md, "Backup and '
-            'restore", has the recipe and the restore.',
+            'Back up kdc.db while serve runs through SQLite, with sqlite3 kdc.db "VACUUM INTO '
+            "'/backup/kdc.db'\" (not a plain copy, nor the shell's .backup, which a busy KDC can "
+            'keep from finishing), together with keys/; docs/kdc.md, "Backup and restore", '
+            "has the recipe and the restore.",
             COMPLETION.format(prog="krs-kdc"),
         ),
         exit_status=(
