@@ -17,6 +17,7 @@ from pathlib import Path
 import dns.name
 import pytest
 
+from krs_lab.ports import free_port
 from krs_plugin.crypto import HpkeKey, load_jose_key, write_hpke_public
 from krs_plugin.kdc.store import Store
 from krs_plugin.payload import parse_payload
@@ -55,7 +56,7 @@ n = 0
 while not os.path.exists(stop):
     with contextlib.redirect_stdout(io.StringIO()):
         for args in (("key", "generate", "--zone", "example.com.", "--role", "ZSK"),
-                     ("distribute", "--zone", "example.com.")):
+                     ("distribute", "--zone", "example.com.", "--ttl", "1")):
             assert main(["--state", state, "--json", *args]) == 0, args
     n += 1
     print("written", n, flush=True)
@@ -206,3 +207,28 @@ def test_backup_taken_as_documented_while_the_kdc_writes_restores_a_working_kdc(
     )
     sent = {e.key_tag for e in parse_payload(unpacked.plaintext, now=time.time()).entries}  # type: ignore[attr-defined]
     assert sent == {key[2] for key in restored_keys}
+
+    # What was pending at the backup and has outlived its --ttl expires at serve's first round.
+    pending = {d["id"] for d in restored_dists if d["status"] == "pending"}
+    assert pending
+    time.sleep(max(0.0, max(d["expires_at"] for d in restored_dists) + 1 - time.time()))
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        serve = subprocess.Popen(
+            [KDC, "--state", str(restored), "serve", "--listen", f"127.0.0.1:{free_port()}"],
+            stdout=out,
+            stderr=out,
+        )
+    try:
+        deadline = time.monotonic() + 20
+        expired: set[str] = set()
+        while not pending <= expired and time.monotonic() < deadline and serve.poll() is None:
+            time.sleep(0.2)
+            rows = kdc(restored, "distribution", "list", "--status", "expired")
+            assert isinstance(rows, list)
+            expired = {d["id"] for d in rows}
+        assert pending <= expired, f"still pending: {sorted(pending - expired)}\n{log.read_text()}"
+        assert kdc(restored, "distribution", "show", dist_id)[0]["status"] == "pending"  # type: ignore[index]
+    finally:
+        serve.terminate()
+        serve.wait(timeout=30)

@@ -164,3 +164,59 @@ def test_zsh_script_is_the_bash_one_behind_bashcompinit() -> None:
     assert zsh.endswith(completion_script(parser, "bash"))
     with pytest.raises(ValueError, match="fish"):
         completion_script(parser, "fish")
+
+
+def test_bash_completion_loads_the_installed_script_on_first_tab(tmp_path: Path) -> None:
+    # Where the wheel puts it (PREFIX/share/bash-completion/completions/krs-kdc), bash-completion
+    # finds it by the command's name: PREFIX/share is one of XDG_DATA_DIRS (/usr/local/share is
+    # there by default).
+    loader = Path("/usr/share/bash-completion/bash_completion")
+    if not loader.exists():
+        pytest.fail("bash-completion is not installed (apt-get install bash-completion)")
+    folder = tmp_path / "share" / "bash-completion" / "completions"
+    folder.mkdir(parents=True)
+    shutil.copy(ROOT / "completions" / "krs-kdc", folder / "krs-kdc")
+    done = subprocess.run(
+        [bash(), "--norc", "--noprofile", "-c",
+         f"source {loader}; __load_completion krs-kdc && complete -p krs-kdc"],
+        env={"PATH": "/usr/bin:/bin", "XDG_DATA_DIRS": str(tmp_path / "share")},
+        capture_output=True,
+        text=True,
+    )  # fmt: skip
+    assert done.stdout.strip() == "complete -o default -F _krs_kdc krs-kdc", done.stderr
+
+
+def test_zsh_completes_through_bashcompinit(tmp_path: Path) -> None:
+    zsh = shutil.which("zsh")
+    if zsh is None:
+        pytest.fail("zsh is not installed (apt-get install zsh)")
+    script = tmp_path / "krs-kdc.zsh"
+    script.write_text(completion_script(kdc_cli.build_parser(), "zsh"))
+    # What zsh's _bash_complete does on TAB: COMP_WORDS and COMP_CWORD from the line, then its
+    # compgen -F (zsh itself then keeps the candidates that match the word typed).
+    body = f"""
+autoload -U compinit && compinit -u
+source {shlex.quote(str(script))}
+print -r -- "$_comps[krs-kdc]"
+tab() {{
+    local -a COMP_WORDS COMPREPLY
+    local -x COMP_CWORD
+    COMP_WORDS=( "$@" )
+    (( COMP_CWORD = $# - 1 ))
+    print -r -- ${{(f)"$(compgen -o default -F _krs_kdc -- "${{@[-1]}}")"}}
+}}
+tab krs-kdc ''
+tab krs-kdc key ''
+tab krs-kdc --state /x key generate --role ''
+tab krs-kdc key generate --zone example.com. --''
+"""
+    done = subprocess.run(
+        [zsh, "-f", "-c", body], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    registered, top, key, role, options = done.stdout.splitlines()
+    assert registered == "_bash_complete -o default -F _krs_kdc"
+    assert {"init", "zone", "key", "serve", "completion"} <= set(top.split())
+    assert {"generate", "import", "list"} <= set(key.split())
+    assert role.split() == ["ZSK", "KSK", "CSK"]
+    assert {"--zone", "--role", "--algorithm"} <= set(options.split())
