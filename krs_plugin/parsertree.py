@@ -10,6 +10,7 @@ they are generated (``krs_plugin/manpage.py``, ``krs_plugin/completion.py``).
 from __future__ import annotations
 
 import argparse
+import re
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -151,7 +152,8 @@ def _default(action: argparse.Action) -> str:
         return ""
     text = f"{value:g}" if isinstance(value, float) else str(value)
     help_text = (action.help or "").lower()
-    if "default" in help_text or f"({text})" in help_text or f"{text})" in help_text:
+    # "(30)", "(1s)", "(15m, 2h, 1d)" with the default first: the help says it already
+    if "default" in help_text or re.search(rf"\({re.escape(text.lower())}[a-z]*[),]", help_text):
         return ""
     return text
 

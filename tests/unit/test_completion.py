@@ -6,6 +6,7 @@ from __future__ import annotations
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -29,17 +30,19 @@ def bash() -> str:
 
 @pytest.fixture(scope="module")
 def scripts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The scripts as the commands print them."""
+    """The scripts as the installed commands print them (``krs completion bash``)."""
     folder = tmp_path_factory.mktemp("completion")
     made = {}
-    for prog, main in (("krs", cli.main), ("krs-kdc", kdc_cli.main)):
-        path = folder / prog
-        with pytest.MonkeyPatch.context() as patch:
-            written: list[str] = []
-            patch.setattr("sys.stdout.write", written.append)
-            assert main(["completion", "bash"]) == 0
-        path.write_text("".join(written))
-        made[prog] = path
+    for prog in PARSERS:
+        done = subprocess.run(
+            [str(Path(sys.executable).parent / prog), "completion", "bash"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0 and done.stderr == "", done.stderr
+        made[prog] = folder / prog
+        made[prog].write_text(done.stdout)
     return made
 
 
