@@ -667,9 +667,10 @@ def cmd_enroll_create(args: argparse.Namespace) -> int:
     output = Path(args.output or f"{package.node_id.rstrip('.')}.enroll")
     try:
         write_secret_file(output, package.to_text())
-    except OSError as exc:
+    except (OSError, KeyFileError) as exc:
+        # Nobody holds the package: its token must not stay open (docs/enrollment.md).
         store.revoke_tokens(token_id=issued.token.token_id, now=time.time())
-        raise ConfigError(f"{output}: cannot write the package ({exc}); token revoked") from exc
+        raise ConfigError(f"cannot write the package: {exc}; token revoked") from exc
     data = {
         "node_id": package.node_id,
         "token_id": issued.token.token_id,

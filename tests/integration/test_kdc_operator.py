@@ -218,3 +218,15 @@ def test_import_keeps_the_files_retire_and_remove_times(kdc: Kdc) -> None:
     path, _ = write_bind_key_pair(kdc.root, bad, KeyTiming(now, now, now + 86400, now + 60))
     result = kdc("key", "import", str(path))
     assert result.code == 2 and "Inactive (" in result.err and "is before Activate" in result.err
+
+
+def test_a_package_that_cannot_be_written_leaves_no_open_token(kdc: Kdc, tmp_path: Path) -> None:
+    """Found following docs/quickstart.md: krs-kdc run as its own user could not write the
+    package into /root, and the token stayed open for a package nobody had."""
+    target = tmp_path / "missing-dir" / "ns9.enroll"
+    result = kdc("enroll", "create", "--node", "ns9.edge.example.", "--zones", ZONE,
+                 "--output", str(target))  # fmt: skip
+    assert result.code == 2
+    assert "cannot write the package" in result.err and "token revoked" in result.err
+    (token,) = kdc.ok("enroll", "list")
+    assert token["status"] == "revoked", token
