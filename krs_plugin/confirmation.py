@@ -155,12 +155,25 @@ def sign_report(report: Mapping[str, object], key: JoseKey) -> dict[str, object]
 
 def verify_report(report: Mapping[str, object], key: JoseKey) -> None:
     """Require a ``signature`` by ``key`` over exactly this report; ``SignatureError`` otherwise."""
-    signature = report.get("signature")
+    verify_signed(
+        report,
+        key,
+        where="confirmation signature",
+        unsigned="report is not signed, but the node enrolled a signing key",
+        changed="confirmation signature covers a different report",
+    )
+
+
+def verify_signed(
+    body: Mapping[str, object], key: JoseKey, *, where: str, unsigned: str, changed: str
+) -> None:
+    """The one check of a node-signed JSON body (a report, a resync request): ``signature`` is a
+    JWS by ``key`` over ``canonical_report(body)``; ``SignatureError`` with the given texts."""
+    signature = body.get("signature")
     if not isinstance(signature, str):
-        raise SignatureError("report is not signed, but the node enrolled a signing key")
-    payload = jws_verify(signature, key, where="confirmation signature")
-    if payload != canonical_report(report):
-        raise SignatureError("confirmation signature covers a different report")
+        raise SignatureError(unsigned)
+    if jws_verify(signature, key, where=where) != canonical_report(body):
+        raise SignatureError(changed)
 
 
 def confirmation_message(

@@ -23,10 +23,9 @@ import dns.name
 import dns.opcode
 import dns.rdatatype
 
-from krs_plugin.confirmation import canonical_report, key_ref, sign_report
+from krs_plugin.confirmation import key_ref, sign_report, verify_signed
 from krs_plugin.crypto import JoseKey
-from krs_plugin.crypto.jose import jws_verify
-from krs_plugin.errors import PolicyError, SignatureError
+from krs_plugin.errors import PolicyError
 from krs_plugin.protocol import CHUNK_TYPE, ChunkOption, find_chunk_option
 from krs_plugin.protocol.edns import CONTENT_RESYNC
 
@@ -112,12 +111,13 @@ def check_request(
 ) -> None:
     """Require ``signature`` by the node's ``key`` over exactly this body and a ``time`` within
     ``clock_skew`` of ``now``; SignatureError or PolicyError naming what is wrong."""
-    signature = body.get("signature")
-    if not isinstance(signature, str):
-        raise SignatureError("the resync request is not signed")
-    payload = jws_verify(signature, key, where="resync request signature")
-    if payload != canonical_report(body):
-        raise SignatureError("the resync request's signature covers a different body")
+    verify_signed(
+        body,
+        key,
+        where="resync request signature",
+        unsigned="the resync request is not signed",
+        changed="the resync request's signature covers a different body",
+    )
     stamp = body.get("time")
     if not isinstance(stamp, int) or isinstance(stamp, bool):
         raise PolicyError("the resync request carries no time (Unix seconds)")
