@@ -20,7 +20,7 @@ from krs_lab.bind9 import Bind9Lab, policy_text
 from krs_plugin.adapters.base import KeyPlan, PlannedKey
 from krs_plugin.adapters.bind9 import Bind9Adapter
 from krs_plugin.dnssec import KeyTiming, generate_key
-from krs_plugin.errors import AdapterError
+from krs_plugin.errors import AdapterError, ConfigError
 from tests.adapters.servers import Served, bind9_root
 
 pytestmark = pytest.mark.integration
@@ -123,12 +123,15 @@ def test_key_store_elsewhere_than_the_krs_writes_is_reported(named: Bind9Lab) ->
     assert str(named.key_directory) in what and "key_directory" in fix
 
 
-def test_unreadable_named_conf_is_reported_with_the_setting_to_fix(
+def test_a_named_conf_that_is_not_a_file_is_refused_when_the_adapter_is_configured(
     named: Bind9Lab, tmp_path: Path
 ) -> None:
-    what, fix = problem(named, GOOD, named_conf=str(tmp_path / "missing.conf"))
-    assert "cannot read dnssec-policy krs" in what and "missing.conf" in what
-    assert "named_conf" in fix
+    """Before issue 21 this surfaced at the first distribution ("cannot read dnssec-policy");
+    now krs run, a reload and krs doctor refuse it when krs.yaml is read."""
+    with pytest.raises(ConfigError, match=r"named_conf: .*missing\.conf does not exist"):
+        adapter(named, GOOD, named_conf=str(tmp_path / "missing.conf"))
+    with pytest.raises(ConfigError, match=r"named_conf: .*pytest.* is not a file"):
+        adapter(named, GOOD, named_conf=str(tmp_path))
 
 
 def test_named_conf_edited_without_reconfig_is_reported(named: Bind9Lab, tmp_path: Path) -> None:
