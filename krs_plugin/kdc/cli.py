@@ -29,6 +29,7 @@ from krs_plugin.errors import ConfigError, KeyFileError, KrsError, WireError
 from krs_plugin.humantime import duration_argument, format_duration, format_time
 from krs_plugin.kdc.distribute import distribute_node, distribute_zone, key_of
 from krs_plugin.kdc.identity import create_identity, load_identity
+from krs_plugin.kdc.policycli import add_parsers as add_policy_parsers
 from krs_plugin.kdc.store import (
     DistributionRow,
     HeldKey,
@@ -87,8 +88,21 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def cmd_zone_add(args: argparse.Namespace) -> int:
     store = _open_store(args)
-    zone = store.add_zone(args.zone)
-    emit({"zone": zone}, [f"added zone {zone}"], as_json=args.json)
+    if args.dry_run:
+        zone = canonical(args.zone)
+        if zone in store.zones():
+            raise StateError(f"zone {zone} already exists")
+        if args.policy is not None:
+            store.require_policy(args.policy)
+    else:
+        zone = store.add_zone(args.zone, policy=args.policy)
+    how = f"policy {args.policy}" if args.policy else "no policy: keys by hand"
+    verb = "would add" if args.dry_run else "added"
+    emit(
+        {"zone": zone, "policy": args.policy, "dry_run": args.dry_run},
+        [f"{verb} zone {zone} ({how})"],
+        as_json=args.json,
+    )
     return 0
 
 
@@ -799,6 +813,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = add(zone, "add", cmd_zone_add, "add a zone")
     p.add_argument("zone")
+    p.add_argument(
+        "--policy", metavar="NAME", help="the key policy its keys roll by (default: none, by hand)"
+    )
+    p.add_argument("--dry-run", action="store_true", help="print what would change; change nothing")
+    add_policy_parsers(sub, zone, add, _open_store)
     add(zone, "list", cmd_zone_list, "list zones")
     p = add(
         zone,

@@ -19,6 +19,7 @@ import dns.exception
 import dns.name
 
 from krs_plugin.errors import ConfigError, KrsError
+from krs_plugin.kdc.policy import Policy, check_policy_name, unsafe_changes, validate
 from krs_plugin.sqlitedb import open_private_db, transaction, write_error
 
 SCHEMA_VERSION = 1
@@ -108,6 +109,12 @@ CREATE TABLE IF NOT EXISTS enrollment_tokens (
     used_at INTEGER,
     revoked_at INTEGER
 );
+CREATE TABLE IF NOT EXISTS policies (
+    name TEXT PRIMARY KEY,
+    settings TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
 """
 # The tables of the first release: a database without them is not a KDC's (sqlitedb.py).
 _TABLES = ("meta", "zones", "keys", "nodes", "node_zones", "distributions", "records")
@@ -122,6 +129,7 @@ _ADDED_COLUMNS = (
     ("distributions", "stage", "TEXT"),  # where the node's failure report says it stopped
     ("distributions", "failed_at", "INTEGER"),  # when the failure was recorded
     ("distribution_keys", "operation", "TEXT"),  # roll | delete (NULL: made before it was kept)
+    ("zones", "policy", "TEXT"),  # a key policy's name (kdc/policy.py); NULL: keys by hand
 )
 
 
@@ -306,13 +314,16 @@ class Store:
 
     # --- zones ----------------------------------------------------------------------------
 
-    def add_zone(self, name: str, *, now: float | None = None) -> str:
+    def add_zone(self, name: str, *, now: float | None = None, policy: str | None = None) -> str:
         zone = canonical(name)
         with self.transaction():
             if self._zone_exists(zone):
                 raise StateError(f"zone {zone} already exists")
+            if policy is not None:
+                self.require_policy(policy)
             self.db.execute(
-                "INSERT INTO zones(name, created_at) VALUES (?, ?)", (zone, int(now or time.time()))
+                "INSERT INTO zones(name, created_at, policy) VALUES (?, ?, ?)",
+                (zone, int(now or time.time()), policy),
             )
         return zone
 
@@ -327,6 +338,119 @@ class Store:
 
     def _zone_exists(self, zone: str) -> bool:
         return self.db.execute("SELECT 1 FROM zones WHERE name = ?", (zone,)).fetchone() is not None
+
+    # --- key policies (kdc/policy.py) -----------------------------------------------------
+
+    def add_policy(self, name: str, policy: Policy, *, now: float | None = None) -> None:
+        check_policy_name(name)
+        validate(policy, name=f"policy {name}")
+        stamp = int(now or time.time())
+        with self.transaction():
+            if self.find_policy(name) is not None:
+                raise StateError(f"policy {name} already exists (change it with: krs-kdc policy "
+                                 f"set {name} ...)")  # fmt: skip
+            self.db.execute(
+                "INSERT INTO policies(name, settings, created_at, updated_at) VALUES (?, ?, ?, ?)",
+                (name, policy.dumps(), stamp, stamp),
+            )
+
+    def find_policy(self, name: str) -> Policy | None:
+        row = self.db.execute("SELECT settings FROM policies WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            return None
+        return Policy.loads(row["settings"], where=f"{self.path}: policy {name}")
+
+    def require_policy(self, name: str) -> Policy:
+        policy = self.find_policy(name)
+        if policy is None:
+            raise StateError(f"policy {name} not found (add it with: krs-kdc policy add {name})")
+        return policy
+
+    def policies(self) -> list[tuple[str, Policy]]:
+        rows = self.db.execute("SELECT name, settings FROM policies ORDER BY name").fetchall()
+        return [
+            (r["name"], Policy.loads(r["settings"], where=f"{self.path}: policy {r['name']}"))
+            for r in rows
+        ]
+
+    def policy_zones(self, name: str) -> list[str]:
+        """The zones that use policy ``name``."""
+        rows = self.db.execute("SELECT name FROM zones WHERE policy = ? ORDER BY name", (name,))
+        return [r["name"] for r in rows]
+
+    def check_policy_change(self, name: str, new: Policy) -> Policy:
+        """The stored policy ``name`` (old), after checking that ``new`` may replace it: valid, and
+        without a change that starts a rollover the engine does not run while zones use it."""
+        old = self.require_policy(name)
+        validate(new, name=f"policy {name}")
+        zones = self.policy_zones(name)
+        unsafe = unsafe_changes(old, new)
+        if zones and unsafe:
+            raise StateError(
+                f"refused to change policy {name}, which zone(s) {', '.join(zones)} use: "
+                + "; ".join(unsafe)
+                + ". Nothing was changed; make a new policy for new keys instead"
+            )
+        return old
+
+    def set_policy(self, name: str, new: Policy, *, now: float | None = None) -> Policy:
+        """Replace policy ``name`` with ``new`` in one transaction; returns the old one."""
+        with self.transaction():
+            old = self.check_policy_change(name, new)
+            self.db.execute(
+                "UPDATE policies SET settings = ?, updated_at = ? WHERE name = ?",
+                (new.dumps(), int(now or time.time()), name),
+            )
+        return old
+
+    def remove_policy(self, name: str) -> None:
+        with self.transaction():
+            self.require_policy(name)
+            zones = self.policy_zones(name)
+            if zones:
+                raise StateError(
+                    f"refused to remove policy {name}: zone(s) {', '.join(zones)} use it (give "
+                    "them another policy or none first: krs-kdc zone set ZONE --policy NAME | "
+                    "--no-policy)"
+                )
+            self.db.execute("DELETE FROM policies WHERE name = ?", (name,))
+
+    def zone_policy(self, zone: str) -> str | None:
+        """The name of the zone's policy; None: its keys are managed by hand."""
+        name = self.require_zone(zone)
+        row = self.db.execute("SELECT policy FROM zones WHERE name = ?", (name,)).fetchone()
+        return None if row is None else row["policy"]
+
+    def check_zone_policy(self, zone: str, policy_name: str | None) -> str:
+        """The canonical zone, after checking that it may take ``policy_name`` (None: manual):
+        the policy exists and matches the algorithm and layout of the zone's live keys."""
+        name = self.require_zone(zone)
+        if policy_name is None:
+            return name
+        policy = self.require_policy(policy_name)
+        live = [k for k in self.keys(name) if k.state in ("created", "published", "active")]
+        algorithms = sorted({k.algorithm for k in live} - {policy.algorithm})
+        if algorithms:
+            raise StateError(
+                f"refused to give {name} policy {policy_name}: the zone has live keys of "
+                f"algorithm {', '.join(map(str, algorithms))} and the policy uses algorithm "
+                f"{policy.algorithm}; an algorithm rollover is issue 23. Nothing was changed"
+            )
+        roles = sorted({k.role for k in live} - set(policy.roles))
+        if roles:
+            raise StateError(
+                f"refused to give {name} policy {policy_name}: the zone has live "
+                f"{'/'.join(roles)} keys and the policy's layout is {policy.layout}; a CSK <-> "
+                "KSK+ZSK rollover is not supported yet. Nothing was changed"
+            )
+        return name
+
+    def set_zone_policy(self, zone: str, policy_name: str | None) -> str:
+        """Give the zone a policy (None: none, keys by hand) in one transaction."""
+        with self.transaction():
+            name = self.check_zone_policy(zone, policy_name)
+            self.db.execute("UPDATE zones SET policy = ? WHERE name = ?", (policy_name, name))
+        return name
 
     # --- nodes ----------------------------------------------------------------------------
 
