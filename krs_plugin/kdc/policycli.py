@@ -14,6 +14,7 @@ from typing import Any
 from krs_plugin.cliout import emit
 from krs_plugin.humantime import EXAMPLES, parse_duration
 from krs_plugin.kdc.policy import (
+    ALGORITHMS,
     CSK_METHODS,
     KSK_METHODS,
     LAYOUTS,
@@ -47,7 +48,7 @@ _lifetime.__name__ = "lifetime"
 
 # option -> (type, choices, help). Defaults are Policy's; help names BIND/Knot where they differ.
 _OPTIONS: dict[str, tuple[Any, tuple[Any, ...] | None, str]] = {
-    "algorithm": (int, (8, 13, 14, 15, 16), "DNSSEC algorithm of new keys (13)"),
+    "algorithm": (int, ALGORITHMS, "DNSSEC algorithm of new keys (13)"),
     "layout": (str, LAYOUTS, "ksk-zsk: a KSK and a ZSK (default); csk: one combined key"),
     "zsk_lifetime": (_lifetime, None, "ZSK lifetime from activation (30d; 0/unlimited: never)"),
     "ksk_lifetime": (_lifetime, None, "KSK lifetime (unlimited)"),

@@ -415,6 +415,11 @@ class Store:
                 )
             self.db.execute("DELETE FROM policies WHERE name = ?", (name,))
 
+    def policy_of(self, zone: str) -> tuple[str, Policy] | None:
+        """The zone's policy as (name, Policy), what the rollover engine reads; None: manual."""
+        name = self.zone_policy(zone)
+        return None if name is None else (name, self.require_policy(name))
+
     def zone_policy(self, zone: str) -> str | None:
         """The name of the zone's policy; None: its keys are managed by hand."""
         name = self.require_zone(zone)

@@ -198,6 +198,9 @@ def test_store_adds_zones_policy_column_to_an_older_database(tmp_path: Path) -> 
     store.add_policy("std", Policy())
     assert store.set_zone_policy("example.com.", "std") == "example.com."
     assert store.zone_policy("example.com.") == "std"
+    assert store.policy_of("example.com.") == ("std", Policy())
+    store.set_zone_policy("example.com.", None)
+    assert store.policy_of("example.com.") is None
     store.close()
 
 
