@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import dns.flags
 import dns.message
@@ -27,6 +28,9 @@ from krs_plugin.crypto.jose import jws_sign, jws_verify
 from krs_plugin.errors import STAGES, PolicyError, SignatureError
 from krs_plugin.protocol import CHUNK_TYPE, ChunkOption, notify_name
 from krs_plugin.protocol.edns import CONTENT_KEY_STATUS
+
+if TYPE_CHECKING:
+    from krs_plugin.adapters.base import ApplyResult
 
 MAX_REPORT_BYTES = 24 * 1024
 """A report travels in one EDNS0 option (DataLength is 16 bits, so under 64 KiB) of one DNS
@@ -114,15 +118,48 @@ def compact_report(
     A KRS applies a distribution all or nothing, so ``failed_keys`` is empty when it confirms
     success; the list of successful keys is then cut to what fits and ``successful_count``
     (ours) says how many there were. A KDC confirms on "no failed keys", so the meaning is kept.
+    ``served`` (ours) is cut first, to the zones that fit in what the keys leave (at least half
+    of ``limit``), ``covered`` saying how many (``_compact_served``).
     Reports that fit, which is every tdns-sized one, are returned unchanged."""
     if len(canonical_report(report)) <= limit:
         return dict(report)
     keys, failed = _items(report, "successful_keys"), _items(report, "failed_keys")
-    compact = {**report, "successful_count": len(keys), "failed_count": len(failed)}
+    compact = dict(report)
+    _compact_served(compact, limit)
+    if len(canonical_report(compact)) <= limit:
+        return compact
+    compact.update(successful_count=len(keys), failed_count=len(failed))
     budget = limit - len(canonical_report({**compact, "successful_keys": [], "failed_keys": []}))
     compact["failed_keys"] = _fit(failed, budget // 2 if keys else budget)
     compact["successful_keys"] = _fit(keys, budget - len(json.dumps(compact["failed_keys"])))
     return compact
+
+
+def served_part(adapter: str, results: Iterable[ApplyResult]) -> dict[str, object]:
+    """The report's ``served`` (ours): each zone's served state as the adapter read it after
+    applying (``ApplyResult.served``), ``zone_count`` of them; for an adapter without a server
+    (directory) ``zones`` is empty and ``absent`` says why."""
+    results = list(results)
+    zones = [dict(r.served) for r in results if r.served is not None]
+    served: dict[str, object] = {"zones": zones, "zone_count": len(zones)}
+    if not zones and results:
+        served["absent"] = f"the {adapter} adapter has no server to read from"
+    return served
+
+
+def _compact_served(report: dict[str, object], limit: int) -> None:
+    """Cut ``served.zones`` (in place, in the report's order) to what leaves the rest of the
+    report room: at most the larger of half of ``limit`` and what the rest leaves free. ``covered``
+    says how many zones the cut list holds, ``zone_count`` how many were read."""
+    served = report.get("served")
+    if not isinstance(served, dict) or not isinstance(served.get("zones"), list):
+        return
+    zones = served["zones"]
+    rest = len(canonical_report({**report, "served": {**served, "zones": []}}))
+    budget = max(limit // 2, limit - rest) - 64  # room for "covered"
+    kept = _fit(list(zones), budget)
+    if len(kept) < len(zones):
+        report["served"] = {**served, "zones": kept, "covered": len(kept)}
 
 
 def _items(report: Mapping[str, object], name: str) -> list[object]:
@@ -264,8 +301,17 @@ def check_binding(
             f"was created ({expected.created_at})"
         )
     _check_failure_fields(report)
+    zones = served_zones(report)
     if expected.sent_keys is None:
         return  # a distribution stored before the KDC recorded its keys: nothing to compare
+    sent_zones = {zone for zone, _ in expected.sent_keys}
+    for state in zones:
+        zone = key_ref(state["zone"], "")[0]
+        if zone not in sent_zones:
+            raise PolicyError(
+                f"the report's served data names zone {zone[:255]}, which distribution "
+                f"{expected.distribution_id} did not send to {expected.node_id}"
+            )
     for name in ("successful_keys", "failed_keys"):
         items = report.get(name, [])
         if not isinstance(items, list):
@@ -279,6 +325,48 @@ def check_binding(
                     f"the report's {name} names key {ref[1][:16]} of {ref[0][:255]}, which "
                     f"distribution {expected.distribution_id} did not send to {expected.node_id}"
                 )
+
+
+SERVED_NUMBERS = (
+    "read_at",
+    "soa_serial",
+    "soa_ttl",
+    "soa_minimum",
+    "soa_rrsig_inception",
+    "soa_rrsig_expiration",
+    "dnskey_ttl",
+)
+SERVED_LISTS = ("dnskey", "dnskey_signers", "soa_signers", "cds", "cdnskey")
+
+
+def served_zones(report: Mapping[str, object]) -> list[dict[str, object]]:
+    """The per-zone entries of a report's ``served`` (ours; none when absent), each checked to
+    be what our KRS sends: ``zone`` a name, each number an integer, each list a list, ``error``
+    text. ``PolicyError`` naming the first that is not: the KDC records them as they are."""
+    served = report.get("served")
+    if served is None:
+        return []
+    if not isinstance(served, dict) or not isinstance(served.get("zones", []), list):
+        raise PolicyError("the report's served is not an object with a list of zones")
+    out = []
+    for state in served.get("zones", []):
+        if not isinstance(state, dict) or not isinstance(state.get("zone"), str):
+            raise PolicyError("the report's served data has an entry without a zone")
+        for name in SERVED_NUMBERS:
+            value = state.get(name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+                raise PolicyError(
+                    f"the report's served {name} of {state['zone'][:255]} is not an integer"
+                )
+        for name in SERVED_LISTS:
+            if not isinstance(state.get(name, []), list):
+                raise PolicyError(
+                    f"the report's served {name} of {state['zone'][:255]} is not a list"
+                )
+        if not isinstance(state.get("error", ""), str):
+            raise PolicyError(f"the report's served error of {state['zone'][:255]} is not text")
+        out.append(state)
+    return out
 
 
 def _check_failure_fields(report: Mapping[str, object]) -> None:

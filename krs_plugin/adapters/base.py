@@ -87,6 +87,9 @@ class ApplyResult:
     retired: tuple[int, ...] = ()
     removed: tuple[int, ...] = ()
     verification: Verification = field(default_factory=lambda: Verification(True))
+    served: Mapping[str, object] | None = None
+    """What the server serves for the zone, read over DNS once ``verify`` succeeded
+    (``dnscheck.read_served``), for the confirmation; None when the adapter has no server."""
 
 
 class Adapter(ABC):
@@ -237,7 +240,20 @@ class BaseAdapter(Adapter, Generic[Change]):
             tuple(change.retired),
             tuple(change.removed),
             verification,
+            self.read_served(zone),
         )
+
+    def read_served(self, zone: dns.name.Name) -> Mapping[str, object] | None:
+        """What the server serves for ``zone`` (``dnscheck.read_served``) over the adapter's
+        ``server`` address (``host``, ``port``), or None for an adapter without a server (the
+        directory adapter). Read after the apply was verified; never fails the apply: a server
+        that does not answer now is reported as ``error`` in the data."""
+        host, port = getattr(self, "host", None), getattr(self, "port", None)
+        if not isinstance(host, str) or not isinstance(port, int):
+            return None
+        from krs_plugin.adapters.dnscheck import read_served  # dnscheck imports this module
+
+        return read_served(zone, host, port)
 
     @abstractmethod
     def begin(self, zone: dns.name.Name, plan: KeyPlan, now: int) -> Change:

@@ -176,3 +176,43 @@ def wait_served(
         if result.ok or time.monotonic() >= deadline:
             return result
         time.sleep(interval)
+
+
+def read_served(
+    zone: dns.name.Name, host: str, port: int, timeout: float = 3.0
+) -> dict[str, object]:
+    """What the server serves for ``zone`` now, for the confirmation (docs/protocol.md section
+    6, ``served``): the DNSKEY RRset (``[tag, algorithm, flags]``) and its TTL, the key tags whose
+    RRSIGs over the DNSKEY RRset and over the SOA validate, the SOA serial, TTL and minimum, the
+    inception and expiration of the SOA's RRSIGs (earliest expiration, latest inception), CDS
+    (``[tag, algorithm, digest type]``) and CDNSKEY when served, and ``read_at`` (Unix seconds).
+    One query set over TCP; a server that does not answer gives ``error`` instead of the data."""
+    name = zone.to_text()
+    read_at = int(time.time())
+    try:
+        dnskey, dnskey_sigs = _query(zone, dns.rdatatype.DNSKEY, host, port, timeout)
+        soa, soa_sigs = _query(zone, dns.rdatatype.SOA, host, port, timeout)
+        cds, _ = _query(zone, dns.rdatatype.CDS, host, port, timeout)
+        cdnskey, _ = _query(zone, dns.rdatatype.CDNSKEY, host, port, timeout)
+    except (OSError, EOFError, dns.exception.DNSException) as exc:
+        return {"zone": name, "read_at": read_at, "error": f"no answer from {host}: {exc}"[:200]}
+    state: dict[str, object] = {"zone": name, "read_at": read_at}
+    if soa is not None:
+        state.update(soa_serial=soa[0].serial, soa_ttl=soa.ttl, soa_minimum=soa[0].minimum)
+    if soa_sigs is not None and len(soa_sigs):
+        state["soa_rrsig_inception"] = max(s.inception for s in soa_sigs)
+        state["soa_rrsig_expiration"] = min(s.expiration for s in soa_sigs)
+    if dnskey is not None:
+        state["dnskey"] = sorted([dns.dnssec.key_id(k), int(k.algorithm), k.flags] for k in dnskey)
+        state["dnskey_ttl"] = dnskey.ttl
+        state["dnskey_signers"] = sorted(_valid_signers(dnskey, dnskey_sigs, dnskey, zone))
+        state["soa_signers"] = sorted(_valid_signers(soa, soa_sigs, dnskey, zone))
+    else:
+        state.update(dnskey=[], dnskey_signers=[], soa_signers=[])
+    if cds is not None:
+        state["cds"] = sorted([r.key_tag, int(r.algorithm), r.digest_type] for r in cds)
+    if cdnskey is not None:
+        state["cdnskey"] = sorted(
+            [dns.dnssec.key_id(k), int(k.algorithm), k.flags] for k in cdnskey
+        )
+    return state

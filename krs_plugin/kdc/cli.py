@@ -33,6 +33,7 @@ from krs_plugin.kdc.policycli import add_parsers as add_policy_parsers
 from krs_plugin.kdc.store import (
     DistributionRow,
     HeldKey,
+    ServedRow,
     StateError,
     Store,
     canonical,
@@ -246,6 +247,7 @@ def cmd_node_show(args: argparse.Namespace) -> int:
         held.setdefault(key.zone, []).append(key)
     failure = store.last_failure(node.id)
     contact = store.last_contact(node.id)
+    served = {r.zone: r for r in store.served_state(node_id=node.id, latest=True)}
     status = node_state(zones)
     now = time.time()
     data = {
@@ -260,6 +262,7 @@ def cmd_node_show(args: argparse.Namespace) -> int:
                 "zone": z.zone,
                 "distribution": None if z.distribution is None else _brief_json(z.distribution),
                 "keys": [asdict(k) for k in held.get(z.zone, [])],
+                "served": _served_json(served.get(z.zone)),
             }
             for z in zones
         ],
@@ -283,8 +286,47 @@ def cmd_node_show(args: argparse.Namespace) -> int:
             what = f"{key.role or '?'} alg {key.algorithm or '?'} tag {key.key_tag}"
             verb = "deleted" if key.deleted else "holds  "
             lines.append(f"  {verb} {what} (confirmed in {key.distribution_id})")
+        lines.append(f"  serves  {_served_text(served.get(z.zone), now)}")
     emit(data, lines, as_json=args.json)
     return 0
+
+
+def _served_json(row: ServedRow | None) -> dict[str, Any] | None:
+    if row is None:
+        return None
+    return {"distribution_id": row.distribution_id, "recorded_at": row.recorded_at, **row.state}
+
+
+def _served_text(row: ServedRow | None, now: float) -> str:
+    """What the node last read back from its server for a zone (the confirmation's ``served``):
+    ``DNSKEY 12345/13/257 TTL 3600 (signed by 12345); SOA serial 7 TTL 3600 minimum 300 (signed
+    by 54321, RRSIG ... to ...); read ... in <distribution>``."""
+    if row is None:
+        return "not reported (no confirmation with served data: directory adapter, tdns node)"
+    st = row.state
+    where = f"read {format_time(row.read_at, now=now)} in {row.distribution_id}"
+    if "error" in st:
+        return f"unread ({st['error']}); {where}"
+
+    def tags(name: str) -> str:
+        items = st.get(name)
+        if not isinstance(items, list) or not items:
+            return "none"
+        return ", ".join("/".join(map(str, i)) if isinstance(i, list) else str(i) for i in items)
+
+    text = (
+        f"DNSKEY {tags('dnskey')} TTL {st.get('dnskey_ttl')} (signed by {tags('dnskey_signers')}); "
+        f"SOA serial {st.get('soa_serial')} TTL {st.get('soa_ttl')} minimum "
+        f"{st.get('soa_minimum')} (signed by {tags('soa_signers')}"
+    )
+    inception, expiration = st.get("soa_rrsig_inception"), st.get("soa_rrsig_expiration")
+    if isinstance(inception, int) and isinstance(expiration, int):
+        text += f", RRSIG {format_time(inception, now=now)} to {format_time(expiration, now=now)}"
+    text += ")"
+    for name in ("cds", "cdnskey"):
+        if name in st:
+            text += f"; {name.upper()} {tags(name)}"
+    return f"{text}; {where}"
 
 
 def _distribution_text(row: DistributionRow | None, now: float) -> str:
@@ -595,6 +637,9 @@ def cmd_distribution_show(args: argparse.Namespace) -> int:
     rows = store.distributions(dist_id=args.distribution_id)
     if not rows:
         raise StateError(f"distribution {args.distribution_id} not found")
+    served: dict[str, list[ServedRow]] = {}
+    for state in store.served_state(dist_id=args.distribution_id):
+        served.setdefault(state.node_id, []).append(state)
     lines = []
     now = time.time()
     for r in rows:
@@ -612,7 +657,14 @@ def cmd_distribution_show(args: argparse.Namespace) -> int:
             )
         if r.error:
             lines.append(f"  error: {r.error}")
-    emit([asdict(r) for r in rows], lines, as_json=args.json)
+        for state in served.get(r.node_id, []):
+            lines.append(f"  served {state.zone}: {_served_text(state, now)}")
+    emit(
+        [{**asdict(r), "served": [_served_json(x) for x in served.get(r.node_id, [])]}
+         for r in rows],
+        lines,
+        as_json=args.json,
+    )  # fmt: skip
     return 0
 
 

@@ -40,6 +40,7 @@ from krs_plugin.confirmation import (
     failure_of,
     key_ref,
     same_outcome,
+    served_zones,
     verify_report,
 )
 from krs_plugin.crypto import JoseKey
@@ -267,6 +268,7 @@ class ControlZone:
                 error=None if failure is None else failure.error,
                 stage=None if failure is None else failure.stage,
                 report=json.dumps(report),
+                served=self._served(report, node_id),
             )
         except StateWriteError as exc:  # never dropped: the node sends it again until NOERROR
             state_failures.error(
@@ -329,6 +331,15 @@ class ControlZone:
         except KrsError as exc:
             return str(exc)
         return None
+
+    def _served(self, report: dict[str, object], node_id: str) -> list[dict[str, object]]:
+        """The report's ``served`` zones to record (docs/kdc.md, "What nodes serve"), zone
+        names made absolute; none from a node without a signing key: its unsigned report was
+        not checked (``check_binding`` is what refuses a zone the distribution did not send)."""
+        node = self.store.find_node(node_id)
+        if node is None or not node.signing_pubkey:
+            return []
+        return [{**z, "zone": key_ref(z["zone"], "")[0]} for z in served_zones(report)]
 
     @staticmethod
     def _check_recorded(report: dict[str, object], row: DistributionRow) -> str | None:

@@ -10,7 +10,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,6 +96,17 @@ CREATE TABLE IF NOT EXISTS distribution_keys (
     key_id TEXT NOT NULL,
     PRIMARY KEY (distribution_id, node_id, zone, key_id)
 );
+CREATE TABLE IF NOT EXISTS served_state (
+    distribution_id TEXT NOT NULL,
+    node_id TEXT NOT NULL,
+    zone TEXT NOT NULL,
+    read_at INTEGER,
+    recorded_at INTEGER NOT NULL,
+    soa_serial INTEGER,
+    state TEXT NOT NULL,
+    PRIMARY KEY (distribution_id, node_id, zone)
+);
+CREATE INDEX IF NOT EXISTS served_state_by_node ON served_state(node_id, zone, read_at);
 CREATE TABLE IF NOT EXISTS distribution_sequence (id INTEGER PRIMARY KEY CHECK (id = 1),
                                                   next INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS enrollment_tokens (
@@ -210,6 +221,20 @@ class DistributionRow:
     report: str | None
     stage: str | None = None  # of a failure (errors.STAGES), from the node's report
     failed_at: int | None = None
+
+
+@dataclass(frozen=True)
+class ServedRow:
+    """What a node read back from its server for one zone after applying one distribution
+    (the confirmation's ``served``, docs/protocol.md section 6)."""
+
+    distribution_id: str
+    node_id: str
+    zone: str
+    read_at: int | None  # when the node read it (its clock, Unix seconds)
+    recorded_at: int  # when the KDC recorded the confirmation
+    soa_serial: int | None
+    state: dict[str, object]  # the report's entry as sent: dnskey, signers, TTLs, RRSIG times
 
 
 @dataclass(frozen=True)
@@ -1029,9 +1054,12 @@ class Store:
         error: str | None = None,
         report: str | None = None,
         stage: str | None = None,
+        served: Sequence[Mapping[str, object]] = (),
     ) -> None:
         """Record a node's report: ``confirmed``, or ``failed`` with the ``stage`` and ``error``
-        it names (cleared again by a later confirmation)."""
+        it names (cleared again by a later confirmation); and, in the same transaction, what
+        the node read back from its server per zone (``served``: the report's checked
+        ``served.zones``, see ``served_state``)."""
         if status not in DISTRIBUTION_STATES:
             raise StateError(f"distribution status {status!r} is not one of {DISTRIBUTION_STATES}")
         with self.transaction():
@@ -1044,6 +1072,50 @@ class Store:
                 (status, error, stage, report, status, int(now), status, int(now), dist_id,
                  node_id),
             )  # fmt: skip
+            self.db.executemany(
+                "INSERT OR REPLACE INTO served_state(distribution_id, node_id, zone, read_at, "
+                "recorded_at, soa_serial, state) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(dist_id, node_id, canonical(str(z["zone"])), z.get("read_at"), int(now),
+                  z.get("soa_serial"), json.dumps(dict(z), sort_keys=True)) for z in served],
+            )  # fmt: skip
+
+    def served_state(
+        self,
+        *,
+        node_id: str | None = None,
+        zone: str | None = None,
+        dist_id: str | None = None,
+        latest: bool = False,
+    ) -> list[ServedRow]:
+        """What nodes reported their servers serve (docs/kdc.md, "What nodes serve"), per
+        (distribution, node, zone), oldest read first; ``latest``: only the newest read per
+        (node, zone), i.e. what node N serves for zone Z as of ``read_at``."""
+        clauses, args = [], []
+        for column, value in (("node_id", node_id), ("zone", zone), ("distribution_id", dist_id)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                args.append(canonical(value) if column != "distribution_id" else value)
+        where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+        query = f"SELECT * FROM served_state{where}"
+        if latest:
+            query = (
+                "SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY node_id, zone "
+                f"ORDER BY read_at DESC, recorded_at DESC) AS rank FROM served_state{where}) "
+                "WHERE rank = 1"
+            )
+        rows = self.db.execute(query + " ORDER BY read_at, node_id, zone", args).fetchall()
+        return [
+            ServedRow(
+                r["distribution_id"],
+                r["node_id"],
+                r["zone"],
+                r["read_at"],
+                r["recorded_at"],
+                r["soa_serial"],
+                json.loads(r["state"]),
+            )
+            for r in rows
+        ]
 
     # --- what each node holds (node show, node list) -------------------------------------------
 

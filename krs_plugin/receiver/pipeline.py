@@ -19,7 +19,7 @@ import dns.name
 from krs_plugin.adapters.base import Adapter, ApplyResult, KeyPlan
 from krs_plugin.adapters.transaction import apply_atomically, restore_zones
 from krs_plugin.config import Config
-from krs_plugin.confirmation import failure_report
+from krs_plugin.confirmation import failure_report, served_part
 from krs_plugin.crypto import JoseKey, load_hpke_private, load_jose_key
 from krs_plugin.errors import DONE, KrsError, PolicyError, outcome_of, stage_of
 from krs_plugin.payload import DeleteKey, Payload, Ping, RollKey, parse_payload
@@ -136,7 +136,7 @@ class Pipeline:
                 )  # fmt: skip
             log.warning("distribution %s %s at %s: %s", dist_id, outcome, stage, exc)
             return Outcome(dist_id, outcome, stage, str(exc))
-        report = self._report(payload)
+        report = self._report(payload, results)
         keys = [
             (e.zone.to_text(), e.key_tag, e.key.algorithm, e.key.flags)
             for e in payload.entries
@@ -232,11 +232,18 @@ class Pipeline:
             return None
         return failure_report(self.config.node_id.to_text(), outcome, stage, error, keys)
 
-    def _report(self, payload: Payload) -> dict[str, object]:
+    def _report(self, payload: Payload, results: Sequence[ApplyResult] = ()) -> dict[str, object]:
+        """The confirmation: tdns's ``successful_keys``, and ours ``served``, what the server
+        serves for each zone of the distribution, read back after the apply was verified
+        (docs/protocol.md section 6; ``compact_report`` cuts it to fit)."""
         ok: list[dict[str, str]] = []
         for entry in payload.entries:
             if isinstance(entry, RollKey | DeleteKey):
                 ok.append({"zone_name": entry.zone.to_text(), "key_id": str(entry.key_tag)})
             elif isinstance(entry, Ping):
                 ok.append({"zone_name": "ping", "key_id": f"nonce-{entry.nonce}"})
-        return {"node_id": self.config.node_id.to_text(), "successful_keys": ok}
+        return {
+            "node_id": self.config.node_id.to_text(),
+            "successful_keys": ok,
+            "served": served_part(self.adapter.name, results),
+        }
