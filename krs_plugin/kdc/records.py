@@ -1,0 +1,107 @@
+"""The rollover engine's record model (docs/lifecycle.md, "Records and their states" and "The
+waits"): per key, its DNSKEY, its RRSIGs over the DNSKEY RRset (``krrsig``) and over the rest of
+the zone (``zrrsig``) and its DS, each hidden, rumoured, omnipresent or unretentive.
+
+Pure functions: when a rumoured or unretentive record settles, given when the gate was reached
+(``gate.check_gate``) or when the operator said ``ds seen``/``ds gone``; what every node's server
+must serve for a set of record states (``gate.Expected``); and what the nodes are told to do with
+each key (publish, sign, withdraw), so a distribution carries the current step only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from krs_plugin.kdc.gate import Expected
+from krs_plugin.kdc.policy import Policy
+
+
+class State(StrEnum):
+    HIDDEN = "hidden"
+    RUMOURED = "rumoured"
+    OMNIPRESENT = "omnipresent"
+    UNRETENTIVE = "unretentive"
+
+
+RECORDS = ("dnskey", "krrsig", "zrrsig", "ds")
+RECORDS_OF_ROLE = {
+    "ZSK": ("dnskey", "zrrsig"),
+    "KSK": ("dnskey", "krrsig", "ds"),
+    "CSK": ("dnskey", "krrsig", "zrrsig", "ds"),
+}
+VISIBLE = (State.RUMOURED, State.OMNIPRESENT)  # sent to the nodes: they serve it
+
+
+@dataclass(frozen=True)
+class KeyRecords:
+    """One key as the engine sees it: its identity and the state of each of its records."""
+
+    key_tag: int
+    algorithm: int
+    flags: int
+    role: str
+    states: dict[str, State]  # record -> state, for the records of its role
+
+    def state(self, record: str) -> State:
+        return self.states.get(record, State.HIDDEN)
+
+    def visible(self, record: str) -> bool:
+        return self.state(record) in VISIBLE
+
+
+def settles_at(record: str, state: State, *, since: int, policy: Policy, dnskey_ttl: int) -> int:
+    """When a ``rumoured`` record becomes omnipresent, or an ``unretentive`` one hidden.
+
+    ``since`` is when the gate was reached (the last node's confirmation) or, for ``ds``, when the
+    operator recorded the parent's change. ``dnskey_ttl`` is the largest DNSKEY TTL any node
+    served (never less than the policy's)."""
+    if state not in (State.RUMOURED, State.UNRETENTIVE):
+        raise ValueError(f"a {state} {record} does not move by time")
+    safety = policy.publish_safety if state is State.RUMOURED else policy.retire_safety
+    margin = policy.propagation_margin
+    ttl = max(dnskey_ttl, policy.dnskey_ttl)
+    if record in ("dnskey", "krrsig"):
+        return since + ttl + safety + margin
+    if record == "zrrsig":
+        dsgn = policy.signatures_validity - policy.signatures_refresh
+        return since + dsgn + max(policy.max_zone_ttl, policy.negative_ttl) + safety + margin
+    if record == "ds":
+        return since + policy.parent_ds_ttl + policy.parent_propagation_delay
+    raise ValueError(f"unknown record {record!r}")
+
+
+def expected(zone: str, keys: Iterable[KeyRecords], dnskey_ttl: int) -> Expected:
+    """What every node's server must serve while the keys' records are in these states: the
+    DNSKEYs rumoured or omnipresent, the RRSIGs of the keys whose signatures are."""
+    keys = list(keys)
+    return Expected(
+        zone=zone,
+        dnskeys=frozenset((k.key_tag, k.algorithm, k.flags) for k in keys if k.visible("dnskey")),
+        dnskey_signers=frozenset(k.key_tag for k in keys if k.visible("krrsig")),
+        soa_signers=frozenset(k.key_tag for k in keys if k.visible("zrrsig")),
+        dnskey_ttl=dnskey_ttl,
+    )
+
+
+@dataclass(frozen=True)
+class Intent:
+    """What one distribution tells the nodes to do with one key now (no future times)."""
+
+    key_tag: int
+    publish: bool  # its DNSKEY is in the zone
+    sign: bool  # it signs (the DNSKEY RRset for a KSK, the zone for a ZSK, both for a CSK)
+    delete: bool  # gone from the zone: the nodes delete it
+
+
+def intent(key: KeyRecords) -> Intent:
+    """The nodes' instruction for ``key`` in its current states."""
+    signing = [r for r in RECORDS_OF_ROLE[key.role] if r in ("krrsig", "zrrsig")]
+    published = key.visible("dnskey")
+    return Intent(
+        key_tag=key.key_tag,
+        publish=published,
+        sign=published and any(key.visible(r) for r in signing),
+        delete=not published and key.state("dnskey") is State.UNRETENTIVE,
+    )

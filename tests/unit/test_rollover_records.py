@@ -1,0 +1,83 @@
+"""The engine's record model (krs_plugin/kdc/records.py; docs/lifecycle.md, "The waits"): when
+each record settles, what the nodes must serve, and what each distribution tells them."""
+
+from __future__ import annotations
+
+import pytest
+
+from krs_plugin.kdc.policy import Policy
+from krs_plugin.kdc.records import Intent, KeyRecords, State, expected, intent, settles_at
+
+H, D = 3600, 86400
+POLICY = Policy()  # dnskey-ttl 1h, max-zone-ttl 1d, safety 1h each, margin 5m, Dsgn 9d
+
+
+def test_waits_follow_rfc_7583_from_the_last_confirmation() -> None:
+    t = 1_000_000
+    margin = POLICY.propagation_margin
+    assert settles_at("dnskey", State.RUMOURED, since=t, policy=POLICY, dnskey_ttl=H) == (
+        t + H + H + margin  # Ipub = TTLkey + publish-safety (+ margin)
+    )
+    assert settles_at("zrrsig", State.UNRETENTIVE, since=t, policy=POLICY, dnskey_ttl=H) == (
+        t + 9 * D + D + H + margin  # Iret = Dsgn + max-zone-ttl + retire-safety (+ margin)
+    )
+    assert settles_at("ds", State.RUMOURED, since=t, policy=POLICY, dnskey_ttl=H) == t + D + H
+
+
+def test_the_largest_dnskey_ttl_served_counts_never_less_than_the_policys() -> None:
+    t = 0
+    served_3600 = settles_at("dnskey", State.UNRETENTIVE, since=t, policy=POLICY.changed(
+        dnskey_ttl=60), dnskey_ttl=3600)  # fmt: skip
+    served_10 = settles_at("dnskey", State.UNRETENTIVE, since=t, policy=POLICY.changed(
+        dnskey_ttl=60), dnskey_ttl=10)  # fmt: skip
+    assert served_3600 - served_10 == 3600 - 60
+
+
+@pytest.mark.parametrize("state", [State.HIDDEN, State.OMNIPRESENT])
+def test_settled_states_do_not_move_by_time(state: State) -> None:
+    with pytest.raises(ValueError, match="does not move by time"):
+        settles_at("dnskey", state, since=0, policy=POLICY, dnskey_ttl=H)
+
+
+def zsk(tag: int, dnskey: State, zrrsig: State) -> KeyRecords:
+    return KeyRecords(tag, 13, 256, "ZSK", {"dnskey": dnskey, "zrrsig": zrrsig})
+
+
+KSK = KeyRecords(
+    7892, 13, 257, "KSK", {"dnskey": State.OMNIPRESENT, "krrsig": State.OMNIPRESENT,
+                           "ds": State.OMNIPRESENT},
+)  # fmt: skip
+
+
+def test_pre_publication_steps_expect_what_each_server_must_serve() -> None:
+    old_signing = zsk(6103, State.OMNIPRESENT, State.OMNIPRESENT)
+    # step 1: the new ZSK published, not signing
+    step1 = [KSK, old_signing, zsk(12, State.RUMOURED, State.HIDDEN)]
+    e = expected("example.com.", step1, 60)
+    assert {k[0] for k in e.dnskeys} == {7892, 6103, 12}
+    assert e.soa_signers == {6103} and e.dnskey_signers == {7892}
+    # step 2: the new one signs, the old one stops
+    step2 = [KSK, zsk(6103, State.OMNIPRESENT, State.UNRETENTIVE),
+             zsk(12, State.OMNIPRESENT, State.RUMOURED)]  # fmt: skip
+    e = expected("example.com.", step2, 60)
+    assert {k[0] for k in e.dnskeys} == {7892, 6103, 12} and e.soa_signers == {12}
+    # step 3: the old one withdrawn
+    step3 = [KSK, zsk(6103, State.UNRETENTIVE, State.HIDDEN),
+             zsk(12, State.OMNIPRESENT, State.OMNIPRESENT)]  # fmt: skip
+    e = expected("example.com.", step3, 60)
+    assert {k[0] for k in e.dnskeys} == {7892, 12} and e.soa_signers == {12}
+
+
+def test_intents_carry_the_current_step_only() -> None:
+    assert intent(zsk(12, State.RUMOURED, State.HIDDEN)) == intent_of(12, True, False, False)
+    assert intent(zsk(12, State.OMNIPRESENT, State.RUMOURED)) == intent_of(12, True, True, False)
+    assert intent(zsk(6103, State.OMNIPRESENT, State.UNRETENTIVE)) == intent_of(
+        6103, True, False, False
+    )
+    assert intent(zsk(6103, State.UNRETENTIVE, State.HIDDEN)) == intent_of(6103, False, False, True)
+    assert intent(zsk(6103, State.HIDDEN, State.HIDDEN)) == intent_of(6103, False, False, False)
+    assert intent(KSK) == intent_of(7892, True, True, False)
+
+
+def intent_of(tag: int, publish: bool, sign: bool, delete: bool) -> Intent:
+    return Intent(tag, publish, sign, delete)
