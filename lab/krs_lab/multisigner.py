@@ -1,0 +1,569 @@
+"""A multi-signer lab for rollovers watched by a validating resolver (issue 22).
+
+On loopback, as plain processes in one directory: a parent zone (``lab.example.``) on NSD,
+signed with dnssec-signzone by a key of its own, holding the child's delegation and the DS the
+test sets (``set_ds``); a KDC (``krs-kdc serve``) with the child zone (``child.lab.example.``)
+and its KSK + ZSK; four nodes, named, knotd, nsd and pdns_server, each serving the child with
+its own ``krs run``; Unbound validating from the parent's DS as trust anchor, with a stub-zone
+for the parent and one for the child listing the four servers; and a ``Prober`` asking Unbound
+for a signed name of the child every 200 ms, counting answers by rcode.
+
+The child zone's TTLs are seconds (2 s, the probed name 1 s), and Unbound caps every TTL at
+``cache_max_ttl``. What the four servers serve for the same zone differs: BIND (9.18) and NSD
+(signed by dnssec-signzone) serve the DNSKEY RRset with the TTL of the key files, 3600, whatever
+the zone's TTL; Knot and PowerDNS serve it with the zone's 2 s. Without the cap a resolver that
+asked BIND or NSD holds the DNSKEY set an hour, so RFC 7583's T_dnskey is the largest DNSKEY TTL
+any node serves (``waits()`` reads it from each node, then applies the cap). A resolver's view
+thus depends on which server it asked: the careless control (test_multisigner_harness.py)
+makes sure Unbound took its DNSKEY set from a server that gave the long TTL
+(``cached_dnskey_ttl``).
+
+Start-up takes about 5 s. Everything listens on 127.0.0.1 on ports from ``free_port``;
+``close()`` stops every process started here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dns.dnssec
+import dns.edns
+import dns.exception
+import dns.message
+import dns.name
+import dns.query
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+
+from krs_lab.bind9 import Bind9Lab
+from krs_lab.deployment import BIN, CZ, run, wait_until
+from krs_lab.knot import KnotLab
+from krs_lab.nsd import NsdLab
+from krs_lab.ports import free_port
+from krs_lab.powerdns import PowerDnsLab
+from krs_lab.process import LabError, LabServer, ServerProcess, server_binary
+from krs_plugin.crypto import (
+    HpkeKey,
+    JoseKey,
+    write_hpke_private,
+    write_hpke_public,
+    write_jose_private,
+    write_jose_public,
+)
+
+HOST = "127.0.0.1"
+PARENT = "lab.example."
+CHILD = "child.lab.example."
+PROBE_NAME = f"www.{CHILD}"
+ZONE_TTL = 2  # every record of the child zone, and the SOA's negative TTL
+PROBE_TTL = 1  # the probed name: shorter than the DNSKEY's, so its signatures change first
+SERVERS = ("bind9", "knot", "nsd", "powerdns")
+
+
+def child_zone_text(zone: str = CHILD) -> str:
+    return (
+        f"$ORIGIN {zone}\n"
+        f"$TTL {ZONE_TTL}\n"
+        f"@ IN SOA ns1.{zone} hostmaster.{zone} 1 3600 900 1209600 {ZONE_TTL}\n"
+        f"@ IN NS ns1.{zone}\n"
+        f"ns1 IN A {HOST}\n"
+        f"www {PROBE_TTL} IN A 192.0.2.80\n"
+    )
+
+
+def query(
+    host: str, port: int, name: str, rdtype: dns.rdatatype.RdataType, timeout: float = 3
+) -> dns.message.Message:
+    message = dns.message.make_query(name, rdtype, want_dnssec=True)
+    return dns.query.tcp(message, host, port=port, timeout=timeout)
+
+
+@dataclass(frozen=True)
+class Served:
+    """What one server serves for the child: DNSKEY tags and TTL, and the key tags of the RRSIGs
+    over the SOA and the probed name."""
+
+    tags: frozenset[int]
+    dnskey_ttl: int
+    soa_signers: frozenset[int]
+    probe_signers: frozenset[int]
+
+    @classmethod
+    def read(cls, host: str, port: int, zone: str = CHILD) -> Served:
+        def signers(name: str, rdtype: dns.rdatatype.RdataType) -> frozenset[int]:
+            reply = query(host, port, name, rdtype)
+            sigs = reply.get_rrset(
+                reply.answer,
+                dns.name.from_text(name),
+                dns.rdataclass.IN,
+                dns.rdatatype.RRSIG,
+                rdtype,
+            )
+            return frozenset(s.key_tag for s in sigs) if sigs else frozenset()
+
+        reply = query(host, port, zone, dns.rdatatype.DNSKEY)
+        dnskey = reply.get_rrset(
+            reply.answer, dns.name.from_text(zone), dns.rdataclass.IN, dns.rdatatype.DNSKEY
+        )
+        tags = frozenset(dns.dnssec.key_id(k) for k in dnskey) if dnskey else frozenset()
+        return cls(
+            tags,
+            dnskey.ttl if dnskey else 0,
+            signers(zone, dns.rdatatype.SOA),
+            signers(PROBE_NAME, dns.rdatatype.A),
+        )
+
+
+class UnboundLab(LabServer):
+    """A validating unbound: trust anchor the parent's DS, stub-zones to the lab servers."""
+
+    def __init__(
+        self,
+        root: Path,
+        trust_anchor: str,
+        stubs: dict[str, list[tuple[str, int]]],
+        cache_max_ttl: int,
+    ) -> None:
+        self.root, self.trust_anchor, self.stubs = root, trust_anchor, stubs
+        self.cache_max_ttl = cache_max_ttl
+        self.host, self.port = HOST, 0
+        self.process: ServerProcess | None = None
+
+    @property
+    def config(self) -> Path:
+        return self.root / "unbound.conf"
+
+    def write_config(self) -> None:
+        if server_binary("unbound") is None:
+            raise LabError("unbound is not installed (apt-get install unbound)")
+        self.port = self.port or free_port(self.host)
+        self.root.mkdir(parents=True, exist_ok=True)
+        stubs = "".join(
+            f'stub-zone:\n    name: "{zone}"\n'
+            + "".join(f"    stub-addr: {host}@{port}\n" for host, port in servers)
+            for zone, servers in self.stubs.items()
+        )
+        self.config.write_text(
+            "server:\n"
+            f"    interface: {self.host}@{self.port}\n"
+            f"    port: {self.port}\n"
+            "    do-ip6: no\n"
+            '    username: ""\n'
+            '    chroot: ""\n'
+            f'    directory: "{self.root}"\n'
+            '    pidfile: ""\n'
+            "    use-syslog: no\n"
+            '    logfile: ""\n'
+            "    verbosity: 1\n"
+            "    val-log-level: 2\n"
+            "    log-servfail: yes\n"
+            "    ede: yes\n"
+            "    num-threads: 1\n"
+            '    module-config: "validator iterator"\n'
+            "    do-not-query-localhost: no\n"
+            "    qname-minimisation: no\n"
+            "    prefetch: no\n"
+            "    prefetch-key: no\n"
+            f"    cache-max-ttl: {self.cache_max_ttl}\n"
+            f"    cache-max-negative-ttl: {self.cache_max_ttl}\n"
+            "    access-control: 127.0.0.0/8 allow\n"
+            f'    trust-anchor: "{self.trust_anchor}"\n'
+            "remote-control:\n"
+            "    control-enable: no\n" + stubs
+        )
+
+    def start(self, timeout: float = 20) -> None:
+        self.write_config()
+        unbound = server_binary("unbound")
+        assert unbound is not None
+        self.process = ServerProcess(
+            "unbound",
+            [unbound, "-d", "-p", "-c", str(self.config)],
+            self.root / "unbound.log",
+            self.root,
+        )
+        self.process.start()
+        self.process.wait_answering(self.host, self.port, [PARENT], timeout)
+
+
+@dataclass
+class Prober:
+    """Asks ``host``:``port`` for PROBE_NAME/A every ``interval`` seconds in a thread; counts the
+    answers by rcode and keeps, for each SERVFAIL, its time and extended errors."""
+
+    host: str
+    port: int
+    interval: float = 0.2
+    counts: Counter[str] = field(default_factory=Counter)
+    servfails: list[tuple[float, str]] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, daemon=True, name="prober")
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            message = dns.message.make_query(PROBE_NAME, dns.rdatatype.A, use_edns=0)
+            try:
+                reply = dns.query.udp(message, self.host, port=self.port, timeout=2)
+            except (OSError, dns.exception.DNSException):
+                self.counts["TIMEOUT"] += 1
+                continue
+            rcode = dns.rcode.to_text(reply.rcode())
+            self.counts[rcode] += 1
+            if reply.rcode() == dns.rcode.SERVFAIL:
+                texts = [
+                    f"EDE {o.code}: {o.text}"
+                    for o in reply.options
+                    if isinstance(o, dns.edns.EDEOption)
+                ]
+                self.servfails.append((time.time(), "; ".join(texts) or "no EDE"))
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+@dataclass
+class Node:
+    name: str
+    server: Bind9Lab | KnotLab | NsdLab | PowerDnsLab
+    adapter_type: str
+    directory: Path
+    notify_port: int = 0
+
+
+class MultiSigner:
+    """The whole lab; ``start()`` brings it up with the child's first keys distributed and
+    confirmed by every node, the DS at the parent and Unbound answering. ``close()`` stops
+    every process it started."""
+
+    def __init__(self, root: Path, cache_max_ttl: int = 6) -> None:
+        self.root = root
+        self.state = root / "kdc"
+        self.logs = root / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.cache_max_ttl = cache_max_ttl
+        self.kdc_port = free_port(HOST)
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.servers: list[LabServer] = []
+        self.nodes: list[Node] = []
+        self.parent: NsdLab | None = None
+        self.unbound: UnboundLab | None = None
+        self.prober: Prober | None = None
+        self.stack = contextlib.ExitStack()
+
+    # --- the KDC ------------------------------------------------------------------------------
+
+    def kdc(self, *args: str) -> str:
+        return run("krs-kdc", "--state", str(self.state), *args)
+
+    def kdc_json(self, *args: str) -> Any:
+        return json.loads(self.kdc("--json", *args))
+
+    def keys(self) -> dict[int, dict[str, Any]]:
+        rows = self.kdc_json("key", "list", "--zone", CHILD)
+        return {int(r["key_tag"]): r for r in rows}
+
+    def distribute(self, timeout: float = 60) -> float:
+        """Distribute the child's keys and wait until every node confirmed; the seconds taken."""
+        began = time.monotonic()
+        dist_id = str(self.kdc_json("distribute", "--zone", CHILD)["distribution_id"])
+
+        def confirmed() -> bool:
+            rows = self.kdc_json("distribution", "list")
+            return any(r["id"] == dist_id and r["status"] == "confirmed" for r in rows)
+
+        wait_until(confirmed, timeout, lambda: f"{dist_id} confirmed:\n{self.tails()}")
+        return time.monotonic() - began
+
+    # --- start and stop -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.kdc("init", "--control-zone", CZ)
+        self.kdc("zone", "add", CHILD)
+        self.kdc("key", "generate", "--zone", CHILD, "--role", "KSK")
+        self.kdc("key", "generate", "--zone", CHILD, "--role", "ZSK")
+        for name in SERVERS:
+            self._start_node(name)
+        self._start_process(
+            "kdc",
+            [
+                str(BIN / "krs-kdc"),
+                "--state",
+                str(self.state),
+                "serve",
+                "--listen",
+                f"{HOST}:{self.kdc_port}",
+                "--notify-retry",
+                "0.3",
+            ],
+            "krs-kdc serving",
+        )
+        for node in self.nodes:
+            self._start_process(
+                f"krs-{node.name}",
+                [str(BIN / "krs"), "run", "-c", str(node.directory / "krs.yaml")],
+                "listening for NOTIFY",
+            )
+        self.distribute()
+        self._start_parent()
+        assert self.parent is not None
+        self.unbound = UnboundLab(
+            self.root / "unbound",
+            self.parent_trust_anchor,
+            {
+                PARENT: [(self.parent.host, self.parent.port)],
+                CHILD: [(n.server.host, n.server.port) for n in self.nodes],
+            },
+            self.cache_max_ttl,
+        )
+        self.servers.append(self.unbound)
+        self.unbound.start()
+        wait_until(
+            lambda: self.resolve().rcode() == dns.rcode.NOERROR,
+            20,
+            lambda: f"Unbound to validate {PROBE_NAME}:\n{self.unbound_log()}",
+        )
+
+    def _start_node(self, name: str) -> None:
+        directory = self.root / f"node-{name}"
+        server_root = self.root / name
+        server_root.mkdir(parents=True)
+        server: Bind9Lab | KnotLab | NsdLab | PowerDnsLab
+        if name == "bind9":
+            server = Bind9Lab(server_root, [CHILD])
+            (server_root / f"{CHILD}zone").write_text(child_zone_text())
+        elif name == "knot":
+            server = KnotLab(server_root, [CHILD])
+            (server_root / "zones").mkdir()
+            (server_root / "zones" / f"{CHILD}zone").write_text(child_zone_text())
+        elif name == "nsd":
+            server = NsdLab(server_root, [CHILD])
+            (server_root / "unsigned").mkdir(mode=0o700)
+            server.unsigned_file(CHILD).write_text(child_zone_text())
+        else:
+            server = PowerDnsLab(server_root, [CHILD])
+            (server_root / "zones").mkdir()
+            server.zone_file(CHILD).write_text(child_zone_text())
+        self.servers.append(server)
+        server.start()
+        node = Node(name, server, name, directory, free_port(HOST))
+        directory.mkdir()
+        hpke = HpkeKey.generate()
+        write_hpke_private(directory / "node.key", hpke)
+        write_hpke_public(directory / "node.pub", hpke)
+        signer = JoseKey.generate()
+        write_jose_private(directory / "signing.key", signer, use="sig")
+        write_jose_public(directory / "signing.pub", signer, use="sig")
+        node_id = f"ns-{name}.edge.example."
+        self.kdc(
+            "node",
+            "add",
+            node_id,
+            "--notify",
+            f"{HOST}:{node.notify_port}",
+            "--hpke-pubkey",
+            str(directory / "node.pub"),
+            "--signing-pubkey",
+            str(directory / "signing.pub"),
+            "--zone",
+            CHILD,
+        )
+        settings = {**server.adapter_settings(), "verify_timeout": 10}
+        if name == "powerdns":
+            settings = {
+                "method": "api",
+                "server": settings["server"],
+                "api_url": settings["api_url"],
+                "api_key_file": settings["api_key_file"],
+                "verify_timeout": 10,
+            }
+        config = {
+            "node_id": node_id,
+            "keys": {
+                "hpke": str(directory / "node.key"),
+                "signing": str(directory / "signing.key"),
+            },
+            "kdc": {"verification_key": str(self.state / "keys" / "kdc.signing.pubkey")},
+            "control_zone": CZ,
+            "control_servers": [f"{HOST}:{self.kdc_port}"],
+            "notify": {
+                "listen": [f"{HOST}:{node.notify_port}"],
+                "allowed_sources": ["127.0.0.0/8"],
+            },
+            "adapter": {"type": name, "settings": settings},
+            "zones": [CHILD],
+            "state": str(directory / "krs.db"),
+            "poll_interval": 600,
+        }
+        (directory / "krs.yaml").write_text(json.dumps(config))
+        self.nodes.append(node)
+
+    def _start_process(self, name: str, argv: list[str], ready: str) -> None:
+        log = self.logs / f"{name}.log"
+        out = self.stack.enter_context(open(log, "ab"))  # noqa: SIM115
+        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=os.environ)
+        self.processes[name] = process
+        wait_until(
+            lambda: ready in log.read_text() or process.poll() is not None, 30, f"{name} ({log})"
+        )
+        if process.poll() is not None:
+            raise LabError(f"{name} exited ({process.returncode}):\n{log.read_text()}")
+
+    def _start_parent(self) -> None:
+        root = self.root / "parent"
+        keys = root / "parent-keys"
+        keys.mkdir(parents=True)
+        made = subprocess.run(
+            [
+                "dnssec-keygen",
+                "-q",
+                "-K",
+                str(keys),
+                "-a",
+                "ECDSAP256SHA256",
+                "-f",
+                "KSK",
+                "-L",
+                str(ZONE_TTL),
+                PARENT,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        self.parent_key = keys / f"{made.stdout.strip()}.key"
+        ds = subprocess.run(
+            ["dnssec-dsfromkey", "-a", "SHA-256", str(self.parent_key)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        self.parent_trust_anchor = " ".join(ds.split())
+        self.parent = NsdLab(root, [PARENT])
+        self.servers.append(self.parent)
+        (root / "unsigned").mkdir(mode=0o700)
+        (root / "signed").mkdir(mode=0o700)
+        self._sign_parent(self.child_ds())
+        self.parent.start()
+
+    def child_ds(self) -> list[str]:
+        """The DS lines ``krs-kdc zone ds`` prints for the child."""
+        text = self.kdc("zone", "ds", CHILD)
+        lines = (" ".join(line.split()) for line in text.splitlines())
+        return [line for line in lines if not line.startswith(";") and " DS " in line]
+
+    def _sign_parent(self, ds_lines: Iterable[str]) -> None:
+        assert self.parent is not None
+        self.parent_serial = getattr(self, "parent_serial", 0) + 1
+        unsigned = self.parent.unsigned_file(PARENT)
+        unsigned.write_text(
+            f"$ORIGIN {PARENT}\n$TTL {ZONE_TTL}\n"
+            f"@ IN SOA ns1 hostmaster {self.parent_serial} 3600 900 1209600 {ZONE_TTL}\n"
+            f"@ IN NS ns1\nns1 IN A {HOST}\n"
+            f"child IN NS ns1.child\nns1.child IN A {HOST}\n"
+            + "".join(f"{line}\n" for line in ds_lines)
+            + f"$INCLUDE {self.parent_key}\n"
+        )
+        subprocess.run(
+            [
+                "dnssec-signzone",
+                "-q",
+                "-z",
+                "-K",
+                str(self.parent_key.parent),
+                "-o",
+                PARENT,
+                "-f",
+                str(self.parent.signed_file(PARENT)),
+                str(unsigned),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=self.parent.root,
+        )
+
+    def set_ds(self, ds_lines: Iterable[str]) -> None:
+        """The parent's operator at work: the child's DS set replaced, re-signed, reloaded."""
+        assert self.parent is not None
+        self._sign_parent(ds_lines)
+        done = self.parent.control("reload", PARENT)
+        if done.returncode != 0:
+            raise LabError(f"nsd-control reload: {done.stdout}{done.stderr}")
+
+    def close(self) -> None:
+        if self.prober is not None:
+            self.prober.stop()
+        for name, process in list(self.processes.items()):
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            del self.processes[name]
+        for server in reversed(self.servers):
+            with contextlib.suppress(Exception):
+                server.stop()
+        self.stack.close()
+
+    # --- looking ------------------------------------------------------------------------------
+
+    def resolve(
+        self, name: str = PROBE_NAME, rdtype: dns.rdatatype.RdataType = dns.rdatatype.A
+    ) -> dns.message.Message:
+        assert self.unbound is not None
+        message = dns.message.make_query(name, rdtype, use_edns=0)
+        return dns.query.udp(message, self.unbound.host, port=self.unbound.port, timeout=3)
+
+    def cached_dnskey_ttl(self) -> int:
+        """What is left of the child's DNSKEY RRset in Unbound's cache (0: not there): the
+        window in which a signature by a key outside it fails to validate."""
+        reply = self.resolve(CHILD, dns.rdatatype.DNSKEY)
+        return min((r.ttl for r in reply.answer), default=0)
+
+    def served(self) -> dict[str, Served]:
+        return {n.name: Served.read(n.server.host, n.server.port) for n in self.nodes}
+
+    def start_prober(self) -> Prober:
+        assert self.unbound is not None
+        self.prober = Prober(self.unbound.host, self.unbound.port)
+        self.prober.start()
+        return self.prober
+
+    def unbound_log(self) -> str:
+        return (self.root / "unbound" / "unbound.log").read_text()
+
+    def tails(self) -> str:
+        return "\n".join(
+            f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(self.logs.iterdir())
+        )
+
+    def waits(self) -> tuple[int, int]:
+        """RFC 7583's T_dnskey and T_max as a resolver here sees them: the largest DNSKEY TTL
+        any node serves and the zone's largest TTL (its SOA negative TTL included), each
+        capped by Unbound's cache-max-ttl."""
+        served = self.served().values()
+        t_dnskey = min(max(s.dnskey_ttl for s in served), self.cache_max_ttl)
+        t_max = min(max(ZONE_TTL, t_dnskey), self.cache_max_ttl)
+        return t_dnskey, t_max
