@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -23,45 +21,32 @@ from krs_plugin import __version__
 from krs_plugin.cliout import add_json_option, emit, error_exit
 from krs_plugin.completion import SHELLS, completion_script
 from krs_plugin.confirmation import clip
-from krs_plugin.crypto import load_hpke_public, load_jose_key, write_secret_file
+from krs_plugin.crypto import write_secret_file
 from krs_plugin.dnssec import generate_key, read_bind_key_pair
-from krs_plugin.errors import ConfigError, KeyFileError, KrsError, WireError
+from krs_plugin.errors import ConfigError, KeyFileError, KrsError
 from krs_plugin.humantime import duration_argument, format_duration, format_time
+from krs_plugin.kdc.clistate import DEFAULT_STATE, check_address, open_store, state_dir
 from krs_plugin.kdc.distribute import distribute_node, distribute_zone, key_of
 from krs_plugin.kdc.identity import create_identity, load_identity
+from krs_plugin.kdc.nodecli import add_parsers as add_node_parsers
+from krs_plugin.kdc.nodecli import served_json, served_text
 from krs_plugin.kdc.policycli import add_parsers as add_policy_parsers
 from krs_plugin.kdc.store import (
-    DistributionRow,
-    HeldKey,
     ServedRow,
     StateError,
     Store,
     canonical,
-    node_state,
 )
-from krs_plugin.protocol import check_node_id
 from krs_plugin.protocol.chunking import DEFAULT_CHUNK_SIZE
 
-DEFAULT_STATE = "kdc-state"
 ROLE_FLAGS = {"ZSK": 256, "KSK": 257, "CSK": 257}
-
-
-def _state_dir(args: argparse.Namespace) -> Path:
-    return Path(args.state or os.environ.get("KRS_KDC_STATE") or DEFAULT_STATE)
-
-
-def _open_store(args: argparse.Namespace) -> Store:
-    state = _state_dir(args)
-    if not (state / "kdc.db").exists():
-        raise ConfigError(f"{state}: no KDC state here (run: krs-kdc --state {state} init ...)")
-    return Store(state / "kdc.db")
 
 
 # --- commands ---------------------------------------------------------------------------------
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    state = _state_dir(args)
+    state = state_dir(args)
     if (state / "kdc.db").exists():
         raise ConfigError(f"{state}: a KDC is already initialised here")
     control_zone = canonical(args.control_zone)
@@ -88,7 +73,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_zone_add(args: argparse.Namespace) -> int:
-    store = _open_store(args)
+    store = open_store(args)
     if args.dry_run:
         zone = canonical(args.zone)
         if zone in store.zones():
@@ -108,7 +93,7 @@ def cmd_zone_add(args: argparse.Namespace) -> int:
 
 
 def cmd_zone_list(args: argparse.Namespace) -> int:
-    store = _open_store(args)
+    store = open_store(args)
     zones = store.zones()
     emit(zones, zones, as_json=args.json)
     return 0
@@ -121,7 +106,7 @@ def cmd_zone_ds(args: argparse.Namespace) -> int:
     """DS, CDS and CDNSKEY of the zone's published and active KSKs/CSKs, for the parent."""
     import dns.dnssec
 
-    store = _open_store(args)
+    store = open_store(args)
     zone = store.require_zone(args.zone)
     digests = list(dict.fromkeys(args.digest or ["SHA-256"]))
     live = store.keys(zone, states=("published", "active"))
@@ -183,225 +168,8 @@ def _trust_anchors(zone: str, ds_lines: list[str]) -> str:
     return "trust-anchors {\n" + "\n".join(entries) + "\n};"
 
 
-def cmd_node_add(args: argparse.Namespace) -> int:
-    store = _open_store(args)
-    try:
-        node_id = check_node_id(canonical(args.node_id)).to_text()
-    except WireError as exc:
-        raise StateError(str(exc)) from exc
-    hpke = load_hpke_public(args.hpke_pubkey).public_hex if args.hpke_pubkey else None
-    jose = json.dumps(load_jose_key(args.jose_pubkey).public_jwk) if args.jose_pubkey else None
-    signing = (
-        json.dumps(load_jose_key(args.signing_pubkey).public_jwk) if args.signing_pubkey else None
-    )
-    backend = args.backend or ("hpke" if hpke else "jose")
-    if backend == "hpke" and not hpke:
-        raise StateError(f"node {node_id}: backend hpke needs --hpke-pubkey")
-    if backend == "jose" and not jose:
-        raise StateError(f"node {node_id}: backend jose needs --jose-pubkey")
-    _check_address(args.notify)
-    node = store.add_node(
-        node_id,
-        notify_address=args.notify,
-        backend=backend,
-        hpke_pubkey=hpke,
-        jose_pubkey=jose,
-        signing_pubkey=signing,
-        zones=args.zone or [],
-    )
-    emit(
-        asdict(node),
-        [
-            f"added node {node.id} ({node.backend}, notify {node.notify_address}), "
-            f"zones: {', '.join(node.zones) or 'none'}"
-        ],
-        as_json=args.json,
-    )
-    return 0
-
-
-def cmd_node_list(args: argparse.Namespace) -> int:
-    store = _open_store(args)
-    nodes = store.nodes(args.zone)
-    states = {n: node_state(z) for n, z in store.zone_states().items()}
-    emit(
-        [{**asdict(n), "status": states.get(n.id, "none")} for n in nodes],
-        [
-            f"{n.id:32} {states.get(n.id, 'none'):7} {n.backend:5} {n.notify_address:22} "
-            f"{' '.join(n.zones)}"
-            for n in nodes
-        ],
-        as_json=args.json,
-    )
-    return 0
-
-
-def cmd_node_show(args: argparse.Namespace) -> int:
-    """One node: per zone its newest distribution and the keys it confirmed holding, its last
-    failure and when it was last heard from (docs/kdc.md, "What a node holds")."""
-    store = _open_store(args)
-    node = store.require_node(args.node_id)
-    zones = store.zone_states(node.id)[node.id]
-    held: dict[str, list[HeldKey]] = {}
-    for key in store.held_keys(node.id):
-        held.setdefault(key.zone, []).append(key)
-    failure = store.last_failure(node.id)
-    contact = store.last_contact(node.id)
-    served = {r.zone: r for r in store.served_state(node_id=node.id, latest=True)}
-    status = node_state(zones)
-    now = time.time()
-    data = {
-        "node_id": node.id,
-        "status": status,
-        "backend": node.backend,
-        "notify_address": node.notify_address,
-        "last_contact": contact,
-        "last_failure": None if failure is None else _failure_json(failure),
-        "zones": [
-            {
-                "zone": z.zone,
-                "distribution": None if z.distribution is None else _brief_json(z.distribution),
-                "keys": [asdict(k) for k in held.get(z.zone, [])],
-                "served": _served_json(served.get(z.zone)),
-            }
-            for z in zones
-        ],
-    }
-    lines = [
-        f"node {node.id}: {status} ({node.backend}, notify {node.notify_address})",
-        f"  last contact  {format_time(contact, now=now) if contact else 'never'}",
-    ]
-    if failure is not None:
-        lines.append(
-            f"  last failure  {format_time(failure.failed_at, now=now)}, distribution "
-            f"{failure.id} at {failure.stage or 'an unnamed stage'}: {failure.error}"
-        )
-    for z in zones:
-        lines.append(f"zone {z.zone}")
-        lines.append(f"  newest distribution  {_distribution_text(z.distribution, now)}")
-        keys = held.get(z.zone, [])
-        if not keys:
-            lines.append("  keys  none confirmed")
-        for key in keys:
-            what = f"{key.role or '?'} alg {key.algorithm or '?'} tag {key.key_tag}"
-            verb = "deleted" if key.deleted else "holds  "
-            lines.append(f"  {verb} {what} (confirmed in {key.distribution_id})")
-        lines.append(f"  serves  {_served_text(served.get(z.zone), now)}")
-    emit(data, lines, as_json=args.json)
-    return 0
-
-
-def _served_json(row: ServedRow | None) -> dict[str, Any] | None:
-    if row is None:
-        return None
-    return {"distribution_id": row.distribution_id, "recorded_at": row.recorded_at, **row.state}
-
-
-def _served_text(row: ServedRow | None, now: float) -> str:
-    """What the node last read back from its server for a zone (the confirmation's ``served``):
-    ``DNSKEY 12345/13/257 TTL 3600 (signed by 12345); SOA serial 7 TTL 3600 minimum 300 (signed
-    by 54321, RRSIG ... to ...); read ... in <distribution>``."""
-    if row is None:
-        return "not reported (no confirmation with served data: directory adapter, tdns node)"
-    st = row.state
-    where = f"read {format_time(row.read_at, now=now)} in {row.distribution_id}"
-    if "error" in st:
-        return f"unread ({st['error']}); {where}"
-
-    def tags(name: str) -> str:
-        items = st.get(name)
-        if not isinstance(items, list) or not items:
-            return "none"
-        return ", ".join("/".join(map(str, i)) if isinstance(i, list) else str(i) for i in items)
-
-    text = (
-        f"DNSKEY {tags('dnskey')} TTL {st.get('dnskey_ttl')} (signed by {tags('dnskey_signers')}); "
-        f"SOA serial {st.get('soa_serial')} TTL {st.get('soa_ttl')} minimum "
-        f"{st.get('soa_minimum')} (signed by {tags('soa_signers')}"
-    )
-    inception, expiration = st.get("soa_rrsig_inception"), st.get("soa_rrsig_expiration")
-    if isinstance(inception, int) and isinstance(expiration, int):
-        text += f", RRSIG {format_time(inception, now=now)} to {format_time(expiration, now=now)}"
-    text += ")"
-    for name in ("cds", "cdnskey"):
-        if name in st:
-            text += f"; {name.upper()} {tags(name)}"
-    return f"{text}; {where}"
-
-
-def _distribution_text(row: DistributionRow | None, now: float) -> str:
-    if row is None:
-        return "none yet"
-    if row.status == "confirmed":
-        return f"{row.id} confirmed {format_time(row.confirmed_at, now=now)}"
-    if row.status == "failed":
-        return (
-            f"{row.id} failed {format_time(row.failed_at, now=now)} at "
-            f"{row.stage or 'an unnamed stage'}: {row.error}"
-        )
-    if row.status == "expired":
-        return f"{row.id} expired {format_time(row.expires_at, now=now)}, never confirmed"
-    return f"{row.id} pending since {format_time(row.created_at, now=now)}"
-
-
-def _brief_json(row: DistributionRow) -> dict[str, Any]:
-    return {
-        "distribution_id": row.id,
-        "status": row.status,
-        "created_at": row.created_at,
-        "expires_at": row.expires_at,
-        "confirmed_at": row.confirmed_at,
-        "failed_at": row.failed_at,
-        "stage": row.stage,
-        "error": row.error,
-    }
-
-
-def _failure_json(row: DistributionRow) -> dict[str, Any]:
-    return {
-        "distribution_id": row.id,
-        "stage": row.stage,
-        "error": row.error,
-        "failed_at": row.failed_at,
-    }
-
-
-def cmd_node_remove(args: argparse.Namespace) -> int:
-    store = _open_store(args)
-    store.remove_node(args.node_id)
-    emit(
-        {"removed": canonical(args.node_id)},
-        [f"removed node {canonical(args.node_id)}"],
-        as_json=args.json,
-    )
-    return 0
-
-
-def cmd_node_set(args: argparse.Namespace) -> int:
-    """Change the zones a node serves; its keys and notify address stay."""
-    store = _open_store(args)
-    if not args.add_zone and not args.remove_zone:
-        raise StateError("node set: give --add-zone or --remove-zone (repeatable)")
-    node = store.change_node_zones(args.node_id, add=args.add_zone or (),
-                                   remove=args.remove_zone or ())  # fmt: skip
-    lines = [f"node {node.id} serves: {', '.join(node.zones) or 'no zones'}"]
-    for zone in args.add_zone or ():
-        zone = canonical(zone)
-        lines.append(
-            f"on the node: add {zone} to krs.yaml zones:, systemctl reload krs; then here: "
-            f"krs-kdc distribute --zone {zone} --node {node.id}"
-        )
-    for zone in args.remove_zone or ():
-        lines.append(
-            f"on the node: remove {canonical(zone)} from krs.yaml zones: and systemctl reload "
-            "krs (its keys stay in the nameserver until removed there)"
-        )
-    emit(asdict(node), lines, as_json=args.json)
-    return 0
-
-
 def cmd_key_generate(args: argparse.Namespace) -> int:
-    store = _open_store(args)
+    store = open_store(args)
     zone = store.require_zone(args.zone)
     activate, retire, remove = args.activate_after, args.retire_after, args.remove_after
     if remove is not None and retire is None:
@@ -442,7 +210,7 @@ def cmd_key_generate(args: argparse.Namespace) -> int:
 def cmd_key_import(args: argparse.Namespace) -> int:
     from itertools import pairwise
 
-    store = _open_store(args)
+    store = open_store(args)
     key, timing = read_bind_key_pair(args.path)
     zone = store.require_zone(key.zone.to_text())
     role = args.role or ("KSK" if key.flags == 257 else "ZSK")
@@ -481,7 +249,7 @@ def cmd_key_import(args: argparse.Namespace) -> int:
 
 
 def cmd_key_list(args: argparse.Namespace) -> int:
-    store = _open_store(args)
+    store = open_store(args)
     rows = store.keys(args.zone)
     now = time.time()
     lines = []
@@ -501,7 +269,7 @@ def cmd_key_list(args: argparse.Namespace) -> int:
 
 def cmd_key_retire(args: argparse.Namespace) -> int:
     """Stop signing with a key; it stays published until removed. Guarded (store.retire_key)."""
-    store = _open_store(args)
+    store = open_store(args)
     row = store.retire_key(args.zone, args.tag, force=args.force, now=time.time())
     emit(
         _key_json(row),
@@ -517,7 +285,7 @@ def cmd_key_retire(args: argparse.Namespace) -> int:
 def cmd_key_remove(args: argparse.Namespace) -> int:
     """Withdraw a key: the next distribution tells the nodes to delete it. Guarded
     (store.remove_key); ``key restore`` brings it back."""
-    store = _open_store(args)
+    store = open_store(args)
     row = store.remove_key(args.zone, args.tag, force=args.force, now=time.time())
     emit(
         _key_json(row),
@@ -533,7 +301,7 @@ def cmd_key_remove(args: argparse.Namespace) -> int:
 
 def cmd_key_restore(args: argparse.Namespace) -> int:
     """Bring a removed key back (its private key is still in kdc.db)."""
-    store = _open_store(args)
+    store = open_store(args)
     row = store.restore_key(args.zone, args.tag, now=time.time())
     signing = "published, not signing" if row.state == "retired" else "signs from its activate time"
     emit(
@@ -558,8 +326,8 @@ def cmd_distribute(args: argparse.Namespace) -> int:
         return _distribute_node(args)
     if not args.zone:
         raise StateError("distribute: --zone is required (or --all-zones with one --node)")
-    store = _open_store(args)
-    identity = load_identity(_state_dir(args) / "keys")
+    store = open_store(args)
+    identity = load_identity(state_dir(args) / "keys")
     show = _progress if not args.json and sys.stderr.isatty() else None
     summary = distribute_zone(
         store,
@@ -586,8 +354,8 @@ def _distribute_node(args: argparse.Namespace) -> int:
     """``--all-zones``: one node's keys of every zone it serves, in one distribution."""
     if args.zone or len(args.node or []) != 1:
         raise StateError("distribute --all-zones takes exactly one --node and no --zone")
-    store = _open_store(args)
-    identity = load_identity(_state_dir(args) / "keys")
+    store = open_store(args)
+    identity = load_identity(state_dir(args) / "keys")
     summary = distribute_node(
         store, identity, args.node[0], now=time.time(), ttl=args.ttl, chunk_size=args.chunk_size
     )
@@ -615,7 +383,7 @@ def _progress(done: int, total: int) -> None:
 
 
 def cmd_distribution_list(args: argparse.Namespace) -> int:
-    store = _open_store(args)
+    store = open_store(args)
     rows = store.distributions(status=args.status)
     now = time.time()
     emit(
@@ -633,7 +401,7 @@ def cmd_distribution_list(args: argparse.Namespace) -> int:
 
 
 def cmd_distribution_show(args: argparse.Namespace) -> int:
-    store = _open_store(args)
+    store = open_store(args)
     rows = store.distributions(dist_id=args.distribution_id)
     if not rows:
         raise StateError(f"distribution {args.distribution_id} not found")
@@ -658,9 +426,9 @@ def cmd_distribution_show(args: argparse.Namespace) -> int:
         if r.error:
             lines.append(f"  error: {r.error}")
         for state in served.get(r.node_id, []):
-            lines.append(f"  served {state.zone}: {_served_text(state, now)}")
+            lines.append(f"  served {state.zone}: {served_text(state, now)}")
     emit(
-        [{**asdict(r), "served": [_served_json(x) for x in served.get(r.node_id, [])]}
+        [{**asdict(r), "served": [served_json(x) for x in served.get(r.node_id, [])]}
          for r in rows],
         lines,
         as_json=args.json,
@@ -686,13 +454,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from krs_plugin.kdc.server import ServeOptions, serve
     from krs_plugin.logs import setup_logging
 
-    store = _open_store(args)
+    store = open_store(args)
     control_zone = store.get_meta("control_zone")
     if control_zone is None:
-        raise ConfigError(f"{_state_dir(args)}: no control zone recorded (run init)")
+        raise ConfigError(f"{state_dir(args)}: no control zone recorded (run init)")
     listen = []
     for text in args.listen or ["127.0.0.1:5354"]:
-        _check_address(text)
+        check_address(text)
         host, _, port = text.rpartition(":")
         listen.append((host.strip("[]"), int(port)))
     if args.max_connections is not None:
@@ -712,7 +480,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_connections=args.max_connections,
         tcp_idle_timeout=args.tcp_idle_timeout,
     )
-    identity = load_identity(_state_dir(args) / "keys")
+    identity = load_identity(state_dir(args) / "keys")
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(store, control_zone, options, identity))
     return 0
@@ -721,9 +489,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_enroll_create(args: argparse.Namespace) -> int:
     from krs_plugin.kdc.enroll import create_package
 
-    store = _open_store(args)
-    identity = load_identity(_state_dir(args) / "keys")
-    _check_address(args.kdc_address)
+    store = open_store(args)
+    identity = load_identity(state_dir(args) / "keys")
+    check_address(args.kdc_address)
     valid = int(args.valid)
     issued = create_package(
         store, identity, args.node, zones=args.zones, backend=args.backend, valid_for=valid,
@@ -763,7 +531,7 @@ MAX_PACKAGE_VALIDITY = 7 * 86400  # a package is a bearer secret: keep it short
 
 
 def cmd_enroll_list(args: argparse.Namespace) -> int:
-    store = _open_store(args)
+    store = open_store(args)
     now = time.time()
     tokens = store.tokens(args.node)
     rows = [
@@ -797,7 +565,7 @@ def cmd_enroll_list(args: argparse.Namespace) -> int:
 
 
 def cmd_enroll_revoke(args: argparse.Namespace) -> int:
-    store = _open_store(args)
+    store = open_store(args)
     if bool(args.node) == bool(args.token):
         raise StateError("enroll revoke: give --node or --token (one of them)")
     revoked = store.revoke_tokens(node_id=args.node, token_id=args.token, now=time.time())
@@ -818,19 +586,13 @@ def cmd_completion(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from krs_plugin.kdc.export import export_zone
 
-    store = _open_store(args)
+    store = open_store(args)
     text = export_zone(store, store.get_meta("control_zone") or "")
     if args.output:
         Path(args.output).write_text(text)
     else:
         sys.stdout.write(text)
     return 0
-
-
-def _check_address(text: str) -> None:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
-        raise StateError(f"address {text!r} must be host:port (e.g. 127.0.0.1:5355)")
 
 
 # --- parser -----------------------------------------------------------------------------------
@@ -869,7 +631,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--policy", metavar="NAME", help="the key policy its keys roll by (default: none, by hand)"
     )
     p.add_argument("--dry-run", action="store_true", help="print what would change; change nothing")
-    add_policy_parsers(sub, zone, add, _open_store)
+    add_policy_parsers(sub, zone, add)
     add(zone, "list", cmd_zone_list, "list zones")
     p = add(
         zone,
@@ -892,34 +654,7 @@ def build_parser() -> argparse.ArgumentParser:
         "named, to validate the zone before the parent serves its DS",
     )
 
-    node = sub.add_parser("node", help="nodes (KRS instances) that receive keys").add_subparsers(
-        dest="node_command", metavar="ACTION", required=True
-    )
-    p = add(node, "add", cmd_node_add, "add a node with its public keys")
-    p.add_argument("node_id", help="node id, an FQDN such as ns1.edge.example.")
-    p.add_argument("--notify", required=True, help="where the node listens for NOTIFY (host:port)")
-    p.add_argument("--backend", choices=("hpke", "jose"))
-    p.add_argument("--hpke-pubkey", help="file with the node's X25519 public key (hex)")
-    p.add_argument("--jose-pubkey", help="file with the node's P-256 public JWK")
-    p.add_argument("--signing-pubkey", help="file with the node's P-256 key for confirmations")
-    p.add_argument("--zone", action="append", help="a zone the node serves (repeatable)")
-    p = add(node, "list", cmd_node_list, "list nodes and their status")
-    p.add_argument("--zone")
-    p = add(node, "show", cmd_node_show, "one node: its zones, the keys it confirmed, failures")
-    p.add_argument("node_id")
-    p = add(node, "remove", cmd_node_remove, "remove a node")
-    p.add_argument("node_id")
-    p = add(
-        node,
-        "set",
-        cmd_node_set,
-        "change the zones a node serves (its keys stay); then distribute the added zones to it",
-    )
-    p.add_argument("node_id")
-    p.add_argument("--add-zone", action="append", metavar="ZONE", help="serve this zone too "
-                   "(repeatable)")  # fmt: skip
-    p.add_argument("--remove-zone", action="append", metavar="ZONE",
-                   help="no longer serve this zone (repeatable)")  # fmt: skip
+    add_node_parsers(sub, add)
 
     key = sub.add_parser("key", help="DNSSEC keys").add_subparsers(
         dest="key_command", metavar="ACTION", required=True

@@ -8,11 +8,11 @@ output writes durations the same way; ``--json`` writes whole seconds.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from typing import Any
 
 from krs_plugin.cliout import emit
 from krs_plugin.humantime import EXAMPLES, parse_duration
+from krs_plugin.kdc.clistate import open_store
 from krs_plugin.kdc.policy import (
     ALGORITHMS,
     CSK_METHODS,
@@ -25,9 +25,7 @@ from krs_plugin.kdc.policy import (
     validate,
     value_text,
 )
-from krs_plugin.kdc.store import StateError, Store
-
-OpenStore = Callable[[argparse.Namespace], Store]
+from krs_plugin.kdc.store import StateError
 
 
 def _duration(text: str) -> int:
@@ -104,7 +102,7 @@ def policy_json(name: str, policy: Policy, zones: list[str] | None = None) -> di
     return data
 
 
-def cmd_policy_add(args: argparse.Namespace, open_store: OpenStore) -> int:
+def cmd_policy_add(args: argparse.Namespace) -> int:
     name = check_policy_name(args.name)
     policy = validate(Policy(**_given(args)), name=f"policy {name}")
     store = open_store(args)
@@ -122,7 +120,7 @@ def cmd_policy_add(args: argparse.Namespace, open_store: OpenStore) -> int:
     return 0
 
 
-def cmd_policy_set(args: argparse.Namespace, open_store: OpenStore) -> int:
+def cmd_policy_set(args: argparse.Namespace) -> int:
     store = open_store(args)
     given = _given(args)
     if not given:
@@ -154,7 +152,7 @@ def cmd_policy_set(args: argparse.Namespace, open_store: OpenStore) -> int:
     return 0
 
 
-def cmd_policy_show(args: argparse.Namespace, open_store: OpenStore) -> int:
+def cmd_policy_show(args: argparse.Namespace) -> int:
     store = open_store(args)
     policy = store.require_policy(args.name)
     zones = store.policy_zones(args.name)
@@ -164,7 +162,7 @@ def cmd_policy_show(args: argparse.Namespace, open_store: OpenStore) -> int:
     return 0
 
 
-def cmd_policy_list(args: argparse.Namespace, open_store: OpenStore) -> int:
+def cmd_policy_list(args: argparse.Namespace) -> int:
     store = open_store(args)
     rows = [(n, p, store.policy_zones(n)) for n, p in store.policies()]
     lines = []
@@ -181,14 +179,14 @@ def cmd_policy_list(args: argparse.Namespace, open_store: OpenStore) -> int:
     return 0
 
 
-def cmd_policy_remove(args: argparse.Namespace, open_store: OpenStore) -> int:
+def cmd_policy_remove(args: argparse.Namespace) -> int:
     store = open_store(args)
     store.remove_policy(args.name)
     emit({"name": args.name, "removed": True}, [f"removed policy {args.name}"], as_json=args.json)
     return 0
 
 
-def cmd_zone_set(args: argparse.Namespace, open_store: OpenStore) -> int:
+def cmd_zone_set(args: argparse.Namespace) -> int:
     """Give a zone a key policy, or none (its keys by hand, as before issue 22)."""
     store = open_store(args)
     wanted = None if args.no_policy else args.policy
@@ -210,17 +208,10 @@ def cmd_zone_set(args: argparse.Namespace, open_store: OpenStore) -> int:
     return 0
 
 
-def add_parsers(sub: Any, zone: Any, add: Any, open_store: OpenStore) -> None:
+def add_parsers(sub: Any, zone: Any, add: Any) -> None:
     """``policy ...`` under ``sub`` and ``zone set`` under ``zone``; ``add`` is cli.py's helper."""
 
-    def bound(func: Callable[[argparse.Namespace, OpenStore], int]) -> Any:
-        def run(args: argparse.Namespace) -> int:
-            return func(args, open_store)
-
-        run.__name__ = func.__name__
-        return run
-
-    p = add(zone, "set", bound(cmd_zone_set), "give a zone a key policy, or none")
+    p = add(zone, "set", cmd_zone_set, "give a zone a key policy, or none")
     p.add_argument("zone")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--policy", metavar="NAME", help="the policy its keys roll by")
@@ -232,14 +223,14 @@ def add_parsers(sub: Any, zone: Any, add: Any, open_store: OpenStore) -> None:
     policy = sub.add_parser(
         "policy", help="key policies: lifetimes, rollover methods and timing of zones' keys"
     ).add_subparsers(dest="policy_command", metavar="ACTION", required=True)
-    p = add(policy, "add", bound(cmd_policy_add), "add a key policy (defaults: docs/lifecycle.md)")
+    p = add(policy, "add", cmd_policy_add, "add a key policy (defaults: docs/lifecycle.md)")
     p.add_argument("name")
     _add_policy_options(p)
-    p = add(policy, "set", bound(cmd_policy_set), "change fields of a key policy")
+    p = add(policy, "set", cmd_policy_set, "change fields of a key policy")
     p.add_argument("name")
     _add_policy_options(p)
-    p = add(policy, "show", bound(cmd_policy_show), "one policy: every field and its zones")
+    p = add(policy, "show", cmd_policy_show, "one policy: every field and its zones")
     p.add_argument("name")
-    add(policy, "list", bound(cmd_policy_list), "list key policies")
-    p = add(policy, "remove", bound(cmd_policy_remove), "remove a policy no zone uses")
+    add(policy, "list", cmd_policy_list, "list key policies")
+    p = add(policy, "remove", cmd_policy_remove, "remove a policy no zone uses")
     p.add_argument("name")

@@ -1,0 +1,34 @@
+"""Where ``krs-kdc`` keeps its state, and the checks every command module shares.
+
+State lives in one directory: ``--state``, or ``$KRS_KDC_STATE``, default ``./kdc-state``
+(docs/kdc.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from krs_plugin.errors import ConfigError
+from krs_plugin.kdc.store import StateError, Store
+
+DEFAULT_STATE = "kdc-state"
+
+
+def state_dir(args: argparse.Namespace) -> Path:
+    return Path(args.state or os.environ.get("KRS_KDC_STATE") or DEFAULT_STATE)
+
+
+def open_store(args: argparse.Namespace) -> Store:
+    state = state_dir(args)
+    if not (state / "kdc.db").exists():
+        raise ConfigError(f"{state}: no KDC state here (run: krs-kdc --state {state} init ...)")
+    return Store(state / "kdc.db")
+
+
+def check_address(text: str) -> None:
+    """A ``host:port`` option (a node's NOTIFY address, a listen or KDC address)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
+        raise StateError(f"address {text!r} must be host:port (e.g. 127.0.0.1:5355)")
