@@ -232,12 +232,18 @@ def confirmation_message(
         bound["node_id"] = node_id
     compact = compact_report(bound)
     body = sign_report(compact, signer) if signer is not None else compact
-    message = dns.message.make_query(
-        notify_name(dist_id, control_zone), dns.rdatatype.RdataType.make(CHUNK_TYPE)
-    )
+    return notify_with_body(notify_name(dist_id, control_zone), CONTENT_KEY_STATUS, body)
+
+
+def notify_with_body(
+    qname: dns.name.Name, content: int, body: Mapping[str, object]
+) -> dns.message.Message:
+    """A node's NOTIFY to the KDC (a confirmation, a resync request): QTYPE CHUNK, AA set, the
+    JSON ``body`` in the CHUNK EDNS0 option with its content byte (docs/protocol.md)."""
+    message = dns.message.make_query(qname, dns.rdatatype.RdataType.make(CHUNK_TYPE))
     message.set_opcode(dns.opcode.NOTIFY)
     message.flags = (message.flags | dns.flags.AA) & ~dns.flags.RD
-    option = ChunkOption(CONTENT_KEY_STATUS, json.dumps(body, separators=(",", ":")).encode())
+    option = ChunkOption(content, json.dumps(body, separators=(",", ":")).encode())
     message.use_edns(0, 0, 4096, options=[option])
     return message
 

@@ -23,10 +23,10 @@ import dns.name
 import dns.opcode
 import dns.rdatatype
 
-from krs_plugin.confirmation import key_ref, sign_report, verify_signed
+from krs_plugin.confirmation import key_ref, notify_with_body, sign_report, verify_signed
 from krs_plugin.crypto import JoseKey
 from krs_plugin.errors import PolicyError
-from krs_plugin.protocol import CHUNK_TYPE, ChunkOption, find_chunk_option
+from krs_plugin.protocol import find_chunk_option
 from krs_plugin.protocol.edns import CONTENT_RESYNC
 
 RESYNC_LABEL = b"_resync"
@@ -66,15 +66,7 @@ def resync_message(
         "zones": named,
         "zone_count": len(zones),
     }
-    signed = sign_report(body, signer)
-    message = dns.message.make_query(
-        resync_name(control_zone), dns.rdatatype.RdataType.make(CHUNK_TYPE)
-    )
-    message.set_opcode(dns.opcode.NOTIFY)
-    message.flags = (message.flags | dns.flags.AA) & ~dns.flags.RD
-    option = ChunkOption(CONTENT_RESYNC, json.dumps(signed, separators=(",", ":")).encode())
-    message.use_edns(0, 0, 4096, options=[option])
-    return message
+    return notify_with_body(resync_name(control_zone), CONTENT_RESYNC, sign_report(body, signer))
 
 
 def is_resync(query: dns.message.Message, origin: dns.name.Name) -> bool:
