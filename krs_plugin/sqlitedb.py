@@ -296,6 +296,9 @@ def transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """One atomic change: everything inside commits together or not at all. A change the file
     or the disk refuses is ``StateWriteError`` (rolled back: nothing of it is recorded)."""
     path = getattr(db, "path", Path("state database"))
+    if db.in_transaction:  # inside another change: a savepoint, committed with the outer one
+        yield from _nested(db, path)
+        return
     try:
         db.execute("BEGIN IMMEDIATE")
     except sqlite3.Error as exc:
@@ -309,6 +312,21 @@ def transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         if db.in_transaction:  # SQLite may have rolled back already (a full disk, an I/O error)
             with contextlib.suppress(sqlite3.Error):
                 db.execute("ROLLBACK")
+        if is_storage_error(exc):
+            raise write_error(path, exc) from exc
+        raise
+
+
+def _nested(db: sqlite3.Connection, path: Path) -> Iterator[sqlite3.Connection]:
+    db.execute("SAVEPOINT nested")
+    try:
+        yield db
+        db.execute("RELEASE nested")
+    except BaseException as exc:
+        if db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK TO nested")
+                db.execute("RELEASE nested")
         if is_storage_error(exc):
             raise write_error(path, exc) from exc
         raise

@@ -59,17 +59,42 @@ def recipient_for(node: NodeRow) -> NodeRecipient:
     return NodeRecipient(name, "jose", JoseKey.from_jwk(json.loads(node.jose_pubkey)))
 
 
-def key_of(row: KeyRow) -> DnssecKey:
-    return load_pkcs8_pem(row.private_pem, row.zone, row.algorithm, row.flags)
+def key_of(row: KeyRow, ttl: int | None = None) -> DnssecKey:
+    if ttl is None:
+        return load_pkcs8_pem(row.private_pem, row.zone, row.algorithm, row.flags)
+    return load_pkcs8_pem(row.private_pem, row.zone, row.algorithm, row.flags, ttl)
+
+
+@dataclass(frozen=True)
+class ZoneRule:
+    """How a zone's keys are sent: by hand, or as its policy's engine says (docs/lifecycle.md):
+    the policy's DNSKEY TTL on every key, and a key the engine has not introduced yet (created)
+    not sent at all."""
+
+    dnskey_ttl: int | None = None
+    engine: bool = False
+
+
+def zone_rule(store: Store, zone: str) -> ZoneRule:
+    found = store.policy_of(zone)
+    return ZoneRule() if found is None else ZoneRule(found[1].dnskey_ttl, engine=True)
 
 
 def zone_entries(
-    keys: Sequence[KeyRow], dist_id: str, *, now: int, expires_at: int
+    keys: Sequence[KeyRow],
+    dist_id: str,
+    *,
+    now: int,
+    expires_at: int,
+    rule: ZoneRule | None = None,
 ) -> tuple[list[Entry], int, int]:
     """roll_key for every live key (with its timing), delete_key for removed ones."""
+    rule = rule or ZoneRule()
     entries: list[Entry] = []
     rolls = deletes = 0
     for row in keys:
+        if rule.engine and row.state == "created":
+            continue
         if row.state in LIVE_STATES:
             timing = KeyTiming(
                 publish=row.publish_at,
@@ -79,7 +104,7 @@ def zone_entries(
             )
             entries.append(
                 roll_key_entry(
-                    key_of(row),
+                    key_of(row, rule.dnskey_ttl),
                     row.role,  # type: ignore[arg-type]
                     timing=timing,
                     distribution_id=dist_id,
@@ -145,9 +170,12 @@ def distribute_zone(
     expires_at = stamp + ttl
     recipients = [recipient_for(node) for node in nodes]  # fails before anything is stored
     records_total = 0
+    rule = zone_rule(store, zone)
     with store.transaction():
         dist_id, serial = store.next_distribution_id(now)
-        entries, rolls, deletes = zone_entries(keys, dist_id, now=stamp, expires_at=expires_at)
+        entries, rolls, deletes = zone_entries(
+            keys, dist_id, now=stamp, expires_at=expires_at, rule=rule
+        )
         cleartext = encode_payload(entries)
         carried, deleted = sent_keys(entries), deleted_keys(entries)
         counts = {"zone_count": 1, "key_count": rolls + deletes, "operation_count": len(entries)}
@@ -177,9 +205,10 @@ def distribute_zone(
             records_total += len(records)
             if progress is not None:
                 progress(index + 1, len(nodes))
-        store.db.execute(
-            "UPDATE keys SET state = 'published' WHERE zone = ? AND state = 'created'", (zone,)
-        )
+        if not rule.engine:  # the engine moves its keys' states itself
+            store.db.execute(
+                "UPDATE keys SET state = 'published' WHERE zone = ? AND state = 'created'", (zone,)
+            )
     return DistributionSummary(
         dist_id, zone, tuple(n.id for n in nodes), rolls, deletes, records_total, (zone,)
     )
@@ -224,12 +253,15 @@ def distribute_node(
     stamp = int(now)
     expires_at = stamp + ttl
     recipient = recipient_for(node)
+    rules = _zone_rules(store, wanted)
     with store.transaction():
         dist_id, serial = store.next_distribution_id(now)
         entries: list[Entry] = []
         rolls = deletes = 0
         for zone in wanted:
-            ops, r, d = zone_entries(by_zone[zone], dist_id, now=stamp, expires_at=expires_at)
+            ops, r, d = zone_entries(
+                by_zone[zone], dist_id, now=stamp, expires_at=expires_at, rule=rules[zone]
+            )
             entries += ops
             rolls += r
             deletes += d
@@ -266,7 +298,7 @@ def distribute_node(
         )
         store.db.executemany(
             "UPDATE keys SET state = 'published' WHERE zone = ? AND state = 'created'",
-            [(z,) for z in wanted],
+            [(z,) for z in wanted if not rules[z].engine],
         )
     return DistributionSummary(
         dist_id,
@@ -277,3 +309,14 @@ def distribute_node(
         len(records),
         tuple(wanted),
     )
+
+
+def _zone_rules(store: Store, zones: Sequence[str]) -> dict[str, ZoneRule]:
+    """Each zone's rule, from one query (a node may serve 10,000 zones)."""
+    policies = dict(store.policies())
+    rows = store.db.execute("SELECT name, policy FROM zones WHERE policy IS NOT NULL").fetchall()
+    by_zone = {r["name"]: policies.get(r["policy"]) for r in rows}
+    return {
+        z: ZoneRule(p.dnskey_ttl, engine=True) if (p := by_zone.get(z)) else ZoneRule()
+        for z in zones
+    }

@@ -3,9 +3,10 @@ waits"): per key, its DNSKEY, its RRSIGs over the DNSKEY RRset (``krrsig``) and 
 the zone (``zrrsig``) and its DS, each hidden, rumoured, omnipresent or unretentive.
 
 Pure functions: when a rumoured or unretentive record settles, given when the gate was reached
-(``gate.check_gate``) or when the operator said ``ds seen``/``ds gone``; what every node's server
-must serve for a set of record states (``gate.Expected``); and what the nodes are told to do with
-each key (publish, sign, withdraw), so a distribution carries the current step only.
+(``gate.check_gate``) or when the operator said ``ds seen``/``ds gone``; and what every node's
+server must serve for a set of record states (``gate.Expected``). What the nodes are told of each
+key follows from its records (``engine.key_state``), so a distribution carries the current step
+only.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class KeyRecords:
     flags: int
     role: str
     states: dict[str, State]  # record -> state, for the records of its role
+    key_id: int = 0  # kdc.db's keys.id (0: not stored)
 
     def state(self, record: str) -> State:
         return self.states.get(record, State.HIDDEN)
@@ -82,26 +84,4 @@ def expected(zone: str, keys: Iterable[KeyRecords], dnskey_ttl: int) -> Expected
         dnskey_signers=frozenset(k.key_tag for k in keys if k.visible("krrsig")),
         soa_signers=frozenset(k.key_tag for k in keys if k.visible("zrrsig")),
         dnskey_ttl=dnskey_ttl,
-    )
-
-
-@dataclass(frozen=True)
-class Intent:
-    """What one distribution tells the nodes to do with one key now (no future times)."""
-
-    key_tag: int
-    publish: bool  # its DNSKEY is in the zone
-    sign: bool  # it signs (the DNSKEY RRset for a KSK, the zone for a ZSK, both for a CSK)
-    delete: bool  # gone from the zone: the nodes delete it
-
-
-def intent(key: KeyRecords) -> Intent:
-    """The nodes' instruction for ``key`` in its current states."""
-    signing = [r for r in RECORDS_OF_ROLE[key.role] if r in ("krrsig", "zrrsig")]
-    published = key.visible("dnskey")
-    return Intent(
-        key_tag=key.key_tag,
-        publish=published,
-        sign=published and any(key.visible(r) for r in signing),
-        delete=not published and key.state("dnskey") is State.UNRETENTIVE,
     )

@@ -54,6 +54,7 @@ from krs_plugin.dnsio import (
     udp_exchange,
 )
 from krs_plugin.errors import KrsError
+from krs_plugin.kdc.engine import DEFAULT_RESEND_AFTER, Engine, EngineOptions
 from krs_plugin.kdc.enroll import EnrollmentDesk
 from krs_plugin.kdc.identity import KdcIdentity
 from krs_plugin.kdc.resync import RESYNC_INTERVAL, ResyncDesk
@@ -98,6 +99,8 @@ class ServeOptions:
     tcp_idle_timeout: float = 30.0
     max_notify_in_flight: int = MAX_NOTIFY_IN_FLIGHT
     resync_interval: float = RESYNC_INTERVAL  # at most one resend per node in this time
+    resend_after: float = DEFAULT_RESEND_AFTER  # the engine's step resend (engine.EngineOptions)
+    engine_interval: float = 1.0  # seconds between the lifecycle engine's passes
 
 
 class ControlZone:
@@ -422,6 +425,8 @@ class KdcServer:
         self._servers: list[asyncio.AbstractServer] = []
         self._transports: list[asyncio.BaseTransport] = []
         self.notify_hold = 0.0  # no NOTIFY round before this time (kdc.db not taking changes)
+        self.engine: Engine | None = None  # the lifecycle engine, when serve has the identity
+        self._engine_due = 0.0
 
     def handle(self, wire: bytes, source: str, *, udp: bool) -> bytes | None:
         if self.enrollment is not None and _is_update(wire):
@@ -474,6 +479,12 @@ class KdcServer:
                     log.info("key %d of %s is now %s", tag, zone, state)
             except StateWriteError as exc:  # the next tick tries again
                 state_failures.error("expiry", f"expiry and key states not recorded: {exc}")
+            if self.engine is not None and now >= self._engine_due:
+                self._engine_due = now + self.options.engine_interval
+                try:
+                    self.engine.run_pass(now)
+                except StateWriteError as exc:  # one transaction per change: the next pass
+                    state_failures.error("engine", f"lifecycle step not recorded: {exc}")
             for key in [k for k, task in in_flight.items() if task.done()]:
                 del in_flight[key]
             for d in self.store.distributions(status="pending"):
@@ -544,6 +555,8 @@ async def serve(
     zone = ControlZone(store, control_zone, clock_skew=options.clock_skew, resync=resync)
     desk = EnrollmentDesk(store, identity, zone.origin) if identity is not None else None
     server = KdcServer(store, zone, options, desk)
+    if identity is not None:
+        server.engine = Engine(store, identity, EngineOptions(resend_after=options.resend_after))
     quiet_accept_errors(asyncio.get_running_loop())
     await server.start()
     print(

@@ -126,6 +126,47 @@ CREATE TABLE IF NOT EXISTS policies (
     created_at INTEGER NOT NULL,
     updated_at INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS key_records (
+    key_id INTEGER NOT NULL REFERENCES keys(id),
+    record TEXT NOT NULL CHECK (record IN ('dnskey', 'krrsig', 'zrrsig', 'ds')),
+    state TEXT NOT NULL CHECK (state IN ('hidden', 'rumoured', 'omnipresent', 'unretentive')),
+    changed_at INTEGER NOT NULL,
+    PRIMARY KEY (key_id, record)
+);
+CREATE TABLE IF NOT EXISTS rollovers (
+    id INTEGER PRIMARY KEY,
+    zone TEXT NOT NULL REFERENCES zones(name),
+    role TEXT NOT NULL,
+    method TEXT NOT NULL,
+    keys TEXT NOT NULL,
+    step INTEGER NOT NULL,
+    step_started_at INTEGER,
+    distribution_id TEXT,
+    nodes TEXT NOT NULL DEFAULT '[]',
+    reached_at INTEGER,
+    largest_dnskey_ttl INTEGER,
+    resent_at INTEGER,
+    ds_seen_at INTEGER,
+    ds_gone_at INTEGER,
+    requested_at INTEGER NOT NULL,
+    finished_at INTEGER,
+    cause TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS one_rollover_per_zone ON rollovers(zone)
+    WHERE finished_at IS NULL;
+CREATE TABLE IF NOT EXISTS history (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at INTEGER NOT NULL,
+    zone TEXT NOT NULL,
+    event TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    cause TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS history_by_zone ON history(zone, id);
+CREATE TRIGGER IF NOT EXISTS history_no_update BEFORE UPDATE ON history
+    BEGIN SELECT RAISE(ABORT, 'the history is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS history_no_delete BEFORE DELETE ON history
+    BEGIN SELECT RAISE(ABORT, 'the history is append-only'); END;
 """
 # The tables of the first release: a database without them is not a KDC's (sqlitedb.py).
 _TABLES = ("meta", "zones", "keys", "nodes", "node_zones", "distributions", "records")

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import pytest
 
+from krs_plugin.kdc.engine import key_state
 from krs_plugin.kdc.policy import Policy
-from krs_plugin.kdc.records import Intent, KeyRecords, State, expected, intent, settles_at
+from krs_plugin.kdc.records import KeyRecords, State, expected, settles_at
+from krs_plugin.kdc.store import KeyRow
 
 H, D = 3600, 86400
 POLICY = Policy()  # dnskey-ttl 1h, max-zone-ttl 1d, safety 1h each, margin 5m, Dsgn 9d
@@ -68,16 +70,21 @@ def test_pre_publication_steps_expect_what_each_server_must_serve() -> None:
     assert {k[0] for k in e.dnskeys} == {7892, 12} and e.soa_signers == {12}
 
 
-def test_intents_carry_the_current_step_only() -> None:
-    assert intent(zsk(12, State.RUMOURED, State.HIDDEN)) == intent_of(12, True, False, False)
-    assert intent(zsk(12, State.OMNIPRESENT, State.RUMOURED)) == intent_of(12, True, True, False)
-    assert intent(zsk(6103, State.OMNIPRESENT, State.UNRETENTIVE)) == intent_of(
-        6103, True, False, False
-    )
-    assert intent(zsk(6103, State.UNRETENTIVE, State.HIDDEN)) == intent_of(6103, False, False, True)
-    assert intent(zsk(6103, State.HIDDEN, State.HIDDEN)) == intent_of(6103, False, False, False)
-    assert intent(KSK) == intent_of(7892, True, True, False)
+def row(publish: int | None, activate: int | None, inactive: int | None = None) -> KeyRow:
+    return KeyRow(1, "example.com.", 12, "ZSK", 13, 256, "active", 0, publish, activate,
+                  inactive, None, b"")  # fmt: skip
 
 
-def intent_of(tag: int, publish: bool, sign: bool, delete: bool) -> Intent:
-    return Intent(tag, publish, sign, delete)
+def test_key_states_and_times_carry_the_current_step_only() -> None:
+    """What a distribution says of each key follows its records, with no future times: a key
+    published and not signing yet has no activate time (docs/lifecycle.md)."""
+    now = 1000
+    assert key_state(row(None, None), zsk(12, State.RUMOURED, State.HIDDEN), now) == (
+        "published", {"publish_at": now})  # fmt: skip
+    assert key_state(row(500, None), zsk(12, State.OMNIPRESENT, State.RUMOURED), now) == (
+        "active", {"activate_at": now})  # fmt: skip
+    assert key_state(row(5, 6), zsk(6103, State.OMNIPRESENT, State.UNRETENTIVE), now) == (
+        "retired", {"inactive_at": now})  # fmt: skip
+    assert key_state(row(5, 6, 7), zsk(6103, State.UNRETENTIVE, State.HIDDEN), now) == (
+        "removed", {"delete_at": now})  # fmt: skip
+    assert key_state(row(None, None), zsk(6103, State.HIDDEN, State.HIDDEN), now) == ("created", {})

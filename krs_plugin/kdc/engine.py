@@ -1,0 +1,547 @@
+"""The lifecycle engine: one pass over every zone that has a policy (docs/lifecycle.md, "How the
+engine rolls keys").
+
+Per zone, at most one rollover runs. A pass begins its current step (record states move, the
+keys' states follow, one distribution to every node of the zone, the node set frozen), checks the
+gate (``gate.check_gate``: every node confirmed serving the step), waits for the step's records to
+settle (``records.settles_at``, from the last node's confirmation or the operator's ``ds seen``)
+and moves on. Each change is one transaction with its history entry, so the pass is restart-safe:
+``krs-kdc serve`` runs it every second; a pass that finds nothing due changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from krs_plugin.dnssec import generate_key
+from krs_plugin.kdc.distribute import distribute_zone
+from krs_plugin.kdc.enginestate import EngineState, Rollover
+from krs_plugin.kdc.gate import GateResult, Served, check_gate
+from krs_plugin.kdc.identity import KdcIdentity
+from krs_plugin.kdc.methods import Step, initial_step, steps_for
+from krs_plugin.kdc.policy import Policy, intervals
+from krs_plugin.kdc.records import RECORDS_OF_ROLE, KeyRecords, State, expected, settles_at
+from krs_plugin.kdc.store import KeyRow, StateError, Store
+
+log = logging.getLogger("krs.kdc.engine")
+
+ROLE_FLAGS = {"ZSK": 256, "KSK": 257, "CSK": 257}
+SIGNING = ("krrsig", "zrrsig")
+DEFAULT_RESEND_AFTER = 600.0
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    # A node that confirmed a step but serves something else gets the step again after this
+    # long (it re-applies and reads its server again); a node that never confirmed is not resent
+    # to: its distribution waits for it (docs/lifecycle.md, "When a node lags").
+    resend_after: float = DEFAULT_RESEND_AFTER
+
+
+@dataclass(frozen=True)
+class ZoneView:
+    """Where one zone's lifecycle stands: what ``status`` shows and the metrics count."""
+
+    zone: str
+    policy: str
+    phase: str  # idle, "ZSK rollover", ...
+    step: str  # "2 of 3: sign with the new ZSK instead of the old", or ""
+    waits_for: str  # "nodes", "time", "parent", "operator", "" (idle)
+    until: int | None  # the earliest time the step completes, when waiting for time
+    lagging: dict[str, str] = field(default_factory=dict)
+    rollover: Rollover | None = None
+    next_rollover: tuple[str, int] | None = None  # (role, when) by lifetime, when idle
+    problem: str = ""
+
+
+def policy_zones(store: Store) -> list[tuple[str, str]]:
+    """(zone, policy name) of every zone the engine runs."""
+    rows = store.db.execute(
+        "SELECT name, policy FROM zones WHERE policy IS NOT NULL ORDER BY name"
+    ).fetchall()
+    return [(r["name"], r["policy"]) for r in rows]
+
+
+class Engine:
+    """The engine's pass; ``identity`` seals and signs the step distributions."""
+
+    def __init__(
+        self,
+        store: Store,
+        identity: KdcIdentity,
+        options: EngineOptions | None = None,
+    ) -> None:
+        self.store = store
+        self.state = EngineState(store)
+        self.identity = identity
+        self.options = options or EngineOptions()
+        self._problems: dict[str, str] = {}  # zone -> last problem logged (logged once)
+
+    # --- the pass ---------------------------------------------------------------------------------
+
+    def run_pass(self, now: float) -> None:
+        for zone, policy_name in policy_zones(self.store):
+            try:
+                policy = self.store.require_policy(policy_name)
+                self.run_zone(zone, policy, int(now))
+            except StateError as exc:
+                if self._problems.get(zone) != str(exc):
+                    log.warning("zone %s: the lifecycle engine is held: %s", zone, exc)
+                    self._problems[zone] = str(exc)
+            else:
+                self._problems.pop(zone, None)
+
+    def run_zone(self, zone: str, policy: Policy, now: int) -> None:
+        rollover = self.state.current(zone)
+        if rollover is None:
+            self._settle_loose_ds(zone, policy, now)
+            rollover = self._start_due(zone, policy, now)
+            if rollover is None:
+                return
+        if rollover.step_started_at is None:
+            self._begin_step(rollover, policy, now)
+            rollover = self.state.current(zone)
+            if rollover is None:
+                return
+        self._advance(rollover, policy, now)
+
+    # --- starting rollovers ---------------------------------------------------------------
+
+    def _start_due(self, zone: str, policy: Policy, now: int) -> Rollover | None:
+        """A zone's first keys, the adoption of keys made by hand, or a rollover whose key's
+        lifetime ends (started Ipub ahead, so the successor is omnipresent when it ends)."""
+        live = [k for k in self.store.keys(zone) if k.state != "removed"]
+        if not live:
+            return self.start(zone, "initial", cause="engine: the zone has a policy and no keys",
+                              now=now)  # fmt: skip
+        if not self.state.has_records(zone):
+            self._adopt(zone, live, now)
+            return None
+        due = next_by_lifetime(self.state.key_records(zone, live), live, policy)
+        if due is not None and due[1] <= now:
+            role, _ = due
+            return self.start(zone, role, cause=f"time: the {role}'s lifetime ends", now=now)
+        return None
+
+    def start(self, zone: str, role: str, *, cause: str, now: int) -> Rollover:
+        """A new rollover of ``role`` (or ``initial``), its new key(s) made now: begun at the
+        engine's next pass. Refused while one runs, or when the method is not built."""
+        policy_name = self.store.zone_policy(zone)
+        if policy_name is None:
+            raise StateError(
+                f"zone {zone} has no policy: its keys change by hand (krs-kdc zone set {zone} "
+                "--policy NAME gives it one)"
+            )
+        policy = self.store.require_policy(policy_name)
+        running = self.state.current(zone)
+        if running is not None:
+            raise StateError(
+                f"zone {zone} has a {running.role} rollover running (step {running.step + 1}); "
+                "one rollover per zone at a time: see krs-kdc status"
+            )
+        with self.store.transaction():
+            if role == "initial":
+                keys = {f"new:{r}": self._new_key(zone, r, policy, now).id for r in policy.roles}
+                method = "initial"
+            else:
+                if role not in policy.roles:
+                    raise StateError(
+                        f"zone {zone}'s policy {policy_name} has layout {policy.layout}: no "
+                        f"{role} to roll (roles: {', '.join(policy.roles)})"
+                    )
+                method = getattr(policy, f"{role.lower()}_method")
+                if steps_for(role, method) is None:
+                    raise StateError(
+                        f"the {role} method {method} of policy {policy_name} is not built yet "
+                        "(docs/lifecycle.md, 'Steps of each method')"
+                    )
+                old = current_key(self.state.key_records(zone), self.store.keys(zone), role)
+                if old is None:
+                    raise StateError(f"zone {zone} has no {role} signing now to roll")
+                keys = {"old": old.id, "new": self._new_key(zone, role, policy, now).id}
+            rollover = self.state.add_rollover(zone, role, method, keys, cause=cause, now=now)
+            self.state.log(
+                zone,
+                "rollover-started",
+                {"role": role, "method": method, "keys": self._tags(keys)},
+                cause=cause,
+                now=now,
+            )
+        return rollover
+
+    def _new_key(self, zone: str, role: str, policy: Policy, now: int) -> KeyRow:
+        key = generate_key(zone, policy.algorithm, ROLE_FLAGS[role], ttl=policy.dnskey_ttl)
+        return self.store.add_key(
+            zone,
+            key_tag=key.key_tag,
+            role=role,
+            algorithm=key.algorithm,
+            flags=key.flags,
+            private_pem=key.to_pkcs8_pem(),
+            now=now,
+        )
+
+    def _adopt(self, zone: str, live: list[KeyRow], now: int) -> None:
+        """Keys made by hand before the zone had a policy: their records are taken as
+        omnipresent as their states say (a KSK that was published: its DS too, as the
+        operator published it)."""
+        with self.store.transaction():
+            for row in live:
+                published = row.state in ("published", "active", "retired")
+                visible = {
+                    "dnskey": published,
+                    "krrsig": row.state == "active",
+                    "zrrsig": row.state == "active",
+                    "ds": published,
+                }
+                for record in RECORDS_OF_ROLE[row.role]:
+                    state = State.OMNIPRESENT if visible[record] else State.HIDDEN
+                    self.state.set_record(row.id, record, state, now)
+            self.state.log(
+                zone,
+                "adopted",
+                {"keys": [f"{k.role} {k.key_tag} {k.state}" for k in live]},
+                cause="engine: the zone got a policy",
+                now=now,
+            )
+
+    def _settle_loose_ds(self, zone: str, policy: Policy, now: int) -> None:
+        """A DS the operator reported outside a rollover (``ds seen`` for a zone's first KSK)
+        settles by time."""
+        rows = self.store.keys(zone)
+        for rec in self.state.key_records(zone, rows):
+            if rec.state("ds") not in (State.RUMOURED, State.UNRETENTIVE):
+                continue
+            since = self.state.record_changed_at(rec.key_id, "ds") or now
+            ttl = policy.dnskey_ttl
+            if settles_at("ds", rec.state("ds"), since=since, policy=policy, dnskey_ttl=ttl) > now:
+                continue
+            settled = _settled(rec.state("ds"))
+            with self.store.transaction():
+                self.state.set_record(rec.key_id, "ds", settled, now)
+                self.state.log(
+                    zone, "record-settled", {"key": rec.key_tag, "record": "ds", "state": settled},
+                    cause="time", now=now,
+                )  # fmt: skip
+
+    # --- steps ---------------------------------------------------------------------------
+
+    def steps(self, rollover: Rollover) -> tuple[Step, ...]:
+        if rollover.role == "initial":
+            roles = tuple(k.split(":", 1)[1] for k in rollover.keys)
+            return (initial_step(roles),)
+        steps = steps_for(rollover.role, rollover.method)
+        if steps is None:
+            raise StateError(f"the {rollover.role} method {rollover.method} is not built yet")
+        return steps
+
+    def _begin_step(self, rollover: Rollover, policy: Policy, now: int) -> None:
+        step = self.steps(rollover)[rollover.step]
+        zone = rollover.zone
+        with self.store.transaction():
+            records = {r.key_id: r for r in self.state.key_records(zone)}
+            moved = []
+            for change in step.changes:
+                key_id = rollover.keys.get(change.which)
+                if key_id is None:
+                    continue
+                current = records[key_id].state(change.record)
+                if change.to is State.UNRETENTIVE and current is State.HIDDEN:
+                    continue  # e.g. the old KSK's DS, never reported at the parent
+                self.state.set_record(key_id, change.record, change.to, now)
+                moved.append(f"{records[key_id].key_tag} {change.record} {change.to}")
+            self._sync_keys(zone, now)
+            nodes = [n.id for n in self.store.nodes(zone)]
+            dist_id = None
+            if step.visible:
+                dist_id = distribute_zone(self.store, self.identity, zone, now=now).distribution_id
+            self.state.update_rollover(
+                rollover.id,
+                step_started_at=now,
+                distribution_id=dist_id,
+                nodes=nodes,
+                reached_at=None if step.visible else now,
+                largest_dnskey_ttl=None,
+                resent_at=None,
+            )
+            self.state.log(
+                zone,
+                "step-begun",
+                {
+                    "step": rollover.step + 1,
+                    "of": len(self.steps(rollover)),
+                    "does": step.says,
+                    "records": moved,
+                    "distribution": dist_id,
+                    "nodes": nodes,
+                },
+                cause="engine",
+                now=now,
+            )
+        log.info(
+            "zone %s: %s step %d began: %s%s", zone, rollover.role, rollover.step + 1, step.says,
+            f" (distribution {dist_id} to {len(nodes)} nodes)" if dist_id else "",
+        )  # fmt: skip
+
+    def gate(self, rollover: Rollover, policy: Policy) -> GateResult:
+        """Whether every node of the step's set serves what the records say (check_gate)."""
+        zone = rollover.zone
+        nodes = self._step_nodes(rollover)
+        served: dict[str, Served | None] = {n: None for n in nodes}
+        for row in self.store.served_state(zone=zone, latest=True):
+            if row.node_id in served:
+                served[row.node_id] = Served.from_report(row.state)
+        wanted = expected(zone, self.state.key_records(zone), policy.dnskey_ttl)
+        return check_gate(wanted, nodes, served, since=rollover.step_started_at or 0)
+
+    def _step_nodes(self, rollover: Rollover) -> list[str]:
+        """The step's frozen set, less nodes an operator took out of the zone since."""
+        present = {n.id for n in self.store.nodes(rollover.zone)}
+        return [n for n in rollover.nodes if n in present]
+
+    def _advance(self, rollover: Rollover, policy: Policy, now: int) -> None:
+        zone = rollover.zone
+        steps = self.steps(rollover)
+        step = steps[rollover.step]
+        if rollover.reached_at is None:
+            result = self.gate(rollover, policy)
+            if not result.reached:
+                self._maybe_resend(rollover, result, now)
+                return
+            with self.store.transaction():
+                self.state.update_rollover(
+                    rollover.id,
+                    reached_at=result.reached_at,
+                    largest_dnskey_ttl=result.largest_dnskey_ttl,
+                )
+                self.state.log(
+                    zone,
+                    "step-served",
+                    {"step": rollover.step + 1, "nodes": self._step_nodes(rollover),
+                     "last_confirmation": result.reached_at},
+                    cause="confirmations",
+                    now=now,
+                )  # fmt: skip
+            log.info("zone %s: every node serves step %d", zone, rollover.step + 1)
+            rollover = self.state.current(zone) or rollover
+        when = self.settles(rollover, policy, step)
+        if when is None or when > now:
+            return
+        with self.store.transaction():
+            records = {r.key_id: r for r in self.state.key_records(zone)}
+            settled = []
+            for change in step.changes:
+                key_id = rollover.keys.get(change.which)
+                if key_id is None or records[key_id].state(change.record) is not change.to:
+                    continue
+                state = _settled(change.to)
+                self.state.set_record(key_id, change.record, state, now)
+                settled.append(f"{records[key_id].key_tag} {change.record} {state}")
+            self._sync_keys(zone, now)
+            self.state.log(
+                zone,
+                "step-done",
+                {"step": rollover.step + 1, "records": settled},
+                cause="time",
+                now=now,
+            )
+            if rollover.step + 1 >= len(steps):
+                self.state.update_rollover(rollover.id, finished_at=now)
+                self.state.log(
+                    zone, "rollover-done", {"role": rollover.role}, cause="engine", now=now
+                )
+            else:
+                self.state.update_rollover(
+                    rollover.id, step=rollover.step + 1, step_started_at=None, reached_at=None
+                )
+        log.info("zone %s: %s step %d done", zone, rollover.role, rollover.step + 1)
+        following = self.state.current(zone)
+        if following is not None and following.step_started_at is None:
+            self._begin_step(following, policy, now)
+
+    def settles(self, rollover: Rollover, policy: Policy, step: Step) -> int | None:
+        """When the step's records have all settled; None while it waits for nodes or the
+        operator (``ds seen``/``ds gone``)."""
+        if rollover.reached_at is None:
+            return None
+        records = {r.key_id: r for r in self.state.key_records(rollover.zone)}
+        ttl = max(rollover.largest_dnskey_ttl or 0, policy.dnskey_ttl)
+        times = [rollover.reached_at]
+        for change in step.changes:
+            key_id = rollover.keys.get(change.which)
+            if key_id is None or records[key_id].state(change.record) is not change.to:
+                continue
+            since = rollover.reached_at
+            if change.record == "ds":
+                told = rollover.ds_seen_at if change.to is State.RUMOURED else rollover.ds_gone_at
+                if told is None:
+                    return None
+                since = told
+            times.append(
+                settles_at(change.record, change.to, since=since, policy=policy, dnskey_ttl=ttl)
+            )
+        return max(times)
+
+    def _maybe_resend(self, rollover: Rollover, result: GateResult, now: int) -> None:
+        """Send the step again to nodes that confirmed it but serve something else, at most
+        every ``resend_after`` seconds."""
+        if rollover.distribution_id is None or rollover.step_started_at is None:
+            return
+        last = rollover.resent_at or rollover.step_started_at
+        if now - last < self.options.resend_after:
+            return
+        again = [
+            node for node, why in result.lagging.items()
+            if node and not why.startswith("has not confirmed")
+        ]  # fmt: skip
+        if not again:
+            return
+        with self.store.transaction():
+            summary = distribute_zone(
+                self.store, self.identity, rollover.zone, node_ids=again, now=now
+            )
+            self.state.update_rollover(rollover.id, resent_at=now)
+            self.state.log(
+                rollover.zone,
+                "step-resent",
+                {"step": rollover.step + 1, "nodes": result.lagging,
+                 "distribution": summary.distribution_id},
+                cause="engine",
+                now=now,
+            )  # fmt: skip
+        log.warning(
+            "zone %s: step %d sent again to %s: %s", rollover.zone, rollover.step + 1,
+            ", ".join(again), "; ".join(f"{n} {w}" for n, w in result.lagging.items()),
+        )  # fmt: skip
+
+    def _sync_keys(self, zone: str, now: int) -> None:
+        """The keys' states and times follow their records: what distributions send (a key
+        published and not signing has no activate time; docs/lifecycle.md)."""
+        rows = self.store.keys(zone)
+        for row, rec in zip(rows, self.state.key_records(zone, rows), strict=True):
+            state, times = key_state(row, rec, now)
+            if state == row.state and not times:
+                continue
+            assignments = ["state = ?"] + [f"{column} = ?" for column in times]
+            self.store.db.execute(
+                f"UPDATE keys SET {', '.join(assignments)} WHERE id = ?",
+                [state, *times.values(), row.id],
+            )
+
+    def _tags(self, keys: dict[str, int]) -> dict[str, int]:
+        return {which: self.store.key_by_id(key_id).key_tag for which, key_id in keys.items()}
+
+    # --- the operator's word on the parent --------------------------------------------------
+
+    def ds_reported(self, zone: str, *, seen: bool, now: int, cause: str) -> str:
+        """``ds seen``/``ds gone``: the parent serves the new DS / no longer the old one."""
+        zone = self.store.require_zone(zone)
+        rollover = self.state.current(zone)
+        word = "seen" if seen else "gone"
+        with self.store.transaction():
+            if rollover is not None and rollover.step_started_at is not None:
+                step = self.steps(rollover)[rollover.step]
+                wanted = State.RUMOURED if seen else State.UNRETENTIVE
+                records = {r.key_id: r for r in self.state.key_records(zone)}
+                waits = [
+                    c for c in step.changes
+                    if c.record == "ds" and c.to is wanted and c.which in rollover.keys
+                    and records[rollover.keys[c.which]].state("ds") is wanted
+                ]  # fmt: skip
+                if waits:
+                    column = "ds_seen_at" if seen else "ds_gone_at"
+                    self.state.update_rollover(rollover.id, **{column: now})
+                    self.state.log(zone, f"ds-{word}", {"step": rollover.step + 1},
+                                   cause=cause, now=now)  # fmt: skip
+                    change = "serves the new DS" if seen else "no longer serves the old DS"
+                    return f"recorded: the parent of {zone} {change}"
+            if not seen:
+                raise StateError(
+                    f"zone {zone} is not at a step that waits for the old DS to go: nothing "
+                    "recorded (see krs-kdc status)"
+                )
+            if rollover is not None:
+                raise StateError(
+                    f"zone {zone}'s {rollover.role} rollover is at step {rollover.step + 1}, "
+                    "which does not wait for the parent: nothing recorded (see krs-kdc status)"
+                )
+            first = [
+                r for r in self.state.key_records(zone)
+                if r.role in ("KSK", "CSK") and r.state("dnskey") is State.OMNIPRESENT
+                and r.state("ds") is State.HIDDEN
+            ]  # fmt: skip
+            if not first:
+                raise StateError(
+                    f"zone {zone} has no KSK whose DS the parent still needs: nothing recorded"
+                )
+            for rec in first:
+                self.state.set_record(rec.key_id, "ds", State.RUMOURED, now)
+            self.state.log(zone, "ds-seen", {"keys": [r.key_tag for r in first]},
+                           cause=cause, now=now)  # fmt: skip
+        tags = ", ".join(str(r.key_tag) for r in first)
+        return f"recorded: the parent of {zone} serves the DS of {tags}"
+
+
+def _settled(state: State) -> State:
+    return State.OMNIPRESENT if state is State.RUMOURED else State.HIDDEN
+
+
+def key_state(row: KeyRow, rec: KeyRecords, now: int) -> tuple[str, dict[str, int]]:
+    """The key's state (created, published, active, retired, removed) and the times to record,
+    from its records."""
+    published = rec.visible("dnskey")
+    signing = any(rec.visible(r) for r in SIGNING if r in rec.states)
+    times: dict[str, int] = {}
+    if published and row.publish_at is None:
+        times["publish_at"] = now
+    if published and signing:
+        if row.activate_at is None:
+            times["activate_at"] = now
+        return "active", times
+    if published:
+        if row.activate_at is not None:
+            if row.inactive_at is None:
+                times["inactive_at"] = now
+            return "retired", times
+        return "published", times
+    if row.publish_at is not None:
+        if row.delete_at is None:
+            times["delete_at"] = now
+        if row.activate_at is not None and row.inactive_at is None:
+            times["inactive_at"] = now
+        return "removed", times
+    return "created", times
+
+
+def current_key(records: list[KeyRecords], rows: list[KeyRow], role: str) -> KeyRow | None:
+    """The key of ``role`` that signs now (its signatures omnipresent), the newest if several."""
+    record = "zrrsig" if role == "ZSK" else "krrsig"
+    by_id = {r.id: r for r in rows}
+    candidates = [
+        by_id[rec.key_id] for rec in records
+        if rec.role == role and rec.state(record) is State.OMNIPRESENT
+        and rec.state("dnskey") is State.OMNIPRESENT
+    ]  # fmt: skip
+    return max(candidates, key=lambda r: r.id) if candidates else None
+
+
+def next_by_lifetime(
+    records: list[KeyRecords], rows: list[KeyRow], policy: Policy
+) -> tuple[str, int] | None:
+    """The role whose current key's lifetime ends first, and when its rollover starts: Ipub
+    ahead of the end, so the successor is in every cache when the old key's time is up."""
+    due: list[tuple[int, str]] = []
+    for role in policy.roles:
+        lifetime = int(getattr(policy, f"{role.lower()}_lifetime"))
+        if lifetime <= 0:
+            continue
+        key = current_key(records, rows, role)
+        if key is None or key.activate_at is None:
+            continue
+        ipub, _ = intervals(policy, role)
+        due.append((key.activate_at + lifetime - ipub.seconds, role))
+    if not due:
+        return None
+    when, role = min(due)
+    return role, when

@@ -1,0 +1,215 @@
+"""What the lifecycle engine keeps in kdc.db (docs/lifecycle.md, "What kdc.db keeps"): each
+key's record states, each zone's rollover with its current step, and the append-only history.
+
+Every change the engine makes is one transaction together with its history entry, so a KDC
+stopped at any moment starts again exactly where it was (the tables are in store._SCHEMA).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass, field
+from typing import Any
+
+from krs_plugin.kdc.records import RECORDS_OF_ROLE, KeyRecords, State
+from krs_plugin.kdc.store import KeyRow, StateError, Store, canonical
+
+
+@dataclass(frozen=True)
+class Rollover:
+    """One rollover of one zone (or a zone's first keys, role ``initial``)."""
+
+    id: int
+    zone: str
+    role: str  # ZSK, KSK, CSK, or initial
+    method: str
+    keys: dict[str, int]  # "old"/"new" (or "new:ROLE") -> keys.id
+    step: int  # index into the method's steps
+    step_started_at: int | None  # None: requested, not begun
+    distribution_id: str | None  # the step's distribution (None: nothing the nodes serve changed)
+    nodes: tuple[str, ...]  # the step's frozen node set
+    reached_at: int | None  # the gate: the last node's confirmation of the step
+    largest_dnskey_ttl: int | None
+    resent_at: int | None
+    ds_seen_at: int | None
+    ds_gone_at: int | None
+    requested_at: int
+    finished_at: int | None
+    cause: str
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    id: int
+    at: int
+    zone: str
+    event: str
+    detail: dict[str, Any] = field(default_factory=dict)
+    cause: str = ""
+
+
+class EngineState:
+    """Reads and writes of the engine's tables, on the Store's connection."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.db = store.db
+
+    # --- record states ----------------------------------------------------------------------
+
+    def key_records(self, zone: str, rows: list[KeyRow] | None = None) -> list[KeyRecords]:
+        """Every key of ``zone`` with its record states (hidden when never recorded)."""
+        rows = self.store.keys(zone) if rows is None else rows
+        states: dict[int, dict[str, State]] = {}
+        for r in self.db.execute(
+            "SELECT key_id, record, state FROM key_records WHERE key_id IN "
+            "(SELECT id FROM keys WHERE zone = ?)",
+            (canonical(zone),),
+        ):
+            states.setdefault(r["key_id"], {})[r["record"]] = State(r["state"])
+        return [
+            KeyRecords(
+                key_tag=row.key_tag,
+                algorithm=row.algorithm,
+                flags=row.flags,
+                role=row.role,
+                states={
+                    rec: states.get(row.id, {}).get(rec, State.HIDDEN)
+                    for rec in RECORDS_OF_ROLE[row.role]
+                },
+                key_id=row.id,
+            )
+            for row in rows
+        ]
+
+    def has_records(self, zone: str) -> bool:
+        return (
+            self.db.execute(
+                "SELECT 1 FROM key_records WHERE key_id IN (SELECT id FROM keys WHERE zone = ?) "
+                "LIMIT 1",
+                (canonical(zone),),
+            ).fetchone()
+            is not None
+        )
+
+    def set_record(self, key_id: int, record: str, state: State, now: int) -> None:
+        self.db.execute(
+            "INSERT INTO key_records(key_id, record, state, changed_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(key_id, record) DO UPDATE SET state = excluded.state, "
+            "changed_at = excluded.changed_at",
+            (key_id, record, str(state), now),
+        )
+
+    def record_changed_at(self, key_id: int, record: str) -> int | None:
+        row = self.db.execute(
+            "SELECT changed_at FROM key_records WHERE key_id = ? AND record = ?", (key_id, record)
+        ).fetchone()
+        return None if row is None else int(row["changed_at"])
+
+    # --- rollovers ----------------------------------------------------------------------------
+
+    def current(self, zone: str) -> Rollover | None:
+        row = self.db.execute(
+            "SELECT * FROM rollovers WHERE zone = ? AND finished_at IS NULL", (canonical(zone),)
+        ).fetchone()
+        return None if row is None else _rollover(row)
+
+    def rollovers(self, zone: str | None = None, *, running: bool = False) -> list[Rollover]:
+        clauses, args = [], []
+        if zone is not None:
+            clauses.append("zone = ?")
+            args.append(canonical(zone))
+        if running:
+            clauses.append("finished_at IS NULL")
+        where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+        rows = self.db.execute(f"SELECT * FROM rollovers{where} ORDER BY id", args)
+        return [_rollover(r) for r in rows]
+
+    def add_rollover(
+        self, zone: str, role: str, method: str, keys: dict[str, int], *, cause: str, now: int
+    ) -> Rollover:
+        """A new rollover, not begun (the engine begins it at its next pass). Refused while the
+        zone has one running: one rollover per zone at a time."""
+        running = self.current(zone)
+        if running is not None:
+            raise StateError(
+                f"zone {zone} has a {running.role} rollover running (step {running.step + 1}); "
+                "one rollover per zone at a time: see krs-kdc status"
+            )
+        cursor = self.db.execute(
+            "INSERT INTO rollovers(zone, role, method, keys, step, requested_at, cause) "
+            "VALUES (?, ?, ?, ?, 0, ?, ?)",
+            (canonical(zone), role, method, json.dumps(keys), now, cause),
+        )
+        return _rollover(
+            self.db.execute("SELECT * FROM rollovers WHERE id = ?", (cursor.lastrowid,)).fetchone()
+        )
+
+    def update_rollover(self, rollover_id: int, **values: Any) -> None:
+        allowed = {
+            "keys", "step", "step_started_at", "distribution_id", "nodes", "reached_at",
+            "largest_dnskey_ttl", "resent_at", "ds_seen_at", "ds_gone_at", "finished_at",
+        }  # fmt: skip
+        unknown = set(values) - allowed
+        if unknown:
+            raise ValueError(f"not a rollover column: {sorted(unknown)}")
+        encoded = {k: (json.dumps(v) if k in ("keys", "nodes") else v) for k, v in values.items()}
+        assignments = ", ".join(f"{k} = ?" for k in encoded)
+        self.db.execute(
+            f"UPDATE rollovers SET {assignments} WHERE id = ?", [*encoded.values(), rollover_id]
+        )
+
+    # --- history --------------------------------------------------------------------------------
+
+    def log(self, zone: str, event: str, detail: dict[str, Any], *, cause: str, now: int) -> None:
+        """Append one entry: ``cause`` is "time", "confirmations", "command: ..." or "engine"."""
+        self.db.execute(
+            "INSERT INTO history(at, zone, event, detail, cause) VALUES (?, ?, ?, ?, ?)",
+            (now, canonical(zone), event, json.dumps(detail, sort_keys=True), cause),
+        )
+
+    def history(
+        self, zone: str | None = None, *, since: int | None = None, limit: int | None = None
+    ) -> list[HistoryEntry]:
+        clauses: list[str] = []
+        args: list[object] = []
+        if zone is not None:
+            clauses.append("zone = ?")
+            args.append(canonical(zone))
+        if since is not None:
+            clauses.append("at >= ?")
+            args.append(since)
+        where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+        query = f"SELECT * FROM history{where} ORDER BY id"
+        if limit is not None:
+            query = f"SELECT * FROM ({query} DESC LIMIT {int(limit)}) ORDER BY id"
+        rows = self.db.execute(query, args)
+        return [
+            HistoryEntry(
+                r["id"], r["at"], r["zone"], r["event"], json.loads(r["detail"]), r["cause"]
+            )
+            for r in rows
+        ]
+
+
+def _rollover(row: sqlite3.Row) -> Rollover:
+    return Rollover(
+        id=row["id"],
+        zone=row["zone"],
+        role=row["role"],
+        method=row["method"],
+        keys={str(k): int(v) for k, v in json.loads(row["keys"]).items()},
+        step=row["step"],
+        step_started_at=row["step_started_at"],
+        distribution_id=row["distribution_id"],
+        nodes=tuple(json.loads(row["nodes"])),
+        reached_at=row["reached_at"],
+        largest_dnskey_ttl=row["largest_dnskey_ttl"],
+        resent_at=row["resent_at"],
+        ds_seen_at=row["ds_seen_at"],
+        ds_gone_at=row["ds_gone_at"],
+        requested_at=row["requested_at"],
+        finished_at=row["finished_at"],
+        cause=row["cause"],
+    )

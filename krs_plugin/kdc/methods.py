@@ -1,0 +1,131 @@
+"""The steps of each rollover method (docs/lifecycle.md, "Steps of each method").
+
+A rollover is a list of steps; each step moves some records of the old or the new key at once
+(hidden -> rumoured when introduced, omnipresent -> unretentive when withdrawn). The engine
+distributes the step, waits for the gate (every node serves it), then for the records to settle
+(``records.settles_at``), and starts the next step. ``initial`` introduces a zone's first keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from krs_plugin.kdc.records import State
+
+R, U = State.RUMOURED, State.UNRETENTIVE
+DS_SWAP = "the parent replaces the old DS with the new"
+
+
+@dataclass(frozen=True)
+class Change:
+    which: str  # which key of the rollover: "old", "new", or "new:ROLE" for a zone's first keys
+    record: str  # dnskey, krrsig, zrrsig, ds
+    to: State  # rumoured or unretentive
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    says: str  # what the step does, for status, plan and history
+    changes: tuple[Change, ...]
+
+    @property
+    def waits_for_parent(self) -> bool:
+        return any(c.record == "ds" for c in self.changes)
+
+    @property
+    def visible(self) -> bool:
+        """The step changes what the nodes serve (a distribution is sent)."""
+        return any(c.record != "ds" for c in self.changes)
+
+
+def _step(name: str, says: str, *changes: tuple[str, str, State]) -> Step:
+    return Step(name, says, tuple(Change(w, r, s) for w, r, s in changes))
+
+
+STEPS: dict[tuple[str, str], tuple[Step, ...]] = {
+    ("ZSK", "pre-publish"): (
+        _step("publish", "publish the new ZSK", ("new", "dnskey", R)),
+        _step(
+            "swap",
+            "sign with the new ZSK instead of the old",
+            ("new", "zrrsig", R),
+            ("old", "zrrsig", U),
+        ),
+        _step("remove", "remove the old ZSK", ("old", "dnskey", U)),
+    ),
+    ("ZSK", "double-signature"): (
+        _step(
+            "introduce",
+            "publish the new ZSK and sign with both",
+            ("new", "dnskey", R),
+            ("new", "zrrsig", R),
+        ),
+        _step(
+            "withdraw",
+            "remove the old ZSK and its signatures",
+            ("old", "dnskey", U),
+            ("old", "zrrsig", U),
+        ),
+    ),
+    ("KSK", "double-ksk"): (
+        _step(
+            "publish",
+            "publish the new KSK and sign the DNSKEY RRset with both",
+            ("new", "dnskey", R),
+            ("new", "krrsig", R),
+        ),
+        _step("ds", DS_SWAP, ("new", "ds", R), ("old", "ds", U)),
+        _step("remove", "remove the old KSK", ("old", "dnskey", U), ("old", "krrsig", U)),
+    ),
+    ("KSK", "double-ds"): (
+        _step("ds", "the parent adds the new KSK's DS", ("new", "ds", R)),
+        _step(
+            "swap",
+            "replace the old KSK with the new",
+            ("new", "dnskey", R),
+            ("new", "krrsig", R),
+            ("old", "dnskey", U),
+            ("old", "krrsig", U),
+        ),
+        _step("ds-gone", "the parent removes the old KSK's DS", ("old", "ds", U)),
+    ),
+    ("CSK", "double-ksk"): (
+        # Double signature: extra RRSIGs by a key a resolver has not cached do no harm, so the
+        # new CSK signs everything from its first step; the old one until it is removed.
+        _step(
+            "introduce",
+            "publish the new CSK and sign with both",
+            ("new", "dnskey", R),
+            ("new", "krrsig", R),
+            ("new", "zrrsig", R),
+        ),
+        _step("ds", DS_SWAP, ("new", "ds", R), ("old", "ds", U)),
+        _step(
+            "remove",
+            "remove the old CSK and its signatures",
+            ("old", "dnskey", U),
+            ("old", "krrsig", U),
+            ("old", "zrrsig", U),
+        ),
+    ),
+}
+"""CSK double-DS is not built: its swap changes the zone's signing key before every cache holds
+the new DNSKEY (RFC 7583 3.3.2 needs a double-signature phase); a policy naming it waits."""
+
+
+def initial_step(roles: tuple[str, ...]) -> Step:
+    """A zone's first keys: published and signing at once (the zone is not signed before, so
+    nothing cached can conflict); their DS is the operator's (``ds seen``)."""
+    changes: list[tuple[str, str, State]] = []
+    for role in roles:
+        records = {"ZSK": ("dnskey", "zrrsig"), "KSK": ("dnskey", "krrsig")}.get(
+            role, ("dnskey", "krrsig", "zrrsig")
+        )
+        changes += [(f"new:{role}", record, R) for record in records]
+    return _step("introduce", "publish the zone's first keys and sign with them", *changes)
+
+
+def steps_for(role: str, method: str) -> tuple[Step, ...] | None:
+    """The steps of ``method`` for ``role``; None when the method is not built."""
+    return STEPS.get((role, method))

@@ -1,0 +1,242 @@
+"""The lifecycle engine's sequencing (krs_plugin/kdc/engine.py, docs/lifecycle.md) on a real
+kdc.db with real sealed distributions, the nodes' confirmations written as the KDC records them.
+
+The nodes here serve exactly the key set of the newest distribution they confirm (read from
+kdc.db as the distribution left it); tests/integration/test_lifecycle_fleet.py runs the same
+engine against BIND, Knot, NSD and PowerDNS behind a validating resolver."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from krs_plugin.crypto import HpkeKey
+from krs_plugin.kdc.engine import Engine, EngineOptions
+from krs_plugin.kdc.enginestate import EngineState
+from krs_plugin.kdc.identity import create_identity
+from krs_plugin.kdc.policy import Policy
+from krs_plugin.kdc.records import State
+from krs_plugin.kdc.store import StateError, Store
+
+ZONE = "example.test."
+NODES = ("a.nodes.test.", "b.nodes.test.", "c.nodes.test.")
+T0 = 1_900_000_000
+POLICY = Policy(
+    dnskey_ttl=10,
+    max_zone_ttl=20,
+    negative_ttl=10,
+    signatures_validity=60,
+    signatures_refresh=30,
+    publish_safety=1,
+    retire_safety=1,
+    parent_ds_ttl=10,
+    parent_propagation_delay=5,
+    propagation_margin=0,
+    zsk_lifetime=0,
+)
+
+
+@dataclass
+class Fleet:
+    store: Store
+    engine: Engine
+    now: int = T0
+    down: set[str] = field(default_factory=set)
+    served_ttl: dict[str, int] = field(default_factory=dict)
+
+    def serves(self) -> dict[str, object]:
+        """What a node serves once it applied the zone's current key set."""
+        keys = [k for k in self.store.keys(ZONE) if k.state in ("published", "active", "retired")]
+        return {
+            "zone": ZONE,
+            "read_at": self.now,
+            "dnskey": [[k.key_tag, k.algorithm, k.flags] for k in keys],
+            "dnskey_ttl": POLICY.dnskey_ttl,
+            "dnskey_signers": [k.key_tag for k in keys if k.state == "active" and k.flags == 257],
+            "soa_signers": [k.key_tag for k in keys if k.state == "active" and k.flags == 256],
+        }
+
+    def confirm(self) -> None:
+        """Every node that is up applies its pending distributions and confirms them."""
+        for d in self.store.distributions(status="pending"):
+            if d.node_id in self.down:
+                continue
+            served = self.serves()
+            if d.node_id in self.served_ttl:
+                served["dnskey_ttl"] = self.served_ttl[d.node_id]
+            self.store.set_distribution_status(
+                d.id, d.node_id, "confirmed", now=self.now, served=[served]
+            )
+
+    def run(self, seconds: int, *, step: int = 1) -> None:
+        """Passes every ``step`` seconds, the nodes confirming between them."""
+        for _ in range(0, seconds, step):
+            self.engine.run_pass(self.now)
+            self.confirm()
+            self.now += step
+
+    def records(self) -> dict[tuple[str, int], dict[str, State]]:
+        return {(r.role, r.key_tag): r.states for r in EngineState(self.store).key_records(ZONE)}
+
+    def phase(self) -> tuple[str, int] | None:
+        current = EngineState(self.store).current(ZONE)
+        return None if current is None else (current.role, current.step)
+
+    def events(self) -> list[str]:
+        return [e.event for e in EngineState(self.store).history(ZONE)]
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[Fleet]:
+    store = Store(tmp_path / "kdc.db")
+    store.add_policy("fast", POLICY, now=T0)
+    store.add_zone(ZONE, now=T0, policy="fast")
+    for node in NODES:
+        store.add_node(
+            node,
+            notify_address="127.0.0.1:5399",
+            backend="hpke",
+            hpke_pubkey=HpkeKey.generate().public_hex,
+            jose_pubkey=None,
+            signing_pubkey=None,
+            zones=[ZONE],
+            now=T0,
+        )
+    engine = Engine(store, create_identity(tmp_path / "keys"), EngineOptions(resend_after=30))
+    yield Fleet(store, engine)
+    store.close()
+
+
+def signed(fleet: Fleet) -> None:
+    """Run until the zone's first keys are in every cache."""
+    fleet.run(60)
+    assert fleet.phase() is None, fleet.events()
+
+
+def test_a_zone_with_a_policy_gets_its_first_keys_and_every_node_serves_them(fleet: Fleet) -> None:
+    fleet.engine.run_pass(fleet.now)
+    keys = fleet.store.keys(ZONE)
+    assert sorted(k.role for k in keys) == ["KSK", "ZSK"]
+    assert all(k.state == "active" for k in keys)
+    # Three nodes got one distribution each, with both keys at the policy's TTL.
+    assert len(fleet.store.distributions(status="pending")) == 3
+    signed(fleet)
+    for states in fleet.records().values():
+        assert {s for r, s in states.items() if r != "ds"} == {State.OMNIPRESENT}
+        assert states.get("ds", State.HIDDEN) is State.HIDDEN  # the operator's, by ds seen
+    assert fleet.events() == [
+        "rollover-started", "step-begun", "step-served", "step-done", "rollover-done",
+    ]  # fmt: skip
+
+
+def test_a_zsk_rollover_moves_step_by_step_and_waits_from_the_last_confirmation(
+    fleet: Fleet,
+) -> None:
+    signed(fleet)
+    old = next(k for k in fleet.store.keys(ZONE) if k.role == "ZSK")
+    fleet.engine.start(ZONE, "ZSK", cause="command: test", now=fleet.now)
+    fleet.down = {NODES[2]}
+    fleet.run(120)
+    # Step 1 (publish) is held by the node that does not confirm, however long.
+    assert fleet.phase() == ("ZSK", 0)
+    view = fleet.engine.gate(EngineState(fleet.store).current(ZONE), POLICY)  # type: ignore[arg-type]
+    assert list(view.lagging) == [NODES[2]]
+    new = next(k for k in fleet.store.keys(ZONE) if k.role == "ZSK" and k.id != old.id)
+    assert new.state == "published" and new.activate_at is None
+    fleet.down = set()
+    back = fleet.now
+    fleet.run(2)
+    assert EngineState(fleet.store).current(ZONE).reached_at == back  # type: ignore[union-attr]
+    # dnskey rumoured -> omnipresent: TTL 10 + publish-safety 1 + margin 0 after the last node.
+    fleet.run(9)  # passes up to back + 10
+    assert fleet.phase() == ("ZSK", 0)
+    fleet.run(1)  # the pass at back + 11
+    assert fleet.phase() == ("ZSK", 1)
+    states = fleet.records()
+    assert states[("ZSK", new.key_tag)]["zrrsig"] is State.RUMOURED
+    assert states[("ZSK", old.key_tag)]["zrrsig"] is State.UNRETENTIVE
+    # zrrsig: Dsgn (60 - 30) + max-zone-ttl 20 + retire-safety 1 after the last confirmation
+    # (back + 11), then the removal: TTL 10 + retire-safety 1.
+    fleet.run(50)  # passes up to back + 61
+    assert fleet.phase() == ("ZSK", 1)
+    fleet.run(1)
+    assert fleet.phase() == ("ZSK", 2)
+    fleet.run(10)  # up to back + 72, the removal's last confirmation at back + 62
+    assert fleet.phase() == ("ZSK", 2)
+    fleet.run(1)
+    assert fleet.phase() is None
+    states = fleet.records()
+    assert states[("ZSK", old.key_tag)] == {"dnskey": State.HIDDEN, "zrrsig": State.HIDDEN}
+    assert states[("ZSK", new.key_tag)] == {
+        "dnskey": State.OMNIPRESENT, "zrrsig": State.OMNIPRESENT,
+    }  # fmt: skip
+    assert {k.key_tag: k.state for k in fleet.store.keys(ZONE) if k.role == "ZSK"} == {
+        old.key_tag: "removed",
+        new.key_tag: "active",
+    }
+
+
+def test_a_ksk_rollover_waits_for_the_operator_at_the_ds_step(fleet: Fleet) -> None:
+    signed(fleet)
+    old = next(k for k in fleet.store.keys(ZONE) if k.role == "KSK")
+    fleet.engine.ds_reported(ZONE, seen=True, now=fleet.now, cause="command: test")
+    fleet.run(20)
+    assert fleet.records()[("KSK", old.key_tag)]["ds"] is State.OMNIPRESENT
+    fleet.engine.start(ZONE, "KSK", cause="command: test", now=fleet.now)
+    fleet.run(300)
+    assert fleet.phase() == ("KSK", 1)  # the DS step: nothing moves without the operator
+    fleet.engine.ds_reported(ZONE, seen=True, now=fleet.now, cause="command: test")
+    fleet.run(60)
+    assert fleet.phase() == ("KSK", 1)  # the old DS is still at the parent
+    fleet.engine.ds_reported(ZONE, seen=False, now=fleet.now, cause="command: test")
+    fleet.run(15)
+    assert fleet.phase() == ("KSK", 1)  # parent-ds-ttl 10 + parent-propagation-delay 5
+    fleet.run(2)
+    assert fleet.phase() == ("KSK", 2)
+    fleet.run(20)
+    assert fleet.phase() is None
+    assert {k.key_tag: k.state for k in fleet.store.keys(ZONE) if k.role == "KSK"}[
+        old.key_tag
+    ] == "removed"
+
+
+def test_a_node_serving_another_dnskey_ttl_holds_the_step_and_gets_it_again(fleet: Fleet) -> None:
+    signed(fleet)
+    fleet.served_ttl = {NODES[1]: 3600}
+    fleet.engine.start(ZONE, "ZSK", cause="command: test", now=fleet.now)
+    fleet.run(40)
+    assert fleet.phase() == ("ZSK", 0)
+    lagging = fleet.engine.gate(EngineState(fleet.store).current(ZONE), POLICY).lagging  # type: ignore[arg-type]
+    assert "TTL 3600" in lagging[NODES[1]]
+    assert "step-resent" in fleet.events()
+    fleet.served_ttl = {}
+    fleet.run(45)
+    assert fleet.phase() == ("ZSK", 1)
+
+
+def test_ds_words_out_of_place_are_refused_and_change_nothing(fleet: Fleet) -> None:
+    signed(fleet)
+    with pytest.raises(StateError, match="not at a step that waits for the old DS"):
+        fleet.engine.ds_reported(ZONE, seen=False, now=fleet.now, cause="command: test")
+    fleet.engine.start(ZONE, "ZSK", cause="command: test", now=fleet.now)
+    fleet.run(2)
+    before = fleet.events()
+    with pytest.raises(StateError, match="does not wait for the parent"):
+        fleet.engine.ds_reported(ZONE, seen=True, now=fleet.now, cause="command: test")
+    assert fleet.events() == before
+
+
+def test_one_rollover_per_zone_and_a_restarted_engine_carries_on(fleet: Fleet) -> None:
+    signed(fleet)
+    fleet.engine.start(ZONE, "ZSK", cause="command: test", now=fleet.now)
+    with pytest.raises(StateError, match="one rollover per zone"):
+        fleet.engine.start(ZONE, "KSK", cause="command: test", now=fleet.now)
+    fleet.run(15)
+    # A new engine on the same kdc.db (a restarted krs-kdc serve) goes on from the same step.
+    fleet.engine = Engine(fleet.store, fleet.engine.identity)
+    fleet.run(120)
+    assert fleet.phase() is None
+    assert fleet.events().count("rollover-done") == 2
