@@ -25,8 +25,9 @@ from krs_plugin.crypto import write_secret_file
 from krs_plugin.dnssec import generate_key, read_bind_key_pair
 from krs_plugin.errors import ConfigError, KeyFileError, KrsError
 from krs_plugin.humantime import duration_argument, format_duration, format_time
-from krs_plugin.kdc.clistate import DEFAULT_STATE, check_address, open_store, state_dir
+from krs_plugin.kdc.clistate import DEFAULT_STATE, check_address, manual_zone, open_store, state_dir
 from krs_plugin.kdc.distribute import distribute_node, distribute_zone, key_of
+from krs_plugin.kdc.enginecli import add_parsers as add_engine_parsers
 from krs_plugin.kdc.identity import create_identity, load_identity
 from krs_plugin.kdc.nodecli import add_parsers as add_node_parsers
 from krs_plugin.kdc.nodecli import served_json, served_text
@@ -170,7 +171,7 @@ def _trust_anchors(zone: str, ds_lines: list[str]) -> str:
 
 def cmd_key_generate(args: argparse.Namespace) -> int:
     store = open_store(args)
-    zone = store.require_zone(args.zone)
+    zone = manual_zone(store, args.zone, "key generate")
     activate, retire, remove = args.activate_after, args.retire_after, args.remove_after
     if remove is not None and retire is None:
         raise StateError("key generate: --remove-after needs --retire-after (a key retires first)")
@@ -212,7 +213,7 @@ def cmd_key_import(args: argparse.Namespace) -> int:
 
     store = open_store(args)
     key, timing = read_bind_key_pair(args.path)
-    zone = store.require_zone(key.zone.to_text())
+    zone = manual_zone(store, key.zone.to_text(), "key import")
     role = args.role or ("KSK" if key.flags == 257 else "ZSK")
     if ROLE_FLAGS[role] != key.flags:
         raise StateError(
@@ -270,6 +271,7 @@ def cmd_key_list(args: argparse.Namespace) -> int:
 def cmd_key_retire(args: argparse.Namespace) -> int:
     """Stop signing with a key; it stays published until removed. Guarded (store.retire_key)."""
     store = open_store(args)
+    manual_zone(store, args.zone, "key retire")
     row = store.retire_key(args.zone, args.tag, force=args.force, now=time.time())
     emit(
         _key_json(row),
@@ -286,6 +288,7 @@ def cmd_key_remove(args: argparse.Namespace) -> int:
     """Withdraw a key: the next distribution tells the nodes to delete it. Guarded
     (store.remove_key); ``key restore`` brings it back."""
     store = open_store(args)
+    manual_zone(store, args.zone, "key remove")
     row = store.remove_key(args.zone, args.tag, force=args.force, now=time.time())
     emit(
         _key_json(row),
@@ -302,6 +305,7 @@ def cmd_key_remove(args: argparse.Namespace) -> int:
 def cmd_key_restore(args: argparse.Namespace) -> int:
     """Bring a removed key back (its private key is still in kdc.db)."""
     store = open_store(args)
+    manual_zone(store, args.zone, "key restore")
     row = store.restore_key(args.zone, args.tag, now=time.time())
     signing = "published, not signing" if row.state == "retired" else "signs from its activate time"
     emit(
@@ -479,6 +483,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         clock_skew=args.clock_skew,
         max_connections=args.max_connections,
         tcp_idle_timeout=args.tcp_idle_timeout,
+        resend_after=args.resend_after,
     )
     identity = load_identity(state_dir(args) / "keys")
     with contextlib.suppress(KeyboardInterrupt):
@@ -654,7 +659,8 @@ def build_parser() -> argparse.ArgumentParser:
         "named, to validate the zone before the parent serves its DS",
     )
 
-    add_node_parsers(sub, add)
+    node = add_node_parsers(sub, add)
+    add_engine_parsers(sub, node, add)
 
     key = sub.add_parser("key", help="DNSSEC keys").add_subparsers(
         dest="key_command", metavar="ACTION", required=True
@@ -788,6 +794,14 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="log lines as krs run writes them, times in UTC: JSON, text, or auto (text on a "
         "terminal)",
+    )
+    p.add_argument(
+        "--resend-after",
+        type=duration_argument(),
+        default=600.0,
+        metavar="DURATION",
+        help="send a rollover step again to a node that confirmed it but serves something else "
+        "(10m)",
     )
     enroll = sub.add_parser(
         "enroll", help="bootstrap packages: a new node joins without pre-shared keys"

@@ -32,3 +32,17 @@ def check_address(text: str) -> None:
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
         raise StateError(f"address {text!r} must be host:port (e.g. 127.0.0.1:5355)")
+
+
+def manual_zone(store: Store, zone: str, command: str) -> str:
+    """``zone``, refused for a ``key`` command when a policy's engine runs its keys: two hands
+    on one key set is how a zone goes bogus (docs/lifecycle.md, "Keys by hand and by policy")."""
+    zone = store.require_zone(zone)
+    policy = store.zone_policy(zone)
+    if policy is not None:
+        raise StateError(
+            f"{command}: zone {zone} is run by policy {policy}: the lifecycle engine changes "
+            f"its keys (krs-kdc rollover --zone {zone} --role ZSK|KSK|CSK starts a rollover "
+            f"now). To change its keys by hand, first: krs-kdc zone set {zone} --no-policy"
+        )
+    return zone

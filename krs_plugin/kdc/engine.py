@@ -64,12 +64,13 @@ def policy_zones(store: Store) -> list[tuple[str, str]]:
 
 
 class Engine:
-    """The engine's pass; ``identity`` seals and signs the step distributions."""
+    """The engine's pass; ``identity`` seals and signs the step distributions (the commands
+    that only read or record, such as ``status`` and ``ds seen``, run without it)."""
 
     def __init__(
         self,
         store: Store,
-        identity: KdcIdentity,
+        identity: KdcIdentity | None = None,
         options: EngineOptions | None = None,
     ) -> None:
         self.store = store
@@ -255,7 +256,7 @@ class Engine:
             nodes = [n.id for n in self.store.nodes(zone)]
             dist_id = None
             if step.visible:
-                dist_id = distribute_zone(self.store, self.identity, zone, now=now).distribution_id
+                dist_id = distribute_zone(self.store, self._signer(), zone, now=now).distribution_id
             self.state.update_rollover(
                 rollover.id,
                 step_started_at=now,
@@ -399,7 +400,7 @@ class Engine:
             return
         with self.store.transaction():
             summary = distribute_zone(
-                self.store, self.identity, rollover.zone, node_ids=again, now=now
+                self.store, self._signer(), rollover.zone, node_ids=again, now=now
             )
             self.state.update_rollover(rollover.id, resent_at=now)
             self.state.log(
@@ -429,8 +430,140 @@ class Engine:
                 [state, *times.values(), row.id],
             )
 
+    def _signer(self) -> KdcIdentity:
+        if self.identity is None:
+            raise StateError("the lifecycle engine distributes only inside krs-kdc serve")
+        return self.identity
+
     def _tags(self, keys: dict[str, int]) -> dict[str, int]:
         return {which: self.store.key_by_id(key_id).key_tag for which, key_id in keys.items()}
+
+    # --- what status, plan and the metrics show ------------------------------------------
+
+    def view(self, zone: str, now: int) -> ZoneView:
+        """Where ``zone``'s lifecycle stands, read from kdc.db (changes nothing)."""
+        zone = self.store.require_zone(zone)
+        policy_name = self.store.zone_policy(zone)
+        if policy_name is None:
+            return ZoneView(zone, "", "manual", "", "", None)
+        policy = self.store.require_policy(policy_name)
+        rollover = self.state.current(zone)
+        if rollover is None:
+            rows = self.store.keys(zone)
+            if not any(r.state != "removed" for r in rows):
+                return ZoneView(zone, policy_name, "no keys", "", "engine", None,
+                                problem="krs-kdc serve makes the zone's first keys")  # fmt: skip
+            nxt = next_by_lifetime(self.state.key_records(zone, rows), rows, policy)
+            return ZoneView(zone, policy_name, "idle", "", "", None, next_rollover=nxt)
+        phase = "first keys" if rollover.role == "initial" else f"{rollover.role} rollover"
+        try:
+            steps = self.steps(rollover)
+        except StateError as exc:
+            return ZoneView(zone, policy_name, phase, "", "operator", None, rollover=rollover,
+                            problem=str(exc))  # fmt: skip
+        step = steps[rollover.step]
+        text = f"{rollover.step + 1} of {len(steps)}: {step.says}"
+        if rollover.step_started_at is None:
+            return ZoneView(zone, policy_name, phase, text, "engine", None, rollover=rollover)
+        if rollover.reached_at is None:
+            result = self.gate(rollover, policy)
+            if result.reached:
+                return ZoneView(zone, policy_name, phase, text, "engine", None, rollover=rollover)
+            return ZoneView(zone, policy_name, phase, text, "nodes", None, dict(result.lagging),
+                            rollover=rollover)  # fmt: skip
+        when = self.settles(rollover, policy, step)
+        if when is None:
+            records = {r.key_id: r for r in self.state.key_records(zone)}
+            missing = []
+            for change in step.changes:
+                key_id = rollover.keys.get(change.which)
+                if change.record != "ds" or key_id is None:
+                    continue
+                if records[key_id].state("ds") is not change.to:
+                    continue
+                if change.to is State.RUMOURED and rollover.ds_seen_at is None:
+                    missing.append(f"krs-kdc ds seen --zone {zone} (the new DS at the parent)")
+                if change.to is State.UNRETENTIVE and rollover.ds_gone_at is None:
+                    missing.append(f"krs-kdc ds gone --zone {zone} (the old DS gone)")
+            return ZoneView(zone, policy_name, phase, text, "parent", None, rollover=rollover,
+                            problem="; ".join(missing))  # fmt: skip
+        return ZoneView(zone, policy_name, phase, text, "time", when, rollover=rollover)
+
+    def plan(self, zone: str, now: int) -> list[PlannedStep]:
+        """Every future step of the running rollover, or of the next one by lifetime: its
+        earliest time (every node confirming at once, the operator answering at once), what it
+        waits for and the DNSKEYs every node serves during it."""
+        zone = self.store.require_zone(zone)
+        policy_name = self.store.zone_policy(zone)
+        if policy_name is None:
+            return []
+        policy = self.store.require_policy(policy_name)
+        rows = self.store.keys(zone)
+        records = self.state.key_records(zone, rows)
+        names = {r.key_id: f"{r.role} {r.key_tag}" for r in records}
+        states = {r.key_id: dict(r.states) for r in records}
+        rollover = self.state.current(zone)
+        if rollover is not None:
+            role, keys, first = rollover.role, dict(rollover.keys), rollover.step
+            steps = self.steps(rollover)
+            start = now
+            if rollover.step_started_at is not None:  # the current step's changes are made
+                when = self.settles(rollover, policy, steps[first])
+                start = max(now, when or now)
+                _settle_all(states, keys, steps[first])
+                first += 1
+        else:
+            due = next_by_lifetime(records, rows, policy)
+            if due is None:
+                return []
+            role, start = due[0], max(now, due[1])
+            method = getattr(policy, f"{role.lower()}_method")
+            found = steps_for(role, method)
+            old = current_key(records, rows, role)
+            if found is None or old is None:
+                return []
+            steps, first = found, 0
+            keys = {"old": old.id, "new": -1}
+            names[-1] = f"{role} (new)"
+            states[-1] = {rec: State.HIDDEN for rec in RECORDS_OF_ROLE[role]}
+        planned = []
+        for index in range(first, len(steps)):
+            step = steps[index]
+            for change in step.changes:
+                key_id = keys.get(change.which)
+                if key_id is None:
+                    continue
+                if change.to is State.UNRETENTIVE and states[key_id][change.record] is State.HIDDEN:
+                    continue
+                states[key_id][change.record] = change.to
+            waits = (["nodes"] if step.visible else []) + (
+                ["parent"] if step.waits_for_parent else []
+            )
+            longest = 0
+            for change in step.changes:
+                key_id = keys.get(change.which)
+                if key_id is None or states[key_id][change.record] is not change.to:
+                    continue
+                longest = max(
+                    longest,
+                    settles_at(change.record, change.to, since=0, policy=policy,
+                               dnskey_ttl=policy.dnskey_ttl),
+                )  # fmt: skip
+            served = sorted(
+                names[k] for k, st in states.items()
+                if st.get("dnskey") in (State.RUMOURED, State.OMNIPRESENT)
+            )  # fmt: skip
+            signing = sorted(
+                names[k] for k, st in states.items()
+                if any(st.get(r) in (State.RUMOURED, State.OMNIPRESENT) for r in SIGNING)
+            )  # fmt: skip
+            planned.append(
+                PlannedStep(role, index + 1, len(steps), step.says, start, start + longest,
+                            (*waits, "time"), tuple(served), tuple(signing))
+            )  # fmt: skip
+            _settle_all(states, keys, step)
+            start += longest
+        return planned
 
     # --- the operator's word on the parent --------------------------------------------------
 
@@ -481,6 +614,28 @@ class Engine:
                            cause=cause, now=now)  # fmt: skip
         tags = ", ".join(str(r.key_tag) for r in first)
         return f"recorded: the parent of {zone} serves the DS of {tags}"
+
+
+@dataclass(frozen=True)
+class PlannedStep:
+    """One future step as ``krs-kdc plan`` shows it."""
+
+    role: str
+    step: int
+    of: int
+    says: str
+    earliest_start: int
+    earliest_done: int
+    waits_for: tuple[str, ...]  # nodes, parent, time
+    dnskeys: tuple[str, ...]  # "ZSK 12345" served by every node during the step
+    signing: tuple[str, ...]
+
+
+def _settle_all(states: dict[int, dict[str, State]], keys: dict[str, int], step: Step) -> None:
+    for change in step.changes:
+        key_id = keys.get(change.which)
+        if key_id is not None and states[key_id].get(change.record) is change.to:
+            states[key_id][change.record] = _settled(change.to)
 
 
 def _settled(state: State) -> State:

@@ -245,8 +245,9 @@ def cmd_node_set(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parsers(sub: Any, add: Any) -> None:
-    """``node ...`` under ``sub``; ``add`` is cli.py's helper (help, --json, the command)."""
+def add_parsers(sub: Any, add: Any) -> Any:
+    """``node ...`` under ``sub``; ``add`` is cli.py's helper (help, --json, the command).
+    Returns the ``node`` subparsers, for ``node evict`` (enginecli.py)."""
     node = sub.add_parser("node", help="nodes (KRS instances) that receive keys").add_subparsers(
         dest="node_command", metavar="ACTION", required=True
     )
@@ -275,3 +276,4 @@ def add_parsers(sub: Any, add: Any) -> None:
                    "(repeatable)")  # fmt: skip
     p.add_argument("--remove-zone", action="append", metavar="ZONE",
                    help="no longer serve this zone (repeatable)")  # fmt: skip
+    return node

@@ -1,0 +1,220 @@
+"""``krs-kdc status``, ``plan``, ``rollover``, ``ds seen|gone``, ``history`` and ``node evict``:
+the operator's side of the lifecycle engine (docs/lifecycle.md, "What the operator sees").
+
+Commands that change state take ``--dry-run``: the change runs inside a transaction that is
+rolled back, so it is checked exactly as for real and its output printed, and nothing is kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from typing import Any
+
+from krs_plugin.cliout import emit
+from krs_plugin.humantime import format_duration, format_time
+from krs_plugin.kdc.clistate import open_store
+from krs_plugin.kdc.engine import Engine, ZoneView, policy_zones
+from krs_plugin.kdc.enginestate import EngineState
+from krs_plugin.kdc.store import StateError, Store, canonical
+
+
+@contextmanager
+def changes(store: Store, dry_run: bool) -> Iterator[None]:
+    """The command's changes: kept, or with ``dry_run`` checked and rolled back."""
+    if not dry_run:
+        yield
+        return
+    store.db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    finally:
+        store.db.execute("ROLLBACK")
+
+
+def _when(stamp: int | None, now: int) -> str:
+    if stamp is None:
+        return "-"
+    if stamp <= now:
+        return f"{format_time(stamp)} (due)"
+    return f"{format_time(stamp)} (in {format_duration(stamp - now)})"
+
+
+def view_json(view: ZoneView) -> dict[str, Any]:
+    data = asdict(view)
+    rollover = data.pop("rollover")
+    data["rollover"] = None if rollover is None else {
+        k: rollover[k] for k in ("id", "role", "method", "step", "keys", "nodes",
+                                 "step_started_at", "reached_at", "cause")
+    }  # fmt: skip
+    data["next_rollover"] = (
+        None if view.next_rollover is None
+        else {"role": view.next_rollover[0], "at": view.next_rollover[1]}
+    )  # fmt: skip
+    return data
+
+
+def view_lines(view: ZoneView, now: int) -> list[str]:
+    if view.phase == "manual":
+        return [f"{view.zone}: keys by hand (no policy)"]
+    head = f"{view.zone} (policy {view.policy}): {view.phase}"
+    if view.phase == "idle":
+        if view.next_rollover is None:
+            return [head + "; no rollover due by lifetime"]
+        role, at = view.next_rollover
+        return [head + f"; next {role} rollover {_when(at, now)}"]
+    lines = [head + f", step {view.step}"]
+    if view.waits_for == "nodes":
+        lines.append(f"  waits for {len(view.lagging)} node(s):")
+        lines += [f"    {node or '-'}: {why}" for node, why in sorted(view.lagging.items())]
+    elif view.waits_for == "time":
+        lines.append(f"  waits until {_when(view.until, now)}")
+    elif view.waits_for == "parent":
+        lines.append(f"  waits for the parent: {view.problem}")
+    elif view.waits_for == "engine":
+        lines.append("  the engine takes it at its next pass (krs-kdc serve)")
+    elif view.problem:
+        lines.append(f"  held: {view.problem}")
+    return lines
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    store = open_store(args)
+    now = int(time.time())
+    engine = Engine(store)
+    zones = [canonical(z) for z in args.zone] if args.zone else [z for z, _ in policy_zones(store)]
+    views = [engine.view(z, now) for z in zones]
+    lines = [line for v in views for line in view_lines(v, now)] or [
+        "no zone has a policy (krs-kdc zone set ZONE --policy NAME)"
+    ]
+    emit({"time": now, "zones": [view_json(v) for v in views]}, lines, as_json=args.json)
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    store = open_store(args)
+    now = int(time.time())
+    steps = Engine(store).plan(args.zone, now)
+    lines = [
+        f"{s.role} step {s.step} of {s.of}: {s.says}\n"
+        f"  earliest {format_time(s.earliest_start)}, done {format_time(s.earliest_done)}"
+        f" (waits for {', '.join(s.waits_for)})\n"
+        f"  every node serves DNSKEY {', '.join(s.dnskeys)}; signing: {', '.join(s.signing)}"
+        for s in steps
+    ] or [f"{canonical(args.zone)}: no step planned (no policy, or no rollover due by lifetime)"]
+    emit({"zone": canonical(args.zone), "steps": [asdict(s) for s in steps]}, lines,
+         as_json=args.json)  # fmt: skip
+    return 0
+
+
+def cmd_rollover(args: argparse.Namespace) -> int:
+    store = open_store(args)
+    now = int(time.time())
+    with changes(store, args.dry_run):
+        rollover = Engine(store).start(
+            args.zone, args.role, cause=f"command: krs-kdc rollover --role {args.role}", now=now
+        )
+        new = store.key_by_id(rollover.keys["new"])
+    verb = "would start" if args.dry_run else "started"
+    emit(
+        {"zone": rollover.zone, "role": rollover.role, "method": rollover.method,
+         "new_key": new.key_tag, "dry_run": args.dry_run},
+        [f"{verb} a {rollover.role} rollover of {rollover.zone} ({rollover.method}): new "
+         f"{rollover.role} {new.key_tag}" + ("" if args.dry_run else
+         "; krs-kdc serve takes its first step within a second (krs-kdc status)")],
+        as_json=args.json,
+    )  # fmt: skip
+    return 0
+
+
+def cmd_ds(args: argparse.Namespace) -> int:
+    store = open_store(args)
+    now = int(time.time())
+    seen = args.ds_command == "seen"
+    with changes(store, args.dry_run):
+        text = Engine(store).ds_reported(
+            args.zone, seen=seen, now=now, cause=f"command: krs-kdc ds {args.ds_command}"
+        )
+    if args.dry_run:
+        text = "would be " + text
+    emit({"zone": canonical(args.zone), "ds": args.ds_command, "dry_run": args.dry_run},
+         [text], as_json=args.json)  # fmt: skip
+    return 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    store = open_store(args)
+    entries = EngineState(store).history(args.zone, limit=args.limit)
+    lines = [
+        f"{format_time(e.at)} {e.zone} {e.event} ({e.cause})"
+        + (f": {_detail(e.detail)}" if e.detail else "")
+        for e in entries
+    ] or ["no history yet"]
+    emit({"entries": [asdict(e) for e in entries]}, lines, as_json=args.json)
+    return 0
+
+
+def _detail(detail: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(detail.items()) if v not in (None, [], {}))
+
+
+def cmd_node_evict(args: argparse.Namespace) -> int:
+    store = open_store(args)
+    now = int(time.time())
+    zone = store.require_zone(args.zone)
+    node = store.require_node(args.node_id)
+    if zone not in node.zones:
+        raise StateError(f"node {node.id} does not serve {zone}: nothing to evict")
+    state = EngineState(store)
+    with changes(store, args.dry_run), store.transaction():
+        store.change_node_zones(node.id, add=(), remove=(zone,))
+        rollover = state.current(zone)
+        if rollover is not None:
+            state.update_rollover(rollover.id, nodes=[n for n in rollover.nodes if n != node.id])
+        state.log(zone, "node-evicted", {"node": node.id}, cause="command: krs-kdc node evict",
+                  now=now)  # fmt: skip
+    verb = "would take" if args.dry_run else "took"
+    emit(
+        {"zone": zone, "node": node.id, "dry_run": args.dry_run},
+        [f"{verb} {node.id} out of {zone}: the zone's steps no longer wait for it, and it gets "
+         "no more distributions of the zone (krs-kdc node set --add-zone brings it back)"],
+        as_json=args.json,
+    )  # fmt: skip
+    return 0
+
+
+def _dry_run(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dry-run", action="store_true", help="check and print, change nothing")
+
+
+def add_parsers(sub: Any, node: Any, add: Any) -> None:
+    """The engine's commands under ``sub``, ``node evict`` under ``node``; ``add`` is cli.py's
+    helper (help, --json, the command)."""
+    p = add(sub, "status", cmd_status, "where each zone's key lifecycle stands")
+    p.add_argument("--zone", action="append", help="only this zone (repeatable)")
+    p = add(sub, "plan", cmd_plan, "the coming rollover steps of a zone, with earliest times")
+    p.add_argument("--zone", required=True)
+    p = add(sub, "rollover", cmd_rollover, "start a rollover of a zone's key now")
+    p.add_argument("--zone", required=True)
+    p.add_argument("--role", required=True, choices=("ZSK", "KSK", "CSK"))
+    _dry_run(p)
+    ds = sub.add_parser(
+        "ds", help="tell the engine what the parent serves (KSK rollovers)"
+    ).add_subparsers(dest="ds_command", metavar="ACTION", required=True)
+    for word, text in (
+        ("seen", "every parent nameserver serves the new DS"),
+        ("gone", "no parent nameserver serves the old DS any more"),
+    ):
+        p = add(ds, word, cmd_ds, text)
+        p.add_argument("--zone", required=True)
+        _dry_run(p)
+    p = add(sub, "history", cmd_history, "every lifecycle transition with its cause")
+    p.add_argument("--zone")
+    p.add_argument("--limit", type=int, help="only the newest N entries")
+    p = add(node, "evict", cmd_node_evict, "take a node out of a zone: steps stop waiting for it")
+    p.add_argument("node_id")
+    p.add_argument("--zone", required=True)
+    _dry_run(p)
