@@ -8,6 +8,7 @@ verifying is reading the files back. The smallest example of ``BaseAdapter`` (do
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -24,6 +25,7 @@ from krs_plugin.adapters.base import (
     Verification,
     ZoneChange,
 )
+from krs_plugin.adapters.dnscheck import is_active, is_published
 from krs_plugin.adapters.keyfiles import KeyFolder, decode_snapshot, encode_snapshot, tags_in
 from krs_plugin.dnssec.bindfiles import bind_private_text
 from krs_plugin.errors import AdapterError, ConfigError
@@ -51,6 +53,26 @@ class DirectoryAdapter(BaseAdapter[ZoneChange]):
 
     def current_keys(self, zone: dns.name.Name) -> list[InstalledKey]:
         return self.folder.installed_keys(zone)
+
+    def read_served(self, zone: dns.name.Name) -> Mapping[str, object] | None:
+        """The folder is what this node serves: its keys as a server would serve them now
+        (published ones in the DNSKEY set, active KSKs signing it, active ZSKs, or the active
+        KSKs/CSKs when there is no ZSK, signing the zone), so that a policy's steps can pass the
+        gate on a directory node too (docs/lifecycle.md, "The gate"). ``source`` says so."""
+        now = int(time.time())
+        keys = [(key, timing) for _, key, timing in self.folder.read_keys(zone)]
+        published = [(k, t) for k, t in keys if is_published(t, now)]
+        active = [k for k, t in published if is_active(t, now)]
+        zsks = [k.key_tag for k in active if not k.flags & 1]
+        return {
+            "zone": zone.to_text(),
+            "read_at": now,
+            "source": "key folder",
+            "dnskey": sorted([k.key_tag, k.algorithm, k.flags] for k, _ in published),
+            "dnskey_ttl": max((k.ttl for k, _ in published), default=None),
+            "dnskey_signers": sorted(k.key_tag for k in active if k.flags & 1),
+            "soa_signers": sorted(zsks or [k.key_tag for k in active]),
+        }
 
     def snapshot(self, zone: dns.name.Name) -> str:
         return encode_snapshot(self.folder.snapshot(zone))

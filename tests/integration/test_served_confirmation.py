@@ -105,7 +105,9 @@ def test_the_kdc_records_what_the_server_serves_after_a_distribution(
         deployment.close()
 
 
-def test_a_directory_node_reports_no_served_data(tmp_path: Path) -> None:
+def test_a_directory_node_reports_its_key_folder_as_what_it_serves(tmp_path: Path) -> None:
+    """The directory adapter has no server: its folder is what the node serves, so that a
+    policy's steps pass the gate on directory nodes too (docs/protocol.md section 6)."""
     deployment = Deployment(tmp_path / "d")
     try:
         deployment.start_kdc()
@@ -114,9 +116,14 @@ def test_a_directory_node_reports_no_served_data(tmp_path: Path) -> None:
         deployment.wait_confirmed(dist_id)
         (row,) = json.loads(deployment.kdc("--json", "distribution", "show", dist_id))
         report = json.loads(row["report"])
-        assert report["served"]["zones"] == []
-        assert "directory adapter has no server" in report["served"]["absent"]
-        assert row["served"] == []
-        assert "serves  not reported" in deployment.kdc("node", "show", NODE)
+        (entry,) = report["served"]["zones"]
+        assert entry["source"] == "key folder" and "absent" not in report["served"]
+        keys = json.loads(deployment.kdc("--json", "key", "list", "--zone", ZONE))
+        assert sorted(k[0] for k in entry["dnskey"]) == sorted(k["key_tag"] for k in keys)
+        ksk = [k["key_tag"] for k in keys if k["role"] == "KSK"]
+        zsk = [k["key_tag"] for k in keys if k["role"] == "ZSK"]
+        assert entry["dnskey_signers"] == ksk and entry["soa_signers"] == zsk
+        assert entry["dnskey_ttl"] == 3600  # a zone without a policy: the key files' default
+        assert [s["zone"] for s in row["served"]] == [ZONE]
     finally:
         deployment.close()
