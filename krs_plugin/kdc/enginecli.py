@@ -15,7 +15,7 @@ from dataclasses import asdict
 from typing import Any
 
 from krs_plugin.cliout import emit
-from krs_plugin.humantime import format_duration, format_time
+from krs_plugin.humantime import format_time
 from krs_plugin.kdc.clistate import open_store
 from krs_plugin.kdc.engine import Engine, ZoneView, policy_zones
 from krs_plugin.kdc.enginestate import EngineState
@@ -36,11 +36,12 @@ def changes(store: Store, dry_run: bool) -> Iterator[None]:
 
 
 def _when(stamp: int | None, now: int) -> str:
-    if stamp is None:
-        return "-"
-    if stamp <= now:
-        return f"{format_time(stamp)} (due)"
-    return f"{format_time(stamp)} (in {format_duration(stamp - now)})"
+    return format_time(stamp, now=now)
+
+
+def _utc(stamp: int) -> str:
+    """A time in the history: absolute only (``relative`` would go stale in a log)."""
+    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(stamp))
 
 
 def view_json(view: ZoneView) -> dict[str, Any]:
@@ -149,16 +150,47 @@ def cmd_history(args: argparse.Namespace) -> int:
     store = open_store(args)
     entries = EngineState(store).history(args.zone, limit=args.limit)
     lines = [
-        f"{format_time(e.at)} {e.zone} {e.event} ({e.cause})"
-        + (f": {_detail(e.detail)}" if e.detail else "")
+        f"{_utc(e.at)} {e.zone} {e.event}: {history_text(e.event, e.detail)} ({e.cause})"
         for e in entries
     ] or ["no history yet"]
     emit({"entries": [asdict(e) for e in entries]}, lines, as_json=args.json)
     return 0
 
 
-def _detail(detail: dict[str, Any]) -> str:
-    return ", ".join(f"{k} {v}" for k, v in sorted(detail.items()) if v not in (None, [], {}))
+def history_text(event: str, d: dict[str, Any]) -> str:
+    """One history entry's detail as a sentence (``--json`` has the fields as recorded)."""
+
+    def items(name: str) -> str:
+        value = d.get(name) or []
+        return ", ".join(str(v) for v in value) if isinstance(value, list) else str(value)
+
+    step = f"step {d.get('step')}"
+    if event == "rollover-started":
+        keys = d.get("keys") or {}
+        return f"{d.get('role')} {d.get('method')}, " + ", ".join(
+            f"{which} {tag}" for which, tag in sorted(keys.items())
+        )
+    if event == "step-begun":
+        sent = f"; distribution {d['distribution']}" if d.get("distribution") else ""
+        return (
+            f"{step} of {d.get('of')}: {d.get('does')} ({items('records')}){sent} to "
+            f"{len(d.get('nodes') or [])} node(s)"
+        )
+    if event == "step-served":
+        last = d.get("last_confirmation")
+        when = _utc(last) if isinstance(last, int) else "-"
+        return f"{step} served by {items('nodes')}; the last confirmed at {when}"
+    if event == "step-done":
+        return f"{step}: {items('records')}"
+    if event == "step-resent":
+        nodes = d.get("nodes") or {}
+        why = "; ".join(f"{n}: {w}" for n, w in sorted(nodes.items()))
+        return f"{step} sent again (distribution {d.get('distribution')}): {why}"
+    if event in ("ds-seen", "ds-gone"):
+        return items("keys") if "keys" in d else step
+    if event == "node-evicted":
+        return str(d.get("node"))
+    return ", ".join(f"{k} {v}" for k, v in sorted(d.items()))
 
 
 def cmd_node_evict(args: argparse.Namespace) -> int:
