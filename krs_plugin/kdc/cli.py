@@ -104,7 +104,9 @@ DS_DIGESTS = {"SHA-256": "SHA256", "SHA-384": "SHA384"}  # our name: dnspython's
 
 
 def cmd_zone_ds(args: argparse.Namespace) -> int:
-    """DS, CDS and CDNSKEY of the zone's published and active KSKs/CSKs, for the parent."""
+    """DS, CDS and CDNSKEY of the zone's published and active KSKs/CSKs, for the parent; on a
+    zone a policy runs, not those whose DS a rollover is withdrawing (the set the parent is to
+    serve, docs/lifecycle.md)."""
     import dns.dnssec
 
     store = open_store(args)
@@ -112,6 +114,15 @@ def cmd_zone_ds(args: argparse.Namespace) -> int:
     digests = list(dict.fromkeys(args.digest or ["SHA-256"]))
     live = store.keys(zone, states=("published", "active"))
     rows = [r for r in live if r.role in ("KSK", "CSK")]
+    if store.zone_policy(zone) is not None:  # the engine's: not a DS it is withdrawing
+        from krs_plugin.kdc.enginestate import EngineState
+        from krs_plugin.kdc.records import State
+
+        leaving = {
+            r.key_id for r in EngineState(store).key_records(zone, rows)
+            if r.state("ds") is State.UNRETENTIVE
+        }  # fmt: skip
+        rows = [r for r in rows if r.id not in leaving]
     if not rows:
         raise StateError(
             f"zone {zone} has no published or active KSK or CSK (a new key is published by its "
@@ -475,6 +486,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise ConfigError("--tcp-idle-timeout: must be more than 0 seconds")
     if args.clock_skew < 0:
         raise ConfigError("--clock-skew: must be 0 seconds or more")
+    metrics = None
+    if args.metrics is not None:
+        check_address(args.metrics)
+        host, _, port = args.metrics.rpartition(":")
+        metrics = (host.strip("[]"), int(port))
     setup_logging(args.log_format)
     options = ServeOptions(
         listen=tuple(listen),
@@ -484,6 +500,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_connections=args.max_connections,
         tcp_idle_timeout=args.tcp_idle_timeout,
         resend_after=args.resend_after,
+        metrics=metrics,
     )
     identity = load_identity(state_dir(args) / "keys")
     with contextlib.suppress(KeyboardInterrupt):
@@ -802,6 +819,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DURATION",
         help="send a rollover step again to a node that confirmed it but serves something else "
         "(10m)",
+    )
+    p.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve Prometheus /metrics and /healthz there (e.g. 127.0.0.1:9154; off by default)",
     )
     enroll = sub.add_parser(
         "enroll", help="bootstrap packages: a new node joins without pre-shared keys"

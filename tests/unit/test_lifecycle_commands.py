@@ -159,3 +159,18 @@ def test_the_history_cannot_be_rewritten(fleet: Fleet) -> None:
         fleet.store.db.execute("UPDATE history SET cause = 'x'")
     with pytest.raises(sqlite3.IntegrityError, match="append-only"):
         fleet.store.db.execute("DELETE FROM history")
+
+
+def test_zone_ds_at_the_ds_step_gives_the_set_the_parent_is_to_serve(
+    fleet: Fleet, state: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    signed(fleet)
+    old = next(k.key_tag for k in fleet.store.keys(ZONE) if k.role == "KSK")
+    fleet.engine.ds_reported(ZONE, seen=True, now=fleet.now, cause="command: test")
+    fleet.run(20)
+    fleet.engine.start(ZONE, "KSK", cause="command: test", now=fleet.now)
+    fleet.run(20)
+    assert EngineState(fleet.store).current(ZONE).step == 1  # type: ignore[union-attr]
+    new = next(k.key_tag for k in fleet.store.keys(ZONE) if k.role == "KSK" and k.key_tag != old)
+    code, out, _ = kdc(capsys, state, "zone", "ds", ZONE, "--json")
+    assert code == 0 and [k["key_tag"] for k in json.loads(out)["keys"]] == [new]
