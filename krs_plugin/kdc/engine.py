@@ -15,6 +15,7 @@ import logging
 from dataclasses import dataclass, field
 
 from krs_plugin.dnssec import generate_key
+from krs_plugin.errors import KrsError
 from krs_plugin.kdc.distribute import distribute_zone
 from krs_plugin.kdc.enginestate import EngineState, Rollover
 from krs_plugin.kdc.gate import GateResult, Served, check_gate
@@ -23,6 +24,7 @@ from krs_plugin.kdc.methods import Step, initial_step, steps_for
 from krs_plugin.kdc.policy import Policy, intervals
 from krs_plugin.kdc.records import RECORDS_OF_ROLE, KeyRecords, State, expected, settles_at
 from krs_plugin.kdc.store import KeyRow, StateError, Store
+from krs_plugin.sqlitedb import StateWriteError
 
 log = logging.getLogger("krs.kdc.engine")
 
@@ -86,10 +88,16 @@ class Engine:
             try:
                 policy = self.store.require_policy(policy_name)
                 self.run_zone(zone, policy, int(now))
-            except StateError as exc:
+            except StateWriteError:
+                raise  # kdc.db takes no change: serve reports it and tries the next pass
+            except KrsError as exc:
                 if self._problems.get(zone) != str(exc):
                     log.warning("zone %s: the lifecycle engine is held: %s", zone, exc)
                     self._problems[zone] = str(exc)
+            except Exception as exc:  # a fault here must not stop serve's other zones
+                if self._problems.get(zone) != repr(exc):
+                    log.exception("zone %s: the lifecycle engine failed", zone)
+                    self._problems[zone] = repr(exc)
             else:
                 self._problems.pop(zone, None)
 
@@ -464,7 +472,11 @@ class Engine:
         step = steps[rollover.step]
         text = f"{rollover.step + 1} of {len(steps)}: {step.says}"
         if rollover.step_started_at is None:
-            return ZoneView(zone, policy_name, phase, text, "engine", None, rollover=rollover)
+            problem = "" if self.store.nodes(zone) else (
+                f"no node serves {zone}: add one (krs-kdc node add or enroll create)"
+            )  # fmt: skip
+            return ZoneView(zone, policy_name, phase, text, "engine", None, rollover=rollover,
+                            problem=problem)  # fmt: skip
         if rollover.reached_at is None:
             result = self.gate(rollover, policy)
             if result.reached:

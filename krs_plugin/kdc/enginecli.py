@@ -76,7 +76,8 @@ def view_lines(view: ZoneView, now: int) -> list[str]:
     elif view.waits_for == "parent":
         lines.append(f"  waits for the parent: {view.problem}")
     elif view.waits_for == "engine":
-        lines.append("  the engine takes it at its next pass (krs-kdc serve)")
+        lines.append(f"  held: {view.problem}" if view.problem else
+                     "  the engine takes it at its next pass (krs-kdc serve)")  # fmt: skip
     elif view.problem:
         lines.append(f"  held: {view.problem}")
     return lines

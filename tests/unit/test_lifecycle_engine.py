@@ -240,3 +240,13 @@ def test_one_rollover_per_zone_and_a_restarted_engine_carries_on(fleet: Fleet) -
     fleet.run(120)
     assert fleet.phase() is None
     assert fleet.events().count("rollover-done") == 2
+
+
+def test_a_zone_without_nodes_is_held_and_named_and_its_keys_made_once(fleet: Fleet) -> None:
+    fleet.store.add_zone("lonely.test.", now=fleet.now, policy="fast")
+    for _ in range(3):
+        fleet.engine.run_pass(fleet.now)  # no node: held, the other zone goes on
+    assert len(fleet.store.keys("lonely.test.")) == 2  # made once, not at every pass
+    view = fleet.engine.view("lonely.test.", fleet.now)
+    assert view.waits_for == "engine" and "no node serves lonely.test." in view.problem
+    assert fleet.store.distributions(status="pending")  # example.test.'s first step went out
