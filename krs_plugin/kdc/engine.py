@@ -35,9 +35,9 @@ DEFAULT_RESEND_AFTER = 600.0
 
 @dataclass(frozen=True)
 class EngineOptions:
-    # A node that confirmed a step but serves something else gets the step again after this
-    # long (it re-applies and reads its server again); a node that never confirmed is not resent
-    # to: its distribution waits for it (docs/lifecycle.md, "When a node lags").
+    # A node that confirmed a step but serves something else, or whose copy expired unconfirmed,
+    # gets the step again after this long (it re-applies and reads its server again); a node
+    # whose copy is still published waits for it (docs/lifecycle.md, "When a node lags").
     resend_after: float = DEFAULT_RESEND_AFTER
 
 
@@ -393,16 +393,22 @@ class Engine:
         return max(times)
 
     def _maybe_resend(self, rollover: Rollover, result: GateResult, now: int) -> None:
-        """Send the step again to nodes that confirmed it but serve something else, at most
-        every ``resend_after`` seconds."""
+        """Send the step again, at most every ``resend_after`` seconds, to nodes that confirmed
+        it but serve something else, and to nodes whose copy expired unconfirmed (withdrawn
+        from the control zone, it would never reach them); a node whose copy is still
+        published needs nothing new."""
         if rollover.distribution_id is None or rollover.step_started_at is None:
             return
         last = rollover.resent_at or rollover.step_started_at
         if now - last < self.options.resend_after:
             return
+        waiting = {  # nodes with the step's distribution still published for them
+            d.node_id for d in self.store.distributions(status="pending")
+            if d.zone == rollover.zone and d.created_at >= rollover.step_started_at
+        }  # fmt: skip
         again = [
             node for node, why in result.lagging.items()
-            if node and not why.startswith("has not confirmed")
+            if node and (not why.startswith("has not confirmed") or node not in waiting)
         ]  # fmt: skip
         if not again:
             return

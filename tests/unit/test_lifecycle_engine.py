@@ -74,6 +74,7 @@ class Fleet:
     def run(self, seconds: int, *, step: int = 1) -> None:
         """Passes every ``step`` seconds, the nodes confirming between them."""
         for _ in range(0, seconds, step):
+            self.store.expire_distributions(now=self.now)  # as serve's loop does
             self.engine.run_pass(self.now)
             self.confirm()
             self.now += step
@@ -250,3 +251,19 @@ def test_a_zone_without_nodes_is_held_and_named_and_its_keys_made_once(fleet: Fl
     view = fleet.engine.view("lonely.test.", fleet.now)
     assert view.waits_for == "engine" and "no node serves lonely.test." in view.problem
     assert fleet.store.distributions(status="pending")  # example.test.'s first step went out
+
+
+def test_a_node_back_after_its_copy_expired_gets_the_step_again(fleet: Fleet) -> None:
+    """A node unreachable for longer than a distribution lives (300 s) finds nothing published
+    when it returns: the engine sends the step again, or the step would wait forever."""
+    signed(fleet)
+    fleet.engine.start(ZONE, "ZSK", cause="command: test", now=fleet.now)
+    fleet.down = {NODES[2]}
+    fleet.run(400, step=5)
+    assert fleet.phase() == ("ZSK", 0)
+    assert not [d for d in fleet.store.distributions(status="pending") if d.node_id == NODES[2]
+                and d.created_at < fleet.now - 300]  # fmt: skip
+    assert [d for d in fleet.store.distributions(status="pending") if d.node_id == NODES[2]]
+    fleet.down = set()
+    fleet.run(20)
+    assert fleet.phase() == ("ZSK", 1)
