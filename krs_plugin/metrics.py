@@ -1,4 +1,5 @@
-"""Prometheus metrics and the health endpoint of ``krs run``.
+"""Prometheus metrics and the health endpoint of ``krs run``, and the HTTP listener that
+``krs-kdc serve --metrics`` uses too (its metrics: ``kdc/metrics.py``).
 
 One registry per service (not the process-global default), so tests and embedded uses can run
 several services without clashing. Keys per zone and pending confirmations are read from the
@@ -16,7 +17,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -160,13 +161,24 @@ class Metrics:
         return bytes(generate_latest(self.registry))
 
 
+class Exposition(Protocol):
+    """What the listener serves at ``/metrics``: ``Metrics``, or the KDC's ``KdcMetrics``."""
+
+    def exposition(self) -> bytes: ...
+
+
 async def serve_http(
     host: str,
     port: int,
-    metrics: Metrics,
+    metrics: Exposition,
     health: Callable[[], tuple[bool, Mapping[str, Any]]],
+    *,
+    in_thread: bool = False,
 ) -> tuple[asyncio.Server, int]:
-    """Start the ``/metrics`` and ``/healthz`` listener; returns the server and its bound port."""
+    """Start the ``/metrics`` and ``/healthz`` listener; returns the server and its bound port.
+
+    ``in_thread``: ``/metrics`` is computed in a worker thread, so a scrape that reads a large
+    database never holds up the event loop (the KDC's DNS answers); ``/healthz`` stays on it."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -176,7 +188,14 @@ async def serve_http(
             return
         method, _, rest = head.decode("latin-1").partition(" ")
         path = rest.partition(" ")[0].partition("?")[0]
-        status, ctype, body = _route(method, path, metrics, health)
+        if in_thread and method == "GET" and path == "/metrics":
+            status, ctype, body = (
+                "200 OK",
+                CONTENT_TYPE,
+                await asyncio.to_thread(metrics.exposition),
+            )
+        else:
+            status, ctype, body = _route(method, path, metrics, health)
         writer.write(
             f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
             "Connection: close\r\n\r\n".encode()
@@ -194,7 +213,7 @@ async def serve_http(
 def _route(
     method: str,
     path: str,
-    metrics: Metrics,
+    metrics: Exposition,
     health: Callable[[], tuple[bool, Mapping[str, Any]]],
 ) -> tuple[str, str, bytes]:
     if method != "GET":

@@ -438,8 +438,14 @@ class FailureLog:
         self.interval = interval
         self._last: dict[str, float] = {}
         self._held: dict[str, int] = {}
+        self._failing: dict[str, str] = {}  # kind -> its latest message, until it recovers
+
+    def failing(self) -> dict[str, str]:
+        """Each kind that failed and has not recovered since, with its latest message."""
+        return dict(self._failing)
 
     def error(self, kind: str, message: str) -> None:
+        self._failing[kind] = message
         now = time.monotonic()
         last = self._last.get(kind)
         if last is not None and now - last < self.interval:
@@ -451,6 +457,7 @@ class FailureLog:
         self.logger.error("%s%s", message, more)
 
     def recovered(self, kind: str, message: str) -> None:
+        self._failing.pop(kind, None)
         if self._last.pop(kind, None) is not None:
             self._held.pop(kind, None)
             self.logger.info("%s", message)

@@ -57,9 +57,11 @@ from krs_plugin.errors import KrsError
 from krs_plugin.kdc.engine import DEFAULT_RESEND_AFTER, Engine, EngineOptions
 from krs_plugin.kdc.enroll import EnrollmentDesk
 from krs_plugin.kdc.identity import KdcIdentity
+from krs_plugin.kdc.metrics import KdcMetrics, ServerHealth, health_of
 from krs_plugin.kdc.resync import RESYNC_INTERVAL, ResyncDesk
 from krs_plugin.kdc.store import DistributionRow, NodeRow, Store
 from krs_plugin.logs import context
+from krs_plugin.metrics import serve_http
 from krs_plugin.protocol import (
     CHUNK_TYPE,
     find_chunk_option,
@@ -101,6 +103,7 @@ class ServeOptions:
     resync_interval: float = RESYNC_INTERVAL  # at most one resend per node in this time
     resend_after: float = DEFAULT_RESEND_AFTER  # the engine's step resend (engine.EngineOptions)
     engine_interval: float = 1.0  # seconds between the lifecycle engine's passes
+    metrics: tuple[str, int] | None = None  # /metrics and /healthz (kdc/metrics.py); None: off
 
 
 class ControlZone:
@@ -427,6 +430,8 @@ class KdcServer:
         self.notify_hold = 0.0  # no NOTIFY round before this time (kdc.db not taking changes)
         self.engine: Engine | None = None  # the lifecycle engine, when serve has the identity
         self._engine_due = 0.0
+        # The engine's passes and kdc.db's failures, for /metrics and /healthz (kdc/metrics.py)
+        self.health = ServerHealth(state_failures, engine_interval=options.engine_interval)
 
     def handle(self, wire: bytes, source: str, *, udp: bool) -> bytes | None:
         if self.enrollment is not None and _is_update(wire):
@@ -444,6 +449,8 @@ class KdcServer:
             state_failures.error("answer", f"state database {self.store.path}: {exc}")
             response = dns.message.make_response(query)
             response.set_rcode(dns.rcode.SERVFAIL)
+        else:
+            state_failures.recovered("answer", "queries are answered from kdc.db again")
         return _wire(response, _udp_limit(query) if udp else MAX_TCP_MESSAGE)
 
     async def start(self) -> None:
@@ -479,12 +486,11 @@ class KdcServer:
                     log.info("key %d of %s is now %s", tag, zone, state)
             except StateWriteError as exc:  # the next tick tries again
                 state_failures.error("expiry", f"expiry and key states not recorded: {exc}")
+            else:
+                state_failures.recovered("expiry", "expiry and key states are recorded again")
             if self.engine is not None and now >= self._engine_due:
                 self._engine_due = now + self.options.engine_interval
-                try:
-                    self.engine.run_pass(now)
-                except StateWriteError as exc:  # one transaction per change: the next pass
-                    state_failures.error("engine", f"lifecycle step not recorded: {exc}")
+                self.run_engine(self.engine, now)
             for key in [k for k, task in in_flight.items() if task.done()]:
                 del in_flight[key]
             for d in self.store.distributions(status="pending"):
@@ -496,6 +502,19 @@ class KdcServer:
                 if now >= self.notify_hold and self._due(d.notified_at, d.notify_attempts, now):
                     in_flight[key] = asyncio.create_task(self._notify(d.id, d.node_id))
             await asyncio.sleep(self.options.tick)
+
+    def run_engine(self, engine: Engine, now: float) -> None:
+        """One pass of the lifecycle engine, timed and its failure kept for /metrics, /healthz."""
+        started = time.monotonic()
+        error = None
+        try:
+            engine.run_pass(now)
+        except StateWriteError as exc:  # one transaction per change: the next pass
+            error = str(exc)
+            state_failures.error("engine", f"lifecycle step not recorded: {exc}")
+        else:
+            state_failures.recovered("engine", "lifecycle steps are recorded again")
+        self.health.passed(now, time.monotonic() - started, error)
 
     def _due(self, last: int | None, attempts: int, now: float) -> bool:
         if last is None:
@@ -520,6 +539,8 @@ class KdcServer:
         except StateWriteError as exc:  # sent all the same, and no new round for a while
             state_failures.error("notify", f"NOTIFY not recorded: {exc}")
             self.notify_hold = time.time() + STATE_RETRY
+        else:
+            state_failures.recovered("notify", "NOTIFYs are recorded again")
         try:
             reply = await udp_exchange(message, host.strip("[]"), int(port), NOTIFY_TIMEOUT)
         except (TimeoutError, OSError, dns.exception.DNSException) as exc:
@@ -557,8 +578,20 @@ async def serve(
     server = KdcServer(store, zone, options, desk)
     if identity is not None:
         server.engine = Engine(store, identity, EngineOptions(resend_after=options.resend_after))
+        server.health.engine = True
     quiet_accept_errors(asyncio.get_running_loop())
     await server.start()
+    http = None
+    if options.metrics is not None:
+        host, port = options.metrics
+        http, bound = await serve_http(
+            host,
+            port,
+            KdcMetrics(store.path, server.health),
+            health_of(server.health, store.path),
+            in_thread=True,  # a scrape reads kdc.db: never on the loop that answers DNS
+        )
+        log.info("metrics and health on http://%s:%d", host, bound)
     print(
         "krs-kdc serving "
         + ", ".join(f"{h}:{p}" for h, p in server.bound)
@@ -568,6 +601,8 @@ async def serve(
     try:
         await server.notify_loop()
     finally:
+        if http is not None:
+            http.close()
         server.close()
 
 

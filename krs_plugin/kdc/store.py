@@ -10,6 +10,7 @@ import json
 import os
 import sqlite3
 import time
+import urllib.parse
 from collections.abc import Collection, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ import dns.name
 
 from krs_plugin.errors import ConfigError, KrsError
 from krs_plugin.kdc.policy import Policy, check_policy_name, unsafe_changes, validate
-from krs_plugin.sqlitedb import open_private_db, transaction, write_error
+from krs_plugin.sqlitedb import StateConnection, open_private_db, transaction, write_error
 
 SCHEMA_VERSION = 1
 KEY_STATES = ("created", "published", "active", "retired", "removed")
@@ -107,6 +108,7 @@ CREATE TABLE IF NOT EXISTS served_state (
     PRIMARY KEY (distribution_id, node_id, zone)
 );
 CREATE INDEX IF NOT EXISTS served_state_by_node ON served_state(node_id, zone, read_at);
+CREATE INDEX IF NOT EXISTS served_state_by_zone ON served_state(zone, read_at);
 CREATE TABLE IF NOT EXISTS distribution_sequence (id INTEGER PRIMARY KEY CHECK (id = 1),
                                                   next INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS enrollment_tokens (
@@ -360,6 +362,29 @@ class Store:
                 "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
                 (str(SCHEMA_VERSION),),
             )
+
+    @classmethod
+    def reader(cls, path: str | os.PathLike[str]) -> Store:
+        """A Store that only reads ``path``, on a connection of its own that may be used from
+        another thread (the metrics' scrape, docs/operations.md): opened read-only and with
+        ``PRAGMA query_only``, without the checks and schema changes of a Store that writes
+        (``krs-kdc serve`` opened the file with those already)."""
+        store = cls.__new__(cls)
+        store.path = Path(path)
+        uri = "file:" + urllib.parse.quote(str(store.path.resolve())) + "?mode=ro"
+        db = sqlite3.connect(uri, uri=True, timeout=10, isolation_level=None,
+                             check_same_thread=False, factory=StateConnection)  # fmt: skip
+        assert isinstance(db, StateConnection)
+        db.path = store.path
+        db.row_factory = sqlite3.Row
+        try:
+            db.execute("PRAGMA query_only=ON")
+            db.execute("PRAGMA busy_timeout=10000")
+        except sqlite3.Error:
+            db.close()
+            raise
+        store.db = db
+        return store
 
     def close(self) -> None:
         self.db.close()
