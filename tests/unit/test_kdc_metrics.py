@@ -190,3 +190,46 @@ def test_health_is_bad_while_kdc_db_fails_or_the_engine_does() -> None:
     health.passed(1003.0, 0.01, None)
     assert health.problems(1003.0) == []
     assert health.problems(1034.0) == ["lifecycle engine: no pass for 31 s"]
+
+
+def test_every_metric_the_kdc_alerts_use_is_one_the_kdc_exports(fleet: Fleet) -> None:
+    """A renamed metric would leave an alert that never fires: each krs_kdc_* name in
+    integrations/kdc/prometheus-alerts.yaml must be in the exposition, and the rules must be
+    well-formed (a name, an expression, a summary)."""
+    import re
+
+    import yaml
+
+    signed(fleet)
+    health = ServerHealth(FailureLog(state_failures.logger), engine=True)
+    health.passed(fleet.now, 0.1, None)
+    text = KdcMetrics(fleet.store.path, health, clock=lambda: fleet.now).exposition().decode()
+    exported = set(re.findall(r"^# TYPE (krs_kdc_\w+) (\w+)", text, re.M))
+    names = {name for name, _ in exported} | {
+        f"{name}_total" for name, kind in exported if kind == "counter"
+    }
+    path = Path(__file__).resolve().parents[2] / "integrations/kdc/prometheus-alerts.yaml"
+    rules = yaml.safe_load(path.read_text())["groups"][0]["rules"]
+    used = {name for rule in rules for name in re.findall(r"\bkrs_kdc_\w+", rule["expr"])}
+    assert used and used <= names, used - names
+    assert {
+        "krs_kdc_rollover_step_seconds", "krs_kdc_lagging_node", "krs_kdc_distributions_failed",
+        "krs_kdc_distribution_pending_oldest_seconds", "krs_kdc_engine_last_pass_timestamp_seconds",
+    } <= used  # fmt: skip
+    for rule in rules:
+        assert rule["alert"].startswith("Kdc") and rule["annotations"]["summary"], rule
+
+
+def test_the_kdc_unit_logs_json_and_shows_metrics_on_loopback() -> None:
+    import shlex
+
+    from krs_plugin.kdc.cli import build_parser
+
+    unit = Path(__file__).resolve().parents[2] / "integrations/kdc/krs-kdc.service"
+    lines = unit.read_text().splitlines()
+    (start,) = [line for line in lines if line.startswith("ExecStart=")]
+    args = build_parser().parse_args(shlex.split(start.partition("=")[2])[1:])
+    assert args.log_format == "json" and args.metrics is None  # metrics: off unless asked for
+    (commented,) = [line for line in lines if line.startswith("#ExecStart=")]
+    args = build_parser().parse_args(shlex.split(commented.partition("=")[2])[1:])
+    assert args.log_format == "json" and args.metrics == "127.0.0.1:9154"
