@@ -33,6 +33,7 @@ class KnotLab(LabServer):
     automatic_zones: Sequence[str] = ()  # zones under a policy Knot runs itself (refused)
     unsigned_zones: Sequence[str] = ()  # zones served with dnssec-signing off
     user: str | None = None  # "knot" to run as knot:knot, as the Debian package does
+    dnskey_ttl: int | None = None  # the manual policy's dnskey-ttl (None: Knot's, the SOA TTL)
     process: ServerProcess | None = field(default=None, init=False)
 
     @property
@@ -71,6 +72,9 @@ class KnotLab(LabServer):
                 f"  - domain: {zone}\n    dnssec-signing: {signing}\n    dnssec-policy: {policy}\n"
             )
         user = f"    user: {self.user}:{self.user}\n" if self.user else ""
+        # Knot serves the DNSKEY RRset with its policy's dnskey-ttl, not the key's TTL
+        # (docs/servers/knot.md, section 1).
+        dnskey_ttl = "" if self.dnskey_ttl is None else f"    dnskey-ttl: {self.dnskey_ttl}\n"
         self.config.write_text(
             "server:\n"
             f'    rundir: "{self.root}/run"\n'
@@ -87,6 +91,7 @@ class KnotLab(LabServer):
             "policy:\n"
             "  - id: manual\n"
             "    manual: on\n"
+            f"{dnskey_ttl}"
             "  - id: automatic\n"
             "    manual: off\n"
             "template:\n"

@@ -18,7 +18,16 @@ thus depends on which server it asked: the careless control (test_multisigner_ha
 makes sure Unbound took its DNSKEY set from a server that gave the long TTL
 (``cached_dnskey_ttl``).
 
-Start-up takes about 5 s. Everything listens on 127.0.0.1 on ports from ``free_port``;
+With ``policy`` (options of ``krs-kdc policy add``) the child has a key policy and no keys: the
+KDC's engine makes the first keys at its first pass of ``krs-kdc serve`` and every later key by
+itself (docs/lifecycle.md). The engine sends every key with the policy's dnskey-ttl, which BIND
+and NSD take from the key files; Knot serves its policy's ``dnskey-ttl`` and PowerDNS the SOA's
+minimum field, so the lab sets both to the policy's (docs/servers/knot.md, powerdns.md). The
+parent starts with an insecure delegation, so Unbound's view is valid before the child is
+signed; ``first_ds()`` puts the first KSK's DS in and says ``ds seen``.
+
+Start-up takes about 5 s (with a policy, about 20 s: the first keys' step settles first).
+Everything listens on 127.0.0.1 on ports from ``free_port``;
 ``close()`` stops every process started here.
 """
 
@@ -31,7 +40,7 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +48,7 @@ from typing import Any
 import dns.dnssec
 import dns.edns
 import dns.exception
+import dns.flags
 import dns.message
 import dns.name
 import dns.query
@@ -69,13 +79,16 @@ PROBE_NAME = f"www.{CHILD}"
 ZONE_TTL = 2  # every record of the child zone, and the SOA's negative TTL
 PROBE_TTL = 1  # the probed name: shorter than the DNSKEY's, so its signatures change first
 SERVERS = ("bind9", "knot", "nsd", "powerdns")
+POLICY = "lab"  # the child's key policy, when the lab runs with one
 
 
-def child_zone_text(zone: str = CHILD) -> str:
+def child_zone_text(zone: str = CHILD, soa_minimum: int = ZONE_TTL) -> str:
+    """The child zone; PowerDNS serves the DNSKEY RRset with the SOA's minimum field as TTL
+    (docs/servers/powerdns.md, section 1), so a lab with a policy sets it to its dnskey-ttl."""
     return (
         f"$ORIGIN {zone}\n"
         f"$TTL {ZONE_TTL}\n"
-        f"@ IN SOA ns1.{zone} hostmaster.{zone} 1 3600 900 1209600 {ZONE_TTL}\n"
+        f"@ IN SOA ns1.{zone} hostmaster.{zone} 1 3600 900 1209600 {soa_minimum}\n"
         f"@ IN NS ns1.{zone}\n"
         f"ns1 IN A {HOST}\n"
         f"www {PROBE_TTL} IN A 192.0.2.80\n"
@@ -256,8 +269,17 @@ class MultiSigner:
     confirmed by every node, the DS at the parent and Unbound answering. ``close()`` stops
     every process it started."""
 
-    def __init__(self, root: Path, cache_max_ttl: int = 6) -> None:
+    def __init__(
+        self,
+        root: Path,
+        cache_max_ttl: int = 6,
+        policy: Sequence[str] | None = None,
+        serve_options: Sequence[str] = (),
+    ) -> None:
         self.root = root
+        self.serve_options = serve_options
+        self.dnskey_ttl: int | None = None  # the policy's, which Knot is configured to serve
+        self.policy = policy  # options of krs-kdc policy add: the engine makes the keys
         self.state = root / "kdc"
         self.logs = root / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -299,9 +321,14 @@ class MultiSigner:
 
     def start(self) -> None:
         self.kdc("init", "--control-zone", CZ)
-        self.kdc("zone", "add", CHILD)
-        self.kdc("key", "generate", "--zone", CHILD, "--role", "KSK")
-        self.kdc("key", "generate", "--zone", CHILD, "--role", "ZSK")
+        if self.policy is not None:
+            made = self.kdc_json("policy", "add", POLICY, *self.policy)
+            self.dnskey_ttl = int(made["dnskey_ttl"])
+            self.kdc("zone", "add", CHILD, "--policy", POLICY)
+        else:
+            self.kdc("zone", "add", CHILD)
+            self.kdc("key", "generate", "--zone", CHILD, "--role", "KSK")
+            self.kdc("key", "generate", "--zone", CHILD, "--role", "ZSK")
         for name in SERVERS:
             self._start_node(name)
         self._start_process(
@@ -315,17 +342,25 @@ class MultiSigner:
                 f"{HOST}:{self.kdc_port}",
                 "--notify-retry",
                 "0.3",
+                *self.serve_options,
             ],
             "krs-kdc serving",
         )
         for node in self.nodes:
-            self._start_process(
-                f"krs-{node.name}",
-                [str(BIN / "krs"), "run", "-c", str(node.directory / "krs.yaml")],
-                "listening for NOTIFY",
+            self.start_krs(node.name)
+        if self.policy is None:
+            self.distribute()
+            self._start_parent()
+        else:
+            # The engine makes the first keys at its first pass and distributes them; the
+            # parent starts with an insecure delegation (no DS) until every node serves them
+            # (first_ds()), so Unbound's view is valid throughout.
+            wait_until(
+                lambda: "rollover-done" in self.events(),
+                90,
+                lambda: f"the engine's first keys served:\n{self.tails()}",
             )
-        self.distribute()
-        self._start_parent()
+            self._start_parent(with_ds=False)
         assert self.parent is not None
         self.unbound = UnboundLab(
             self.root / "unbound",
@@ -348,22 +383,23 @@ class MultiSigner:
         directory = self.root / f"node-{name}"
         server_root = self.root / name
         server_root.mkdir(parents=True)
+        text = child_zone_text(soa_minimum=self.dnskey_ttl or ZONE_TTL)
         server: Bind9Lab | KnotLab | NsdLab | PowerDnsLab
         if name == "bind9":
             server = Bind9Lab(server_root, [CHILD])
-            (server_root / f"{CHILD}zone").write_text(child_zone_text())
+            (server_root / f"{CHILD}zone").write_text(text)
         elif name == "knot":
-            server = KnotLab(server_root, [CHILD])
+            server = KnotLab(server_root, [CHILD], dnskey_ttl=self.dnskey_ttl)
             (server_root / "zones").mkdir()
-            (server_root / "zones" / f"{CHILD}zone").write_text(child_zone_text())
+            (server_root / "zones" / f"{CHILD}zone").write_text(text)
         elif name == "nsd":
             server = NsdLab(server_root, [CHILD])
             (server_root / "unsigned").mkdir(mode=0o700)
-            server.unsigned_file(CHILD).write_text(child_zone_text())
+            server.unsigned_file(CHILD).write_text(text)
         else:
             server = PowerDnsLab(server_root, [CHILD])
             (server_root / "zones").mkdir()
-            server.zone_file(CHILD).write_text(child_zone_text())
+            server.zone_file(CHILD).write_text(text)
         self.servers.append(server)
         server.start()
         node = Node(name, server, name, directory, free_port(HOST))
@@ -418,18 +454,51 @@ class MultiSigner:
         (directory / "krs.yaml").write_text(json.dumps(config))
         self.nodes.append(node)
 
+    def start_krs(self, name: str) -> None:
+        """(Again) the ``krs run`` of node ``name`` (bind9, knot, nsd, powerdns)."""
+        self._start_process(
+            f"krs-{name}",
+            [str(BIN / "krs"), "run", "-c", str(self.root / f"node-{name}" / "krs.yaml")],
+            "listening for NOTIFY",
+        )
+
+    def stop_krs(self, name: str) -> None:
+        """Stop the ``krs run`` of node ``name``; its nameserver goes on serving."""
+        process = self.processes.pop(f"krs-{name}")
+        process.terminate()
+        process.wait(timeout=10)
+
+    def first_ds(self) -> None:
+        """The parent's operator puts the first KSK's DS in (the delegation becomes secure) and
+        tells the engine (``ds seen``)."""
+        self.set_ds(self.child_ds())
+        self.kdc("ds", "seen", "--zone", CHILD)
+
+    def history(self) -> list[dict[str, Any]]:
+        """The engine's history of the child (``krs-kdc history --json``), oldest first."""
+        return list(self.kdc_json("history", "--zone", CHILD)["entries"])
+
+    def events(self) -> list[str]:
+        return [e["event"] for e in self.history()]
+
+    def node_id(self, name: str) -> str:
+        return f"ns-{name}.edge.example."
+
     def _start_process(self, name: str, argv: list[str], ready: str) -> None:
         log = self.logs / f"{name}.log"
         out = self.stack.enter_context(open(log, "ab"))  # noqa: SIM115
+        seen = log.stat().st_size
         process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=os.environ)
         self.processes[name] = process
         wait_until(
-            lambda: ready in log.read_text() or process.poll() is not None, 30, f"{name} ({log})"
+            lambda: ready in log.read_text()[seen:] or process.poll() is not None,
+            30,
+            f"{name} ({log})",
         )
         if process.poll() is not None:
             raise LabError(f"{name} exited ({process.returncode}):\n{log.read_text()}")
 
-    def _start_parent(self) -> None:
+    def _start_parent(self, with_ds: bool = True) -> None:
         root = self.root / "parent"
         keys = root / "parent-keys"
         keys.mkdir(parents=True)
@@ -463,14 +532,18 @@ class MultiSigner:
         self.servers.append(self.parent)
         (root / "unsigned").mkdir(mode=0o700)
         (root / "signed").mkdir(mode=0o700)
-        self._sign_parent(self.child_ds())
+        self._sign_parent(self.child_ds() if with_ds else [])
         self.parent.start()
 
-    def child_ds(self) -> list[str]:
-        """The DS lines ``krs-kdc zone ds`` prints for the child."""
+    def child_ds(self, tags: Iterable[int] | None = None) -> list[str]:
+        """The DS lines ``krs-kdc zone ds`` prints for the child (of the KSKs ``tags`` only)."""
         text = self.kdc("zone", "ds", CHILD)
         lines = (" ".join(line.split()) for line in text.splitlines())
-        return [line for line in lines if not line.startswith(";") and " DS " in line]
+        found = [line for line in lines if not line.startswith(";") and " DS " in line]
+        if tags is None:
+            return found
+        wanted = set(tags)
+        return [line for line in found if int(line.split(" DS ")[1].split()[0]) in wanted]
 
     def _sign_parent(self, ds_lines: Iterable[str]) -> None:
         assert self.parent is not None
@@ -530,10 +603,17 @@ class MultiSigner:
     # --- looking ------------------------------------------------------------------------------
 
     def resolve(
-        self, name: str = PROBE_NAME, rdtype: dns.rdatatype.RdataType = dns.rdatatype.A
+        self,
+        name: str = PROBE_NAME,
+        rdtype: dns.rdatatype.RdataType = dns.rdatatype.A,
+        want_ad: bool = False,
     ) -> dns.message.Message:
+        """Unbound's answer; ``want_ad`` sets AD in the query, so the answer's AD says whether
+        Unbound validated it (RFC 6840 5.7)."""
         assert self.unbound is not None
         message = dns.message.make_query(name, rdtype, use_edns=0)
+        if want_ad:
+            message.flags |= dns.flags.AD
         return dns.query.udp(message, self.unbound.host, port=self.unbound.port, timeout=3)
 
     def cached_dnskey_ttl(self) -> int:
