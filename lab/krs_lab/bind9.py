@@ -30,17 +30,25 @@ POLICY = "krs"
 """The lab's dnssec-policy for zones that take the KDC's keys (BIND 9.20)."""
 
 
-def policy_text(name: str, keys: Sequence[tuple[str, str]], purge_keys: str = "P1D") -> str:
+def policy_text(
+    name: str,
+    keys: Sequence[tuple[str, str]],
+    purge_keys: str = "P1D",
+    dnskey_ttl: int | None = None,
+) -> str:
     """A ``dnssec-policy`` for keys from outside (docs/servers/bind9.md): ``manual-mode`` so
     named never creates, rolls or retires a key by itself, one entry per (role, algorithm) the
-    KDC sends, ``lifetime unlimited`` so no rollover of named's own is ever due."""
+    KDC sends, ``lifetime unlimited`` so no rollover of named's own is ever due; ``dnskey-ttl``,
+    the TTL named 9.20 serves the DNSKEY RRset with (the key files' is not used), when given."""
     entries = "".join(
         f"        {role} key-directory lifetime unlimited algorithm {algorithm};\n"
         for role, algorithm in keys
     )
+    ttl = "" if dnskey_ttl is None else f"    dnskey-ttl {dnskey_ttl};\n"
     return (
         f'dnssec-policy "{name}" {{\n'
         "    manual-mode yes;\n"
+        f"{ttl}"
         f"    keys {{\n{entries}    }};\n"
         f"    purge-keys {purge_keys};\n"
         "};\n"
@@ -75,6 +83,7 @@ class Bind9Lab(LabServer):
     extra_zone_options: dict[str, str] = field(default_factory=dict)  # zone -> raw options
     zone_policies: dict[str, str] = field(default_factory=dict)  # zone -> policy (9.20)
     extra_config: str = ""  # raw statements (more dnssec-policy blocks, say)
+    dnskey_ttl: int | None = None  # the 9.20 policy's dnskey-ttl (None: named's, 1h)
     process: ServerProcess | None = field(default=None, init=False)
     _version: tuple[int, int] | None = field(default=None, init=False)
 
@@ -194,7 +203,11 @@ class Bind9Lab(LabServer):
                 file.write_text(unsigned_zone_text(zone))
             dnssec = self.zone_dnssec(zone, signed)
             blocks.append(f'zone "{zone}" {{\n    type primary;\n    file "{file}";\n{dnssec}}};\n')
-        policy = policy_text(POLICY, self.policy_keys) if self.uses_policy else ""
+        policy = (
+            policy_text(POLICY, self.policy_keys, dnskey_ttl=self.dnskey_ttl)
+            if self.uses_policy
+            else ""
+        )
         self.named_conf.write_text(
             f'include "{self.rndc_key}";\n'
             "options {\n"

@@ -21,8 +21,8 @@ makes sure Unbound took its DNSKEY set from a server that gave the long TTL
 With ``policy`` (options of ``krs-kdc policy add``) the child has a key policy and no keys: the
 KDC's engine makes the first keys at its first pass of ``krs-kdc serve`` and every later key by
 itself (docs/lifecycle.md). The engine sends every key with the policy's dnskey-ttl, which BIND
-and NSD take from the key files; Knot serves its policy's ``dnskey-ttl`` and PowerDNS the SOA's
-minimum field, so the lab sets both to the policy's (docs/servers/knot.md, powerdns.md). The
+9.18 and NSD take from the key files; Knot and BIND 9.20 serve their policy's ``dnskey-ttl`` and
+PowerDNS the SOA's minimum field, so the lab sets those to the policy's (docs/servers/). The
 parent starts with an insecure delegation, so Unbound's view is valid before the child is
 signed; ``first_ds()`` puts the first KSK's DS in and says ``ds seen``.
 
@@ -386,7 +386,7 @@ class MultiSigner:
         text = child_zone_text(soa_minimum=self.dnskey_ttl or ZONE_TTL)
         server: Bind9Lab | KnotLab | NsdLab | PowerDnsLab
         if name == "bind9":
-            server = Bind9Lab(server_root, [CHILD])
+            server = Bind9Lab(server_root, [CHILD], dnskey_ttl=self.dnskey_ttl)
             (server_root / f"{CHILD}zone").write_text(text)
         elif name == "knot":
             server = KnotLab(server_root, [CHILD], dnskey_ttl=self.dnskey_ttl)
