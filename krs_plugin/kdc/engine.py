@@ -11,13 +11,14 @@ and moves on. Each change is one transaction with its history entry, so the pass
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 
 from krs_plugin.dnssec import generate_key
 from krs_plugin.errors import KrsError
 from krs_plugin.kdc.distribute import distribute_zone
-from krs_plugin.kdc.enginestate import EngineState, Rollover
+from krs_plugin.kdc.enginestate import EngineState, PassSnapshot, Rollover
 from krs_plugin.kdc.gate import GateResult, Served, check_gate
 from krs_plugin.kdc.identity import KdcIdentity
 from krs_plugin.kdc.methods import Step, initial_step, steps_for
@@ -84,10 +85,15 @@ class Engine:
     # --- the pass ---------------------------------------------------------------------------------
 
     def run_pass(self, now: float) -> None:
+        snapshot = self.state.snapshot()
+        policies: dict[str, Policy] = {}
         for zone, policy_name in policy_zones(self.store):
             try:
-                policy = self.store.require_policy(policy_name)
-                self.run_zone(zone, policy, int(now))
+                policy = policies.get(policy_name)
+                if policy is None:
+                    policy = policies[policy_name] = self.store.require_policy(policy_name)
+                if not self.nothing_due(snapshot, zone, policy, int(now)):
+                    self.run_zone(zone, policy, int(now))
             except StateWriteError:
                 raise  # kdc.db takes no change: serve reports it and tries the next pass
             except KrsError as exc:
@@ -114,6 +120,36 @@ class Engine:
             if rollover is None:
                 return
         self._advance(rollover, policy, now)
+
+    def nothing_due(self, snapshot: PassSnapshot, zone: str, policy: Policy, now: int) -> bool:
+        """True only when ``run_zone`` would change nothing for ``zone`` now, judged from the
+        pass's snapshot (a few queries for every zone, where ``run_zone`` makes several per
+        zone): idle and no rollover due by lifetime, no DS to settle; at a step no node has
+        confirmed since it began, with no resend due; or waiting for its records to settle
+        (or for the operator). Anything else, and anything this does not know, runs the zone.
+        A change made after the snapshot (a command) is seen at the next pass."""
+        rollover = snapshot.running.get(zone)
+        rows = snapshot.keys.get(zone, [])
+        records = snapshot.key_records(zone)
+        if rollover is None:
+            if any(r.state("ds") in (State.RUMOURED, State.UNRETENTIVE) for r in records):
+                return False  # _settle_loose_ds
+            live = [(k, r) for k, r in zip(rows, records, strict=True) if k.state != "removed"]
+            if not live or not snapshot.has_records(zone):
+                return False  # first keys, or adoption
+            due = next_by_lifetime([r for _, r in live], [k for k, _ in live], policy)
+            return due is None or due[1] > now
+        if rollover.step_started_at is None:
+            return False
+        step = self.steps(rollover)[rollover.step]
+        if rollover.reached_at is None:
+            latest = snapshot.latest_read.get(zone)
+            if latest is not None and latest >= rollover.step_started_at:
+                return False  # a node confirmed since the step began: the gate may be reached
+            last = rollover.resent_at or rollover.step_started_at
+            return rollover.distribution_id is None or now - last < self.options.resend_after
+        when = self.settles(rollover, policy, step, records)
+        return when is None or when > now
 
     # --- starting rollovers ---------------------------------------------------------------
 
@@ -261,7 +297,7 @@ class Engine:
                 self.state.set_record(key_id, change.record, change.to, now)
                 moved.append(f"{records[key_id].key_tag} {change.record} {change.to}")
             self._sync_keys(zone, now)
-            nodes = [n.id for n in self.store.nodes(zone)]
+            nodes = self.state.zone_nodes(zone)
             dist_id = None
             if step.visible:
                 dist_id = distribute_zone(self.store, self._signer(), zone, now=now).distribution_id
@@ -306,7 +342,7 @@ class Engine:
 
     def _step_nodes(self, rollover: Rollover) -> list[str]:
         """The step's frozen set, less nodes an operator took out of the zone since."""
-        present = {n.id for n in self.store.nodes(rollover.zone)}
+        present = set(self.state.zone_nodes(rollover.zone))
         return [n for n in rollover.nodes if n in present]
 
     def _advance(self, rollover: Rollover, policy: Policy, now: int) -> None:
@@ -369,12 +405,20 @@ class Engine:
         if following is not None and following.step_started_at is None:
             self._begin_step(following, policy, now)
 
-    def settles(self, rollover: Rollover, policy: Policy, step: Step) -> int | None:
+    def settles(
+        self,
+        rollover: Rollover,
+        policy: Policy,
+        step: Step,
+        known: list[KeyRecords] | None = None,
+    ) -> int | None:
         """When the step's records have all settled; None while it waits for nodes or the
-        operator (``ds seen``/``ds gone``)."""
+        operator (``ds seen``/``ds gone``). ``known``: the zone's records, already read."""
         if rollover.reached_at is None:
             return None
-        records = {r.key_id: r for r in self.state.key_records(rollover.zone)}
+        if known is None:
+            known = self.state.key_records(rollover.zone)
+        records = {r.key_id: r for r in known}
         ttl = max(rollover.largest_dnskey_ttl or 0, policy.dnskey_ttl)
         times = [rollover.reached_at]
         for change in step.changes:
@@ -712,9 +756,15 @@ def next_by_lifetime(
         key = current_key(records, rows, role)
         if key is None or key.activate_at is None:
             continue
-        ipub, _ = intervals(policy, role)
-        due.append((key.activate_at + lifetime - ipub.seconds, role))
+        due.append((key.activate_at + lifetime - _ipub_seconds(policy, role), role))
     if not due:
         return None
     when, role = min(due)
     return role, when
+
+
+@functools.lru_cache(maxsize=64)
+def _ipub_seconds(policy: Policy, role: str) -> int:
+    """Ipub of ``role`` under ``policy`` (a pass asks it for every zone; ``intervals`` also
+    writes the formula out)."""
+    return intervals(policy, role)[0].seconds

@@ -40,6 +40,26 @@ class Rollover:
 
 
 @dataclass(frozen=True)
+class PassSnapshot:
+    """kdc.db as one engine pass found it, read once for every zone (``EngineState.snapshot``):
+    enough to see that a zone has nothing due; a zone that may have something due is run from
+    kdc.db itself (``Engine.run_zone``)."""
+
+    running: dict[str, Rollover]  # zone -> its running rollover
+    keys: dict[str, list[KeyRow]]  # zone -> its keys, every state (private_pem not read: b"")
+    states: dict[int, dict[str, State]]  # keys.id -> the record states recorded
+    latest_read: dict[str, int | None]  # zone at a begun, unreached step -> newest read_at served
+
+    def key_records(self, zone: str, rows: list[KeyRow] | None = None) -> list[KeyRecords]:
+        """As ``EngineState.key_records``."""
+        return records_of(self.keys.get(zone, []) if rows is None else rows, self.states)
+
+    def has_records(self, zone: str) -> bool:
+        """As ``EngineState.has_records``."""
+        return any(row.id in self.states for row in self.keys.get(zone, []))
+
+
+@dataclass(frozen=True)
 class HistoryEntry:
     id: int
     at: int
@@ -68,20 +88,7 @@ class EngineState:
             (canonical(zone),),
         ):
             states.setdefault(r["key_id"], {})[r["record"]] = State(r["state"])
-        return [
-            KeyRecords(
-                key_tag=row.key_tag,
-                algorithm=row.algorithm,
-                flags=row.flags,
-                role=row.role,
-                states={
-                    rec: states.get(row.id, {}).get(rec, State.HIDDEN)
-                    for rec in RECORDS_OF_ROLE[row.role]
-                },
-                key_id=row.id,
-            )
-            for row in rows
-        ]
+        return records_of(rows, states)
 
     def has_records(self, zone: str) -> bool:
         return (
@@ -106,6 +113,48 @@ class EngineState:
             "SELECT changed_at FROM key_records WHERE key_id = ? AND record = ?", (key_id, record)
         ).fetchone()
         return None if row is None else int(row["changed_at"])
+
+    def zone_nodes(self, zone: str) -> list[str]:
+        """The ids of the nodes serving ``zone``, in order (``Store.nodes(zone)`` also reads
+        every zone of each node: 10,000 rows per node on a large KDC)."""
+        rows = self.db.execute(  # per node a lookup in node_zones' key, as Store.nodes does
+            "SELECT n.id AS node_id FROM nodes n JOIN node_zones z ON z.node_id = n.id "
+            "AND z.zone = ? ORDER BY n.id",
+            (canonical(zone),),
+        )
+        return [r["node_id"] for r in rows]
+
+    def snapshot(self) -> PassSnapshot:
+        """What a pass needs to tell the zones with nothing due from the rest, in four queries
+        for every zone instead of several per zone (``Engine.nothing_due``)."""
+        keys: dict[str, list[KeyRow]] = {}
+        states: dict[int, dict[str, State]] = {}
+        cursor = self.db.cursor()
+        cursor.row_factory = None  # plain tuples: 20,000 keys and 50,000 records on a large KDC
+        for row in cursor.execute(
+            "SELECT id, zone, key_tag, role, algorithm, flags, state, created_at, publish_at, "
+            "activate_at, inactive_at, delete_at FROM keys ORDER BY id"
+        ):
+            key_id, zone, tag, role, algorithm, flags, state, created, pub, act, off, gone = row
+            keys.setdefault(zone, []).append(
+                KeyRow(key_id, zone, tag, role, algorithm, flags, state, created, pub, act, off,
+                       gone, b"")
+            )  # fmt: skip
+        by_value = {str(s): s for s in State}
+        for key_id, record, state in cursor.execute(
+            "SELECT key_id, record, state FROM key_records"
+        ):
+            states.setdefault(key_id, {})[record] = by_value[state]
+        running = {r.zone: r for r in self.rollovers(running=True)}
+        latest = {
+            r["zone"]: r["latest"]
+            for r in self.db.execute(
+                "SELECT r.zone, (SELECT MAX(s.read_at) FROM served_state s WHERE s.zone = r.zone) "
+                "AS latest FROM rollovers r WHERE r.finished_at IS NULL "
+                "AND r.step_started_at IS NOT NULL AND r.reached_at IS NULL"
+            )
+        }
+        return PassSnapshot(running, keys, states, latest)
 
     # --- rollovers ----------------------------------------------------------------------------
 
@@ -213,3 +262,21 @@ def _rollover(row: sqlite3.Row) -> Rollover:
         finished_at=row["finished_at"],
         cause=row["cause"],
     )
+
+
+def records_of(rows: list[KeyRow], states: dict[int, dict[str, State]]) -> list[KeyRecords]:
+    """Each key with its record states (hidden when never recorded)."""
+    return [
+        KeyRecords(
+            key_tag=row.key_tag,
+            algorithm=row.algorithm,
+            flags=row.flags,
+            role=row.role,
+            states={
+                rec: states.get(row.id, {}).get(rec, State.HIDDEN)
+                for rec in RECORDS_OF_ROLE[row.role]
+            },
+            key_id=row.id,
+        )
+        for row in rows
+    ]
