@@ -222,6 +222,8 @@ def test_ds_words_out_of_place_are_refused_and_change_nothing(fleet: Fleet) -> N
     signed(fleet)
     with pytest.raises(StateError, match="not at a step that waits for the old DS"):
         fleet.engine.ds_reported(ZONE, seen=False, now=fleet.now, cause="command: test")
+    fleet.engine.ds_reported(ZONE, seen=True, now=fleet.now, cause="command: test")
+    fleet.run(20)
     fleet.engine.start(ZONE, "ZSK", cause="command: test", now=fleet.now)
     fleet.run(2)
     before = fleet.events()
@@ -267,3 +269,23 @@ def test_a_node_back_after_its_copy_expired_gets_the_step_again(fleet: Fleet) ->
     fleet.down = set()
     fleet.run(20)
     assert fleet.phase() == ("ZSK", 1)
+
+
+def test_the_first_ds_is_recorded_during_a_zsk_rollover_and_settles_after_it(
+    fleet: Fleet,
+) -> None:
+    signed(fleet)
+    ksk = next(k for k in fleet.store.keys(ZONE) if k.role == "KSK")
+    fleet.engine.start(ZONE, "ZSK", cause="command: test", now=fleet.now)
+    fleet.run(2)
+    # The operator put the first DS at the parent while the ZSK rolls: recorded, not refused.
+    fleet.engine.ds_reported(ZONE, seen=True, now=fleet.now, cause="command: test")
+    assert fleet.records()[("KSK", ksk.key_tag)]["ds"] is State.RUMOURED
+    fleet.run(120)
+    assert fleet.phase() is None
+    assert fleet.records()[("KSK", ksk.key_tag)]["ds"] is State.OMNIPRESENT
+    # During a KSK rollover it is still refused: the DS step is the rollover's own.
+    fleet.engine.start(ZONE, "KSK", cause="command: test", now=fleet.now)
+    fleet.run(2)
+    with pytest.raises(StateError, match="does not wait for the parent"):
+        fleet.engine.ds_reported(ZONE, seen=True, now=fleet.now, cause="command: test")
