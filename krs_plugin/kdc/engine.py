@@ -432,8 +432,9 @@ class Engine:
                     return None
                 since = told
             times.append(
-                settles_at(change.record, change.to, since=since, policy=policy, dnskey_ttl=ttl)
-            )
+                settles_at(change.record, change.to, since=since, policy=policy, dnskey_ttl=ttl,
+                           first_signing=rollover.role == "initial")
+            )  # fmt: skip
         return max(times)
 
     def _maybe_resend(self, rollover: Rollover, result: GateResult, now: int) -> None:
@@ -609,7 +610,7 @@ class Engine:
                 longest = max(
                     longest,
                     settles_at(change.record, change.to, since=0, policy=policy,
-                               dnskey_ttl=policy.dnskey_ttl),
+                               dnskey_ttl=policy.dnskey_ttl, first_signing=role == "initial"),
                 )  # fmt: skip
             served = sorted(
                 names[k] for k, st in states.items()

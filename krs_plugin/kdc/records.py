@@ -53,12 +53,22 @@ class KeyRecords:
         return self.state(record) in VISIBLE
 
 
-def settles_at(record: str, state: State, *, since: int, policy: Policy, dnskey_ttl: int) -> int:
+def settles_at(
+    record: str,
+    state: State,
+    *,
+    since: int,
+    policy: Policy,
+    dnskey_ttl: int,
+    first_signing: bool = False,
+) -> int:
     """When a ``rumoured`` record becomes omnipresent, or an ``unretentive`` one hidden.
 
     ``since`` is when the gate was reached (the last node's confirmation) or, for ``ds``, when the
     operator recorded the parent's change. ``dnskey_ttl`` is the largest DNSKEY TTL any node
-    served (never less than the policy's)."""
+    served (never less than the policy's). ``first_signing``: the zone's first keys, where no
+    older signature can still be served, so the new ones are everywhere once the unsigned
+    answers have left the caches (no Dsgn)."""
     if state not in (State.RUMOURED, State.UNRETENTIVE):
         raise ValueError(f"a {state} {record} does not move by time")
     safety = policy.publish_safety if state is State.RUMOURED else policy.retire_safety
@@ -67,7 +77,7 @@ def settles_at(record: str, state: State, *, since: int, policy: Policy, dnskey_
     if record in ("dnskey", "krrsig"):
         return since + ttl + safety + margin
     if record == "zrrsig":
-        dsgn = policy.signatures_validity - policy.signatures_refresh
+        dsgn = 0 if first_signing else policy.signatures_validity - policy.signatures_refresh
         return since + dsgn + max(policy.max_zone_ttl, policy.negative_ttl) + safety + margin
     if record == "ds":
         return since + policy.parent_ds_ttl + policy.parent_propagation_delay
