@@ -132,11 +132,11 @@ class Engine:
         rows = snapshot.keys.get(zone, [])
         records = snapshot.key_records(zone)
         if rollover is None:
-            if any(r.state("ds") in (State.RUMOURED, State.UNRETENTIVE) for r in records):
+            if zone in snapshot.moving_ds:
                 return False  # _settle_loose_ds
             live = [(k, r) for k, r in zip(rows, records, strict=True) if k.state != "removed"]
             if not live or not snapshot.has_records(zone):
-                return False  # first keys, or adoption
+                return False  # first keys, or adoption (or records on removed keys only)
             due = next_by_lifetime([r for _, r in live], [k for k, _ in live], policy)
             return due is None or due[1] > now
         if rollover.step_started_at is None:

@@ -46,16 +46,18 @@ class PassSnapshot:
     kdc.db itself (``Engine.run_zone``)."""
 
     running: dict[str, Rollover]  # zone -> its running rollover
-    keys: dict[str, list[KeyRow]]  # zone -> its keys, every state (private_pem not read: b"")
+    keys: dict[str, list[KeyRow]]  # zone -> its live keys and its rollover's (no private_pem)
     states: dict[int, dict[str, State]]  # keys.id -> the record states recorded
     latest_read: dict[str, int | None]  # zone at a begun, unreached step -> newest read_at served
+    moving_ds: set[str] = field(default_factory=set)  # zones with a DS rumoured or unretentive
 
     def key_records(self, zone: str, rows: list[KeyRow] | None = None) -> list[KeyRecords]:
-        """As ``EngineState.key_records``."""
+        """As ``EngineState.key_records``, for the keys of the snapshot."""
         return records_of(self.keys.get(zone, []) if rows is None else rows, self.states)
 
     def has_records(self, zone: str) -> bool:
-        """As ``EngineState.has_records``."""
+        """Whether the snapshot's keys of ``zone`` have records (False: perhaps only its removed
+        keys have, which ``EngineState.has_records`` also counts)."""
         return any(row.id in self.states for row in self.keys.get(zone, []))
 
 
@@ -125,15 +127,21 @@ class EngineState:
         return [r["node_id"] for r in rows]
 
     def snapshot(self) -> PassSnapshot:
-        """What a pass needs to tell the zones with nothing due from the rest, in four queries
-        for every zone instead of several per zone (``Engine.nothing_due``)."""
+        """What a pass needs to tell the zones with nothing due from the rest, in a few queries
+        for every zone instead of several per zone (``Engine.nothing_due``). The keys are the
+        live ones and those of running rollovers: a removed key counts only when one of its
+        records still moves (its DS), so the pass does not grow with every rollover done."""
         keys: dict[str, list[KeyRow]] = {}
         states: dict[int, dict[str, State]] = {}
+        wanted = (
+            "k.state != 'removed' OR k.id IN (SELECT j.value FROM rollovers r, json_each(r.keys) j "
+            "WHERE r.finished_at IS NULL)"
+        )
         cursor = self.db.cursor()
         cursor.row_factory = None  # plain tuples: 20,000 keys and 50,000 records on a large KDC
         for row in cursor.execute(
             "SELECT id, zone, key_tag, role, algorithm, flags, state, created_at, publish_at, "
-            "activate_at, inactive_at, delete_at FROM keys ORDER BY id"
+            f"activate_at, inactive_at, delete_at FROM keys k WHERE {wanted} ORDER BY id"
         ):
             key_id, zone, tag, role, algorithm, flags, state, created, pub, act, off, gone = row
             keys.setdefault(zone, []).append(
@@ -142,9 +150,17 @@ class EngineState:
             )  # fmt: skip
         by_value = {str(s): s for s in State}
         for key_id, record, state in cursor.execute(
-            "SELECT key_id, record, state FROM key_records"
+            "SELECT r.key_id, r.record, r.state FROM key_records r JOIN keys k ON k.id = r.key_id "
+            f"WHERE {wanted}"
         ):
             states.setdefault(key_id, {})[record] = by_value[state]
+        moving_ds = {
+            zone
+            for (zone,) in cursor.execute(
+                "SELECT DISTINCT k.zone FROM key_records r JOIN keys k ON k.id = r.key_id "
+                "WHERE r.record = 'ds' AND r.state IN ('rumoured', 'unretentive')"
+            )
+        }
         running = {r.zone: r for r in self.rollovers(running=True)}
         latest = {
             r["zone"]: r["latest"]
@@ -154,7 +170,7 @@ class EngineState:
                 "AND r.step_started_at IS NOT NULL AND r.reached_at IS NULL"
             )
         }
-        return PassSnapshot(running, keys, states, latest)
+        return PassSnapshot(running, keys, states, latest, moving_ds)
 
     # --- rollovers ----------------------------------------------------------------------------
 
