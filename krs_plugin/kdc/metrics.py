@@ -115,25 +115,28 @@ def read_snapshot(store: Store, now: int) -> Snapshot:
             except StateError:  # the zone's policy is gone: status says so, no series here
                 continue
         nodes = [r["id"] for r in db.execute("SELECT id FROM nodes ORDER BY id")]
-        pending = {
-            r["node_id"]: (r["n"], r["oldest"])
-            for r in db.execute(
-                "SELECT node_id, COUNT(*) AS n, MIN(created_at) AS oldest FROM distributions "
-                "WHERE status = 'pending' GROUP BY node_id"
-            )
-        }
-        # Store._NEWEST_PER_ZONE, as node list's "failed": only over the nodes with a failed
-        # distribution at all, so a fleet without failures costs one indexless scan, no window.
-        newest = store._NEWEST_PER_ZONE.format(
-            where="d.node_id IN (SELECT node_id FROM distributions WHERE status = 'failed')"
-        )
-        failed = {
-            r["node_id"]: r["n"]
+        pending: dict[str, tuple[int, int]] = {}
+        failing: list[str] = []  # nodes with a failed distribution at all
+        for r in db.execute(
+            "SELECT node_id, status, COUNT(*) AS n, MIN(created_at) AS oldest FROM "
+            "distributions WHERE status IN ('pending', 'failed') GROUP BY node_id, status"
+        ):
+            if r["status"] == "pending":
+                pending[r["node_id"]] = (r["n"], r["oldest"])
+            else:
+                failing.append(r["node_id"])
+        # Of those, the failed distributions still the newest of a zone (Store._NEWEST_PER_ZONE,
+        # as node list's "failed"): a fleet without failures costs no more than the scan above.
+        failed: dict[str, int] = {}
+        if failing:
+            marks = ", ".join("?" * len(failing))
+            newest = store._NEWEST_PER_ZONE.format(where=f"d.node_id IN ({marks})")
             for r in db.execute(
                 f"SELECT node_id, COUNT(DISTINCT id) AS n FROM ({newest}) "
-                "WHERE status = 'failed' GROUP BY node_id"
-            )
-        }
+                "WHERE status = 'failed' GROUP BY node_id",
+                failing * 2,
+            ):
+                failed[r["node_id"]] = r["n"]
         history = int(db.execute("SELECT COUNT(*) FROM history").fetchone()[0])
     finally:
         db.execute("COMMIT")
