@@ -216,7 +216,14 @@ class Engine:
         return rollover
 
     def _new_key(self, zone: str, role: str, policy: Policy, now: int) -> KeyRow:
-        key = generate_key(zone, policy.algorithm, ROLE_FLAGS[role], ttl=policy.dnskey_ttl)
+        """A new key whose tag no key of the zone has (removed ones included: kdc.db keeps them
+        and refuses a second key with the same tag; a zone after many rollovers holds dozens,
+        so some zone of thousands meets a collision at every round of rollovers)."""
+        taken = {k.key_tag for k in self.store.keys(zone) if k.algorithm == policy.algorithm}
+        while True:
+            key = generate_key(zone, policy.algorithm, ROLE_FLAGS[role], ttl=policy.dnskey_ttl)
+            if key.key_tag not in taken:
+                break
         return self.store.add_key(
             zone,
             key_tag=key.key_tag,
