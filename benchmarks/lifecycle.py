@@ -12,6 +12,8 @@ record omnipresent, every node's confirmation of that (one ``served_state`` row 
 as the KDC records it). Then ``Engine.run_pass`` is timed on:
 
 a. an idle pass: nothing due (the ZSKs are 10 days into their 30);
+   ``--removed N`` adds N removed ZSKs per zone (as after N rollovers) to see that the pass
+   does not grow with them;
 c. the pass that begins ``--begin`` (1,000) ZSK rollovers at once: their ZSKs' lifetimes made
    to end now, so the pass makes each new ZSK and begins step 1 (one real sealed distribution to
    every node of the zone); the other zones' rollovers (when ``--begin`` < ``--zones``) are
@@ -91,9 +93,10 @@ def zone_name(i: int) -> str:
     return f"z{i:05d}.bench.example."
 
 
-def build(state: Path, zones: int, nodes: int, policy: Policy, t0: int) -> Store:
+def build(state: Path, zones: int, nodes: int, policy: Policy, t0: int, removed: int = 0) -> Store:
     """kdc.db as after every zone's first keys: keys active, records omnipresent, every node's
-    confirmation of that recorded."""
+    confirmation of that recorded; with ``removed``, that many ZSKs per zone rolled before
+    (removed, every record hidden; one PEM reused, they are never loaded)."""
     state.mkdir(parents=True)
     store = Store(state / "kdc.db")
     store.set_meta("control_zone", "kdc.example.")
@@ -137,6 +140,22 @@ def build(state: Path, zones: int, nodes: int, policy: Policy, t0: int) -> Store
                     [(cursor.lastrowid, r, str(State.OMNIPRESENT), since)
                      for r in RECORDS_OF_ROLE[role]],
                 )  # fmt: skip
+            used = {k.key_tag for _, k in made}
+            for _ in range(removed):
+                tag = max(used) + 1 if max(used) < 65535 else min(used) - 1
+                used.add(tag)
+                cursor = store.db.execute(
+                    "INSERT INTO keys(zone, key_tag, role, algorithm, flags, state, private_pem, "
+                    "created_at, publish_at, activate_at, inactive_at, delete_at) "
+                    "VALUES (?, ?, 'ZSK', ?, 256, 'removed', ?, ?, ?, ?, ?, ?)",
+                    (z, tag, policy.algorithm, made[-1][1].to_pkcs8_pem(), since, since, since,
+                     since, since),
+                )  # fmt: skip
+                store.db.executemany(
+                    "INSERT INTO key_records(key_id, record, state, changed_at) "
+                    "VALUES (?, ?, 'hidden', ?)",
+                    [(cursor.lastrowid, r, since) for r in RECORDS_OF_ROLE["ZSK"]],
+                )
             report = {
                 "zone": z,
                 "read_at": since,
@@ -249,13 +268,14 @@ def scale_part(args: argparse.Namespace) -> None:
           "(defaults)")  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="krs-bench-") as tmp:
         start = time.perf_counter()
-        store = build(Path(tmp) / "state", zones, nodes, policy, t0)
+        store = build(Path(tmp) / "state", zones, nodes, policy, t0, args.removed)
         built = time.perf_counter() - start
         identity = create_identity(Path(tmp) / "state" / "keys")
         node_ids = [n.id for n in store.nodes()]
         size = (Path(tmp) / "state" / "kdc.db").stat().st_size / 2**20
         print(f"  kdc.db built in {built:.1f} s ({2 * zones} keys generated, "
-              f"{zones * nodes} served_state rows; {size:.0f} MB)")  # fmt: skip
+              f"{zones * args.removed} removed keys, {zones * nodes} served_state rows; "
+              f"{size:.0f} MB)")  # fmt: skip
         engine = Engine(store, identity)
         names = [zone_name(i) for i in range(zones)]
         engine.run_pass(t0)  # warm: the first pass reads the database into the page cache
@@ -526,6 +546,8 @@ def main() -> int:
     parser.add_argument("--nodes", type=int, default=10)
     parser.add_argument("--begin", type=int, default=1_000,
                         help="rollovers the timed pass (c) begins (the rest untimed)")  # fmt: skip
+    parser.add_argument("--removed", type=int, default=0,
+                        help="removed ZSKs per zone, as after that many rollovers")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="part 2 with halved TTLs")
     args = parser.parse_args()
     print(machine())
