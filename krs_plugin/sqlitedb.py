@@ -438,15 +438,19 @@ class FailureLog:
         self.interval = interval
         self._last: dict[str, float] = {}
         self._held: dict[str, int] = {}
-        self._failing: dict[str, str] = {}  # kind -> its latest message, until it recovers
+        # kind -> (its latest message, when), until it recovers
+        self._failing: dict[str, tuple[str, float]] = {}
 
-    def failing(self) -> dict[str, str]:
-        """Each kind that failed and has not recovered since, with its latest message."""
-        return dict(self._failing)
+    def failing(self, within: float = 300.0) -> dict[str, str]:
+        """Each kind that failed in the last ``within`` seconds and has not recovered since,
+        with its latest message (a kind nothing tried again, such as a NOTIFY no longer due,
+        stops counting after that)."""
+        now = time.monotonic()
+        return {k: m for k, (m, at) in list(self._failing.items()) if now - at <= within}
 
     def error(self, kind: str, message: str) -> None:
-        self._failing[kind] = message
         now = time.monotonic()
+        self._failing[kind] = (message, now)
         last = self._last.get(kind)
         if last is not None and now - last < self.interval:
             self._held[kind] = self._held.get(kind, 0) + 1

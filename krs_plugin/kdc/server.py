@@ -80,6 +80,22 @@ log = logging.getLogger(__name__)
 # kdc.db failing (a full disk): one line per kind a minute, no traceback (docs/kdc.md, "Serve")
 state_failures = FailureLog(log)
 STATE_RETRY = 5.0  # no NOTIFY round for this long after one could not be recorded
+# What each kind of kdc.db write failure says once kdc.db takes a write again.
+RECOVERED = {
+    "confirmation": "confirmations are recorded again",
+    "notify": "NOTIFYs are recorded again",
+    "expiry": "expiry and key states are recorded again",
+    "engine": "lifecycle steps are recorded again",
+}
+
+
+def state_written() -> None:
+    """kdc.db took a write (a confirmation, a NOTIFY): every kind of write failure is over, also
+    one nothing will try again (a NOTIFY whose answer was not recorded, confirmed since), which
+    /healthz would otherwise report (docs/operations.md, "The KDC: metrics and alerts")."""
+    for kind, message in RECOVERED.items():
+        state_failures.recovered(kind, message)
+
 
 RECORD_TTL = 300
 UDP_DEFAULT_PAYLOAD = 512
@@ -282,7 +298,7 @@ class ControlZone:
             )
             response.set_rcode(dns.rcode.SERVFAIL)
             return response
-        state_failures.recovered("confirmation", "confirmations are recorded again")
+        state_written()
         if failure is not None:
             log.warning(
                 "distribution %s for %s failed (%s at %s): %s",
@@ -487,7 +503,7 @@ class KdcServer:
             except StateWriteError as exc:  # the next tick tries again
                 state_failures.error("expiry", f"expiry and key states not recorded: {exc}")
             else:
-                state_failures.recovered("expiry", "expiry and key states are recorded again")
+                state_failures.recovered("expiry", RECOVERED["expiry"])
             if self.engine is not None and now >= self._engine_due:
                 self._engine_due = now + self.options.engine_interval
                 self.run_engine(self.engine, now)
@@ -513,7 +529,7 @@ class KdcServer:
             error = str(exc)
             state_failures.error("engine", f"lifecycle step not recorded: {exc}")
         else:
-            state_failures.recovered("engine", "lifecycle steps are recorded again")
+            state_failures.recovered("engine", RECOVERED["engine"])
         self.health.passed(now, time.monotonic() - started, error)
 
     def _due(self, last: int | None, attempts: int, now: float) -> bool:
@@ -540,7 +556,7 @@ class KdcServer:
             state_failures.error("notify", f"NOTIFY not recorded: {exc}")
             self.notify_hold = time.time() + STATE_RETRY
         else:
-            state_failures.recovered("notify", "NOTIFYs are recorded again")
+            state_written()
         try:
             reply = await udp_exchange(message, host.strip("[]"), int(port), NOTIFY_TIMEOUT)
         except (TimeoutError, OSError, dns.exception.DNSException) as exc:
@@ -553,6 +569,8 @@ class KdcServer:
                 self.store.mark_notify_acked(dist_id, node_id, now=time.time())
             except StateWriteError as exc:  # NOTIFYed again later: the node has it queued
                 state_failures.error("notify", f"NOTIFY answer not recorded: {exc}")
+            else:
+                state_written()
             log.info("NOTIFY %s to %s answered", dist_id, node_id)
         else:
             log.info(

@@ -7,6 +7,7 @@ once it is back. The engine's log lines are JSON, as the KRS's."""
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,8 @@ import pytest
 from daemonkit import BIN, NODE, ZONE, Deployment, http_get, wait_until
 from netutil import free_port
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests.fsutil import full_disk
 
 pytestmark = pytest.mark.integration
 
@@ -161,3 +164,45 @@ def test_metrics_follow_the_engine_and_name_a_node_stopped_mid_rollover(
     ]  # fmt: skip
     assert any("step 2 began" in e["message"] for e in engine_lines), engine_lines
     assert all({"time", "level", "logger", "message"} <= set(e) for e in engine_lines)
+
+
+def test_healthz_is_503_while_kdc_db_is_on_a_full_disk_and_200_once_freed(tmp_path: Path) -> None:
+    """kdc.db on a full tmpfs: the node's confirmation cannot be recorded (answered SERVFAIL,
+    docs/kdc.md "Serve"), and /healthz says so with krs_kdc_state_failing 1, until space is
+    freed and the confirmation is recorded."""
+    deployment = Deployment(tmp_path / "d")
+    saved = deployment.root / "kdc-saved"
+    deployment.state.rename(saved)
+    with full_disk(deployment.state, size=1024 * 1024) as disk:
+        try:
+            for item in saved.iterdir():  # the KDC's state, moved onto the small disk
+                copy = shutil.copytree if item.is_dir() else shutil.copy2
+                copy(item, deployment.state / item.name)
+            port = free_port()
+            dist_id = deployment.distribute("--zone", ZONE)
+            start_kdc(deployment, port)
+            assert http_get(port, "/healthz")[0] == 200
+            disk.fill(free_pages=0)
+            deployment.start_krs()  # polls at start, applies, confirms: SERVFAIL
+
+            def problems() -> list[str]:
+                status, body = http_get(port, "/healthz")
+                found: list[str] = json.loads(body)["problems"]
+                assert (status == 200) == (not found), body
+                return found
+
+            wait_until(
+                lambda: any("confirmation not recorded" in p for p in problems()),
+                30,
+                lambda: f"/healthz naming the confirmation:\n{deployment.all_logs()}",
+            )
+            assert all(p.startswith("state database: ") for p in problems()), problems()
+            assert any("disk full" in p for p in problems()), problems()
+            assert value(scrape(port), "krs_kdc_state_failing") == 1
+
+            disk.free()
+            deployment.wait_confirmed(dist_id, timeout=60)
+            wait_until(lambda: not problems(), 30, lambda: f"/healthz 200 again: {problems()}")
+            assert value(scrape(port), "krs_kdc_state_failing") == 0
+        finally:
+            deployment.close()
