@@ -233,3 +233,10 @@ def test_the_kdc_unit_logs_json_and_shows_metrics_on_loopback() -> None:
     (commented,) = [line for line in lines if line.startswith("#ExecStart=")]
     args = build_parser().parse_args(shlex.split(commented.partition("=")[2])[1:])
     assert args.log_format == "json" and args.metrics == "127.0.0.1:9154"
+
+
+def test_a_write_failure_nothing_tries_again_stops_counting_after_a_while() -> None:
+    failures = FailureLog(state_failures.logger)
+    failures.error("notify", "NOTIFY answer not recorded: disk full")
+    assert failures.failing() == {"notify": "NOTIFY answer not recorded: disk full"}
+    assert failures.failing(within=-1.0) == {}  # as 5 minutes later, nothing tried again
