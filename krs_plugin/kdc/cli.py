@@ -25,7 +25,15 @@ from krs_plugin.crypto import write_secret_file
 from krs_plugin.dnssec import generate_key, read_bind_key_pair
 from krs_plugin.errors import ConfigError, KeyFileError, KrsError
 from krs_plugin.humantime import duration_argument, format_duration, format_time
-from krs_plugin.kdc.clistate import DEFAULT_STATE, check_address, manual_zone, open_store, state_dir
+from krs_plugin.kdc.clistate import (
+    DEFAULT_STATE,
+    add_dry_run,
+    check_address,
+    end_dry_runs,
+    manual_zone,
+    open_store,
+    state_dir,
+)
 from krs_plugin.kdc.distribute import distribute_node, distribute_zone, key_of
 from krs_plugin.kdc.enginecli import add_parsers as add_engine_parsers
 from krs_plugin.kdc.identity import create_identity, load_identity
@@ -75,14 +83,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def cmd_zone_add(args: argparse.Namespace) -> int:
     store = open_store(args)
-    if args.dry_run:
-        zone = canonical(args.zone)
-        if zone in store.zones():
-            raise StateError(f"zone {zone} already exists")
-        if args.policy is not None:
-            store.require_policy(args.policy)
-    else:
-        zone = store.add_zone(args.zone, policy=args.policy)
+    zone = store.add_zone(args.zone, policy=args.policy)
     how = f"policy {args.policy}" if args.policy else "no policy: keys by hand"
     verb = "would add" if args.dry_run else "added"
     emit(
@@ -648,11 +649,11 @@ def build_parser() -> argparse.ArgumentParser:
         dest="zone_command", metavar="ACTION", required=True
     )
     p = add(zone, "add", cmd_zone_add, "add a zone")
+    add_dry_run(p)
     p.add_argument("zone")
     p.add_argument(
         "--policy", metavar="NAME", help="the key policy its keys roll by (default: none, by hand)"
     )
-    p.add_argument("--dry-run", action="store_true", help="print what would change; change nothing")
     add_policy_parsers(sub, zone, add)
     add(zone, "list", cmd_zone_list, "list zones")
     p = add(
@@ -683,6 +684,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="key_command", metavar="ACTION", required=True
     )
     p = add(key, "generate", cmd_key_generate, "generate a key for a zone")
+    add_dry_run(p)
     p.add_argument("--zone", required=True)
     p.add_argument("--role", choices=tuple(ROLE_FLAGS), required=True)
     p.add_argument("--algorithm", type=int, choices=(8, 13, 14, 15, 16), default=13)
@@ -707,6 +709,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="withdrawn from the zone this long after now (its delete time; needs --retire-after)",
     )
     p = add(key, "import", cmd_key_import, "import a BIND key pair (.key/.private)")
+    add_dry_run(p)
     p.add_argument("path")
     p.add_argument("--role", choices=tuple(ROLE_FLAGS))
     force = (
@@ -721,6 +724,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--zone", required=True)
     p.add_argument("--tag", type=int, required=True)
+    add_dry_run(p)
     p.add_argument("--force", action="store_true", help=force)
     p = add(
         key,
@@ -731,6 +735,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--zone", required=True)
     p.add_argument("--tag", type=int, required=True)
+    add_dry_run(p)
     p.add_argument("--force", action="store_true", help=force)
     p = add(
         key,
@@ -741,10 +746,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--zone", required=True)
     p.add_argument("--tag", type=int, required=True)
+    add_dry_run(p)
     p = add(key, "list", cmd_key_list, "list keys")
     p.add_argument("--zone")
 
     p = add(sub, "distribute", cmd_distribute, "seal the zone's keys for its nodes and publish")
+    add_dry_run(p)
     p.add_argument("--zone", help="the zone whose keys to send (or --all-zones)")
     p.add_argument("--node", action="append", help="only this node (repeatable)")
     p.add_argument(
@@ -853,6 +860,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(enroll, "list", cmd_enroll_list, "list enrollment tokens and their status")
     p.add_argument("--node")
     p = add(enroll, "revoke", cmd_enroll_revoke, "revoke open tokens of a node, or one token")
+    add_dry_run(p)
     p.add_argument("--node")
     p.add_argument("--token", help="a token id from enroll list")
 
@@ -875,6 +883,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(func(args))
     except KrsError as exc:
         return error_exit("krs-kdc", exc, (ConfigError, StateError, KeyFileError))
+    finally:
+        if end_dry_runs():
+            print("krs-kdc: dry run: nothing was changed", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -20,11 +20,37 @@ def state_dir(args: argparse.Namespace) -> Path:
     return Path(args.state or os.environ.get("KRS_KDC_STATE") or DEFAULT_STATE)
 
 
+_DRY_RUNS: list[Store] = []
+
+
 def open_store(args: argparse.Namespace) -> Store:
+    """kdc.db for a command. With ``--dry-run``, everything the command does to it happens
+    inside one transaction that ``end_dry_runs`` rolls back: the command is checked exactly as
+    for real, prints what it would do, and changes nothing (docs/kdc.md, "Dry runs")."""
     state = state_dir(args)
     if not (state / "kdc.db").exists():
         raise ConfigError(f"{state}: no KDC state here (run: krs-kdc --state {state} init ...)")
-    return Store(state / "kdc.db")
+    store = Store(state / "kdc.db")
+    if getattr(args, "dry_run", False):
+        store.db.execute("BEGIN IMMEDIATE")  # the command's own transactions nest inside
+        _DRY_RUNS.append(store)
+    return store
+
+
+def end_dry_runs() -> bool:
+    """Roll back what ``--dry-run`` commands did; True when there was one."""
+    ended = bool(_DRY_RUNS)
+    while _DRY_RUNS:
+        store = _DRY_RUNS.pop()
+        if store.db.in_transaction:
+            store.db.execute("ROLLBACK")
+    return ended
+
+
+def add_dry_run(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dry-run", action="store_true", help="check and print what would change; change nothing"
+    )
 
 
 def check_address(text: str) -> None:

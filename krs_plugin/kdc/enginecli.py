@@ -1,38 +1,23 @@
 """``krs-kdc status``, ``plan``, ``rollover``, ``ds seen|gone``, ``history`` and ``node evict``:
 the operator's side of the lifecycle engine (docs/lifecycle.md, "What the operator sees").
 
-Commands that change state take ``--dry-run``: the change runs inside a transaction that is
-rolled back, so it is checked exactly as for real and its output printed, and nothing is kept.
+Commands that change state take ``--dry-run`` (clistate.open_store): checked exactly as for
+real, their output printed, nothing kept.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Any
 
 from krs_plugin.cliout import emit
 from krs_plugin.humantime import format_time
-from krs_plugin.kdc.clistate import open_store
+from krs_plugin.kdc.clistate import add_dry_run, open_store
 from krs_plugin.kdc.engine import Engine, ZoneView, policy_zones
 from krs_plugin.kdc.enginestate import EngineState
-from krs_plugin.kdc.store import StateError, Store, canonical
-
-
-@contextmanager
-def changes(store: Store, dry_run: bool) -> Iterator[None]:
-    """The command's changes: kept, or with ``dry_run`` checked and rolled back."""
-    if not dry_run:
-        yield
-        return
-    store.db.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    finally:
-        store.db.execute("ROLLBACK")
+from krs_plugin.kdc.store import StateError, canonical
 
 
 def _when(stamp: int | None, now: int) -> str:
@@ -115,11 +100,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_rollover(args: argparse.Namespace) -> int:
     store = open_store(args)
     now = int(time.time())
-    with changes(store, args.dry_run):
-        rollover = Engine(store).start(
-            args.zone, args.role, cause=f"command: krs-kdc rollover --role {args.role}", now=now
-        )
-        new = store.key_by_id(rollover.keys["new"])
+    rollover = Engine(store).start(
+        args.zone, args.role, cause=f"command: krs-kdc rollover --role {args.role}", now=now
+    )
+    new = store.key_by_id(rollover.keys["new"])
     verb = "would start" if args.dry_run else "started"
     emit(
         {"zone": rollover.zone, "role": rollover.role, "method": rollover.method,
@@ -136,10 +120,9 @@ def cmd_ds(args: argparse.Namespace) -> int:
     store = open_store(args)
     now = int(time.time())
     seen = args.ds_command == "seen"
-    with changes(store, args.dry_run):
-        text = Engine(store).ds_reported(
-            args.zone, seen=seen, now=now, cause=f"command: krs-kdc ds {args.ds_command}"
-        )
+    text = Engine(store).ds_reported(
+        args.zone, seen=seen, now=now, cause=f"command: krs-kdc ds {args.ds_command}"
+    )
     if args.dry_run:
         text = "would be " + text
     emit({"zone": canonical(args.zone), "ds": args.ds_command, "dry_run": args.dry_run},
@@ -202,7 +185,7 @@ def cmd_node_evict(args: argparse.Namespace) -> int:
     if zone not in node.zones:
         raise StateError(f"node {node.id} does not serve {zone}: nothing to evict")
     state = EngineState(store)
-    with changes(store, args.dry_run), store.transaction():
+    with store.transaction():
         store.change_node_zones(node.id, add=(), remove=(zone,))
         rollover = state.current(zone)
         if rollover is not None:
@@ -219,10 +202,6 @@ def cmd_node_evict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _dry_run(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dry-run", action="store_true", help="check and print, change nothing")
-
-
 def add_parsers(sub: Any, node: Any, add: Any) -> None:
     """The engine's commands under ``sub``, ``node evict`` under ``node``; ``add`` is cli.py's
     helper (help, --json, the command)."""
@@ -233,7 +212,7 @@ def add_parsers(sub: Any, node: Any, add: Any) -> None:
     p = add(sub, "rollover", cmd_rollover, "start a rollover of a zone's key now")
     p.add_argument("--zone", required=True)
     p.add_argument("--role", required=True, choices=("ZSK", "KSK", "CSK"))
-    _dry_run(p)
+    add_dry_run(p)
     ds = sub.add_parser(
         "ds", help="tell the engine what the parent serves (KSK rollovers)"
     ).add_subparsers(dest="ds_command", metavar="ACTION", required=True)
@@ -243,11 +222,11 @@ def add_parsers(sub: Any, node: Any, add: Any) -> None:
     ):
         p = add(ds, word, cmd_ds, text)
         p.add_argument("--zone", required=True)
-        _dry_run(p)
+        add_dry_run(p)
     p = add(sub, "history", cmd_history, "every lifecycle transition with its cause")
     p.add_argument("--zone")
     p.add_argument("--limit", type=int, help="only the newest N entries")
     p = add(node, "evict", cmd_node_evict, "take a node out of a zone: steps stop waiting for it")
     p.add_argument("node_id")
     p.add_argument("--zone", required=True)
-    _dry_run(p)
+    add_dry_run(p)

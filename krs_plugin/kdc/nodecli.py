@@ -16,7 +16,7 @@ from krs_plugin.cliout import emit
 from krs_plugin.crypto import load_hpke_public, load_jose_key
 from krs_plugin.errors import WireError
 from krs_plugin.humantime import format_time
-from krs_plugin.kdc.clistate import check_address, open_store
+from krs_plugin.kdc.clistate import add_dry_run, check_address, open_store
 from krs_plugin.kdc.store import (
     DistributionRow,
     HeldKey,
@@ -252,6 +252,7 @@ def add_parsers(sub: Any, add: Any) -> Any:
         dest="node_command", metavar="ACTION", required=True
     )
     p = add(node, "add", cmd_node_add, "add a node with its public keys")
+    add_dry_run(p)
     p.add_argument("node_id", help="node id, an FQDN such as ns1.edge.example.")
     p.add_argument("--notify", required=True, help="where the node listens for NOTIFY (host:port)")
     p.add_argument("--backend", choices=("hpke", "jose"))
@@ -264,6 +265,7 @@ def add_parsers(sub: Any, add: Any) -> Any:
     p = add(node, "show", cmd_node_show, "one node: its zones, the keys it confirmed, failures")
     p.add_argument("node_id")
     p = add(node, "remove", cmd_node_remove, "remove a node")
+    add_dry_run(p)
     p.add_argument("node_id")
     p = add(
         node,
@@ -276,4 +278,5 @@ def add_parsers(sub: Any, add: Any) -> Any:
                    "(repeatable)")  # fmt: skip
     p.add_argument("--remove-zone", action="append", metavar="ZONE",
                    help="no longer serve this zone (repeatable)")  # fmt: skip
+    add_dry_run(p)
     return node

@@ -12,7 +12,7 @@ from typing import Any
 
 from krs_plugin.cliout import emit
 from krs_plugin.humantime import EXAMPLES, parse_duration
-from krs_plugin.kdc.clistate import open_store
+from krs_plugin.kdc.clistate import add_dry_run, open_store
 from krs_plugin.kdc.policy import (
     ALGORITHMS,
     CSK_METHODS,
@@ -84,11 +84,7 @@ def _add_policy_options(p: argparse.ArgumentParser) -> None:
             "--" + name.replace("_", "-"), dest=name, type=kind, choices=choices,
             metavar=metavar, help=text,
         )  # fmt: skip
-    _add_dry_run(p)
-
-
-def _add_dry_run(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dry-run", action="store_true", help="print what would change; change nothing")
+    add_dry_run(p)
 
 
 def _given(args: argparse.Namespace) -> dict[str, Any]:
@@ -106,11 +102,7 @@ def cmd_policy_add(args: argparse.Namespace) -> int:
     name = check_policy_name(args.name)
     policy = validate(Policy(**_given(args)), name=f"policy {name}")
     store = open_store(args)
-    if args.dry_run:
-        if store.find_policy(name) is not None:
-            raise StateError(f"policy {name} already exists")
-    else:
-        store.add_policy(name, policy)
+    store.add_policy(name, policy)  # with --dry-run, rolled back (clistate.open_store)
     verb = "would add" if args.dry_run else "added"
     emit(
         {**policy_json(name, policy), "dry_run": args.dry_run},
@@ -127,10 +119,7 @@ def cmd_policy_set(args: argparse.Namespace) -> int:
         raise StateError("policy set: give at least one option to change (see --help)")
     old = store.require_policy(args.name)
     new = old.changed(**given)
-    if args.dry_run:
-        store.check_policy_change(args.name, new)
-    else:
-        store.set_policy(args.name, new)
+    store.set_policy(args.name, new)
     changes = differences(old, new)
     verb = "would change" if args.dry_run else "changed"
     lines = [f"{verb} policy {args.name}" + ("" if changes else ": nothing differs")]
@@ -193,10 +182,7 @@ def cmd_zone_set(args: argparse.Namespace) -> int:
     if wanted is None and not args.no_policy:
         raise StateError("zone set: give --policy NAME or --no-policy")
     before = store.zone_policy(args.zone)
-    if args.dry_run:
-        zone = store.check_zone_policy(args.zone, wanted)
-    else:
-        zone = store.set_zone_policy(args.zone, wanted)
+    zone = store.set_zone_policy(args.zone, wanted)
     verb = "would set" if args.dry_run else "set"
     text = f"policy {wanted}" if wanted else "no policy (keys by hand)"
     lines = [f"{verb} zone {zone}: {text}" + (" (unchanged)" if before == wanted else "")]
@@ -218,7 +204,7 @@ def add_parsers(sub: Any, zone: Any, add: Any) -> None:
     which.add_argument(
         "--no-policy", action="store_true", help="no policy: its keys by hand (no automatic rolls)"
     )
-    _add_dry_run(p)
+    add_dry_run(p)
 
     policy = sub.add_parser(
         "policy", help="key policies: lifetimes, rollover methods and timing of zones' keys"
@@ -234,3 +220,4 @@ def add_parsers(sub: Any, zone: Any, add: Any) -> None:
     add(policy, "list", cmd_policy_list, "list key policies")
     p = add(policy, "remove", cmd_policy_remove, "remove a policy no zone uses")
     p.add_argument("name")
+    add_dry_run(p)
