@@ -53,7 +53,7 @@ from krs_plugin.dnsio import (
     serve_dns,
     udp_exchange,
 )
-from krs_plugin.errors import KrsError
+from krs_plugin.errors import ConfigError, KrsError
 from krs_plugin.kdc.engine import DEFAULT_RESEND_AFTER, Engine, EngineOptions
 from krs_plugin.kdc.enroll import EnrollmentDesk
 from krs_plugin.kdc.identity import KdcIdentity
@@ -602,13 +602,19 @@ async def serve(
     http = None
     if options.metrics is not None:
         host, port = options.metrics
-        http, bound = await serve_http(
-            host,
-            port,
-            KdcMetrics(store.path, server.health),
-            health_of(server.health, store.path),
-            in_thread=True,  # a scrape reads kdc.db: never on the loop that answers DNS
-        )
+        try:
+            http, bound = await serve_http(
+                host,
+                port,
+                KdcMetrics(store.path, server.health),
+                health_of(server.health, store.path),
+                in_thread=True,  # a scrape reads kdc.db: never on the loop that answers DNS
+            )
+        except OSError as exc:
+            server.close()
+            raise ConfigError(
+                f"--metrics {host}:{port}: cannot listen there: {exc.strerror or exc}"
+            ) from exc
         log.info("metrics and health on http://%s:%d", host, bound)
     print(
         "krs-kdc serving "

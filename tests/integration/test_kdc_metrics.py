@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -206,3 +207,20 @@ def test_healthz_is_503_while_kdc_db_is_on_a_full_disk_and_200_once_freed(tmp_pa
             assert value(scrape(port), "krs_kdc_state_failing") == 0
         finally:
             deployment.close()
+
+
+def test_a_metrics_address_in_use_is_refused_in_one_line(tmp_path: Path) -> None:
+    deployment = Deployment(tmp_path / "d")
+    try:
+        port = free_port()
+        start_kdc(deployment, port)
+        second = subprocess.run(
+            [str(BIN / "krs-kdc"), "--state", str(deployment.state), "serve", "--listen",
+             f"127.0.0.1:{free_port()}", "--metrics", f"127.0.0.1:{port}"],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert second.returncode == 2, second.stderr
+        assert f"krs-kdc: --metrics 127.0.0.1:{port}: cannot listen there" in second.stderr
+        assert "Traceback" not in second.stderr
+    finally:
+        deployment.close()
