@@ -338,8 +338,9 @@ def step_minimum(policy: Policy, kind: str, step: int) -> tuple[int, str]:
     sig_in = dsgn + p.max_zone_ttl + p.publish_safety + p.propagation_margin
     sig_out = dsgn + p.max_zone_ttl + p.retire_safety + p.propagation_margin
     ds = p.parent_ds_ttl + p.parent_propagation_delay
+    first = max(p.max_zone_ttl, p.negative_ttl) + p.publish_safety + p.propagation_margin
     table = {
-        ("initial", 1): (max(key_in, sig_in), "zrrsig in: Dsgn + max-zone-ttl + pub-safety + M"),
+        ("initial", 1): (max(key_in, first), "zrrsig in: max-zone-ttl + pub-safety + M, no Dsgn"),
         ("ZSK", 1): (key_in, "dnskey in: TTLkey + publish-safety + M (Ipub)"),
         ("ZSK", 2): (max(sig_in, sig_out), "zrrsig swap: Dsgn + max-zone-ttl + safety + M (Iret)"),
         ("ZSK", 3): (key_out, "dnskey out: TTLkey + retire-safety + M"),
