@@ -160,7 +160,7 @@ def distribute_zone(
             if zone not in node.zones:
                 raise StateError(f"node {node.id} does not serve zone {zone}")
     else:
-        nodes = store.nodes(zone)
+        nodes = store.zone_nodes(zone)
     if not nodes:
         raise StateError(f"zone {zone} has no nodes to distribute to (krs-kdc node add ...)")
     keys = store.keys(zone)
