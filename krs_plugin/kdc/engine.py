@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from dataclasses import dataclass, field
 
 from krs_plugin.dnssec import generate_key
@@ -25,9 +26,10 @@ from krs_plugin.kdc.methods import Step, initial_step, steps_for
 from krs_plugin.kdc.policy import Policy, intervals
 from krs_plugin.kdc.records import RECORDS_OF_ROLE, KeyRecords, State, expected, settles_at
 from krs_plugin.kdc.store import KeyRow, StateError, Store
+from krs_plugin.logs import context
 from krs_plugin.sqlitedb import StateWriteError
 
-log = logging.getLogger("krs.kdc.engine")
+log = logging.getLogger(__name__)
 
 ROLE_FLAGS = {"ZSK": 256, "KSK": 257, "CSK": 257}
 SIGNING = ("krrsig", "zrrsig")
@@ -40,6 +42,7 @@ class EngineOptions:
     # gets the step again after this long (it re-applies and reads its server again); a node
     # whose copy is still published waits for it (docs/lifecycle.md, "When a node lags").
     resend_after: float = DEFAULT_RESEND_AFTER
+    pass_budget: float = 0.5  # seconds of work per pass before the rest waits for the next
 
 
 @dataclass(frozen=True)
@@ -81,13 +84,25 @@ class Engine:
         self.identity = identity
         self.options = options or EngineOptions()
         self._problems: dict[str, str] = {}  # zone -> last problem logged (logged once)
+        self._resume_at = 0  # the zone (index in name order) the next pass begins with
 
     # --- the pass ---------------------------------------------------------------------------------
 
     def run_pass(self, now: float) -> None:
+        """One pass. Zones that have something due run until ``pass_budget`` seconds are spent
+        (sealing a step for many nodes takes milliseconds per zone, and serve answers nothing
+        while a pass runs); the next pass starts at the first zone this one left, so every
+        zone gets its turn."""
         snapshot = self.state.snapshot()
         policies: dict[str, Policy] = {}
-        for zone, policy_name in policy_zones(self.store):
+        zones = policy_zones(self.store)
+        start = self._resume_at % len(zones) if zones else 0
+        began = time.monotonic()
+        self._resume_at = 0
+        for index, (zone, policy_name) in enumerate(zones[start:] + zones[:start]):
+            if index and time.monotonic() - began > self.options.pass_budget:
+                self._resume_at = (start + index) % len(zones)
+                break
             try:
                 policy = policies.get(policy_name)
                 if policy is None:
@@ -98,11 +113,13 @@ class Engine:
                 raise  # kdc.db takes no change: serve reports it and tries the next pass
             except KrsError as exc:
                 if self._problems.get(zone) != str(exc):
-                    log.warning("zone %s: the lifecycle engine is held: %s", zone, exc)
+                    log.warning("zone %s: the lifecycle engine is held: %s", zone, exc,
+                                extra=context(zone=zone))  # fmt: skip
                     self._problems[zone] = str(exc)
             except Exception as exc:  # a fault here must not stop serve's other zones
                 if self._problems.get(zone) != repr(exc):
-                    log.exception("zone %s: the lifecycle engine failed", zone)
+                    log.exception("zone %s: the lifecycle engine failed", zone,
+                                  extra=context(zone=zone))  # fmt: skip
                     self._problems[zone] = repr(exc)
             else:
                 self._problems.pop(zone, None)
@@ -334,6 +351,7 @@ class Engine:
         log.info(
             "zone %s: %s step %d began: %s%s", zone, rollover.role, rollover.step + 1, step.says,
             f" (distribution {dist_id} to {len(nodes)} nodes)" if dist_id else "",
+            extra=context(zone=zone, distribution_id=dist_id),
         )  # fmt: skip
 
     def gate(self, rollover: Rollover, policy: Policy) -> GateResult:
@@ -375,7 +393,8 @@ class Engine:
                     cause="confirmations",
                     now=now,
                 )  # fmt: skip
-            log.info("zone %s: every node serves step %d", zone, rollover.step + 1)
+            log.info("zone %s: every node serves step %d", zone, rollover.step + 1,
+                     extra=context(zone=zone))  # fmt: skip
             rollover = self.state.current(zone) or rollover
         when = self.settles(rollover, policy, step)
         if when is None or when > now:
@@ -407,7 +426,8 @@ class Engine:
                 self.state.update_rollover(
                     rollover.id, step=rollover.step + 1, step_started_at=None, reached_at=None
                 )
-        log.info("zone %s: %s step %d done", zone, rollover.role, rollover.step + 1)
+        log.info("zone %s: %s step %d done", zone, rollover.role, rollover.step + 1,
+                 extra=context(zone=zone))  # fmt: skip
         following = self.state.current(zone)
         if following is not None and following.step_started_at is None:
             self._begin_step(following, policy, now)
@@ -480,6 +500,7 @@ class Engine:
         log.warning(
             "zone %s: step %d sent again to %s: %s", rollover.zone, rollover.step + 1,
             ", ".join(again), "; ".join(f"{n} {w}" for n, w in result.lagging.items()),
+            extra=context(zone=rollover.zone, distribution_id=summary.distribution_id),
         )  # fmt: skip
 
     def _sync_keys(self, zone: str, now: int) -> None:

@@ -161,10 +161,10 @@ def test_metrics_follow_the_engine_and_name_a_node_stopped_mid_rollover(
     # The engine's lines in serve's log are JSON objects, as krs run's (docs/operations.md, "Logs").
     engine_lines = [
         json.loads(line) for line in deployment.log("kdc").splitlines()
-        if line.startswith("{") and '"krs.kdc.engine"' in line
+        if line.startswith("{") and '"krs_plugin.kdc.engine"' in line
     ]  # fmt: skip
     assert any("step 2 began" in e["message"] for e in engine_lines), engine_lines
-    assert all({"time", "level", "logger", "message"} <= set(e) for e in engine_lines)
+    assert all({"time", "level", "logger", "message", "zone"} <= set(e) for e in engine_lines)
 
 
 def test_healthz_is_503_while_kdc_db_is_on_a_full_disk_and_200_once_freed(tmp_path: Path) -> None:

@@ -293,3 +293,18 @@ def test_the_first_ds_is_recorded_during_a_zsk_rollover_and_settles_after_it(
     fleet.run(2)
     with pytest.raises(StateError, match="does not wait for the parent"):
         fleet.engine.ds_reported(ZONE, seen=True, now=fleet.now, cause="command: test")
+
+
+def test_a_pass_stops_at_its_budget_and_the_next_goes_on_where_it_stopped(fleet: Fleet) -> None:
+    """serve answers nothing while a pass runs: with a budget spent after one zone, each pass
+    begins one zone's first step, and every zone gets its turn."""
+    for name in ("b.test.", "c.test."):
+        fleet.store.add_zone(name, now=fleet.now, policy="fast")
+        fleet.store.change_node_zones(NODES[0], add=(name,), remove=())
+    fleet.engine.options = EngineOptions(resend_after=30, pass_budget=0)
+    begun = []
+    for _ in range(3):
+        fleet.engine.run_pass(fleet.now)
+        begun.append(sorted(r.zone for r in EngineState(fleet.store).rollovers(running=True)
+                            if r.step_started_at is not None))  # fmt: skip
+    assert begun == [["b.test."], ["b.test.", "c.test."], ["b.test.", "c.test.", ZONE]]
