@@ -476,12 +476,18 @@ class KdcServer:
             guard = ConnectionGuard(
                 f"control-zone listener {host} port {port}", connections, options.tcp_idle_timeout
             )
-            transport, server, bound = await serve_dns(
-                lambda wire, source, udp: self.handle(wire, source, udp=udp),
-                host,
-                port,
-                guard=guard,
-            )
+            try:
+                transport, server, bound = await serve_dns(
+                    lambda wire, source, udp: self.handle(wire, source, udp=udp),
+                    host,
+                    port,
+                    guard=guard,
+                )
+            except OSError as exc:
+                self.close()
+                raise ConfigError(
+                    f"--listen {host}:{port}: cannot listen there: {exc.strerror or exc}"
+                ) from exc
             self._transports.append(transport)
             self._servers.append(server)
             self.bound.append((host, bound))

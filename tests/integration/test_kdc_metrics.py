@@ -224,3 +224,20 @@ def test_a_metrics_address_in_use_is_refused_in_one_line(tmp_path: Path) -> None
         assert "Traceback" not in second.stderr
     finally:
         deployment.close()
+
+
+def test_a_listen_address_in_use_is_refused_in_one_line(tmp_path: Path) -> None:
+    deployment = Deployment(tmp_path / "d")
+    try:
+        deployment.start_kdc()
+        taken = deployment.kdc_port
+        second = subprocess.run(
+            [str(BIN / "krs-kdc"), "--state", str(deployment.state), "serve", "--listen",
+             f"127.0.0.1:{taken}"],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert second.returncode == 2, second.stderr
+        assert f"krs-kdc: --listen 127.0.0.1:{taken}: cannot listen there" in second.stderr
+        assert "Traceback" not in second.stderr
+    finally:
+        deployment.close()
