@@ -22,7 +22,7 @@ from krs_plugin.cliout import add_json_option, emit, error_exit
 from krs_plugin.completion import SHELLS, completion_script
 from krs_plugin.confirmation import clip
 from krs_plugin.crypto import write_secret_file
-from krs_plugin.dnssec import generate_key, read_bind_key_pair
+from krs_plugin.dnssec import read_bind_key_pair
 from krs_plugin.errors import ConfigError, KeyFileError, KrsError
 from krs_plugin.humantime import duration_argument, format_duration, format_time
 from krs_plugin.kdc.clistate import (
@@ -37,6 +37,7 @@ from krs_plugin.kdc.clistate import (
 from krs_plugin.kdc.distribute import distribute_node, distribute_zone, key_of
 from krs_plugin.kdc.enginecli import add_parsers as add_engine_parsers
 from krs_plugin.kdc.identity import create_identity, load_identity
+from krs_plugin.kdc.keygen import ROLE_FLAGS, new_key, store_key
 from krs_plugin.kdc.nodecli import add_parsers as add_node_parsers
 from krs_plugin.kdc.nodecli import served_json, served_text
 from krs_plugin.kdc.policycli import add_parsers as add_policy_parsers
@@ -47,9 +48,6 @@ from krs_plugin.kdc.store import (
     canonical,
 )
 from krs_plugin.protocol.chunking import DEFAULT_CHUNK_SIZE
-
-ROLE_FLAGS = {"ZSK": 256, "KSK": 257, "CSK": 257}
-
 
 # --- commands ---------------------------------------------------------------------------------
 
@@ -198,19 +196,16 @@ def cmd_key_generate(args: argparse.Namespace) -> int:
             f"--retire-after ({format_duration(retire)})"
         )
     now = int(time.time())
-    key = generate_key(zone, args.algorithm, ROLE_FLAGS[args.role])
-    row = store.add_key(
+    row = new_key(
+        store,
         zone,
-        key_tag=key.key_tag,
-        role=args.role,
-        algorithm=key.algorithm,
-        flags=key.flags,
-        private_pem=key.to_pkcs8_pem(),
+        args.role,
+        args.algorithm,
+        now=now,
         publish_at=now,
         activate_at=now + int(activate),
         inactive_at=None if retire is None else now + int(retire),
         delete_at=None if remove is None else now + int(remove),
-        now=now,
     )
     emit(
         _key_json(row),
@@ -244,19 +239,10 @@ def cmd_key_import(args: argparse.Namespace) -> int:
                 f"{args.path}: {then} ({format_time(late)}) is before {first} "
                 f"({format_time(early)}); fix the key's timing (dnssec-settime) and import again"
             )
-    row = store.add_key(
-        zone,
-        key_tag=key.key_tag,
-        role=role,
-        algorithm=key.algorithm,
-        flags=key.flags,
-        private_pem=key.to_pkcs8_pem(),
-        publish_at=publish,
-        activate_at=activate,
-        inactive_at=timing.inactive,
-        delete_at=timing.delete,
-        now=now,
-    )
+    row = store_key(
+        store, zone, key, role, now=now, publish_at=publish, activate_at=activate,
+        inactive_at=timing.inactive, delete_at=timing.delete,
+    )  # fmt: skip
     emit(_key_json(row), [f"imported {row.role} {zone} tag {row.key_tag}"], as_json=args.json)
     return 0
 

@@ -16,12 +16,12 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from krs_plugin.dnssec import generate_key
 from krs_plugin.errors import KrsError
 from krs_plugin.kdc.distribute import distribute_zone
 from krs_plugin.kdc.enginestate import EngineState, PassSnapshot, Rollover
 from krs_plugin.kdc.gate import GateResult, Served, check_gate
 from krs_plugin.kdc.identity import KdcIdentity
+from krs_plugin.kdc.keygen import new_key
 from krs_plugin.kdc.methods import Step, initial_step, steps_for
 from krs_plugin.kdc.policy import Policy, intervals
 from krs_plugin.kdc.records import RECORDS_OF_ROLE, KeyRecords, State, expected, settles_at
@@ -31,7 +31,6 @@ from krs_plugin.sqlitedb import StateWriteError
 
 log = logging.getLogger(__name__)
 
-ROLE_FLAGS = {"ZSK": 256, "KSK": 257, "CSK": 257}
 SIGNING = ("krrsig", "zrrsig")
 DEFAULT_RESEND_AFTER = 600.0
 
@@ -233,23 +232,7 @@ class Engine:
         return rollover
 
     def _new_key(self, zone: str, role: str, policy: Policy, now: int) -> KeyRow:
-        """A new key whose tag no key of the zone has (removed ones included: kdc.db keeps them
-        and refuses a second key with the same tag; a zone after many rollovers holds dozens,
-        so some zone of thousands meets a collision at every round of rollovers)."""
-        taken = {k.key_tag for k in self.store.keys(zone) if k.algorithm == policy.algorithm}
-        while True:
-            key = generate_key(zone, policy.algorithm, ROLE_FLAGS[role], ttl=policy.dnskey_ttl)
-            if key.key_tag not in taken:
-                break
-        return self.store.add_key(
-            zone,
-            key_tag=key.key_tag,
-            role=role,
-            algorithm=key.algorithm,
-            flags=key.flags,
-            private_pem=key.to_pkcs8_pem(),
-            now=now,
-        )
+        return new_key(self.store, zone, role, policy.algorithm, now=now, ttl=policy.dnskey_ttl)
 
     def _adopt(self, zone: str, live: list[KeyRow], now: int) -> None:
         """Keys made by hand before the zone had a policy: their records are taken as

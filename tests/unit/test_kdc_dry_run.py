@@ -11,18 +11,10 @@ import pytest
 
 from krs_plugin.crypto import HpkeKey, write_hpke_public
 from krs_plugin.kdc.cli import main
+from tests.unit.kdcdb import dump
 
 ZONE = "example.com."
 NODE = "ns1.edge.example."
-
-
-def dump(path: Path) -> list[tuple[object, ...]]:
-    db = sqlite3.connect(path)
-    try:
-        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-        return [(t, *row) for t in sorted(tables) for row in db.execute(f"SELECT * FROM {t}")]
-    finally:
-        db.close()
 
 
 @pytest.fixture

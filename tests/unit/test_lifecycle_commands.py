@@ -14,6 +14,7 @@ import pytest
 
 from krs_plugin.kdc.cli import main
 from krs_plugin.kdc.enginestate import EngineState
+from tests.unit.kdcdb import dump
 from tests.unit.test_lifecycle_engine import NODES, ZONE, Fleet, fleet, signed
 
 __all__ = ["fleet"]  # the fixture, imported for pytest
@@ -23,16 +24,6 @@ def kdc(capsys: pytest.CaptureFixture[str], state: Path, *args: str) -> tuple[in
     code = main(["--state", str(state), *args])
     out, err = capsys.readouterr()
     return code, out, err
-
-
-def dump(path: Path) -> list[tuple[object, ...]]:
-    """Every row of every table: what 'changes nothing' is checked against."""
-    db = sqlite3.connect(path)
-    try:
-        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-        return [(t, *row) for t in sorted(tables) for row in db.execute(f"SELECT * FROM {t}")]
-    finally:
-        db.close()
 
 
 @pytest.fixture
