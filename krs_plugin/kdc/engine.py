@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 SIGNING = ("krrsig", "zrrsig")
 DEFAULT_RESEND_AFTER = 600.0
+ADOPTED = "engine: the zone got a policy"
 
 
 @dataclass(frozen=True)
@@ -234,7 +235,17 @@ class Engine:
     def _new_key(self, zone: str, role: str, policy: Policy, now: int) -> KeyRow:
         return new_key(self.store, zone, role, policy.algorithm, now=now, ttl=policy.dnskey_ttl)
 
-    def _adopt(self, zone: str, live: list[KeyRow], now: int) -> None:
+    def adopt(self, zone: str, now: int, *, cause: str = ADOPTED) -> bool:
+        """Take over the keys of a zone that just got a policy (``zone set --policy``), so that
+        ``status``, ``plan`` and ``rollover`` see them at once; False when there is nothing to
+        adopt (no live keys, or records already kept)."""
+        live = [k for k in self.store.keys(zone) if k.state != "removed"]
+        if not live or self.state.has_records(zone):
+            return False
+        self._adopt(zone, live, now, cause=cause)
+        return True
+
+    def _adopt(self, zone: str, live: list[KeyRow], now: int, *, cause: str = ADOPTED) -> None:
         """Keys made by hand before the zone had a policy: their records are taken as
         omnipresent as their states say (a KSK that was published: its DS too, as the
         operator published it)."""
@@ -254,7 +265,7 @@ class Engine:
                 zone,
                 "adopted",
                 {"keys": [f"{k.role} {k.key_tag} {k.state}" for k in live]},
-                cause="engine: the zone got a policy",
+                cause=cause,
                 now=now,
             )
 

@@ -165,3 +165,24 @@ def test_zone_ds_at_the_ds_step_gives_the_set_the_parent_is_to_serve(
     new = next(k.key_tag for k in fleet.store.keys(ZONE) if k.role == "KSK" and k.key_tag != old)
     code, out, _ = kdc(capsys, state, "zone", "ds", ZONE, "--json")
     assert code == 0 and [k["key_tag"] for k in json.loads(out)["keys"]] == [new]
+
+
+def test_zone_set_policy_adopts_the_keys_at_once_so_rollover_works_right_after(
+    fleet: Fleet, state: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found following docs/quickstart.md step 8: `zone set --policy` then `rollover` at once
+    failed with "no ZSK signing now", the keys being adopted only at serve's next pass."""
+    from krs_plugin.kdc.keygen import new_key
+
+    fleet.store.add_zone("hand.test.", now=fleet.now)
+    for role in ("KSK", "ZSK"):
+        row = new_key(fleet.store, "hand.test.", role, 13, now=fleet.now, publish_at=fleet.now,
+                      activate_at=fleet.now)  # fmt: skip
+        fleet.store.set_key_state(row.id, "active")
+    code, _, err = kdc(capsys, state, "zone", "set", "hand.test.", "--policy", "fast")
+    assert code == 0, err
+    code, out, err = kdc(capsys, state, "rollover", "--zone", "hand.test.", "--role", "ZSK")
+    assert code == 0, err
+    code, out, _ = kdc(capsys, state, "history", "--zone", "hand.test.", "--json")
+    first = json.loads(out)["entries"][0]
+    assert first["event"] == "adopted" and first["cause"] == "command: krs-kdc zone set --policy"
