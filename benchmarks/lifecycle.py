@@ -54,14 +54,10 @@ from typing import Any
 from krs_harness import machine, proc_status
 
 from krs_lab.deployment import BIN, Deployment, wait_until
+from krs_lab.nodekeys import write_node_keys
 from krs_lab.ports import free_port
 from krs_plugin.crypto import (
     HpkeKey,
-    JoseKey,
-    write_hpke_private,
-    write_hpke_public,
-    write_jose_private,
-    write_jose_public,
 )
 from krs_plugin.dnssec import generate_key
 from krs_plugin.kdc import engine as engine_module
@@ -367,14 +363,9 @@ class Fleet:
     def _add_node(self, n: int) -> Path:
         node, folder = f"ns{n}.edge.example.", self.dep.root / f"node{n}"
         (folder / "keys").mkdir(parents=True)
-        key, signer = HpkeKey.generate(), JoseKey.generate()
-        write_hpke_private(folder / "node.key", key)
-        write_hpke_public(folder / "node.pub", key)
-        write_jose_private(folder / "signing.key", signer, use="sig")
-        write_jose_public(folder / "signing.pub", signer, use="sig")
+        node_keys = write_node_keys(folder)
         port = free_port()
-        self.cli("node", "add", node, "--notify", f"127.0.0.1:{port}", "--hpke-pubkey",
-                 str(folder / "node.pub"), "--signing-pubkey", str(folder / "signing.pub"),
+        self.cli("node", "add", node, "--notify", f"127.0.0.1:{port}", *node_keys,
                  "--zone", ZONE)  # fmt: skip
         config = json.loads(json.dumps(self.dep.config))
         config.update(

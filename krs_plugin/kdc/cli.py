@@ -36,6 +36,7 @@ from krs_plugin.kdc.clistate import (
 )
 from krs_plugin.kdc.distribute import distribute_node, distribute_zone, key_of
 from krs_plugin.kdc.enginecli import add_parsers as add_engine_parsers
+from krs_plugin.kdc.enginestate import EngineState
 from krs_plugin.kdc.identity import create_identity, load_identity
 from krs_plugin.kdc.keygen import ROLE_FLAGS, new_key, store_key
 from krs_plugin.kdc.nodecli import add_parsers as add_node_parsers
@@ -113,15 +114,8 @@ def cmd_zone_ds(args: argparse.Namespace) -> int:
     digests = list(dict.fromkeys(args.digest or ["SHA-256"]))
     live = store.keys(zone, states=("published", "active"))
     rows = [r for r in live if r.role in ("KSK", "CSK")]
-    if store.zone_policy(zone) is not None:  # the engine's: not a DS it is withdrawing
-        from krs_plugin.kdc.enginestate import EngineState
-        from krs_plugin.kdc.records import State
-
-        leaving = {
-            r.key_id for r in EngineState(store).key_records(zone, rows)
-            if r.state("ds") is State.UNRETENTIVE
-        }  # fmt: skip
-        rows = [r for r in rows if r.id not in leaving]
+    leaving = EngineState(store).ds_leaving(zone)  # a rollover's: not for the parent any more
+    rows = [r for r in rows if r.id not in leaving]
     if not rows:
         raise StateError(
             f"zone {zone} has no published or active KSK or CSK (a new key is published by its "

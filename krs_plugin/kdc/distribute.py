@@ -75,11 +75,6 @@ class ZoneRule:
     engine: bool = False
 
 
-def zone_rule(store: Store, zone: str) -> ZoneRule:
-    found = store.policy_of(zone)
-    return ZoneRule() if found is None else ZoneRule(found[1].dnskey_ttl, engine=True)
-
-
 def zone_entries(
     keys: Sequence[KeyRow],
     dist_id: str,
@@ -170,7 +165,7 @@ def distribute_zone(
     expires_at = stamp + ttl
     recipients = [recipient_for(node) for node in nodes]  # fails before anything is stored
     records_total = 0
-    rule = zone_rule(store, zone)
+    rule = zone_rules(store, [zone])[zone]
     with store.transaction():
         dist_id, serial = store.next_distribution_id(now)
         entries, rolls, deletes = zone_entries(
@@ -253,7 +248,7 @@ def distribute_node(
     stamp = int(now)
     expires_at = stamp + ttl
     recipient = recipient_for(node)
-    rules = _zone_rules(store, wanted)
+    rules = zone_rules(store, wanted)
     with store.transaction():
         dist_id, serial = store.next_distribution_id(now)
         entries: list[Entry] = []
@@ -311,7 +306,7 @@ def distribute_node(
     )
 
 
-def _zone_rules(store: Store, zones: Sequence[str]) -> dict[str, ZoneRule]:
+def zone_rules(store: Store, zones: Sequence[str]) -> dict[str, ZoneRule]:
     """Each zone's rule, from one query (a node may serve 10,000 zones)."""
     policies = dict(store.policies())
     rows = store.db.execute("SELECT name, policy FROM zones WHERE policy IS NOT NULL").fetchall()

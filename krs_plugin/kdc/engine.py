@@ -177,8 +177,7 @@ class Engine:
         if not live:
             return self.start(zone, "initial", cause="engine: the zone has a policy and no keys",
                               now=now)  # fmt: skip
-        if not self.state.has_records(zone):
-            self._adopt(zone, live, now)
+        if self._adopt(zone, live, now):
             return None
         due = next_by_lifetime(self.state.key_records(zone, live), live, policy)
         if due is not None and due[1] <= now:
@@ -237,18 +236,17 @@ class Engine:
 
     def adopt(self, zone: str, now: int, *, cause: str = ADOPTED) -> bool:
         """Take over the keys of a zone that just got a policy (``zone set --policy``), so that
-        ``status``, ``plan`` and ``rollover`` see them at once; False when there is nothing to
-        adopt (no live keys, or records already kept)."""
-        live = [k for k in self.store.keys(zone) if k.state != "removed"]
-        if not live or self.state.has_records(zone):
-            return False
-        self._adopt(zone, live, now, cause=cause)
-        return True
+        ``status``, ``plan`` and ``rollover`` see them at once."""
+        return self._adopt(zone, [k for k in self.store.keys(zone) if k.state != "removed"], now,
+                           cause=cause)  # fmt: skip
 
-    def _adopt(self, zone: str, live: list[KeyRow], now: int, *, cause: str = ADOPTED) -> None:
+    def _adopt(self, zone: str, live: list[KeyRow], now: int, *, cause: str = ADOPTED) -> bool:
         """Keys made by hand before the zone had a policy: their records are taken as
         omnipresent as their states say (a KSK that was published: its DS too, as the
-        operator published it)."""
+        operator published it). False when there is nothing to adopt (no live keys, or the
+        engine keeps their records already)."""
+        if not live or self.state.has_records(zone):
+            return False
         with self.store.transaction():
             for row in live:
                 published = row.state in ("published", "active", "retired")
@@ -268,6 +266,7 @@ class Engine:
                 cause=cause,
                 now=now,
             )
+        return True
 
     def _settle_loose_ds(self, zone: str, policy: Policy, now: int) -> None:
         """A DS the operator reported outside a rollover (``ds seen`` for a zone's first KSK)

@@ -92,6 +92,18 @@ class EngineState:
             states.setdefault(r["key_id"], {})[r["record"]] = State(r["state"])
         return records_of(rows, states)
 
+    def ds_leaving(self, zone: str) -> set[int]:
+        """keys.id of the zone's keys whose DS a rollover is withdrawing from the parent: not in
+        the set the parent is to serve (``zone ds``)."""
+        return {
+            r["key_id"]
+            for r in self.db.execute(
+                "SELECT key_id FROM key_records WHERE record = 'ds' AND state = 'unretentive' "
+                "AND key_id IN (SELECT id FROM keys WHERE zone = ?)",
+                (canonical(zone),),
+            )
+        }
+
     def has_records(self, zone: str) -> bool:
         return (
             self.db.execute(

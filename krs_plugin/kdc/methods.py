@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from krs_plugin.kdc.records import State
+from krs_plugin.kdc.records import RECORDS_OF_ROLE, State
 
 R, U = State.RUMOURED, State.UNRETENTIVE
 DS_SWAP = "the parent replaces the old DS with the new"
@@ -117,12 +117,12 @@ the new DNSKEY (RFC 7583 3.3.2 needs a double-signature phase); a policy naming 
 def initial_step(roles: tuple[str, ...]) -> Step:
     """A zone's first keys: published and signing at once (the zone is not signed before, so
     nothing cached can conflict); their DS is the operator's (``ds seen``)."""
-    changes: list[tuple[str, str, State]] = []
-    for role in roles:
-        records = {"ZSK": ("dnskey", "zrrsig"), "KSK": ("dnskey", "krrsig")}.get(
-            role, ("dnskey", "krrsig", "zrrsig")
-        )
-        changes += [(f"new:{role}", record, R) for record in records]
+    changes = [
+        (f"new:{role}", record, R)
+        for role in roles
+        for record in RECORDS_OF_ROLE[role]
+        if record != "ds"
+    ]
     return _step("introduce", "publish the zone's first keys and sign with them", *changes)
 
 

@@ -14,16 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from krs_lab.nodekeys import write_node_keys
 from krs_lab.ports import free_port
 from krs_lab.process import LabError
-from krs_plugin.crypto import (
-    HpkeKey,
-    JoseKey,
-    write_hpke_private,
-    write_hpke_public,
-    write_jose_private,
-    write_jose_public,
-)
 
 BIN = Path(sys.executable).parent
 CZ, ZONE, NODE = "kdc.example.", "example.com.", "ns1.edge.example."
@@ -76,30 +69,12 @@ class Deployment:
             if generate_keys:
                 self.kdc("key", "generate", "--zone", zone, "--role", "KSK")
                 self.kdc("key", "generate", "--zone", zone, "--role", "ZSK")
-        if backend == "hpke":
-            key = HpkeKey.generate()
-            write_hpke_private(self.node_dir / "node.key", key)
-            write_hpke_public(self.node_dir / "node.pub", key)
-        else:
-            jkey = JoseKey.generate()
-            write_jose_private(self.node_dir / "node.key", jkey)
-            write_jose_public(self.node_dir / "node.pub", jkey)
-        signer = JoseKey.generate()
-        write_jose_private(self.node_dir / "signing.key", signer, use="sig")
-        write_jose_public(self.node_dir / "signing.pub", signer, use="sig")
+        node_keys = write_node_keys(self.node_dir, backend)
         zone_args = [a for z in zones for a in ("--zone", z)]
         self.kdc(
-            "node",
-            "add",
-            NODE,
-            "--notify",
-            f"127.0.0.1:{kdc_notify_port or self.notify_port}",
-            f"--{backend}-pubkey",
-            str(self.node_dir / "node.pub"),
-            "--signing-pubkey",
-            str(self.node_dir / "signing.pub"),
-            *zone_args,
-        )
+            "node", "add", NODE, "--notify", f"127.0.0.1:{kdc_notify_port or self.notify_port}",
+            *node_keys, *zone_args,
+        )  # fmt: skip
         self.config_path = self.node_dir / "krs.yaml"
         self.config: dict[str, Any] = {
             "node_id": NODE,

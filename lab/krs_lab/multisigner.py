@@ -59,18 +59,11 @@ import dns.rdatatype
 from krs_lab.bind9 import Bind9Lab
 from krs_lab.deployment import BIN, CZ, run, wait_until
 from krs_lab.knot import KnotLab
+from krs_lab.nodekeys import write_node_keys
 from krs_lab.nsd import NsdLab
 from krs_lab.ports import free_port
 from krs_lab.powerdns import PowerDnsLab
 from krs_lab.process import LabError, LabServer, ServerProcess, server_binary
-from krs_plugin.crypto import (
-    HpkeKey,
-    JoseKey,
-    write_hpke_private,
-    write_hpke_public,
-    write_jose_private,
-    write_jose_public,
-)
 
 HOST = "127.0.0.1"
 PARENT = "lab.example."
@@ -404,26 +397,10 @@ class MultiSigner:
         server.start()
         node = Node(name, server, name, directory, free_port(HOST))
         directory.mkdir()
-        hpke = HpkeKey.generate()
-        write_hpke_private(directory / "node.key", hpke)
-        write_hpke_public(directory / "node.pub", hpke)
-        signer = JoseKey.generate()
-        write_jose_private(directory / "signing.key", signer, use="sig")
-        write_jose_public(directory / "signing.pub", signer, use="sig")
+        node_keys = write_node_keys(directory)
         node_id = f"ns-{name}.edge.example."
-        self.kdc(
-            "node",
-            "add",
-            node_id,
-            "--notify",
-            f"{HOST}:{node.notify_port}",
-            "--hpke-pubkey",
-            str(directory / "node.pub"),
-            "--signing-pubkey",
-            str(directory / "signing.pub"),
-            "--zone",
-            CHILD,
-        )
+        self.kdc("node", "add", node_id, "--notify", f"{HOST}:{node.notify_port}", *node_keys,
+                 "--zone", CHILD)  # fmt: skip
         settings = {**server.adapter_settings(), "verify_timeout": 10}
         if name == "powerdns":
             settings = {
