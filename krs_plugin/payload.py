@@ -45,6 +45,8 @@ from krs_plugin.errors import (
 
 KeyType = Literal["ZSK", "KSK", "CSK"]
 KEY_TYPES: tuple[KeyType, ...] = ("ZSK", "KSK", "CSK")
+CdsState = Literal["publish", "delete"]
+CDS_STATES: tuple[CdsState, ...] = ("publish", "delete")
 FLAGS_FOR_TYPE: dict[str, int] = {"ZSK": 256, "KSK": 257, "CSK": 257}
 DEFAULT_CLOCK_SKEW = 30
 OPERATIONS = ("roll_key", "delete_key", "ping")
@@ -68,7 +70,7 @@ _USED_FIELDS = {
 }
 _OURS = ("distribution_id", "issued_at", "expires_at")
 METADATA_FIELDS = {
-    "roll_key": frozenset({"old_key_id", "retire_old_key", "timing", *_OURS}),
+    "roll_key": frozenset({"old_key_id", "retire_old_key", "timing", "cds", *_OURS}),
     "delete_key": frozenset({"reason", "pending_confirmation", "crypto", *_OURS}),
     "ping": frozenset({"nonce", "timestamp", "crypto", *_OURS}),
 }
@@ -112,6 +114,9 @@ class RollKey:
     retire_old_key: bool = False
     timing: KeyTiming | None = None
     envelope: Envelope = field(default_factory=Envelope)
+    cds: CdsState | None = None
+    """Ours (docs/payload.md): ``publish``, the zone serves this KSK's CDS and CDNSKEY now;
+    ``delete``, the zone serves the RFC 8078 delete CDS/CDNSKEY now; None, neither."""
     operation: Literal["roll_key"] = "roll_key"
 
     @property
@@ -280,6 +285,7 @@ def roll_key_entry(
     distribution_id: str | None = None,
     issued_at: int | None = None,
     expires_at: int | None = None,
+    cds: CdsState | None = None,
 ) -> RollKey:
     """A ``roll_key`` entry for ``key``, checked by the rules ``parse_payload`` applies.
 
@@ -303,8 +309,10 @@ def roll_key_entry(
         _check_timing(timing, where)
     envelope = Envelope(distribution_id, issued_at, expires_at)
     _check_envelope(envelope, where)
+    if cds is not None:
+        _check_cds(cds, key_type, where)
     return RollKey(
-        zone, key.key_tag, key_type, key, old_key_tag, bool(retire_old_key), timing, envelope
+        zone, key.key_tag, key_type, key, old_key_tag, bool(retire_old_key), timing, envelope, cds
     )
 
 
@@ -391,6 +399,8 @@ def _entry_json(entry: Entry) -> dict[str, Any]:
                 for k in TIMING_FIELDS
                 if getattr(entry.timing, k) is not None
             }
+        if entry.cds is not None:
+            meta["cds"] = entry.cds
         key = entry.key
         rd = key.dnskey
         rdata = f"{rd.flags} {rd.protocol} {int(rd.algorithm)} {base64.b64encode(rd.key).decode()}"
@@ -445,6 +455,7 @@ def parse_payload(
         raise PayloadError("payload: the array holds no operations")
     entries = tuple(_parse_entry(i, e) for i, e in enumerate(obj))
     _check_duplicates(entries)
+    _check_cds_per_zone(entries)
     for index, entry in enumerate(entries):
         _check_window(
             f"entry {index} ({entry.operation})",
@@ -614,10 +625,20 @@ def _parse_roll_key(
             f"(expected {FLAGS_FOR_TYPE[key_type]})",
         )
     old_tag, retire, timing = _parse_roll_metadata(meta, key_tag, where)
+    cds = _meta(meta, "cds", str, where)
+    if cds is not None:
+        _check_cds(cds, key_type, where)
     dnskey, ttl = _parse_public_key(obj, zone, algorithm, flags, key_tag, where)
     key = _parse_private_key(obj, zone, algorithm, flags, ttl, where)
     check_key_matches(key, dnskey, key_tag, where=f"{where}: field 'private_key'")
-    return RollKey(zone, key_tag, key_type, key, old_tag, retire, timing, envelope)
+    return RollKey(zone, key_tag, key_type, key, old_tag, retire, timing, envelope, cds)
+
+
+def _check_cds(cds: str, key_type: str, where: str) -> None:
+    if cds not in CDS_STATES:
+        _fail(where, f"metadata 'cds' {_show(cds)} is neither 'publish' nor 'delete'")
+    if key_type == "ZSK":
+        _fail(where, "metadata 'cds' on a ZSK: only a KSK or CSK has a DS at the parent")
 
 
 def _parse_public_key(
@@ -724,6 +745,21 @@ def _check_duplicates(entries: Sequence[Entry]) -> None:
             raise PayloadError(
                 f"entry {index} (roll_key): key {entry.key_tag} of {entry.zone} is also entry "
                 f"{first[0]}, with different key material or type"
+            )
+
+
+def _check_cds_per_zone(entries: Sequence[Entry]) -> None:
+    """A zone serves either its KSKs' CDS/CDNSKEY or the delete records, never both."""
+    asked: dict[dns.name.Name, tuple[int, str]] = {}
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, RollKey) or entry.cds is None:
+            continue
+        first = asked.setdefault(entry.zone, (index, entry.cds))
+        if first[1] != entry.cds:
+            raise PayloadError(
+                f"entry {index} (roll_key): metadata 'cds' {entry.cds!r} for {entry.zone}, but "
+                f"entry {first[0]} says {first[1]!r}: a zone publishes its KSKs' CDS or the "
+                "delete CDS, not both"
             )
 
 

@@ -49,11 +49,17 @@ class InstalledKey:
     timing: KeyTiming
 
 
+CdsState = Literal["publish", "delete"]
+
+
 @dataclass(frozen=True)
 class PlannedKey:
     key: DnssecKey
     role: Role
     timing: KeyTiming
+    cds: CdsState | None = None
+    """``publish``: the server serves this KSK's CDS and CDNSKEY now; ``delete``: the zone serves
+    the RFC 8078 delete CDS/CDNSKEY; None: neither (docs/payload.md, ``cds``)."""
 
 
 @dataclass(frozen=True)

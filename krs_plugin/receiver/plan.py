@@ -46,7 +46,7 @@ def build_plans(
                     timing = KeyTiming(
                         now, timing.publish, timing.activate, timing.inactive, timing.delete
                     )
-                install.append(PlannedKey(entry.key, entry.key_type, timing))
+                install.append(PlannedKey(entry.key, entry.key_type, timing, entry.cds))
                 if entry.old_key_tag is not None and (entry.retire_old_key or entry.timing is None):
                     retire.add(entry.old_key_tag)
                 elif entry.timing is None:

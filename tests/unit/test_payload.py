@@ -779,3 +779,42 @@ def test_parse_raises_only_krs_errors_on_mutated_valid_entries(
             mutated[name] = data.draw(strategy)
     with contextlib.suppress(KrsError):
         parse_payload(json.dumps([mutated]).encode(), now=NOW)
+
+
+# --- cds (ours) -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cds", ["publish", "delete"])
+def test_cds_round_trips_on_a_ksk(cds: str) -> None:
+    entry = roll_key_entry(KSK, "KSK", cds=cds)  # type: ignore[arg-type]
+    assert json.loads(encode_payload([entry]))[0]["metadata"]["cds"] == cds
+    (parsed,) = parse_payload(encode_payload([entry]), now=NOW).entries
+    assert isinstance(parsed, RollKey) and parsed.cds == cds
+
+
+def test_cds_absent_means_neither_and_is_not_written() -> None:
+    entry = roll_key_entry(KSK, "KSK")
+    assert "cds" not in json.loads(encode_payload([entry]))[0]["metadata"]
+    (parsed,) = parse(roll(KSK, "KSK")).entries
+    assert isinstance(parsed, RollKey) and parsed.cds is None
+
+
+def test_refuses_cds_on_a_zsk() -> None:
+    refused(PayloadError, "metadata 'cds' on a ZSK", meta(roll(), cds="publish"))
+    with pytest.raises(PayloadError, match="on a ZSK"):
+        roll_key_entry(ZSK, "ZSK", cds="publish")
+
+
+def test_refuses_an_unknown_cds_value() -> None:
+    refused(PayloadError, "neither 'publish' nor 'delete'", meta(roll(KSK, "KSK"), cds="yes"))
+    refused(PayloadError, "metadata 'cds'", meta(roll(KSK, "KSK"), cds=True))
+
+
+def test_refuses_one_zone_asking_for_cds_and_its_deletion() -> None:
+    other = generate_key(ZONE, 13, 257)
+    refused(
+        PayloadError,
+        "publishes its KSKs' CDS or the delete CDS, not both",
+        meta(roll(KSK, "KSK"), cds="publish"),
+        meta(roll(other, "KSK"), cds="delete"),
+    )
