@@ -1,0 +1,294 @@
+"""Pushing a child's DS set to a parent the operator controls (docs/lifecycle.md, "Pushing the
+DS"; issue 23): an RFC 2136 UPDATE signed with TSIG to the parent's primary, replacing the DS
+RRset in one message, as Knot's ds-push does; or a hook command given the DS lines on stdin.
+
+A push is only a request: the engine still waits until it sees the DS on every parent address
+(parent.py). So ``push_ds`` never raises for the parent's or the hook's failure; ``PushResult``
+says what happened in words the operator can act on. The TSIG secret is never put in a detail.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import re
+import shlex
+import stat
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import dns.exception
+import dns.flags
+import dns.message
+import dns.name
+import dns.query
+import dns.rcode
+import dns.rdata
+import dns.rdataclass
+import dns.rdatatype
+import dns.tsig
+import dns.update
+
+from krs_plugin.errors import KrsError
+from krs_plugin.kdc.parent import split_address
+
+TSIG_ALGORITHMS = {
+    "hmac-md5": dns.tsig.HMAC_MD5,
+    "hmac-sha1": dns.tsig.HMAC_SHA1,
+    "hmac-sha224": dns.tsig.HMAC_SHA224,
+    "hmac-sha256": dns.tsig.HMAC_SHA256,
+    "hmac-sha384": dns.tsig.HMAC_SHA384,
+    "hmac-sha512": dns.tsig.HMAC_SHA512,
+}
+HOOK_TAIL = 500  # characters of a failing hook's stderr kept in the detail
+
+
+class TsigKeyFileError(KrsError):
+    """A TSIG key file that cannot be used; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class PushConfig:
+    update: str | None = None
+    """"host:port" of the parent's primary taking RFC 2136 UPDATE."""
+    tsig_file: str | None = None
+    """BIND key file as tsig-keygen writes it; must not be world-readable."""
+    parent_zone: str | None = None
+    """The zone to update; found by SOA queries at ``update`` when None."""
+    hook: str | None = None
+    """A command (shlex-split, no shell) given the DS lines on stdin and KRS_ZONE."""
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class PushResult:
+    ok: bool
+    detail: str
+
+
+# --- the key file ----------------------------------------------------------------------------
+
+_COMMENTS = re.compile(r"/\*.*?\*/|//[^\n]*|#[^\n]*", re.S)
+_KEY = re.compile(r'\s*key\s+"?([A-Za-z0-9._-]+)"?\s*\{(.*?)\}\s*;\s*', re.S)
+_CLAUSE = re.compile(r'\s*(algorithm|secret)\s+"?([^";\s]+)"?\s*;\s*')
+
+
+def read_tsig_key(path: str | Path) -> dns.tsig.Key:
+    """The one ``key "name" { algorithm ...; secret "..."; };`` statement of a BIND key file.
+    Refuses a world-readable file, a second key, an unknown algorithm, a secret that is not
+    base64, and anything else in the file, each with the file's name."""
+    file = Path(path)
+    try:
+        mode = file.stat().st_mode
+        text = file.read_text()
+    except OSError as error:
+        raise TsigKeyFileError(f"TSIG key file {file}: {error.strerror or error}") from None
+    except UnicodeDecodeError:
+        raise TsigKeyFileError(f"TSIG key file {file}: not a text file") from None
+    if mode & stat.S_IROTH:
+        raise TsigKeyFileError(
+            f"TSIG key file {file} is readable by every user (mode {stat.S_IMODE(mode):04o}): "
+            f"chmod o-rwx {file}"
+        )
+    return parse_tsig_key(text, str(file))
+
+
+def parse_tsig_key(text: str, where: str = "TSIG key") -> dns.tsig.Key:
+    """The key of a BIND key-file text (see ``read_tsig_key``); errors name ``where``."""
+    body = _COMMENTS.sub(" ", text)
+    statements = list(_KEY.finditer(body))
+    if not statements:
+        raise TsigKeyFileError(f'{where}: no key "NAME" {{ algorithm ...; secret "..."; }};')
+    if len(statements) > 1:
+        raise TsigKeyFileError(f"{where}: {len(statements)} key statements, expected one")
+    statement = statements[0]
+    if body[: statement.start()].strip() or body[statement.end() :].strip():
+        raise TsigKeyFileError(f"{where}: text outside the key statement")
+    name, inner = statement.group(1), statement.group(2)
+    clauses: dict[str, str] = {}
+    position = 0
+    for clause in _CLAUSE.finditer(inner):
+        if clause.start() != position:
+            break
+        if clause.group(1) in clauses:
+            raise TsigKeyFileError(f"{where}: key {name}: {clause.group(1)} given twice")
+        clauses[clause.group(1)] = clause.group(2)
+        position = clause.end()
+    if inner[position:].strip():
+        raise TsigKeyFileError(f"{where}: key {name}: unexpected {inner[position:].split()[0]!r}")
+    for needed in ("algorithm", "secret"):
+        if needed not in clauses:
+            raise TsigKeyFileError(f"{where}: key {name}: no {needed}")
+    algorithm = clauses["algorithm"].lower()
+    if algorithm not in TSIG_ALGORITHMS:
+        raise TsigKeyFileError(
+            f"{where}: key {name}: unknown algorithm {algorithm} "
+            f"(one of {', '.join(TSIG_ALGORITHMS)})"
+        )
+    try:
+        secret = base64.b64decode(clauses["secret"], validate=True)
+    except (binascii.Error, ValueError):
+        raise TsigKeyFileError(f"{where}: key {name}: the secret is not base64") from None
+    if not secret:
+        raise TsigKeyFileError(f"{where}: key {name}: the secret is empty")
+    return dns.tsig.Key(name, secret, TSIG_ALGORITHMS[algorithm])
+
+
+# --- the DS lines ----------------------------------------------------------------------------
+
+
+def ds_records(zone: dns.name.Name, lines: Sequence[str]) -> list[dns.rdata.Rdata]:
+    """DS rdatas from "child. [TTL] IN DS tag alg dt digest" lines (krs-kdc zone ds) or bare
+    "tag alg dt digest"; a line owned by another name is refused (ValueError)."""
+    records = []
+    for line in lines:
+        text = line.split(";")[0].strip()
+        if not text:
+            continue
+        fields = text.split()
+        upper = [f.upper() for f in fields]
+        if "DS" in upper:
+            at = upper.index("DS")
+            owner = dns.name.from_text(fields[0])
+            if owner != zone:
+                raise ValueError(f"DS line for {owner}, not {zone}: {text}")
+            text = " ".join(fields[at + 1 :])
+        records.append(dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.DS, text))
+    return records
+
+
+def ds_lines(zone: dns.name.Name, records: Sequence[dns.rdata.Rdata], ttl: int) -> str:
+    return "".join(f"{zone.to_text()} {ttl} IN DS {r.to_text()}\n" for r in records)
+
+
+# --- UPDATE ----------------------------------------------------------------------------------
+
+
+def _find_zone(host: str, port: int, child: dns.name.Name, timeout: float) -> dns.name.Name:
+    """The nearest ancestor of ``child`` the server answers an authoritative SOA for."""
+    candidate = child
+    while candidate != dns.name.root:
+        candidate = candidate.parent()
+        query = dns.message.make_query(candidate, dns.rdatatype.SOA)
+        query.flags &= ~dns.flags.RD
+        reply = dns.query.tcp(query, host, port=port, timeout=timeout)
+        if reply.flags & dns.flags.AA and reply.get_rrset(
+            reply.answer, candidate, dns.rdataclass.IN, dns.rdatatype.SOA
+        ):
+            return candidate
+    raise ValueError(f"{host}:{port} is authoritative for no zone above {child}")
+
+
+def _update(
+    child: dns.name.Name, records: Sequence[dns.rdata.Rdata], config: PushConfig, ttl: int
+) -> PushResult:
+    assert config.update is not None
+    if config.tsig_file is None:
+        return PushResult(False, "UPDATE: no TSIG key file configured (tsig_file)")
+    try:
+        key = read_tsig_key(config.tsig_file)
+        host, port = split_address(config.update)
+    except (TsigKeyFileError, ValueError) as error:
+        return PushResult(False, f"UPDATE not sent: {error}")
+    where = config.update
+    try:
+        if config.parent_zone:
+            zone = dns.name.from_text(config.parent_zone)
+        else:
+            zone = _find_zone(host, port, child, config.timeout)
+        message = dns.update.UpdateMessage(zone)
+        message.use_tsig(key)
+        message.delete(child, dns.rdatatype.DS)
+        for record in records:
+            message.add(child, ttl, record)
+        reply = dns.query.tcp(message, host, port=port, timeout=config.timeout)
+    except dns.tsig.PeerBadSignature:
+        return PushResult(False, f"TSIG: BADSIG (from {where}: the key's secret differs)")
+    except dns.tsig.PeerBadKey:
+        return PushResult(False, f"TSIG: BADKEY (from {where}: it does not know key {key.name})")
+    except dns.tsig.PeerBadTime:
+        return PushResult(False, f"TSIG: BADTIME (from {where}: the clocks differ)")
+    except dns.tsig.PeerError as error:
+        return PushResult(False, f"TSIG: {error} (from {where})")
+    except dns.tsig.BadSignature:
+        return PushResult(False, f"TSIG: the answer from {where} has a bad signature")
+    except dns.exception.Timeout:
+        return PushResult(False, f"UPDATE to {where}: timeout")
+    except ConnectionRefusedError:
+        return PushResult(False, f"UPDATE to {where}: connection refused")
+    except (OSError, EOFError) as error:
+        return PushResult(False, f"UPDATE to {where}: network error: {error}")
+    except (dns.exception.DNSException, ValueError) as error:
+        return PushResult(False, f"UPDATE to {where}: {error}")
+    rcode = reply.rcode()
+    name = dns.rcode.to_text(rcode)
+    if rcode == dns.rcode.NOERROR:
+        return PushResult(True, f"UPDATE to {where} NOERROR ({len(records)} DS)")
+    if rcode == dns.rcode.REFUSED:
+        return PushResult(False, f"UPDATE refused: REFUSED (by {where}, zone {zone})")
+    if rcode == dns.rcode.NOTAUTH:
+        return PushResult(
+            False,
+            f"UPDATE refused: NOTAUTH ({where} is not the primary of {zone}, "
+            "or it does not accept the key)",
+        )
+    return PushResult(False, f"UPDATE failed: {name} (from {where}, zone {zone})")
+
+
+# --- the hook --------------------------------------------------------------------------------
+
+
+def _hook(zone: dns.name.Name, text: str, config: PushConfig, count: int) -> PushResult:
+    assert config.hook is not None
+    try:
+        argv = shlex.split(config.hook)
+    except ValueError as error:
+        return PushResult(False, f"hook not run: {error}")
+    if not argv:
+        return PushResult(False, "hook not run: empty command")
+    try:
+        done = subprocess.run(
+            argv,
+            input=text,
+            capture_output=True,
+            text=True,
+            timeout=config.timeout,
+            env={**os.environ, "KRS_ZONE": zone.to_text()},
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return PushResult(False, f"hook timed out after {config.timeout:g}s: {argv[0]}")
+    except OSError as error:
+        return PushResult(False, f"hook not run: {argv[0]}: {error.strerror or error}")
+    tail = done.stderr.strip()[-HOOK_TAIL:]
+    if done.returncode != 0:
+        what = (
+            f"killed by signal {-done.returncode}"
+            if done.returncode < 0
+            else f"exited {done.returncode}"
+        )
+        return PushResult(False, f"hook {what}: {tail}" if tail else f"hook {what}")
+    return PushResult(True, f"hook exited 0 ({count} DS)")
+
+
+def push_ds(zone: str, ds: Sequence[str], config: PushConfig, *, ttl: int = 3600) -> PushResult:
+    """Replace ``zone``'s DS RRset at the parent with ``ds`` by UPDATE and/or the hook (both
+    when both are configured: ok only if both are). Never raises for the parent or the hook."""
+    child = dns.name.from_text(zone)
+    try:
+        records = ds_records(child, ds)
+    except (dns.exception.DNSException, ValueError) as error:
+        return PushResult(False, f"bad DS: {error}")
+    if not records:
+        return PushResult(False, "no DS to push (deleting the DS RRset is not a push)")
+    if config.update is None and config.hook is None:
+        return PushResult(False, "nowhere to push: neither an UPDATE server nor a hook")
+    results = []
+    if config.update is not None:
+        results.append(_update(child, records, config, ttl))
+    if config.hook is not None:
+        results.append(_hook(child, ds_lines(child, records, ttl), config, len(records)))
+    return PushResult(all(r.ok for r in results), "; ".join(r.detail for r in results))
