@@ -460,7 +460,12 @@ def _observe(child: dns.name.Name, config: ParentConfig, timeout: float, at: int
 
 def ds_tuple(record: dns.rdata.Rdata) -> DsTuple:
     assert isinstance(record, dns.rdtypes.ANY.DS.DS)
-    return (record.key_tag, record.algorithm, record.digest_type, record.digest.hex().lower())
+    return (
+        int(record.key_tag),
+        int(record.algorithm),
+        int(record.digest_type),
+        record.digest.hex().lower(),
+    )
 
 
 def ds_tuples(lines: Iterable[str]) -> set[DsTuple]:
