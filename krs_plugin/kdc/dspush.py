@@ -208,7 +208,11 @@ def _update(
     except dns.tsig.PeerBadSignature:
         return PushResult(False, f"TSIG: BADSIG (from {where}: the key's secret differs)")
     except dns.tsig.PeerBadKey:
-        return PushResult(False, f"TSIG: BADKEY (from {where}: it does not know key {key.name})")
+        return PushResult(
+            False,
+            f"TSIG: BADKEY (from {where}: key {key.name} is unknown there "
+            "or not allowed this update)",
+        )
     except dns.tsig.PeerBadTime:
         return PushResult(False, f"TSIG: BADTIME (from {where}: the clocks differ)")
     except dns.tsig.PeerError as error:

@@ -242,8 +242,8 @@ def _dnskeys_at(
     now: float,
 ) -> dns.rrset.RRset:
     """The parent's DNSKEY RRset as this address serves it, validated from the anchor."""
-    reply = _ask(host, port, parent, dns.rdatatype.DNSKEY, timeout)
     try:
+        reply = _ask(host, port, parent, dns.rdatatype.DNSKEY, timeout)
         _authoritative(reply, parent)
     except _Problem as problem:
         raise _Problem(f"parent DNSKEY: {problem}") from None

@@ -105,11 +105,13 @@ class LabParent:
         """The TSIG key in BIND's format (tsig-keygen's), mode 0600."""
         return self.root / f"{TSIG_NAME}.key"
 
-    def ds_at(self, address: str) -> set[str]:
-        """The DS rdata texts ("tag alg dt digest") ``address`` serves for the child (unchecked)."""
-        reply = _ask(*_host_port(address), self.child, dns.rdatatype.DS)
+    def ds_at(self, address: str, owner: str | None = None) -> set[str]:
+        """The DS rdata texts ("tag alg dt digest") ``address`` serves for the child (or
+        ``owner``), unvalidated."""
+        name = owner or self.child
+        reply = _ask(*_host_port(address), name, dns.rdatatype.DS)
         rrset = reply.get_rrset(
-            reply.answer, dns.name.from_text(self.child), dns.rdataclass.IN, dns.rdatatype.DS
+            reply.answer, dns.name.from_text(name), dns.rdataclass.IN, dns.rdatatype.DS
         )
         return {r.to_text() for r in rrset or ()}
 
