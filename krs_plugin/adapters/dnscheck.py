@@ -29,6 +29,7 @@ import dns.rdatatype
 import dns.rrset
 
 from krs_plugin.adapters.base import Verification
+from krs_plugin.adapters.cdsset import CdsSet
 from krs_plugin.dnssec import KeyTiming
 
 KSK_FLAGS = 257
@@ -50,12 +51,14 @@ class Expectation:
     dnskey_signers: frozenset[int]
     serial: int | None = None  # the SOA serial, when the adapter wrote it (NSD)
     retired: frozenset[int] = frozenset()  # published, no longer active: must not sign
+    cds: CdsSet | None = None  # the CDS/CDNSKEY the zone must serve, signed; None: not checked
 
     def describe(self) -> str:
         return (
             f"DNSKEY {sorted(self.present)} present, {sorted(self.absent)} absent; SOA signed by "
             f"{sorted(self.soa_signers)}, DNSKEY signed by {sorted(self.dnskey_signers)}"
             + (f"; {sorted(self.retired)} signing nothing" if self.retired else "")
+            + (f"; {self.cds.describe()}" if self.cds is not None else "")
         )
 
 
@@ -163,7 +166,53 @@ def check_served(expect: Expectation, host: str, port: int, timeout: float = 3.0
             details.append(
                 f"{zone}: {what} still signed by retired key(s) {sorted(expect.retired & valid)}"
             )
+    if expect.cds is not None:
+        try:
+            details += _cds_differences(expect, dnskey, host, port, timeout)
+        except (OSError, EOFError, dns.exception.DNSException) as exc:
+            details.append(f"{zone}: no answer for CDS/CDNSKEY from {host} port {port}: {exc}")
     return Verification(not details, tuple(details))
+
+
+def _cds_differences(
+    expect: Expectation, dnskey: dns.rrset.RRset, host: str, port: int, timeout: float
+) -> list[str]:
+    """How the served CDS and CDNSKEY RRsets differ from ``expect.cds``: other entries, or no
+    valid RRSIG by the keys that sign the DNSKEY RRset (or, for a signer that signs them as
+    zone data, by the keys that sign the SOA)."""
+    assert expect.cds is not None
+    zone, details = expect.zone, []
+    for what, rdtype, want in (
+        ("CDS", dns.rdatatype.CDS, expect.cds.cds),
+        ("CDNSKEY", dns.rdatatype.CDNSKEY, expect.cds.cdnskey),
+    ):
+        rrset, sigs = _query(zone, rdtype, host, port, timeout)
+        served = frozenset(_cds_entries(rrset, rdtype))
+        if served != want:
+            details.append(
+                f"{zone}: {what} {sorted(served) or 'none'} served, {sorted(want) or 'none'} "
+                "expected"
+            )
+            continue
+        if rrset is None:
+            continue
+        valid = _valid_signers(rrset, sigs, dnskey, zone)
+        signers = [s for s in (expect.dnskey_signers, expect.soa_signers) if s]
+        if not valid or (signers and not any(s <= valid for s in signers)):
+            details.append(
+                f"{zone}: {what} has no valid RRSIG by {sorted(expect.dnskey_signers)} "
+                f"(valid: {sorted(valid)})"
+            )
+    return details
+
+
+def _cds_entries(rrset: dns.rrset.RRset | None, rdtype: int) -> list[tuple[int, int, int]]:
+    """``[tag, algorithm, digest type]`` per CDS, ``[tag, algorithm, flags]`` per CDNSKEY."""
+    if rrset is None:
+        return []
+    if rdtype == dns.rdatatype.CDS:
+        return [(r.key_tag, int(r.algorithm), r.digest_type) for r in rrset]
+    return [(dns.dnssec.key_id(k), int(k.algorithm), k.flags) for k in rrset]
 
 
 def wait_served(
@@ -210,9 +259,7 @@ def read_served(
     else:
         state.update(dnskey=[], dnskey_signers=[], soa_signers=[])
     if cds is not None:
-        state["cds"] = sorted([r.key_tag, int(r.algorithm), r.digest_type] for r in cds)
+        state["cds"] = sorted(list(e) for e in _cds_entries(cds, dns.rdatatype.CDS))
     if cdnskey is not None:
-        state["cdnskey"] = sorted(
-            [dns.dnssec.key_id(k), int(k.algorithm), k.flags] for k in cdnskey
-        )
+        state["cdnskey"] = sorted(list(e) for e in _cds_entries(cdnskey, dns.rdatatype.CDNSKEY))
     return state

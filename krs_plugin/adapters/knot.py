@@ -29,7 +29,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +44,9 @@ from krs_plugin.adapters.base import (
     Verification,
     ZoneChange,
 )
-from krs_plugin.adapters.dnscheck import KeyState, expectation, wait_served
-from krs_plugin.adapters.knotctl import KaspKey, KnotTools, knot_key_id, knot_times
+from krs_plugin.adapters.cdsset import expected as cds_expected
+from krs_plugin.adapters.dnscheck import KeyState, expectation, is_active, wait_served
+from krs_plugin.adapters.knotctl import KaspKey, KnotTools, full_times, knot_key_id, knot_times
 from krs_plugin.adapters.settings import existing_file, seconds, server_address
 from krs_plugin.adapters.tools import install_hint, secret_file
 from krs_plugin.errors import AdapterError, ConfigError, KrsError
@@ -60,6 +61,11 @@ NO_WAY_BACK = (
     "the KASP database has no keys again, but knotd keeps serving the zone as last signed: "
     "Knot cannot load a signed zone without keys"
 )
+
+CDS_POLICIES = ("rollover", "delete-dnssec")
+"""The cds-cdnskey-publish values under which Knot serves exactly what the KDC marks: rollover,
+the CDS of the ready KSKs only (always and double-ds add the active ones: measured on 3.2.6), and
+delete-dnssec, the delete records only."""
 
 SETTINGS = {
     "config",
@@ -80,6 +86,7 @@ class KaspChange(ZoneChange):
     (deleted from the KASP database only once knotd no longer serves them)."""
 
     keys: list[KaspKey]
+    cds_delete: bool = False  # the zone's policy serves the delete CDS/CDNSKEY
     removed_ids: list[str] = field(default_factory=list)
 
 
@@ -198,14 +205,42 @@ class KnotAdapter(BaseAdapter[KaspChange]):
                 f"set dnssec-signing: on for {name} (docs/servers/knot.md)",
             )
         policy = settings.get("dnssec-policy", "default")
-        manual = None if policy == "default" else self.tools.conf_read(f"policy[{policy}].manual")
-        if manual != "on":
+        items = {} if policy == "default" else self.tools.conf_section(f"policy[{policy}]")
+        if items.get("manual") != "on":
             return Problem(
                 f"zone {name} uses policy {policy}, which is not manual: Knot would generate "
                 "and roll keys of its own",
                 f"give {name} a policy with manual: on (docs/servers/knot.md)",
             )
+        publish = items.get("cds-cdnskey-publish", "rollover")
+        if publish not in CDS_POLICIES:
+            return Problem(
+                f"zone {name} uses policy {policy} with cds-cdnskey-publish: {publish}: Knot "
+                "would serve CDS/CDNSKEY for keys the KDC did not mark",
+                f"set cds-cdnskey-publish: rollover (Knot's default) in policy {policy}, or "
+                "delete-dnssec while the KDC asks for the delete CDS (docs/servers/knot.md)",
+            )
+        digest = items.get("cds-digest-type", "sha256")
+        if digest != "sha256":
+            return Problem(
+                f"zone {name} uses policy {policy} with cds-digest-type: {digest}: the KRS "
+                "serves CDS with digest type 2 (SHA-256) on every server",
+                f"remove cds-digest-type from policy {policy} (its default is sha256)",
+            )
         return None
+
+    def _cds_delete(self, zone: dns.name.Name) -> bool:
+        """Whether the zone's policy has ``cds-cdnskey-publish: delete-dnssec``: Knot then serves
+        the delete CDS/CDNSKEY (and no key's CDS), which no key timer can say."""
+        name = zone.to_text()
+        policy = self.tools.conf_read(f"zone[{name}].dnssec-policy")
+        if policy is None:
+            template = self.tools.conf_read(f"zone[{name}].template") or "default"
+            with contextlib.suppress(AdapterError):
+                policy = self.tools.conf_read(f"template[{template}].dnssec-policy")
+        if policy is None or policy == "default":
+            return False
+        return self.tools.conf_read(f"policy[{policy}].cds-cdnskey-publish") == "delete-dnssec"
 
     def current_keys(self, zone: dns.name.Name) -> list[InstalledKey]:
         return [
@@ -256,17 +291,35 @@ class KnotAdapter(BaseAdapter[KaspChange]):
         problem = self._zone_problem(zone)
         if problem is not None:  # before the KASP database is touched
             raise AdapterError(problem.what)
-        return KaspChange(zone=zone, plan=plan, now=now, keys=self.tools.keys(zone))
+        cds_delete = self._cds_delete(zone)
+        if plan.install:
+            asked = any(p.cds == "delete" for p in plan.install)
+            if asked and not cds_delete:
+                raise AdapterError(
+                    f"the distribution asks zone {zone} to serve the delete CDS/CDNSKEY, which "
+                    "Knot serves only under a policy with cds-cdnskey-publish: delete-dnssec: "
+                    "give the zone such a policy in knot.conf (docs/servers/knot.md)"
+                )
+            if cds_delete and not asked:
+                raise AdapterError(
+                    f"zone {zone}'s policy has cds-cdnskey-publish: delete-dnssec, so Knot "
+                    "serves the delete CDS/CDNSKEY, but the distribution does not ask for it: "
+                    "give the zone its policy with cds-cdnskey-publish: rollover again"
+                )
+        return KaspChange(
+            zone=zone, plan=plan, now=now, keys=self.tools.keys(zone), cds_delete=cds_delete
+        )
 
     def write_key(self, change: KaspChange, planned: PlannedKey) -> bool:
         """Import ``planned`` or bring its times up to date; False when Knot has it exactly."""
         key = planned.key
-        times = knot_times(planned.timing, change.now)
+        cds = planned.cds == "publish" and planned.role != "ZSK"
+        times = knot_times(planned.timing, change.now, cds)
         key_id = knot_key_id(key)
         existing = next((k for k in change.keys if k.key_id == key_id and not k.public_only), None)
         if existing is not None:
             if existing.times == times:
-                return False
+                return False  # its CDS marking included: a change of cds is a change
             self.tools.set_times(change.zone, key_id, times)
             return True
         ksk = planned.role in ("KSK", "CSK")
@@ -277,12 +330,10 @@ class KnotAdapter(BaseAdapter[KaspChange]):
     def retire_key(self, change: KaspChange, tag: int) -> bool:
         retired = False
         for key in self._with_tag(change.keys, tag):
-            publish, active, retire, remove = key.times
+            retire, remove = key.times[3:]
             if retire == 0 or retire > change.now:
                 new_remove = change.plan.retire_delete_at or remove
-                self.tools.set_times(
-                    change.zone, key.key_id, (publish, active, change.now, new_remove)
-                )
+                self.tools.set_times(change.zone, key.key_id, key.retimed(change.now, new_remove))
                 retired = True
         return retired
 
@@ -290,9 +341,9 @@ class KnotAdapter(BaseAdapter[KaspChange]):
         """Set the remove time to now; the key leaves the KASP database in ``finish``."""
         found = False
         for key in self._with_tag(change.keys, tag):
-            publish, active, retire, _ = key.times
+            retire = key.times[3]
             retire = retire if 0 < retire <= change.now else change.now
-            self.tools.set_times(change.zone, key.key_id, (publish, active, retire, change.now))
+            self.tools.set_times(change.zone, key.key_id, key.retimed(retire, change.now))
             change.removed_ids.append(key.key_id)
             found = True
         return found
@@ -305,7 +356,7 @@ class KnotAdapter(BaseAdapter[KaspChange]):
     def verify(self, change: KaspChange) -> Verification:
         """knotd serves the KASP database's keys as their times say, signatures valid; the
         plan's removed keys gone."""
-        return self._wait(change.zone, change.removed)
+        return self._wait(change.zone, change.removed, change.cds_delete)
 
     def finish(self, change: KaspChange) -> None:
         change.step = "delete removed keys"
@@ -332,9 +383,29 @@ class KnotAdapter(BaseAdapter[KaspChange]):
                 zone, path, algorithm, ksk=ksk, zsk=zsk, times=tuple(times)
             )
 
-    def _wait(self, zone: dns.name.Name, removed: Iterable[int]) -> Verification:
-        keys = [KeyState(k.key_tag, k.flags, k.timing) for k in self.current_keys(zone)]
-        expect = expectation(zone, keys, removed, int(time.time()))
+    def _wait(
+        self, zone: dns.name.Name, removed: Iterable[int], cds_delete: bool | None = None
+    ) -> Verification:
+        """Until knotd serves the KASP keys as their times say, and the CDS/CDNSKEY of the keys
+        marked for it (or the delete records, under a delete-dnssec policy)."""
+        now = int(time.time())
+        kasp = [k for k in self.tools.keys(zone) if not k.public_only]
+        keys = [KeyState(k.tag, k.flags, k.timing) for k in kasp]
+        if cds_delete is None:
+            cds_delete = self._cds_delete(zone)
+        marked = [(k.tag, k.algorithm, k.flags, k.timing) for k in kasp if k.cds]
+        expect = replace(
+            expectation(zone, keys, removed, now),
+            cds=cds_expected(marked, cds_delete, now),
+        )
+        # A CSK marked for CDS is ready, not active, in Knot: next to an active key of its
+        # algorithm that signs zone data, it signs only the DNSKEY RRset (and CDS/CDNSKEY).
+        zone_signers = {
+            k.algorithm for k in kasp if k.zsk and not k.cds and is_active(k.timing, now)
+        }
+        quiet = {k.tag for k in kasp if k.cds and k.zsk and k.algorithm in zone_signers}
+        if quiet and expect.soa_signers - quiet:
+            expect = replace(expect, soa_signers=expect.soa_signers - quiet)
         return wait_served(expect, self.host, self.port, timeout=self.verify_timeout)
 
     def _restore(self, zone: dns.name.Name, before: list[dict[str, Any]]) -> str | None:
@@ -347,7 +418,7 @@ class KnotAdapter(BaseAdapter[KaspChange]):
             for key in added:
                 self.tools.delete(zone, key.key_id)
             for key_id, entry in wanted.items():
-                times = tuple(entry["times"])
+                times = full_times(entry["times"])
                 if key_id not in current:
                     if "pem" not in entry:
                         continue  # another signer's public key: not ours to bring back

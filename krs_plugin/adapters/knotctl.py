@@ -21,8 +21,15 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from krs_plugin.adapters.tools import run_tool
 from krs_plugin.dnssec import DnssecKey, KeyTiming
 
-TIMES = ("publish", "active", "retire", "remove")
-"""The Knot key times the KRS sets (manual policy); 0 means "not set" to Knot."""
+TIMES = ("publish", "ready", "active", "retire", "remove")
+"""The Knot key times the KRS sets (manual policy); 0 means "not set" to Knot. ``ready`` carries
+the distribution's ``cds``: Knot (``cds-cdnskey-publish: rollover``, its default) serves the CDS
+and CDNSKEY of exactly the KSKs that are ready and not yet active, and a ready KSK signs the
+DNSKEY RRset like an active one (Knot 3.2.6 and 3.4, tested). So a key marked ``publish`` gets
+``ready`` = its activate time and ``active`` = its inactive time (0 when it has none): ready
+while the KRS's timing says active, then retired, its CDS gone, at the same moment."""
+
+Times = tuple[int, int, int, int, int]
 
 
 @dataclass(frozen=True)
@@ -35,16 +42,25 @@ class KaspKey:
     ksk: bool
     zsk: bool
     public_only: bool
-    times: tuple[int, int, int, int]  # publish, active, retire, remove
+    times: Times  # publish, ready, active, retire, remove
 
     @property
     def flags(self) -> int:
         return 257 if self.ksk else 256
 
     @property
+    def cds(self) -> bool:
+        """Marked ``publish`` by the KRS (its CDS served while it is "active"): ready, and
+        active only when it retires (see ``TIMES``)."""
+        _, ready, active, retire, _ = self.times
+        return self.ksk and ready != 0 and active in (0, retire)
+
+    @property
     def timing(self) -> KeyTiming:
-        publish, active, retire, remove = (t or None for t in self.times)
-        return KeyTiming(publish=publish, activate=active, inactive=retire, delete=remove)
+        """The KRS's timing of the key: a key marked for CDS is active from its ready time."""
+        publish, ready, active, retire, remove = (t or None for t in self.times)
+        activate = ready if self.cds else active
+        return KeyTiming(publish=publish, activate=activate, inactive=retire, delete=remove)
 
     @classmethod
     def from_json(cls, item: Mapping[str, Any]) -> KaspKey:
@@ -58,6 +74,12 @@ class KaspKey:
             times=tuple(int(item.get(name) or 0) for name in TIMES),  # type: ignore[arg-type]
         )
 
+    def retimed(self, retire: int, remove: int) -> Times:
+        """The times with a new retire and remove time; a key marked for CDS stops being ready
+        at its retire time too (see ``TIMES``)."""
+        publish, ready, active, _, _ = self.times
+        return (publish, ready, retire if self.cds else active, retire, remove)
+
 
 def knot_key_id(key: DnssecKey) -> str:
     """The id Knot gives ``key`` in its KASP database: the SHA-1 of the public key's
@@ -67,11 +89,24 @@ def knot_key_id(key: DnssecKey) -> str:
     return hashlib.sha1(spki, usedforsecurity=False).hexdigest()
 
 
-def knot_times(timing: KeyTiming, now: int) -> tuple[int, int, int, int]:
-    """Knot's publish/active/retire/remove for a BIND-style ``timing``. A key without a Publish
-    time is published when it becomes active (BIND's rule), or now when it has neither."""
+def knot_times(timing: KeyTiming, now: int, cds: bool = False) -> Times:
+    """Knot's publish/ready/active/retire/remove for a BIND-style ``timing``. A key without a
+    Publish time is published when it becomes active (BIND's rule), or now when it has neither.
+    ``cds``: the key's CDS and CDNSKEY are served while it is active (see ``TIMES``)."""
     publish = timing.publish if timing.publish is not None else (timing.activate or now)
-    return (publish, timing.activate or 0, timing.inactive or 0, timing.delete or 0)
+    retire, remove = timing.inactive or 0, timing.delete or 0
+    if cds and timing.activate is not None:
+        return (publish, timing.activate, retire, retire, remove)
+    return (publish, 0, timing.activate or 0, retire, remove)
+
+
+def full_times(times: Sequence[int]) -> Times:
+    """Times as stored by the KRS: snapshots written before ``ready`` have four."""
+    if len(times) == 4:
+        publish, active, retire, remove = times
+        return (publish, 0, active, retire, remove)
+    publish, ready, active, retire, remove = times
+    return (publish, ready, active, retire, remove)
 
 
 def time_args(times: Sequence[int]) -> list[str]:

@@ -34,6 +34,7 @@ class KnotLab(LabServer):
     unsigned_zones: Sequence[str] = ()  # zones served with dnssec-signing off
     user: str | None = None  # "knot" to run as knot:knot, as the Debian package does
     dnskey_ttl: int | None = None  # the manual policy's dnskey-ttl (None: Knot's, the SOA TTL)
+    cds_cdnskey_publish: str | None = None  # the manual policy's (None: Knot's, rollover)
     process: ServerProcess | None = field(default=None, init=False)
 
     @property
@@ -75,6 +76,8 @@ class KnotLab(LabServer):
         # Knot serves the DNSKEY RRset with its policy's dnskey-ttl, not the key's TTL
         # (docs/servers/knot.md, section 1).
         dnskey_ttl = "" if self.dnskey_ttl is None else f"    dnskey-ttl: {self.dnskey_ttl}\n"
+        if self.cds_cdnskey_publish is not None:
+            dnskey_ttl += f"    cds-cdnskey-publish: {self.cds_cdnskey_publish}\n"
         self.config.write_text(
             "server:\n"
             f'    rundir: "{self.root}/run"\n'
