@@ -78,6 +78,7 @@ class LabParent:
     child_ns: Sequence[tuple[str, str]] = (("ns1.child", "127.0.0.1"),)  # (name, glue A)
     ttl: int = 60  # every record's TTL, the DS's as pushed aside
     port: int = 0
+    denial: str = "nsec"  # "nsec", "nsec3" or "nsec3-opt-out": how Knot proves absence
     knot: ServerProcess | None = field(default=None, init=False)
     nsd: ServerProcess | None = field(default=None, init=False)
     trust_anchor: str = field(default="", init=False)
@@ -227,6 +228,7 @@ class LabParent:
             "  - id: transfer\n    address: [127.0.0.1, ::1]\n    action: transfer\n"
             "policy:\n"
             "  - id: parent\n    algorithm: ecdsap256sha256\n    zsk-lifetime: 0\n"
+            f"{self._denial_options()}"
             "template:\n"
             "  - id: default\n"
             f'    storage: "{knot}/zones"\n'
@@ -240,6 +242,14 @@ class LabParent:
             "    acl: [ds-update, transfer]\n"
         )
         (knot / "knot.conf").write_text(self_config)
+
+    def _denial_options(self) -> str:
+        if self.denial == "nsec":
+            return ""
+        if self.denial not in ("nsec3", "nsec3-opt-out"):
+            raise LabError(f"denial {self.denial!r}: expected nsec, nsec3 or nsec3-opt-out")
+        opt_out = "on" if self.denial == "nsec3-opt-out" else "off"
+        return f"    nsec3: on\n    nsec3-salt-length: 8\n    nsec3-opt-out: {opt_out}\n"
 
     def _write_nsd(self) -> None:
         nsd = self.root / "nsd"

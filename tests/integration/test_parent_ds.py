@@ -199,6 +199,25 @@ def test_absence_is_validated_by_nsec(parent: LabParent) -> None:
     assert view.addresses[0].ds == frozenset(ds_tuples([NEW]))
 
 
+@pytest.mark.parametrize("denial", ["nsec3", "nsec3-opt-out"])
+def test_absence_is_validated_by_nsec3(tmp_path: Path, denial: str) -> None:
+    """The same with NSEC3: a matching NSEC3 at the delegation, or (opt-out: the insecure
+    delegation has none) the closest encloser proof with an opt-out NSEC3 covering the next
+    closer name; NXDOMAIN by the closest encloser proof and a covered wildcard."""
+    lab = LabParent(tmp_path / "parent", denial=denial)
+    try:
+        lab.start()
+        for zone in (CHILD, f"nosuch.{PARENT}", f"deeper.nosuch.{PARENT}"):
+            view = observe(zone, config(lab))
+            assert [(a.ds, a.error) for a in view.addresses] == [(frozenset(), None)] * 2, zone
+        assert push(lab, NEW).startswith("ok")
+        lab.wait_signed_ds(lab.primary, {rdata(NEW)})
+        view = observe(CHILD, config(lab, lab.primary))
+        assert view.addresses[0].ds == frozenset(ds_tuples([NEW]))
+    finally:
+        lab.close()
+
+
 def test_forged_answers_and_a_wrong_anchor_are_bogus_for_that_address_only(
     parent: LabParent, fake: Callable[..., FakeAuthority]
 ) -> None:
