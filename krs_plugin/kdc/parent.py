@@ -238,10 +238,12 @@ def _dnskeys_at(
     port: int,
     parent: dns.name.Name,
     anchor: Sequence[dns.rdata.Rdata],
+    source: str,
     timeout: float,
     now: float,
 ) -> dns.rrset.RRset:
-    """The parent's DNSKEY RRset as this address serves it, validated from the anchor."""
+    """The parent's DNSKEY RRset as this address serves it, validated from ``anchor`` (DS or
+    DNSKEY records; ``source`` names where they came from in errors)."""
     try:
         reply = _ask(host, port, parent, dns.rdatatype.DNSKEY, timeout)
         _authoritative(reply, parent)
@@ -252,7 +254,7 @@ def _dnskeys_at(
         raise _Problem(f"parent DNSKEY: no DNSKEY RRset for {parent}")
     trusted = _anchored(keys, anchor)
     if not trusted:
-        raise _Problem("unknown parent key: no DNSKEY served matches the trust anchor")
+        raise _Problem(f"unknown parent key: no DNSKEY served matches {source}")
     sigs = reply.get_rrset(
         reply.answer, parent, dns.rdataclass.IN, dns.rdatatype.RRSIG, dns.rdatatype.DNSKEY
     )
@@ -334,17 +336,15 @@ def _view_address(
     server: str,
     zone: dns.name.Name,
     parent: dns.name.Name,
-    keys: dns.rrset.RRset | None,
-    anchor: Sequence[dns.rdata.Rdata] | None,
+    anchor: Sequence[dns.rdata.Rdata],
+    source: str,
     timeout: float,
     now: float,
     default_port: int,
 ) -> AddressView:
     try:
         host, port = split_address(address, default_port)
-        if keys is None:
-            assert anchor is not None
-            keys = _dnskeys_at(host, port, parent, anchor, timeout, now)
+        keys = _dnskeys_at(host, port, parent, anchor, source, timeout, now)
         found, ttl = _ds_at(host, port, zone, parent, keys, timeout, now)
     except (_Problem, ValueError) as problem:
         return AddressView(address, server, None, None, str(problem))
@@ -435,11 +435,15 @@ def _observe(child: dns.name.Name, config: ParentConfig, timeout: float, at: int
         if resolver is None:
             raise _Problem("no parental agents and no resolver to find the parent's servers")
         targets = _discover(resolver, parent, config.port, timeout)
-    keys = None
+    source = "the trust anchor"
     if anchor is None:
+        # The resolver's validated DNSKEY RRset anchors each address's own DNSKEY RRset, so an
+        # address that still serves the parent's previous ZSK (a lagging secondary during the
+        # parent's own ZSK rollover) validates as long as it shares a key with the resolver.
         assert resolver is not None
         try:
-            keys = _dnskeys_by_resolver(resolver, parent, timeout)
+            anchor = list(_dnskeys_by_resolver(resolver, parent, timeout))
+            source = "the resolver's validated DNSKEY RRset"
         except _Problem as problem:
             views = tuple(AddressView(a, s, None, None, str(problem)) for a, s, _ in targets)
             return ParentView(zone, parent.to_text(), at, views, str(problem))
@@ -448,7 +452,9 @@ def _observe(child: dns.name.Name, config: ParentConfig, timeout: float, at: int
         address, server, error = target
         if error is not None:
             return AddressView(address, server, None, None, error)
-        return _view_address(address, server, child, parent, keys, anchor, timeout, at, config.port)
+        return _view_address(
+            address, server, child, parent, anchor, source, timeout, at, config.port
+        )
 
     with ThreadPoolExecutor(max_workers=min(8, max(1, len(targets)))) as pool:
         views = tuple(pool.map(one, targets))

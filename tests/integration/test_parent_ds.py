@@ -131,6 +131,10 @@ def drop_answer(reply: dns.message.Message) -> None:
     reply.authority = [r for r in reply.authority if r.rdtype == dns.rdatatype.SOA]
 
 
+def strip_signatures(reply: dns.message.Message) -> None:
+    reply.answer = [r for r in reply.answer if r.rdtype != dns.rdatatype.RRSIG]
+
+
 def refuse(reply: dns.message.Message) -> dns.message.Message:
     reply.set_rcode(dns.rcode.REFUSED)
     reply.answer, reply.authority = [], []
@@ -236,6 +240,15 @@ def test_forged_answers_and_a_wrong_anchor_are_bogus_for_that_address_only(
     assert not seen and not gone_old
     assert forged.address in why and parent.primary not in why
 
+    unsigned = fake(strip_signatures)
+    (view_unsigned,) = observe(CHILD, config(parent, unsigned.address)).addresses
+    assert view_unsigned.error == "no RRSIG over the DS RRset"
+
+    # Signatures checked at a time after they expire: bogus, not absent.
+    late = observe(CHILD, config(parent, parent.primary), now=2**31)
+    error = late.addresses[0].error
+    assert error is not None and error.startswith("bogus signature over the parent DNSKEY RRset")
+
     wrong = ParentConfig(
         agents=parent.addresses,
         trust_anchor=f"{PARENT} IN DS 20138 13 2 {'00' * 32}",
@@ -320,7 +333,7 @@ def test_the_hook_gets_the_lines_and_its_failure_is_reported(tmp_path: Path) -> 
 
 @pytest.mark.skipif(server_binary("unbound") is None, reason="needs unbound")
 def test_the_parent_servers_are_found_through_a_validating_resolver(
-    parent: LabParent, tmp_path: Path
+    parent: LabParent, tmp_path: Path, fake: Callable[..., FakeAuthority]
 ) -> None:
     assert push(parent, NEW).startswith("ok")
     parent.release()
@@ -346,6 +359,13 @@ def test_the_parent_servers_are_found_through_a_validating_resolver(
             (parent.secondary, f"ns2.{PARENT}", None),
         ]
         assert {a.ds for a in view.addresses} == {frozenset(ds_tuples([NEW]))}
+
+        # Agents validated through the resolver's DNSKEY set: a forger is still bogus.
+        forged = fake(forge_digest)
+        agents = (parent.primary, forged.address)
+        view = observe(CHILD, ParentConfig(agents, resolver=f"127.0.0.1:{validating.port}"))
+        assert view.addresses[0].error is None
+        assert (view.addresses[1].error or "").startswith("bogus signature over the DS RRset")
 
         view = observe(CHILD, ParentConfig(resolver=f"127.0.0.1:{blind.port}", port=parent.port))
         assert view.error is not None and "without AD" in view.error
