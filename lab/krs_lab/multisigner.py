@@ -26,6 +26,11 @@ PowerDNS the SOA's minimum field, so the lab sets those to the policy's (docs/se
 parent starts with an insecure delegation, so Unbound's view is valid before the child is
 signed; ``first_ds()`` puts the first KSK's DS in and says ``ds seen``.
 
+With ``pushable_parent`` the parent is krs_lab/parent.py's instead: Knot signing the parent and
+taking TSIG UPDATEs of the child's DS, and an NSD secondary that lags until released. ``set_ds``
+then pushes by UPDATE (``push_config()``), and ``parent_config()`` says where the KDC sees the DS
+(both addresses, the parent's trust anchor).
+
 Start-up takes about 5 s (with a policy, about 20 s: the first keys' step settles first).
 Everything listens on 127.0.0.1 on ports from ``free_port``;
 ``close()`` stops every process started here.
@@ -61,9 +66,12 @@ from krs_lab.deployment import BIN, CZ, run, wait_until
 from krs_lab.knot import KnotLab
 from krs_lab.nodekeys import write_node_keys
 from krs_lab.nsd import NsdLab
+from krs_lab.parent import LabParent
 from krs_lab.ports import free_port
 from krs_lab.powerdns import PowerDnsLab
 from krs_lab.process import LabError, LabServer, ServerProcess, server_binary
+from krs_plugin.kdc.dspush import PushConfig, push_ds
+from krs_plugin.kdc.parent import ParentConfig
 
 HOST = "127.0.0.1"
 PARENT = "lab.example."
@@ -268,8 +276,13 @@ class MultiSigner:
         cache_max_ttl: int = 6,
         policy: Sequence[str] | None = None,
         serve_options: Sequence[str] = (),
+        pushable_parent: bool = False,
     ) -> None:
         self.root = root
+        # True: the parent is krs_lab.parent's (Knot taking TSIG UPDATEs of the DS, an NSD
+        # secondary held back until released) instead of NSD signed by dnssec-signzone.
+        self.pushable_parent = pushable_parent
+        self.lab_parent: LabParent | None = None
         self.serve_options = serve_options
         self.dnskey_ttl: int | None = None  # the policy's, which Knot is configured to serve
         self.policy = policy  # options of krs-kdc policy add: the engine makes the keys
@@ -354,12 +367,16 @@ class MultiSigner:
                 lambda: f"the engine's first keys served:\n{self.tails()}",
             )
             self._start_parent(with_ds=False)
-        assert self.parent is not None
+        if self.lab_parent is not None:
+            parent_server = ("127.0.0.1", self.lab_parent.port)  # Unbound here asks over IPv4
+        else:
+            assert self.parent is not None
+            parent_server = (self.parent.host, self.parent.port)
         self.unbound = UnboundLab(
             self.root / "unbound",
             self.parent_trust_anchor,
             {
-                PARENT: [(self.parent.host, self.parent.port)],
+                PARENT: [parent_server],
                 CHILD: [(n.server.host, n.server.port) for n in self.nodes],
             },
             self.cache_max_ttl,
@@ -477,6 +494,13 @@ class MultiSigner:
 
     def _start_parent(self, with_ds: bool = True) -> None:
         root = self.root / "parent"
+        if self.pushable_parent:
+            self.lab_parent = LabParent(root, PARENT, CHILD, ttl=ZONE_TTL)
+            self.lab_parent.start()
+            self.parent_trust_anchor = self.lab_parent.trust_anchor
+            if with_ds:
+                self.set_ds(self.child_ds())
+            return
         keys = root / "parent-keys"
         keys.mkdir(parents=True)
         made = subprocess.run(
@@ -553,13 +577,42 @@ class MultiSigner:
             cwd=self.parent.root,
         )
 
-    def set_ds(self, ds_lines: Iterable[str]) -> None:
-        """The parent's operator at work: the child's DS set replaced, re-signed, reloaded."""
+    def set_ds(self, ds_lines: Iterable[str], release: bool = True) -> None:
+        """The parent's operator at work: the child's DS set replaced, re-signed, reloaded. With
+        the pushable parent: one UPDATE to its primary, and (``release``) its secondary brought
+        up to date; without ``release`` the secondary keeps serving the old DS set."""
+        if self.lab_parent is not None:
+            lines = list(ds_lines)
+            pushed = push_ds(CHILD, lines, self.push_config(), ttl=ZONE_TTL)
+            if not pushed.ok:
+                raise LabError(f"DS push: {pushed.detail}")
+            wanted = {line.split(" DS ")[1] for line in lines}
+            self.lab_parent.wait_signed_ds(self.lab_parent.primary, wanted)
+            if release:
+                self.lab_parent.release()
+            return
         assert self.parent is not None
         self._sign_parent(ds_lines)
         done = self.parent.control("reload", PARENT)
         if done.returncode != 0:
             raise LabError(f"nsd-control reload: {done.stdout}{done.stderr}")
+
+    def parent_config(self) -> ParentConfig:
+        """Where the KDC sees the child's DS: both addresses of the pushable parent (or the NSD
+        parent), validated from the parent's trust anchor."""
+        agents: tuple[str, ...]
+        if self.lab_parent is not None:
+            agents = self.lab_parent.addresses
+        else:
+            assert self.parent is not None
+            agents = (f"{self.parent.host}:{self.parent.port}",)
+        return ParentConfig(agents=agents, trust_anchor=self.parent_trust_anchor)
+
+    def push_config(self) -> PushConfig:
+        """How the KDC pushes the child's DS to the pushable parent (UPDATE with its TSIG key)."""
+        if self.lab_parent is None:
+            raise LabError("the lab's parent takes no UPDATE (MultiSigner(pushable_parent=True))")
+        return PushConfig(update=self.lab_parent.primary, tsig_file=str(self.lab_parent.tsig_file))
 
     def close(self) -> None:
         if self.prober is not None:
@@ -575,6 +628,8 @@ class MultiSigner:
         for server in reversed(self.servers):
             with contextlib.suppress(Exception):
                 server.stop()
+        if self.lab_parent is not None:
+            self.lab_parent.close()
         self.stack.close()
 
     # --- looking ------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ import dns.rdatatype
 import dns.rdtypes.ANY.DS
 import pytest
 
-from krs_lab.multisigner import UnboundLab
+from krs_lab.multisigner import MultiSigner, UnboundLab
 from krs_lab.parent import CHILD, PARENT, LabParent
 from krs_lab.ports import free_port
 from krs_lab.process import server_binary
@@ -379,3 +379,35 @@ def test_nothing_to_validate_with_is_a_view_error() -> None:
     view = observe(CHILD, ParentConfig(agents=("127.0.0.1:53",)))
     assert view.error == "cannot validate: no trust anchor for the parent and no resolver"
     assert view.addresses == ()
+
+
+@pytest.mark.skipif(
+    any(server_binary(b) is None for b in ("named", "pdns_server", "unbound")),
+    reason="needs named, pdns_server and unbound (./run setup)",
+)
+def test_the_multisigner_lab_runs_on_the_pushable_parent(tmp_path: Path) -> None:
+    """The child's first DS pushed by UPDATE makes the delegation secure for Unbound; a new DS
+    pushed while the secondary is held shows the lag in the DS step's words."""
+    lab = MultiSigner(tmp_path, pushable_parent=True)
+    try:
+        lab.start()  # waits until Unbound validates the child through the pushed DS
+        assert lab.resolve(want_ad=True).flags & dns.flags.AD
+        first = ds_tuples(lab.child_ds())
+        view = observe(CHILD, lab.parent_config())
+        assert [a.ds for a in view.addresses] == [frozenset(first)] * 2
+
+        extra = f"{CHILD} IN DS 4242 13 2 {'42' * 32}"
+        lab.set_ds([*lab.child_ds(), extra], release=False)
+        seen, gone, why = ds_step_state(
+            observe(CHILD, lab.parent_config()), ds_tuples([extra]), first
+        )
+        assert lab.lab_parent is not None
+        assert (seen, gone) == (False, False)
+        assert why.startswith(f"new DS 4242/13/2 not yet at {lab.lab_parent.secondary}; old DS")
+        lab.lab_parent.release()
+        seen, gone, _ = ds_step_state(
+            observe(CHILD, lab.parent_config()), ds_tuples([extra]), first
+        )
+        assert (seen, gone) == (True, False)
+    finally:
+        lab.close()
