@@ -19,8 +19,10 @@ install keeps the zone's ``delete``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import dns.dnssec
 import dns.name
@@ -33,12 +35,17 @@ from dns.rdtypes.ANY.DNSKEY import DNSKEY
 
 from krs_plugin.adapters.base import KeyPlan
 from krs_plugin.dnssec import KeyTiming
+from krs_plugin.errors import KeyFileError
+from krs_plugin.files import atomic_write
 
 DIGEST_TYPE = 2  # SHA-256, the only one the KRS publishes
 DELETE_CDS_TEXT = "0 0 0 00"
 DELETE_CDNSKEY_TEXT = "0 3 0 AA=="
 
 Entry = tuple[int, int, int]
+Marking = tuple[frozenset[tuple[int, int]], bool]
+"""A zone's CDS marking: the (tag, algorithm) of the keys marked ``publish``, and ``delete``."""
+NO_MARKING: Marking = (frozenset(), False)
 
 
 def _delete_cdnskey() -> CDNSKEY:
@@ -104,9 +111,7 @@ def expected(marked: Iterable[tuple[int, int, int, KeyTiming]], delete: bool, no
     return CdsSet.of_keys((tag, alg, flags) for tag, alg, flags, t in marked if has_cds(t, now))
 
 
-def next_marking(
-    plan: KeyPlan, published: Iterable[tuple[int, int]], delete: bool
-) -> tuple[frozenset[tuple[int, int]], bool]:
+def next_marking(plan: KeyPlan, published: Iterable[tuple[int, int]], delete: bool) -> Marking:
     """The zone's marking after ``plan``: the (tag, algorithm) of the keys marked ``publish``,
     and whether the zone serves the delete records. Keys the plan does not name keep theirs;
     removed keys lose it; a plan that installs keys decides ``delete``."""
@@ -145,3 +150,44 @@ def records(
         out_cds.append(cds)
         out_cdnskey.append(cdnskey)
     return out_cds, out_cdnskey
+
+
+def key_changed(before: Marking, after: Marking, tag: int, algorithm: int, flags: int) -> bool:
+    """Whether going from ``before`` to ``after`` changes this key's CDS marking, or, for a KSK
+    or CSK, the zone's ``delete``: a change of cds is a change of the key, and is applied."""
+    ident = (tag, algorithm)
+    if (ident in before[0]) != (ident in after[0]):
+        return True
+    return flags == 257 and before[1] != after[1]
+
+
+def marking_file(folder: Path, zone: dns.name.Name) -> Path:
+    """Where a key folder keeps a zone's marking (NSD's and the directory adapter's key
+    folders): ``K<zone>+krs-cds.json``, among the zone's files, so a snapshot of them holds it and
+    a restore puts it back. dnssec-signzone reads only ``K<zone>+<alg>+<tag>.key``/``.private``."""
+    return folder / f"K{zone.to_text()}+krs-cds.json"
+
+
+def read_marking(folder: Path, zone: dns.name.Name) -> Marking:
+    path = marking_file(folder, zone)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return NO_MARKING
+    except (OSError, ValueError) as exc:
+        raise KeyFileError(f"{path}: not a CDS marking: {exc}") from None
+    try:
+        marked = frozenset((int(t), int(a)) for t, a in data["publish"])
+        return marked, bool(data["delete"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise KeyFileError(f"{path}: not a CDS marking: {exc!r}") from None
+
+
+def write_marking(folder: Path, zone: dns.name.Name, marking: Marking) -> None:
+    """Write the zone's marking (0644, replaced atomically); none at all removes the file."""
+    path = marking_file(folder, zone)
+    if marking == NO_MARKING:
+        path.unlink(missing_ok=True)
+        return
+    data = {"publish": sorted(list(m) for m in marking[0]), "delete": marking[1]}
+    atomic_write(path, (json.dumps(data, sort_keys=True) + "\n").encode(), 0o644)

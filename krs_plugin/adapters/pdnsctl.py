@@ -85,6 +85,13 @@ class KeyStore(Protocol):
     def set_meta(self, zone: dns.name.Name, kind: str, values: Sequence[str]) -> None: ...
     def rectify(self, zone: dns.name.Name) -> None: ...
     def refresh(self, zone: dns.name.Name) -> None: ...
+    def set_rrset(
+        self, zone: dns.name.Name, rdtype: str, ttl: int, contents: Sequence[str]
+    ) -> None:
+        """Replace the zone's apex RRset of type ``rdtype`` (CDS, CDNSKEY) with ``contents``;
+        delete it when empty. AdapterError when the backend holds no records it can change
+        (the bind backend)."""
+        ...
 
 
 def parse_dnskey(text: str, where: str) -> DNSKEY:
@@ -300,6 +307,17 @@ class ApiKeyStore:
         domain = urllib.parse.quote(zone.to_text(), safe="")
         self._call("PUT", f"/cache/flush?domain={domain}", f"cache flush of {zone}")
 
+    def set_rrset(
+        self, zone: dns.name.Name, rdtype: str, ttl: int, contents: Sequence[str]
+    ) -> None:
+        rrset: dict[str, Any] = {"name": zone.to_text(), "type": rdtype}
+        if contents:
+            records = [{"content": c, "disabled": False} for c in contents]
+            rrset.update(changetype="REPLACE", ttl=ttl, records=records)
+        else:
+            rrset["changetype"] = "DELETE"
+        self._call("PATCH", self._zone(zone), f"{rdtype} of {zone}", {"rrsets": [rrset]})
+
 
 # --- pdnsutil + pdns_control --------------------------------------------------------------------
 
@@ -462,6 +480,15 @@ class PdnsutilKeyStore:
 
     def rectify(self, zone: dns.name.Name) -> None:
         self.util("rectify-zone", zone.to_text(), what=f"rectify-zone {zone}")
+
+    def set_rrset(
+        self, zone: dns.name.Name, rdtype: str, ttl: int, contents: Sequence[str]
+    ) -> None:
+        name, what = zone.to_text(), f"{rdtype} of {zone}"
+        if contents:
+            self.util("replace-rrset", name, "@", rdtype, str(ttl), *contents, what=what)
+        else:
+            self.util("delete-rrset", name, "@", rdtype, what=what)
 
     def refresh(self, zone: dns.name.Name) -> None:
         """Purge twice, 0.1 s apart: a query answered while the first purge runs puts the old

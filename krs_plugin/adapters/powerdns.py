@@ -14,7 +14,14 @@ publish, activate, inactive or delete time comes). What else shapes the steps
 - gsqlite3 serves a wrong NSEC chain until the zone is rectified; the bind backend needs none, and
   a rectify there is harmless, so every change ends with one (``rectify: false`` turns it off);
 - a change is served late unless the caches are purged: the API's flush after API calls,
-  ``pdns_control purge`` after pdnsutil (the API flush leaves the key cache alone).
+  ``pdns_control purge`` after pdnsutil (the API flush leaves the key cache alone);
+- CDS and CDNSKEY: the ``PUBLISH-CDS``/``PUBLISH-CDNSKEY`` metadata publish them for every
+  *published* KSK (an inactive one too), so during a double-KSK DS step for both instead of the
+  new one. CDS and CDNSKEY records stored in the backend are served and signed as they are (no
+  ``direct-dnskey`` needed): the adapter writes exactly the marked keys' records there. The bind
+  backend stores no records the adapter can change: there the metadata is used when what it
+  publishes is what the KDC marked (``0`` for the delete records, PowerDNS PR #9631), and any
+  other marking is refused.
 """
 
 from __future__ import annotations
@@ -39,11 +46,22 @@ from krs_plugin.adapters.base import (
     Verification,
     ZoneChange,
 )
+from krs_plugin.adapters.cdsset import (
+    NO_MARKING,
+    CdsSet,
+    Marking,
+    has_cds,
+    key_changed,
+    next_marking,
+    records,
+)
+from krs_plugin.adapters.cdsset import expected as cds_expected
 from krs_plugin.adapters.dnscheck import (
     KeyState,
     expectation,
     is_active,
     is_published,
+    read_served,
     wait_served,
 )
 from krs_plugin.adapters.pdnsctl import ApiKeyStore, KeyStore, PdnsKey, PdnsutilKeyStore
@@ -58,6 +76,9 @@ from krs_plugin.errors import AdapterError, ConfigError, KrsError
 log = logging.getLogger(__name__)
 
 TIMING_KIND = "X-KRS-KEY-TIMING"
+CDS_KIND = "X-KRS-CDS"
+"""The distribution's ``cds`` per zone: ``publish <tag> <algorithm>`` per marked key, ``delete``."""
+PUBLISH_CDS, PUBLISH_CDNSKEY = "PUBLISH-CDS", "PUBLISH-CDNSKEY"
 TIMES = ("publish", "activate", "inactive", "delete")
 IDLE_WAIT = 3600.0
 UNEXPECTED = (KrsError, OSError, ValueError, KeyError, TypeError)
@@ -131,13 +152,34 @@ def _parse_timing(values: Iterable[str]) -> dict[str, KeyTiming]:
     return out
 
 
+def _parse_cds(values: Iterable[str]) -> Marking:
+    """``X-KRS-CDS`` back to the marked (tag, algorithm) and ``delete``; what does not parse is
+    ignored (and rewritten at the next change)."""
+    marked, delete = set(), False
+    for value in values:
+        parts = value.split()
+        if parts == ["delete"]:
+            delete = True
+        elif len(parts) == 3 and parts[0] == "publish" and all(p.isdigit() for p in parts[1:]):
+            marked.add((int(parts[1]), int(parts[2])))
+    return frozenset(marked), delete
+
+
+def _cds_values(marking: Marking) -> list[str]:
+    marked, delete = marking
+    return (["delete"] if delete else []) + [f"publish {t} {a}" for t, a in sorted(marked)]
+
+
 @dataclass(kw_only=True)
 class PdnsChange(ZoneChange):
     """An apply in PowerDNS: the zone's keys and the KRS's timing metadata, as read first and
-    updated key by key (the metadata is written once, in ``load``)."""
+    updated key by key (the metadata is written once, in ``load``), and the zone's CDS marking
+    before and after the plan."""
 
     keys: list[PdnsKey]
     timings: dict[str, KeyTiming]
+    cds_before: Marking = NO_MARKING
+    cds_after: Marking = NO_MARKING
 
 
 class PowerDnsAdapter(BaseAdapter[PdnsChange]):
@@ -177,6 +219,7 @@ class PowerDnsAdapter(BaseAdapter[PdnsChange]):
         self.verify_timeout = seconds(settings, "verify_timeout", 10)
         self._private_cache: dict[dns.name.Name, dict[str, str]] = {}
         self._unpublished: set[dns.name.Name] = set()  # changed by maintain(), not yet purged
+        self._cds_by_metadata: set[dns.name.Name] = set()  # backends without records (bind)
 
     # --- the Adapter interface ------------------------------------------------------------
 
@@ -228,6 +271,15 @@ class PowerDnsAdapter(BaseAdapter[PdnsChange]):
                 "sign it with the pushed keys",
                 f"pdnsutil unset-presigned {zone}",
             )
+        if _parse_cds(self.store.get_meta(zone, CDS_KIND)) == NO_MARKING:
+            kinds = [k for k in (PUBLISH_CDS, PUBLISH_CDNSKEY) if self.store.get_meta(zone, k)]
+            if kinds:
+                return Problem(
+                    f"zone {zone} has {' and '.join(kinds)} metadata: PowerDNS serves the "
+                    "CDS/CDNSKEY of every published KSK, not those the KDC marks",
+                    " and ".join(f"pdnsutil set-meta {zone} {k}" for k in kinds)
+                    + " (the KRS writes the CDS/CDNSKEY the KDC asks for)",
+                )
         return None
 
     def current_keys(self, zone: dns.name.Name) -> list[InstalledKey]:
@@ -274,6 +326,7 @@ class PowerDnsAdapter(BaseAdapter[PdnsChange]):
                 for k in keys
             ],
             "timing": self.store.get_meta(zone, TIMING_KIND),
+            "cds": self.store.get_meta(zone, CDS_KIND),
         }
 
     def _private_text(self, zone: dns.name.Name, key: PdnsKey) -> str:
@@ -301,8 +354,15 @@ class PowerDnsAdapter(BaseAdapter[PdnsChange]):
                 "gsqlite3-dnssec=yes, see krs doctor)"
             )
         timings = _parse_timing(self.store.get_meta(zone, TIMING_KIND))
+        before = _parse_cds(self.store.get_meta(zone, CDS_KIND))
         return PdnsChange(
-            zone=zone, plan=plan, now=now, keys=self.store.keys(zone), timings=timings
+            zone=zone,
+            plan=plan,
+            now=now,
+            keys=self.store.keys(zone),
+            timings=timings,
+            cds_before=before,
+            cds_after=next_marking(plan, *before),
         )
 
     def write_key(self, change: PdnsChange, planned: PlannedKey) -> bool:
@@ -312,7 +372,10 @@ class PowerDnsAdapter(BaseAdapter[PdnsChange]):
         timing = dataclasses.replace(planned.timing, created=None)
         existing = next((k for k in change.keys if k.dnskey == key.dnskey), None)
         if existing is not None:
-            changed = change.timings.get(identity) != timing
+            cds = key_changed(
+                change.cds_before, change.cds_after, key.key_tag, key.algorithm, key.flags
+            )
+            changed = change.timings.get(identity) != timing or cds
             change.timings[identity] = timing
             return self._set_state(zone, existing, timing, change.now) or changed
         added = self.store.add(
@@ -358,6 +421,11 @@ class PowerDnsAdapter(BaseAdapter[PdnsChange]):
             return
         change.step = f"metadata {TIMING_KIND}"
         self._write_timings(change.zone, change.timings)
+        if change.cds_after != change.cds_before:
+            change.step = f"metadata {CDS_KIND}"
+            self.store.set_meta(change.zone, CDS_KIND, _cds_values(change.cds_after))
+        change.step = "CDS and CDNSKEY"
+        self._write_cds(change.zone, change.cds_after, change.now, change.cds_before)
         change.step = "rectify and purge caches"
         self._publish(change.zone)
 
@@ -376,6 +444,99 @@ class PowerDnsAdapter(BaseAdapter[PdnsChange]):
         values = [_timing_entry(i, t) for i, t in sorted(timings.items()) if i in present]
         self.store.set_meta(zone, TIMING_KIND, values)
 
+    def _cds_now(
+        self,
+        zone: dns.name.Name,
+        marking: Marking,
+        now: int,
+        keys: Sequence[PdnsKey] | None = None,
+        timings: Mapping[str, KeyTiming] | None = None,
+    ) -> tuple[CdsSet, list[PdnsKey]]:
+        """The CDS/CDNSKEY the zone serves at ``now`` for ``marking``, and the keys they are of."""
+        marked, delete = marking
+        keys = self.store.keys(zone) if keys is None else keys
+        if timings is None:
+            timings = _parse_timing(self.store.get_meta(zone, TIMING_KIND))
+        with_cds = [
+            k
+            for k in keys
+            if (k.tag, k.algorithm) in marked and k.flags == 257
+            if has_cds(self._timing_of(k, timings), now)
+        ]
+        states = [(k.tag, k.algorithm, k.flags, self._timing_of(k, timings)) for k in with_cds]
+        return cds_expected(states, delete, now), with_cds
+
+    def _write_cds(
+        self, zone: dns.name.Name, marking: Marking, now: int, before: Marking | None = None
+    ) -> None:
+        """Have the backend hold the CDS/CDNSKEY of ``marking`` at ``now`` (nothing to do when
+        neither ``marking`` nor ``before`` marks anything): as records, or, for a backend that
+        holds none, as PowerDNS's own metadata when that publishes exactly the same."""
+        if before is not None and marking == before == NO_MARKING:
+            return
+        keys = self.store.keys(zone)
+        timings = _parse_timing(self.store.get_meta(zone, TIMING_KIND))
+        want, with_cds = self._cds_now(zone, marking, now, keys, timings)
+        if zone not in self._cds_by_metadata:
+            cds, cdnskey = records(zone, [k.dnskey for k in with_cds], marking[1])
+            ttl = self._dnskey_ttl(zone)
+            try:
+                self.store.set_rrset(zone, "CDS", ttl, [r.to_text(chunksize=0) for r in cds])
+                self.store.set_rrset(
+                    zone, "CDNSKEY", ttl, [r.to_text(chunksize=0) for r in cdnskey]
+                )
+            except AdapterError as exc:
+                if not self._holds_no_records(exc):
+                    raise
+                self._cds_by_metadata.add(zone)
+            else:
+                for kind in (PUBLISH_CDS, PUBLISH_CDNSKEY):  # they would add every KSK's
+                    if self.store.get_meta(zone, kind):
+                        self.store.set_meta(zone, kind, [])
+                return
+        self._write_cds_metadata(zone, want, keys)
+
+    @staticmethod
+    def _holds_no_records(exc: AdapterError) -> bool:
+        """PowerDNS's refusal to change records of a backend that cannot (the bind backend, 4.7):
+        the API's HTTP 422 "... not supported ...", pdnsutil's "backend did not accept the new
+        RRset"."""
+        text = str(exc).lower()
+        return any(w in text for w in ("not support", "did not accept the new rrset"))
+
+    def _write_cds_metadata(
+        self, zone: dns.name.Name, want: CdsSet, keys: Sequence[PdnsKey]
+    ) -> None:
+        """PUBLISH-CDS (digest 2) and PUBLISH-CDNSKEY publish the CDS/CDNSKEY of every published
+        KSK (measured on 4.7.3), and ``0`` the delete records: used only when that is ``want``."""
+        if want == CdsSet.delete():
+            values = (["0"], ["0"])
+        elif not want.cds:
+            values = ([], [])
+        else:
+            pdns = CdsSet.of_keys(
+                (k.tag, k.algorithm, k.flags) for k in keys if k.flags == 257 and k.published
+            )
+            if pdns != want:
+                raise AdapterError(
+                    f"{zone}: its backend holds no CDS records the KRS can write (the bind "
+                    "backend), and PowerDNS's PUBLISH-CDS metadata would serve "
+                    f"{pdns.describe()} where the distribution asks for {want.describe()}: "
+                    "use a backend that stores records (gsqlite3) for this zone "
+                    "(docs/servers/powerdns.md)"
+                )
+            values = (["2"], ["1"])
+        for kind, value in zip((PUBLISH_CDS, PUBLISH_CDNSKEY), values, strict=True):
+            if self.store.get_meta(zone, kind) != value:
+                self.store.set_meta(zone, kind, value)
+
+    def _dnskey_ttl(self, zone: dns.name.Name) -> int:
+        """The TTL PowerDNS serves the DNSKEY RRset with (the SOA minimum): the CDS and CDNSKEY
+        get the same."""
+        served = read_served(zone, self.host, self.port)
+        ttl = served.get("dnskey_ttl", served.get("soa_minimum"))
+        return ttl if isinstance(ttl, int) and ttl > 0 else 3600
+
     def _publish(self, zone: dns.name.Name) -> None:
         if self.rectify:
             self.store.rectify(zone)
@@ -385,8 +546,12 @@ class PowerDnsAdapter(BaseAdapter[PdnsChange]):
         """Poll until PowerDNS serves the expected keys. A query answered while the caches are
         purged can put the old key set back in the cache for its TTL (about 1 in 20 pdnsutil
         applies, served ~20 s late), so the caches are purged again each ``REPURGE_AFTER``."""
+        now = int(time.time())
         keys = [KeyState(k.key_tag, k.flags, k.timing) for k in self.current_keys(zone)]
-        expect = expectation(zone, keys, removed, int(time.time()))
+        marking = _parse_cds(self.store.get_meta(zone, CDS_KIND))
+        expect = dataclasses.replace(
+            expectation(zone, keys, removed, now), cds=self._cds_now(zone, marking, now)[0]
+        )
         deadline = time.monotonic() + self.verify_timeout
         while True:
             left = deadline - time.monotonic()
@@ -425,6 +590,10 @@ class PowerDnsAdapter(BaseAdapter[PdnsChange]):
                     )
             if self.store.get_meta(zone, TIMING_KIND) != before["timing"]:
                 self.store.set_meta(zone, TIMING_KIND, before["timing"])
+            cds, cds_now = before.get("cds", []), self.store.get_meta(zone, CDS_KIND)
+            if cds_now != cds:
+                self.store.set_meta(zone, CDS_KIND, cds)
+            self._write_cds(zone, _parse_cds(cds), int(time.time()), _parse_cds(cds_now))
         except UNEXPECTED as exc:
             raise AdapterError(
                 "the previous keys could not be written back to PowerDNS's backend (pdns_server "
@@ -475,6 +644,8 @@ class PowerDnsAdapter(BaseAdapter[PdnsChange]):
                 changed = True
         if changed:
             self._write_timings(zone, timings)
+            marking = _parse_cds(self.store.get_meta(zone, CDS_KIND))
+            self._write_cds(zone, marking, now, marking)
         if changed or zone in self._unpublished:
             # Until the caches are purged the change is served only when they expire (20-41 s):
             # a purge that failed is tried again at the next call, when the flags no longer

@@ -7,6 +7,7 @@ signed with a valid RRSIG, or the RFC 8078 delete records; the same on every ser
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -28,7 +29,14 @@ from krs_plugin.adapters.base import KeyPlan, PlannedKey
 from krs_plugin.adapters.cdsset import DELETE_CDNSKEY, DELETE_CDS
 from krs_plugin.dnssec import DnssecKey, KeyTiming, generate_key
 from krs_plugin.errors import AdapterError
-from tests.adapters.servers import KnotServerLab, ServerLab
+from tests.adapters.servers import (
+    KnotServerLab,
+    PowerDnsBindServerLab,
+    PowerDnsServerLab,
+    PowerDnsUtilBindServerLab,
+    PowerDnsUtilServerLab,
+    ServerLab,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -36,6 +44,10 @@ ZONE = "example.com."
 NAME = dns.name.from_text(ZONE)
 CDS_LABS: dict[str, Any] = {
     "knot": KnotServerLab,
+    "powerdns-api": PowerDnsServerLab,
+    "powerdns-pdnsutil": PowerDnsUtilServerLab,
+    "powerdns-api-bind": PowerDnsBindServerLab,
+    "powerdns-pdnsutil-bind": PowerDnsUtilBindServerLab,
 }
 
 
@@ -123,21 +135,23 @@ def assert_cds_of(lab: ServerLab, *ksks: DnssecKey) -> CdsServed:
 def test_marked_ksk_has_its_cds_served_and_unmarking_withdraws_it(cds_lab: ServerLab) -> None:
     adapter = cds_lab.adapter()
     ksk, zsk = key("KSK"), key("ZSK")
-    result = adapter.apply(NAME, plan(planned(ksk, "KSK", "publish"), planned(zsk, "ZSK")))
+    first = plan(planned(ksk, "KSK", "publish"), planned(zsk, "ZSK"))
+    result = adapter.apply(NAME, first)
     assert_cds_of(cds_lab, ksk)
     assert result.served is not None
     assert result.served["cds"] == [[ksk.key_tag, 13, 2]]
     assert result.served["cdnskey"] == [[ksk.key_tag, 13, 257]]
 
-    # the same keys, cds no longer asked: a change, and the CDS is gone
-    result = adapter.apply(NAME, plan(planned(ksk, "KSK"), planned(zsk, "ZSK")))
-    assert result.changed
+    # the same keys and times, cds no longer asked: a change, and the CDS is gone
+    unmarked = plan(*(dataclasses.replace(p, cds=None) for p in first.install))
+    result = adapter.apply(NAME, unmarked)
+    assert result.changed and result.installed == (ksk.key_tag,)
     now = assert_cds_of(cds_lab)
     assert now.cds_rrset is None and now.cdnskey_rrset is None
     assert now.dnskey_signers == {ksk.key_tag}
 
     # re-applying the same plan changes nothing
-    assert not adapter.apply(NAME, plan(planned(ksk, "KSK"), planned(zsk, "ZSK"))).changed
+    assert not adapter.apply(NAME, unmarked).changed
 
 
 def test_two_ksks_signing_only_the_marked_one_has_cds(cds_lab: ServerLab) -> None:
@@ -147,10 +161,14 @@ def test_two_ksks_signing_only_the_marked_one_has_cds(cds_lab: ServerLab) -> Non
     old, new, zsk = key("KSK"), key("KSK"), key("ZSK")
     adapter.apply(NAME, plan(planned(old, "KSK", "publish"), planned(zsk, "ZSK")))
     assert_cds_of(cds_lab, old)
-    adapter.apply(
-        NAME,
-        plan(planned(old, "KSK"), planned(zsk, "ZSK"), planned(new, "KSK", "publish")),
-    )
+    step = plan(planned(old, "KSK"), planned(zsk, "ZSK"), planned(new, "KSK", "publish"))
+    if cds_lab.name.endswith("-bind"):
+        # PowerDNS's bind backend holds no records the KRS can write, and its PUBLISH-CDS
+        # metadata would serve both KSKs' CDS: refused, naming why
+        with pytest.raises(AdapterError, match="holds no CDS records the KRS can write"):
+            adapter.apply(NAME, step)
+        return
+    adapter.apply(NAME, step)
     now = assert_cds_of(cds_lab, new)
     assert now.dnskey_signers == {old.key_tag, new.key_tag}
 
@@ -206,6 +224,41 @@ def test_knot_delete_needs_a_delete_dnssec_policy(tmp_path: Path) -> None:
         lab.lab.write_config()
         assert lab.lab.knotc("reload").returncode == 0
         assert any("cds-cdnskey-publish: always" in p.what for p in adapter.check())
+    finally:
+        lab.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_restore_puts_the_cds_back(cds_lab: ServerLab) -> None:
+    adapter = cds_lab.adapter()
+    ksk, zsk = key("KSK"), key("ZSK")
+    marked = plan(planned(ksk, "KSK", "publish"), planned(zsk, "ZSK"))
+    adapter.apply(NAME, marked)
+    snapshot = adapter.snapshot(NAME)
+    adapter.apply(NAME, plan(*(dataclasses.replace(p, cds=None) for p in marked.install)))
+    assert CdsServed(cds_lab).cds_rrset is None
+    adapter.restore(NAME, snapshot)
+    assert_cds_of(cds_lab, ksk)
+
+
+def test_powerdns_check_names_publish_cds_metadata_the_krs_did_not_set(tmp_path: Path) -> None:
+    root = Path(tempfile.mkdtemp(prefix="krs-cds-pdns-check-"))
+    os.chmod(root, 0o755)
+    lab: Any = PowerDnsServerLab(root / "server")
+    try:
+        adapter = lab.adapter()
+        assert adapter.check() == []
+        lab.lab.pdnsutil("set-meta", ZONE, "PUBLISH-CDS", "2")
+        problems = adapter.check()
+        assert [p.what for p in problems] == [
+            f"zone {ZONE} has PUBLISH-CDS metadata: PowerDNS serves the CDS/CDNSKEY of every "
+            "published KSK, not those the KDC marks"
+        ]
+        # the adapter takes it away when it writes the marked keys' records
+        ksk, zsk = key("KSK"), key("ZSK")
+        adapter.apply(NAME, plan(planned(ksk, "KSK", "publish"), planned(zsk, "ZSK")))
+        assert_cds_of(lab, ksk)
+        assert "PUBLISH-CDS = \n" in lab.lab.pdnsutil("get-meta", ZONE, "PUBLISH-CDS").stdout + "\n"
     finally:
         lab.stop()
         shutil.rmtree(root, ignore_errors=True)
