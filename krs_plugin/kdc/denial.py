@@ -30,8 +30,13 @@ def _signed(
     found = [r for r in message.authority if r.rdtype == rdtype]
     good = []
     for rrset in found:
-        sigs = message.get_rrset(
-            message.authority, rrset.name, rrset.rdclass, dns.rdatatype.RRSIG, rdtype
+        sigs = next(
+            (
+                r
+                for r in message.authority
+                if r.rdtype == dns.rdatatype.RRSIG and r.covers == rdtype and r.name == rrset.name
+            ),
+            None,
         )
         if sigs is None:
             return [], f"no RRSIG over the {dns.rdatatype.to_text(rdtype)} at {rrset.name}"
