@@ -403,11 +403,14 @@ def observe(
     """Every parent address's validated DS set for ``zone``; never raises for a bad address or
     a bad configuration (the view's or the address's ``error`` says what)."""
     at = int(time.time()) if now is None else now
-    child = dns.name.from_text(zone)
+    try:
+        child = dns.name.from_text(zone)
+    except dns.exception.DNSException as error:
+        return ParentView(zone, None, at, (), f"bad zone name {zone!r}: {error}")
     try:
         return _observe(child, config, timeout, at)
-    except (_Problem, ValueError) as problem:
-        return ParentView(zone, None, at, (), str(problem))
+    except (_Problem, ValueError, dns.exception.DNSException) as problem:
+        return ParentView(child.to_text(), None, at, (), str(problem))
 
 
 def _observe(child: dns.name.Name, config: ParentConfig, timeout: float, at: int) -> ParentView:
@@ -427,7 +430,7 @@ def _observe(child: dns.name.Name, config: ParentConfig, timeout: float, at: int
     if parent is None:  # agents and a resolver-less anchor handled above; this is for mypy
         raise _Problem("no parent zone")
     if not child.is_subdomain(parent) or child == parent:
-        raise _Problem(f"{zone} is not below the trust anchor's zone {parent}")
+        raise _Problem(f"{zone} is not below the parent zone {parent}")
     targets: list[tuple[str, str, str | None]]
     if config.agents:
         targets = [(a, "agent", None) for a in config.agents]

@@ -7,10 +7,12 @@ import pytest
 
 from krs_plugin.kdc.parent import (
     AddressView,
+    ParentConfig,
     ParentView,
     ds_step_state,
     ds_tuples,
     largest_ttl,
+    observe,
     parse_anchor,
     split_address,
 )
@@ -119,3 +121,26 @@ def test_ds_tuples_from_zone_ds_lines_and_bare_rdata() -> None:
         f"{NEW[0]} 13 2 {NEW[3]}",
     ]
     assert ds_tuples(lines) == {NEW, OLD}
+
+
+def test_observe_names_configuration_problems_without_asking() -> None:
+    anchor = f"lab.example. IN DS {NEW[0]} 13 2 {NEW[3]}"
+    cases = {
+        ParentConfig(agents=("127.0.0.1:53",)): (
+            "cannot validate: no trust anchor for the parent and no resolver"
+        ),
+        ParentConfig(trust_anchor=anchor): (
+            "no parental agents and no resolver to find the parent's servers"
+        ),
+        ParentConfig(agents=("127.0.0.1:53",), trust_anchor="lab.example. IN A 192.0.2.1"): (
+            "trust anchor line 1: not a DS or DNSKEY record"
+        ),
+    }
+    for config, error in cases.items():
+        view = observe("child.lab.example.", config)
+        assert (view.error, view.addresses) == (error, ()), config
+    other = observe(
+        "child.other.example.", ParentConfig(agents=("127.0.0.1:53",), trust_anchor=anchor)
+    )
+    assert other.error == "child.other.example. is not below the parent zone lab.example."
+    assert observe("bad..name", ParentConfig()).error is not None
