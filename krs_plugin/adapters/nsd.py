@@ -43,6 +43,17 @@ from krs_plugin.adapters.base import (
     Verification,
     ZoneChange,
 )
+from krs_plugin.adapters.cdsset import (
+    NO_MARKING,
+    Marking,
+    has_cds,
+    key_changed,
+    next_marking,
+    read_marking,
+    records,
+    write_marking,
+)
+from krs_plugin.adapters.cdsset import expected as cds_expected
 from krs_plugin.adapters.dnscheck import KeyState, expectation, wait_served
 from krs_plugin.adapters.keyfiles import KeyFolder, tags_in
 from krs_plugin.adapters.settings import existing_file, seconds, server_address
@@ -86,9 +97,12 @@ CHECK_TOOLS = ("nsd-checkzone", "nsd-checkconf")
 
 @dataclass(kw_only=True)
 class NsdChange(ZoneChange):
-    """An apply in NSD: the serial of the signed file written, once ``load`` has written one."""
+    """An apply in NSD: the serial of the signed file written, once ``load`` has written one,
+    and the zone's CDS marking before and after the plan."""
 
     serial: int | None = None
+    cds_before: Marking = NO_MARKING
+    cds_after: Marking = NO_MARKING
 
 
 NSD_NOT_TOLD = (
@@ -372,10 +386,17 @@ class NsdAdapter(BaseAdapter[NsdChange]):
             raise AdapterError(problem.what)
         if not signer_available(self.signer):
             raise AdapterError(f"signer {self.signer} not found")
-        return NsdChange(zone=zone, plan=plan, now=now)
+        before = read_marking(self.key_directory, zone)
+        return NsdChange(
+            zone=zone, plan=plan, now=now, cds_before=before, cds_after=next_marking(plan, *before)
+        )
 
     def write_key(self, change: NsdChange, planned: PlannedKey) -> bool:
-        return self.keys.write_key(planned.key, planned.timing)
+        key = planned.key
+        cds = key_changed(
+            change.cds_before, change.cds_after, key.key_tag, key.algorithm, key.flags
+        )
+        return self.keys.write_key(key, planned.timing) or cds
 
     def retire_key(self, change: NsdChange, tag: int) -> bool:
         timing = next((k.timing for k in self.current_keys(change.zone) if k.key_tag == tag), None)
@@ -390,6 +411,9 @@ class NsdAdapter(BaseAdapter[NsdChange]):
     def load(self, change: NsdChange) -> None:
         """Sign with the keys as they are now and have NSD load the signed file."""
         if change.changed:
+            if change.cds_after != change.cds_before:
+                change.step = "write the CDS marking"
+                write_marking(self.key_directory, change.zone, change.cds_after)
             change.step = "sign"
             change.serial = self._publish(change.zone, self._sign)
 
@@ -397,6 +421,28 @@ class NsdAdapter(BaseAdapter[NsdChange]):
         return self._wait(change.zone, change.removed, change.serial)
 
     # --- signing ----------------------------------------------------------------------------
+
+    def _cds_keys(self, zone: dns.name.Name, now: int) -> tuple[Marking, list[Any]]:
+        """The zone's marking and the keys (from the key folder) whose CDS it serves at ``now``."""
+        marking = read_marking(self.key_directory, zone)
+        keys = [
+            (key, timing)
+            for _, key, timing in self.keys.read_keys(zone)
+            if (key.key_tag, key.algorithm) in marking[0] and key.flags == 257
+        ]
+        return marking, [(k, t) for k, t in keys if has_cds(t, now)]
+
+    def _cds_lines(self, zone: dns.name.Name, now: int) -> list[str]:
+        """The CDS and CDNSKEY records the signed zone carries (docs/servers/nsd.md)."""
+        marking, keys = self._cds_keys(zone, now)
+        cds, cdnskey = records(zone, [k.dnskey for k, _ in keys], marking[1])
+        ttl = min((k.ttl for k, _ in keys), default=None)
+        if ttl is None:
+            ttl = min((k.ttl for _, k, _ in self.keys.read_keys(zone)), default=3600)
+        name = zone.to_text()
+        return [f"{name} {ttl} IN CDS {r.to_text()}" for r in cds] + [
+            f"{name} {ttl} IN CDNSKEY {r.to_text()}" for r in cdnskey
+        ]
 
     def _sign(self, zone: dns.name.Name, fresh: Path, serial: int) -> None:
         result = sign_zone(
@@ -408,6 +454,7 @@ class NsdAdapter(BaseAdapter[NsdChange]):
             serial=serial,
             validity=self.validity,
             timeout=self.timeout,
+            extra=self._cds_lines(zone, int(time.time())),
         )
         log.info("nsd, zone %s: signed with %s in %.2f s", zone, self.signer, result.seconds)
 
@@ -467,8 +514,15 @@ class NsdAdapter(BaseAdapter[NsdChange]):
     def _wait(
         self, zone: dns.name.Name, removed: Iterable[int], serial: int | None = None
     ) -> Verification:
+        now = int(time.time())
         keys = [KeyState(k.key_tag, k.flags, k.timing) for k in self.current_keys(zone)]
-        expect = replace(expectation(zone, keys, removed, int(time.time())), serial=serial)
+        marking, with_cds = self._cds_keys(zone, now)
+        marked = [(k.key_tag, k.algorithm, k.flags, t) for k, t in with_cds]
+        expect = replace(
+            expectation(zone, keys, removed, now),
+            serial=serial,
+            cds=cds_expected(marked, marking[1], now),
+        )
         return wait_served(expect, self.host, self.port, timeout=self.verify_timeout)
 
     # --- keeping signatures fresh -------------------------------------------------------------

@@ -12,6 +12,11 @@ Two signers, both from Debian packages: ``dnssec-signzone`` (bind9-utils, the de
   makes every algorithm sign every RRset (otherwise a CSK next to another algorithm's ZSK only
   signs the DNSKEY RRset), and its output is checked with ``ldns-verify-zone``.
 
+The CDS and CDNSKEY the zone serves (docs/payload.md, ``cds``) are records the adapter adds to
+that copy: both signers sign them like the rest (dnssec-signzone ``-x`` with the KSKs, as the
+DNSKEY RRset); the key files carry no SyncPublish/SyncDelete, so dnssec-signzone leaves them as
+given (tested against NSD 4.6.1).
+
 Both sign a copy of the unsigned file whose SOA serial the adapter chose (``soaserial``), and keep
 it (``-N keep``; ldns-signzone without ``-u``): the signers' Unix-time serial goes backwards under
 a date serial. Because the copy lives in a temporary directory, ``$INCLUDE`` paths in the unsigned
@@ -25,6 +30,7 @@ import calendar
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,10 +61,12 @@ def sign_zone(
     serial: int,
     validity: int,
     timeout: float,
+    extra: Sequence[str] = (),
 ) -> SignedZone:
     """Sign ``unsigned`` with the zone's keys in the folder ``keys`` into ``output`` (a new file
     beside the served one), with SOA serial ``serial``; raises with the signer's message when it
-    fails, or when no key is active."""
+    fails, or when no key is active. ``extra``: records (zone file lines) added to the zone and
+    signed with it (the CDS and CDNSKEY)."""
     start = time.perf_counter()
     now = int(time.time())
     origin = zone.to_text()
@@ -68,6 +76,8 @@ def sign_zone(
         work = Path(scratch)
         # Latin-1 both ways: the file's bytes pass through unchanged, whatever its encoding.
         text = with_serial(unsigned.read_text(encoding="latin-1"), serial)
+        if extra:
+            text += "\n" + "".join(f"{line}\n" for line in extra)
         source = work / "input.zone"
         if signer == "dnssec-signzone":
             # -x: the DNSKEY RRset by the KSKs only. When an algorithm has keys of one kind

@@ -31,6 +31,8 @@ from krs_plugin.dnssec import DnssecKey, KeyTiming, generate_key
 from krs_plugin.errors import AdapterError
 from tests.adapters.servers import (
     KnotServerLab,
+    NsdLdnsServerLab,
+    NsdServerLab,
     PowerDnsBindServerLab,
     PowerDnsServerLab,
     PowerDnsUtilBindServerLab,
@@ -44,6 +46,8 @@ ZONE = "example.com."
 NAME = dns.name.from_text(ZONE)
 CDS_LABS: dict[str, Any] = {
     "knot": KnotServerLab,
+    "nsd": NsdServerLab,
+    "nsd-ldns": NsdLdnsServerLab,
     "powerdns-api": PowerDnsServerLab,
     "powerdns-pdnsutil": PowerDnsUtilServerLab,
     "powerdns-api-bind": PowerDnsBindServerLab,
