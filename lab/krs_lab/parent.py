@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import secrets
 import socket
 import subprocess
@@ -51,7 +52,9 @@ def _free_on_both() -> int:
             for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
                 with socket.socket(socket.AF_INET6, kind) as probe:
                     probe.bind(("::1", port))
-        except OSError:
+        except OSError as error:
+            if error.errno == errno.EADDRNOTAVAIL:
+                raise LabError("::1 is not available (IPv6 off on loopback?)") from None
             continue
         return port
     raise LabError("no port free on both 127.0.0.1 and ::1")
