@@ -266,3 +266,16 @@ def test_powerdns_check_names_publish_cds_metadata_the_krs_did_not_set(tmp_path:
     finally:
         lab.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_csk_rollover_ds_step_only_the_new_csk_has_cds(cds_lab: ServerLab) -> None:
+    # Knot makes the marked CSK "ready": next to the active old CSK it signs the DNSKEY RRset
+    # only, which the adapter's verification allows; the zone stays valid.
+    if cds_lab.name.endswith("-bind"):
+        pytest.skip("the bind backend cannot serve one of two CSKs' CDS (test above)")
+    adapter = cds_lab.adapter()
+    old, new = key("CSK"), key("CSK")
+    adapter.apply(NAME, plan(planned(old, "CSK", "publish")))
+    adapter.apply(NAME, plan(planned(old, "CSK"), planned(new, "CSK", "publish")))
+    now = assert_cds_of(cds_lab, new)
+    assert now.dnskey_signers == {old.key_tag, new.key_tag}
