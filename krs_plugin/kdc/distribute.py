@@ -73,6 +73,7 @@ class ZoneRule:
 
     dnskey_ttl: int | None = None
     engine: bool = False
+    cds_keys: frozenset[int] = frozenset()  # keys.id whose CDS/CDNSKEY the nodes serve now
 
 
 def zone_entries(
@@ -105,6 +106,7 @@ def zone_entries(
                     distribution_id=dist_id,
                     issued_at=now,
                     expires_at=expires_at,
+                    cds="publish" if row.id in rule.cds_keys else None,
                 )
             )
             rolls += 1
@@ -311,7 +313,15 @@ def zone_rules(store: Store, zones: Sequence[str]) -> dict[str, ZoneRule]:
     policies = dict(store.policies())
     rows = store.db.execute("SELECT name, policy FROM zones WHERE policy IS NOT NULL").fetchall()
     by_zone = {r["name"]: policies.get(r["policy"]) for r in rows}
+    cds: dict[str, set[int]] = {}
+    for r in store.db.execute(
+        "SELECT k.zone, k.id FROM key_records r JOIN keys k ON k.id = r.key_id "
+        "WHERE r.record = 'cds' AND r.state IN ('rumoured', 'omnipresent')"
+    ):
+        cds.setdefault(r["zone"], set()).add(r["id"])
     return {
-        z: ZoneRule(p.dnskey_ttl, engine=True) if (p := by_zone.get(z)) else ZoneRule()
+        z: ZoneRule(p.dnskey_ttl, engine=True, cds_keys=frozenset(cds.get(z, ())))
+        if (p := by_zone.get(z))
+        else ZoneRule()
         for z in zones
     }

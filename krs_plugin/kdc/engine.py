@@ -158,7 +158,7 @@ class Engine:
             return due is None or due[1] > now
         if rollover.step_started_at is None:
             return False
-        step = self.steps(rollover)[rollover.step]
+        step = self.steps(rollover, policy)[rollover.step]
         if rollover.reached_at is None:
             latest = snapshot.latest_read.get(zone)
             if latest is not None and latest >= rollover.step_started_at:
@@ -255,6 +255,7 @@ class Engine:
                     "krrsig": row.state == "active",
                     "zrrsig": row.state == "active",
                     "ds": published,
+                    "cds": False,  # published by the engine's steps only
                 }
                 for record in RECORDS_OF_ROLE[row.role]:
                     state = State.OMNIPRESENT if visible[record] else State.HIDDEN
@@ -289,17 +290,21 @@ class Engine:
 
     # --- steps ---------------------------------------------------------------------------
 
-    def steps(self, rollover: Rollover) -> tuple[Step, ...]:
+    def steps(self, rollover: Rollover, policy: Policy | None = None) -> tuple[Step, ...]:
+        """The rollover's steps under the zone's policy (its ``cds`` adds CDS changes)."""
+        if policy is None:
+            name = self.store.zone_policy(rollover.zone)
+            policy = self.store.require_policy(name) if name is not None else Policy()
         if rollover.role == "initial":
             roles = tuple(k.split(":", 1)[1] for k in rollover.keys)
-            return (initial_step(roles),)
-        steps = steps_for(rollover.role, rollover.method)
+            return (initial_step(roles, policy.cds),)
+        steps = steps_for(rollover.role, rollover.method, policy.cds)
         if steps is None:
             raise StateError(f"the {rollover.role} method {rollover.method} is not built yet")
         return steps
 
     def _begin_step(self, rollover: Rollover, policy: Policy, now: int) -> None:
-        step = self.steps(rollover)[rollover.step]
+        step = self.steps(rollover, policy)[rollover.step]
         zone = rollover.zone
         with self.store.transaction():
             records = {r.key_id: r for r in self.state.key_records(zone)}
@@ -332,7 +337,7 @@ class Engine:
                 "step-begun",
                 {
                     "step": rollover.step + 1,
-                    "of": len(self.steps(rollover)),
+                    "of": len(self.steps(rollover, policy)),
                     "does": step.says,
                     "records": moved,
                     "distribution": dist_id,
@@ -355,7 +360,9 @@ class Engine:
         for row in self.store.served_state(zone=zone, latest=True):
             if row.node_id in served:
                 served[row.node_id] = Served.from_report(row.state)
-        wanted = expected(zone, self.state.key_records(zone), policy.dnskey_ttl)
+        wanted = expected(
+            zone, self.state.key_records(zone), policy.dnskey_ttl, compare_cds=policy.cds != "none"
+        )
         return check_gate(wanted, nodes, served, since=rollover.step_started_at or 0)
 
     def _step_nodes(self, rollover: Rollover) -> list[str]:
@@ -365,7 +372,7 @@ class Engine:
 
     def _advance(self, rollover: Rollover, policy: Policy, now: int) -> None:
         zone = rollover.zone
-        steps = self.steps(rollover)
+        steps = self.steps(rollover, policy)
         step = steps[rollover.step]
         if rollover.reached_at is None:
             result = self.gate(rollover, policy)
@@ -537,7 +544,7 @@ class Engine:
             return ZoneView(zone, policy_name, "idle", "", "", None, next_rollover=nxt)
         phase = "first keys" if rollover.role == "initial" else f"{rollover.role} rollover"
         try:
-            steps = self.steps(rollover)
+            steps = self.steps(rollover, policy)
         except StateError as exc:
             return ZoneView(zone, policy_name, phase, "", "operator", None, rollover=rollover,
                             problem=str(exc))  # fmt: skip
@@ -589,7 +596,7 @@ class Engine:
         rollover = self.state.current(zone)
         if rollover is not None:
             role, keys, first = rollover.role, dict(rollover.keys), rollover.step
-            steps = self.steps(rollover)
+            steps = self.steps(rollover, policy)
             start = now
             if rollover.step_started_at is not None:  # the current step's changes are made
                 when = self.settles(rollover, policy, steps[first])
@@ -602,7 +609,7 @@ class Engine:
                 return []
             role, start = due[0], max(now, due[1])
             method = getattr(policy, f"{role.lower()}_method")
-            found = steps_for(role, method)
+            found = steps_for(role, method, policy.cds)
             old = current_key(records, rows, role)
             if found is None or old is None:
                 return []
@@ -617,7 +624,8 @@ class Engine:
                 key_id = keys.get(change.which)
                 if key_id is None:
                     continue
-                if change.to is State.UNRETENTIVE and states[key_id][change.record] is State.HIDDEN:
+                before = states[key_id].get(change.record, State.HIDDEN)
+                if change.to is State.UNRETENTIVE and before is State.HIDDEN:
                     continue
                 states[key_id][change.record] = change.to
             waits = (["nodes"] if step.visible else []) + (
@@ -626,7 +634,7 @@ class Engine:
             longest = 0
             for change in step.changes:
                 key_id = keys.get(change.which)
-                if key_id is None or states[key_id][change.record] is not change.to:
+                if key_id is None or states[key_id].get(change.record) is not change.to:
                     continue
                 longest = max(
                     longest,

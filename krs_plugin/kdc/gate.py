@@ -27,6 +27,9 @@ class Expected:
     dnskey_signers: frozenset[int]  # tags whose RRSIG over the DNSKEY RRset must be served
     soa_signers: frozenset[int]  # tags whose RRSIG over the SOA must be served
     dnskey_ttl: int  # the policy's DNSKEY TTL, served identically by every node
+    cds: frozenset[tuple[int, int]] | None = None
+    """(tag, algorithm) of the keys whose CDS (SHA-256) and CDNSKEY every node serves, and no
+    other; None: not compared (a policy with ``cds none``)."""
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,8 @@ class Served:
     soa_signers: frozenset[int]
     dnskey_ttl: int | None
     error: str | None = None  # the node could not read its server
+    cds: frozenset[tuple[int, int, int]] = frozenset()  # (tag, algorithm, digest type)
+    cdnskey: frozenset[tuple[int, int, int]] = frozenset()  # (tag, algorithm, flags)
 
     @classmethod
     def from_report(cls, entry: Mapping[str, object]) -> Served:
@@ -49,12 +54,15 @@ class Served:
             value = entry.get(name)
             return frozenset(int(t) for t in value) if isinstance(value, list) else frozenset()
 
-        keys = entry.get("dnskey")
-        dnskeys = frozenset(
-            (int(k[0]), int(k[1]), int(k[2]))
-            for k in (keys if isinstance(keys, list) else [])
-            if isinstance(k, list) and len(k) == 3
-        )
+        def triples(name: str) -> frozenset[KeyRef]:
+            value = entry.get(name)
+            return frozenset(
+                (int(k[0]), int(k[1]), int(k[2]))
+                for k in (value if isinstance(value, list) else [])
+                if isinstance(k, list) and len(k) == 3
+            )
+
+        dnskeys = triples("dnskey")
         ttl = entry.get("dnskey_ttl")
         error = entry.get("error")
         read_at = entry.get("read_at")
@@ -65,6 +73,8 @@ class Served:
             soa_signers=tags("soa_signers"),
             dnskey_ttl=int(ttl) if isinstance(ttl, int) else None,
             error=str(error) if error is not None else None,
+            cds=triples("cds"),
+            cdnskey=triples("cdnskey"),
         )
 
 
@@ -128,7 +138,24 @@ def _problem(expected: Expected, state: Served | None, since: int) -> str | None
         return (
             f"signs the SOA with {_list(state.soa_signers)}, expected {_list(expected.soa_signers)}"
         )
+    if expected.cds is not None:
+        want_cds = frozenset((tag, alg, SHA256) for tag, alg in expected.cds)
+        if state.cds != want_cds:
+            return f"serves CDS {_cds(state.cds)}, expected {_cds(want_cds)}"
+        flags = {k[0]: k[2] for k in expected.dnskeys}
+        want_cdnskey = frozenset((tag, alg, flags.get(tag, 257)) for tag, alg in expected.cds)
+        if state.cdnskey != want_cdnskey:
+            return f"serves CDNSKEY {_tags(state.cdnskey)}, expected {_tags(want_cdnskey)}"
     return None
+
+
+SHA256 = 2  # the CDS digest type every node publishes (docs/lifecycle.md)
+
+
+def _cds(records: frozenset[KeyRef]) -> str:
+    if not records:
+        return "nothing"
+    return "{" + ", ".join(f"{t}/{d}" for t, _, d in sorted(records)) + "}"
 
 
 def _tags(keys: frozenset[KeyRef]) -> str:

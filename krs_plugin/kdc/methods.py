@@ -8,9 +8,10 @@ distributes the step, waits for the gate (every node serves it), then for the re
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
-from krs_plugin.kdc.records import RECORDS_OF_ROLE, State
+from krs_plugin.kdc.records import PARENT_RECORDS, RECORDS_OF_ROLE, State
 
 R, U = State.RUMOURED, State.UNRETENTIVE
 DS_SWAP = "the parent replaces the old DS with the new"
@@ -37,6 +38,12 @@ class Step:
     def visible(self) -> bool:
         """The step changes what the nodes serve (a distribution is sent)."""
         return any(c.record != "ds" for c in self.changes)
+
+    @property
+    def cds_first(self) -> bool:
+        """The step publishes or withdraws CDS before the parent acts: every node must serve
+        the new CDS set (the gate) before the DS is pushed or looked for."""
+        return self.waits_for_parent and any(c.record == "cds" for c in self.changes)
 
 
 def _step(name: str, says: str, *changes: tuple[str, str, State]) -> Step:
@@ -114,18 +121,40 @@ STEPS: dict[tuple[str, str], tuple[Step, ...]] = {
 the new DNSKEY (RFC 7583 3.3.2 needs a double-signature phase); a policy naming it waits."""
 
 
-def initial_step(roles: tuple[str, ...]) -> Step:
+def initial_step(roles: tuple[str, ...], cds: str = "none") -> Step:
     """A zone's first keys: published and signing at once (the zone is not signed before, so
-    nothing cached can conflict); their DS is the operator's (``ds seen``)."""
+    nothing cached can conflict); their DS follows once they are omnipresent (``ds seen``, or
+    seen at the parent by the KDC). With ``cds always`` their CDS/CDNSKEY are published too."""
     changes = [
         (f"new:{role}", record, R)
         for role in roles
         for record in RECORDS_OF_ROLE[role]
-        if record != "ds"
+        if record not in PARENT_RECORDS or (record == "cds" and cds == "always")
     ]
     return _step("introduce", "publish the zone's first keys and sign with them", *changes)
 
 
-def steps_for(role: str, method: str) -> tuple[Step, ...] | None:
-    """The steps of ``method`` for ``role``; None when the method is not built."""
-    return STEPS.get((role, method))
+@functools.cache
+def steps_for(role: str, method: str, cds: str = "none") -> tuple[Step, ...] | None:
+    """The steps of ``method`` for ``role``; None when the method is not built.
+
+    ``cds`` (the policy's) adds the CDS/CDNSKEY changes to the steps (docs/lifecycle.md, "CDS
+    and CDNSKEY on every node"): the new KSK's are published at the DS step, once its DNSKEY is
+    omnipresent, and (``rollover``) withdrawn with the old KSK, after the parent's change was
+    seen; with ``always`` the old KSK's are withdrawn as the new one's appear. A double-DS
+    rollover swaps the published CDS with the KSKs under ``always`` and publishes none under
+    ``rollover`` (the parent is told by push or by hand)."""
+    steps = STEPS.get((role, method))
+    if steps is None or cds == "none" or role == "ZSK":
+        return steps
+    added: dict[str, list[Change]] = {}
+    if method == "double-ds":
+        if cds == "always":
+            added["swap"] = [Change("new", "cds", R), Change("old", "cds", U)]
+    else:
+        added["ds"] = [Change("new", "cds", R)]
+        if cds == "always":
+            added["ds"].append(Change("old", "cds", U))
+        else:
+            added["remove"] = [Change("new", "cds", U)]
+    return tuple(Step(s.name, s.says, s.changes + tuple(added.get(s.name, ()))) for s in steps)

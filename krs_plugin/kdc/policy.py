@@ -21,6 +21,8 @@ LAYOUTS = ("ksk-zsk", "csk")
 ZSK_METHODS = ("pre-publish", "double-signature")
 KSK_METHODS = ("double-ksk", "double-ds")
 CSK_METHODS = ("double-ksk", "double-ds")
+CDS_MODES = ("none", "rollover", "always")  # docs/lifecycle.md, "CDS and CDNSKEY on every node"
+TEXT_FIELDS = ("layout", "zsk_method", "ksk_method", "csk_method", "cds")
 ALGORITHMS = (8, 13, 14, 15, 16)  # what krs-kdc key generate makes
 MAX_STANDBY_ZSKS = 4
 
@@ -88,6 +90,7 @@ class Policy:
     parent_propagation_delay: int = 3600
     propagation_margin: int = 300  # BIND's zone-propagation-delay
     standby_zsks: int = 0
+    cds: str = "rollover"  # CDS/CDNSKEY: Knot's cds-cdnskey-publish, BIND's default
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -106,7 +109,7 @@ class Policy:
         if unknown:
             raise PolicyInvalid(f"{where}: unknown field(s) {', '.join(unknown)}")
         for name, value in data.items():
-            expected = str if name in ("layout", "zsk_method", "ksk_method", "csk_method") else int
+            expected = str if name in TEXT_FIELDS else int
             if isinstance(value, bool) or not isinstance(value, expected):
                 raise PolicyInvalid(
                     f"{where}: {name} must be {'text' if expected is str else 'whole seconds'}, "
@@ -249,6 +252,7 @@ def problems(policy: Policy) -> list[str]:
         ("zsk_method", ZSK_METHODS),
         ("ksk_method", KSK_METHODS),
         ("csk_method", CSK_METHODS),
+        ("cds", CDS_MODES),
     ):
         if getattr(p, name) not in allowed:
             label = name.replace("_", "-")

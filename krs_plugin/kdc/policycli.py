@@ -17,6 +17,7 @@ from krs_plugin.kdc.clistate import add_dry_run, open_store
 from krs_plugin.kdc.engine import Engine
 from krs_plugin.kdc.policy import (
     ALGORITHMS,
+    CDS_MODES,
     CSK_METHODS,
     KSK_METHODS,
     LAYOUTS,
@@ -70,6 +71,9 @@ _OPTIONS: dict[str, tuple[Any, tuple[Any, ...] | None, str]] = {
     "propagation_margin": (
         _duration, None, "margin for secondaries no KRS watches, after a node confirms (5m)"),
     "standby_zsks": (int, None, "extra ZSKs kept published for an emergency roll (0)"),
+    "cds": (str, CDS_MODES,
+            "CDS/CDNSKEY for the parent: while a KSK rollover waits for it (rollover), "
+            "always, or none"),
 }  # fmt: skip
 
 

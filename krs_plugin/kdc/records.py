@@ -26,12 +26,13 @@ class State(StrEnum):
     UNRETENTIVE = "unretentive"
 
 
-RECORDS = ("dnskey", "krrsig", "zrrsig", "ds")
+RECORDS = ("dnskey", "krrsig", "zrrsig", "ds", "cds")
 RECORDS_OF_ROLE = {
     "ZSK": ("dnskey", "zrrsig"),
-    "KSK": ("dnskey", "krrsig", "ds"),
-    "CSK": ("dnskey", "krrsig", "zrrsig", "ds"),
+    "KSK": ("dnskey", "krrsig", "ds", "cds"),
+    "CSK": ("dnskey", "krrsig", "zrrsig", "ds", "cds"),
 }
+PARENT_RECORDS = ("ds", "cds")  # the parent's view: not introduced with a zone's first keys
 VISIBLE = (State.RUMOURED, State.OMNIPRESENT)  # sent to the nodes: they serve it
 
 
@@ -81,17 +82,26 @@ def settles_at(
         return since + dsgn + max(policy.max_zone_ttl, policy.negative_ttl) + safety + margin
     if record == "ds":
         return since + policy.parent_ds_ttl + policy.parent_propagation_delay
+    if record == "cds":
+        # The parent reads CDS/CDNSKEY from every nameserver itself (draft-ietf-dnsop-cds-
+        # consistency), not from caches: served by every node is enough.
+        return since + margin
     raise ValueError(f"unknown record {record!r}")
 
 
-def expected(zone: str, keys: Iterable[KeyRecords], dnskey_ttl: int) -> Expected:
+def expected(
+    zone: str, keys: Iterable[KeyRecords], dnskey_ttl: int, *, compare_cds: bool = False
+) -> Expected:
     """What every node's server must serve while the keys' records are in these states: the
-    DNSKEYs rumoured or omnipresent, the RRSIGs of the keys whose signatures are."""
+    DNSKEYs rumoured or omnipresent, the RRSIGs of the keys whose signatures are, and with
+    ``compare_cds`` (a policy that publishes CDS) the CDS/CDNSKEY of the keys whose ``cds`` is."""
     keys = list(keys)
+    cds = frozenset((k.key_tag, k.algorithm) for k in keys if k.visible("cds"))
     return Expected(
         zone=zone,
         dnskeys=frozenset((k.key_tag, k.algorithm, k.flags) for k in keys if k.visible("dnskey")),
         dnskey_signers=frozenset(k.key_tag for k in keys if k.visible("krrsig")),
         soa_signers=frozenset(k.key_tag for k in keys if k.visible("zrrsig")),
         dnskey_ttl=dnskey_ttl,
+        cds=cds if compare_cds else None,
     )

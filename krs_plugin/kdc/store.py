@@ -130,7 +130,7 @@ CREATE TABLE IF NOT EXISTS policies (
 );
 CREATE TABLE IF NOT EXISTS key_records (
     key_id INTEGER NOT NULL REFERENCES keys(id),
-    record TEXT NOT NULL CHECK (record IN ('dnskey', 'krrsig', 'zrrsig', 'ds')),
+    record TEXT NOT NULL CHECK (record IN ('dnskey', 'krrsig', 'zrrsig', 'ds', 'cds')),
     state TEXT NOT NULL CHECK (state IN ('hidden', 'rumoured', 'omnipresent', 'unretentive')),
     changed_at INTEGER NOT NULL,
     PRIMARY KEY (key_id, record)
@@ -354,6 +354,7 @@ class Store:
                 present = {r["name"] for r in self.db.execute(f"PRAGMA table_info({table})")}
                 if column not in present:
                     self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+            self._widen_key_records()
         except sqlite3.Error as exc:
             self.db.close()
             raise write_error(self.path, exc) from exc
@@ -362,6 +363,25 @@ class Store:
                 "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
                 (str(SCHEMA_VERSION),),
             )
+
+    def _widen_key_records(self) -> None:
+        """A kdc.db from before the ``cds`` record (issue 23) has a CHECK that refuses it;
+        SQLite cannot change a CHECK, so the table is copied into one that allows it."""
+        row = self.db.execute(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'key_records'"
+        ).fetchone()
+        if row is None or "'cds'" in row["sql"]:
+            return
+        create = _SCHEMA.split("CREATE TABLE IF NOT EXISTS key_records", 1)[1].split(";", 1)[0]
+        self.db.executescript(
+            "BEGIN IMMEDIATE;"
+            f"CREATE TABLE key_records_widened{create};"
+            "INSERT INTO key_records_widened SELECT key_id, record, state, changed_at "
+            "FROM key_records;"
+            "DROP TABLE key_records;"
+            "ALTER TABLE key_records_widened RENAME TO key_records;"
+            "COMMIT;"
+        )
 
     @classmethod
     def reader(cls, path: str | os.PathLike[str]) -> Store:

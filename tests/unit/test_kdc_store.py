@@ -82,3 +82,28 @@ def test_refusals_change_nothing(store: Store) -> None:
     with pytest.raises(StateError, match="fully qualified"):
         store.add_zone("relative.example")
     assert store.zones() == ["example.com."]
+
+
+def test_a_kdc_db_from_before_the_cds_record_is_widened_and_keeps_its_records(
+    tmp_path: Path,
+) -> None:
+    """key_records' CHECK listed four records until issue 23; opening such a kdc.db copies the
+    table into one that also takes ``cds``, every row kept."""
+    path = tmp_path / "kdc.db"
+    old = Store(path)
+    old.add_zone("example.com.")
+    key = add(old, 7)
+    old.db.executescript(
+        "DROP TABLE key_records;"
+        "CREATE TABLE key_records (key_id INTEGER NOT NULL REFERENCES keys(id), record TEXT NOT "
+        "NULL CHECK (record IN ('dnskey', 'krrsig', 'zrrsig', 'ds')), state TEXT NOT NULL, "
+        "changed_at INTEGER NOT NULL, PRIMARY KEY (key_id, record));"
+        f"INSERT INTO key_records VALUES ({key}, 'dnskey', 'omnipresent', 5);"
+    )
+    with pytest.raises(Exception, match="CHECK"):
+        old.db.execute(f"INSERT INTO key_records VALUES ({key}, 'cds', 'hidden', 5)")
+    old.close()
+    store = Store(path)
+    store.db.execute(f"INSERT INTO key_records VALUES ({key}, 'cds', 'rumoured', 6)")
+    rows = store.db.execute("SELECT record, state FROM key_records ORDER BY record").fetchall()
+    assert [tuple(r) for r in rows] == [("cds", "rumoured"), ("dnskey", "omnipresent")]

@@ -39,6 +39,24 @@ POLICY = Policy(
 )
 
 
+def served_report(store: Store, zone: str, now: int, ttl: int) -> dict[str, object]:
+    """A node's ``served`` for ``zone`` once it applied the zone's current key set: the keys,
+    signers and CDS as the KDC's records say (docs/protocol.md section 6)."""
+    keys = [k for k in store.keys(zone) if k.state in ("published", "active", "retired")]
+    records = {r.key_id: r for r in EngineState(store).key_records(zone)}
+    cds = [k for k in keys if k.id in records and records[k.id].visible("cds")]
+    return {
+        "zone": zone,
+        "read_at": now,
+        "dnskey": [[k.key_tag, k.algorithm, k.flags] for k in keys],
+        "dnskey_ttl": ttl,
+        "dnskey_signers": [k.key_tag for k in keys if k.state == "active" and k.flags == 257],
+        "soa_signers": [k.key_tag for k in keys if k.state == "active" and k.flags == 256],
+        "cds": [[k.key_tag, k.algorithm, 2] for k in cds],
+        "cdnskey": [[k.key_tag, k.algorithm, k.flags] for k in cds],
+    }
+
+
 @dataclass
 class Fleet:
     store: Store
@@ -49,15 +67,7 @@ class Fleet:
 
     def serves(self) -> dict[str, object]:
         """What a node serves once it applied the zone's current key set."""
-        keys = [k for k in self.store.keys(ZONE) if k.state in ("published", "active", "retired")]
-        return {
-            "zone": ZONE,
-            "read_at": self.now,
-            "dnskey": [[k.key_tag, k.algorithm, k.flags] for k in keys],
-            "dnskey_ttl": POLICY.dnskey_ttl,
-            "dnskey_signers": [k.key_tag for k in keys if k.state == "active" and k.flags == 257],
-            "soa_signers": [k.key_tag for k in keys if k.state == "active" and k.flags == 256],
-        }
+        return served_report(self.store, ZONE, self.now, POLICY.dnskey_ttl)
 
     def confirm(self) -> None:
         """Every node that is up applies its pending distributions and confirms them."""
@@ -126,7 +136,7 @@ def test_a_zone_with_a_policy_gets_its_first_keys_and_every_node_serves_them(fle
     assert len(fleet.store.distributions(status="pending")) == 3
     signed(fleet)
     for states in fleet.records().values():
-        assert {s for r, s in states.items() if r != "ds"} == {State.OMNIPRESENT}
+        assert {s for r, s in states.items() if r not in ("ds", "cds")} == {State.OMNIPRESENT}
         assert states.get("ds", State.HIDDEN) is State.HIDDEN  # the operator's, by ds seen
     assert fleet.events() == [
         "rollover-started", "step-begun", "step-served", "step-done", "rollover-done",

@@ -17,7 +17,7 @@ from krs_plugin.kdc.engine import Engine, EngineOptions, policy_zones
 from krs_plugin.kdc.identity import create_identity
 from krs_plugin.kdc.policy import Policy
 from krs_plugin.kdc.store import Store
-from tests.unit.test_lifecycle_engine import NODES, POLICY, T0, ZONE, Fleet
+from tests.unit.test_lifecycle_engine import NODES, POLICY, T0, ZONE, Fleet, served_report
 
 AGED = "aged.test."  # its ZSK rolls by lifetime
 MANUAL = "manual.test."  # keys made by hand, then a policy: adopted
@@ -80,16 +80,8 @@ def serves_all(fleet: Fleet) -> None:
         for d in fleet.store.distributions(status="pending"):
             if d.node_id in fleet.down or d.zone is None:
                 continue
-            keys = [k for k in fleet.store.keys(d.zone)
-                    if k.state in ("published", "active", "retired")]  # fmt: skip
-            served = {
-                "zone": d.zone, "read_at": fleet.now,
-                "dnskey": [[k.key_tag, k.algorithm, k.flags] for k in keys],
-                "dnskey_ttl": fleet.served_ttl.get(d.node_id, POLICY.dnskey_ttl),
-                "dnskey_signers": [k.key_tag for k in keys
-                                   if k.state == "active" and k.flags == 257],
-                "soa_signers": [k.key_tag for k in keys if k.state == "active" and k.flags == 256],
-            }  # fmt: skip
+            ttl = fleet.served_ttl.get(d.node_id, POLICY.dnskey_ttl)
+            served = served_report(fleet.store, d.zone, fleet.now, ttl)
             fleet.store.set_distribution_status(
                 d.id, d.node_id, "confirmed", now=fleet.now, served=[served]
             )

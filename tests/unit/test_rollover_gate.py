@@ -99,3 +99,38 @@ def test_served_reads_a_confirmation_entry() -> None:
     state = Served.from_report(entry)
     assert state == served(1_004)
     assert check_gate(EXPECTED, ["n."], {"n.": state}, since=STEP).reached
+
+
+def test_with_cds_compared_every_node_must_serve_exactly_the_keys_cds_and_cdnskey() -> None:
+    """docs/lifecycle.md, "CDS and CDNSKEY on every node": parents refuse CDS sets that differ
+    between nameservers, so the gate holds a node that serves another set, an extra digest
+    type, or the CDS without its CDNSKEY."""
+    want = Expected(**{**EXPECTED.__dict__, "cds": frozenset({(7892, 13)})})
+
+    def with_cds(cds: set[tuple[int, int, int]], cdnskey: set[tuple[int, int, int]]) -> Served:
+        return Served(**{**served(1_001).__dict__, "cds": frozenset(cds),
+                         "cdnskey": frozenset(cdnskey)})  # fmt: skip
+
+    good = with_cds({(7892, 13, 2)}, {(7892, 13, 257)})
+    result = check_gate(
+        want,
+        ["bind.", "knot.", "nsd.", "pdns."],
+        {
+            "bind.": good,
+            "knot.": with_cds({(7892, 13, 2), (7892, 13, 4)}, {(7892, 13, 257)}),
+            "nsd.": with_cds({(7892, 13, 2)}, set()),
+            "pdns.": with_cds(set(), set()),
+        },
+        since=STEP,
+    )
+    assert result.lagging == {
+        "knot.": "serves CDS {7892/2, 7892/4}, expected {7892/2}",
+        "nsd.": "serves CDNSKEY nothing, expected {7892}",
+        "pdns.": "serves CDS nothing, expected {7892/2}",
+    }
+    assert check_gate(want, ["bind."], {"bind.": good}, since=STEP).reached
+    # cds none: what a server publishes by itself is not compared
+    assert check_gate(EXPECTED, ["pdns."], {"pdns.": with_cds(set(), set())}, since=STEP).reached
+    assert Served.from_report(
+        {"read_at": 5, "cds": [[7892, 13, 2]], "cdnskey": [[7892, 13, 257]]}
+    ).cds == frozenset({(7892, 13, 2)})

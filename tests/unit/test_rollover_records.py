@@ -88,3 +88,31 @@ def test_key_states_and_times_carry_the_current_step_only() -> None:
     assert key_state(row(5, 6, 7), zsk(6103, State.UNRETENTIVE, State.HIDDEN), now) == (
         "removed", {"delete_at": now})  # fmt: skip
     assert key_state(row(None, None), zsk(6103, State.HIDDEN, State.HIDDEN), now) == ("created", {})
+
+
+def test_cds_policy_adds_the_cds_changes_to_the_ksk_steps() -> None:
+    """The new KSK's CDS appears at the DS step, after its DNSKEY is omnipresent; with
+    ``rollover`` it goes with the old KSK, with ``always`` it replaces the old KSK's."""
+    from krs_plugin.kdc.methods import Change, initial_step, steps_for
+    from krs_plugin.kdc.records import State
+
+    none = steps_for("KSK", "double-ksk", "none")
+    assert none is not None and all(c.record != "cds" for s in none for c in s.changes)
+    rollover = steps_for("KSK", "double-ksk", "rollover")
+    assert rollover is not None
+    assert [[c for c in s.changes if c.record == "cds"] for s in rollover] == [
+        [],
+        [Change("new", "cds", State.RUMOURED)],
+        [Change("new", "cds", State.UNRETENTIVE)],
+    ]
+    assert rollover[1].cds_first and rollover[1].visible and not rollover[0].cds_first
+    always = steps_for("CSK", "double-ksk", "always")
+    assert always is not None
+    assert [c for c in always[1].changes if c.record == "cds"] == [
+        Change("new", "cds", State.RUMOURED),
+        Change("old", "cds", State.UNRETENTIVE),
+    ]
+    assert steps_for("ZSK", "pre-publish", "always") == steps_for("ZSK", "pre-publish")
+    assert not any(c.record == "cds" for c in initial_step(("KSK", "ZSK"), "rollover").changes)
+    first = initial_step(("KSK", "ZSK"), "always").changes
+    assert Change("new:KSK", "cds", State.RUMOURED) in first
