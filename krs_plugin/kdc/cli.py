@@ -41,6 +41,7 @@ from krs_plugin.kdc.identity import create_identity, load_identity
 from krs_plugin.kdc.keygen import ROLE_FLAGS, new_key, store_key
 from krs_plugin.kdc.nodecli import add_parsers as add_node_parsers
 from krs_plugin.kdc.nodecli import served_json, served_text
+from krs_plugin.kdc.parentcli import add_parsers as add_parent_parsers
 from krs_plugin.kdc.policycli import add_parsers as add_policy_parsers
 from krs_plugin.kdc.store import (
     ServedRow,
@@ -482,6 +483,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         tcp_idle_timeout=args.tcp_idle_timeout,
         resend_after=args.resend_after,
         metrics=metrics,
+        parent_check_interval=args.parent_check_interval,
+        parent_check_max=max(args.parent_check_max, args.parent_check_interval),
     )
     identity = load_identity(state_dir(args) / "keys")
     with contextlib.suppress(KeyboardInterrupt):
@@ -659,6 +662,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     node = add_node_parsers(sub, add)
     add_engine_parsers(sub, node, add)
+    add_parent_parsers(sub, add)
 
     key = sub.add_parser("key", help="DNSSEC keys").add_subparsers(
         dest="key_command", metavar="ACTION", required=True
@@ -811,6 +815,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics",
         metavar="HOST:PORT",
         help="serve Prometheus /metrics and /healthz there (e.g. 127.0.0.1:9154; off by default)",
+    )
+    p.add_argument(
+        "--parent-check-interval",
+        type=duration_argument(minimum=1),
+        default=60.0,
+        metavar="DURATION",
+        help="first wait between looks at a parent for a DS change, doubling (1m)",
+    )
+    p.add_argument(
+        "--parent-check-max",
+        type=duration_argument(minimum=1),
+        default=3600.0,
+        metavar="DURATION",
+        help="longest wait between looks at a parent (1h)",
     )
     enroll = sub.add_parser(
         "enroll", help="bootstrap packages: a new node joins without pre-shared keys"

@@ -278,6 +278,9 @@ class Engine:
                 continue
             since = self.state.record_changed_at(rec.key_id, "ds") or now
             ttl = policy.dnskey_ttl
+            served = self.state.observed_ds_ttl(zone) or 0
+            if served > policy.parent_ds_ttl:  # the parent's own TTL, seen by the KDC
+                policy = policy.changed(parent_ds_ttl=served)
             if settles_at("ds", rec.state("ds"), since=since, policy=policy, dnskey_ttl=ttl) > now:
                 continue
             settled = _settled(rec.state("ds"))
@@ -447,6 +450,8 @@ class Engine:
             known = self.state.key_records(rollover.zone)
         records = {r.key_id: r for r in known}
         ttl = max(rollover.largest_dnskey_ttl or 0, policy.dnskey_ttl)
+        if (rollover.parent_ds_ttl or 0) > policy.parent_ds_ttl:  # what the parent served
+            policy = policy.changed(parent_ds_ttl=rollover.parent_ds_ttl)
         times = [rollover.reached_at]
         for change in step.changes:
             key_id = rollover.keys.get(change.which)

@@ -17,6 +17,8 @@ from krs_plugin.humantime import format_time
 from krs_plugin.kdc.clistate import add_dry_run, open_store
 from krs_plugin.kdc.engine import Engine, ZoneView, policy_zones
 from krs_plugin.kdc.enginestate import EngineState
+from krs_plugin.kdc.parentcli import watch_lines
+from krs_plugin.kdc.parentwatch import need_of, parent_settings, watch_of
 from krs_plugin.kdc.store import StateError, canonical
 
 
@@ -74,11 +76,37 @@ def cmd_status(args: argparse.Namespace) -> int:
     engine = Engine(store)
     zones = [canonical(z) for z in args.zone] if args.zone else [z for z, _ in policy_zones(store)]
     views = [engine.view(z, now) for z in zones]
-    lines = [line for v in views for line in view_lines(v, now)] or [
+    lines: list[str] = []
+    out = []
+    for view in views:
+        data, more = view_json(view), view_lines(view, now)
+        watch = _parent_watch(engine, view.zone)
+        if watch is not None:
+            data["parent"] = watch
+            if view.waits_for == "parent":
+                more[-1] = (
+                    f"  waits for the parent (the KDC pushes and looks itself): {watch['why']}"
+                )
+                more += watch_lines(watch, now)[1:]
+            elif view.phase in ("idle", "ZSK rollover"):
+                more += [f"  waits for its first DS at the parent: {watch['why']}",
+                         *watch_lines(watch, now)[1:]]  # fmt: skip
+        lines += more
+        out.append(data)
+    emit({"time": now, "zones": out}, lines or [
         "no zone has a policy (krs-kdc zone set ZONE --policy NAME)"
-    ]
-    emit({"time": now, "zones": [view_json(v) for v in views]}, lines, as_json=args.json)
+    ], as_json=args.json)  # fmt: skip
     return 0
+
+
+def _parent_watch(engine: Engine, zone: str) -> dict[str, Any] | None:
+    """What the parent watch last saw for ``zone``, while the zone waits for its parent."""
+    if parent_settings(engine.store, zone) is None or need_of(engine, zone) is None:
+        return None
+    watch = watch_of(engine.store, zone)
+    if watch is None:
+        return {"purpose": "", "why": "not asked yet (krs-kdc serve asks within a second)"}
+    return dict(watch.__dict__)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:

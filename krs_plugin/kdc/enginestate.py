@@ -37,6 +37,7 @@ class Rollover:
     requested_at: int
     finished_at: int | None
     cause: str
+    parent_ds_ttl: int | None = None  # the DS TTL the parent served, when the KDC looked
 
 
 @dataclass(frozen=True)
@@ -227,6 +228,7 @@ class EngineState:
         allowed = {
             "keys", "step", "step_started_at", "distribution_id", "nodes", "reached_at",
             "largest_dnskey_ttl", "resent_at", "ds_seen_at", "ds_gone_at", "finished_at",
+            "parent_ds_ttl",
         }  # fmt: skip
         unknown = set(values) - allowed
         if unknown:
@@ -236,6 +238,14 @@ class EngineState:
         self.db.execute(
             f"UPDATE rollovers SET {assignments} WHERE id = ?", [*encoded.values(), rollover_id]
         )
+
+    def observed_ds_ttl(self, zone: str) -> int | None:
+        """The largest DS TTL the parent served while the KDC watched it for the zone's
+        current DS change (kdc/parentwatch.py); None when it did not look."""
+        row = self.db.execute(
+            "SELECT ds_ttl FROM parent_watch WHERE zone = ?", (canonical(zone),)
+        ).fetchone()
+        return None if row is None else row["ds_ttl"]
 
     # --- history --------------------------------------------------------------------------------
 
@@ -289,6 +299,7 @@ def _rollover(row: sqlite3.Row) -> Rollover:
         requested_at=row["requested_at"],
         finished_at=row["finished_at"],
         cause=row["cause"],
+        parent_ds_ttl=row["parent_ds_ttl"],
     )
 
 

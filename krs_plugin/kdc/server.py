@@ -58,6 +58,7 @@ from krs_plugin.kdc.engine import DEFAULT_RESEND_AFTER, Engine, EngineOptions
 from krs_plugin.kdc.enroll import EnrollmentDesk
 from krs_plugin.kdc.identity import KdcIdentity
 from krs_plugin.kdc.metrics import KdcMetrics, ServerHealth, health_of
+from krs_plugin.kdc.parentwatch import ParentDesk, ParentTask
 from krs_plugin.kdc.resync import RESYNC_INTERVAL, ResyncDesk
 from krs_plugin.kdc.store import DistributionRow, NodeRow, Store
 from krs_plugin.logs import context
@@ -86,6 +87,7 @@ RECOVERED = {
     "notify": "NOTIFYs are recorded again",
     "expiry": "expiry and key states are recorded again",
     "engine": "lifecycle steps are recorded again",
+    "parent": "what the parents serve is recorded again",
 }
 
 
@@ -102,6 +104,7 @@ UDP_DEFAULT_PAYLOAD = 512
 NOTIFY_TIMEOUT = 2.0
 MAX_TCP_MESSAGE = 65535
 MAX_NOTIFY_IN_FLIGHT = 64  # NOTIFYs awaiting an answer at once, each holding a UDP socket
+MAX_PARENT_CHECKS = 8  # zones whose parent is being asked at once (threads)
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,9 @@ class ServeOptions:
     resend_after: float = DEFAULT_RESEND_AFTER  # the engine's step resend (engine.EngineOptions)
     engine_interval: float = 1.0  # seconds between the lifecycle engine's passes
     metrics: tuple[str, int] | None = None  # /metrics and /healthz (kdc/metrics.py); None: off
+    # The parent watch's backoff (kdc/parentwatch.py): first wait, doubling up to the max.
+    parent_check_interval: float = 60.0
+    parent_check_max: float = 3600.0
 
 
 class ControlZone:
@@ -445,6 +451,7 @@ class KdcServer:
         self._transports: list[asyncio.BaseTransport] = []
         self.notify_hold = 0.0  # no NOTIFY round before this time (kdc.db not taking changes)
         self.engine: Engine | None = None  # the lifecycle engine, when serve has the identity
+        self.parents: ParentDesk | None = None  # the parent watch (with the engine)
         self._engine_due = 0.0
         # The engine's passes and kdc.db's failures, for /metrics and /healthz (kdc/metrics.py)
         self.health = ServerHealth(state_failures, engine_interval=options.engine_interval)
@@ -525,6 +532,39 @@ class KdcServer:
                     in_flight[key] = asyncio.create_task(self._notify(d.id, d.node_id))
             await asyncio.sleep(self.options.tick)
 
+    async def parent_loop(self) -> None:
+        """Push DS sets and look at parents (kdc/parentwatch.py): the network work in threads,
+        at most ``MAX_PARENT_CHECKS`` zones at once, kdc.db read and written on this loop."""
+        desk = self.parents
+        if desk is None:
+            return
+        running: set[asyncio.Task[None]] = set()
+
+        async def one(task: ParentTask) -> None:
+            try:
+                outcome = await asyncio.to_thread(task.run)
+                desk.record(task, outcome, int(time.time()))
+                state_failures.recovered("parent", RECOVERED["parent"])
+            except StateWriteError as exc:
+                state_failures.error("parent", f"what the parent served not recorded: {exc}")
+            except Exception:  # one zone's fault must not stop the others' watch
+                log.exception("zone %s: looking at the parent failed", task.zone)
+            finally:
+                desk.running.discard(task.zone)
+
+        while True:
+            try:
+                due = desk.due(time.time()) if len(running) < MAX_PARENT_CHECKS else []
+            except (sqlite3.Error, StateWriteError, KrsError) as exc:
+                log.warning("the parent watch could not read kdc.db: %s", exc)
+                due = []
+            for task in due[: MAX_PARENT_CHECKS - len(running)]:
+                desk.running.add(task.zone)
+                job = asyncio.create_task(one(task))
+                running.add(job)
+                job.add_done_callback(running.discard)
+            await asyncio.sleep(self.options.tick)
+
     def run_engine(self, engine: Engine, now: float) -> None:
         """One pass of the lifecycle engine, timed and its failure kept for /metrics, /healthz."""
         started = time.monotonic()
@@ -603,6 +643,9 @@ async def serve(
     if identity is not None:
         server.engine = Engine(store, identity, EngineOptions(resend_after=options.resend_after))
         server.health.engine = True
+        server.parents = ParentDesk(
+            store, server.engine, options.parent_check_interval, options.parent_check_max
+        )
     quiet_accept_errors(asyncio.get_running_loop())
     await server.start()
     http = None
@@ -628,9 +671,11 @@ async def serve(
         + f" for {control_zone}",
         flush=True,
     )
+    watch = asyncio.create_task(server.parent_loop())
     try:
         await server.notify_loop()
     finally:
+        watch.cancel()
         if http is not None:
             http.close()
         server.close()

@@ -165,6 +165,24 @@ CREATE TABLE IF NOT EXISTS history (
     cause TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS history_by_zone ON history(zone, id);
+CREATE TABLE IF NOT EXISTS zone_parents (
+    zone TEXT PRIMARY KEY REFERENCES zones(name),
+    settings TEXT NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS parent_watch (
+    zone TEXT PRIMARY KEY REFERENCES zones(name),
+    purpose TEXT NOT NULL,
+    next_at INTEGER NOT NULL,
+    checks INTEGER NOT NULL DEFAULT 0,
+    checked_at INTEGER,
+    why TEXT,
+    view TEXT,
+    ds_ttl INTEGER,
+    pushed_at INTEGER,
+    push_ok INTEGER,
+    push_detail TEXT
+);
 CREATE TRIGGER IF NOT EXISTS history_no_update BEFORE UPDATE ON history
     BEGIN SELECT RAISE(ABORT, 'the history is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS history_no_delete BEFORE DELETE ON history
@@ -184,6 +202,7 @@ _ADDED_COLUMNS = (
     ("distributions", "failed_at", "INTEGER"),  # when the failure was recorded
     ("distribution_keys", "operation", "TEXT"),  # roll | delete (NULL: made before it was kept)
     ("zones", "policy", "TEXT"),  # a key policy's name (kdc/policy.py); NULL: keys by hand
+    ("rollovers", "parent_ds_ttl", "INTEGER"),  # the DS TTL the parent served (kdc/parentwatch.py)
 )
 
 
