@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import dns.name
 
@@ -74,6 +74,7 @@ class ZoneRule:
     dnskey_ttl: int | None = None
     engine: bool = False
     cds_keys: frozenset[int] = frozenset()  # keys.id whose CDS/CDNSKEY the nodes serve now
+    unpublished: frozenset[int] = frozenset()  # keys.id that sign, their DNSKEY not served
 
 
 def zone_entries(
@@ -98,6 +99,12 @@ def zone_entries(
                 inactive=row.inactive_at,
                 delete=row.delete_at,
             )
+            if row.id in rule.unpublished:  # signs now, no DNSKEY (docs/payload.md)
+                timing = KeyTiming(activate=row.activate_at or now)
+            elif row.publish_at and row.activate_at and row.activate_at < row.publish_at:
+                # signed before it was published (an algorithm rollover): both times have
+                # passed, and the payload keeps publish <= activate
+                timing = replace(timing, activate=row.publish_at)
             entries.append(
                 roll_key_entry(
                     key_of(row, rule.dnskey_ttl),
@@ -319,8 +326,21 @@ def zone_rules(store: Store, zones: Sequence[str]) -> dict[str, ZoneRule]:
         "WHERE r.record = 'cds' AND r.state IN ('rumoured', 'omnipresent')"
     ):
         cds.setdefault(r["zone"], set()).add(r["id"])
+    unpublished: dict[str, set[int]] = {}
+    for r in store.db.execute(
+        "SELECT k.zone, k.id FROM key_records z JOIN keys k ON k.id = z.key_id "
+        "LEFT JOIN key_records d ON d.key_id = z.key_id AND d.record = 'dnskey' "
+        "WHERE z.record = 'zrrsig' AND z.state IN ('rumoured', 'omnipresent') "
+        "AND coalesce(d.state, 'hidden') NOT IN ('rumoured', 'omnipresent')"
+    ):
+        unpublished.setdefault(r["zone"], set()).add(r["id"])
     return {
-        z: ZoneRule(p.dnskey_ttl, engine=True, cds_keys=frozenset(cds.get(z, ())))
+        z: ZoneRule(
+            p.dnskey_ttl,
+            engine=True,
+            cds_keys=frozenset(cds.get(z, ())),
+            unpublished=frozenset(unpublished.get(z, ())),
+        )
         if (p := by_zone.get(z))
         else ZoneRule()
         for z in zones

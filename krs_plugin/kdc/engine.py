@@ -22,7 +22,7 @@ from krs_plugin.kdc.enginestate import EngineState, PassSnapshot, Rollover
 from krs_plugin.kdc.gate import GateResult, Served, check_gate
 from krs_plugin.kdc.identity import KdcIdentity
 from krs_plugin.kdc.keygen import new_key
-from krs_plugin.kdc.methods import Step, initial_step, steps_for
+from krs_plugin.kdc.methods import Step, algorithm_steps, initial_step, steps_for
 from krs_plugin.kdc.policy import Policy, intervals
 from krs_plugin.kdc.records import RECORDS_OF_ROLE, KeyRecords, State, expected, settles_at
 from krs_plugin.kdc.store import KeyRow, StateError, Store
@@ -154,6 +154,8 @@ class Engine:
             live = [(k, r) for k, r in zip(rows, records, strict=True) if k.state != "removed"]
             if not live or not snapshot.has_records(zone):
                 return False  # first keys, or adoption (or records on removed keys only)
+            if any(k.algorithm != policy.algorithm for k, _ in live):
+                return False  # an algorithm rollover to start
             due = next_by_lifetime([r for _, r in live], [k for k, _ in live], policy)
             return due is None or due[1] > now
         if rollover.step_started_at is None:
@@ -179,7 +181,14 @@ class Engine:
                               now=now)  # fmt: skip
         if self._adopt(zone, live, now):
             return None
-        due = next_by_lifetime(self.state.key_records(zone, live), live, policy)
+        records = self.state.key_records(zone, live)
+        signing = [current_key(records, live, role) for role in policy.roles]
+        old = sorted({k.algorithm for k in signing if k is not None} - {policy.algorithm})
+        if old:
+            return self.start(zone, "algorithm", now=now, cause=(
+                f"engine: the policy's algorithm is {policy.algorithm}, the zone signs with "
+                f"{', '.join(map(str, old))}"))  # fmt: skip
+        due = next_by_lifetime(records, live, policy)
         if due is not None and due[1] <= now:
             role, _ = due
             return self.start(zone, role, cause=f"time: the {role}'s lifetime ends", now=now)
@@ -205,6 +214,16 @@ class Engine:
             if role == "initial":
                 keys = {f"new:{r}": self._new_key(zone, r, policy, now).id for r in policy.roles}
                 method = "initial"
+            elif role == "algorithm":
+                records, rows = self.state.key_records(zone), self.store.keys(zone)
+                keys = {}
+                for r in policy.roles:
+                    current = current_key(records, rows, r)
+                    if current is None:
+                        raise StateError(f"zone {zone} has no {r} signing now to roll")
+                    keys[f"old:{r}"] = current.id
+                    keys[f"new:{r}"] = self._new_key(zone, r, policy, now).id
+                method = "rfc6781"
             else:
                 if role not in policy.roles:
                     raise StateError(
@@ -301,6 +320,9 @@ class Engine:
         if rollover.role == "initial":
             roles = tuple(k.split(":", 1)[1] for k in rollover.keys)
             return (initial_step(roles, policy.cds),)
+        if rollover.role == "algorithm":
+            roles = tuple(k.split(":", 1)[1] for k in rollover.keys if k.startswith("new:"))
+            return algorithm_steps(roles, policy.cds)
         steps = steps_for(rollover.role, rollover.method, policy.cds)
         if steps is None:
             raise StateError(f"the {rollover.role} method {rollover.method} is not built yet")
@@ -748,6 +770,10 @@ def key_state(row: KeyRow, rec: KeyRecords, now: int) -> tuple[str, dict[str, in
     published = rec.visible("dnskey")
     signing = any(rec.visible(r) for r in SIGNING if r in rec.states)
     times: dict[str, int] = {}
+    if signing and not published:  # an algorithm rollover's: signing, its DNSKEY not served
+        if row.activate_at is None:
+            times["activate_at"] = now
+        return "active", times
     if published and row.publish_at is None:
         times["publish_at"] = now
     if published and signing:

@@ -28,6 +28,8 @@ class Expected:
     soa_signers: frozenset[int]  # tags whose RRSIG over the SOA must be served
     dnskey_ttl: int  # the policy's DNSKEY TTL, served identically by every node
     cds: frozenset[tuple[int, int]] | None = None
+    optional_dnskey_signers: frozenset[int] = frozenset()
+    """Tags that may or may not sign the DNSKEY RRset (signing while unpublished)."""
     """(tag, algorithm) of the keys whose CDS (SHA-256) and CDNSKEY every node serves, and no
     other; None: not compared (a policy with ``cds none``)."""
 
@@ -129,7 +131,7 @@ def _problem(expected: Expected, state: Served | None, since: int) -> str | None
             f"serves the DNSKEY RRset with TTL {state.dnskey_ttl}, the policy says "
             f"{expected.dnskey_ttl}: every node must serve the same TTL"
         )
-    if state.dnskey_signers != expected.dnskey_signers:
+    if state.dnskey_signers - expected.optional_dnskey_signers != expected.dnskey_signers:
         return (
             f"signs the DNSKEY RRset with {_list(state.dnskey_signers)}, expected "
             f"{_list(expected.dnskey_signers)}"

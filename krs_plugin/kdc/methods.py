@@ -135,6 +135,39 @@ def initial_step(roles: tuple[str, ...], cds: str = "none") -> Step:
 
 
 @functools.cache
+def algorithm_steps(roles: tuple[str, ...], cds: str = "none") -> tuple[Step, ...]:
+    """An algorithm rollover (RFC 6781 4.1.4; docs/lifecycle.md, "Algorithm rollover"): every
+    key of the zone replaced by one of the new algorithm. Keys are named "old:ROLE"/"new:ROLE".
+
+    1. the new ZSK (or CSK) signs the zone, its DNSKEY not published: no cache may hold an RRset
+       without a new-algorithm signature once the new DNSKEYs appear;
+    2. the new DNSKEYs are published, the new KSK signs the DNSKEY RRset;
+    3. the parent replaces the old DS with the new (CDS first, as any KSK rollover);
+    4. the old DNSKEYs are removed (the old ZSK still signs);
+    5. the old signatures go."""
+    zone_signer = "CSK" if "CSK" in roles else "ZSK"
+    ksk = "CSK" if "CSK" in roles else "KSK"
+    publish = [("new:" + r, "dnskey", R) for r in roles] + [("new:" + ksk, "krrsig", R)]
+    ds = [("new:" + ksk, "ds", R), ("old:" + ksk, "ds", U)]
+    remove = [("old:" + r, "dnskey", U) for r in roles] + [("old:" + ksk, "krrsig", U)]
+    if cds != "none":
+        ds.append(("new:" + ksk, "cds", R))
+        if cds == "always":
+            ds.append(("old:" + ksk, "cds", U))
+        else:
+            remove.append(("new:" + ksk, "cds", U))
+    return (
+        _step("sign", "sign with the new algorithm too, its DNSKEYs not published yet",
+              ("new:" + zone_signer, "zrrsig", R)),
+        _step("publish", "publish the new algorithm's DNSKEYs", *publish),
+        _step("ds", DS_SWAP, *ds),
+        _step("remove", "remove the old algorithm's DNSKEYs", *remove),
+        _step("unsign", "stop signing with the old algorithm",
+              ("old:" + zone_signer, "zrrsig", U)),
+    )  # fmt: skip
+
+
+@functools.cache
 def steps_for(role: str, method: str, cds: str = "none") -> tuple[Step, ...] | None:
     """The steps of ``method`` for ``role``; None when the method is not built.
 

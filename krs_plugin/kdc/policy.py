@@ -45,7 +45,6 @@ LIFETIME_FIELDS = ("zsk_lifetime", "ksk_lifetime", "csk_lifetime")
 
 # Changing these on a policy a zone uses starts a rollover the engine does not run yet.
 UNSAFE_IN_USE = {
-    "algorithm": "an algorithm rollover is issue 23",
     "layout": "a CSK <-> KSK+ZSK rollover (a key-type change) is not supported yet",
 }
 

@@ -135,6 +135,12 @@ def cmd_policy_set(args: argparse.Namespace) -> int:
     zones = store.policy_zones(args.name)
     if changes and zones:
         lines.append(f"  zones using it: {', '.join(zones)} (from their next rollover step)")
+    if zones and any(f == "algorithm" for f, _, _ in changes):
+        lines.append(
+            f"  each of them gets an algorithm rollover to {new.algorithm} (RFC 6781: sign, "
+            "publish, the DS, remove), started by krs-kdc serve once no other rollover runs; "
+            "krs-kdc status shows it"
+        )
     emit(
         {
             **policy_json(args.name, new, zones),

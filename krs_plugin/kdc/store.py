@@ -569,7 +569,8 @@ class Store:
             raise StateError(
                 f"refused to give {name} policy {policy_name}: the zone has live keys of "
                 f"algorithm {', '.join(map(str, algorithms))} and the policy uses algorithm "
-                f"{policy.algorithm}; an algorithm rollover is issue 23. Nothing was changed"
+                f"{policy.algorithm}. Nothing was changed; give it a policy of its algorithm, "
+                "then change that policy's algorithm: the engine runs an algorithm rollover"
             )
         roles = sorted({k.role for k in live} - set(policy.roles))
         if roles:

@@ -161,12 +161,13 @@ def test_from_json_refuses_unknown_or_mistyped_fields(data: object, expected: st
         Policy.from_json(data)
 
 
-def test_unsafe_changes_are_algorithm_and_layout() -> None:
+def test_unsafe_changes_are_the_layout_only() -> None:
+    """An algorithm change is an algorithm rollover the engine runs (docs/lifecycle.md)."""
     old = Policy()
     assert unsafe_changes(old, old.changed(dnskey_ttl=2 * HOUR, zsk_lifetime=60 * DAY)) == []
-    (why,) = unsafe_changes(old, old.changed(algorithm=15))
-    assert why == "algorithm 13 -> 15: an algorithm rollover is issue 23"
-    assert len(unsafe_changes(old, old.changed(layout="csk", algorithm=8))) == 2
+    assert unsafe_changes(old, old.changed(algorithm=15)) == []
+    (why,) = unsafe_changes(old, old.changed(layout="csk", algorithm=8))
+    assert why.startswith("layout ksk-zsk -> csk")
 
 
 def test_policy_names() -> None:
@@ -214,8 +215,8 @@ def test_store_refuses_invalid_duplicate_and_in_use_changes(tmp_path: Path) -> N
         store.add_policy("std", Policy())
     store.add_zone("example.com.", policy="std")
     assert store.policy_zones("std") == ["example.com."]
-    with pytest.raises(StateError, match="an algorithm rollover is issue 23"):
-        store.set_policy("std", Policy(algorithm=15))
+    with pytest.raises(StateError, match="layout ksk-zsk -> csk"):
+        store.set_policy("std", Policy(layout="csk"))
     with pytest.raises(StateError, match=r"example\.com\. use it"):
         store.remove_policy("std")
     old = store.set_policy("std", Policy(dnskey_ttl=2 * HOUR))

@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 
 from krs_plugin.crypto import HpkeKey
+from krs_plugin.kdc.distribute import zone_rules
 from krs_plugin.kdc.engine import Engine, EngineOptions
 from krs_plugin.kdc.enginestate import EngineState
 from krs_plugin.kdc.identity import create_identity
 from krs_plugin.kdc.policy import Policy
-from krs_plugin.kdc.records import State
+from krs_plugin.kdc.records import KeyRecords, State
 from krs_plugin.kdc.store import StateError, Store
 
 ZONE = "example.test."
@@ -40,20 +41,23 @@ POLICY = Policy(
 
 
 def served_report(store: Store, zone: str, now: int, ttl: int) -> dict[str, object]:
-    """A node's ``served`` for ``zone`` once it applied the zone's current key set: the keys,
+    """A node's ``served`` for ``zone`` once it applied the zone's current key set: the DNSKEYs,
     signers and CDS as the KDC's records say (docs/protocol.md section 6)."""
-    keys = [k for k in store.keys(zone) if k.state in ("published", "active", "retired")]
-    records = {r.key_id: r for r in EngineState(store).key_records(zone)}
-    cds = [k for k in keys if k.id in records and records[k.id].visible("cds")]
+    rows = {k.id: k for k in store.keys(zone)}
+    records = [r for r in EngineState(store).key_records(zone) if rows[r.key_id].state != "removed"]
+
+    def having(record: str) -> list[KeyRecords]:
+        return [r for r in records if r.visible(record)]
+
     return {
         "zone": zone,
         "read_at": now,
-        "dnskey": [[k.key_tag, k.algorithm, k.flags] for k in keys],
+        "dnskey": [[r.key_tag, r.algorithm, r.flags] for r in having("dnskey")],
         "dnskey_ttl": ttl,
-        "dnskey_signers": [k.key_tag for k in keys if k.state == "active" and k.flags == 257],
-        "soa_signers": [k.key_tag for k in keys if k.state == "active" and k.flags == 256],
-        "cds": [[k.key_tag, k.algorithm, 2] for k in cds],
-        "cdnskey": [[k.key_tag, k.algorithm, k.flags] for k in cds],
+        "dnskey_signers": [r.key_tag for r in having("krrsig")],
+        "soa_signers": [r.key_tag for r in having("zrrsig")],
+        "cds": [[r.key_tag, r.algorithm, 2] for r in having("cds")],
+        "cdnskey": [[r.key_tag, r.algorithm, r.flags] for r in having("cds")],
     }
 
 
@@ -318,3 +322,42 @@ def test_a_pass_stops_at_its_budget_and_the_next_goes_on_where_it_stopped(fleet:
         begun.append(sorted(r.zone for r in EngineState(fleet.store).rollovers(running=True)
                             if r.step_started_at is not None))  # fmt: skip
     assert begun == [["b.test."], ["b.test.", "c.test."], ["b.test.", "c.test.", ZONE]]
+
+
+def test_an_algorithm_rollover_signs_first_publishes_then_swaps_the_ds_and_removes_the_old(
+    fleet: Fleet,
+) -> None:
+    """Changing the policy's algorithm rolls every key (docs/lifecycle.md, "Algorithm
+    rollover"): the new ZSK signs before any new DNSKEY is served, the nodes get it with an
+    activate time and no publish time, and the old ZSK keeps signing after its DNSKEY left."""
+    signed(fleet)
+    fleet.engine.ds_reported(ZONE, seen=True, now=fleet.now, cause="command: test")
+    fleet.run(20)
+    old = {k.role: k for k in fleet.store.keys(ZONE)}
+    fleet.store.set_policy("fast", POLICY.changed(algorithm=15), now=fleet.now)
+    fleet.run(2)
+    assert fleet.phase() == ("algorithm", 0)
+    new = {k.role: k for k in fleet.store.keys(ZONE) if k.algorithm == 15}
+    served = fleet.serves()
+    assert {k[0] for k in served["dnskey"]} == {old["KSK"].key_tag, old["ZSK"].key_tag}  # type: ignore[union-attr]
+    assert set(served["soa_signers"]) == {old["ZSK"].key_tag, new["ZSK"].key_tag}  # type: ignore[arg-type]
+    assert new["ZSK"].state == "active" and new["KSK"].state == "created"
+    sent = fleet.store.distributions(status="confirmed")[-1]
+    rule = zone_rules(fleet.store, [ZONE])[ZONE]
+    assert rule.unpublished == {new["ZSK"].id} and sent.zone == ZONE
+    fleet.run(90)  # Dsgn 30 + max-zone-ttl 20 + 1, then dnskey-ttl 10 + 1
+    assert fleet.phase() == ("algorithm", 2)  # the DS swap: CDS of the new KSK on every node
+    assert fleet.serves()["cds"] == [[new["KSK"].key_tag, 15, 2]]
+    fleet.engine.ds_reported(ZONE, seen=True, now=fleet.now, cause="command: test")
+    fleet.engine.ds_reported(ZONE, seen=False, now=fleet.now, cause="command: test")
+    fleet.run(20)
+    assert fleet.phase() == ("algorithm", 3)  # old DNSKEYs withdrawn, the old ZSK still signs
+    served = fleet.serves()
+    assert {k[1] for k in served["dnskey"]} == {15}  # type: ignore[union-attr]
+    assert old["ZSK"].key_tag in served["soa_signers"]  # type: ignore[operator]
+    fleet.run(60)
+    assert fleet.phase() is None, fleet.events()
+    states = {k.key_tag: k.state for k in fleet.store.keys(ZONE)}
+    assert states[old["KSK"].key_tag] == states[old["ZSK"].key_tag] == "removed"
+    assert states[new["KSK"].key_tag] == states[new["ZSK"].key_tag] == "active"
+    assert fleet.serves()["soa_signers"] == [new["ZSK"].key_tag]
