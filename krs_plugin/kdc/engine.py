@@ -24,7 +24,14 @@ from krs_plugin.kdc.identity import KdcIdentity
 from krs_plugin.kdc.keygen import new_key
 from krs_plugin.kdc.methods import Step, algorithm_steps, initial_step, steps_for
 from krs_plugin.kdc.policy import Policy, intervals
-from krs_plugin.kdc.records import RECORDS_OF_ROLE, KeyRecords, State, expected, settles_at
+from krs_plugin.kdc.records import (
+    RECORDS_OF_ROLE,
+    VISIBLE,
+    KeyRecords,
+    State,
+    expected,
+    settles_at,
+)
 from krs_plugin.kdc.store import KeyRow, StateError, Store
 from krs_plugin.logs import context
 from krs_plugin.sqlitedb import StateWriteError
@@ -156,6 +163,13 @@ class Engine:
                 return False  # first keys, or adoption (or records on removed keys only)
             if any(k.algorithm != policy.algorithm for k, _ in live):
                 return False  # an algorithm rollover to start
+            if zone in snapshot.requested:
+                return False  # an emergency rollover requested
+            records_live = [r for _, r in live]
+            if "ZSK" in policy.roles and policy.standby_zsks > len(
+                standby_zsks(records_live, [k for k, _ in live])
+            ):
+                return False  # a standby ZSK to publish
             due = next_by_lifetime([r for _, r in live], [k for k, _ in live], policy)
             return due is None or due[1] > now
         if rollover.step_started_at is None:
@@ -182,6 +196,9 @@ class Engine:
         if self._adopt(zone, live, now):
             return None
         records = self.state.key_records(zone, live)
+        request = self.state.next_request(zone)
+        if request is not None:
+            return self._requested(zone, request, now)
         signing = [current_key(records, live, role) for role in policy.roles]
         old = sorted({k.algorithm for k in signing if k is not None} - {policy.algorithm})
         if old:
@@ -192,11 +209,47 @@ class Engine:
         if due is not None and due[1] <= now:
             role, _ = due
             return self.start(zone, role, cause=f"time: the {role}'s lifetime ends", now=now)
+        if "ZSK" in policy.roles and len(standby_zsks(records, live)) < policy.standby_zsks:
+            return self.start(
+                zone,
+                "ZSK",
+                method="standby",
+                now=now,
+                cause=f"engine: the policy keeps {policy.standby_zsks} standby ZSK(s)",
+            )
         return None
 
-    def start(self, zone: str, role: str, *, cause: str, now: int) -> Rollover:
-        """A new rollover of ``role`` (or ``initial``), its new key(s) made now: begun at the
-        engine's next pass. Refused while one runs, or when the method is not built."""
+    def _requested(self, zone: str, request: tuple[int, int, str], now: int) -> Rollover | None:
+        """The oldest emergency rollover requested while another ran (``node compromised``)."""
+        request_id, key_id, cause = request
+        key = self.store.key_by_id(key_id)
+        with self.store.transaction():
+            self.state.drop_request(request_id)
+            if key.state == "removed":
+                self.state.log(
+                    zone,
+                    "request-dropped",
+                    {"key": key.key_tag, "why": "the key was removed meanwhile"},
+                    cause=cause,
+                    now=now,
+                )
+                return None  # fmt: skip
+            return self.emergency(zone, key.key_tag, cause=cause, now=now)
+
+    def start(
+        self,
+        zone: str,
+        role: str,
+        *,
+        cause: str,
+        now: int,
+        method: str | None = None,
+        old: KeyRow | None = None,
+    ) -> Rollover:
+        """A new rollover of ``role`` (or ``initial``, ``algorithm``), its new key(s) made now,
+        begun at the engine's next pass; a ZSK pre-publish rollover takes a standby ZSK instead
+        and begins at its second step. ``old``: the key to replace (default: the one signing).
+        Refused while one runs, or when the method is not built."""  # fmt: skip
         policy_name = self.store.zone_policy(zone)
         if policy_name is None:
             raise StateError(
@@ -210,6 +263,7 @@ class Engine:
                 f"zone {zone} has a {running.role} rollover running (step {running.step + 1}); "
                 "one rollover per zone at a time: see krs-kdc status"
             )
+        first = 0
         with self.store.transaction():
             if role == "initial":
                 keys = {f"new:{r}": self._new_key(zone, r, policy, now).id for r in policy.roles}
@@ -230,17 +284,30 @@ class Engine:
                         f"zone {zone}'s policy {policy_name} has layout {policy.layout}: no "
                         f"{role} to roll (roles: {', '.join(policy.roles)})"
                     )
-                method = getattr(policy, f"{role.lower()}_method")
+                method = method or getattr(policy, f"{role.lower()}_method")
                 if steps_for(role, method) is None:
                     raise StateError(
                         f"the {role} method {method} of policy {policy_name} is not built yet "
                         "(docs/lifecycle.md, 'Steps of each method')"
                     )
-                old = current_key(self.state.key_records(zone), self.store.keys(zone), role)
-                if old is None:
-                    raise StateError(f"zone {zone} has no {role} signing now to roll")
-                keys = {"old": old.id, "new": self._new_key(zone, role, policy, now).id}
-            rollover = self.state.add_rollover(zone, role, method, keys, cause=cause, now=now)
+                records, rows = self.state.key_records(zone), self.store.keys(zone)
+                if method == "standby":
+                    keys = {"new": self._new_key(zone, role, policy, now).id}
+                elif method == "withdraw":
+                    assert old is not None
+                    keys = {"old": old.id}
+                else:
+                    old = old or current_key(records, rows, role)
+                    if old is None:
+                        raise StateError(f"zone {zone} has no {role} signing now to roll")
+                    spare = standby_zsks(records, rows, ready=True) if role == "ZSK" else []
+                    if spare and method == "pre-publish":  # already in every cache: swap now
+                        keys, first = {"old": old.id, "new": spare[0].id}, 1
+                    else:
+                        keys = {"old": old.id, "new": self._new_key(zone, role, policy, now).id}
+            rollover = self.state.add_rollover(
+                zone, role, method, keys, cause=cause, now=now, step=first
+            )
             self.state.log(
                 zone,
                 "rollover-started",
@@ -249,6 +316,28 @@ class Engine:
                 now=now,
             )
         return rollover
+
+    def emergency(self, zone: str, key_tag: int, *, cause: str, now: int) -> Rollover:
+        """Replace a compromised key by the fastest safe schedule (docs/lifecycle.md,
+        "Emergency rollovers"): the signing ZSK by a standby ZSK when one is in every cache
+        (only the retire side is waited), else by a new one; a standby ZSK is withdrawn; a KSK
+        or CSK by a rollover of its method started now."""
+        zone = self.store.require_zone(zone)
+        rows = [r for r in self.store.keys(zone) if r.key_tag == key_tag and r.state != "removed"]
+        if not rows:
+            raise StateError(f"zone {zone} has no live key {key_tag} (see krs-kdc key list)")
+        key = rows[0]
+        records = {r.key_id: r for r in self.state.key_records(zone)}
+        rec = records[key.id]
+        signing = rec.visible("zrrsig") or rec.visible("krrsig")
+        if key.role == "ZSK" and not signing:
+            if not rec.visible("dnskey"):
+                raise StateError(f"key {key_tag} of {zone} is neither served nor signing")
+            return self.start(zone, "ZSK", method="withdraw", old=key, now=now, cause=cause)
+        if not signing:
+            raise StateError(f"key {key_tag} of {zone} does not sign: nothing to replace")
+        method = "pre-publish" if key.role == "ZSK" else None
+        return self.start(zone, key.role, method=method, old=key, now=now, cause=cause)
 
     def _new_key(self, zone: str, role: str, policy: Policy, now: int) -> KeyRow:
         return new_key(self.store, zone, role, policy.algorithm, now=now, ttl=policy.dnskey_ttl)
@@ -793,6 +882,21 @@ def key_state(row: KeyRow, rec: KeyRecords, now: int) -> tuple[str, dict[str, in
             times["inactive_at"] = now
         return "removed", times
     return "created", times
+
+
+def standby_zsks(
+    records: list[KeyRecords], rows: list[KeyRow], *, ready: bool = False
+) -> list[KeyRow]:
+    """ZSKs published and not signing (policy standby-zsks), oldest first; ``ready``: only
+    those in every cache (their DNSKEY omnipresent), which an emergency can sign with at once."""
+    by_id = {r.id: r for r in rows}
+    wanted = (State.OMNIPRESENT,) if ready else VISIBLE
+    return sorted(
+        (by_id[r.key_id] for r in records
+         if r.role == "ZSK" and r.key_id in by_id and by_id[r.key_id].state != "removed"
+         and r.state("dnskey") in wanted and r.state("zrrsig") is State.HIDDEN),
+        key=lambda k: k.id,
+    )  # fmt: skip
 
 
 def current_key(records: list[KeyRecords], rows: list[KeyRow], role: str) -> KeyRow | None:

@@ -15,11 +15,11 @@ from typing import Any
 from krs_plugin.cliout import emit
 from krs_plugin.humantime import format_time
 from krs_plugin.kdc.clistate import add_dry_run, open_store
-from krs_plugin.kdc.engine import Engine, ZoneView, policy_zones
-from krs_plugin.kdc.enginestate import EngineState
+from krs_plugin.kdc.engine import Engine, ZoneView, current_key, policy_zones
+from krs_plugin.kdc.enginestate import EngineState, Rollover
 from krs_plugin.kdc.parentcli import watch_lines
 from krs_plugin.kdc.parentwatch import need_of, parent_settings, watch_of
-from krs_plugin.kdc.store import StateError, canonical
+from krs_plugin.kdc.store import StateError, Store, canonical
 
 
 def _when(stamp: int | None, now: int) -> str:
@@ -128,17 +128,59 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_rollover(args: argparse.Namespace) -> int:
     store = open_store(args)
     now = int(time.time())
-    rollover = Engine(store).start(
+    engine = Engine(store)
+    if args.emergency:
+        return _emergency(args, engine, now)
+    if args.role is None:
+        raise StateError("rollover: give --role ZSK|KSK|CSK (or --emergency --key TAG)")
+    rollover = engine.start(
         args.zone, args.role, cause=f"command: krs-kdc rollover --role {args.role}", now=now
     )
-    new = store.key_by_id(rollover.keys["new"])
+    _started(args, rollover, store)
+    return 0
+
+
+def _started(args: argparse.Namespace, rollover: Rollover, store: Store) -> None:
+    new_id = rollover.keys.get("new")
+    new = store.key_by_id(new_id).key_tag if new_id is not None else None
+    old_id = rollover.keys.get("old")
+    old = store.key_by_id(old_id).key_tag if old_id is not None else None
     verb = "would start" if args.dry_run else "started"
+    what = f"new {rollover.role} {new}" if new is not None else f"{rollover.role} {old} withdrawn"
+    steps = Engine(store).steps(rollover)
+    first = f", from step {rollover.step + 1} of {len(steps)}" if rollover.step else ""
     emit(
         {"zone": rollover.zone, "role": rollover.role, "method": rollover.method,
-         "new_key": new.key_tag, "dry_run": args.dry_run},
-        [f"{verb} a {rollover.role} rollover of {rollover.zone} ({rollover.method}): new "
-         f"{rollover.role} {new.key_tag}" + ("" if args.dry_run else
+         "new_key": new, "old_key": old, "step": rollover.step, "dry_run": args.dry_run},
+        [f"{verb} a {rollover.role} rollover of {rollover.zone} ({rollover.method}{first}): "
+         f"{what}" + ("" if args.dry_run else
          "; krs-kdc serve takes its first step within a second (krs-kdc status)")],
+        as_json=args.json,
+    )  # fmt: skip
+
+
+def _emergency(args: argparse.Namespace, engine: Engine, now: int) -> int:
+    """``rollover --emergency --key TAG``: the compromised key replaced at once, or queued
+    behind the zone's running rollover (docs/lifecycle.md, "Emergency rollovers")."""
+    if args.key is None:
+        raise StateError("rollover --emergency: give --key TAG, the compromised key")
+    zone = engine.store.require_zone(args.zone)
+    cause = f"command: krs-kdc rollover --emergency --key {args.key}"
+    running = engine.state.current(zone)
+    if running is None:
+        _started(args, engine.emergency(zone, args.key, cause=cause, now=now), engine.store)
+        return 0
+    rows = [k for k in engine.store.keys(zone) if k.key_tag == args.key and k.state != "removed"]
+    if not rows:
+        raise StateError(f"zone {zone} has no live key {args.key} (see krs-kdc key list)")
+    with engine.store.transaction():
+        engine.state.request_rollover(zone, rows[0].id, cause=cause, now=now)
+        engine.state.log(zone, "rollover-requested", {"key": args.key}, cause=cause, now=now)
+    verb = "would queue" if args.dry_run else "queued"
+    emit(
+        {"zone": zone, "key": args.key, "queued": True, "dry_run": args.dry_run},
+        [f"{verb} an emergency rollover of key {args.key}: it starts when the running "
+         f"{running.role} rollover (step {running.step + 1}) is done (krs-kdc status)"],
         as_json=args.json,
     )  # fmt: skip
     return 0
@@ -212,19 +254,63 @@ def cmd_node_evict(args: argparse.Namespace) -> int:
     node = store.require_node(args.node_id)
     if zone not in node.zones:
         raise StateError(f"node {node.id} does not serve {zone}: nothing to evict")
-    state = EngineState(store)
     with store.transaction():
-        store.change_node_zones(node.id, add=(), remove=(zone,))
-        rollover = state.current(zone)
-        if rollover is not None:
-            state.update_rollover(rollover.id, nodes=[n for n in rollover.nodes if n != node.id])
-        state.log(zone, "node-evicted", {"node": node.id}, cause="command: krs-kdc node evict",
-                  now=now)  # fmt: skip
+        evict(store, node.id, zone, cause="command: krs-kdc node evict", now=now)
     verb = "would take" if args.dry_run else "took"
     emit(
         {"zone": zone, "node": node.id, "dry_run": args.dry_run},
         [f"{verb} {node.id} out of {zone}: the zone's steps no longer wait for it, and it gets "
          "no more distributions of the zone (krs-kdc node set --add-zone brings it back)"],
+        as_json=args.json,
+    )  # fmt: skip
+    return 0
+
+
+def evict(store: Store, node_id: str, zone: str, *, cause: str, now: int) -> None:
+    """Take ``node_id`` out of ``zone``: no more distributions, the running step stops waiting
+    for it; recorded in the history (inside the caller's transaction)."""
+    state = EngineState(store)
+    store.change_node_zones(node_id, add=(), remove=(zone,))
+    rollover = state.current(zone)
+    if rollover is not None:
+        state.update_rollover(rollover.id, nodes=[n for n in rollover.nodes if n != node_id])
+    state.log(zone, "node-evicted", {"node": node_id}, cause=cause, now=now)
+
+
+def cmd_node_compromised(args: argparse.Namespace) -> int:
+    """A node's keys may be in other hands: it leaves every zone it served, and every key it
+    held is rolled, the ZSK first (docs/lifecycle.md, "A compromised node")."""
+    store = open_store(args)
+    now = int(time.time())
+    node = store.require_node(args.node_id)
+    engine = Engine(store)
+    cause = f"command: krs-kdc node compromised {node.id}"
+    lines, out = [], []
+    with store.transaction():
+        for zone in sorted(node.zones):
+            evict(store, node.id, zone, cause=cause, now=now)
+            if store.zone_policy(zone) is None:
+                live = [k for k in store.keys(zone) if k.state in ("published", "active")]
+                tags = ", ".join(f"{k.role} {k.key_tag}" for k in live)
+                lines.append(f"  {zone}: keys by hand: roll {tags} yourself (krs-kdc key ...)")
+                out.append({"zone": zone, "queued": [], "by_hand": [k.key_tag for k in live]})
+                continue
+            records, rows = engine.state.key_records(zone), store.keys(zone)
+            roles = ("ZSK", "KSK") if "ZSK" in {r.role for r in records} else ("CSK",)
+            held = [k for role in roles if (k := current_key(records, rows, role)) is not None]
+            for key in held:
+                engine.state.request_rollover(zone, key.id, cause=cause, now=now)
+            out.append({"zone": zone, "queued": [k.key_tag for k in held], "by_hand": []})
+            lines.append(
+                f"  {zone}: emergency rollover of "
+                + ", ".join(f"{k.role} {k.key_tag}" for k in held)
+                + " queued (one at a time, after any running rollover)"
+            )
+    verb = "would take" if args.dry_run else "took"
+    emit(
+        {"node": node.id, "zones": out, "dry_run": args.dry_run},
+        [f"{verb} {node.id} out of {len(node.zones)} zone(s); remove it for good with "
+         f"krs-kdc node remove {node.id} once it is shut down", *lines],
         as_json=args.json,
     )  # fmt: skip
     return 0
@@ -239,7 +325,13 @@ def add_parsers(sub: Any, node: Any, add: Any) -> None:
     p.add_argument("--zone", required=True)
     p = add(sub, "rollover", cmd_rollover, "start a rollover of a zone's key now")
     p.add_argument("--zone", required=True)
-    p.add_argument("--role", required=True, choices=("ZSK", "KSK", "CSK"))
+    p.add_argument("--role", choices=("ZSK", "KSK", "CSK"))
+    p.add_argument(
+        "--emergency", action="store_true",
+        help="replace a compromised key (--key) by the fastest safe schedule: a standby ZSK "
+        "when there is one",
+    )  # fmt: skip
+    p.add_argument("--key", type=int, metavar="TAG", help="the compromised key (--emergency)")
     add_dry_run(p)
     ds = sub.add_parser(
         "ds", help="tell the engine what the parent serves (KSK rollovers)"
@@ -257,4 +349,10 @@ def add_parsers(sub: Any, node: Any, add: Any) -> None:
     p = add(node, "evict", cmd_node_evict, "take a node out of a zone: steps stop waiting for it")
     p.add_argument("node_id")
     p.add_argument("--zone", required=True)
+    add_dry_run(p)
+    p = add(
+        node, "compromised", cmd_node_compromised,
+        "a node's keys may be in other hands: take it out of every zone and roll their keys",
+    )  # fmt: skip
+    p.add_argument("node_id")
     add_dry_run(p)

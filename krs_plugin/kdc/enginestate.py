@@ -51,6 +51,7 @@ class PassSnapshot:
     states: dict[int, dict[str, State]]  # keys.id -> the record states recorded
     latest_read: dict[str, int | None]  # zone at a begun, unreached step -> newest read_at served
     moving_ds: set[str] = field(default_factory=set)  # zones with a DS rumoured or unretentive
+    requested: set[str] = field(default_factory=set)  # zones with an emergency rollover queued
 
     def key_records(self, zone: str, rows: list[KeyRow] | None = None) -> list[KeyRecords]:
         """As ``EngineState.key_records``, for the keys of the snapshot."""
@@ -183,7 +184,10 @@ class EngineState:
                 "AND r.step_started_at IS NOT NULL AND r.reached_at IS NULL"
             )
         }
-        return PassSnapshot(running, keys, states, latest, moving_ds)
+        requested = {
+            zone for (zone,) in cursor.execute("SELECT DISTINCT zone FROM rollover_requests")
+        }
+        return PassSnapshot(running, keys, states, latest, moving_ds, requested)
 
     # --- rollovers ----------------------------------------------------------------------------
 
@@ -205,7 +209,15 @@ class EngineState:
         return [_rollover(r) for r in rows]
 
     def add_rollover(
-        self, zone: str, role: str, method: str, keys: dict[str, int], *, cause: str, now: int
+        self,
+        zone: str,
+        role: str,
+        method: str,
+        keys: dict[str, int],
+        *,
+        cause: str,
+        now: int,
+        step: int = 0,
     ) -> Rollover:
         """A new rollover, not begun (the engine begins it at its next pass). Refused while the
         zone has one running: one rollover per zone at a time."""
@@ -217,8 +229,8 @@ class EngineState:
             )
         cursor = self.db.execute(
             "INSERT INTO rollovers(zone, role, method, keys, step, requested_at, cause) "
-            "VALUES (?, ?, ?, ?, 0, ?, ?)",
-            (canonical(zone), role, method, json.dumps(keys), now, cause),
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (canonical(zone), role, method, json.dumps(keys), step, now, cause),
         )
         return _rollover(
             self.db.execute("SELECT * FROM rollovers WHERE id = ?", (cursor.lastrowid,)).fetchone()
@@ -238,6 +250,24 @@ class EngineState:
         self.db.execute(
             f"UPDATE rollovers SET {assignments} WHERE id = ?", [*encoded.values(), rollover_id]
         )
+
+    def request_rollover(self, zone: str, key_id: int, *, cause: str, now: int) -> None:
+        """An emergency rollover of ``key_id`` to start once the zone's running one is done."""
+        self.db.execute(
+            "INSERT INTO rollover_requests(zone, key_id, cause, requested_at) VALUES (?, ?, ?, ?)",
+            (canonical(zone), key_id, cause, now),
+        )
+
+    def next_request(self, zone: str) -> tuple[int, int, str] | None:
+        """(request id, key id, cause) of the zone's oldest requested rollover."""
+        row = self.db.execute(
+            "SELECT id, key_id, cause FROM rollover_requests WHERE zone = ? ORDER BY id LIMIT 1",
+            (canonical(zone),),
+        ).fetchone()
+        return None if row is None else (row["id"], row["key_id"], row["cause"])
+
+    def drop_request(self, request_id: int) -> None:
+        self.db.execute("DELETE FROM rollover_requests WHERE id = ?", (request_id,))
 
     def observed_ds_ttl(self, zone: str) -> int | None:
         """The largest DS TTL the parent served while the KDC watched it for the zone's

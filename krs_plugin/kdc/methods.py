@@ -75,6 +75,10 @@ STEPS: dict[tuple[str, str], tuple[Step, ...]] = {
             ("old", "zrrsig", U),
         ),
     ),
+    # A standby ZSK (policy standby-zsks): published, not signing, ready for an emergency.
+    ("ZSK", "standby"): (_step("publish", "publish a standby ZSK", ("new", "dnskey", R)),),
+    # A standby ZSK that is compromised itself: withdrawn (a new one follows).
+    ("ZSK", "withdraw"): (_step("remove", "remove the standby ZSK", ("old", "dnskey", U)),),
     ("KSK", "double-ksk"): (
         _step(
             "publish",

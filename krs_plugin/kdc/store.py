@@ -165,6 +165,13 @@ CREATE TABLE IF NOT EXISTS history (
     cause TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS history_by_zone ON history(zone, id);
+CREATE TABLE IF NOT EXISTS rollover_requests (
+    id INTEGER PRIMARY KEY,
+    zone TEXT NOT NULL REFERENCES zones(name),
+    key_id INTEGER NOT NULL REFERENCES keys(id),
+    cause TEXT NOT NULL,
+    requested_at INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS zone_parents (
     zone TEXT PRIMARY KEY REFERENCES zones(name),
     settings TEXT NOT NULL,

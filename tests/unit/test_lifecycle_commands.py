@@ -186,3 +186,30 @@ def test_zone_set_policy_adopts_the_keys_at_once_so_rollover_works_right_after(
     code, out, _ = kdc(capsys, state, "history", "--zone", "hand.test.", "--json")
     first = json.loads(out)["entries"][0]
     assert first["event"] == "adopted" and first["cause"] == "command: krs-kdc zone set --policy"
+
+
+def test_emergency_rollover_and_compromised_node_commands(
+    fleet: Fleet, state: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``rollover --emergency --key TAG`` starts at once when nothing runs and is queued behind
+    a running rollover; ``node compromised`` evicts the node everywhere and queues a rollover of
+    every key it held; --dry-run changes nothing."""
+    signed(fleet)
+    keys = {k.role: k.key_tag for k in fleet.store.keys(ZONE)}
+    code, _, err = kdc(capsys, state, "rollover", "--zone", ZONE, "--emergency")
+    assert code == 2 and "give --key TAG" in err
+    before = dump(fleet.store.path)
+    code, out, _ = kdc(capsys, state, "node", "compromised", NODES[0], "--dry-run")
+    assert code == 0 and "would take" in out and dump(fleet.store.path) == before
+    code, out, _ = kdc(capsys, state, "rollover", "--zone", ZONE, "--emergency", "--key",
+                       str(keys["ZSK"]), "--json")  # fmt: skip
+    data = json.loads(out)
+    assert code == 0 and data["old_key"] == keys["ZSK"] and data["method"] == "pre-publish"
+    code, out, _ = kdc(capsys, state, "node", "compromised", NODES[0])
+    assert code == 0 and f"KSK {keys['KSK']} queued" in out
+    assert ZONE not in fleet.store.require_node(NODES[0]).zones
+    code, out, _ = kdc(capsys, state, "rollover", "--zone", ZONE, "--emergency", "--key",
+                       str(keys["KSK"]))  # fmt: skip
+    assert code == 0 and "queued an emergency rollover" in out
+    events = [e.event for e in EngineState(fleet.store).history(ZONE)]
+    assert events.count("rollover-requested") == 1 and "node-evicted" in events

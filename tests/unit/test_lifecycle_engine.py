@@ -361,3 +361,73 @@ def test_an_algorithm_rollover_signs_first_publishes_then_swaps_the_ds_and_remov
     assert states[old["KSK"].key_tag] == states[old["ZSK"].key_tag] == "removed"
     assert states[new["KSK"].key_tag] == states[new["ZSK"].key_tag] == "active"
     assert fleet.serves()["soa_signers"] == [new["ZSK"].key_tag]
+
+
+def standby_fleet(fleet: Fleet) -> Fleet:
+    fleet.store.set_policy("fast", POLICY.changed(standby_zsks=1), now=fleet.now)
+    signed(fleet)
+    fleet.run(20)  # the standby ZSK: published, in every cache
+    assert fleet.phase() is None, fleet.events()
+    return fleet
+
+
+def test_a_standby_zsk_is_kept_published_and_an_emergency_swaps_to_it_at_once(
+    fleet: Fleet,
+) -> None:
+    """docs/lifecycle.md, "Emergency rollovers": with a standby ZSK in every cache, the
+    compromised ZSK's rollover begins at the swap; only the retire side is waited, and a new
+    standby follows."""
+    standby_fleet(fleet)
+    zsks = {k.key_tag: k.state for k in fleet.store.keys(ZONE) if k.role == "ZSK"}
+    signing = fleet.serves()["soa_signers"]
+    assert sorted(zsks.values()) == ["active", "published"] and len(signing) == 1  # type: ignore[arg-type]
+    compromised = signing[0]  # type: ignore[index]
+    standby = next(t for t in zsks if t != compromised)
+    began = fleet.now
+    rollover = fleet.engine.emergency(ZONE, compromised, cause="command: test", now=fleet.now)
+    assert (rollover.role, rollover.method, rollover.step) == ("ZSK", "pre-publish", 1)
+    fleet.run(2)
+    assert fleet.serves()["soa_signers"] == [standby]  # signing with the standby at once
+    while fleet.phase() is not None and fleet.now - began < 200:
+        fleet.run(1)
+    took = fleet.now - began
+    # the minimum: Dsgn 30 + max-zone-ttl 20 + retire-safety 1, then dnskey-ttl 10 + 1
+    assert 62 <= took <= 66, took
+    states = {k.key_tag: k.state for k in fleet.store.keys(ZONE)}
+    assert states[compromised] == "removed"
+    fleet.run(20)
+    assert [k.state for k in fleet.store.keys(ZONE) if k.role == "ZSK"].count("published") == 1
+
+
+def test_an_emergency_without_a_standby_publishes_a_new_zsk_first(fleet: Fleet) -> None:
+    signed(fleet)
+    zsk = next(k for k in fleet.store.keys(ZONE) if k.role == "ZSK")
+    rollover = fleet.engine.emergency(ZONE, zsk.key_tag, cause="command: test", now=fleet.now)
+    assert (rollover.method, rollover.step) == ("pre-publish", 0)
+    with pytest.raises(StateError, match="no live key 4"):
+        fleet.engine.emergency(ZONE, 4, cause="command: test", now=fleet.now)
+
+
+def test_a_compromised_node_leaves_its_zones_and_every_key_it_held_is_rolled(
+    fleet: Fleet,
+) -> None:
+    """Queued emergencies run one after the other, ZSK first, the node in none of the steps."""
+    from krs_plugin.kdc.enginecli import evict
+
+    signed(fleet)
+    held = {k.key_tag for k in fleet.store.keys(ZONE)}
+    state = EngineState(fleet.store)
+    with fleet.store.transaction():
+        evict(fleet.store, NODES[2], ZONE, cause="command: test", now=fleet.now)
+        for key in sorted(fleet.store.keys(ZONE), key=lambda k: k.role != "ZSK"):
+            state.request_rollover(ZONE, key.id, cause="command: test", now=fleet.now)
+    fleet.run(3)
+    assert fleet.phase() == ("ZSK", 0)
+    assert NODES[2] not in (state.current(ZONE) or state.rollovers(ZONE)[-1]).nodes
+    fleet.run(120)
+    assert fleet.phase() == ("KSK", 1)  # the ZSK done; the KSK at its DS step
+    fleet.engine.ds_reported(ZONE, seen=True, now=fleet.now, cause="command: test")
+    fleet.run(60)
+    assert fleet.phase() is None, fleet.events()
+    live = {k.key_tag for k in fleet.store.keys(ZONE) if k.state != "removed"}
+    assert not live & held and len(live) == 2
