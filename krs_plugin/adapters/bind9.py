@@ -23,17 +23,23 @@ What both share (verified by hand, docs/servers/bind9.md):
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
 import shutil
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import dns.exception
 import dns.name
+import dns.query
+import dns.rcode
+import dns.tsigkeyring
+import dns.update
 
 from krs_plugin.adapters import bindstate
 from krs_plugin.adapters.base import (
@@ -53,7 +59,19 @@ from krs_plugin.adapters.bindconf import (
     PolicyKey,
     read_named_config,
 )
-from krs_plugin.adapters.dnscheck import KeyState, expectation, is_active, wait_served
+from krs_plugin.adapters.cdsset import (
+    DELETE_CDNSKEY_TEXT,
+    DELETE_CDS,
+    DELETE_CDS_TEXT,
+)
+from krs_plugin.adapters.cdsset import expected as cds_expected
+from krs_plugin.adapters.dnscheck import (
+    KeyState,
+    expectation,
+    is_active,
+    read_served,
+    wait_served,
+)
 from krs_plugin.adapters.keyfiles import (
     TIMING_SUFFIX,
     KeyFolder,
@@ -67,6 +85,7 @@ from krs_plugin.adapters.keyfiles import (
 )
 from krs_plugin.adapters.settings import existing_file, seconds, server_address
 from krs_plugin.adapters.tools import run_tool
+from krs_plugin.dnssec import KeyTiming
 from krs_plugin.errors import AdapterError, ConfigError, KrsError
 
 log = logging.getLogger(__name__)
@@ -80,6 +99,7 @@ SETTINGS = {
     "verify_timeout",
     "named_conf",
     "named_checkconf",
+    "update_key",
 }
 RNDC_SETTINGS = {"binary", "config", "key_file", "server", "port", "timeout"}
 DEFAULT_NAMED_CONF = "/etc/bind/named.conf"
@@ -159,6 +179,9 @@ class BindChange(ZoneChange):
     keys: KeyFolder
     owner: tuple[int, int] | None
     signing_before: set[int] = field(default_factory=set)
+    cds_delete: bool | None = None
+    """BIND 9.18: whether the zone is to serve RFC 8078's delete CDS/CDNSKEY after the apply
+    (added or removed by dynamic update); None: the KRS has no update key and leaves them."""
 
 
 class Bind9Adapter(BaseAdapter[BindChange]):
@@ -186,6 +209,11 @@ class Bind9Adapter(BaseAdapter[BindChange]):
         self.named_checkconf = str(settings.get("named_checkconf", "named-checkconf"))
         self.owner = self._owner(settings.get("owner"))
         self.verify_timeout = seconds(settings, "verify_timeout", 10)
+        # BIND 9.18: the TSIG key of the dynamic updates that serve RFC 8078's delete records
+        # (named's session key with update-policy local); read at each use, since named writes
+        # a new session key each time it starts.
+        raw_key = settings.get("update_key")
+        self.update_key = None if raw_key is None else self.path_setting(raw_key)
         self._retry_at: dict[dns.name.Name, float] = {}
         self._version: tuple[tuple[int, int], float] | None = None
         self._folders: dict[Path, KeyFolder] = {}
@@ -376,6 +404,17 @@ class Bind9Adapter(BaseAdapter[BindChange]):
                 problems.append(Problem(f"key directory {directory} does not exist"))
             elif not os.access(directory, os.W_OK):
                 problems.append(Problem(f"key directory {directory} is not writable by the KRS"))
+        if self.update_key is not None:
+            try:
+                read_tsig_key(self.update_key)
+            except AdapterError as exc:
+                problems.append(
+                    Problem(
+                        str(exc),
+                        "name named's session key (update-policy local) or a TSIG key the "
+                        "zone's update-policy grants CDS and CDNSKEY, readable by the KRS",
+                    )
+                )
         for zone in self.zones:
             problem = self._zone_problem(zone, version)
             if problem is not None:
@@ -386,11 +425,23 @@ class Bind9Adapter(BaseAdapter[BindChange]):
         return self.keys(zone).installed_keys(zone)
 
     def snapshot(self, zone: dns.name.Name) -> str:
-        return encode_snapshot(self.keys(zone).snapshot(zone))
+        """The zone's key files; with an update key also whether named serves the delete
+        CDS/CDNSKEY (zone data, not files), when it answers."""
+        files = encode_snapshot(self.keys(zone).snapshot(zone))
+        if self.update_key is None:
+            return files
+        delete = self._serves_delete(zone)
+        if delete is None:
+            return files
+        return json.dumps({"files": json.loads(files), "cds_delete": delete})
 
     def restore(self, zone: dns.name.Name, snapshot: str) -> str:
+        data = json.loads(snapshot)
+        cds_delete = None
+        if isinstance(data, dict) and "files" in data:  # key files are never named "files"
+            cds_delete, snapshot = data.get("cds_delete"), json.dumps(data["files"])
         before = decode_snapshot(self.directory(zone), snapshot)
-        return self._rollback(zone, before, self._restore_mode(zone))
+        return self._rollback(zone, before, self._restore_mode(zone), cds_delete)
 
     def _restore_mode(self, zone: dns.name.Name) -> ZoneMode:
         """The zone's mode for a restore, which must work with named down (crash recovery at
@@ -421,12 +472,41 @@ class Bind9Adapter(BaseAdapter[BindChange]):
             keys=self.keys(zone),
             owner=self._file_owner(self.directory(zone)),
             signing_before=self._active_tags(zone, now),
+            cds_delete=self._cds_delete_wanted(zone, plan, mode, now),
         )
+
+    def _cds_delete_wanted(
+        self, zone: dns.name.Name, plan: KeyPlan, mode: ZoneMode, now: int
+    ) -> bool | None:
+        """Whether the zone is to serve the RFC 8078 delete records after ``plan`` (a plan that
+        installs keys decides, cdsset.next_marking; None: as it does now); refused, before
+        anything is written, where named cannot serve them."""
+        name = zone.to_text()
+        if not plan.install:
+            return None
+        if not any(planned.cds == "delete" for planned in plan.install):
+            return False
+        if mode.manual_policy:
+            raise AdapterError(
+                f"cds 'delete' for {name}: BIND 9.20 under dnssec-policy serves the RFC 8078 "
+                "delete CDS/CDNSKEY only under the built-in policy 'insecure', under which "
+                "named takes the zone's keys out on its own schedule, and removes such records "
+                "added as zone data at its next key event; the KRS cannot have it serve them: "
+                "have the parent's DS removed another way"
+            )
+        if self.update_key is None:
+            raise AdapterError(
+                f"cds 'delete' for {name}: BIND 9.18 serves the RFC 8078 delete CDS/CDNSKEY "
+                "only as zone data, which the KRS adds by dynamic update: add "
+                f"'update-policy local;' to zone {name} and set adapter.settings.update_key to "
+                "named's session key (/run/named/session.key)"
+            )
+        return True
 
     def write_key(self, change: BindChange, planned: PlannedKey) -> bool:
         manual = change.mode.manual_policy  # 9.20 rewrites timing in the key files
         written = change.keys.write_key(
-            planned.key, planned.timing, change.owner, keep_timing=manual
+            planned.key, bind_timing(planned), change.owner, keep_timing=manual
         )
         if written and manual:
             bindstate.reset_state(change.keys.path, planned.key, planned.role, change.owner)
@@ -437,15 +517,23 @@ class Bind9Adapter(BaseAdapter[BindChange]):
         if timing is None or (timing.inactive is not None and timing.inactive <= change.now):
             return False
         delete = change.plan.retire_delete_at
-        change.keys.retime(change.zone, tag, change.owner, inactive=change.now, delete=delete)
+        change.keys.retime(
+            change.zone, tag, change.owner, inactive=change.now, delete=delete,
+            sync_delete=change.now if timing.sync_publish is not None else None,
+        )  # fmt: skip
         return True
 
     def remove_key(self, change: BindChange, tag: int) -> bool:
         """Deleted as of now; the files go in ``finish``, once named no longer serves it."""
         now = change.now
-        return (
-            change.keys.retime(change.zone, tag, change.owner, inactive=now, delete=now) is not None
-        )
+        timing = next((k.timing for k in self.current_keys(change.zone) if k.key_tag == tag), None)
+        if timing is None:
+            return False
+        change.keys.retime(
+            change.zone, tag, change.owner, inactive=now, delete=now,
+            sync_delete=now if timing.sync_publish is not None else None,
+        )  # fmt: skip
+        return True
 
     def load(self, change: BindChange) -> None:
         if change.mode.manual_policy:
@@ -455,13 +543,75 @@ class Bind9Adapter(BaseAdapter[BindChange]):
         # due for refresh (days); sign re-signs the zone now, without them.
         stopped = change.signing_before - self._active_tags(change.zone, change.now)
         command = "sign" if stopped else "loadkeys"
+        # the delete records are never served beside a key's CDS: out before the keys'
+        # CDS come, in after they went
+        if change.cds_delete is False and self._serves_delete(change.zone) is not False:
+            change.step = "withdraw the delete CDS/CDNSKEY"
+            self._set_delete_records(change.zone, False)
+        if change.cds_delete:
+            change.step = "withdraw the keys' CDS/CDNSKEY"
+            self._unmark_others(change)
         change.step = f"rndc {command}"
         self.rndc(command, change.zone.to_text())
+        if change.cds_delete and self._serves_delete(change.zone) is not True:
+            change.step = "publish the delete CDS/CDNSKEY"
+            self._set_delete_records(change.zone, True)
+
+    def _unmark_others(self, change: BindChange) -> None:
+        """``delete`` ends every key's CDS, also of keys the plan does not name
+        (cdsset.next_marking)."""
+        named = {planned.key.key_tag for planned in change.plan.install}
+        for _, key, timing in change.keys.read_keys(change.zone):
+            if key.key_tag in named or timing.sync_publish is None:
+                continue
+            unmarked = bind_timing(PlannedKey(key, "KSK", timing, None))
+            change.keys.write_key(key, unmarked, change.owner)
+            if change.mode.manual_policy:  # not reached: 9.20 refuses delete
+                bindstate.reset_state(change.keys.path, key, None, change.owner)
+
+    def _serves_delete(self, zone: dns.name.Name) -> bool | None:
+        """Whether named serves the delete CDS now; None when it does not answer."""
+        served = read_served(zone, self.host, self.port)
+        if "error" in served:
+            return None
+        return list(DELETE_CDS) in list(served.get("cds") or [])  # type: ignore[call-overload]
+
+    def _set_delete_records(self, zone: dns.name.Name, present: bool) -> None:
+        """BIND 9.18: add or remove RFC 8078's delete CDS/CDNSKEY by dynamic update, signed
+        with ``update_key`` (named keeps them, signed, across its key events). Adding what is
+        there, or removing what is not, changes nothing."""
+        if self.update_key is None:
+            return
+        try:
+            name, algorithm, secret = read_tsig_key(self.update_key)
+            ttl = max((key.ttl for _, key, _ in self.keys(zone).read_keys(zone)), default=3600)
+            keyring = dns.tsigkeyring.from_text({name: (algorithm, secret)})
+            update = dns.update.UpdateMessage(
+                zone, keyring=keyring, keyname=dns.name.from_text(name), keyalgorithm=algorithm
+            )
+            if present:
+                update.add(zone, ttl, "CDS", DELETE_CDS_TEXT)
+                update.add(zone, ttl, "CDNSKEY", DELETE_CDNSKEY_TEXT)
+            else:
+                update.delete(zone, "CDS", DELETE_CDS_TEXT)
+                update.delete(zone, "CDNSKEY", DELETE_CDNSKEY_TEXT)
+            reply = dns.query.tcp(update, self.host, port=self.port, timeout=self.rndc.timeout)
+        except (EOFError, dns.exception.DNSException) as exc:
+            raise AdapterError(f"dynamic update of {zone}'s delete CDS/CDNSKEY: {exc}") from exc
+        if reply.rcode() != dns.rcode.NOERROR:
+            raise AdapterError(
+                f"named refused the dynamic update of {zone}'s delete CDS/CDNSKEY "
+                f"({dns.rcode.to_text(reply.rcode())}): zone {zone} needs 'update-policy local;' "
+                f"and adapter.settings.update_key named's session key ({self.update_key})"
+            )
 
     def verify(self, change: BindChange) -> Verification:
         """named serves the key files' keys as their timing says, signatures valid; the plan's
         removed keys gone."""
-        result = self._wait(change.zone, removed=change.plan.remove)
+        delete = change.cds_delete
+        if delete is None and not change.mode.manual_policy:
+            delete = self._serves_delete(change.zone)
+        result = self._wait(change.zone, removed=change.plan.remove, delete=bool(delete))
         if result.ok:
             return result
         hint = (
@@ -521,6 +671,10 @@ class Bind9Adapter(BaseAdapter[BindChange]):
         reasons = []
         for private, key, timing in self.keys(zone).read_keys(zone):
             if not timing_record(private).exists():  # a key from before 9.20
+                if timing.sync_publish is not None and timing.sync_publish != timing.activate:
+                    # named's own SyncPublish (it adds one to a KSK that has none); the KRS's is
+                    # always the key's Activate time (bind_timing)
+                    timing = replace(timing, sync_publish=None)
                 write_key(directory, key, timing, owner, keep_timing=True)
             reason = bindstate.needs_reset(directory, key, timing, now)
             if reason is None:
@@ -536,12 +690,33 @@ class Bind9Adapter(BaseAdapter[BindChange]):
     def _active_tags(self, zone: dns.name.Name, now: int) -> set[int]:
         return {k.key_tag for k in self.current_keys(zone) if is_active(k.timing, now)}
 
-    def _wait(self, zone: dns.name.Name, removed: Iterable[int]) -> Verification:
-        keys = [KeyState(k.key_tag, k.flags, k.timing) for k in self.current_keys(zone)]
-        expect = expectation(zone, keys, removed, int(time.time()))
+    def _wait(
+        self, zone: dns.name.Name, removed: Iterable[int], delete: bool | None = False
+    ) -> Verification:
+        """Wait until named serves the zone's keys as their timing says, and the CDS/CDNSKEY
+        of the keys marked ``publish`` that are active (cdsset.py; named publishes them at
+        once on loadkeys, 9.18 and 9.20 measured), or the delete records (``delete``; None:
+        not known, the CDS/CDNSKEY are not checked)."""
+        now = int(time.time())
+        current = self.current_keys(zone)
+        keys = [KeyState(k.key_tag, k.flags, k.timing) for k in current]
+        expect = expectation(zone, keys, removed, now)
+        if delete is not None:
+            marked = [
+                (k.key_tag, k.algorithm, k.flags, k.timing)
+                for k in current
+                if k.flags == 257 and k.timing.sync_publish is not None
+            ]
+            expect = replace(expect, cds=cds_expected(marked, delete, now))
         return wait_served(expect, self.host, self.port, timeout=self.verify_timeout)
 
-    def _rollback(self, zone: dns.name.Name, before: dict[Path, bytes], mode: ZoneMode) -> str:
+    def _rollback(
+        self,
+        zone: dns.name.Name,
+        before: dict[Path, bytes],
+        mode: ZoneMode,
+        cds_delete: bool | None = None,
+    ) -> str:
         """Put the zone's keys back to ``before``. Keys added since are unpublished first (set to
         Delete now and loaded), because named keeps serving a key whose files are simply
         deleted; their files go last. Returns what happened, for the error message."""
@@ -556,8 +731,12 @@ class Bind9Adapter(BaseAdapter[BindChange]):
             write_files(before, owner)
             if mode.manual_policy:
                 self._reset_states(zone, now, owner)
+            if cds_delete is False:
+                self._set_delete_records(zone, False)
             self.rndc("sign" if mode.manual_policy else "loadkeys", zone.to_text())
-            result = self._wait(zone, removed=added)
+            if cds_delete:
+                self._set_delete_records(zone, True)
+            result = self._wait(zone, removed=added, delete=cds_delete)
         except (KrsError, OSError) as exc:
             # named keeps serving a key whose files are simply gone (9.18): the added keys stay,
             # deleted as of now, so named withdraws them when it reads the directory again; the
@@ -621,7 +800,7 @@ class Bind9Adapter(BaseAdapter[BindChange]):
         log.info("bind9, zone %s: key times passed: %s", zone, "; ".join(reasons))
         # as in apply: sign when a key stopped signing, or its RRSIGs stay for days
         self.rndc("sign" if stopped else "loadkeys", zone.to_text())
-        result = self._wait(zone, removed=())
+        result = self._wait(zone, removed=())  # 9.20: never the delete records
         if not result.ok:
             raise AdapterError("; ".join(result.details))
 
@@ -636,6 +815,41 @@ class Bind9Adapter(BaseAdapter[BindChange]):
         if not moments:
             return 3600.0
         return max(1.0, min(moments) - now)
+
+
+def bind_timing(planned: PlannedKey) -> KeyTiming:
+    """The key's timing as named is to have it: the KDC's, and for a KSK or CSK the CDS/CDNSKEY
+    window its ``cds`` says, always explicitly. ``publish``: SyncPublish at its Activate time
+    and SyncDelete at its Inactive time, so named serves the CDS exactly while the key is active
+    (cdsset.has_cds, the same on every server; 9.18 and 9.20 both act on those times). Otherwise
+    no SyncPublish (9.20: DS state hidden) and a SyncDelete at its first time (9.18 withdraws a
+    CDS past it). Taken from the key's own times, not the apply's moment: the same distribution
+    sent again changes nothing, and a ``cds`` that changes rewrites the key's files."""
+    timing = planned.timing
+    if planned.role == "ZSK":
+        return replace(timing, sync_publish=None, sync_delete=None)
+    if planned.cds == "publish" and timing.activate is not None:
+        return replace(timing, sync_publish=timing.activate, sync_delete=timing.inactive)
+    times = (timing.created, timing.publish, timing.activate)
+    since = min((t for t in times if t is not None), default=0)
+    return replace(timing, sync_publish=None, sync_delete=since)
+
+
+def read_tsig_key(path: Path) -> tuple[str, str, str]:
+    """(name, algorithm, secret) of the first ``key "name" { algorithm A; secret "S"; };``
+    in a BIND key file (named's session key, or one made with tsig-keygen)."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise AdapterError(f"update_key {path}: cannot read: {exc.strerror or exc}") from None
+    block = re.search(r'key\s+"?([^"\s{]+)"?\s*\{(.*?)\};', text, re.DOTALL)
+    algorithm = re.search(r"algorithm\s+\"?([\w.-]+)\"?\s*;", block.group(2)) if block else None
+    secret = re.search(r'secret\s+"([^"]+)"\s*;', block.group(2)) if block else None
+    if block is None or algorithm is None or secret is None:
+        raise AdapterError(
+            f"update_key {path}: no 'key \"name\" {{ algorithm ...; secret ...; }};' in it"
+        )
+    return block.group(1), algorithm.group(1), secret.group(1)
 
 
 def policy_problem(

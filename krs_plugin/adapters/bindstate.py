@@ -18,6 +18,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from krs_plugin.adapters.cdsset import has_cds
 from krs_plugin.adapters.dnscheck import is_active, is_published
 from krs_plugin.dnssec import DnssecKey, KeyTiming
 from krs_plugin.files import atomic_write
@@ -82,21 +83,32 @@ def read_state(path: Path) -> dict[str, str]:
     return fields
 
 
+def serves_cds(timing: KeyTiming, flags: int, now: int) -> bool:
+    """Whether the key's CDS/CDNSKEY are to be served at ``now``: a KSK or CSK the KDC marked
+    ``publish`` (the adapter wrote a SyncPublish, bind9.bind_timing), while it is active
+    (cdsset.has_cds, the same on every server)."""
+    return flags == 257 and timing.sync_publish is not None and has_cds(timing, now)
+
+
 @dataclass(frozen=True)
 class Phase:
-    """What is true of a key at one moment: its DNSKEY is served, it signs."""
+    """What is true of a key at one moment: its DNSKEY is served, it signs, its CDS/CDNSKEY
+    are served."""
 
     published: bool
     signing: bool
+    cds: bool = False
 
     def describe(self) -> str:
         if self.signing:
-            return "published and signing"
-        return "published, not signing" if self.published else "not published"
+            text = "published and signing"
+        else:
+            text = "published, not signing" if self.published else "not published"
+        return text + (", CDS served" if self.cds else "")
 
 
-def wanted_phase(timing: KeyTiming, now: int) -> Phase:
-    return Phase(is_published(timing, now), is_active(timing, now))
+def wanted_phase(timing: KeyTiming, now: int, flags: int = 256) -> Phase:
+    return Phase(is_published(timing, now), is_active(timing, now), serves_cds(timing, flags, now))
 
 
 def named_phase(state: dict[str, str], flags: int) -> Phase | None:
@@ -108,7 +120,10 @@ def named_phase(state: dict[str, str], flags: int) -> Phase | None:
     ksk, zsk = roles_from_state(state, flags)
     signatures = [state.get("KRRSIGState", "")] if ksk else []
     signatures += [state.get("ZRRSIGState", "")] if zsk else []
-    return Phase(dnskey in IN_USE, any(s in IN_USE for s in signatures))
+    # named serves the CDS/CDNSKEY of a key whose DS state is rumoured or omnipresent
+    # (dnssec.c syncpublish(): the DS state decides, the sync times are not read then)
+    cds = ksk and state.get("DSState", "hidden") in IN_USE
+    return Phase(dnskey in IN_USE, any(s in IN_USE for s in signatures), cds)
 
 
 def roles_from_state(state: dict[str, str], flags: int) -> tuple[bool, bool]:
@@ -131,7 +146,7 @@ def needs_reset(directory: Path, key: DnssecKey, timing: KeyTiming, now: int) ->
     believed = named_phase(state, key.flags)
     if believed is None:
         return "named has not read its state yet"
-    wanted = wanted_phase(timing, now)
+    wanted = wanted_phase(timing, now, key.flags)
     if believed != wanted:
         return f"named has it {believed.describe()}, its timing says {wanted.describe()}"
     return None

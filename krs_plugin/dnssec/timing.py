@@ -1,4 +1,5 @@
-"""Key timing metadata (created, publish, activate, inactive, delete) and BIND's text forms of it.
+"""Key timing metadata (created, publish, activate, inactive, delete; and for BIND, when a KSK's
+CDS/CDNSKEY are published and withdrawn) and BIND's text forms of it.
 
 BIND decides from these times when to publish a DNSKEY and sign with it, so a wrong time is a
 key published too early or never. They are kept as Unix seconds (UTC) and written exactly as
@@ -20,14 +21,14 @@ BIND_FIELDS = {
     "activate": "Activate",
     "inactive": "Inactive",
     "delete": "Delete",
+    "sync_publish": "SyncPublish",
+    "sync_delete": "SyncDelete",
 }
-# Other BIND v1.3 time fields: read and checked, not kept (the adapters write only the five).
+# Other BIND v1.3 time fields: read and checked, not kept.
 OTHER_BIND_TIME_FIELDS = (
     "Revoke",
     "DSPublish",
     "DSDelete",
-    "SyncPublish",
-    "SyncDelete",
     "PublishCDS",
     "DeleteCDS",
     "DNSKEYChange",
@@ -44,13 +45,20 @@ _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
 
 @dataclass(frozen=True)
 class KeyTiming:
-    """When a key was created and is published, activated, retired and deleted (Unix seconds)."""
+    """When a key was created and is published, activated, retired and deleted (Unix seconds).
+
+    ``sync_publish`` and ``sync_delete`` are BIND's SyncPublish and SyncDelete: from when until
+    when named serves a KSK's CDS and CDNSKEY. Only the BIND adapter sets them (from the
+    payload's ``cds``, docs/servers/bind9.md); every other user leaves them None, so a key's
+    timing from a KDC compares equal to what a server without them reads back."""
 
     created: int | None = None
     publish: int | None = None
     activate: int | None = None
     inactive: int | None = None
     delete: int | None = None
+    sync_publish: int | None = None
+    sync_delete: int | None = None
 
     def __post_init__(self) -> None:
         for f in fields(self):

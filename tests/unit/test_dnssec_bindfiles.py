@@ -142,7 +142,9 @@ def test_reads_a_private_file_written_by_dnssec_keygen_with_all_its_fields() -> 
     algorithm, private, timing = parse_bind_private(KEYGEN_PRIVATE, where="K.private")
     key = DnssecKey(ZONE, algorithm, 256, private)
     assert key.key_tag == 16146
-    assert timing == KeyTiming(1795392471, 1893456000, 1893542400, 1896134400, 1898553600)
+    assert timing == KeyTiming(
+        1795392471, 1893456000, 1893542400, 1896134400, 1898553600, sync_publish=1795478880
+    )
 
 
 def test_reads_a_key_file_written_by_dnssec_keygen_without_ttl() -> None:
