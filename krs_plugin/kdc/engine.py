@@ -277,7 +277,7 @@ class Engine:
                         raise StateError(f"zone {zone} has no {r} signing now to roll")
                     keys[f"old:{r}"] = current.id
                     keys[f"new:{r}"] = self._new_key(zone, r, policy, now).id
-                method = "rfc6781"
+                method = policy.algorithm_method
             else:
                 if role not in policy.roles:
                     raise StateError(
@@ -411,7 +411,7 @@ class Engine:
             return (initial_step(roles, policy.cds),)
         if rollover.role == "algorithm":
             roles = tuple(k.split(":", 1)[1] for k in rollover.keys if k.startswith("new:"))
-            return algorithm_steps(roles, policy.cds)
+            return algorithm_steps(roles, policy.cds, rollover.method)
         steps = steps_for(rollover.role, rollover.method, policy.cds)
         if steps is None:
             raise StateError(f"the {rollover.role} method {rollover.method} is not built yet")

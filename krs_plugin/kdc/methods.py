@@ -139,16 +139,24 @@ def initial_step(roles: tuple[str, ...], cds: str = "none") -> Step:
 
 
 @functools.cache
-def algorithm_steps(roles: tuple[str, ...], cds: str = "none") -> tuple[Step, ...]:
+def algorithm_steps(
+    roles: tuple[str, ...], cds: str = "none", method: str = "conservative"
+) -> tuple[Step, ...]:
     """An algorithm rollover (RFC 6781 4.1.4; docs/lifecycle.md, "Algorithm rollover"): every
     key of the zone replaced by one of the new algorithm. Keys are named "old:ROLE"/"new:ROLE".
 
+    ``conservative``:
     1. the new ZSK (or CSK) signs the zone, its DNSKEY not published: no cache may hold an RRset
        without a new-algorithm signature once the new DNSKEYs appear;
     2. the new DNSKEYs are published, the new KSK signs the DNSKEY RRset;
     3. the parent replaces the old DS with the new (CDS first, as any KSK rollover);
     4. the old DNSKEYs are removed (the old ZSK still signs);
-    5. the old signatures go."""
+    5. the old signatures go.
+
+    ``liberal`` (for servers that sign only with published keys, BIND): the new DNSKEYs and
+    signatures together, the DS swap once both are in every cache, then the old DNSKEYs and
+    signatures together. A validator that follows RFC 6840 section 5.11 accepts every state;
+    the DS names only one algorithm at a time, so DS-based downgrade checks hold too."""
     zone_signer = "CSK" if "CSK" in roles else "ZSK"
     ksk = "CSK" if "CSK" in roles else "KSK"
     publish = [("new:" + r, "dnskey", R) for r in roles] + [("new:" + ksk, "krrsig", R)]
@@ -160,6 +168,14 @@ def algorithm_steps(roles: tuple[str, ...], cds: str = "none") -> tuple[Step, ..
             ds.append(("old:" + ksk, "cds", U))
         else:
             remove.append(("new:" + ksk, "cds", U))
+    if method == "liberal":
+        return (
+            _step("introduce", "publish the new algorithm's DNSKEYs and sign with it too",
+                  *publish, ("new:" + zone_signer, "zrrsig", R)),
+            _step("ds", DS_SWAP, *ds),
+            _step("remove", "remove the old algorithm's DNSKEYs and signatures",
+                  *remove, ("old:" + zone_signer, "zrrsig", U)),
+        )  # fmt: skip
     return (
         _step("sign", "sign with the new algorithm too, its DNSKEYs not published yet",
               ("new:" + zone_signer, "zrrsig", R)),

@@ -22,7 +22,8 @@ ZSK_METHODS = ("pre-publish", "double-signature")
 KSK_METHODS = ("double-ksk", "double-ds")
 CSK_METHODS = ("double-ksk", "double-ds")
 CDS_MODES = ("none", "rollover", "always")  # docs/lifecycle.md, "CDS and CDNSKEY on every node"
-TEXT_FIELDS = ("layout", "zsk_method", "ksk_method", "csk_method", "cds")
+ALGORITHM_METHODS = ("conservative", "liberal")  # RFC 6781 4.1.4's two approaches
+TEXT_FIELDS = ("layout", "zsk_method", "ksk_method", "csk_method", "cds", "algorithm_method")
 ALGORITHMS = (8, 13, 14, 15, 16)  # what krs-kdc key generate makes
 MAX_STANDBY_ZSKS = 4
 
@@ -90,6 +91,7 @@ class Policy:
     propagation_margin: int = 300  # BIND's zone-propagation-delay
     standby_zsks: int = 0
     cds: str = "rollover"  # CDS/CDNSKEY: Knot's cds-cdnskey-publish, BIND's default
+    algorithm_method: str = "conservative"  # liberal: for BIND nodes (docs/lifecycle.md)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -252,6 +254,7 @@ def problems(policy: Policy) -> list[str]:
         ("ksk_method", KSK_METHODS),
         ("csk_method", CSK_METHODS),
         ("cds", CDS_MODES),
+        ("algorithm_method", ALGORITHM_METHODS),
     ):
         if getattr(p, name) not in allowed:
             label = name.replace("_", "-")

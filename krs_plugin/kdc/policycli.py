@@ -16,6 +16,7 @@ from krs_plugin.humantime import EXAMPLES, parse_duration
 from krs_plugin.kdc.clistate import add_dry_run, open_store
 from krs_plugin.kdc.engine import Engine
 from krs_plugin.kdc.policy import (
+    ALGORITHM_METHODS,
     ALGORITHMS,
     CDS_MODES,
     CSK_METHODS,
@@ -74,6 +75,10 @@ _OPTIONS: dict[str, tuple[Any, tuple[Any, ...] | None, str]] = {
     "cds": (str, CDS_MODES,
             "CDS/CDNSKEY for the parent: while a KSK rollover waits for it (rollover), "
             "always, or none"),
+    "algorithm_method": (str, ALGORITHM_METHODS,
+                         "algorithm rollover: sign before publishing (conservative, RFC 6781), "
+                         "or both at once (liberal: BIND nodes, which sign with published keys "
+                         "only)"),
 }  # fmt: skip
 
 

@@ -431,3 +431,30 @@ def test_a_compromised_node_leaves_its_zones_and_every_key_it_held_is_rolled(
     assert fleet.phase() is None, fleet.events()
     live = {k.key_tag for k in fleet.store.keys(ZONE) if k.state != "removed"}
     assert not live & held and len(live) == 2
+
+
+def test_a_liberal_algorithm_rollover_never_signs_with_an_unpublished_key(fleet: Fleet) -> None:
+    """``algorithm-method liberal`` (for BIND nodes, which sign only with keys whose DNSKEY they
+    serve): every key that signs is also published, in every step."""
+    signed(fleet)
+    fleet.engine.ds_reported(ZONE, seen=True, now=fleet.now, cause="command: test")
+    fleet.run(20)
+    fleet.store.set_policy(
+        "fast", POLICY.changed(algorithm=15, algorithm_method="liberal"), now=fleet.now
+    )
+    seen_steps = set()
+    for _ in range(200):
+        fleet.run(1)
+        phase = fleet.phase()
+        if phase is None:
+            break
+        seen_steps.add(phase[1])
+        served = fleet.serves()
+        published = {k[0] for k in served["dnskey"]}  # type: ignore[union-attr]
+        assert set(served["soa_signers"]) <= published  # type: ignore[arg-type]
+        assert zone_rules(fleet.store, [ZONE])[ZONE].unpublished == frozenset()
+        if phase == ("algorithm", 1) and "ds-seen" not in fleet.events()[-3:]:
+            fleet.engine.ds_reported(ZONE, seen=True, now=fleet.now, cause="command: test")
+            fleet.engine.ds_reported(ZONE, seen=False, now=fleet.now, cause="command: test")
+    assert fleet.phase() is None and seen_steps == {0, 1, 2}, fleet.events()
+    assert {k.algorithm for k in fleet.store.keys(ZONE) if k.state != "removed"} == {15}
