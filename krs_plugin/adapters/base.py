@@ -259,7 +259,17 @@ class BaseAdapter(Adapter, Generic[Change]):
             return None
         from krs_plugin.adapters.dnscheck import read_served  # dnscheck imports this module
 
-        return read_served(zone, host, port)
+        try:
+            hidden = self.unpublished_dnskeys(zone)
+        except self.failures:
+            hidden = []  # the signers of the published keys are still reported
+        return read_served(zone, host, port, hidden=hidden)
+
+    def unpublished_dnskeys(self, zone: dns.name.Name) -> list[Any]:
+        """The DNSKEYs (dnspython rdata) of the zone's keys that sign while not published (an
+        algorithm rollover, dnscheck.signs_unpublished), so that ``read_served`` can validate
+        their RRSIGs; none unless a server says."""
+        return []
 
     @abstractmethod
     def begin(self, zone: dns.name.Name, plan: KeyPlan, now: int) -> Change:

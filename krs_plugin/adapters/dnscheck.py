@@ -11,6 +11,14 @@ KSK (by the ZSKs when there is no KSK). Keys published but not yet active must b
 RRset; removed keys must be gone; retired keys (published, past their inactive time) must sign
 nothing: "retire" means the server stops signing with the key now, on every server alike. Keys
 the KRS does not know about (another signer's, say) are neither required nor refused.
+
+A key whose activate time has passed and that has no publish time signs without being published
+(an algorithm rollover, RFC 6781 4.1.4: the new algorithm's keys before their DNSKEYs are
+published, the old one's after theirs are removed; docs/adapters.md, "Signing unpublished"): its
+DNSKEY must be absent, and its RRSIG over the SOA present (a ZSK, or a CSK of an algorithm
+without an active ZSK), validated against the DNSKEY the adapter knows (``KeyState.dnskey``).
+Whether such a KSK also signs the DNSKEY RRset is the server's choice (Knot does not): it is
+neither required nor refused.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import dns.query
 import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
+from dns.rdtypes.ANY.DNSKEY import DNSKEY
 
 from krs_plugin.adapters.base import Verification
 from krs_plugin.adapters.cdsset import CdsSet
@@ -40,6 +49,10 @@ class KeyState:
     key_tag: int
     flags: int
     timing: KeyTiming
+    dnskey: DNSKEY | None = None
+    """Needed only for a key that signs unpublished (``signs_unpublished``): its RRSIGs cannot be
+    validated against the served DNSKEY RRset."""
+    algorithm: int | None = None  # None: from ``dnskey`` when given
 
 
 @dataclass(frozen=True)
@@ -52,18 +65,37 @@ class Expectation:
     serial: int | None = None  # the SOA serial, when the adapter wrote it (NSD)
     retired: frozenset[int] = frozenset()  # published, no longer active: must not sign
     cds: CdsSet | None = None  # the CDS/CDNSKEY the zone must serve, signed; None: not checked
+    hidden: tuple[DNSKEY, ...] = ()
+    """The DNSKEYs of the keys that sign unpublished: their RRSIGs are validated against these."""
 
     def describe(self) -> str:
+        hidden = sorted(dns.dnssec.key_id(k) for k in self.hidden)
         return (
             f"DNSKEY {sorted(self.present)} present, {sorted(self.absent)} absent; SOA signed by "
             f"{sorted(self.soa_signers)}, DNSKEY signed by {sorted(self.dnskey_signers)}"
+            + (f"; {hidden} signing unpublished" if hidden else "")
             + (f"; {sorted(self.retired)} signing nothing" if self.retired else "")
             + (f"; {self.cds.describe()}" if self.cds is not None else "")
         )
 
 
+def is_unpublished(timing: KeyTiming) -> bool:
+    """Activate time and no publish time: the key is never published by the node, and signs
+    while it is active (``signs_unpublished``). The KDC sends it so in an algorithm rollover."""
+    return timing.publish is None and timing.activate is not None
+
+
+def signs_unpublished(timing: KeyTiming, now: int) -> bool:
+    """Signs the zone while its DNSKEY is not in the DNSKEY RRset: activate past, no publish
+    time, not inactive yet, not deleted."""
+    deleted = timing.delete is not None and timing.delete <= now
+    return is_unpublished(timing) and is_active(timing, now) and not deleted
+
+
 def is_published(timing: KeyTiming, now: int) -> bool:
     if timing.delete is not None and timing.delete <= now:
+        return False
+    if is_unpublished(timing) and timing.activate is not None and timing.activate <= now:
         return False
     return timing.publish is None or timing.publish <= now or is_active(timing, now)
 
@@ -92,16 +124,81 @@ def expectation(
     present = {k.key_tag for k in keys if is_published(k.timing, now)}
     gone = {k.key_tag for k in keys if not is_published(k.timing, now)} | set(removed)
     active = [k for k in keys if is_active(k.timing, now)]
-    ksks = {k.key_tag for k in active if k.flags == KSK_FLAGS}
-    zsks = {k.key_tag for k in active if k.flags != KSK_FLAGS}
+    hidden = [k for k in active if signs_unpublished(k.timing, now)]
+    shown = [k for k in active if not is_unpublished(k.timing)]
+    ksks = {k.key_tag for k in shown if k.flags == KSK_FLAGS}
+    zsks = {k.key_tag for k in shown if k.flags != KSK_FLAGS}
+    # An unpublished key signs the SOA when it is a ZSK, or a CSK (a KSK whose algorithm has no
+    # active ZSK); the published keys keep the rule above.
+    zsk_algorithms = {_algorithm(k) for k in active if k.flags != KSK_FLAGS}
+    hidden_soa = {
+        k.key_tag for k in hidden if k.flags != KSK_FLAGS or _algorithm(k) not in zsk_algorithms
+    }
+    if not shown:  # only unpublished keys sign: the rule above, on them
+        hidden_zsks = {k.key_tag for k in hidden if k.flags != KSK_FLAGS}
+        hidden_soa = hidden_zsks or {k.key_tag for k in hidden}
     return Expectation(
         zone,
         frozenset(present),
         frozenset(gone - present),
-        frozenset(zsks or ksks),
+        frozenset((zsks or ksks) | hidden_soa),
         frozenset(ksks or zsks),
         retired=frozenset(k.key_tag for k in keys if is_retired(k.timing, now)),
+        hidden=tuple(k.dnskey for k in hidden if k.dnskey is not None),
     )
+
+
+def same_algorithm_unpublished(keys: Iterable[KeyState], now: int) -> list[tuple[int, int, int]]:
+    """``(unpublished key, published key, algorithm)`` for each key that signs unpublished next
+    to a published active key of its algorithm and role (or, a ZSK, next to a CSK of its
+    algorithm). PowerDNS and ldns-signzone then sign the zone with the unpublished key in the
+    published one's place, so validators find no usable RRSIG (measured, docs/lifecycle.md):
+    an adapter for such a server refuses these."""
+    keys = list(keys)
+    shown = [k for k in keys if is_active(k.timing, now) and not signs_unpublished(k.timing, now)]
+    out = []
+    for hidden in (k for k in keys if signs_unpublished(k.timing, now)):
+        algorithm = _algorithm(hidden)
+        same = [k for k in shown if _algorithm(k) == algorithm]
+        has_zsk = any(k.flags != KSK_FLAGS for k in same)
+        for key in same:
+            if key.flags == hidden.flags or (hidden.flags != KSK_FLAGS and not has_zsk):
+                out.append((hidden.key_tag, key.key_tag, algorithm or 0))
+    return out
+
+
+def same_algorithm_refusal(conflicts: Iterable[tuple[int, int, int]], server: str) -> str:
+    """The refusal of ``same_algorithm_unpublished``'s conflicts, for an AdapterError."""
+    text = "; ".join(
+        f"key {hidden} would sign unpublished with the same algorithm ({algorithm}) and role as "
+        f"published key {shown}"
+        for hidden, shown, algorithm in conflicts
+    )
+    return (
+        f"{text}: {server} would sign the zone with the unpublished key in place of the "
+        "published one, whose DNSKEY validators see, so the zone would be bogus; signing "
+        "unpublished is for an algorithm rollover only (a new algorithm's keys, or the old "
+        "one's after its DNSKEYs are removed)"
+    )
+
+
+def _algorithm(key: KeyState) -> int | None:
+    if key.algorithm is not None:
+        return key.algorithm
+    return int(key.dnskey.algorithm) if key.dnskey is not None else None
+
+
+def with_hidden(keys: dns.rrset.RRset, hidden: Iterable[DNSKEY]) -> dns.rrset.RRset:
+    """The served DNSKEY RRset and the DNSKEYs of the keys that sign unpublished: what their
+    RRSIGs are validated against."""
+    hidden = list(hidden)
+    if not hidden:
+        return keys
+    both = dns.rrset.RRset(keys.name, keys.rdclass, keys.rdtype)
+    both.update(keys)
+    for key in hidden:
+        both.add(key, keys.ttl)
+    return both
 
 
 def _query(
@@ -155,11 +252,12 @@ def check_served(expect: Expectation, host: str, port: int, timeout: float = 3.0
         details.append(f"{zone}: DNSKEY {sorted(expect.present - served)} not served")
     if expect.absent & served:
         details.append(f"{zone}: DNSKEY {sorted(expect.absent & served)} still served")
+    known = with_hidden(dnskey, expect.hidden)
     for what, rrset, sigs, signers in (
         ("SOA", soa, soa_sigs, expect.soa_signers),
         ("DNSKEY", dnskey, dnskey_sigs, expect.dnskey_signers),
     ):
-        valid = _valid_signers(rrset, sigs, dnskey, zone)
+        valid = _valid_signers(rrset, sigs, known, zone)
         if signers - valid:
             details.append(f"{zone}: {what} has no valid RRSIG by key(s) {sorted(signers - valid)}")
         if expect.retired & valid:
@@ -228,14 +326,20 @@ def wait_served(
 
 
 def read_served(
-    zone: dns.name.Name, host: str, port: int, timeout: float = 3.0
+    zone: dns.name.Name,
+    host: str,
+    port: int,
+    timeout: float = 3.0,
+    hidden: Iterable[DNSKEY] = (),
 ) -> dict[str, object]:
     """What the server serves for ``zone`` now, for the confirmation (docs/protocol.md section
     6, ``served``): the DNSKEY RRset (``[tag, algorithm, flags]``) and its TTL, the key tags whose
     RRSIGs over the DNSKEY RRset and over the SOA validate, the SOA serial, TTL and minimum, the
     inception and expiration of the SOA's RRSIGs (earliest expiration, latest inception), CDS
     (``[tag, algorithm, digest type]``) and CDNSKEY when served, and ``read_at`` (Unix seconds).
-    One query set over TCP; a server that does not answer gives ``error`` instead of the data."""
+    One query set over TCP; a server that does not answer gives ``error`` instead of the data.
+    ``hidden``: the DNSKEYs of keys that sign unpublished, so that their valid RRSIGs are among
+    the signers reported (they are not in ``dnskey``)."""
     name = zone.to_text()
     read_at = int(time.time())
     try:
@@ -254,8 +358,9 @@ def read_served(
     if dnskey is not None:
         state["dnskey"] = sorted([dns.dnssec.key_id(k), int(k.algorithm), k.flags] for k in dnskey)
         state["dnskey_ttl"] = dnskey.ttl
-        state["dnskey_signers"] = sorted(_valid_signers(dnskey, dnskey_sigs, dnskey, zone))
-        state["soa_signers"] = sorted(_valid_signers(soa, soa_sigs, dnskey, zone))
+        known = with_hidden(dnskey, hidden)
+        state["dnskey_signers"] = sorted(_valid_signers(dnskey, dnskey_sigs, known, zone))
+        state["soa_signers"] = sorted(_valid_signers(soa, soa_sigs, known, zone))
     else:
         state.update(dnskey=[], dnskey_signers=[], soa_signers=[])
     if cds is not None:

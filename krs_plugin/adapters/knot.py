@@ -34,6 +34,10 @@ from pathlib import Path
 from typing import Any
 
 import dns.name
+import dns.rdata
+import dns.rdataclass
+import dns.rdatatype
+from dns.rdtypes.ANY.DNSKEY import DNSKEY
 
 from krs_plugin.adapters.base import (
     BaseAdapter,
@@ -45,7 +49,13 @@ from krs_plugin.adapters.base import (
     ZoneChange,
 )
 from krs_plugin.adapters.cdsset import expected as cds_expected
-from krs_plugin.adapters.dnscheck import KeyState, expectation, is_active, wait_served
+from krs_plugin.adapters.dnscheck import (
+    KeyState,
+    expectation,
+    is_active,
+    signs_unpublished,
+    wait_served,
+)
 from krs_plugin.adapters.knotctl import KaspKey, KnotTools, full_times, knot_key_id, knot_times
 from krs_plugin.adapters.settings import existing_file, seconds, server_address
 from krs_plugin.adapters.tools import install_hint, secret_file
@@ -314,9 +324,9 @@ class KnotAdapter(BaseAdapter[KaspChange]):
         """Import ``planned`` or bring its times up to date; False when Knot has it exactly."""
         key = planned.key
         cds = planned.cds == "publish" and planned.role != "ZSK"
-        times = knot_times(planned.timing, change.now, cds)
         key_id = knot_key_id(key)
         existing = next((k for k in change.keys if k.key_id == key_id and not k.public_only), None)
+        times = knot_times(planned.timing, change.now, cds, existing)
         if existing is not None:
             if existing.times == times:
                 return False  # its CDS marking included: a change of cds is a change
@@ -330,7 +340,9 @@ class KnotAdapter(BaseAdapter[KaspChange]):
     def retire_key(self, change: KaspChange, tag: int) -> bool:
         retired = False
         for key in self._with_tag(change.keys, tag):
-            retire, remove = key.times[3:]
+            retire, remove = key.times[3:5]
+            if key.unpublished:
+                retire = remove  # Knot retires it by its remove time (knotctl.TIMES)
             if retire == 0 or retire > change.now:
                 new_remove = change.plan.retire_delete_at or remove
                 self.tools.set_times(change.zone, key.key_id, key.retimed(change.now, new_remove))
@@ -390,7 +402,16 @@ class KnotAdapter(BaseAdapter[KaspChange]):
         marked for it (or the delete records, under a delete-dnssec policy)."""
         now = int(time.time())
         kasp = [k for k in self.tools.keys(zone) if not k.public_only]
-        keys = [KeyState(k.tag, k.flags, k.timing) for k in kasp]
+        keys = [
+            KeyState(
+                k.tag,
+                k.flags,
+                k.timing,
+                self._dnskey(zone, k) if signs_unpublished(k.timing, now) else None,
+                k.algorithm,
+            )
+            for k in kasp
+        ]
         if cds_delete is None:
             cds_delete = self._cds_delete(zone)
         marked = [(k.tag, k.algorithm, k.flags, k.timing) for k in kasp if k.cds]
@@ -407,6 +428,22 @@ class KnotAdapter(BaseAdapter[KaspChange]):
         if quiet and expect.soa_signers - quiet:
             expect = replace(expect, soa_signers=expect.soa_signers - quiet)
         return wait_served(expect, self.host, self.port, timeout=self.verify_timeout)
+
+    def _dnskey(self, zone: dns.name.Name, key: KaspKey) -> DNSKEY:
+        """A key's DNSKEY, from keymgr (its RRSIGs are validated against it while it signs
+        unpublished)."""
+        text = self.tools.dnskey(zone, key.key_id).split("DNSKEY", 1)[-1].strip()
+        rdata = dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.DNSKEY, text)
+        assert isinstance(rdata, DNSKEY)
+        return rdata
+
+    def unpublished_dnskeys(self, zone: dns.name.Name) -> list[Any]:
+        now = int(time.time())
+        return [
+            self._dnskey(zone, k)
+            for k in self.tools.keys(zone)
+            if not k.public_only and signs_unpublished(k.timing, now)
+        ]
 
     def _restore(self, zone: dns.name.Name, before: list[dict[str, Any]]) -> str | None:
         """Make the zone's KASP keys ``before`` again and have knotd sign with them; None when

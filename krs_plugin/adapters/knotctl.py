@@ -21,15 +21,24 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from krs_plugin.adapters.tools import run_tool
 from krs_plugin.dnssec import DnssecKey, KeyTiming
 
-TIMES = ("publish", "ready", "active", "retire", "remove")
+TIMES = ("publish", "ready", "active", "retire", "remove", "pre_active", "post_active")
 """The Knot key times the KRS sets (manual policy); 0 means "not set" to Knot. ``ready`` carries
 the distribution's ``cds``: Knot (``cds-cdnskey-publish: rollover``, its default) serves the CDS
 and CDNSKEY of exactly the KSKs that are ready and not yet active, and a ready KSK signs the
 DNSKEY RRset like an active one (Knot 3.2.6 and 3.4, tested). So a key marked ``publish`` gets
 ``ready`` = its activate time and ``active`` = its inactive time (0 when it has none): ready
-while the KRS's timing says active, then retired, its CDS gone, at the same moment."""
+while the KRS's timing says active, then retired, its CDS gone, at the same moment.
 
-Times = tuple[int, int, int, int, int]
+``pre_active`` and ``post_active`` carry a key that signs without being published (an activate
+time and no publish time, dnscheck.signs_unpublished), as Knot's own algorithm rollover does: a
+key never published gets ``pre_active`` = its activate time and no other time (Knot signs the
+zone with it, its DNSKEY is not served); a key that was published gets ``post_active`` = the
+moment it became unpublished, its publish and active times kept. Knot holds a post-active key
+with a retire time invalid, and a pre-active one with a retire time published, so such a key
+leaves at its inactive (or delete) time by ``remove``."""
+
+Times = tuple[int, int, int, int, int, int, int]
+JSON_NAMES = {name: name.replace("_", "-") for name in TIMES}  # keymgr -j: "pre-active"
 
 
 @dataclass(frozen=True)
@@ -42,7 +51,7 @@ class KaspKey:
     ksk: bool
     zsk: bool
     public_only: bool
-    times: Times  # publish, ready, active, retire, remove
+    times: Times  # publish, ready, active, retire, remove, pre_active, post_active
 
     @property
     def flags(self) -> int:
@@ -52,13 +61,22 @@ class KaspKey:
     def cds(self) -> bool:
         """Marked ``publish`` by the KRS (its CDS served while it is "active"): ready, and
         active only when it retires (see ``TIMES``)."""
-        _, ready, active, retire, _ = self.times
-        return self.ksk and ready != 0 and active in (0, retire)
+        _, ready, active, retire, _, _, post = self.times
+        return self.ksk and ready != 0 and active in (0, retire) and post == 0
+
+    @property
+    def unpublished(self) -> bool:
+        """Signs (or signed) without being published: pre-active, or post-active (``TIMES``)."""
+        publish, _, active, _, _, pre, post = self.times
+        return post != 0 or (pre != 0 and publish == 0 and active == 0)
 
     @property
     def timing(self) -> KeyTiming:
-        """The KRS's timing of the key: a key marked for CDS is active from its ready time."""
-        publish, ready, active, retire, remove = (t or None for t in self.times)
+        """The KRS's timing of the key: a key marked for CDS is active from its ready time; a
+        pre- or post-active key has no publish time, and its remove time as its delete time."""
+        publish, ready, active, retire, remove, pre, _ = (t or None for t in self.times)
+        if self.unpublished:
+            return KeyTiming(activate=active or ready or pre, delete=remove)
         activate = ready if self.cds else active
         return KeyTiming(publish=publish, activate=activate, inactive=retire, delete=remove)
 
@@ -71,14 +89,18 @@ class KaspKey:
             ksk=bool(item["ksk"]),
             zsk=bool(item["zsk"]),
             public_only=bool(item.get("public-only", False)),
-            times=tuple(int(item.get(name) or 0) for name in TIMES),  # type: ignore[arg-type]
+            times=tuple(int(item.get(JSON_NAMES[n]) or 0) for n in TIMES),  # type: ignore[arg-type]
         )
 
     def retimed(self, retire: int, remove: int) -> Times:
         """The times with a new retire and remove time; a key marked for CDS stops being ready
-        at its retire time too (see ``TIMES``)."""
-        publish, ready, active, _, _ = self.times
-        return (publish, ready, retire if self.cds else active, retire, remove)
+        at its retire time too (see ``TIMES``); a key signing unpublished leaves at ``retire``
+        (Knot has no retired state for it)."""
+        publish, ready, active, _, _, pre, post = self.times
+        if self.unpublished:
+            end = min(t for t in (retire, remove) if t) if (retire or remove) else 0
+            return (publish, ready, active, 0, end, pre, post)
+        return (publish, ready, retire if self.cds else active, retire, remove, pre, post)
 
 
 def knot_key_id(key: DnssecKey) -> str:
@@ -89,24 +111,41 @@ def knot_key_id(key: DnssecKey) -> str:
     return hashlib.sha1(spki, usedforsecurity=False).hexdigest()
 
 
-def knot_times(timing: KeyTiming, now: int, cds: bool = False) -> Times:
-    """Knot's publish/ready/active/retire/remove for a BIND-style ``timing``. A key without a
-    Publish time is published when it becomes active (BIND's rule), or now when it has neither.
+def knot_times(
+    timing: KeyTiming, now: int, cds: bool = False, existing: KaspKey | None = None
+) -> Times:
+    """Knot's times (``TIMES``) for a BIND-style ``timing``. A key without a Publish time is
+    published when it becomes active (BIND's rule), or now when it has neither, unless its
+    activate time has passed: then it signs unpublished (``TIMES``: post-active when
+    ``existing``, the key as Knot has it, was published, else pre-active).
     ``cds``: the key's CDS and CDNSKEY are served while it is active (see ``TIMES``)."""
-    publish = timing.publish if timing.publish is not None else (timing.activate or now)
     retire, remove = timing.inactive or 0, timing.delete or 0
+    if timing.publish is None and timing.activate is not None and timing.activate <= now:
+        end = min(t for t in (retire, remove) if t) if (retire or remove) else 0
+        if existing is not None and existing.times[6]:  # post-active already: kept as it is
+            publish, ready, active = existing.times[:3]
+            return (publish, ready, active, 0, end, existing.times[5], existing.times[6])
+        if existing is not None and 0 < existing.times[0] <= now:  # was published
+            publish, ready, active = existing.times[:3]
+            return (publish, ready, active or timing.activate, 0, end, 0, now)
+        return (0, 0, 0, 0, end, timing.activate, 0)
+    publish = timing.publish if timing.publish is not None else (timing.activate or now)
     if cds and timing.activate is not None:
-        return (publish, timing.activate, retire, retire, remove)
-    return (publish, 0, timing.activate or 0, retire, remove)
+        return (publish, timing.activate, retire, retire, remove, 0, 0)
+    return (publish, 0, timing.activate or 0, retire, remove, 0, 0)
 
 
 def full_times(times: Sequence[int]) -> Times:
-    """Times as stored by the KRS: snapshots written before ``ready`` have four."""
+    """Times as stored by the KRS: snapshots written before ``ready`` have four, before
+    ``pre_active`` and ``post_active`` five."""
     if len(times) == 4:
         publish, active, retire, remove = times
-        return (publish, 0, active, retire, remove)
-    publish, ready, active, retire, remove = times
-    return (publish, ready, active, retire, remove)
+        return (publish, 0, active, retire, remove, 0, 0)
+    if len(times) == 5:
+        publish, ready, active, retire, remove = times
+        return (publish, ready, active, retire, remove, 0, 0)
+    publish, ready, active, retire, remove, pre, post = times
+    return (publish, ready, active, retire, remove, pre, post)
 
 
 def time_args(times: Sequence[int]) -> list[str]:
@@ -207,6 +246,10 @@ class KnotTools:
 
     def set_times(self, zone: dns.name.Name, key_id: str, times: Sequence[int]) -> None:
         self.keymgr(zone, "set", f"id={key_id}", *time_args(times))
+
+    def dnskey(self, zone: dns.name.Name, key_id: str) -> str:
+        """The key's DNSKEY record (``keymgr ZONE dnskey ID``), one line of presentation text."""
+        return self.keymgr(zone, "dnskey", key_id).strip()
 
     def delete(self, zone: dns.name.Name, key_id: str) -> None:
         self.keymgr(zone, "delete", f"id={key_id}")
