@@ -10,7 +10,11 @@ publish, activate, inactive or delete time comes). What else shapes the steps
 
 - PowerDNS derives the DNSKEY from the private key it is given and accepts a key under the wrong
   algorithm label: the DNSKEY it answers with is compared with the expected one;
-- an active but unpublished key makes the zone bogus, so "active" always comes with "published";
+- a key is active and published as its timing says; an active key without a publish time signs
+  unpublished (``unpublish-zone-key``, the API's ``published: false``), which an algorithm
+  rollover needs (docs/lifecycle.md). PowerDNS then signs the zone data with it in place of a
+  published active key of its algorithm and role (bogus, measured on 4.7.3), so such a plan is
+  refused unless the algorithms differ;
 - gsqlite3 serves a wrong NSEC chain until the zone is rectified; the bind backend needs none, and
   a rectify there is harmless, so every change ends with one (``rectify: false`` turns it off);
 - a change is served late unless the caches are purged: the API's flush after API calls,
@@ -62,6 +66,8 @@ from krs_plugin.adapters.dnscheck import (
     is_active,
     is_published,
     read_served,
+    same_algorithm_refusal,
+    same_algorithm_unpublished,
     wait_served,
 )
 from krs_plugin.adapters.pdnsctl import ApiKeyStore, KeyStore, PdnsKey, PdnsutilKeyStore
@@ -296,7 +302,7 @@ class PowerDnsAdapter(BaseAdapter[PdnsChange]):
         if known is not None:
             return known
         return KeyTiming(
-            publish=0 if key.published or key.active else None,
+            publish=0 if key.published else None,
             activate=0 if key.active else None,
         )
 
@@ -355,15 +361,51 @@ class PowerDnsAdapter(BaseAdapter[PdnsChange]):
             )
         timings = _parse_timing(self.store.get_meta(zone, TIMING_KIND))
         before = _parse_cds(self.store.get_meta(zone, CDS_KIND))
+        keys = self.store.keys(zone)
+        conflicts = same_algorithm_unpublished(self._planned_states(plan, keys, timings, now), now)
+        if conflicts:
+            raise AdapterError(
+                same_algorithm_refusal(conflicts, "PowerDNS") + " (docs/servers/powerdns.md)"
+            )
         return PdnsChange(
             zone=zone,
             plan=plan,
             now=now,
-            keys=self.store.keys(zone),
+            keys=keys,
             timings=timings,
             cds_before=before,
             cds_after=next_marking(plan, *before),
         )
+
+    def _planned_states(
+        self,
+        plan: KeyPlan,
+        keys: Sequence[PdnsKey],
+        timings: Mapping[str, KeyTiming],
+        now: int,
+    ) -> list[KeyState]:
+        """The zone's keys as they will be once ``plan`` is applied (for the checks in
+        ``begin``)."""
+        states = {
+            k.dnskey.to_text(): KeyState(
+                k.tag, k.flags, self._timing_of(k, timings), k.dnskey, k.algorithm
+            )
+            for k in keys
+            if k.tag not in plan.remove
+        }
+        for state in list(states.values()):
+            if state.key_tag in plan.retire:
+                timing = dataclasses.replace(state.timing, inactive=now)
+                states[state.dnskey.to_text()] = dataclasses.replace(state, timing=timing)  # type: ignore[union-attr]
+        for planned in plan.install:
+            key = planned.key
+            states[key.dnskey.to_text()] = KeyState(
+                key.key_tag, key.flags, planned.timing, key.dnskey, key.algorithm
+            )
+        return list(states.values())
+
+    def unpublished_dnskeys(self, zone: dns.name.Name) -> list[Any]:
+        return [k.dnskey for k in self.store.keys(zone) if k.active and not k.published]
 
     def write_key(self, change: PdnsChange, planned: PlannedKey) -> bool:
         """Add ``planned`` or bring its state and timing up to date; False if nothing changed."""
@@ -547,7 +589,11 @@ class PowerDnsAdapter(BaseAdapter[PdnsChange]):
         purged can put the old key set back in the cache for its TTL (about 1 in 20 pdnsutil
         applies, served ~20 s late), so the caches are purged again each ``REPURGE_AFTER``."""
         now = int(time.time())
-        keys = [KeyState(k.key_tag, k.flags, k.timing) for k in self.current_keys(zone)]
+        timings = _parse_timing(self.store.get_meta(zone, TIMING_KIND))
+        keys = [
+            KeyState(k.tag, k.flags, self._timing_of(k, timings), k.dnskey, k.algorithm)
+            for k in self.store.keys(zone)
+        ]
         marking = _parse_cds(self.store.get_meta(zone, CDS_KIND))
         expect = dataclasses.replace(
             expectation(zone, keys, removed, now), cds=self._cds_now(zone, marking, now)[0]
