@@ -105,13 +105,15 @@ def query(
 
 @dataclass(frozen=True)
 class Served:
-    """What one server serves for the child: DNSKEY tags and TTL, and the key tags of the RRSIGs
-    over the SOA and the probed name."""
+    """What one server serves for the child: DNSKEY tags and TTL, the key tags of the RRSIGs
+    over the SOA and the probed name, and its CDS and CDNSKEY RRsets (rdata texts)."""
 
     tags: frozenset[int]
     dnskey_ttl: int
     soa_signers: frozenset[int]
     probe_signers: frozenset[int]
+    cds: frozenset[str] = frozenset()
+    cdnskey: frozenset[str] = frozenset()
 
     @classmethod
     def read(cls, host: str, port: int, zone: str = CHILD) -> Served:
@@ -131,11 +133,21 @@ class Served:
             reply.answer, dns.name.from_text(zone), dns.rdataclass.IN, dns.rdatatype.DNSKEY
         )
         tags = frozenset(dns.dnssec.key_id(k) for k in dnskey) if dnskey else frozenset()
+
+        def texts(rdtype: dns.rdatatype.RdataType) -> frozenset[str]:
+            reply = query(host, port, zone, rdtype)
+            rrset = reply.get_rrset(
+                reply.answer, dns.name.from_text(zone), dns.rdataclass.IN, rdtype
+            )
+            return frozenset(r.to_text() for r in rrset or ())
+
         return cls(
             tags,
             dnskey.ttl if dnskey else 0,
             signers(zone, dns.rdatatype.SOA),
             signers(PROBE_NAME, dns.rdatatype.A),
+            texts(dns.rdatatype.CDS),
+            texts(dns.rdatatype.CDNSKEY),
         )
 
 
@@ -467,6 +479,18 @@ class MultiSigner:
         tells the engine (``ds seen``)."""
         self.set_ds(self.child_ds())
         self.kdc("ds", "seen", "--zone", CHILD)
+
+    def kdc_cds(self, tags: Iterable[int]) -> tuple[frozenset[str], frozenset[str]]:
+        """The CDS (SHA-256) and CDNSKEY rdata texts the KDC computes for the child's KSKs
+        ``tags`` (``krs-kdc zone ds --json``), as ``Served`` reads them from a server."""
+        wanted = set(tags)
+        keys = [k for k in self.kdc_json("zone", "ds", CHILD)["keys"] if k["key_tag"] in wanted]
+        if {k["key_tag"] for k in keys} != wanted:
+            raise LabError(f"krs-kdc zone ds lists {[k['key_tag'] for k in keys]}, not {wanted}")
+        return (
+            frozenset(text for k in keys for text in k["cds"]),
+            frozenset(k["cdnskey"] for k in keys),
+        )
 
     def history(self) -> list[dict[str, Any]]:
         """The engine's history of the child (``krs-kdc history --json``), oldest first."""

@@ -3,7 +3,8 @@ a zone given a policy and nothing else gets its first keys, two ZSK rollovers an
 by lifetime, while a validating Unbound answers every probe without SERVFAIL (krs_lab.multisigner).
 The test plays only the parent's operator (the DS and ``krs-kdc ds seen|gone``). At every step
 the engine recorded as served, each of the four servers is read directly: it must serve exactly
-the DNSKEY set, signers and DNSKEY TTL the KDC expects. A node whose KRS is stopped mid-rollover
+the DNSKEY set, signers and DNSKEY TTL the KDC expects, and the new KSK's CDS/CDNSKEY at the KSK's
+DS step only (the policy's default cds rollover). A node whose KRS is stopped mid-rollover
 holds the step and is named in ``lagging`` until it is back (docs/lifecycle.md, "How the engine
 rolls keys")."""
 
@@ -99,8 +100,18 @@ class Run:
             return
         dnskeys = {t for t, k in keys.items() if k["state"] in ("published", "active", "retired")}
         zsks = {t for t, k in keys.items() if k["state"] == "active" and k["role"] == "ZSK"}
+        # The policy's cds rollover (the default): the new KSK's CDS and CDNSKEY at the KSK's DS
+        # step only, on every server alike; none at any other step.
+        cds: tuple[frozenset[str], frozenset[str]] = (frozenset(), frozenset())
+        if phase == "KSK" and entry["detail"]["step"] == 2:
+            cds = self.lab.kdc_cds({self.new_key()})
         for name, s in served.items():
             where = f"{phase} step {entry['detail']['step']}, {name}"
+            if (s.cds, s.cdnskey) != cds:
+                self.problems.append(
+                    f"{where}: serves CDS {sorted(s.cds)}, CDNSKEY {sorted(s.cdnskey)}; "
+                    f"expected {sorted(cds[0])}, {sorted(cds[1])}"
+                )
             if set(s.tags) != dnskeys:
                 self.problems.append(f"{where}: serves DNSKEY {sorted(s.tags)}, KDC {dnskeys}")
             if s.dnskey_ttl != TIMING.dnskey_ttl:
@@ -115,6 +126,11 @@ class Run:
                 )
         self.checked.append((phase, entry["detail"]["step"], lag))
 
+    def new_key(self) -> int:
+        """The running (or last) rollover's new key."""
+        started = [e for e in self.history if e["event"] == "rollover-started"][-1]
+        return int(started["detail"]["keys"]["new"])
+
     def rollover_role(self) -> str:
         started = [e for e in self.history if e["event"] == "rollover-started"]
         return str(started[-1]["detail"]["role"]) if started else "?"
@@ -124,8 +140,7 @@ class Run:
         started = [e for e in self.history if e["event"] == "rollover-started"][-1]
         if started["id"] in self.ds_answered:
             return
-        new = int(started["detail"]["keys"]["new"])
-        self.lab.set_ds(self.lab.child_ds(tags={new}))
+        self.lab.set_ds(self.lab.child_ds(tags={self.new_key()}))
         self.lab.kdc("ds", "seen", "--zone", CHILD)
         self.lab.kdc("ds", "gone", "--zone", CHILD)
         self.ds_answered.add(started["id"])
@@ -247,8 +262,9 @@ def test_a_policy_alone_rolls_the_zsk_twice_and_the_ksk_on_four_servers_without_
         "time: the ZSK's lifetime ends",
         "time: the KSK's lifetime ends",
     }
-    # Every step that changes what the servers serve (the KSK's DS step changes the parent).
-    assert len(run.checked) == 1 + 3 + 2 + 3
+    # Every step, the KSK's DS step included: it publishes the new KSK's CDS/CDNSKEY on every
+    # server (the policy's cds rollover, the default) before the parent is asked.
+    assert len(run.checked) == 1 + 3 + 3 + 3
     assert prober.counts["SERVFAIL"] == 0, (prober.servfails, lab.unbound_log()[-3000:])
     assert prober.counts["NOERROR"] >= took * 3  # five probes a second, most of them answered
 
