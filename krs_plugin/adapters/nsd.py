@@ -54,7 +54,14 @@ from krs_plugin.adapters.cdsset import (
     write_marking,
 )
 from krs_plugin.adapters.cdsset import expected as cds_expected
-from krs_plugin.adapters.dnscheck import KeyState, expectation, wait_served
+from krs_plugin.adapters.dnscheck import (
+    KeyState,
+    expectation,
+    same_algorithm_refusal,
+    same_algorithm_unpublished,
+    signs_unpublished,
+    wait_served,
+)
 from krs_plugin.adapters.keyfiles import KeyFolder, tags_in
 from krs_plugin.adapters.settings import existing_file, seconds, server_address
 from krs_plugin.adapters.soaserial import (
@@ -386,10 +393,45 @@ class NsdAdapter(BaseAdapter[NsdChange]):
             raise AdapterError(problem.what)
         if not signer_available(self.signer):
             raise AdapterError(f"signer {self.signer} not found")
+        if self.signer == "ldns-signzone":
+            conflicts = same_algorithm_unpublished(self._planned_states(zone, plan, now), now)
+            if conflicts:
+                raise AdapterError(
+                    same_algorithm_refusal(conflicts, "ldns-signzone")
+                    + " (docs/servers/nsd.md; dnssec-signzone, the default signer, signs with "
+                    "both)"
+                )
         before = read_marking(self.key_directory, zone)
         return NsdChange(
             zone=zone, plan=plan, now=now, cds_before=before, cds_after=next_marking(plan, *before)
         )
+
+    def _planned_states(self, zone: dns.name.Name, plan: KeyPlan, now: int) -> list[KeyState]:
+        """The zone's keys as they will be once ``plan`` is applied (for the checks in
+        ``begin``)."""
+        states = {
+            key.key_tag: KeyState(key.key_tag, key.flags, timing, key.dnskey, key.algorithm)
+            for _, key, timing in self.keys.read_keys(zone)
+            if key.key_tag not in plan.remove
+        }
+        for tag in plan.retire:
+            if tag in states and states[tag].timing.inactive is None:
+                timing = replace(states[tag].timing, inactive=now)
+                states[tag] = replace(states[tag], timing=timing)
+        for planned in plan.install:
+            key = planned.key
+            states[key.key_tag] = KeyState(
+                key.key_tag, key.flags, planned.timing, key.dnskey, key.algorithm
+            )
+        return list(states.values())
+
+    def unpublished_dnskeys(self, zone: dns.name.Name) -> list[Any]:
+        now = int(time.time())
+        return [
+            key.dnskey
+            for _, key, timing in self.keys.read_keys(zone)
+            if signs_unpublished(timing, now)
+        ]
 
     def write_key(self, change: NsdChange, planned: PlannedKey) -> bool:
         key = planned.key
@@ -515,7 +557,10 @@ class NsdAdapter(BaseAdapter[NsdChange]):
         self, zone: dns.name.Name, removed: Iterable[int], serial: int | None = None
     ) -> Verification:
         now = int(time.time())
-        keys = [KeyState(k.key_tag, k.flags, k.timing) for k in self.current_keys(zone)]
+        keys = [
+            KeyState(key.key_tag, key.flags, timing, key.dnskey, key.algorithm)
+            for _, key, timing in self.keys.read_keys(zone)
+        ]
         marking, with_cds = self._cds_keys(zone, now)
         marked = [(k.key_tag, k.algorithm, k.flags, t) for k, t in with_cds]
         expect = replace(

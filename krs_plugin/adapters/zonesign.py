@@ -12,6 +12,13 @@ Two signers, both from Debian packages: ``dnssec-signzone`` (bind9-utils, the de
   makes every algorithm sign every RRset (otherwise a CSK next to another algorithm's ZSK only
   signs the DNSKEY RRset), and its output is checked with ``ldns-verify-zone``.
 
+A key that signs without being published (an activate time and no publish time: an algorithm
+rollover, dnscheck.signs_unpublished) is given to dnssec-signzone as a copy of its files whose
+Publish time is far in the future, so ``-S`` signs with it and leaves its DNSKEY out (a key
+file without a Publish time is published: measured on 9.18.49); ldns-signzone is given it as a
+signing key with ``-d``, which adds no DNSKEY of the keys given, the DNSKEYs of the published
+keys then being added to its input (measured on 1.8.3; docs/lifecycle.md).
+
 The CDS and CDNSKEY the zone serves (docs/payload.md, ``cds``) are records the adapter adds to
 that copy: both signers sign them like the rest (dnssec-signzone ``-x`` with the KSKs, as the
 DNSKEY RRset); the key files carry no SyncPublish/SyncDelete, so dnssec-signzone leaves them as
@@ -31,12 +38,13 @@ import shutil
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import dns.name
 
-from krs_plugin.adapters.keyfiles import KeyFolder
+from krs_plugin.adapters.dnscheck import is_published, is_unpublished, signs_unpublished
+from krs_plugin.adapters.keyfiles import KeyFolder, write_key_files
 from krs_plugin.adapters.soaserial import with_serial
 from krs_plugin.adapters.tools import run_tool
 from krs_plugin.errors import AdapterError
@@ -87,9 +95,10 @@ def sign_zone(
                 raise AdapterError(f"dnssec-signzone {origin}: no active key to sign with")
             split = ["-x"] if all(r == {"KSK", "ZSK"} for r in roles.values()) else ["-z"]
             source.write_text(text, encoding="latin-1")
+            folder = _with_unpublished_hidden(zone, keys, work / "keys", now)
             run_tool(
                 [
-                    "dnssec-signzone", "-S", *split, "-O", "full", "-K", str(keys.path),
+                    "dnssec-signzone", "-S", *split, "-O", "full", "-K", str(folder),
                     "-o", origin,
                     "-N", "keep", "-s", str(now - 3600), "-e", str(now + validity),
                     "-f", str(output), str(source),
@@ -101,6 +110,26 @@ def sign_zone(
         else:
             _ldns_sign(zone, text, keys, output, source, now, validity, timeout)
     return SignedZone(output, time.perf_counter() - start)
+
+
+HIDDEN_FOR = 10 * 365 * 86400
+"""How far in the future the Publish time of a key that signs unpublished is put in the copy of
+its files dnssec-signzone is given (it is signed again long before)."""
+
+
+def _with_unpublished_hidden(zone: dns.name.Name, keys: KeyFolder, scratch: Path, now: int) -> Path:
+    """The key folder dnssec-signzone is given: ``keys`` itself, or, when a key of ``zone`` signs
+    unpublished, a copy of the zone's key files in ``scratch`` in which such keys have a Publish
+    time far in the future."""
+    read = keys.read_keys(zone)
+    if not any(is_unpublished(timing) for _, _, timing in read):
+        return keys.path
+    scratch.mkdir(mode=0o700)
+    for _, key, timing in read:
+        if is_unpublished(timing):
+            timing = replace(timing, publish=now + HIDDEN_FOR)
+        write_key_files(scratch, key, timing)
+    return scratch
 
 
 def _active_roles(zone: dns.name.Name, keys: KeyFolder, now: int) -> dict[int, set[str]]:
@@ -123,24 +152,31 @@ def _ldns_sign(
     validity: int,
     timeout: float,
 ) -> None:
-    active, published = [], []
-    for private, key, timing in keys.read_keys(zone):
+    active, published, shown = [], [], []
+    read = keys.read_keys(zone)
+    hidden = any(signs_unpublished(timing, now) for _, _, timing in read)
+    for private, key, timing in read:
         is_active = timing.activate is not None and timing.activate <= now
         is_active &= timing.inactive is None or timing.inactive > now
         gone = timing.delete is not None and timing.delete <= now
+        if is_published(timing, now):
+            shown.append(key.dnskey_text())
         if is_active and not gone:
             active.append(str(private.with_suffix("")))
-        elif not gone and (timing.publish is None or timing.publish <= now):
+        elif not gone and is_published(timing, now):
             published.append(key.dnskey_text())
     if not active:
         raise AdapterError(f"ldns-signzone {zone}: no active key to sign with")
+    if hidden:  # -d: ldns adds no DNSKEY of the keys given; every published one is in the input
+        published = shown
     with open(source, "w", encoding="latin-1") as out:
         out.write(text)
         out.write("\n" + "".join(f"{line}\n" for line in published))
     origin = zone.to_text()
     run_tool(
         [
-            "ldns-signzone", "-U", "-o", origin, "-i", str(now - 3600),
+            "ldns-signzone", "-U", *(["-d"] if hidden else []), "-o", origin,
+            "-i", str(now - 3600),
             "-e", str(now + validity), "-f", str(output), str(source), *active,
         ],
         f"ldns-signzone {origin}",
