@@ -39,7 +39,7 @@ from krs_plugin.adapters.cdsset import (
     write_marking,
 )
 from krs_plugin.adapters.cdsset import expected as cds_expected
-from krs_plugin.adapters.dnscheck import is_active, is_published
+from krs_plugin.adapters.dnscheck import is_active, is_published, signs_unpublished
 from krs_plugin.adapters.keyfiles import KeyFolder, decode_snapshot, encode_snapshot, tags_in
 from krs_plugin.dnssec.bindfiles import bind_private_text
 from krs_plugin.errors import AdapterError, ConfigError
@@ -80,11 +80,14 @@ class DirectoryAdapter(BaseAdapter[FolderChange]):
         """The folder is what this node serves: its keys as a server would serve them now
         (published ones in the DNSKEY set, active KSKs signing it, active ZSKs, or the active
         KSKs/CSKs when there is no ZSK, signing the zone), so that a policy's steps can pass the
-        gate on a directory node too (docs/lifecycle.md, "The gate"). ``source`` says so."""
+        gate on a directory node too (docs/lifecycle.md, "The gate"). ``source`` says so. A key
+        that signs unpublished (dnscheck.signs_unpublished: an algorithm rollover) is not in the
+        DNSKEY set and signs as an active key does."""
         now = int(time.time())
         keys = [(key, timing) for _, key, timing in self.folder.read_keys(zone)]
         published = [(k, t) for k, t in keys if is_published(t, now)]
         active = [k for k, t in published if is_active(t, now)]
+        active += [k for k, t in keys if signs_unpublished(t, now)]
         zsks = [k.key_tag for k in active if not k.flags & 1]
         served: dict[str, object] = {
             "zone": zone.to_text(),
