@@ -459,6 +459,7 @@ class Bind9Adapter(BaseAdapter[BindChange]):
 
     def begin(self, zone: dns.name.Name, plan: KeyPlan, now: int) -> BindChange:
         mode = self._zone_mode(zone, self.version())
+        check_no_unpublished_signer(plan)
         keys_after = self._roles_after(zone, plan)
         check_key_count(len(keys_after))
         if mode.policy is not None:
@@ -956,6 +957,24 @@ def check_both_roles_per_algorithm(keys: list[tuple[int, int, str, bool]]) -> No
             f"{alg} beside it: BIND 9.20 signs {what}, so the zone would not validate; send "
             "the other role's key of that algorithm with it"
         )
+
+
+def check_no_unpublished_signer(plan: KeyPlan) -> None:
+    """A key with an Activate time and no Publish time is one the KDC wants to sign while its
+    DNSKEY is not published (an algorithm rollover's first step, docs/lifecycle.md): named
+    cannot. 9.18 and 9.20 both take their signing keys from the DNSKEY RRset they serve
+    (zone.c findzonekeys; lab/experiments/unpublished_signing*.sh), and without a Publish time
+    named would publish the key at its Activate time instead. Refused before anything is
+    written."""
+    for planned in plan.install:
+        timing = planned.timing
+        if timing.publish is None and timing.activate is not None:
+            raise AdapterError(
+                f"key {planned.key.key_tag} ({planned.role}, algorithm {planned.key.algorithm}) "
+                "is to sign while its DNSKEY is not published (an Activate time and no Publish "
+                "time): named signs only with keys of the DNSKEY RRset it serves (BIND 9.18 and "
+                "9.20), so it cannot take this step of an algorithm rollover"
+            )
 
 
 def check_key_count(count: int) -> None:
