@@ -546,7 +546,8 @@ class Bind9Adapter(BaseAdapter[BindChange]):
         command = "sign" if stopped else "loadkeys"
         # the delete records are never served beside a key's CDS: out before the keys'
         # CDS come, in after they went
-        if change.cds_delete is False and self._serves_delete(change.zone) is not False:
+        updates = self.update_key is not None and not change.mode.manual_policy
+        if change.cds_delete is False and updates and self._serves_delete(change.zone) is not False:
             change.step = "withdraw the delete CDS/CDNSKEY"
             self._set_delete_records(change.zone, False)
         if change.cds_delete:
