@@ -180,8 +180,9 @@ class BindChange(ZoneChange):
     owner: tuple[int, int] | None
     signing_before: set[int] = field(default_factory=set)
     cds_delete: bool | None = None
-    """BIND 9.18: whether the zone is to serve RFC 8078's delete CDS/CDNSKEY after the apply
-    (added or removed by dynamic update); None: the KRS has no update key and leaves them."""
+    """Whether the zone is to serve RFC 8078's delete CDS/CDNSKEY after the apply (9.18: added
+    or removed by dynamic update, when there is an update key); None: a plan that installs no
+    key leaves them as they are (cdsset.next_marking)."""
 
 
 class Bind9Adapter(BaseAdapter[BindChange]):
