@@ -78,10 +78,18 @@ def ds_texts(lab: MultiSigner, tags: set[int]) -> set[str]:
     return {line.split(" DS ", 1)[1] for line in lab.child_ds(tags=tags)}
 
 
-def hold_the_secondary(run: ParentRun, parent: LabParent, purpose: str) -> float:
+def only(tags: set[int]) -> int:
+    (tag,) = tags
+    return tag
+
+
+def hold_the_secondary(
+    run: ParentRun, parent: LabParent, purpose: str
+) -> tuple[float, dict[str, Any], dict[str, Any], str]:
     """The parent's secondary lags: the KDC pushed (``ds-pushed``), looks again and again, and
     names the secondary as what holds ``purpose``; released after HOLD s and 3 looks at least.
-    Returns when it was released (monotonic)."""
+    Returns when it was released (monotonic) and, read just before, ``krs-kdc status --json``'s
+    zone and parent watch and ``krs-kdc status``'s text."""
     began = time.monotonic()
     run.until(
         lambda: (
@@ -93,8 +101,10 @@ def hold_the_secondary(run: ParentRun, parent: LabParent, purpose: str) -> float
         60,
         f"{purpose} held by {parent.secondary}",
     )
+    status, watch = run.status, run.parent()
+    text = run.lab.kdc("status", "--zone", CHILD)
     parent.release()
-    return time.monotonic()
+    return time.monotonic(), status, watch, text
 
 
 def test_first_ds_and_a_ksk_rollover_pushed_and_seen_at_the_parent_on_four_servers(
@@ -122,7 +132,9 @@ def test_first_ds_and_a_ksk_rollover_pushed_and_seen_at_the_parent_on_four_serve
     first_ds = ds_texts(lab, first)
     assert parent.ds_at(parent.primary) == first_ds
     assert parent.ds_at(parent.secondary) == set()
-    released_first = hold_the_secondary(run, parent, "first DS")
+    released_first, _, watch, text = hold_the_secondary(run, parent, "first DS")
+    assert f"new DS {only(first)}/13/2 not yet at {parent.secondary}" in watch["why"], watch
+    assert f"waits for its first DS at the parent: new DS {only(first)}/13/2" in text, text
     assert not run.events("ds-seen"), "the first DS seen while the secondary lacked it"
     marks["first DS released"] = released_first
     run.until(lambda: bool(run.events("ds-seen")), 30, "the first DS seen")
@@ -134,7 +146,7 @@ def test_first_ds_and_a_ksk_rollover_pushed_and_seen_at_the_parent_on_four_serve
     marks["KSK rollover started"] = time.monotonic()
     started = next(e for e in run.events("rollover-started") if e["detail"]["role"] == "KSK")
     new = int(started["detail"]["keys"]["new"])
-    (old,) = first
+    old = only(first)
     assert int(started["detail"]["keys"]["old"]) == old
     # The first DS had settled before: the old KSK's DS is what the rollover withdraws.
     settled = [
@@ -163,16 +175,14 @@ def test_first_ds_and_a_ksk_rollover_pushed_and_seen_at_the_parent_on_four_serve
     )
     assert parent.ds_at(parent.primary) == ds_texts(lab, {new})
     assert parent.ds_at(parent.secondary) == first_ds
-    released = hold_the_secondary(run, parent, "rollover ")
-    held = run.status, run.parent(), lab.kdc("status", "--zone", CHILD)
+    released, status, watch, text = hold_the_secondary(run, parent, "rollover ")
     marks["DS step released"] = released
-    assert held[0]["waits_for"] == "parent" and held[0]["step"].startswith("2 of 3"), held[0]
-    assert f"not yet at {parent.secondary}" in held[1]["why"], held[1]
-    assert f"still at {parent.secondary}" in held[1]["why"], held[1]
-    assert parent.primary not in held[1]["why"], held[1]
-    by_address = {a["address"]: a["ds"] for a in held[1]["view"]["addresses"]}
+    assert status["waits_for"] == "parent" and status["step"].startswith("2 of 3"), status
+    assert f"not yet at {parent.secondary}" in watch["why"], watch
+    assert f"still at {parent.secondary}" in watch["why"], watch
+    assert parent.primary not in watch["why"], watch
+    by_address = {a["address"]: a["ds"] for a in watch["view"]["addresses"]}
     assert by_address == {parent.primary: [f"{new}/13/2"], parent.secondary: [f"{old}/13/2"]}
-    text = held[2]
     print(text)
     assert "KSK rollover, step 2 of 3" in text and "waits for the parent" in text, text
     assert f"new DS {new}/13/2 not yet at {parent.secondary}" in text, text
