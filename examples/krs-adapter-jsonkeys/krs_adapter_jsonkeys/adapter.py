@@ -18,7 +18,8 @@ a directory with one file per zone, named after the zone in lower case, final do
           "dnskey": "example.com.\\t3600\\tIN\\tDNSKEY\\t257 3 13 mdsswUyr3DPW132mOi8V9xESWE8j...",
           "private": "Private-key-format: v1.3\\nAlgorithm: 13 (ECDSAP256SHA256)\\nPrivateKey: ...",
           "timing": {"created": 1767225600, "publish": 1767225600, "activate": 1767225600,
-                     "inactive": null, "delete": null}
+                     "inactive": null, "delete": null, "sync_publish": null,
+                     "sync_delete": null}
         }
       ]
     }
