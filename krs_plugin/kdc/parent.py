@@ -520,8 +520,8 @@ def ds_step_state(
     parts = [f"{_name(a)}: {a.error}" for a in failed]
     if lacking:
         parts.append(f"new DS {_tags(wanted)} not yet at " + ", ".join(_name(a) for a in lacking))
-    if holding:
-        parts.append(f"old DS {_tags(leaving)} still at " + ", ".join(_name(a) for a in holding))
+    for address in holding:  # what each still serves, not every digest looked for
+        parts.append(f"old DS {_tags(leaving & (address.ds or set()))} still at {_name(address)}")
     if not parts:
         parts.append(
             f"all {len(view.addresses)} parent address(es) serve the new DS and not the old"

@@ -144,3 +144,15 @@ def test_observe_names_configuration_problems_without_asking() -> None:
     )
     assert other.error == "child.other.example. is not below the parent zone lab.example."
     assert observe("bad..name", ParentConfig()).error is not None
+
+
+def test_the_old_ds_named_is_what_the_address_still_serves_not_every_digest_looked_for() -> None:
+    """The engine looks for the old KSK's DS in every digest type; status names only those the
+    lagging address serves."""
+    from krs_plugin.kdc.parent import AddressView, ParentView, ds_step_state
+
+    old = {(45040, 13, d, f"{d:02x}" * 4) for d in (1, 2, 4)}
+    lagging = AddressView("[::1]:53", "agent", frozenset({(45040, 13, 2, "02" * 4)}), 60, None)
+    view = ParentView("child.example.", "example.", 0, (lagging,), None)
+    _, gone, why = ds_step_state(view, set(), old)
+    assert not gone and why == "old DS 45040/13/2 still at [::1]:53"
