@@ -975,7 +975,9 @@ def check_no_unpublished_signer(plan: KeyPlan) -> None:
                 f"key {planned.key.key_tag} ({planned.role}, algorithm {planned.key.algorithm}) "
                 "is to sign while its DNSKEY is not published (an Activate time and no Publish "
                 "time): named signs only with keys of the DNSKEY RRset it serves (BIND 9.18 and "
-                "9.20), so it cannot take this step of an algorithm rollover"
+                "9.20), so it cannot take this step of an algorithm rollover; a zone with BIND "
+                "nodes rolls its algorithm with the KDC policy's algorithm-method liberal (the "
+                "new DNSKEYs published and signing at once; docs/servers/bind9.md)"
             )
 
 
