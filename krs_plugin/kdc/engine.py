@@ -680,21 +680,32 @@ class Engine:
                             rollover=rollover)  # fmt: skip
         when = self.settles(rollover, policy, step)
         if when is None:
-            records = {r.key_id: r for r in self.state.key_records(zone)}
+            new, old = self.ds_awaited(rollover, step)
             missing = []
-            for change in step.changes:
-                key_id = rollover.keys.get(change.which)
-                if change.record != "ds" or key_id is None:
-                    continue
-                if records[key_id].state("ds") is not change.to:
-                    continue
-                if change.to is State.RUMOURED and rollover.ds_seen_at is None:
-                    missing.append(f"krs-kdc ds seen --zone {zone} (the new DS at the parent)")
-                if change.to is State.UNRETENTIVE and rollover.ds_gone_at is None:
-                    missing.append(f"krs-kdc ds gone --zone {zone} (the old DS gone)")
+            if new:
+                missing.append(f"krs-kdc ds seen --zone {zone} (the new DS at the parent)")
+            if old:
+                missing.append(f"krs-kdc ds gone --zone {zone} (the old DS gone)")
             return ZoneView(zone, policy_name, phase, text, "parent", None, rollover=rollover,
                             problem="; ".join(missing))  # fmt: skip
         return ZoneView(zone, policy_name, phase, text, "time", when, rollover=rollover)
+
+    def ds_awaited(self, rollover: Rollover, step: Step) -> tuple[list[int], list[int]]:
+        """The keys (ids) whose new DS the step still waits to see at the parent, and those
+        whose old DS it still waits to see gone (``ds seen``/``ds gone`` not recorded yet)."""
+        records = {r.key_id: r for r in self.state.key_records(rollover.zone)}
+        new, old = [], []
+        for change in step.changes:
+            key_id = rollover.keys.get(change.which)
+            if change.record != "ds" or key_id is None:
+                continue
+            if records[key_id].state("ds") is not change.to:
+                continue
+            if change.to is State.RUMOURED and rollover.ds_seen_at is None:
+                new.append(key_id)
+            if change.to is State.UNRETENTIVE and rollover.ds_gone_at is None:
+                old.append(key_id)
+        return new, old
 
     def plan(self, zone: str, now: int) -> list[PlannedStep]:
         """Every future step of the running rollover, or of the next one by lifetime: its

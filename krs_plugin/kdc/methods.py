@@ -39,12 +39,6 @@ class Step:
         """The step changes what the nodes serve (a distribution is sent)."""
         return any(c.record != "ds" for c in self.changes)
 
-    @property
-    def cds_first(self) -> bool:
-        """The step publishes or withdraws CDS before the parent acts: every node must serve
-        the new CDS set (the gate) before the DS is pushed or looked for."""
-        return self.waits_for_parent and any(c.record == "cds" for c in self.changes)
-
 
 def _step(name: str, says: str, *changes: tuple[str, str, State]) -> Step:
     return Step(name, says, tuple(Change(w, r, s) for w, r, s in changes))

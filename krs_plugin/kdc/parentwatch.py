@@ -27,7 +27,6 @@ from krs_plugin.errors import KrsError
 from krs_plugin.kdc.distribute import key_of
 from krs_plugin.kdc.dspush import PushConfig, PushResult, push_ds, read_tsig_key
 from krs_plugin.kdc.engine import Engine
-from krs_plugin.kdc.methods import Step
 from krs_plugin.kdc.parent import (
     DsTuple,
     ParentConfig,
@@ -239,20 +238,11 @@ def need_of(engine: Engine, zone: str) -> Need | None:
     if rollover is not None and rollover.role != "ZSK" and rollover.role != "initial":
         if rollover.step_started_at is None or rollover.reached_at is None:
             return None  # the step's CDS is not yet served by every node
-        step: Step = engine.steps(rollover)[rollover.step]
+        step = engine.steps(rollover)[rollover.step]
         if not step.waits_for_parent:
             return None
-        new, old = [], []
-        for change in step.changes:
-            key_id = rollover.keys.get(change.which)
-            if change.record != "ds" or key_id is None:
-                continue
-            if records[key_id].state("ds") is not change.to:
-                continue
-            if change.to is State.RUMOURED and rollover.ds_seen_at is None:
-                new.append(rows[key_id])
-            if change.to is State.UNRETENTIVE and rollover.ds_gone_at is None:
-                old.append(rows[key_id])
+        new_ids, old_ids = engine.ds_awaited(rollover, step)
+        new, old = [rows[i] for i in new_ids], [rows[i] for i in old_ids]
         if not new and not old:
             return None
         return Need(

@@ -105,7 +105,7 @@ def test_cds_policy_adds_the_cds_changes_to_the_ksk_steps() -> None:
         [Change("new", "cds", State.RUMOURED)],
         [Change("new", "cds", State.UNRETENTIVE)],
     ]
-    assert rollover[1].cds_first and rollover[1].visible and not rollover[0].cds_first
+    assert rollover[1].visible and rollover[1].waits_for_parent  # a distribution, then the parent
     always = steps_for("CSK", "double-ksk", "always")
     assert always is not None
     assert [c for c in always[1].changes if c.record == "cds"] == [
