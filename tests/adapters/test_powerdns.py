@@ -299,8 +299,11 @@ def test_api_key_and_private_keys_stay_out_of_logs_and_errors(
     node = adapter(pdns, method)
     ksk, zsk, later, csk = key("KSK"), key("ZSK"), key("ZSK"), key("CSK")
     node.apply(NAME, install((ksk, "KSK"), (zsk, "ZSK")))
-    activate = int(time.time()) + 1
+    # far enough ahead that the apply (seconds with pdnsutil on a loaded machine) ends before it:
+    # maintain() must be what activates the key
+    activate = int(time.time()) + 4
     node.apply(NAME, KeyPlan(NAME, (PlannedKey(later, "ZSK", now_timing(activate=activate)),)))
+    assert time.time() < activate, "the apply took longer than the activation delay"
     secrets_seen = [pdns.api_key(), *private_parts(ksk, zsk, later, csk)]
     time.sleep(max(0.0, activate - time.time()))
     assert node.maintain() == IDLE_WAIT
