@@ -165,11 +165,8 @@ class Engine:
                 return False  # an algorithm rollover to start
             if zone in snapshot.requested:
                 return False  # an emergency rollover requested
-            records_live = [r for _, r in live]
-            if "ZSK" in policy.roles and policy.standby_zsks > len(
-                standby_zsks(records_live, [k for k, _ in live])
-            ):
-                return False  # a standby ZSK to publish
+            if standby_missing([r for _, r in live], [k for k, _ in live], policy):
+                return False  # a standby key to publish
             due = next_by_lifetime([r for _, r in live], [k for k, _ in live], policy)
             return due is None or due[1] > now
         if rollover.step_started_at is None:
@@ -209,14 +206,10 @@ class Engine:
         if due is not None and due[1] <= now:
             role, _ = due
             return self.start(zone, role, cause=f"time: the {role}'s lifetime ends", now=now)
-        if "ZSK" in policy.roles and len(standby_zsks(records, live)) < policy.standby_zsks:
-            return self.start(
-                zone,
-                "ZSK",
-                method="standby",
-                now=now,
-                cause=f"engine: the policy keeps {policy.standby_zsks} standby ZSK(s)",
-            )
+        missing = standby_missing(records, live, policy)
+        if missing is not None:
+            keep = f"engine: the policy keeps a standby {missing}"
+            return self.start(zone, missing, method="standby", now=now, cause=keep)
         return None
 
     def _requested(self, zone: str, request: tuple[int, int, str], now: int) -> Rollover | None:
@@ -245,11 +238,14 @@ class Engine:
         now: int,
         method: str | None = None,
         old: KeyRow | None = None,
+        new: KeyRow | None = None,
+        step: int = 0,
     ) -> Rollover:
         """A new rollover of ``role`` (or ``initial``, ``algorithm``), its new key(s) made now,
         begun at the engine's next pass; a ZSK pre-publish rollover takes a standby ZSK instead
-        and begins at its second step. ``old``: the key to replace (default: the one signing).
-        Refused while one runs, or when the method is not built."""  # fmt: skip
+        and begins at its second step. ``old``: the key to replace (default: the one signing);
+        ``new`` and ``step``: a standby to replace it with, and the step to begin at (an
+        emergency). Refused while one runs, or when the method is not built."""  # fmt: skip
         policy_name = self.store.zone_policy(zone)
         if policy_name is None:
             raise StateError(
@@ -263,7 +259,7 @@ class Engine:
                 f"zone {zone} has a {running.role} rollover running (step {running.step + 1}); "
                 "one rollover per zone at a time: see krs-kdc status"
             )
-        first = 0
+        first = step
         with self.store.transaction():
             if role == "initial":
                 keys = {f"new:{r}": self._new_key(zone, r, policy, now).id for r in policy.roles}
@@ -300,8 +296,10 @@ class Engine:
                     old = old or current_key(records, rows, role)
                     if old is None:
                         raise StateError(f"zone {zone} has no {role} signing now to roll")
-                    spare = standby_zsks(records, rows, ready=True) if role == "ZSK" else []
-                    if spare and method == "pre-publish":  # already in every cache: swap now
+                    spare = standby_keys(records, rows, ready=True) if role == "ZSK" else []
+                    if new is not None:  # a standby the caller chose (an emergency)
+                        keys = {"old": old.id, "new": new.id}
+                    elif spare and method == "pre-publish":  # in every cache: swap now
                         keys, first = {"old": old.id, "new": spare[0].id}, 1
                     else:
                         keys = {"old": old.id, "new": self._new_key(zone, role, policy, now).id}
@@ -336,6 +334,12 @@ class Engine:
             return self.start(zone, "ZSK", method="withdraw", old=key, now=now, cause=cause)
         if not signing:
             raise StateError(f"key {key_tag} of {zone} does not sign: nothing to replace")
+        if key.role == "KSK":
+            rows_all = self.store.keys(zone)
+            spare = standby_keys(list(records.values()), rows_all, "KSK", ready=True)
+            if spare:  # its DS already at the parent: a double-DS swap, its first step done
+                return self.start(zone, "KSK", method="double-ds", old=key, new=spare[0],
+                                  step=1, now=now, cause=cause)  # fmt: skip
         method = "pre-publish" if key.role == "ZSK" else None
         return self.start(zone, key.role, method=method, old=key, now=now, cause=cause)
 
@@ -430,6 +434,8 @@ class Engine:
                 current = records[key_id].state(change.record)
                 if change.to is State.UNRETENTIVE and current is State.HIDDEN:
                     continue  # e.g. the old KSK's DS, never reported at the parent
+                if change.to is State.RUMOURED and current is State.OMNIPRESENT:
+                    continue  # a standby's DNSKEY or DS, already everywhere
                 self.state.set_record(key_id, change.record, change.to, now)
                 moved.append(f"{records[key_id].key_tag} {change.record} {change.to}")
             self._sync_keys(zone, now)
@@ -895,19 +901,37 @@ def key_state(row: KeyRow, rec: KeyRecords, now: int) -> tuple[str, dict[str, in
     return "created", times
 
 
-def standby_zsks(
-    records: list[KeyRecords], rows: list[KeyRow], *, ready: bool = False
+def standby_keys(
+    records: list[KeyRecords], rows: list[KeyRow], role: str = "ZSK", *, ready: bool = False
 ) -> list[KeyRow]:
-    """ZSKs published and not signing (policy standby-zsks), oldest first; ``ready``: only
-    those in every cache (their DNSKEY omnipresent), which an emergency can sign with at once."""
+    """Keys of ``role`` published and not signing (policy standby-zsks, standby-ksk), oldest
+    first. ``ready``: only those an emergency can sign with at once: the DNSKEY in every cache,
+    and for a KSK its DS too."""
     by_id = {r.id: r for r in rows}
     wanted = (State.OMNIPRESENT,) if ready else VISIBLE
+    signs = "zrrsig" if role == "ZSK" else "krrsig"
     return sorted(
         (by_id[r.key_id] for r in records
-         if r.role == "ZSK" and r.key_id in by_id and by_id[r.key_id].state != "removed"
-         and r.state("dnskey") in wanted and r.state("zrrsig") is State.HIDDEN),
+         if r.role == role and r.key_id in by_id and by_id[r.key_id].state != "removed"
+         and r.state("dnskey") in wanted and r.state(signs) is State.HIDDEN
+         and (role == "ZSK" or not ready or r.state("ds") is State.OMNIPRESENT)),
         key=lambda k: k.id,
     )  # fmt: skip
+
+
+def standby_missing(records: list[KeyRecords], rows: list[KeyRow], policy: Policy) -> str | None:
+    """The role of a standby key the policy keeps and the zone lacks, or None. A standby KSK
+    only once the zone is secure (a signing KSK's DS omnipresent): its DS joins that one."""
+    for role, wanted in (("ZSK", policy.standby_zsks), ("KSK", policy.standby_ksk)):
+        if role not in policy.roles or len(standby_keys(records, rows, role)) >= wanted:
+            continue
+        if role == "KSK" and not any(
+            r.role == "KSK" and r.state("krrsig") is State.OMNIPRESENT
+            and r.state("ds") is State.OMNIPRESENT for r in records
+        ):  # fmt: skip
+            continue
+        return role
+    return None
 
 
 def current_key(records: list[KeyRecords], rows: list[KeyRow], role: str) -> KeyRow | None:

@@ -71,6 +71,11 @@ STEPS: dict[tuple[str, str], tuple[Step, ...]] = {
     ),
     # A standby ZSK (policy standby-zsks): published, not signing, ready for an emergency.
     ("ZSK", "standby"): (_step("publish", "publish a standby ZSK", ("new", "dnskey", R)),),
+    # A standby KSK (policy standby-ksk): published, not signing, its DS at the parent.
+    ("KSK", "standby"): (
+        _step("publish", "publish a standby KSK", ("new", "dnskey", R)),
+        _step("ds", "the parent adds the standby KSK's DS", ("new", "ds", R)),
+    ),
     # A standby ZSK that is compromised itself: withdrawn (a new one follows).
     ("ZSK", "withdraw"): (_step("remove", "remove the standby ZSK", ("old", "dnskey", U)),),
     ("KSK", "double-ksk"): (
@@ -194,6 +199,11 @@ def steps_for(role: str, method: str, cds: str = "none") -> tuple[Step, ...] | N
     steps = STEPS.get((role, method))
     if steps is None or cds == "none" or role == "ZSK":
         return steps
+    if method == "standby":  # its CDS only where the current KSK's is always published
+        if cds != "always":
+            return steps
+        ds = steps[1]
+        return (steps[0], Step(ds.name, ds.says, (*ds.changes, Change("new", "cds", R))))
     added: dict[str, list[Change]] = {}
     if method == "double-ds":
         if cds == "always":

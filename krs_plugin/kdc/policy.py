@@ -90,6 +90,7 @@ class Policy:
     parent_propagation_delay: int = 3600
     propagation_margin: int = 300  # BIND's zone-propagation-delay
     standby_zsks: int = 0
+    standby_ksk: int = 0  # 1: a published KSK whose DS the parent has, for an emergency
     cds: str = "rollover"  # CDS/CDNSKEY: Knot's cds-cdnskey-publish, BIND's default
     algorithm_method: str = "conservative"  # liberal: for BIND nodes (docs/lifecycle.md)
 
@@ -267,6 +268,10 @@ def problems(policy: Policy) -> list[str]:
             out.append(f"{name.replace('_', '-')} must be more than 0s")
     if not 0 <= p.standby_zsks <= MAX_STANDBY_ZSKS:
         out.append(f"standby-zsks must be 0 to {MAX_STANDBY_ZSKS}, got {p.standby_zsks}")
+    if p.standby_ksk not in (0, 1):
+        out.append(f"standby-ksk must be 0 or 1, got {p.standby_ksk}")
+    elif p.standby_ksk and p.layout == "csk":
+        out.append("standby-ksk needs the ksk-zsk layout (a standby CSK is not built)")
     if out:
         return out  # the timing below needs sane values
     if p.signatures_refresh >= p.signatures_validity:

@@ -72,6 +72,7 @@ _OPTIONS: dict[str, tuple[Any, tuple[Any, ...] | None, str]] = {
     "propagation_margin": (
         _duration, None, "margin for secondaries no KRS watches, after a node confirms (5m)"),
     "standby_zsks": (int, None, "extra ZSKs kept published for an emergency roll (0)"),
+    "standby_ksk": (int, (0, 1), "1: keep a published KSK whose DS the parent has (0)"),
     "cds": (str, CDS_MODES,
             "CDS/CDNSKEY for the parent: while a KSK rollover waits for it (rollover), "
             "always, or none"),

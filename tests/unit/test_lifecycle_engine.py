@@ -458,3 +458,38 @@ def test_a_liberal_algorithm_rollover_never_signs_with_an_unpublished_key(fleet:
             fleet.engine.ds_reported(ZONE, seen=False, now=fleet.now, cause="command: test")
     assert fleet.phase() is None and seen_steps == {0, 1, 2}, fleet.events()
     assert {k.algorithm for k in fleet.store.keys(ZONE) if k.state != "removed"} == {15}
+
+
+def test_a_standby_ksk_has_its_ds_at_the_parent_and_an_emergency_swaps_to_it(
+    fleet: Fleet,
+) -> None:
+    """``standby-ksk 1``: a second KSK published, not signing, its DS at the parent; a
+    compromised KSK is then replaced by a double-DS swap whose first step is done, and the old
+    DS is the only thing the parent still has to change."""
+    fleet.store.set_policy("fast", POLICY.changed(standby_ksk=1), now=fleet.now)
+    signed(fleet)
+    fleet.engine.ds_reported(ZONE, seen=True, now=fleet.now, cause="command: test")
+    fleet.run(10)
+    assert fleet.phase() is None  # no standby KSK before the zone is secure
+    fleet.run(20)
+    assert fleet.phase() == ("KSK", 1)  # the standby's DS step
+    fleet.engine.ds_reported(ZONE, seen=True, now=fleet.now, cause="command: test")
+    fleet.run(20)
+    assert fleet.phase() is None, fleet.events()
+    ksks = {r.key_tag: r for r in EngineState(fleet.store).key_records(ZONE) if r.role == "KSK"}
+    signing = fleet.serves()["dnskey_signers"]
+    assert len(ksks) == 2 and len(signing) == 1  # type: ignore[arg-type]
+    compromised = signing[0]  # type: ignore[index]
+    (standby,) = set(ksks) - {compromised}
+    assert ksks[standby].state("ds") is State.OMNIPRESENT
+    rollover = fleet.engine.emergency(ZONE, compromised, cause="command: test", now=fleet.now)
+    assert (rollover.method, rollover.step) == ("double-ds", 1)
+    fleet.run(2)
+    assert fleet.serves()["dnskey_signers"] == [standby]  # signing with it at once
+    fleet.run(15)
+    assert fleet.phase() == ("KSK", 2)  # the parent removes the compromised KSK's DS
+    fleet.engine.ds_reported(ZONE, seen=False, now=fleet.now, cause="command: test")
+    fleet.run(20)
+    states = {k.key_tag: k.state for k in fleet.store.keys(ZONE)}
+    assert states[compromised] == "removed" and states[standby] == "active"
+    assert fleet.phase() is not None and fleet.phase()[0] == "KSK"  # the next standby KSK
