@@ -106,7 +106,9 @@ def query(
 @dataclass(frozen=True)
 class Served:
     """What one server serves for the child: DNSKEY tags and TTL, the key tags of the RRSIGs
-    over the SOA and the probed name, and its CDS and CDNSKEY RRsets (rdata texts)."""
+    over the SOA and the probed name, and its CDS and CDNSKEY RRsets (rdata texts); for an
+    algorithm rollover also (tag, algorithm) of the DNSKEYs and of the SOA's RRSIGs, and the
+    tags of the RRSIGs over the DNSKEY RRset."""
 
     tags: frozenset[int]
     dnskey_ttl: int
@@ -114,11 +116,16 @@ class Served:
     probe_signers: frozenset[int]
     cds: frozenset[str] = frozenset()
     cdnskey: frozenset[str] = frozenset()
+    dnskeys: frozenset[tuple[int, int]] = frozenset()  # (tag, algorithm)
+    soa_signatures: frozenset[tuple[int, int]] = frozenset()  # (tag, algorithm) of the RRSIGs
+    dnskey_signers: frozenset[int] = frozenset()
 
     @classmethod
     def read(cls, host: str, port: int, zone: str = CHILD) -> Served:
-        def signers(name: str, rdtype: dns.rdatatype.RdataType) -> frozenset[int]:
-            reply = query(host, port, name, rdtype)
+        def signatures(
+            name: str, rdtype: dns.rdatatype.RdataType, reply: dns.message.Message | None = None
+        ) -> frozenset[tuple[int, int]]:
+            reply = reply or query(host, port, name, rdtype)
             sigs = reply.get_rrset(
                 reply.answer,
                 dns.name.from_text(name),
@@ -126,13 +133,19 @@ class Served:
                 dns.rdatatype.RRSIG,
                 rdtype,
             )
-            return frozenset(s.key_tag for s in sigs) if sigs else frozenset()
+            return frozenset((s.key_tag, int(s.algorithm)) for s in sigs or ())
+
+        def signers(name: str, rdtype: dns.rdatatype.RdataType) -> frozenset[int]:
+            return frozenset(tag for tag, _ in signatures(name, rdtype))
 
         reply = query(host, port, zone, dns.rdatatype.DNSKEY)
         dnskey = reply.get_rrset(
             reply.answer, dns.name.from_text(zone), dns.rdataclass.IN, dns.rdatatype.DNSKEY
         )
-        tags = frozenset(dns.dnssec.key_id(k) for k in dnskey) if dnskey else frozenset()
+        dnskeys = frozenset((dns.dnssec.key_id(k), int(k.algorithm)) for k in dnskey or ())
+        tags = frozenset(tag for tag, _ in dnskeys)
+        dnskey_signers = frozenset(t for t, _ in signatures(zone, dns.rdatatype.DNSKEY, reply))
+        soa = signatures(zone, dns.rdatatype.SOA)
 
         def texts(rdtype: dns.rdatatype.RdataType) -> frozenset[str]:
             reply = query(host, port, zone, rdtype)
@@ -144,10 +157,13 @@ class Served:
         return cls(
             tags,
             dnskey.ttl if dnskey else 0,
-            signers(zone, dns.rdatatype.SOA),
+            frozenset(tag for tag, _ in soa),
             signers(PROBE_NAME, dns.rdatatype.A),
             texts(dns.rdatatype.CDS),
             texts(dns.rdatatype.CDNSKEY),
+            dnskeys,
+            soa,
+            dnskey_signers,
         )
 
 
@@ -289,8 +305,14 @@ class MultiSigner:
         policy: Sequence[str] | None = None,
         serve_options: Sequence[str] = (),
         pushable_parent: bool = False,
+        servers: Sequence[str] = SERVERS,
     ) -> None:
         self.root = root
+        # The child's nameservers, each with its KRS: all four by default, or some of them
+        # (e.g. those that sign with a key whose DNSKEY is not published).
+        if not servers or set(servers) - set(SERVERS):
+            raise LabError(f"servers {list(servers)}: expected some of {', '.join(SERVERS)}")
+        self.server_names = tuple(servers)
         # True: the parent is krs_lab.parent's (Knot taking TSIG UPDATEs of the DS, an NSD
         # secondary held back until released) instead of NSD signed by dnssec-signzone.
         self.pushable_parent = pushable_parent
@@ -347,7 +369,7 @@ class MultiSigner:
             self.kdc("zone", "add", CHILD)
             self.kdc("key", "generate", "--zone", CHILD, "--role", "KSK")
             self.kdc("key", "generate", "--zone", CHILD, "--role", "ZSK")
-        for name in SERVERS:
+        for name in self.server_names:
             self._start_node(name)
         self._start_process(
             "kdc",
@@ -631,6 +653,31 @@ class MultiSigner:
             assert self.parent is not None
             agents = (f"{self.parent.host}:{self.parent.port}",)
         return ParentConfig(agents=agents, trust_anchor=self.parent_trust_anchor)
+
+    def watch_parent(self) -> None:
+        """``krs-kdc parent set`` for the child: both addresses of the pushable parent validated
+        from its trust anchor, the DS pushed by UPDATE with its TSIG key. ``krs-kdc serve`` then
+        pushes and sees every DS itself (docs/lifecycle.md, "The parent"); the test releases the
+        parent's secondary (``release_pushed``)."""
+        parent = self.lab_parent
+        if parent is None:
+            raise LabError("the lab's parent takes no UPDATE (MultiSigner(pushable_parent=True))")
+        anchor = self.root / "parent-anchor"
+        anchor.write_text(parent.trust_anchor + "\n")
+        self.kdc(
+            "parent", "set", CHILD, "--agent", parent.primary, "--agent", parent.secondary,
+            "--trust-anchor-file", str(anchor), "--push-update", parent.primary,
+            "--tsig-file", str(parent.tsig_file),
+        )  # fmt: skip
+
+    def release_pushed(self, ds_lines: Iterable[str]) -> None:
+        """The parent's secondary brought up to the DS set the KDC pushed (a ``ds-pushed``
+        entry's lines), once the primary serves it signed."""
+        parent = self.lab_parent
+        if parent is None:
+            raise LabError("the lab's parent takes no UPDATE (MultiSigner(pushable_parent=True))")
+        parent.wait_signed_ds(parent.primary, {line.split(" DS ", 1)[1] for line in ds_lines})
+        parent.release()
 
     def push_config(self) -> PushConfig:
         """How the KDC pushes the child's DS to the pushable parent (UPDATE with its TSIG key)."""
