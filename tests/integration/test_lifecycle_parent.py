@@ -116,13 +116,7 @@ def test_first_ds_and_a_ksk_rollover_pushed_and_seen_at_the_parent_on_four_serve
     run = ParentRun(lab)
     prober = lab.start_prober()
     wait_until(lambda: prober.counts["NOERROR"] >= 5, 10, "five answers (insecure delegation)")
-    anchor = lab.root / "parent-anchor"
-    anchor.write_text(parent.trust_anchor + "\n")
-    lab.kdc(
-        "parent", "set", CHILD, "--agent", parent.primary, "--agent", parent.secondary,
-        "--trust-anchor-file", str(anchor), "--push-update", parent.primary,
-        "--tsig-file", str(parent.tsig_file),
-    )  # fmt: skip
+    lab.watch_parent()  # krs-kdc parent set: both addresses, the trust anchor, UPDATE + TSIG
     marks = {"parent set": began}
 
     # --- the first DS: pushed at once, seen only once the secondary has it ------------------
