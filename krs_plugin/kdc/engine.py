@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from krs_plugin.errors import KrsError
 from krs_plugin.kdc.distribute import distribute_zone
@@ -483,7 +483,16 @@ class Engine:
         wanted = expected(
             zone, self.state.key_records(zone), policy.dnskey_ttl, compare_cds=policy.cds != "none"
         )
-        return check_gate(wanted, nodes, served, since=rollover.step_started_at or 0)
+        since = rollover.step_started_at or 0
+        result = check_gate(wanted, nodes, served, since=since)
+        # A node that reported it could not apply the step (its adapter refused it) is named
+        # with its error (docs/lifecycle.md, "When a step is stuck"), not as silent.
+        lagging = dict(result.lagging)
+        for node in result.lagging:
+            failed = self.store.last_failure(node) if node else None
+            if failed is not None and failed.zone == zone and (failed.failed_at or 0) >= since:
+                lagging[node] = f"could not apply: {failed.error}"
+        return replace(result, lagging=lagging)
 
     def _step_nodes(self, rollover: Rollover) -> list[str]:
         """The step's frozen set, less nodes an operator took out of the zone since."""

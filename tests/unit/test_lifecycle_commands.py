@@ -51,6 +51,24 @@ def test_status_says_where_each_zone_stands(
     assert f"{NODES[1]}: has not confirmed this step yet" in out
 
 
+def test_status_names_a_node_that_could_not_apply_the_step_with_its_error(
+    fleet: Fleet, state: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """docs/lifecycle.md, "When a step is stuck": a node whose adapter refused the step (its
+    report ``failed``) is named with the error it reported, not as one that did not answer."""
+    signed(fleet)
+    fleet.engine.start(ZONE, "ZSK", cause="command: test", now=fleet.now)
+    fleet.down = {NODES[1]}
+    fleet.run(2)
+    (refused,) = [d for d in fleet.store.distributions(status="pending") if d.node_id == NODES[1]]
+    fleet.store.set_distribution_status(
+        refused.id, NODES[1], "failed", now=fleet.now, error="bind9: cannot sign", stage="apply"
+    )
+    fleet.run(1)
+    code, out, _ = kdc(capsys, state, "status")
+    assert code == 0 and f"{NODES[1]}: could not apply: bind9: cannot sign" in out, out
+
+
 def test_plan_lists_every_coming_step_with_what_each_node_serves(
     fleet: Fleet, state: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
