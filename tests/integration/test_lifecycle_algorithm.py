@@ -11,17 +11,19 @@ DS, the old keys are removed, Unbound validated every answer (no SERVFAIL) and s
 
 - ``liberal`` on all four (BIND signs only with keys whose DNSKEY it serves): new DNSKEYs and
   signatures together, the DS swap, old DNSKEYs and signatures together.
-- ``conservative`` on Knot, NSD and PowerDNS, which sign with a key whose DNSKEY is not
-  published: step 1 serves no algorithm-15 DNSKEY but SOA RRSIGs by the new ZSK (algorithm 15),
-  step 4 the old ZSK's signatures with its DNSKEY gone.
+- ``conservative`` on Knot and PowerDNS, which sign with a key whose DNSKEY is not published:
+  step 1 serves no algorithm-15 DNSKEY but SOA RRSIGs by the new ZSK (algorithm 15), step 4 the
+  old ZSK's signatures with its DNSKEY gone. With NSD too it holds at step 1 (NSD_HOLDS, an
+  expected failure until the NSD adapter signs as the gate expects).
 - ``conservative`` with BIND among the nodes holds at step 1, BIND's node named in ``krs-kdc
   status`` (its adapter refuses the step).
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,7 +51,9 @@ pytestmark = pytest.mark.skipif(
 # and no rollover by lifetime: only the algorithm changes.
 BASE = TIMING.changed(zsk_lifetime=0, ksk_lifetime=0)
 OLD_ALG, NEW_ALG = 13, 15
-UNSIGNED_SERVERS = ("knot", "powerdns")  # sign with a key whose DNSKEY is not published
+# Sign with a key whose DNSKEY is not published as the conservative method's gate expects (NSD
+# can, but not yet as the gate expects: NSD_HOLDS).
+UNSIGNED_SERVERS = ("knot", "powerdns")
 
 # What every server serves at each step, by the rollover's keys: DNSKEYs, SOA signers, CDS.
 K0, Z0, K1, Z1 = "old:KSK", "old:ZSK", "new:KSK", "new:ZSK"
@@ -166,14 +170,17 @@ def minimum(policy: Policy, method: str) -> list[int]:
     ]  # fmt: skip
 
 
-def lab_for(tmp_path: Path, policy: Policy, servers: tuple[str, ...]) -> Iterator[MultiSigner]:
+@contextlib.contextmanager
+def running(
+    tmp_path: Path, policy: Policy, servers: Sequence[str], pushable_parent: bool = True
+) -> Iterator[MultiSigner]:
     lab = MultiSigner(
         tmp_path,
         policy=options(policy),
         serve_options=(
             "--resend-after", "5s", "--parent-check-interval", "1s", "--parent-check-max", "2s",
         ),
-        pushable_parent=True,
+        pushable_parent=pushable_parent,
         servers=servers,
     )  # fmt: skip
     try:
@@ -215,9 +222,10 @@ def roll_the_algorithm(lab: MultiSigner, method: str) -> AlgorithmRun:
     assert started["detail"]["method"] == method, started
     run.rollover = {k: int(v) for k, v in started["detail"]["keys"].items()}
     assert {run.rollover["old:KSK"], run.rollover["old:ZSK"]} == set(old.values())
+    waits = minimum(BASE.changed(algorithm_method=method), method)
     run.until(
         lambda: "algorithm" in [e["detail"]["role"] for e in run.events("rollover-done")],
-        180,
+        sum(waits) + 60,
         f"the {method} algorithm rollover done",
     )
     prober.stop()
@@ -246,7 +254,6 @@ def roll_the_algorithm(lab: MultiSigner, method: str) -> AlgorithmRun:
     assert [s for r, s, _ in run.checked if r == "algorithm"] == list(range(1, steps + 1))
 
     # --- the numbers ------------------------------------------------------------------------
-    waits = minimum(BASE.changed(algorithm_method=method), method)
     at = started["at"]
     begun = [e for e in run.events("step-begun") if e["at"] >= at]
     served = [e for e in run.events("step-served") if e["at"] >= at]
@@ -257,44 +264,55 @@ def roll_the_algorithm(lab: MultiSigner, method: str) -> AlgorithmRun:
             f"step {i + 1} ({begun[i]['detail']['does']}): {done[i]['at'] - begun[i]['at']}s "
             f"(served after {served[i]['at'] - begun[i]['at']}s) vs its wait {waits[i]}s"
         )
+    ds = next(i for i in range(steps) if "parent" in begun[i]["detail"]["does"])
+    pushed, seen = run.at("ds-pushed"), run.at("ds-seen")
+    lines[ds] += (
+        f"; CDS served -> DS pushed {pushed - served[ds]['at']}s -> seen at both parent "
+        f"addresses {seen - pushed}s -> done {done[ds]['at'] - seen}s"
+    )
     total = run.events("rollover-done")[-1]["at"] - at
     print(f"{method} algorithm rollover on {', '.join(lab.server_names)}:")
     print("\n".join(f"  {line}" for line in lines))
     print(
-        f"  total {total}s (policy set -> started {at - asked:.1f}s) vs minimum {sum(waits)}s "
+        f"  total {total}s (policy set -> started {at - int(asked)}s) vs minimum {sum(waits)}s "
         f"(the steps' waits {waits}); lab up -> first DS settled {first - began:.0f}s"
     )
     print(
         f"  answers {dict(prober.counts)} in {time.monotonic() - began:.0f}s; SERVFAIL "
         f"{prober.counts['SERVFAIL']}; steps checked on every server "
         f"{[(r, s) for r, s, _ in run.checked]}, read at most "
-        f"{max(lag for _, _, lag in run.checked):.1f}s after step-served"
+        f"{max(lag for r, _, lag in run.checked if r == 'algorithm'):.1f}s after step-served"
     )
     assert prober.counts["SERVFAIL"] == 0, (prober.servfails, lab.unbound_log()[-3000:])
     assert prober.counts["NOERROR"] >= (time.monotonic() - began) * 3
     return run
 
 
-@pytest.fixture
-def liberal_lab(tmp_path: Path) -> Iterator[MultiSigner]:
-    yield from lab_for(tmp_path, BASE.changed(algorithm_method="liberal"), SERVERS)
+def test_a_liberal_algorithm_rollover_on_four_servers_without_servfail(tmp_path: Path) -> None:
+    with running(tmp_path, BASE.changed(algorithm_method="liberal"), SERVERS) as lab:
+        roll_the_algorithm(lab, "liberal")
 
 
-def test_a_liberal_algorithm_rollover_on_four_servers_without_servfail(
-    liberal_lab: MultiSigner,
+NSD_HOLDS = pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="the NSD adapter signs with dnssec-signzone -z when an algorithm has keys of one kind "
+    "only (krs_plugin/adapters/zonesign.py, sign_zone): at step 1 the new algorithm has only its "
+    "ZSK, so every key signs everything, the old KSK the SOA and the old ZSK the DNSKEY RRset, and "
+    "the gate holds the step (serves what the KDC does not expect)",
+)
+
+
+@pytest.mark.parametrize(
+    "servers",
+    [UNSIGNED_SERVERS, pytest.param(("knot", "nsd", "powerdns"), marks=NSD_HOLDS, id="with-nsd")],
+    ids=lambda servers: "-".join(servers),
+)
+def test_a_conservative_algorithm_rollover_signs_before_it_publishes(
+    tmp_path: Path, servers: tuple[str, ...]
 ) -> None:
-    roll_the_algorithm(liberal_lab, "liberal")
-
-
-@pytest.fixture
-def conservative_lab(tmp_path: Path) -> Iterator[MultiSigner]:
-    yield from lab_for(tmp_path, BASE.changed(algorithm_method="conservative"), UNSIGNED_SERVERS)
-
-
-def test_a_conservative_algorithm_rollover_signs_before_it_publishes_on_three_servers(
-    conservative_lab: MultiSigner,
-) -> None:
-    run = roll_the_algorithm(conservative_lab, "conservative")
+    with running(tmp_path, BASE.changed(algorithm_method="conservative"), servers) as lab:
+        run = roll_the_algorithm(lab, "conservative")
     tag = run.rollover
     # Step 1: no algorithm-15 DNSKEY, the SOA signed by the new ZSK with algorithm 15 (and the
     # old); step 4: the old ZSK's DNSKEY gone, its signatures still served.
@@ -303,3 +321,37 @@ def test_a_conservative_algorithm_rollover_signs_before_it_publishes_on_three_se
         assert (tag[Z1], NEW_ALG) in s.soa_signatures, (name, s)
     for name, s in run.served_at[("algorithm", 4)].items():
         assert tag[Z0] not in s.tags and (tag[Z0], OLD_ALG) in s.soa_signatures, (name, s)
+
+
+def test_a_conservative_algorithm_rollover_holds_at_step_1_naming_bind(tmp_path: Path) -> None:
+    """BIND cannot sign with a key whose DNSKEY is not published: its adapter refuses step 1,
+    the step holds (no timeout turns it into success) and ``krs-kdc status`` names the node.
+    Its server goes on serving the old keys; no parent needed (the delegation stays insecure)."""
+    policy = BASE.changed(algorithm_method="conservative")
+    with running(tmp_path, policy, SERVERS, pushable_parent=False) as lab:
+        prober = lab.start_prober()
+        run = AlgorithmRun(lab, method="conservative")
+        run.poll()
+        old = {t for t, k in lab.keys().items() if k["state"] == "active"}
+        lab.kdc("policy", "set", "lab", "--algorithm", str(NEW_ALG))
+        bind = lab.node_id("bind9")
+        run.until(
+            lambda: (
+                run.rollover_role() == "algorithm" and bind in (run.status.get("lagging") or {})
+            ),
+            60,
+            "step 1 held by BIND",
+        )
+        held = time.monotonic()
+        run.until(lambda: time.monotonic() - held > 10, 20, "10 s held")
+        text = lab.kdc("status", "--zone", CHILD)
+        served = lab.served()
+        prober.stop()
+    print(text)
+    print(f"held 10 s at step 1: lagging {run.status['lagging']}; answers {dict(prober.counts)}")
+    assert run.status["step"].startswith("1 of 5"), run.status
+    assert run.events("step-served")[-1]["at"] < run.events("rollover-started")[-1]["at"]
+    assert "liberal" in run.status["lagging"][bind], run.status
+    assert bind in text and "liberal" in text, text
+    assert served["bind9"].tags == old and served["bind9"].soa_signers <= old, served["bind9"]
+    assert prober.counts["SERVFAIL"] == 0, (prober.servfails, lab.unbound_log()[-3000:])
