@@ -306,8 +306,12 @@ class MultiSigner:
         serve_options: Sequence[str] = (),
         pushable_parent: bool = False,
         servers: Sequence[str] = SERVERS,
+        bind_algorithms: Sequence[str] = ("ecdsap256sha256",),
     ) -> None:
         self.root = root
+        # The algorithms BIND 9.20's dnssec-policy names for the KDC's KSK and ZSK (its keys
+        # clause; 9.18 needs none): an algorithm rollover names both (docs/servers/bind9.md).
+        self.bind_algorithms = tuple(bind_algorithms)
         # The child's nameservers, each with its KRS: all four by default, or some of them
         # (e.g. those that sign with a key whose DNSKEY is not published).
         if not servers or set(servers) - set(SERVERS):
@@ -430,7 +434,8 @@ class MultiSigner:
         text = child_zone_text(soa_minimum=self.dnskey_ttl or ZONE_TTL)
         server: Bind9Lab | KnotLab | NsdLab | PowerDnsLab
         if name == "bind9":
-            server = Bind9Lab(server_root, [CHILD], dnskey_ttl=self.dnskey_ttl)
+            keys = [(role, a) for a in self.bind_algorithms for role in ("ksk", "zsk")]
+            server = Bind9Lab(server_root, [CHILD], dnskey_ttl=self.dnskey_ttl, policy_keys=keys)
             (server_root / f"{CHILD}zone").write_text(text)
         elif name == "knot":
             server = KnotLab(server_root, [CHILD], dnskey_ttl=self.dnskey_ttl)
