@@ -89,10 +89,12 @@ def sign_zone(
         source = work / "input.zone"
         if signer == "dnssec-signzone":
             # -x: the DNSKEY RRset by the KSKs only. When an algorithm has keys of one kind
-            # only (a CSK, a lone ZSK), -z lets every key sign everything, as BIND does.
-            roles = _active_roles(zone, keys, now)
-            if not roles:
+            # only (a CSK, a lone ZSK), -z lets every key sign everything, as BIND does. A key
+            # that signs unpublished (an algorithm rollover's new ZSK) does not count: with -z
+            # the old algorithm's KSK would sign the zone data too, which no node is to serve.
+            if not _active_roles(zone, keys, now):
                 raise AdapterError(f"dnssec-signzone {origin}: no active key to sign with")
+            roles = _active_roles(zone, keys, now, published_only=True)
             split = ["-x"] if all(r == {"KSK", "ZSK"} for r in roles.values()) else ["-z"]
             source.write_text(text, encoding="latin-1")
             folder = _with_unpublished_hidden(zone, keys, work / "keys", now)
@@ -132,10 +134,15 @@ def _with_unpublished_hidden(zone: dns.name.Name, keys: KeyFolder, scratch: Path
     return scratch
 
 
-def _active_roles(zone: dns.name.Name, keys: KeyFolder, now: int) -> dict[int, set[str]]:
-    """The roles of the zone's active keys, per algorithm."""
+def _active_roles(
+    zone: dns.name.Name, keys: KeyFolder, now: int, *, published_only: bool = False
+) -> dict[int, set[str]]:
+    """The roles of the zone's active keys, per algorithm (``published_only``: of those whose
+    DNSKEY the zone serves)."""
     roles: dict[int, set[str]] = {}
     for _, key, timing in keys.read_keys(zone):
+        if published_only and signs_unpublished(timing, now):
+            continue
         active = timing.activate is not None and timing.activate <= now
         if active and (timing.inactive is None or timing.inactive > now):
             roles.setdefault(key.algorithm, set()).add("KSK" if key.flags == 257 else "ZSK")
