@@ -31,9 +31,10 @@ WARN_INTERVAL = 60.0  # at most one warning a minute about connections closed at
 
 
 async def udp_exchange(
-    message: dns.message.Message, host: str, port: int, timeout: float
+    message: dns.message.Message, host: str, port: int, timeout: float, *, keyring: Any = None
 ) -> dns.message.Message:
-    """Send ``message`` over UDP and return the first reply, or raise ``TimeoutError``."""
+    """Send ``message`` over UDP and return the first reply, or raise ``TimeoutError``; with
+    ``keyring``, a TSIG-signed reply is checked against the request's MAC."""
     loop = asyncio.get_running_loop()
     future: asyncio.Future[bytes] = loop.create_future()
 
@@ -52,7 +53,9 @@ async def udp_exchange(
         data = await asyncio.wait_for(future, timeout)
     finally:
         transport.close()
-    return dns.message.from_wire(data)
+    if keyring is None:
+        return dns.message.from_wire(data)
+    return dns.message.from_wire(data, keyring=keyring, request_mac=message.mac)
 
 
 async def tcp_exchange(
@@ -83,7 +86,7 @@ QUERY_FLAGS = 0xFFB0
 the rcode (which mean nothing in a query)."""
 
 
-def parse_query(wire: bytes) -> dns.message.Message:
+def parse_query(wire: bytes, keyring: Any = None) -> dns.message.Message:
     """``dns.message.from_wire`` of a message sent to a listener, its Z bit and rcode cleared
     first. dnspython turns the header's flags into a ``dns.flags.Flag``, and Python's enum keeps
     every combination it was ever given: 65,536 different headers would hold 27 MB for good
@@ -91,7 +94,7 @@ def parse_query(wire: bytes) -> dns.message.Message:
     if len(wire) >= 4:
         (flags,) = struct.unpack("!H", wire[2:4])
         wire = wire[:2] + struct.pack("!H", flags & QUERY_FLAGS) + wire[4:]
-    return dns.message.from_wire(wire)
+    return dns.message.from_wire(wire, keyring=keyring)
 
 
 def formerr_reply(wire: bytes) -> bytes | None:
@@ -109,8 +112,9 @@ def _header_reply(wire: bytes, rcode: int) -> bytes | None:
     return struct.pack("!HHHHHH", qid, 0x8000 | (flags & 0x7800) | rcode, 0, 0, 0, 0)
 
 
-Handler = Callable[[bytes, str, bool], bytes | None]
-"""(wire, source address, over UDP?) -> reply wire, or None to stay silent."""
+Handler = Callable[[bytes, str, bool], bytes | list[bytes] | None]
+"""(wire, source address, over UDP?) -> reply wire, or None to stay silent; over TCP also a
+list of messages sent in order (a zone transfer)."""
 
 
 def descriptor_limit() -> int:
@@ -232,11 +236,13 @@ class _UdpServer(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         out = _answer(self.handler, data, addr[0], True)
+        if isinstance(out, list):  # a handler never sends several datagrams for one query
+            out = out[0] if out else None
         if out is not None and self.transport is not None:
             self.transport.sendto(out, addr)
 
 
-def _answer(handler: Handler, wire: bytes, source: str, udp: bool) -> bytes | None:
+def _answer(handler: Handler, wire: bytes, source: str, udp: bool) -> bytes | list[bytes] | None:
     """``handler``'s answer; a bug in it is logged and answered SERVFAIL, so the client is not
     left waiting and the listener goes on."""
     try:
@@ -276,7 +282,8 @@ async def serve_dns(
                 out = _answer(handler, wire, source, False)
                 if out is None:
                     break
-                writer.write(struct.pack("!H", len(out)) + out)
+                for message in [out] if isinstance(out, bytes) else out:
+                    writer.write(struct.pack("!H", len(message)) + message)
                 # A client that does not read its answers holds memory: closed like an idle one.
                 await asyncio.wait_for(writer.drain(), tcp.idle_timeout)
         except TimeoutError:

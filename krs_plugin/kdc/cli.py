@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -486,10 +487,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
         parent_check_interval=args.parent_check_interval,
         parent_check_max=max(args.parent_check_max, args.parent_check_interval),
     )
+    options = dataclasses.replace(options, **primary_options(args))
     identity = load_identity(state_dir(args) / "keys")
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(store, control_zone, options, identity))
     return 0
+
+
+def primary_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``--also-notify``, ``--allow-transfer`` and ``--tsig-key`` as ServeOptions fields: the
+    control zone as a hidden primary (docs/scale.md). Each secondary NOTIFYed may transfer."""
+    from krs_plugin.kdc.xfr import TransferPolicy, parse_networks
+    from krs_plugin.tsigkey import read_tsig_key
+
+    secondaries = []
+    for text in args.also_notify or []:
+        check_address(text)
+        host, _, port = text.rpartition(":")
+        secondaries.append((host.strip("[]"), int(port)))
+    try:
+        allow = parse_networks([*(args.allow_transfer or []), *(h for h, _ in secondaries)])
+    except ValueError as exc:
+        raise ConfigError(f"--allow-transfer: {exc}") from None
+    key = read_tsig_key(args.tsig_key) if args.tsig_key else None
+    return {"also_notify": tuple(secondaries), "transfers": TransferPolicy(allow, key)}
 
 
 def cmd_enroll_create(args: argparse.Namespace) -> int:
@@ -815,6 +836,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics",
         metavar="HOST:PORT",
         help="serve Prometheus /metrics and /healthz there (e.g. 127.0.0.1:9154; off by default)",
+    )
+    p.add_argument(
+        "--also-notify",
+        action="append",
+        metavar="HOST:PORT",
+        help="a secondary of the control zone: NOTIFYed at every new serial and allowed to "
+        "transfer the zone (repeatable; docs/scale.md)",
+    )
+    p.add_argument(
+        "--allow-transfer",
+        action="append",
+        metavar="ADDRESS[/LEN]",
+        help="also allow AXFR/IXFR of the control zone from there (repeatable; none by default)",
+    )
+    p.add_argument(
+        "--tsig-key",
+        metavar="FILE",
+        help="zone transfers must be signed with this TSIG key, and NOTIFYs to secondaries are "
+        "(a BIND key file, as tsig-keygen writes it; not readable by others)",
     )
     p.add_argument(
         "--parent-check-interval",

@@ -1,7 +1,8 @@
 """The control zone as a standard zone file, CHUNK in RFC 3597 form, for any nameserver to serve.
 
-At scale the control zone is published into an existing authoritative server and replicated by
-zone transfer; this export is what such a server loads (or what a dynamic update would carry).
+The same records and serial as a zone transfer from ``krs-kdc serve`` (kdc/zoneversions.py):
+every CHUNK record of a distribution not expired and each node's ``_pending`` index. Where
+``krs-kdc serve`` cannot be the primary, a nameserver loads this file (docs/scale.md).
 """
 
 from __future__ import annotations
@@ -9,28 +10,33 @@ from __future__ import annotations
 import time
 
 import dns.name
+import dns.rdata
+import dns.rdataclass
+import dns.rdatatype
 
 from krs_plugin.kdc.store import Store
-from krs_plugin.protocol import CHUNK_TYPE, chunk_name, manifest_name, parse_chunk_wire
+from krs_plugin.kdc.zoneversions import snapshot_now
 
 RECORD_TTL = 300
 
 
 def export_zone(store: Store, control_zone: str, *, nameserver: str = "ns") -> str:
     origin = dns.name.from_text(control_zone)
-    serial = int(time.time())
+    snapshot = snapshot_now(store, origin, time.time())
     lines = [
         f"$ORIGIN {origin}",
         f"$TTL {RECORD_TTL}",
-        f"@ IN SOA {nameserver} hostmaster {serial} 3600 600 86400 {RECORD_TTL}",
+        f"@ IN SOA {nameserver} hostmaster {snapshot.serial} 3600 600 86400 {RECORD_TTL}",
         f"@ IN NS {nameserver}",
     ]
-    for dist_id, node_id, sequence, wire in store.published_records():
-        owner = (
-            manifest_name(node_id, dist_id, origin)
-            if sequence == 0
-            else chunk_name(sequence, node_id, dist_id, origin)
+    for owner, rdtype, wire in sorted(snapshot.entries):
+        rdata = dns.rdata.from_wire(
+            dns.rdataclass.IN, dns.rdatatype.RdataType.make(rdtype), wire, 0, len(wire)
         )
-        generic = parse_chunk_wire(wire, CHUNK_TYPE).to_generic().to_text()
-        lines.append(f"{owner} {RECORD_TTL} IN TYPE{CHUNK_TYPE} {generic}")
+        if rdtype == dns.rdatatype.TXT:
+            text = rdata.to_text()
+            lines.append(f"{owner} {RECORD_TTL} IN TXT {text}")
+        else:
+            generic = dns.rdata.GenericRdata(dns.rdataclass.IN, rdata.rdtype, wire).to_text()
+            lines.append(f"{owner} {RECORD_TTL} IN TYPE{rdtype} {generic}")
     return "\n".join(lines) + "\n"

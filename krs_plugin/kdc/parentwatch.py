@@ -25,7 +25,7 @@ from dns.dnssectypes import DSDigest
 
 from krs_plugin.errors import KrsError
 from krs_plugin.kdc.distribute import key_of
-from krs_plugin.kdc.dspush import PushConfig, PushResult, push_ds, read_tsig_key
+from krs_plugin.kdc.dspush import PushConfig, PushResult, push_ds
 from krs_plugin.kdc.engine import Engine
 from krs_plugin.kdc.parent import (
     DsTuple,
@@ -40,6 +40,7 @@ from krs_plugin.kdc.parent import (
 from krs_plugin.kdc.records import State
 from krs_plugin.kdc.store import KeyRow, Store, canonical
 from krs_plugin.logs import context
+from krs_plugin.tsigkey import read_tsig_key
 
 log = logging.getLogger(__name__)
 

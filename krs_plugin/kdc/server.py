@@ -21,7 +21,7 @@ import json
 import logging
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import dns.exception
 import dns.flags
@@ -32,6 +32,7 @@ import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
+import dns.tsig
 from dns.rdtypes.ANY.SOA import SOA
 
 from krs_plugin.confirmation import (
@@ -56,11 +57,14 @@ from krs_plugin.dnsio import (
 from krs_plugin.errors import ConfigError, KrsError
 from krs_plugin.kdc.engine import DEFAULT_RESEND_AFTER, Engine, EngineOptions
 from krs_plugin.kdc.enroll import EnrollmentDesk
+from krs_plugin.kdc.fleet import LagWatch
 from krs_plugin.kdc.identity import KdcIdentity
 from krs_plugin.kdc.metrics import KdcMetrics, ServerHealth, health_of
 from krs_plugin.kdc.parentwatch import ParentDesk, ParentTask
 from krs_plugin.kdc.resync import RESYNC_INTERVAL, ResyncDesk
 from krs_plugin.kdc.store import DistributionRow, NodeRow, Store
+from krs_plugin.kdc.xfr import TransferPolicy, refused, soa_rrset, transfer
+from krs_plugin.kdc.zoneversions import ZoneVersions
 from krs_plugin.logs import context
 from krs_plugin.metrics import serve_http
 from krs_plugin.protocol import (
@@ -126,6 +130,10 @@ class ServeOptions:
     # The parent watch's backoff (kdc/parentwatch.py): first wait, doubling up to the max.
     parent_check_interval: float = 60.0
     parent_check_max: float = 3600.0
+    # The control zone as a primary (docs/scale.md): secondaries NOTIFYed at every new serial,
+    # and who may transfer the zone (kdc/xfr.py); nothing by default.
+    also_notify: tuple[tuple[str, int], ...] = ()
+    transfers: TransferPolicy = field(default_factory=TransferPolicy)
 
 
 class ControlZone:
@@ -146,9 +154,16 @@ class ControlZone:
         self.origin = dns.name.from_text(control_zone)
         self.ns = dns.name.Name((nameserver.encode(), *self.origin.labels))
         self.chunk_type = dns.rdatatype.RdataType.make(CHUNK_TYPE)
+        # The zone's versions and SOA serial (kdc/zoneversions.py); None: the clock's second
+        self.versions: ZoneVersions | None = None
 
     def soa(self) -> SOA:
-        serial = int(time.time()) & 0xFFFFFFFF
+        """The apex SOA: the serial of the current version (the clock's without versions).
+        Refresh 1 h, retry 10 min, expire 1 day: a secondary keeps serving the published
+        distributions for a day without the KDC (docs/scale.md)."""
+        serial = (
+            self.versions.serial if self.versions is not None else int(time.time()) & 0xFFFFFFFF
+        )
         text = f"{self.ns} hostmaster.{self.origin} {serial} 3600 600 86400 {RECORD_TTL}"
         rdata = dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.SOA, text)
         assert isinstance(rdata, SOA)
@@ -426,6 +441,62 @@ def _wire(response: dns.message.Message, limit: int) -> bytes:
         return bytes(response.to_wire(max_size=limit))
 
 
+def _tsig_refusal(wire: bytes) -> bytes | None:
+    """NOTAUTH for a query whose TSIG did not verify (unknown key, bad MAC, bad time), unsigned
+    as RFC 8945 section 5.2 has it, with the question so the client can match it."""
+    try:
+        query = dns.message.from_wire(wire, keyring=lambda message, name: False)
+    except (dns.exception.DNSException, ValueError):
+        return None
+    if query.flags & dns.flags.QR:
+        return None
+    response = dns.message.Message(id=query.id)
+    response.flags = dns.flags.QR | (query.flags & dns.flags.RD)
+    response.set_opcode(query.opcode())
+    response.question = list(query.question)
+    response.set_rcode(dns.rcode.NOTAUTH)
+    return bytes(response.to_wire(max_size=65535))
+
+
+def is_transfer(query: dns.message.Message) -> bool:
+    return (
+        query.opcode() == dns.opcode.QUERY
+        and len(query.question) == 1
+        and query.question[0].rdtype in (dns.rdatatype.AXFR, dns.rdatatype.IXFR)
+    )
+
+
+class NotifySchedule:
+    """Which secondary is due a NOTIFY of which serial: at once after a change, then again with
+    exponential backoff until it answers; a newer serial starts afresh."""
+
+    def __init__(self, base: float, ceiling: float) -> None:
+        self.base, self.ceiling = base, ceiling
+        self.waiting: dict[tuple[str, int], tuple[int, int, float]] = {}  # serial, tries, due
+        self.sending: set[tuple[str, int]] = set()
+
+    def changed(self, target: tuple[str, int], serial: int) -> None:
+        self.waiting[target] = (serial, 0, 0.0)
+
+    def due(self, now: float) -> list[tuple[str, int]]:
+        ready = [t for t, (_, _, at) in self.waiting.items() if at <= now and t not in self.sending]
+        self.sending.update(ready)
+        return ready
+
+    def answered(self, target: tuple[str, int], serial: int) -> None:
+        self.sending.discard(target)
+        if self.waiting.get(target, (None,))[0] == serial:
+            del self.waiting[target]
+
+    def failed(self, target: tuple[str, int], serial: int, now: float) -> None:
+        self.sending.discard(target)
+        entry = self.waiting.get(target)
+        if entry is None or entry[0] != serial:
+            return  # a newer serial is due already
+        tries = entry[1] + 1
+        self.waiting[target] = (serial, tries, now + min(self.ceiling, self.base * 2**tries))
+
+
 def _is_update(wire: bytes) -> bool:
     """A query (QR clear) with opcode UPDATE, read from the header alone: the SIG(0) after it
     must be checked on the bytes as they came."""
@@ -452,20 +523,29 @@ class KdcServer:
         self.notify_hold = 0.0  # no NOTIFY round before this time (kdc.db not taking changes)
         self.engine: Engine | None = None  # the lifecycle engine, when serve has the identity
         self.parents: ParentDesk | None = None  # the parent watch (with the engine)
+        self.lag_watch = LagWatch()  # logs a node falling behind, once (kdc/fleet.py)
         self._engine_due = 0.0
+        # NOTIFY to the control zone's secondaries (ServeOptions.also_notify)
+        self.secondaries = NotifySchedule(options.notify_retry_base, options.notify_retry_max)
+        self._secondary_tasks: set[asyncio.Task[None]] = set()
         # The engine's passes and kdc.db's failures, for /metrics and /healthz (kdc/metrics.py)
         self.health = ServerHealth(state_failures, engine_interval=options.engine_interval)
 
-    def handle(self, wire: bytes, source: str, *, udp: bool) -> bytes | None:
+    def handle(self, wire: bytes, source: str, *, udp: bool) -> bytes | list[bytes] | None:
         if self.enrollment is not None and _is_update(wire):
             return self.enrollment.handle(wire, source) or None
         try:
-            query = parse_query(wire)
+            query = parse_query(wire, keyring=self.options.transfers.keyring)
+        except (dns.message.UnknownTSIGKey, dns.tsig.BadSignature, dns.tsig.BadTime) as exc:
+            log.warning("query from %s refused: TSIG: %s", source, exc or type(exc).__name__)
+            return _tsig_refusal(wire)
         except (dns.exception.DNSException, KrsError, ValueError) as exc:
             log.info("malformed query from %s: %s", source, exc)
             return formerr_reply(wire)
         if query.flags & dns.flags.QR:
             return None
+        if is_transfer(query):
+            return self.transfer(query, source, udp=udp)
         try:
             response = self.zone.answer(query, source)
         except (sqlite3.Error, StateWriteError) as exc:  # kdc.db failing: SERVFAIL, one line
@@ -475,6 +555,45 @@ class KdcServer:
         else:
             state_failures.recovered("answer", "queries are answered from kdc.db again")
         return _wire(response, _udp_limit(query) if udp else MAX_TCP_MESSAGE)
+
+    def transfer(
+        self, query: dns.message.Message, source: str, *, udp: bool
+    ) -> bytes | list[bytes]:
+        """An AXFR or IXFR of the control zone, when ``--allow-transfer`` (and the TSIG key)
+        allow it (kdc/xfr.py). Over UDP an IXFR gets the current SOA alone (RFC 1995 section
+        4), an AXFR is refused: both go over TCP."""
+        question = query.question[0]
+        kind = dns.rdatatype.to_text(question.rdtype)
+        versions = self.zone.versions
+        if question.name != self.zone.origin or versions is None:
+            return refused(query, dns.rcode.NOTAUTH if versions else dns.rcode.REFUSED)
+        problem = self.options.transfers.refusal(query, source)
+        if problem is not None:
+            log.warning("%s of %s from %s refused: %s", kind, question.name, source, problem)
+            return refused(query, dns.rcode.REFUSED)
+        if udp and question.rdtype == dns.rdatatype.AXFR:
+            return refused(query, dns.rcode.REFUSED)
+        try:
+            versions.refresh(time.time())
+        except sqlite3.Error as exc:  # kdc.db failing: the version in memory is still whole
+            state_failures.error("answer", f"state database {self.store.path}: {exc}")
+        apex = [dns.rrset.from_rdata(self.zone.origin, RECORD_TTL, self.zone._ns_rdata())]
+        soa = self.zone.soa()
+        if udp:
+            response = dns.message.make_response(query)
+            response.flags |= dns.flags.AA
+            response.answer.append(soa_rrset(self.zone.origin, soa, versions.serial, RECORD_TTL))
+            return bytes(response.to_wire(max_size=_udp_limit(query)))
+        messages = transfer(query, versions, apex, soa, RECORD_TTL)
+        log.info(
+            "%s of %s serial %d to %s in %d message(s)",
+            kind,
+            question.name,
+            versions.serial,
+            source,
+            len(messages),
+        )
+        return messages
 
     async def start(self) -> None:
         options = self.options
@@ -517,9 +636,11 @@ class KdcServer:
                 state_failures.error("expiry", f"expiry and key states not recorded: {exc}")
             else:
                 state_failures.recovered("expiry", RECOVERED["expiry"])
+            self.lag_watch.tick(self.store.db, now)  # every LAG_CHECK_INTERVAL
             if self.engine is not None and now >= self._engine_due:
                 self._engine_due = now + self.options.engine_interval
                 self.run_engine(self.engine, now)
+            self.refresh_zone(now)
             for key in [k for k, task in in_flight.items() if task.done()]:
                 del in_flight[key]
             for d in self.store.distributions(status="pending"):
@@ -531,6 +652,54 @@ class KdcServer:
                 if now >= self.notify_hold and self._due(d.notified_at, d.notify_attempts, now):
                     in_flight[key] = asyncio.create_task(self._notify(d.id, d.node_id))
             await asyncio.sleep(self.options.tick)
+
+    def refresh_zone(self, now: float) -> None:
+        """A new version of the control zone when what it serves changed: a new SOA serial,
+        and NOTIFY to every ``--also-notify`` secondary (kdc/xfr.py)."""
+        versions = self.zone.versions
+        if versions is None:
+            return
+        try:
+            changed = versions.refresh(now)
+        except sqlite3.Error as exc:
+            state_failures.error("answer", f"state database {self.store.path}: {exc}")
+            return
+        if changed:
+            log.info("control zone %s is now serial %d", self.zone.origin, versions.serial)
+            for target in self.options.also_notify:
+                self.secondaries.changed(target, versions.serial)
+        for target in self.secondaries.due(now):
+            task = asyncio.create_task(self._notify_secondary(target, versions.serial))
+            self._secondary_tasks.add(task)
+            task.add_done_callback(self._secondary_tasks.discard)
+
+    async def _notify_secondary(self, target: tuple[str, int], serial: int) -> None:
+        """One NOTIFY (RFC 1996) of ``serial`` to a secondary, TSIG-signed with the transfer
+        key when there is one; answered NOERROR, it is done, otherwise sent again later."""
+        host, port = target
+        message = dns.message.make_query(self.zone.origin, dns.rdatatype.SOA)
+        message.set_opcode(dns.opcode.NOTIFY)
+        message.flags = (message.flags | dns.flags.AA) & ~dns.flags.RD
+        soa = soa_rrset(self.zone.origin, self.zone.soa(), serial, RECORD_TTL)
+        message.answer.append(soa)
+        key = self.options.transfers.key
+        if key is not None:
+            message.use_tsig(key)
+        where = f"NOTIFY of {self.zone.origin} serial {serial} to {host} port {port}"
+        try:
+            reply = await udp_exchange(
+                message, host, port, NOTIFY_TIMEOUT, keyring=self.options.transfers.keyring
+            )
+        except (TimeoutError, OSError, dns.exception.DNSException) as exc:
+            log.info("%s unanswered: %s", where, exc or type(exc).__name__)
+            self.secondaries.failed(target, serial, time.time())
+            return
+        if reply.rcode() == dns.rcode.NOERROR:
+            log.info("%s answered", where)
+            self.secondaries.answered(target, serial)
+        else:
+            log.warning("%s answered %s", where, dns.rcode.to_text(reply.rcode()))
+            self.secondaries.failed(target, serial, time.time())
 
     async def parent_loop(self) -> None:
         """Push DS sets and look at parents (kdc/parentwatch.py): the network work in threads,
@@ -638,6 +807,7 @@ async def serve(
         store, identity, clock_skew=options.clock_skew, min_interval=options.resync_interval
     )
     zone = ControlZone(store, control_zone, clock_skew=options.clock_skew, resync=resync)
+    zone.versions = ZoneVersions(store, zone.origin)
     desk = EnrollmentDesk(store, identity, zone.origin) if identity is not None else None
     server = KdcServer(store, zone, options, desk)
     if identity is not None:

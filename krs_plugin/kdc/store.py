@@ -190,6 +190,22 @@ CREATE TABLE IF NOT EXISTS parent_watch (
     push_ok INTEGER,
     push_detail TEXT
 );
+-- The control zone's change counter (kdc/zoneversions.py): every write that can change what
+-- the zone serves bumps it, whichever process makes it (krs-kdc distribute, serve, a restore),
+-- so serve rebuilds the zone and raises its SOA serial only when something changed.
+CREATE TABLE IF NOT EXISTS control_zone_changes (id INTEGER PRIMARY KEY CHECK (id = 1),
+    counter INTEGER NOT NULL);
+INSERT OR IGNORE INTO control_zone_changes(id, counter) VALUES (1, 0);
+CREATE TRIGGER IF NOT EXISTS control_zone_record_added AFTER INSERT ON records
+    BEGIN UPDATE control_zone_changes SET counter = counter + 1 WHERE id = 1; END;
+CREATE TRIGGER IF NOT EXISTS control_zone_record_removed AFTER DELETE ON records
+    BEGIN UPDATE control_zone_changes SET counter = counter + 1 WHERE id = 1; END;
+CREATE TRIGGER IF NOT EXISTS control_zone_distribution_changed
+    AFTER UPDATE OF status, expires_at ON distributions
+    WHEN OLD.status IS NOT NEW.status OR OLD.expires_at IS NOT NEW.expires_at
+    BEGIN UPDATE control_zone_changes SET counter = counter + 1 WHERE id = 1; END;
+CREATE TRIGGER IF NOT EXISTS control_zone_distribution_removed AFTER DELETE ON distributions
+    BEGIN UPDATE control_zone_changes SET counter = counter + 1 WHERE id = 1; END;
 CREATE TRIGGER IF NOT EXISTS history_no_update BEFORE UPDATE ON history
     BEGIN SELECT RAISE(ABORT, 'the history is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS history_no_delete BEFORE DELETE ON history
@@ -364,6 +380,17 @@ def canonical(name: str) -> str:
         return dns.name.from_text(text).to_text()
     except dns.exception.DNSException as exc:
         raise StateError(f"name {name!r} is not a valid domain name: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class PublishedRecord:
+    """One CHUNK record of the control zone (sequence 0: the manifest)."""
+
+    distribution_id: str
+    node_id: str
+    sequence: int
+    rdata: bytes
+    expires_at: int
 
 
 class Store:
@@ -1160,15 +1187,23 @@ class Store:
                 (int(now), dist_id, node_id),
             )
 
-    def published_records(self) -> list[tuple[str, str, int, bytes]]:
-        """(distribution id, node id, sequence, rdata) of everything the zone serves now."""
+    def published_records(self, *, now: float) -> list[PublishedRecord]:
+        """Every record the control zone serves at ``now``, by distribution serial: those of
+        distributions not expired (what ``record`` answers and ``published_ids`` lists)."""
         rows = self.db.execute(
-            "SELECT r.distribution_id, r.node_id, r.sequence, r.rdata FROM records r "
-            "JOIN distributions d ON d.id = r.distribution_id AND d.node_id = r.node_id "
-            "WHERE d.status IN ('pending', 'confirmed', 'failed') "
-            "ORDER BY d.serial, r.node_id, r.sequence"
+            "SELECT r.distribution_id, r.node_id, r.sequence, r.rdata, d.expires_at "
+            "FROM records r JOIN distributions d "
+            "ON d.id = r.distribution_id AND d.node_id = r.node_id "
+            "WHERE d.status IN ('pending', 'confirmed', 'failed') AND d.expires_at >= ? "
+            "ORDER BY d.serial, r.node_id, r.sequence",
+            (int(now),),
         ).fetchall()
-        return [(r[0], r[1], r[2], bytes(r[3])) for r in rows]
+        return [PublishedRecord(r[0], r[1], r[2], bytes(r[3]), r[4]) for r in rows]
+
+    def control_zone_changes(self) -> int:
+        """The change counter the triggers on records and distributions raise (schema)."""
+        row = self.db.execute("SELECT counter FROM control_zone_changes WHERE id = 1").fetchone()
+        return 0 if row is None else int(row[0])
 
     def set_distribution_status(
         self,

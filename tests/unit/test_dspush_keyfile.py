@@ -12,14 +12,8 @@ import dns.name
 import dns.tsig
 import pytest
 
-from krs_plugin.kdc.dspush import (
-    PushConfig,
-    TsigKeyFileError,
-    ds_records,
-    parse_tsig_key,
-    push_ds,
-    read_tsig_key,
-)
+from krs_plugin.kdc.dspush import PushConfig, ds_records, push_ds
+from krs_plugin.tsigkey import TsigKeyFileError, parse_tsig_key, read_tsig_key
 
 SECRET = "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3I="
 GOOD = f'key "ds-push" {{\n\talgorithm hmac-sha256;\n\tsecret "{SECRET}";\n}};\n'
