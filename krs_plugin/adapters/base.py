@@ -14,9 +14,10 @@ it reports success (certbot's installers). No server-specific code lives outside
 
 from __future__ import annotations
 
+import contextlib
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar, runtime_checkable
@@ -163,7 +164,14 @@ class ApplyFailed(AdapterError):
     written (the checks refused the plan): then there is nothing to roll back."""
 
     def __init__(
-        self, adapter: str, zone: dns.name.Name, step: str, cause: Exception, *, wrote: bool
+        self,
+        adapter: str,
+        zone: dns.name.Name,
+        step: str,
+        cause: Exception,
+        *,
+        wrote: bool,
+        touched: Sequence[dns.name.Name] | None = None,
     ) -> None:
         where = f"{adapter}, zone {zone}"
         if wrote:
@@ -172,6 +180,19 @@ class ApplyFailed(AdapterError):
             text = f"{where}: {cause}; nothing was changed"
         super().__init__(text)
         self.adapter, self.zone, self.step, self.wrote = adapter, zone, step, wrote
+        self.touched = tuple(touched) if touched is not None else None
+        """The zones a batched apply wrote to before it stopped (``apply_batch``): all of them
+        are to be rolled back, not only ``zone``. None for a one-zone ``apply``."""
+
+
+class StepFailed(Exception):
+    """Raised by a batch hook (``load_batch``, ``verify_batch``) to say which zone's step
+    failed, so that the error names it; ``apply_batch`` turns it into ApplyFailed. Not a
+    KrsError: it never leaves ``apply_batch``."""
+
+    def __init__(self, change: ZoneChange, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.change, self.cause = change, cause
 
 
 @dataclass(kw_only=True)
@@ -217,18 +238,7 @@ class BaseAdapter(Adapter, Generic[Change]):
         except self.failures as exc:
             raise ApplyFailed(self.name, zone, "check", exc, wrote=False) from exc
         try:
-            for planned in plan.install:
-                change.step = f"write key {planned.key.key_tag}"
-                if self.write_key(change, planned):
-                    change.installed.append(planned.key.key_tag)
-            for tag in plan.retire:
-                change.step = f"retire key {tag}"
-                if self.retire_key(change, tag):
-                    change.retired.append(tag)
-            for tag in plan.remove:
-                change.step = f"remove key {tag}"
-                if self.remove_key(change, tag):
-                    change.removed.append(tag)
+            self._write_plan(change)
             change.step = "load"
             self.load(change)
             change.step = "verify"
@@ -248,6 +258,158 @@ class BaseAdapter(Adapter, Generic[Change]):
             verification,
             self.read_served(zone),
         )
+
+    def _write_plan(self, change: Change) -> None:
+        """Step 2 of the algorithm: write, retire and remove key by key, each step named."""
+        plan = change.plan
+        for planned in plan.install:
+            change.step = f"write key {planned.key.key_tag}"
+            if self.write_key(change, planned):
+                change.installed.append(planned.key.key_tag)
+        for tag in plan.retire:
+            change.step = f"retire key {tag}"
+            if self.retire_key(change, tag):
+                change.retired.append(tag)
+        for tag in plan.remove:
+            change.step = f"remove key {tag}"
+            if self.remove_key(change, tag):
+                change.removed.append(tag)
+
+    # --- many zones at once (a distribution for a whole node) ------------------------------
+
+    def apply_batch(self, plans: Sequence[KeyPlan]) -> list[ApplyResult]:
+        """The same algorithm as ``apply``, for many zones at once, so that a server is told
+        once instead of once per zone (docs/adapters.md, "Many zones at once"): every zone's
+        ``begin`` first (a refusal then changes nothing anywhere), every zone's keys written,
+        then ``load_batch`` (one reload, where the server allows), ``verify_batch`` (the DNS
+        questions of all zones over one connection) and ``finish``. ApplyFailed names the zone
+        and step that failed and carries ``touched``, every zone written so far: the caller
+        rolls them all back (``transaction.apply_atomically``); the adapter never does."""
+        now = int(time.time())
+        self._kept: dict[dns.name.Name, Any] = {}  # wait_served_batch's answers, for served
+        with self.batch_context([plan.zone for plan in plans]):
+            changes = self._begin_batch(plans, now)
+            written: list[dns.name.Name] = []
+            current = changes[0] if changes else None  # blamed for a failure of the batch
+            try:
+                for change in changes:
+                    current = change
+                    written.append(change.zone)
+                    self._write_plan(change)
+                current = changes[0] if changes else None
+                for change in changes:
+                    change.step = "load"
+                self.load_batch(changes)
+                for change in changes:
+                    change.step = "verify"
+                verifications = self.verify_batch(changes)
+                self._check_verified(changes, verifications)
+                for change in changes:
+                    change.step = "finish"
+                    self.finish(change)
+            except StepFailed as failed:
+                raise self._batch_failure(failed.change, failed.cause, written) from failed.cause
+            except self.failures as exc:
+                assert current is not None  # nothing fails without a zone
+                raise self._batch_failure(current, exc, written) from exc
+            served = self.read_served_batch([change.zone for change in changes])
+        return [
+            ApplyResult(
+                change.zone,
+                change.changed,
+                tuple(change.installed),
+                tuple(change.retired),
+                tuple(change.removed),
+                verification,
+                state,
+            )
+            for change, verification, state in zip(changes, verifications, served, strict=True)
+        ]
+
+    def _begin_batch(self, plans: Sequence[KeyPlan], now: int) -> list[Change]:
+        """Every zone's ``begin``, before anything is written anywhere."""
+        changes = []
+        for plan in plans:
+            try:
+                changes.append(self.begin(plan.zone, plan, now))
+            except self.failures as exc:
+                raise ApplyFailed(
+                    self.name, plan.zone, "check", exc, wrote=False, touched=()
+                ) from exc
+        return changes
+
+    def _batch_failure(
+        self, change: ZoneChange, cause: Exception, written: Sequence[dns.name.Name]
+    ) -> ApplyFailed:
+        others = len(written) - 1
+        if others > 0 and change.step in ("load", "verify", "finish"):
+            cause = AdapterError(f"{cause} (batched with {others} other zone(s))")
+        return ApplyFailed(self.name, change.zone, change.step, cause, wrote=True, touched=written)
+
+    @staticmethod
+    def _check_verified(changes: Sequence[Change], verifications: Sequence[Verification]) -> None:
+        """StepFailed for the first zone whose verification failed (and how many more did)."""
+        failed = [(c, v) for c, v in zip(changes, verifications, strict=True) if not v.ok]
+        if not failed:
+            return
+        change, verification = failed[0]
+        more = f" (and {len(failed) - 1} more zone(s) not served as planned)" if failed[1:] else ""
+        raise StepFailed(change, AdapterError("; ".join(verification.details) + more))
+
+    @contextlib.contextmanager
+    def batch_context(self, zones: Sequence[dns.name.Name]) -> Iterator[None]:
+        """Around a batched apply: a server reads here, in one call, what ``begin`` would ask
+        for zone by zone (its configuration, its zone list), and forgets it after. Nothing by
+        default."""
+        yield
+
+    def load_batch(self, changes: Sequence[Change]) -> None:
+        """Have the server take the keys of every zone of a batch. By default ``load`` zone by
+        zone; a server that can be told once for many zones does so here."""
+        for change in changes:
+            try:
+                self.load(change)
+            except self.failures as exc:
+                raise StepFailed(change, exc) from exc
+
+    def verify_batch(self, changes: Sequence[Change]) -> list[Verification]:
+        """``verify`` for every zone of a batch, in order. By default zone by zone; a server
+        asks all zones' questions at once here (dnscheck.wait_served_many)."""
+        out = []
+        for change in changes:
+            try:
+                out.append(self.verify(change))
+            except self.failures as exc:
+                raise StepFailed(change, exc) from exc
+        return out
+
+    def read_served_batch(
+        self, zones: Sequence[dns.name.Name]
+    ) -> list[Mapping[str, object] | None]:
+        """``read_served`` for many zones, their questions over one TCP connection."""
+        host, port = getattr(self, "host", None), getattr(self, "port", None)
+        if not isinstance(host, str) or not isinstance(port, int):
+            return [None for _ in zones]
+        from krs_plugin.adapters.dnscheck import read_served_many  # dnscheck imports this module
+
+        hidden = {}
+        for zone in zones:
+            try:
+                hidden[zone] = self.unpublished_dnskeys(zone)
+            except self.failures:
+                hidden[zone] = []
+        kept, self._kept = getattr(self, "_kept", {}), {}
+        return list(read_served_many(zones, host, port, hidden=hidden, kept=kept))
+
+    def wait_served_batch(self, expects: Sequence[Any], timeout: float) -> list[Verification]:
+        """``dnscheck.wait_served_many`` against the adapter's server (``host``, ``port``), its
+        last answers kept for ``read_served_batch``: a server's ``verify_batch`` calls this."""
+        from krs_plugin.adapters.dnscheck import wait_served_many  # dnscheck imports this module
+
+        host, port = getattr(self, "host", None), getattr(self, "port", None)
+        assert isinstance(host, str) and isinstance(port, int), "an adapter with a server"
+        kept = getattr(self, "_kept", None)
+        return wait_served_many(expects, host, port, timeout=timeout, keep=kept)
 
     def read_served(self, zone: dns.name.Name) -> Mapping[str, object] | None:
         """What the server serves for ``zone`` (``dnscheck.read_served``) over the adapter's

@@ -24,7 +24,7 @@ neither required nor refused.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import dns.dnssec
@@ -39,6 +39,7 @@ from dns.rdtypes.ANY.DNSKEY import DNSKEY
 
 from krs_plugin.adapters.base import Verification
 from krs_plugin.adapters.cdsset import CdsSet
+from krs_plugin.adapters.dnsbatch import NoAnswer, Question, query_many
 from krs_plugin.dnssec import KeyTiming
 
 KSK_FLAGS = 257
@@ -230,13 +231,30 @@ def _valid_signers(
     return valid
 
 
+Answer = tuple[dns.rrset.RRset | None, dns.rrset.RRset | None]
+Getter = Callable[[dns.rdatatype.RdataType], Answer]
+"""The RRset of one type at the zone's apex and its RRSIGs; raises when the server did not
+answer (OSError, EOFError or a DNSException)."""
+NO_ANSWER = (OSError, EOFError, dns.exception.DNSException)
+
+
 def check_served(expect: Expectation, host: str, port: int, timeout: float = 3.0) -> Verification:
     """One look at the server: does it match ``expect``? Details name each difference."""
+
+    def get(rdtype: dns.rdatatype.RdataType) -> Answer:
+        return _query(expect.zone, rdtype, host, port, timeout)
+
+    return _judge(expect, get, host, port)
+
+
+def _judge(expect: Expectation, get: Getter, host: str, port: int) -> Verification:
+    """``expect`` against what ``get`` reads; the same judgement for one zone asked alone and
+    for many asked at once."""
     zone = expect.zone
     try:
-        dnskey, dnskey_sigs = _query(zone, dns.rdatatype.DNSKEY, host, port, timeout)
-        soa, soa_sigs = _query(zone, dns.rdatatype.SOA, host, port, timeout)
-    except (OSError, EOFError, dns.exception.DNSException) as exc:
+        dnskey, dnskey_sigs = get(dns.rdatatype.DNSKEY)
+        soa, soa_sigs = get(dns.rdatatype.SOA)
+    except NO_ANSWER as exc:
         return Verification(False, (f"{zone}: no answer from {host} port {port}: {exc}",))
     details = []
     if expect.serial is not None:
@@ -266,15 +284,13 @@ def check_served(expect: Expectation, host: str, port: int, timeout: float = 3.0
             )
     if expect.cds is not None:
         try:
-            details += _cds_differences(expect, dnskey, host, port, timeout)
-        except (OSError, EOFError, dns.exception.DNSException) as exc:
+            details += _cds_differences(expect, dnskey, get)
+        except NO_ANSWER as exc:
             details.append(f"{zone}: no answer for CDS/CDNSKEY from {host} port {port}: {exc}")
     return Verification(not details, tuple(details))
 
 
-def _cds_differences(
-    expect: Expectation, dnskey: dns.rrset.RRset, host: str, port: int, timeout: float
-) -> list[str]:
+def _cds_differences(expect: Expectation, dnskey: dns.rrset.RRset, get: Getter) -> list[str]:
     """How the served CDS and CDNSKEY RRsets differ from ``expect.cds``: other entries, or no
     valid RRSIG by the keys that sign the DNSKEY RRset (or, for a signer that signs them as
     zone data, by the keys that sign the SOA)."""
@@ -284,7 +300,7 @@ def _cds_differences(
         ("CDS", dns.rdatatype.CDS, expect.cds.cds),
         ("CDNSKEY", dns.rdatatype.CDNSKEY, expect.cds.cdnskey),
     ):
-        rrset, sigs = _query(zone, rdtype, host, port, timeout)
+        rrset, sigs = get(rdtype)
         served = frozenset(_cds_entries(rrset, rdtype))
         if served != want:
             details.append(
@@ -340,14 +356,34 @@ def read_served(
     One query set over TCP; a server that does not answer gives ``error`` instead of the data.
     ``hidden``: the DNSKEYs of keys that sign unpublished, so that their valid RRSIGs are among
     the signers reported (they are not in ``dnskey``)."""
-    name = zone.to_text()
     read_at = int(time.time())
+
+    def get(rdtype: dns.rdatatype.RdataType) -> Answer:
+        return _query(zone, rdtype, host, port, timeout)
+
+    return _served_state(zone, read_at, get, hidden, host)
+
+
+SERVED_TYPES = (
+    dns.rdatatype.DNSKEY,
+    dns.rdatatype.SOA,
+    dns.rdatatype.CDS,
+    dns.rdatatype.CDNSKEY,
+)
+"""What ``read_served`` asks for each zone."""
+
+
+def _served_state(
+    zone: dns.name.Name, read_at: int, get: Getter, hidden: Iterable[DNSKEY], host: str
+) -> dict[str, object]:
+    """``read_served``'s data from what ``get`` reads (one zone alone, or many at once)."""
+    name = zone.to_text()
     try:
-        dnskey, dnskey_sigs = _query(zone, dns.rdatatype.DNSKEY, host, port, timeout)
-        soa, soa_sigs = _query(zone, dns.rdatatype.SOA, host, port, timeout)
-        cds, _ = _query(zone, dns.rdatatype.CDS, host, port, timeout)
-        cdnskey, _ = _query(zone, dns.rdatatype.CDNSKEY, host, port, timeout)
-    except (OSError, EOFError, dns.exception.DNSException) as exc:
+        dnskey, dnskey_sigs = get(dns.rdatatype.DNSKEY)
+        soa, soa_sigs = get(dns.rdatatype.SOA)
+        cds, _ = get(dns.rdatatype.CDS)
+        cdnskey, _ = get(dns.rdatatype.CDNSKEY)
+    except NO_ANSWER as exc:
         return {"zone": name, "read_at": read_at, "error": f"no answer from {host}: {exc}"[:200]}
     state: dict[str, object] = {"zone": name, "read_at": read_at}
     if soa is not None:
@@ -368,3 +404,109 @@ def read_served(
     if cdnskey is not None:
         state["cdnskey"] = sorted(list(e) for e in _cds_entries(cdnskey, dns.rdatatype.CDNSKEY))
     return state
+
+
+# --- many zones at once: their questions down one TCP connection (dnsbatch.py) -------------
+
+
+class _Answers:
+    """The replies of one ``query_many``, looked up by (zone, type) as a ``Getter`` does."""
+
+    def __init__(self, questions: Sequence[Question], host: str, port: int, timeout: float):
+        replies = query_many(questions, host, port, timeout)
+        self.replies = dict(zip(questions, replies, strict=True))
+
+    def getter(self, zone: dns.name.Name) -> Getter:
+        def get(rdtype: dns.rdatatype.RdataType) -> Answer:
+            reply = self.replies[(zone, rdtype)]
+            if isinstance(reply, NoAnswer):
+                raise reply
+            rrset = reply.get_rrset(reply.answer, zone, dns.rdataclass.IN, rdtype)
+            sigs = reply.get_rrset(
+                reply.answer, zone, dns.rdataclass.IN, dns.rdatatype.RRSIG, rdtype
+            )
+            return rrset, sigs
+
+        return get
+
+
+def _questions(expect: Expectation, served: bool) -> list[Question]:
+    """What a look at ``expect`` asks; with ``served`` also what ``read_served`` reads."""
+    types = [dns.rdatatype.DNSKEY, dns.rdatatype.SOA]
+    if expect.cds is not None or served:
+        types += [dns.rdatatype.CDS, dns.rdatatype.CDNSKEY]
+    return [(expect.zone, t) for t in types]
+
+
+Kept = dict[dns.name.Name, Getter]
+"""The answers of each zone's last look, kept so that ``read_served_many`` need not ask again
+right after the verification (a batch of 10,000 zones asks 40,000 questions instead of 60,000)."""
+
+
+def check_served_many(
+    expects: Sequence[Expectation],
+    host: str,
+    port: int,
+    timeout: float = 3.0,
+    keep: Kept | None = None,
+) -> list[Verification]:
+    """``check_served`` for many zones, all their questions over one TCP connection; with
+    ``keep``, also what ``read_served`` reads, kept there by zone."""
+    served = keep is not None
+    questions = [q for e in expects for q in _questions(e, served)]
+    answers = _Answers(questions, host, port, timeout)
+    if keep is not None:
+        keep.update((e.zone, answers.getter(e.zone)) for e in expects)
+    return [_judge(e, answers.getter(e.zone), host, port) for e in expects]
+
+
+def wait_served_many(
+    expects: Sequence[Expectation],
+    host: str,
+    port: int,
+    *,
+    timeout: float,
+    interval: float = 0.05,
+    keep: Kept | None = None,
+) -> list[Verification]:
+    """``wait_served`` for many zones: each look asks every zone not yet served as expected,
+    at once, until all are, or until ``timeout`` passes without one more zone served (a server
+    signing 10,000 zones at its own pace is waited for while it makes progress; one that has
+    stopped is not). The last result of each, in order; ``keep`` as for ``check_served_many``."""
+    deadline = time.monotonic() + timeout
+    results: list[Verification | None] = [None] * len(expects)
+    pending = list(range(len(expects)))
+    while True:
+        looked = check_served_many([expects[i] for i in pending], host, port, keep=keep)
+        for i, result in zip(pending, looked, strict=True):
+            results[i] = result
+        still = [i for i, result in zip(pending, looked, strict=True) if not result.ok]
+        if len(still) < len(pending):
+            deadline = max(deadline, time.monotonic() + timeout)
+        pending = still
+        if not pending or time.monotonic() >= deadline:
+            return [r if r is not None else Verification(False) for r in results]
+        time.sleep(interval)
+
+
+def read_served_many(
+    zones: Sequence[dns.name.Name],
+    host: str,
+    port: int,
+    timeout: float = 3.0,
+    hidden: Mapping[dns.name.Name, Iterable[DNSKEY]] | None = None,
+    kept: Kept | None = None,
+) -> list[dict[str, object]]:
+    """``read_served`` for many zones, all their questions over one TCP connection; a zone in
+    ``kept`` (its verification's last look, a moment ago) is not asked again."""
+    read_at = int(time.time())
+    kept = kept or {}
+    questions = [(z, rdtype) for z in zones if z not in kept for rdtype in SERVED_TYPES]
+    answers = _Answers(questions, host, port, timeout)
+    hidden = hidden or {}
+    return [
+        _served_state(
+            zone, read_at, kept.get(zone) or answers.getter(zone), hidden.get(zone, ()), host
+        )
+        for zone in zones
+    ]

@@ -28,7 +28,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -45,18 +45,27 @@ from krs_plugin.adapters.base import (
     KeyPlan,
     PlannedKey,
     Problem,
+    StepFailed,
     Verification,
     ZoneChange,
 )
 from krs_plugin.adapters.cdsset import expected as cds_expected
 from krs_plugin.adapters.dnscheck import (
+    Expectation,
     KeyState,
     expectation,
     is_active,
     signs_unpublished,
     wait_served,
 )
-from krs_plugin.adapters.knotctl import KaspKey, KnotTools, full_times, knot_key_id, knot_times
+from krs_plugin.adapters.knotctl import (
+    KaspKey,
+    KnotTools,
+    Times,
+    full_times,
+    knot_key_id,
+    knot_times,
+)
 from krs_plugin.adapters.settings import existing_file, seconds, server_address
 from krs_plugin.adapters.tools import install_hint, secret_file
 from krs_plugin.errors import AdapterError, ConfigError, KrsError
@@ -125,6 +134,7 @@ class KnotAdapter(BaseAdapter[KaspChange]):
             raise ConfigError("adapter.settings.owner: must be a user name (e.g. knot)")
         self.owner = owner
         self.verify_timeout = seconds(settings, "verify_timeout", 10)
+        self._batch_keys: dict[dns.name.Name, list[KaspKey]] = {}  # as verified, in a batch
 
     # --- where Knot keeps things ------------------------------------------------------------
 
@@ -330,12 +340,27 @@ class KnotAdapter(BaseAdapter[KaspChange]):
         if existing is not None:
             if existing.times == times:
                 return False  # its CDS marking included: a change of cds is a change
-            self.tools.set_times(change.zone, key_id, times)
+            self._set_times(change, existing, times)
             return True
         ksk = planned.role in ("KSK", "CSK")
         zsk = planned.role in ("ZSK", "CSK")
         self._import(change.zone, key.to_pkcs8_pem(), key.algorithm, ksk=ksk, zsk=zsk, times=times)
+        change.keys.append(KaspKey(key_id, key.key_tag, key.algorithm, ksk, zsk, False, times))
         return True
+
+    @staticmethod
+    def _replaced(keys: list[KaspKey], key: KaspKey, new: KaspKey | None) -> None:
+        """``change.keys`` follows what the KASP database now holds (``verify_batch`` reads it
+        from there instead of asking keymgr once more per zone)."""
+        index = keys.index(key)
+        if new is None:
+            del keys[index]
+        else:
+            keys[index] = new
+
+    def _set_times(self, change: KaspChange, key: KaspKey, times: Times) -> None:
+        self.tools.set_times(change.zone, key.key_id, times)
+        self._replaced(change.keys, key, replace(key, times=full_times(times)))
 
     def retire_key(self, change: KaspChange, tag: int) -> bool:
         retired = False
@@ -345,7 +370,7 @@ class KnotAdapter(BaseAdapter[KaspChange]):
                 retire = remove  # Knot retires it by its remove time (knotctl.TIMES)
             if retire == 0 or retire > change.now:
                 new_remove = change.plan.retire_delete_at or remove
-                self.tools.set_times(change.zone, key.key_id, key.retimed(change.now, new_remove))
+                self._set_times(change, key, key.retimed(change.now, new_remove))
                 retired = True
         return retired
 
@@ -355,7 +380,7 @@ class KnotAdapter(BaseAdapter[KaspChange]):
         for key in self._with_tag(change.keys, tag):
             retire = key.times[3]
             retire = retire if 0 < retire <= change.now else change.now
-            self.tools.set_times(change.zone, key.key_id, key.retimed(retire, change.now))
+            self._set_times(change, key, key.retimed(retire, change.now))
             change.removed_ids.append(key.key_id)
             found = True
         return found
@@ -374,6 +399,43 @@ class KnotAdapter(BaseAdapter[KaspChange]):
         change.step = "delete removed keys"
         for key_id in change.removed_ids:
             self.tools.delete(change.zone, key_id)
+            gone = [k for k in change.keys if k.key_id == key_id]
+            for key in gone:
+                self._replaced(change.keys, key, None)
+
+    # --- many zones at once (BaseAdapter.apply_batch) ---------------------------------------
+
+    @contextlib.contextmanager
+    def batch_context(self, zones: Sequence[dns.name.Name]) -> Iterator[None]:
+        """knotd's configuration, zone status and the KASP database's zone list read once for
+        the batch (KnotTools.batch): a new node's zones then cost no keymgr call to snapshot
+        or check, only the imports."""
+        with self.tools.batch():
+            try:
+                yield
+            finally:
+                self._batch_keys.clear()
+
+    def load_batch(self, changes: Sequence[KaspChange]) -> None:
+        """One ``knotc -b zone-keys-load`` (and one ``zone-reload`` for zones never loaded)
+        naming every changed zone, instead of one knotc per zone; a zone knotd refuses fails
+        the batch, named."""
+        changed = [c for c in changes if c.changed]
+        for change in changed:
+            change.step = "knotc zone-keys-load"
+        errors = self.tools.load_keys_many([c.zone for c in changed])
+        for change in changed:
+            error = errors.get(change.zone.to_text().lower())
+            if error is not None:
+                raise StepFailed(change, AdapterError(error))
+
+    def verify_batch(self, changes: Sequence[KaspChange]) -> list[Verification]:
+        """Every zone's expectation from the keys the apply wrote (``change.keys`` follows the
+        KASP database), all zones asked at once over one connection."""
+        expects = [self._expect(c.zone, c.keys, c.removed, c.cds_delete) for c in changes]
+        for change in changes:
+            self._batch_keys[change.zone] = list(change.keys)
+        return self.wait_served_batch(expects, self.verify_timeout)
 
     @staticmethod
     def _with_tag(keys: list[KaspKey], tag: int) -> list[KaspKey]:
@@ -400,8 +462,24 @@ class KnotAdapter(BaseAdapter[KaspChange]):
     ) -> Verification:
         """Until knotd serves the KASP keys as their times say, and the CDS/CDNSKEY of the keys
         marked for it (or the delete records, under a delete-dnssec policy)."""
+        kasp = self.tools.keys(zone)
+        return wait_served(
+            self._expect(zone, kasp, removed, cds_delete),
+            self.host,
+            self.port,
+            timeout=self.verify_timeout,
+        )
+
+    def _expect(
+        self,
+        zone: dns.name.Name,
+        kasp_keys: Sequence[KaspKey],
+        removed: Iterable[int],
+        cds_delete: bool | None = None,
+    ) -> Expectation:
+        """What knotd must serve for the zone's KASP keys at their times."""
         now = int(time.time())
-        kasp = [k for k in self.tools.keys(zone) if not k.public_only]
+        kasp = [k for k in kasp_keys if not k.public_only]
         keys = [
             KeyState(
                 k.tag,
@@ -427,7 +505,7 @@ class KnotAdapter(BaseAdapter[KaspChange]):
         quiet = {k.tag for k in kasp if k.cds and k.zsk and k.algorithm in zone_signers}
         if quiet and expect.soa_signers - quiet:
             expect = replace(expect, soa_signers=expect.soa_signers - quiet)
-        return wait_served(expect, self.host, self.port, timeout=self.verify_timeout)
+        return expect
 
     def _dnskey(self, zone: dns.name.Name, key: KaspKey) -> DNSKEY:
         """A key's DNSKEY, from keymgr (its RRSIGs are validated against it while it signs
@@ -439,9 +517,10 @@ class KnotAdapter(BaseAdapter[KaspChange]):
 
     def unpublished_dnskeys(self, zone: dns.name.Name) -> list[Any]:
         now = int(time.time())
+        keys = self._batch_keys.get(zone)
         return [
             self._dnskey(zone, k)
-            for k in self.tools.keys(zone)
+            for k in (self.tools.keys(zone) if keys is None else keys)
             if not k.public_only and signs_unpublished(k.timing, now)
         ]
 
