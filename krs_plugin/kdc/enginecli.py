@@ -17,6 +17,9 @@ from krs_plugin.humantime import format_time
 from krs_plugin.kdc.clistate import add_dry_run, open_store
 from krs_plugin.kdc.engine import Engine, ZoneView, current_key, policy_zones
 from krs_plugin.kdc.enginestate import EngineState, Rollover
+from krs_plugin.kdc.fleetcli import add_options as add_fleet_options
+from krs_plugin.kdc.fleetcli import cmd_status_nodes
+from krs_plugin.kdc.fleetcli import wanted as fleet_wanted
 from krs_plugin.kdc.parentcli import watch_lines
 from krs_plugin.kdc.parentwatch import need_of, parent_settings, watch_of
 from krs_plugin.kdc.store import StateError, Store, canonical
@@ -71,6 +74,8 @@ def view_lines(view: ZoneView, now: int) -> list[str]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    if fleet_wanted(args):  # --nodes, --behind: the fleet instead (kdc/fleetcli.py)
+        return cmd_status_nodes(args)
     store = open_store(args)
     now = int(time.time())
     engine = Engine(store)
@@ -319,8 +324,9 @@ def cmd_node_compromised(args: argparse.Namespace) -> int:
 def add_parsers(sub: Any, node: Any, add: Any) -> None:
     """The engine's commands under ``sub``, ``node evict`` under ``node``; ``add`` is cli.py's
     helper (help, --json, the command)."""
-    p = add(sub, "status", cmd_status, "where each zone's key lifecycle stands")
+    p = add(sub, "status", cmd_status, "where each zone's key lifecycle stands, or each node's")
     p.add_argument("--zone", action="append", help="only this zone (repeatable)")
+    add_fleet_options(p)
     p = add(sub, "plan", cmd_plan, "the coming rollover steps of a zone, with earliest times")
     p.add_argument("--zone", required=True)
     p = add(sub, "rollover", cmd_rollover, "start a rollover of a zone's key now")

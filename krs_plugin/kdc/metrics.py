@@ -23,6 +23,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from krs_plugin.kdc.engine import Engine, ZoneView
+from krs_plugin.kdc.fleet import LOG_LAG_SECONDS, NAMED_NODES, NodeLag, counts, node_lags
 from krs_plugin.kdc.store import KEY_STATES, StateError, Store
 from krs_plugin.sqlitedb import FailureLog
 
@@ -92,6 +93,7 @@ class Snapshot:
     pending: dict[str, tuple[int, int]]  # node -> (count, oldest created_at)
     failed: dict[str, int]  # node -> failed distributions that are the newest of a zone
     history: int
+    fleet: tuple[NodeLag, ...] = ()  # every node, the worst first (kdc/fleet.py)
 
 
 def read_snapshot(store: Store, now: int) -> Snapshot:
@@ -138,9 +140,10 @@ def read_snapshot(store: Store, now: int) -> Snapshot:
             ):
                 failed[r["node_id"]] = r["n"]
         history = int(db.execute("SELECT COUNT(*) FROM history").fetchone()[0])
+        fleet = tuple(node_lags(db, now))
     finally:
         db.execute("COMMIT")
-    return Snapshot(keys, zones, views, nodes, pending, failed, history)
+    return Snapshot(keys, zones, views, nodes, pending, failed, history, fleet)
 
 
 def families(snap: Snapshot, health: ServerHealth | None, now: float) -> Iterator[Any]:
@@ -214,6 +217,7 @@ def families(snap: Snapshot, health: ServerHealth | None, now: float) -> Iterato
     yield pending
     yield oldest
     yield failed
+    yield from fleet_families(snap.fleet, now)
     yield CounterMetricFamily(
         "krs_kdc_history_entries", "entries in the lifecycle history", value=snap.history
     )
@@ -243,6 +247,36 @@ def families(snap: Snapshot, health: ServerHealth | None, now: float) -> Iterato
     yield GaugeMetricFamily(
         "krs_kdc_start_time_seconds", "when this krs-kdc serve started", value=health.started_at
     )
+
+
+def fleet_families(fleet: tuple[NodeLag, ...], now: float) -> Iterator[Any]:
+    """The fleet with bounded labels: counts per state, the largest lag, and the worst
+    ``NAMED_NODES`` nodes lagging ``LOG_LAG_SECONDS`` or more by name (the alert's names)."""
+    nodes = GaugeMetricFamily(
+        "krs_kdc_nodes",
+        "nodes by state (krs-kdc status --nodes): failed, behind, never (confirmed nothing yet), "
+        "in-sync",
+        labels=["state"],
+    )
+    for state, n in counts(fleet).items():
+        nodes.add_metric([state], n)
+    yield nodes
+    yield GaugeMetricFamily(
+        "krs_kdc_node_lag_seconds",
+        "the largest lag of any node: seconds since the oldest distribution it has not caught up "
+        "with was made (0 when every node is in sync)",
+        value=max((n.lag_seconds(now) for n in fleet), default=0.0),
+    )
+    named = GaugeMetricFamily(
+        "krs_kdc_node_behind_seconds",
+        f"the lag of each node lagging {LOG_LAG_SECONDS} s or more, the worst {NAMED_NODES} only",
+        labels=["node", "state"],
+    )
+    late = sorted((n for n in fleet if n.lag_seconds(now) >= LOG_LAG_SECONDS),
+                  key=lambda n: (-n.lag_seconds(now), n.node_id))  # fmt: skip
+    for node in late[:NAMED_NODES]:
+        named.add_metric([node.node_id, node.state], node.lag_seconds(now))
+    yield named
 
 
 class _Collector(Collector):

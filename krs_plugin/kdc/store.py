@@ -83,6 +83,9 @@ CREATE TABLE IF NOT EXISTS distributions (
     report TEXT,
     PRIMARY KEY (id, node_id)
 );
+-- A node's distributions by status, newest last: krs-kdc status --nodes and the fleet metrics
+-- (kdc/fleet.py) seek each node's last confirmation and its unconfirmed ones through it.
+CREATE INDEX IF NOT EXISTS distributions_by_node ON distributions(node_id, status, serial);
 CREATE TABLE IF NOT EXISTS records (
     distribution_id TEXT NOT NULL,
     node_id TEXT NOT NULL,
