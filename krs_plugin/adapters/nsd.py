@@ -21,13 +21,15 @@ What shapes the steps (docs/servers/nsd.md, verified by hand on NSD 4.6.1):
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,7 @@ from krs_plugin.adapters.base import (
     KeyPlan,
     PlannedKey,
     Problem,
+    StepFailed,
     Verification,
     ZoneChange,
 )
@@ -55,6 +58,7 @@ from krs_plugin.adapters.cdsset import (
 )
 from krs_plugin.adapters.cdsset import expected as cds_expected
 from krs_plugin.adapters.dnscheck import (
+    Expectation,
     KeyState,
     expectation,
     same_algorithm_refusal,
@@ -112,6 +116,46 @@ class NsdChange(ZoneChange):
     cds_after: Marking = NO_MARKING
 
 
+@dataclass
+class NsdConfig:
+    """What a batch reads of NSD once instead of per zone: the zones NSD serves (``nsd-control
+    zonestatus``) and the zone files nsd.conf names (``nsd-checkconf -v``)."""
+
+    served: set[str]
+    zonefiles: dict[str, str] = field(default_factory=dict)  # zone -> zonefile: (unexpanded)
+    zonesdir: str = ""
+
+
+def parse_checkconf(text: str) -> tuple[dict[str, str], str]:
+    """The ``zonefile:`` of each zone (its own, else its include-pattern's) and ``zonesdir:``
+    from ``nsd-checkconf -v`` (every option, section by section)."""
+    zones: dict[str, dict[str, str]] = {}
+    patterns: dict[str, dict[str, str]] = {}
+    zonesdir, section = "", ""
+    current: dict[str, str] = {}
+    for line in text.splitlines():
+        if line and not line[0].isspace():
+            section, current = line.split(":", 1)[0].strip(), {}
+            continue
+        match = re.match(r'\s+([\w-]+):\s*"?([^"]*)"?\s*$', line)
+        if not match:
+            continue
+        option, value = match.groups()
+        if section == "server" and option == "zonesdir":
+            zonesdir = value
+        elif section in ("zone", "pattern"):
+            if option == "name":
+                (zones if section == "zone" else patterns)[value.lower()] = current
+            current.setdefault(option, value)
+    files = {}
+    for name, options in zones.items():
+        pattern = patterns.get(options.get("include-pattern", "").lower(), {})
+        zonefile = options.get("zonefile") or pattern.get("zonefile")
+        if zonefile:
+            files[name] = zonefile
+    return files, zonesdir
+
+
 NSD_NOT_TOLD = (
     "NSD could not be told to reload it (nothing is lost: the previous keys are in the key "
     "directory and the file NSD serves is signed with them; NSD serves it once it runs again)"
@@ -162,6 +206,7 @@ class NsdAdapter(BaseAdapter[NsdChange]):
         self.verify_timeout = seconds(settings, "verify_timeout", 10)
         self._retry_at: dict[dns.name.Name, float] = {}
         self._written: dict[dns.name.Name, int] = {}  # the last serial written, per zone
+        self._batch: NsdConfig | None = None  # read once while a batch runs
 
     def _zone_files(self, value: object) -> dict[dns.name.Name, dict[str, str]]:
         """``zone_files``: per zone, the files that do not follow the patterns. A typo here
@@ -277,7 +322,10 @@ class NsdAdapter(BaseAdapter[NsdChange]):
     def _zone_problem(self, zone: dns.name.Name) -> Problem | None:
         name = zone.to_text()
         try:
-            self.control("zonestatus", name)
+            if self._batch is None:
+                self.control("zonestatus", name)
+            elif name.lower() not in self._batch.served:
+                raise AdapterError(f"nsd-control zonestatus {name}: zone {name} not configured")
         except AdapterError as exc:
             if "not configured" in str(exc):
                 return Problem(
@@ -310,6 +358,10 @@ class NsdAdapter(BaseAdapter[NsdChange]):
             argv = ["nsd-checkconf", *query, str(self.config)]
             return run_tool(argv, "nsd-checkconf", timeout=self.verify_timeout).strip()
 
+        batch = self._batch
+        if batch is not None and zone.to_text().lower() in batch.zonefiles:
+            path = Path(expand_zonefile(batch.zonefiles[zone.to_text().lower()], zone))
+            return path if path.is_absolute() else Path(batch.zonesdir) / path
         try:
             text = option("-z", zone.to_text(), "-o", "zonefile")
             if not text:
@@ -462,6 +514,62 @@ class NsdAdapter(BaseAdapter[NsdChange]):
     def verify(self, change: NsdChange) -> Verification:
         return self._wait(change.zone, change.removed, change.serial)
 
+    # --- many zones at once (BaseAdapter.apply_batch) ---------------------------------------
+
+    @contextlib.contextmanager
+    def batch_context(self, zones: Sequence[dns.name.Name]) -> Iterator[None]:
+        """NSD's zone list (``nsd-control zonestatus``) and nsd.conf's zone files
+        (``nsd-checkconf -v``) read once for the batch, instead of three tool runs per zone.
+        When they cannot be read (NSD down), each zone asks for itself, as ever."""
+        if self._batch is not None:
+            yield
+            return
+        try:
+            self._batch = self._read_config()
+        except AdapterError:
+            self._batch = None
+        try:
+            yield
+        finally:
+            self._batch = None
+
+    def _read_config(self) -> NsdConfig:
+        status = self.control("zonestatus")
+        served = {m.lower() for m in re.findall(r"^zone:\s+(\S+)", status, re.MULTILINE)}
+        argv = ["nsd-checkconf", "-v", str(self.config)]
+        files, zonesdir = parse_checkconf(run_tool(argv, "nsd-checkconf -v", timeout=self.timeout))
+        return NsdConfig(served, files, zonesdir)
+
+    def load_batch(self, changes: Sequence[NsdChange]) -> None:
+        """Every changed zone signed and put in place, then one ``nsd-control reload`` (NSD
+        reloads every zone whose file changed) instead of one per zone. A zone that does not
+        sign stops the batch before NSD is told anything."""
+        changed = [c for c in changes if c.changed]
+        for change in changed:
+            try:
+                self._sign_in_place(change)
+            except self.failures as exc:
+                raise StepFailed(change, exc) from exc
+        if not changed:
+            return
+        for change in changed:
+            change.step = "nsd-control reload"
+        try:
+            self.control("reload")
+        except AdapterError as exc:
+            raise StepFailed(changed[0], exc) from exc
+
+    def _sign_in_place(self, change: NsdChange) -> None:
+        if change.cds_after != change.cds_before:
+            change.step = "write the CDS marking"
+            write_marking(self.key_directory, change.zone, change.cds_after)
+        change.step = "sign"
+        change.serial = self._write_served(change.zone, self._sign)
+
+    def verify_batch(self, changes: Sequence[NsdChange]) -> list[Verification]:
+        expects = [self._expect(c.zone, c.removed, c.serial) for c in changes]
+        return self.wait_served_batch(expects, self.verify_timeout)
+
     # --- signing ----------------------------------------------------------------------------
 
     def _cds_keys(self, zone: dns.name.Name, now: int) -> tuple[Marking, list[Any]]:
@@ -523,6 +631,18 @@ class NsdAdapter(BaseAdapter[NsdChange]):
         """Write the zone (``produce``) with the next serial beside the served file, check it,
         rename it into place and reload; raises (with the step in the message) on any
         failure. A failure before the rename leaves the served file untouched."""
+        serial = self._write_served(zone, produce)
+        try:
+            self.control("reload", zone.to_text())
+        except AdapterError as exc:
+            raise NotReloaded(f"reload: {exc}", serial) from exc
+        return serial
+
+    def _write_served(
+        self, zone: dns.name.Name, produce: Callable[[dns.name.Name, Path, int], None]
+    ) -> int:
+        """``_publish`` without the reload: the zone written with the next serial beside the
+        served file, checked, and renamed into place; its serial."""
         served = self.signed_file(zone)
         fresh = served.with_name(f".{served.name}.krs-new")
         serial = self._next_serial(zone)
@@ -534,10 +654,6 @@ class NsdAdapter(BaseAdapter[NsdChange]):
         finally:
             fresh.unlink(missing_ok=True)
         self._written[zone] = serial
-        try:
-            self.control("reload", zone.to_text())
-        except AdapterError as exc:
-            raise NotReloaded(f"reload: {exc}", serial) from exc
         return serial
 
     def _next_serial(self, zone: dns.name.Name) -> int:
@@ -556,6 +672,13 @@ class NsdAdapter(BaseAdapter[NsdChange]):
     def _wait(
         self, zone: dns.name.Name, removed: Iterable[int], serial: int | None = None
     ) -> Verification:
+        expect = self._expect(zone, removed, serial)
+        return wait_served(expect, self.host, self.port, timeout=self.verify_timeout)
+
+    def _expect(
+        self, zone: dns.name.Name, removed: Iterable[int], serial: int | None = None
+    ) -> Expectation:
+        """What NSD must serve for the zone's keys (and the signed file's ``serial``)."""
         now = int(time.time())
         keys = [
             KeyState(key.key_tag, key.flags, timing, key.dnskey, key.algorithm)
@@ -568,7 +691,7 @@ class NsdAdapter(BaseAdapter[NsdChange]):
             serial=serial,
             cds=cds_expected(marked, marking[1], now),
         )
-        return wait_served(expect, self.host, self.port, timeout=self.verify_timeout)
+        return expect
 
     # --- keeping signatures fresh -------------------------------------------------------------
 
