@@ -47,6 +47,9 @@ class KeyFiles:
 class KdcSettings:
     verification_key: Path | None
     allow_unsigned: bool = False
+    addresses: tuple[Address, ...] = ()
+    """Where confirmations and resync requests go when the control servers are secondaries
+    that only serve the zone (docs/scale.md); empty: the control servers."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,12 @@ class Config:
     clock_skew: float = 30.0
     log_format: str = "auto"
     metrics: Address | None = None
+
+    @property
+    def kdc_servers(self) -> tuple[Address, ...]:
+        """Where this node talks to the KDC itself (confirmations, resync requests):
+        ``kdc.address``, or the control servers when the KDC serves the zone itself."""
+        return self.kdc.addresses or self.control_servers
 
 
 class _Reader:
@@ -272,13 +281,17 @@ def load_config(path: str | os.PathLike[str], *, require_files: bool = True) -> 
     if keys.hpke is None and keys.jose is None:
         raise r.fail("keys", "needs at least one of hpke or jose (the node's private key files)")
 
-    kdc_raw = r.mapping(top.get("kdc"), "kdc", {"verification_key", "allow_unsigned"})
+    kdc_raw = r.mapping(top.get("kdc"), "kdc", {"verification_key", "allow_unsigned", "address"})
     allow_unsigned = r.boolean(kdc_raw.get("allow_unsigned"), "kdc.allow_unsigned", False)
     kdc = KdcSettings(
         r.file(
             kdc_raw.get("verification_key"), "kdc.verification_key", required=not allow_unsigned
         ),
         allow_unsigned,
+        tuple(
+            r.address(v, f"kdc.address[{i}]", 53)
+            for i, v in enumerate(r.list_of(kdc_raw.get("address"), "kdc.address"))
+        ),
     )
 
     servers = tuple(
@@ -299,8 +312,8 @@ def load_config(path: str | os.PathLike[str], *, require_files: bool = True) -> 
             sources.append(ipaddress.ip_network(str(v), strict=False))
         except ValueError as exc:
             raise r.fail(f"notify.allowed_sources[{i}]", str(exc)) from exc
-    if not sources:  # NOTIFY carries no trust, but by default only the control servers send it
-        sources = [ipaddress.ip_network(s.host) for s in servers]
+    if not sources:  # NOTIFY carries no trust; by default only the control servers and KDC
+        sources = [ipaddress.ip_network(s.host) for s in (*servers, *kdc.addresses)]
     notify = _notify_limits(r, notify_raw, listen, tuple(sources))
 
     adapter_raw = r.mapping(top["adapter"], "adapter", {"type", "settings"})

@@ -1,11 +1,11 @@
 """The KRS's confirmations: the key status report of each distribution, sent to the KDC until it
 answers NOERROR (docs/protocol.md section 6).
 
-The report is a NOTIFY to the control servers in order, UDP first as tdns does, TCP when the
-report is too big for a datagram or UDP gets no answer. Each try is bound and signed afresh
-(``confirmation_message``): its ``time`` is when it is sent, so a report that waited through a
-restart is still fresh, and no two tries carry the same signature, which the KDC refuses as a
-replay once it has recorded one. The reports wait in the state database
+The report is a NOTIFY to the KDC (``kdc.address``, else the control servers) in order, UDP first
+as tdns does, TCP when the report is too big for a datagram or UDP gets no answer. Each try is
+bound and signed afresh (``confirmation_message``): its ``time`` is when it is sent, so a report
+that waited through a restart is still fresh, and no two tries carry the same signature, which the
+KDC refuses as a replay once it has recorded one. The reports wait in the state database
 (``ReceiverStore.due_confirmations``), so a restart or a KDC that is down delays them but never
 loses them; each failed round waits twice as long as the last, up to ``CONFIRM_RETRY_MAX``.
 """
@@ -39,7 +39,7 @@ def retry_delay(attempts: int) -> float:
 async def confirm(
     dist_id: str, report: dict[str, object], config: Config, signer: JoseKey | None
 ) -> bool:
-    """Send one report; True once a control server acknowledged it. Never raises: one bad report
+    """Send one report; True once the KDC acknowledged it. Never raises: one bad report
     must not stop confirming the others."""
     try:
         return await _send(dist_id, report, config, signer)
@@ -61,7 +61,7 @@ async def _send(
 
     fits_udp = len(message().to_wire(max_size=0xFFFF)) <= UDP_CONFIRM_MAX
     where = context(distribution_id=dist_id, stage="confirm")
-    for server in config.control_servers:
+    for server in config.kdc_servers:
         # UDP first, as tdns does; TCP when the report is too big or UDP gets no answer.
         for exchange in (udp_exchange, tcp_exchange) if fits_udp else (tcp_exchange,):
             body = message()  # bound to this moment, signed afresh (docs/protocol.md section 6)

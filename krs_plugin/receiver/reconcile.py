@@ -126,13 +126,13 @@ def _zone(
 
 
 async def request_resend(config: Config, signer: JoseKey, zones: list[str], reason: str) -> bool:
-    """One round of the resync request to the control servers in order (UDP, then TCP); True
-    once one answered NOERROR. Never raises."""
+    """One round of the resync request to the KDC (``kdc.address``, else the control servers)
+    in order (UDP, then TCP); True once one answered NOERROR. Never raises."""
     where = context(stage="resync")
     node_id = config.node_id.to_text()
     first = resync_message(node_id, config.control_zone, zones, reason, signer)
     fits_udp = len(first.to_wire(max_size=0xFFFF)) <= UDP_MAX
-    for server in config.control_servers:
+    for server in config.kdc_servers:
         # UDP first when the request fits a datagram, as confirmations; TCP otherwise.
         for exchange in (udp_exchange, tcp_exchange) if fits_udp else (tcp_exchange,):
             message = resync_message(node_id, config.control_zone, zones, reason, signer)

@@ -69,6 +69,11 @@ STATE_RETRY_MAX = 300.0  # ...up to 5 min (docs/operations.md, "A full disk")
 # Seconds between asking the adapter whether its server answers (KRS_SERVER_CHECK_INTERVAL).
 SERVER_CHECK_INTERVAL = float(os.environ.get("KRS_SERVER_CHECK_INTERVAL", "30"))
 POLL_FAILURES_UNHEALTHY = 3  # polls in a row without an answer: /healthz says the KDC is lost
+# A NOTIFY may arrive before the control servers have the distribution (secondaries still
+# transferring the new serial, docs/scale.md): looked for again after 0.5 s, doubling, 6 times
+# (31.5 s in all); after that the poller finds it once it is there.
+NOT_YET_RETRY = 0.5
+NOT_YET_TRIES = 6
 
 
 class Service:
@@ -111,6 +116,7 @@ class Service:
         self.maintain_wake = asyncio.Event()
         self.counters = {"notify_accepted": 0, "notify_refused": 0, "notify_limited": 0}
         self.unrecorded: dict[str, int] = {}  # distribution id -> tries not recorded
+        self.not_yet: dict[str, int] = {}  # id a NOTIFY named, not published yet -> tries
         # What /healthz reports besides its own loops (docs/operations.md, "Monitoring"):
         self.server_problem: str | None = None  # the adapter's server, every 30 s
         self.apply_failure: str | None = None  # the last failed apply, until one succeeds
@@ -226,6 +232,10 @@ class Service:
                 async with self.busy:
                     outcome = await self.process(dist_id)
                 self.unrecorded.pop(dist_id, None)
+                if outcome is None and priority == NOTIFIED:
+                    self._look_again(dist_id)
+                else:
+                    self.not_yet.pop(dist_id, None)
                 if outcome == "applied" and self.out_of_sync:
                     await self.reconcile(f"after distribution {dist_id}")
             except StateWriteError as exc:
@@ -238,6 +248,24 @@ class Service:
                 )
             finally:
                 self.pending.pop(dist_id, None)
+
+    def _look_again(self, dist_id: str) -> None:
+        """A NOTIFY named ``dist_id`` and no control server has it (yet): the KDC's NOTIFY can
+        outrun its secondaries' transfer of the new serial, so it is looked for again a few
+        times, each wait twice the last, before it is left to the poller."""
+        tries = self.not_yet.get(dist_id, 0)
+        if tries >= NOT_YET_TRIES or (tries == 0 and len(self.not_yet) >= MAX_QUEUE):
+            self.not_yet.pop(dist_id, None)
+            return
+        self.not_yet[dist_id] = tries + 1
+        delay = NOT_YET_RETRY * 2**tries
+        log.info(
+            "distribution %s: not at the control servers yet; looking again in %.1f s",
+            dist_id,
+            delay,
+            extra=context(distribution_id=dist_id, stage="fetch", outcome="not_published"),
+        )
+        asyncio.get_running_loop().call_later(delay, self.enqueue, dist_id)
 
     def _not_recorded(self, dist_id: str, error: StateWriteError) -> None:
         """The outcome of ``dist_id`` could not be written (a full disk): one error line, and

@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -134,8 +134,11 @@ class Deployment:
         self.processes[name] = process
         return process
 
-    def start_kdc(self, name: str = "kdc", port: int | None = None) -> subprocess.Popen[bytes]:
-        """``krs-kdc serve``, returned once it listens (its "krs-kdc serving" line)."""
+    def start_kdc(
+        self, name: str = "kdc", port: int | None = None, serve_args: Sequence[str] = ()
+    ) -> subprocess.Popen[bytes]:
+        """``krs-kdc serve`` (with ``serve_args``), returned once it listens (its "krs-kdc
+        serving" line)."""
         log = self.logs / f"{name}.log"
         seen = log.read_text().count("krs-kdc serving") if log.exists() else 0
         process = self.start(
@@ -149,6 +152,7 @@ class Deployment:
                 f"127.0.0.1:{port or self.kdc_port}",
                 "--notify-retry",
                 "0.3",
+                *serve_args,
             ],
         )
         wait_until(

@@ -1,0 +1,135 @@
+"""The KDC as a hidden primary (issue 24, docs/scale.md): real BIND, Knot and NSD secondaries
+transfer the control zone from `krs-kdc serve` with TSIG, and a `krs run` node whose control
+servers are those secondaries only fetches, applies and confirms (to the KDC's address). With the
+KDC stopped after publication, the node still finds and applies what was published; its
+confirmation waits and reaches the KDC once it is back. One secondary down: the next one serves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from krs_lab.deployment import CZ, Deployment, wait_until
+from krs_lab.ports import free_port
+from krs_lab.process import server_binary
+from krs_lab.secondaries import Secondary, TransferKey, check_config
+
+BINARIES = {"bind9": "named", "knot": "knotd", "nsd": "nsd"}
+
+
+def installed(kind: str) -> bool:
+    return server_binary(BINARIES[kind]) is not None
+
+
+@pytest.fixture
+def deployment(tmp_path: Path) -> Iterator[Deployment]:
+    deployment = Deployment(tmp_path / "deploy")
+    try:
+        yield deployment
+    finally:
+        deployment.close()
+
+
+def primary_args(deployment: Deployment, secondaries: list[Secondary], key_file: Path) -> list[str]:
+    args = ["--tsig-key", str(key_file)]
+    for secondary in secondaries:
+        args += ["--also-notify", secondary.address]
+    return args
+
+
+def start_all(
+    deployment: Deployment, tmp_path: Path, kinds: tuple[str, ...]
+) -> tuple[list[Secondary], list[str]]:
+    """The KDC with ``kinds`` as its secondaries, each having transferred the first version;
+    krs.yaml names only the secondaries as control servers, the KDC as ``kdc.address``."""
+    for kind in kinds:
+        if not installed(kind):
+            pytest.fail(f"{BINARIES[kind]} is not installed: ./run setup installs it")
+    key = TransferKey.generate()
+    key_file = key.write(tmp_path / "transfer.key")
+    kdc_address = ("127.0.0.1", deployment.kdc_port)
+    secondaries = [Secondary(kind, tmp_path / kind, CZ, kdc_address, key) for kind in kinds]
+    for secondary in secondaries:  # ports first: the KDC NOTIFYs them from its start
+        secondary.port = free_port()
+    args = primary_args(deployment, secondaries, key_file)
+    deployment.start_kdc(serve_args=args)
+    for secondary in secondaries:
+        secondary.start()
+        deployment.stack.callback(secondary.stop)
+    deployment.write_config(
+        control_servers=[s.address for s in secondaries],
+        kdc={**deployment.config["kdc"], "address": f"127.0.0.1:{deployment.kdc_port}"},
+    )
+    return secondaries, args
+
+
+def kdc_serial(deployment: Deployment) -> int:
+    import dns.message
+    import dns.query
+    import dns.rdatatype
+
+    reply = dns.query.udp(
+        dns.message.make_query(CZ, dns.rdatatype.SOA), "127.0.0.1", port=deployment.kdc_port,
+        timeout=5,
+    )  # fmt: skip
+    return int(reply.answer[0][0].serial)
+
+
+@pytest.mark.parametrize("kind", ["bind9", "knot", "nsd"])
+def test_node_fetches_through_a_secondary_only(
+    deployment: Deployment, tmp_path: Path, kind: str
+) -> None:
+    (secondary,), _ = start_all(deployment, tmp_path, (kind,))
+    problem = check_config(secondary)
+    assert problem is None or problem.returncode == 0, problem.stdout + problem.stderr
+    deployment.start_krs()
+    dist_id = deployment.distribute("--zone", "example.com.")
+    deployment.wait_confirmed(dist_id, timeout=60)
+    # the secondary serves the version with it, and that is where the node fetched it from
+    assert secondary.serial() == kdc_serial(deployment)
+    krs_log = deployment.log("krs")
+    assert f"distribution {dist_id} applied" in krs_log
+    [row] = [r for r in deployment.status() if r["id"] == dist_id]
+    assert row["outcome"] == "applied"
+    keys = {p.name for p in (deployment.node_dir / "keys").iterdir()}
+    assert any(name.startswith("Kexample.com.") for name in keys), keys
+
+
+def test_kdc_stopped_after_publication_nodes_still_apply(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    secondaries, args = start_all(deployment, tmp_path, ("knot", "nsd"))
+    before = kdc_serial(deployment)
+    dist_id = deployment.distribute("--zone", "example.com.")
+    wait_until(lambda: kdc_serial(deployment) > before, 10, "a new serial")
+    serial = kdc_serial(deployment)
+    wait_until(
+        lambda: all(s.serial() == serial for s in secondaries),
+        30,
+        lambda: "\n".join(s.tail() for s in secondaries),
+    )
+    deployment.stop("kdc")
+    # the node starts with the KDC gone: its poller finds the id at the secondaries
+    deployment.start_krs()
+    wait_until(
+        lambda: any(r["id"] == dist_id and r["outcome"] == "applied" for r in deployment.status()),
+        60,
+        lambda: deployment.all_logs(),
+    )
+    assert next(r for r in deployment.distributions() if r["id"] == dist_id)["status"] == "pending"
+    # the KDC back: the confirmation that waited reaches it
+    deployment.start_kdc(serve_args=args)
+    deployment.wait_confirmed(dist_id, timeout=90)
+
+
+def test_failover_between_secondaries(deployment: Deployment, tmp_path: Path) -> None:
+    secondaries, _ = start_all(deployment, tmp_path, ("bind9", "knot"))
+    secondaries[0].stop()  # the first control server is down
+    deployment.start_krs()
+    dist_id = deployment.distribute("--zone", "example.com.")
+    deployment.wait_confirmed(dist_id, timeout=90)
+    assert secondaries[1].serial() == kdc_serial(deployment)
+    assert deployment.config["control_servers"][0] == secondaries[0].address
