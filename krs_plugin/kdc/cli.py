@@ -497,6 +497,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def primary_options(args: argparse.Namespace) -> dict[str, Any]:
     """``--also-notify``, ``--allow-transfer`` and ``--tsig-key`` as ServeOptions fields: the
     control zone as a hidden primary (docs/scale.md). Each secondary NOTIFYed may transfer."""
+    from krs_plugin.kdc.publisher import PublishTarget
     from krs_plugin.kdc.xfr import TransferPolicy, parse_networks
     from krs_plugin.tsigkey import read_tsig_key
 
@@ -510,7 +511,18 @@ def primary_options(args: argparse.Namespace) -> dict[str, Any]:
     except ValueError as exc:
         raise ConfigError(f"--allow-transfer: {exc}") from None
     key = read_tsig_key(args.tsig_key) if args.tsig_key else None
-    return {"also_notify": tuple(secondaries), "transfers": TransferPolicy(allow, key)}
+    publish = None
+    if args.publish_to:
+        if key is None:
+            raise ConfigError("--publish-to needs --tsig-key (the primary takes signed UPDATEs)")
+        check_address(args.publish_to)
+        host, _, port = args.publish_to.rpartition(":")
+        publish = PublishTarget(host.strip("[]"), int(port), key)
+    return {
+        "also_notify": tuple(secondaries),
+        "transfers": TransferPolicy(allow, key),
+        "publish": publish,
+    }
 
 
 def cmd_enroll_create(args: argparse.Namespace) -> int:
@@ -853,8 +865,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tsig-key",
         metavar="FILE",
-        help="zone transfers must be signed with this TSIG key, and NOTIFYs to secondaries are "
-        "(a BIND key file, as tsig-keygen writes it; not readable by others)",
+        help="zone transfers must be signed with this TSIG key, and NOTIFYs to secondaries and "
+        "UPDATEs to --publish-to are (a BIND key file, as tsig-keygen writes it; not readable by "
+        "others)",
+    )
+    p.add_argument(
+        "--publish-to",
+        metavar="HOST:PORT",
+        help="publish the control zone into this existing primary by RFC 2136 UPDATE signed with "
+        "--tsig-key, at every change (docs/scale.md)",
     )
     p.add_argument(
         "--parent-check-interval",

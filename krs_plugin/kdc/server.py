@@ -61,10 +61,11 @@ from krs_plugin.kdc.fleet import LagWatch
 from krs_plugin.kdc.identity import KdcIdentity
 from krs_plugin.kdc.metrics import KdcMetrics, ServerHealth, health_of
 from krs_plugin.kdc.parentwatch import ParentDesk, ParentTask
+from krs_plugin.kdc.publisher import Publisher, PublishError, PublishTarget
 from krs_plugin.kdc.resync import RESYNC_INTERVAL, ResyncDesk
 from krs_plugin.kdc.store import DistributionRow, NodeRow, Store
 from krs_plugin.kdc.xfr import TransferPolicy, refused, soa_rrset, transfer
-from krs_plugin.kdc.zoneversions import ZoneVersions
+from krs_plugin.kdc.zoneversions import Entry, ZoneVersions
 from krs_plugin.logs import context
 from krs_plugin.metrics import serve_http
 from krs_plugin.protocol import (
@@ -134,6 +135,8 @@ class ServeOptions:
     # and who may transfer the zone (kdc/xfr.py); nothing by default.
     also_notify: tuple[tuple[str, int], ...] = ()
     transfers: TransferPolicy = field(default_factory=TransferPolicy)
+    # Or: the zone published into an existing primary by UPDATE (kdc/publisher.py)
+    publish: PublishTarget | None = None
 
 
 class ControlZone:
@@ -528,6 +531,10 @@ class KdcServer:
         # NOTIFY to the control zone's secondaries (ServeOptions.also_notify)
         self.secondaries = NotifySchedule(options.notify_retry_base, options.notify_retry_max)
         self._secondary_tasks: set[asyncio.Task[None]] = set()
+        self.publisher = (
+            Publisher(options.publish, zone.origin) if options.publish is not None else None
+        )
+        self._publishing: asyncio.Task[None] | None = None
         # The engine's passes and kdc.db's failures, for /metrics and /healthz (kdc/metrics.py)
         self.health = ServerHealth(state_failures, engine_interval=options.engine_interval)
 
@@ -672,6 +679,44 @@ class KdcServer:
             task = asyncio.create_task(self._notify_secondary(target, versions.serial))
             self._secondary_tasks.add(task)
             task.add_done_callback(self._secondary_tasks.discard)
+        publisher = self.publisher
+        if (
+            publisher is not None
+            and publisher.synced != versions.serial
+            and now >= publisher.due_at
+            and self._publishing is None
+        ):
+            known = None if publisher.synced is None else versions.since(publisher.synced)
+            self._publishing = asyncio.create_task(
+                self._publish(publisher, versions.serial, versions.current.entries, known)
+            )
+
+    async def _publish(
+        self,
+        publisher: Publisher,
+        serial: int,
+        entries: frozenset[Entry],
+        difference: tuple[set[Entry], set[Entry]] | None,
+    ) -> None:
+        """Bring the primary the zone is published into to ``serial`` (kdc/publisher.py), in a
+        thread; on failure it is read again at the next try, 1 s later, doubling up to 1 min."""
+        try:
+            sent = await asyncio.to_thread(publisher.sync, serial, entries, difference)
+        except PublishError as exc:
+            publisher.synced = None
+            publisher.failures += 1
+            publisher.due_at = time.time() + min(60.0, 2.0 ** (publisher.failures - 1))
+            log.warning("control zone not published into %s: %s", publisher.target, exc)
+        else:
+            publisher.synced, publisher.failures = serial, 0
+            log.info(
+                "control zone serial %d published into %s (%d UPDATE message(s))",
+                serial,
+                publisher.target,
+                sent,
+            )
+        finally:
+            self._publishing = None
 
     async def _notify_secondary(self, target: tuple[str, int], serial: int) -> None:
         """One NOTIFY (RFC 1996) of ``serial`` to a secondary, TSIG-signed with the transfer

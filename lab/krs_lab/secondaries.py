@@ -200,6 +200,62 @@ class Secondary:
         return [nsd, "-d", "-c", str(self.root / "nsd.conf")]
 
 
+@dataclass
+class UpdatedPrimary:
+    """A BIND primary of the control zone that takes TSIG-signed UPDATEs: what ``krs-kdc serve
+    --publish-to`` publishes into (docs/scale.md). It starts with the apex only."""
+
+    root: Path
+    zone: str
+    key: TransferKey
+    host: str = "127.0.0.1"
+    port: int = 0
+    process: ServerProcess | None = field(default=None, init=False)
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def start(self, timeout: float = 30) -> None:
+        named = server_binary("named")
+        if named is None:
+            raise LabError("named is not installed (apt-get install bind9)")
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.port = self.port or free_port(self.host)
+        (self.root / "control.zone").write_text(
+            f"$ORIGIN {self.zone}\n$TTL 300\n"
+            "@ SOA ns hostmaster 1 3600 600 86400 300\n@ NS ns\nns A 127.0.0.1\n"
+        )
+        (self.root / "named.conf").write_text(
+            self.key.bind_text() + "options {\n"
+            f'    directory "{self.root}";\n'
+            f'    pid-file "{self.root}/named.pid";\n'
+            f'    session-keyfile "{self.root}/session.key";\n'
+            f"    listen-on port {self.port} {{ {self.host}; }};\n"
+            "    listen-on-v6 { none; };\n"
+            "    recursion no;\n"
+            "    notify no;\n"
+            "};\n"
+            f'zone "{self.zone}" {{\n'
+            "    type primary;\n"
+            f'    file "{self.root}/control.zone";\n'
+            f'    allow-update {{ key "{self.key.name}"; }};\n'
+            f'    allow-transfer {{ key "{self.key.name}"; }};\n'
+            "};\n"
+        )
+        argv = [named, "-g", "-n", "1", "-c", str(self.root / "named.conf")]
+        self.process = ServerProcess("named", argv, self.root / "server.log", self.root)
+        self.process.start()
+        self.process.wait_answering(self.host, self.port, [self.zone], timeout)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+
+    def tail(self) -> str:
+        return self.process.tail() if self.process else ""
+
+
 def start_secondaries(
     root: Path, kinds: tuple[str, ...], zone: str, primary: tuple[str, int], key: TransferKey
 ) -> list[Secondary]:

@@ -15,7 +15,7 @@ import pytest
 from krs_lab.deployment import CZ, Deployment, wait_until
 from krs_lab.ports import free_port
 from krs_lab.process import server_binary
-from krs_lab.secondaries import Secondary, TransferKey, check_config
+from krs_lab.secondaries import Secondary, TransferKey, UpdatedPrimary, check_config
 
 BINARIES = {"bind9": "named", "knot": "knotd", "nsd": "nsd"}
 
@@ -133,3 +133,52 @@ def test_failover_between_secondaries(deployment: Deployment, tmp_path: Path) ->
     deployment.wait_confirmed(dist_id, timeout=90)
     assert secondaries[1].serial() == kdc_serial(deployment)
     assert deployment.config["control_servers"][0] == secondaries[0].address
+
+
+def chunk_owners(primary: UpdatedPrimary, key: TransferKey) -> set[str]:
+    """Owners of the CHUNK records the primary serves, read by AXFR."""
+    import dns.query
+    import dns.tsigkeyring
+    import dns.xfr
+    import dns.zone
+
+    zone = dns.zone.Zone(CZ)
+    keyring = dns.tsigkeyring.from_text({key.name: ("hmac-sha256", key.secret)})
+    query, _ = dns.xfr.make_query(zone, serial=None, keyring=keyring)
+    dns.query.inbound_xfr(primary.host, zone, query, port=primary.port, timeout=10)
+    return {
+        name.to_text()
+        for name, node in zone.nodes.items()
+        if any(r.rdtype == 65288 for r in node.rdatasets)
+    }
+
+
+def test_kdc_publishes_into_an_existing_primary_by_update(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    """krs-kdc serve --publish-to: a BIND primary that takes signed UPDATEs serves the zone;
+    the node fetches from it only, and an expired distribution leaves it again."""
+    key = TransferKey.generate()
+    primary = UpdatedPrimary(tmp_path / "primary", CZ, key)
+    primary.start()
+    deployment.stack.callback(primary.stop)
+    key_file = key.write(tmp_path / "update.key")
+    deployment.start_kdc(serve_args=["--publish-to", primary.address, "--tsig-key", str(key_file)])
+    deployment.write_config(
+        control_servers=[primary.address],
+        kdc={**deployment.config["kdc"], "address": f"127.0.0.1:{deployment.kdc_port}"},
+    )
+    deployment.start_krs()
+    dist_id = deployment.distribute("--zone", "example.com.")
+    deployment.wait_confirmed(dist_id, timeout=60)
+    assert any(dist_id in owner for owner in chunk_owners(primary, key))
+    short = deployment.distribute("--zone", "example.com.", "--ttl", "3")
+    wait_until(
+        lambda: any(short in owner for owner in chunk_owners(primary, key)), 20, primary.tail
+    )
+    wait_until(
+        lambda: not any(short in owner for owner in chunk_owners(primary, key)),
+        30,
+        lambda: deployment.log("kdc") + primary.tail(),
+    )
+    assert "published into" in deployment.log("kdc")
