@@ -182,3 +182,66 @@ def test_kdc_publishes_into_an_existing_primary_by_update(
         lambda: deployment.log("kdc") + primary.tail(),
     )
     assert "published into" in deployment.log("kdc")
+
+
+def publish_large(deployment: Deployment, chunks: int, size: int) -> tuple[str, list[bytes]]:
+    """A distribution of ``chunks`` records of ``size`` data bytes (random: transfers do not
+    read them), stored as `krs-kdc distribute` stores one; its id and the records' wire."""
+    import os
+    import time
+
+    import dns.rdataclass
+    import dns.rdatatype
+
+    from krs_plugin.kdc.store import Store
+    from krs_plugin.protocol import CHUNK, CHUNK_TYPE
+
+    rdtype = dns.rdatatype.RdataType.make(CHUNK_TYPE)
+    records = [
+        CHUNK(dns.rdataclass.IN, rdtype, 1, b"", i, chunks, os.urandom(size)).to_digestable()
+        for i in range(chunks + 1)
+    ]
+    store = Store(deployment.state / "kdc.db")
+    try:
+        now = int(time.time())
+        with store.transaction():
+            dist_id, serial = store.next_distribution_id(now)
+            store.add_distribution(
+                dist_id, serial, "ns1.edge.example.", zone=None, content="key_operations",
+                created_at=now, expires_at=now + 600, records=records,
+            )  # fmt: skip
+    finally:
+        store.close()
+    return dist_id, records
+
+
+@pytest.mark.parametrize("kind", ["bind9", "knot", "nsd"])
+def test_chunks_of_60000_bytes_travel_whole(
+    deployment: Deployment, tmp_path: Path, kind: str
+) -> None:
+    """Records of the largest chunk size, several per transfer message budget, through an IXFR
+    (the secondary has the first version) to a real secondary, byte for byte."""
+    import dns.message
+    import dns.name
+    import dns.query
+
+    from krs_plugin.protocol import CHUNK_TYPE, chunk_name, manifest_name
+
+    (secondary,), _ = start_all(deployment, tmp_path, (kind,))
+    before = kdc_serial(deployment)
+    dist_id, records = publish_large(deployment, chunks=5, size=60000)
+    wait_until(lambda: kdc_serial(deployment) > before, 10, "a new serial")
+    secondary.wait_serial(kdc_serial(deployment), timeout=30)
+    node, origin = dns.name.from_text("ns1.edge.example."), dns.name.from_text(CZ)
+    for index, wire in enumerate(records):
+        name = (
+            manifest_name(node, dist_id, origin)
+            if index == 0
+            else chunk_name(index, node, dist_id, origin)
+        )
+        query = dns.message.make_query(name, CHUNK_TYPE)
+        query.flags = 0
+        reply = dns.query.tcp(query, secondary.host, port=secondary.port, timeout=5)
+        assert reply.answer, f"{kind} has no {name}"
+        assert reply.answer[0][0].to_digestable() == wire
+    assert "IXFR" in deployment.log("kdc") or "AXFR" in deployment.log("kdc")
