@@ -50,6 +50,7 @@ from krs_plugin.kdc.store import (
     Store,
     canonical,
 )
+from krs_plugin.kdc.wake import wake_serve
 from krs_plugin.protocol.chunking import DEFAULT_CHUNK_SIZE
 
 # --- commands ---------------------------------------------------------------------------------
@@ -337,6 +338,8 @@ def cmd_distribute(args: argparse.Namespace) -> int:
         chunk_size=args.chunk_size,
         progress=show,
     )
+    if not args.dry_run:
+        wake_serve(store)  # serve NOTIFYs the nodes now, not at its next tick (kdc/wake.py)
     emit(
         asdict(summary),
         [
@@ -357,6 +360,8 @@ def _distribute_node(args: argparse.Namespace) -> int:
     summary = distribute_node(
         store, identity, args.node[0], now=time.time(), ttl=args.ttl, chunk_size=args.chunk_size
     )
+    if not args.dry_run:
+        wake_serve(store)
     emit(
         asdict(summary),
         [

@@ -114,6 +114,8 @@ class Service:
         self.watcher: FileWatcher | None = None
         self.adapter_watcher: FileWatcher | None = None
         self.maintain_wake = asyncio.Event()
+        # A distribution's outcome was recorded: its report goes out now, not at the next tick.
+        self.confirm_wake = asyncio.Event()
         self.counters = {"notify_accepted": 0, "notify_refused": 0, "notify_limited": 0}
         self.unrecorded: dict[str, int] = {}  # distribution id -> tries not recorded
         self.not_yet: dict[str, int] = {}  # id a NOTIFY named, not published yet -> tries
@@ -231,6 +233,7 @@ class Service:
             try:
                 async with self.busy:
                     outcome = await self.process(dist_id)
+                self.confirm_wake.set()  # its report, if any, is in the store: send it now
                 self.unrecorded.pop(dist_id, None)
                 if outcome is None and priority == NOTIFIED:
                     self._look_again(dist_id)
@@ -379,7 +382,11 @@ class Service:
     # --- confirmations --------------------------------------------------------------------
 
     async def confirm_loop(self, tick: float = 0.5) -> None:
+        """Send every report that is due: at once when the worker recorded an outcome
+        (``confirm_wake``), so the KDC hears of it without waiting for a tick; every ``tick``
+        for retries whose backoff ended and reports queued elsewhere (crash recovery)."""
         while True:
+            self.confirm_wake.clear()
             for dist_id, report, attempts in self.store.due_confirmations(time.time()):
                 acked = await confirm(dist_id, report, self.config, self.signer)
                 self.metrics.confirmations.labels("acknowledged" if acked else "failed").inc()
@@ -392,7 +399,8 @@ class Service:
                     log.error("confirmation %s: the attempt is not recorded: %s", dist_id, exc)
                     await asyncio.sleep(STATE_RETRY)
                     break
-            await asyncio.sleep(tick)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.confirm_wake.wait(), tick)
 
     # --- listeners ------------------------------------------------------------------------
 
