@@ -30,11 +30,12 @@ publish, activate, inactive or delete time comes). What else shapes the steps
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ from krs_plugin.adapters.base import (
     KeyPlan,
     PlannedKey,
     Problem,
+    StepFailed,
     Verification,
     ZoneChange,
 )
@@ -61,6 +63,7 @@ from krs_plugin.adapters.cdsset import (
 )
 from krs_plugin.adapters.cdsset import expected as cds_expected
 from krs_plugin.adapters.dnscheck import (
+    Expectation,
     KeyState,
     expectation,
     is_active,
@@ -70,7 +73,13 @@ from krs_plugin.adapters.dnscheck import (
     same_algorithm_unpublished,
     wait_served,
 )
-from krs_plugin.adapters.pdnsctl import ApiKeyStore, KeyStore, PdnsKey, PdnsutilKeyStore
+from krs_plugin.adapters.pdnsctl import (
+    ApiKeyStore,
+    BatchStore,
+    KeyStore,
+    PdnsKey,
+    PdnsutilKeyStore,
+)
 from krs_plugin.adapters.settings import (
     existing_file,
     seconds,
@@ -346,7 +355,15 @@ class PowerDnsAdapter(BaseAdapter[PdnsChange]):
         return cache[text]
 
     def restore(self, zone: dns.name.Name, snapshot: str) -> str:
-        outcome = self._restore(zone, json.loads(snapshot))
+        """Also in a batch, against PowerDNS itself: a rollback reads what is there, never what
+        the batch believes it wrote."""
+        store = self.store
+        if isinstance(store, BatchStore):
+            self.store = store.store
+        try:
+            outcome = self._restore(zone, json.loads(snapshot))
+        finally:
+            self.store = store
         return outcome or "PowerDNS serves the previous keys again"
 
     # --- the apply hooks (base.BaseAdapter.apply) -------------------------------------------
@@ -584,20 +601,24 @@ class PowerDnsAdapter(BaseAdapter[PdnsChange]):
             self.store.rectify(zone)
         self.store.refresh(zone)
 
+    def _expect(self, zone: dns.name.Name, removed: Iterable[int]) -> Expectation:
+        """What PowerDNS must serve for the zone's keys, their timing and CDS marking."""
+        now = int(time.time())
+        timings = _parse_timing(self.store.get_meta(zone, TIMING_KIND))
+        pdns_keys = self.store.keys(zone)
+        keys = [
+            KeyState(k.tag, k.flags, self._timing_of(k, timings), k.dnskey, k.algorithm)
+            for k in pdns_keys
+        ]
+        marking = _parse_cds(self.store.get_meta(zone, CDS_KIND))
+        cds = self._cds_now(zone, marking, now, pdns_keys, timings)[0]
+        return dataclasses.replace(expectation(zone, keys, removed, now), cds=cds)
+
     def _wait(self, zone: dns.name.Name, removed: Iterable[int]) -> Verification:
         """Poll until PowerDNS serves the expected keys. A query answered while the caches are
         purged can put the old key set back in the cache for its TTL (about 1 in 20 pdnsutil
         applies, served ~20 s late), so the caches are purged again each ``REPURGE_AFTER``."""
-        now = int(time.time())
-        timings = _parse_timing(self.store.get_meta(zone, TIMING_KIND))
-        keys = [
-            KeyState(k.tag, k.flags, self._timing_of(k, timings), k.dnskey, k.algorithm)
-            for k in self.store.keys(zone)
-        ]
-        marking = _parse_cds(self.store.get_meta(zone, CDS_KIND))
-        expect = dataclasses.replace(
-            expectation(zone, keys, removed, now), cds=self._cds_now(zone, marking, now)[0]
-        )
+        expect = self._expect(zone, removed)
         deadline = time.monotonic() + self.verify_timeout
         while True:
             left = deadline - time.monotonic()
@@ -608,6 +629,65 @@ class PowerDnsAdapter(BaseAdapter[PdnsChange]):
                 self.store.refresh(zone)
             except (KrsError, OSError) as exc:
                 log.warning("powerdns, zone %s: purging the caches again failed: %s", zone, exc)
+
+    # --- many zones at once (BaseAdapter.apply_batch) ---------------------------------------
+
+    @contextlib.contextmanager
+    def batch_context(self, zones: Sequence[dns.name.Name]) -> Iterator[None]:
+        """PowerDNS's zone list read once, each zone's metadata in one call and its keys
+        once, kept up to date from the adapter's own writes (pdnsctl.BatchStore); the caches
+        purged once for all zones. When the zone list cannot be read (PowerDNS down), each zone
+        asks for itself, as ever."""
+        if isinstance(self.store, BatchStore):
+            yield
+            return
+        real = self.store
+        try:
+            self.store = BatchStore(real)
+        except (KrsError, OSError):
+            self.store = real
+        try:
+            yield
+        finally:
+            self.store = real
+
+    def load_batch(self, changes: Sequence[PdnsChange]) -> None:
+        """Each zone's keys, metadata and rectify as ``load`` does, then one purge of every
+        cache instead of one per zone."""
+        for change in changes:
+            try:
+                self.load(change)
+            except self.failures as exc:
+                raise StepFailed(change, exc) from exc
+        if isinstance(self.store, BatchStore) and changes:
+            for change in changes:
+                change.step = "purge caches"
+            try:
+                self.store.flush()
+            except self.failures as exc:
+                raise StepFailed(changes[0], exc) from exc
+
+    def verify_batch(self, changes: Sequence[PdnsChange]) -> list[Verification]:
+        """All zones asked at once; the caches purged again (all zones, once) every
+        ``REPURGE_AFTER`` while some zone still shows its old keys (see ``_wait``)."""
+        expects = [self._expect(c.zone, c.removed) for c in changes]
+        results: list[Verification] = [Verification(False)] * len(expects)
+        pending = list(range(len(expects)))
+        deadline = time.monotonic() + self.verify_timeout
+        while True:
+            looked = self.wait_served_batch([expects[i] for i in pending], REPURGE_AFTER)
+            for i, result in zip(pending, looked, strict=True):
+                results[i] = result
+            still = [i for i, result in zip(pending, looked, strict=True) if not result.ok]
+            if len(still) < len(pending):  # progress: a server busy with many zones is waited for
+                deadline = max(deadline, time.monotonic() + self.verify_timeout)
+            pending = still
+            if not pending or time.monotonic() >= deadline:
+                return results
+            try:
+                self.store.refresh_all()
+            except (KrsError, OSError) as exc:
+                log.warning("powerdns: purging the caches again failed: %s", exc)
 
     def _restore(self, zone: dns.name.Name, before: Mapping[str, Any]) -> str | None:
         """Make the zone's keys, their flags and timing ``before`` again; None when PowerDNS
