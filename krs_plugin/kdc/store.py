@@ -195,7 +195,8 @@ CREATE TABLE IF NOT EXISTS parent_watch (
 );
 -- The control zone's change counter (kdc/zoneversions.py): every write that can change what
 -- the zone serves bumps it, whichever process makes it (krs-kdc distribute, serve, a restore),
--- so serve rebuilds the zone and raises its SOA serial only when something changed.
+-- so serve rebuilds the zone and raises its SOA serial only when something changed. A
+-- confirmation (pending -> confirmed or failed) changes nothing the zone serves.
 CREATE TABLE IF NOT EXISTS control_zone_changes (id INTEGER PRIMARY KEY CHECK (id = 1),
     counter INTEGER NOT NULL);
 INSERT OR IGNORE INTO control_zone_changes(id, counter) VALUES (1, 0);
@@ -205,7 +206,8 @@ CREATE TRIGGER IF NOT EXISTS control_zone_record_removed AFTER DELETE ON records
     BEGIN UPDATE control_zone_changes SET counter = counter + 1 WHERE id = 1; END;
 CREATE TRIGGER IF NOT EXISTS control_zone_distribution_changed
     AFTER UPDATE OF status, expires_at ON distributions
-    WHEN OLD.status IS NOT NEW.status OR OLD.expires_at IS NOT NEW.expires_at
+    WHEN (OLD.status = 'expired') IS NOT (NEW.status = 'expired')
+        OR OLD.expires_at IS NOT NEW.expires_at
     BEGIN UPDATE control_zone_changes SET counter = counter + 1 WHERE id = 1; END;
 CREATE TRIGGER IF NOT EXISTS control_zone_distribution_removed AFTER DELETE ON distributions
     BEGIN UPDATE control_zone_changes SET counter = counter + 1 WHERE id = 1; END;
