@@ -104,6 +104,8 @@ def test_metrics_follow_the_engine_and_name_a_node_stopped_mid_rollover(
     assert value(samples, "krs_kdc_history_entries_total") == 5  # started, begun, served, done x2
     assert value(samples, "krs_kdc_engine_pass_failing") == 0
     assert value(samples, "krs_kdc_state_failing") == 0
+    assert value(samples, "krs_kdc_nodes", state="in-sync") == 1  # the fleet (kdc/fleet.py)
+    assert value(samples, "krs_kdc_node_lag_seconds") == 0
     last_pass = value(samples, "krs_kdc_engine_last_pass_timestamp_seconds")
     assert last_pass is not None and last_pass > 0
     status, body = http_get(port, "/healthz")
@@ -143,6 +145,15 @@ def test_metrics_follow_the_engine_and_name_a_node_stopped_mid_rollover(
     assert value(samples, "krs_kdc_distributions_pending", node=NODE) == 1
     oldest = value(samples, "krs_kdc_distribution_pending_oldest_seconds", node=NODE)
     assert oldest is not None and oldest >= 0
+    # The fleet says the same: the node is behind on the step's distribution (KdcNodeBehind's
+    # gauge), and krs-kdc status --nodes names it with it.
+    assert value(samples, "krs_kdc_nodes", state="behind") == 1
+    lag = value(samples, "krs_kdc_node_lag_seconds")
+    assert lag is not None and lag >= 0
+    (node,) = json.loads(deployment.kdc("status", "--nodes", "--json"))["nodes"]
+    assert node["node_id"] == NODE and node["state"] == "behind", node
+    assert [d["status"] for d in node["lag"]["distributions"]] == ["pending"]
+    assert node["served"] and node["served"][0]["zone"] == ZONE  # the directory adapter reports
 
     # The node is back: it fetches the step, confirms, and is no longer named.
     deployment.start_krs()
@@ -157,6 +168,8 @@ def test_metrics_follow_the_engine_and_name_a_node_stopped_mid_rollover(
     assert value(samples, "krs_kdc_keys", state="removed") == 1  # the old ZSK
     assert value(samples, "krs_kdc_distributions_pending", node=NODE) == 0
     assert not series(samples, "krs_kdc_distribution_pending_oldest_seconds")
+    assert value(samples, "krs_kdc_nodes", state="in-sync") == 1
+    assert value(samples, "krs_kdc_node_lag_seconds") == 0
 
     # The engine's lines in serve's log are JSON objects, as krs run's (docs/operations.md, "Logs").
     engine_lines = [
