@@ -17,6 +17,7 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from krs_plugin.confirmation import clip
 from krs_plugin.errors import KrsError
 from krs_plugin.humantime import format_duration
 from krs_plugin.logs import context
@@ -268,18 +269,13 @@ def lag_text(node: NodeLag, now: float) -> str:
         return node.state
     what = f"{newest.distribution_id} {newest.status}"
     if newest.status == "failed":
-        what += f" at {newest.stage or 'an unnamed stage'}: {_clip(newest.error or '', 100)}"
+        what += f" at {newest.stage or 'an unnamed stage'}: {clip(newest.error or '', 100)}"
     zones = node.zones_behind
     where = ", ".join(zones[:3]) + (f" and {len(zones) - 3} more" if len(zones) > 3 else "")
     return (
         f"{node.state}: lags {format_duration(node.lag_seconds(now))}, newest {what} "
         f"({len(node.lagging)} unconfirmed, zone{'s' if len(zones) != 1 else ''} {where})"
     )
-
-
-def _clip(text: str, limit: int) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class LagWatch:

@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from krs_plugin.cliout import emit
+from krs_plugin.confirmation import clip
 from krs_plugin.humantime import format_time
 from krs_plugin.kdc.clistate import open_store
 from krs_plugin.kdc.fleet import FLEET_STATES, NodeLag, ServedKeys, counts, lag_text, node_lags
@@ -75,7 +76,7 @@ def served_text(served: tuple[ServedKeys, ...], node_id: str) -> str:
 
 def _zone_keys(served: ServedKeys) -> str:
     if served.error is not None:
-        return f"{served.zone} unread ({served.error})"
+        return f"{served.zone} unread ({clip(served.error, 80)})"
     roles: dict[str, list[str]] = {}
     for tag, _, role in served.keys:
         roles.setdefault(role, []).append(str(tag))

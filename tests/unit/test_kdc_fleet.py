@@ -279,6 +279,15 @@ def test_status_nodes_text_and_json(kdc: Kdc, capsys: pytest.CaptureFixture[str]
         ]
         assert data["nodes"][2]["lag"] is None
 
+    kdc.confirm(late, pending, now)
+    kdc.confirm(bad, kdc.send(bad, (B,), now), now)
+    code, out = kdc_cli(capsys, state, "status", "--behind")
+    assert code == 0 and out.splitlines() == [
+        "3 node(s): 0 failed, 0 behind, 0 never, 3 in-sync",
+        "no node lags",
+    ]
+    kdc.fail(bad, kdc.send(bad, (B,), now - 1), now)
+    kdc.send(late, (A,), now - 7200, ttl=86400)
     code, out = kdc_cli(capsys, state, "status", "--nodes", "--zone", A)
     assert [line.split()[:2] for line in out.splitlines()[1::3]] == [
         [late, "behind:"],
