@@ -386,10 +386,12 @@ class BaseAdapter(Adapter, Generic[Change]):
     def read_served_batch(
         self, zones: Sequence[dns.name.Name]
     ) -> list[Mapping[str, object] | None]:
-        """``read_served`` for many zones, their questions over one TCP connection."""
+        """``read_served`` for many zones, their questions over one TCP connection; an adapter
+        without a server address reports zone by zone (the directory adapter: its key folder,
+        which the KDC's gate compares like a server's answers)."""
         host, port = getattr(self, "host", None), getattr(self, "port", None)
         if not isinstance(host, str) or not isinstance(port, int):
-            return [None for _ in zones]
+            return [self.read_served(zone) for zone in zones]
         from krs_plugin.adapters.dnscheck import read_served_many  # dnscheck imports this module
 
         hidden = {}

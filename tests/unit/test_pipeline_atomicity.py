@@ -11,7 +11,6 @@ from typing import Any
 import dns.name
 import pytest
 
-from krs_plugin.adapters.base import ApplyResult, KeyPlan
 from krs_plugin.adapters.directory import DirectoryAdapter
 from krs_plugin.config import load_config
 from krs_plugin.crypto import HpkeKey, JoseKey, write_hpke_private, write_jose_public
@@ -36,12 +35,13 @@ class CrashingAdapter(DirectoryAdapter):
         super().__init__(*args, **kw)
         self.crash_on, self.how = crash_on, how
 
-    def apply(self, zone: dns.name.Name, plan: KeyPlan) -> ApplyResult:
-        if zone.to_text() == self.crash_on:
-            # half of the work done, then the process dies (or the step fails)
-            write_bind_key_pair(self.path, plan.install[0].key, plan.install[0].timing)
+    def write_key(self, change: Any, planned: Any) -> bool:
+        if change.zone.to_text() == self.crash_on:
+            # half of the work done, then the process dies (or the step fails); a hook of the
+            # one apply algorithm, so that a batch of zones and one zone at a time both meet it
+            write_bind_key_pair(self.path, planned.key, planned.timing)
             raise self.how("boom")
-        return super().apply(zone, plan)
+        return bool(super().write_key(change, planned))
 
 
 @pytest.fixture

@@ -115,4 +115,4 @@ def test_update_order_never_shows_a_manifest_before_its_chunks() -> None:
         ("delete", "old-m."),
         ("delete", "old-c."),
     ]
-    assert [("delete", "i."), ("add", "i.")] == [(a, e[0]) for a, e in groups[2]]
+    assert [(a, e[0]) for a, e in groups[2]] == [("delete", "i."), ("add", "i.")]
