@@ -23,13 +23,15 @@ What both share (verified by hand, docs/servers/bind9.md):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
 import shutil
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -48,6 +50,7 @@ from krs_plugin.adapters.base import (
     KeyPlan,
     PlannedKey,
     Problem,
+    StepFailed,
     Verification,
     ZoneChange,
 )
@@ -66,6 +69,7 @@ from krs_plugin.adapters.cdsset import (
 )
 from krs_plugin.adapters.cdsset import expected as cds_expected
 from krs_plugin.adapters.dnscheck import (
+    Expectation,
     KeyState,
     expectation,
     is_active,
@@ -110,6 +114,10 @@ VERSION_TTL = 60.0  # seconds a named version read from rndc status is taken as 
 MAX_ZONE_KEYS = 32
 """named signs with at most this many keys of a zone: with a 33rd, 9.18 and 9.20 both stopped
 signing the DNSKEY RRset with the KSK (measured; BIND's DNS_MAXZONEKEYS)."""
+RNDC_WORKERS = 4
+"""rndc runs side by side in a batch: named has no command for the keys of all zones, so a batch
+runs rndc zonestatus, dnssec -status and loadkeys per zone, a process each (most of their time
+is starting up and the control channel's handshake, not named's work)."""
 POLICY_EXAMPLE = (
     'dnssec-policy "kdc" { manual-mode yes; keys { ksk key-directory lifetime unlimited '
     "algorithm ecdsap256sha256; zsk key-directory lifetime unlimited algorithm "
@@ -218,6 +226,8 @@ class Bind9Adapter(BaseAdapter[BindChange]):
         self._retry_at: dict[dns.name.Name, float] = {}
         self._version: tuple[tuple[int, int], float] | None = None
         self._folders: dict[Path, KeyFolder] = {}
+        self._modes: dict[dns.name.Name, ZoneMode | Exception] | None = None  # in a batch
+        self._config: NamedConfig | AdapterError | None = None  # named.conf, in a batch
 
     @staticmethod
     def _owner(value: object) -> str | None:
@@ -266,7 +276,16 @@ class Bind9Adapter(BaseAdapter[BindChange]):
         return self._version[0]
 
     def _zone_mode(self, zone: dns.name.Name, version: tuple[int, int]) -> ZoneMode:
-        """How named takes ``zone``'s keys; ZoneRefused (with the fix) when it cannot."""
+        """How named takes ``zone``'s keys; ZoneRefused (with the fix) when it cannot. In a
+        batch, as ``batch_context`` asked named for every zone at once."""
+        known = None if self._modes is None else self._modes.get(zone)
+        if isinstance(known, Exception):
+            raise known
+        if known is not None:
+            return known
+        return self._ask_zone_mode(zone, version)
+
+    def _ask_zone_mode(self, zone: dns.name.Name, version: tuple[int, int]) -> ZoneMode:
         name = zone.to_text()
         try:
             status = self.rndc("zonestatus", name)
@@ -342,7 +361,7 @@ class Bind9Adapter(BaseAdapter[BindChange]):
                 )
             )
         try:
-            config = read_named_config(self.named_checkconf, self.named_conf)
+            config = self._named_config()
         except AdapterError as exc:
             raise ZoneRefused(
                 Problem(
@@ -366,6 +385,15 @@ class Bind9Adapter(BaseAdapter[BindChange]):
         if problem is not None:
             raise ZoneRefused(problem)
         return policy
+
+    def _named_config(self) -> NamedConfig:
+        """named.conf as named-checkconf prints it: once per batch (10,000 zones each asking
+        would read a 10,000-zone file 10,000 times), else at each call."""
+        if self._config is None or self._modes is None:
+            return read_named_config(self.named_checkconf, self.named_conf)
+        if isinstance(self._config, AdapterError):
+            raise self._config
+        return self._config
 
     def _zone_problem(self, zone: dns.name.Name, version: tuple[int, int]) -> Problem | None:
         try:
@@ -538,6 +566,13 @@ class Bind9Adapter(BaseAdapter[BindChange]):
         return True
 
     def load(self, change: BindChange) -> None:
+        command = self._before_load(change)
+        self.rndc(command, change.zone.to_text())
+        self._after_load(change)
+
+    def _before_load(self, change: BindChange) -> str:
+        """What comes before named is told (9.20's key states, the delete records out); the
+        rndc command that tells it."""
         if change.mode.manual_policy:
             change.step = "reset key states"
             self._reset_states(change.zone, change.now, change.owner)
@@ -555,10 +590,76 @@ class Bind9Adapter(BaseAdapter[BindChange]):
             change.step = "withdraw the keys' CDS/CDNSKEY"
             self._unmark_others(change)
         change.step = f"rndc {command}"
-        self.rndc(command, change.zone.to_text())
+        return command
+
+    def _after_load(self, change: BindChange) -> None:
         if change.cds_delete and self._serves_delete(change.zone) is not True:
             change.step = "publish the delete CDS/CDNSKEY"
             self._set_delete_records(change.zone, True)
+
+    # --- many zones at once (BaseAdapter.apply_batch) ---------------------------------------
+
+    @contextlib.contextmanager
+    def batch_context(self, zones: Sequence[dns.name.Name]) -> Iterator[None]:
+        """Every zone's mode asked of named side by side (``RNDC_WORKERS`` rndc at a time) and
+        named.conf read once, before the batch's zones are checked one by one."""
+        if self._modes is not None:
+            yield
+            return
+        self._modes = {}
+        try:
+            self._prefetch_modes(zones)
+            yield
+        finally:
+            self._modes = self._config = None
+
+    def _prefetch_modes(self, zones: Sequence[dns.name.Name]) -> None:
+        try:
+            version = self.version()
+        except AdapterError:
+            return  # named down: each zone asks for itself, and says so
+        try:
+            self._config = read_named_config(self.named_checkconf, self.named_conf)
+        except AdapterError as exc:
+            self._config = exc  # said for a 9.20 zone's policy, as when asked alone
+        asked = run_side_by_side(lambda zone: self._ask_zone_mode(zone, version), zones)
+        assert self._modes is not None
+        self._modes.update(asked)
+
+    def load_batch(self, changes: Sequence[BindChange]) -> None:
+        """Each zone prepared (key states, delete records), then ``rndc loadkeys`` (or
+        ``sign``) for all zones, ``RNDC_WORKERS`` at a time: named has no command that loads
+        the keys of every zone."""
+        commands = {}
+        for change in changes:
+            try:
+                commands[change.zone] = self._before_load(change)
+            except self.failures as exc:
+                raise StepFailed(change, exc) from exc
+        by_zone = {change.zone: change for change in changes}
+        told = run_side_by_side(lambda zone: self.rndc(commands[zone], zone.to_text()), by_zone)
+        for zone, outcome in told.items():
+            if isinstance(outcome, Exception):
+                raise StepFailed(by_zone[zone], outcome)
+        for change in changes:
+            try:
+                self._after_load(change)
+            except self.failures as exc:
+                raise StepFailed(change, exc) from exc
+
+    def verify_batch(self, changes: Sequence[BindChange]) -> list[Verification]:
+        """Every zone's keys as their timing says, all zones asked at once."""
+        expects = []
+        for change in changes:
+            delete = change.cds_delete
+            if delete is None and not change.mode.manual_policy:
+                delete = self._serves_delete(change.zone)
+            expects.append(self._expect(change.zone, change.plan.remove, bool(delete)))
+        results = self.wait_served_batch(expects, self.verify_timeout)
+        return [
+            r if r.ok else Verification(False, (*r.details, self._verify_hint(c)))
+            for c, r in zip(changes, results, strict=True)
+        ]
 
     def _unmark_others(self, change: BindChange) -> None:
         """``delete`` ends every key's CDS, also of keys the plan does not name
@@ -617,12 +718,14 @@ class Bind9Adapter(BaseAdapter[BindChange]):
         result = self._wait(change.zone, removed=change.plan.remove, delete=bool(delete))
         if result.ok:
             return result
-        hint = (
+        return Verification(False, (*result.details, self._verify_hint(change)))
+
+    def _verify_hint(self, change: BindChange) -> str:
+        return (
             f"(after {self.verify_timeout:g} s; rndc loadkeys reports success even when named "
             f"cannot read a key file: check that the user named runs as can read "
             f"{change.keys.path}, and named's log)"
         )
-        return Verification(False, (*result.details, hint))
 
     def finish(self, change: BindChange) -> None:
         change.step = "delete removed key files"
@@ -700,6 +803,13 @@ class Bind9Adapter(BaseAdapter[BindChange]):
         of the keys marked ``publish`` that are active (cdsset.py; named publishes them at
         once on loadkeys, 9.18 and 9.20 measured), or the delete records (``delete``; None:
         not known, the CDS/CDNSKEY are not checked)."""
+        expect = self._expect(zone, removed, delete)
+        return wait_served(expect, self.host, self.port, timeout=self.verify_timeout)
+
+    def _expect(
+        self, zone: dns.name.Name, removed: Iterable[int], delete: bool | None = False
+    ) -> Expectation:
+        """What named must serve for the zone's key files (see ``_wait``)."""
         now = int(time.time())
         current = self.current_keys(zone)
         keys = [KeyState(k.key_tag, k.flags, k.timing) for k in current]
@@ -711,7 +821,7 @@ class Bind9Adapter(BaseAdapter[BindChange]):
                 if k.flags == 257 and k.timing.sync_publish is not None
             ]
             expect = replace(expect, cds=cds_expected(marked, delete, now))
-        return wait_served(expect, self.host, self.port, timeout=self.verify_timeout)
+        return expect
 
     def _rollback(
         self,
@@ -818,6 +928,23 @@ class Bind9Adapter(BaseAdapter[BindChange]):
         if not moments:
             return 3600.0
         return max(1.0, min(moments) - now)
+
+
+def run_side_by_side(
+    call: Callable[[dns.name.Name], object], zones: Iterable[dns.name.Name]
+) -> dict[dns.name.Name, Any]:
+    """``call`` for each zone, ``RNDC_WORKERS`` at a time: each zone's result, or the
+    KrsError or OSError it raised (kept to be raised where that zone is handled)."""
+
+    def one(zone: dns.name.Name) -> object:
+        try:
+            return call(zone)
+        except (KrsError, OSError) as exc:
+            return exc
+
+    zones = list(zones)
+    with ThreadPoolExecutor(max_workers=RNDC_WORKERS) as pool:
+        return dict(zip(zones, pool.map(one, zones), strict=True))
 
 
 def bind_timing(planned: PlannedKey) -> KeyTiming:
