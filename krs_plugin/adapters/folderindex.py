@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 
 import dns.name
@@ -21,6 +22,10 @@ from krs_plugin.inotify import open_inotify
 _ADDED = flags.CREATE | flags.MOVED_TO
 _GONE = flags.DELETE | flags.MOVED_FROM
 _LOST = flags.Q_OVERFLOW | flags.IGNORED | flags.DELETE_SELF | flags.MOVE_SELF
+SETTLED = 1.0
+"""Without inotify, a scan is reused while the folder's inode and mtime are unchanged, once its
+mtime is this many seconds old: the kernel's file times advance in ticks of a few milliseconds,
+so a change right after a scan could leave a recent mtime as it was."""
 
 
 class FolderIndex:
@@ -41,6 +46,7 @@ class FolderIndex:
         self._lock = threading.Lock()
         self._inotify: INotify | None = None
         self._zones: dict[str, set[str]] | None = None
+        self._scanned: tuple[tuple[int, int], dict[str, set[str]]] | None = None  # no inotify
 
     def names(self, zone: dns.name.Name, *, temporary: bool = False) -> list[str]:
         """Sorted names of the zone's files, ``K<zone>+*`` (what ``glob`` would find), plus the
@@ -78,6 +84,21 @@ class FolderIndex:
             pass
         return zones
 
+    def _settled_scan(self) -> dict[str, set[str]]:
+        """A scan, or the last one while the folder has not changed since (``SETTLED``): a
+        batch of 10,000 zones looks a folder of 40,000 files up about 70,000 times."""
+        try:
+            info = os.stat(self.path)
+        except FileNotFoundError:
+            return {}
+        stamp = (info.st_ino, info.st_mtime_ns)
+        if self._scanned is not None and self._scanned[0] == stamp:
+            return self._scanned[1]
+        zones = self._scan()
+        settled = time.time() - info.st_mtime_ns / 1e9 > SETTLED
+        self._scanned = (stamp, zones) if settled else None
+        return zones
+
     def _drop(self) -> None:
         if self._inotify is not None:
             self._inotify.close()
@@ -87,12 +108,12 @@ class FolderIndex:
         if self._inotify is None:
             inotify = open_inotify(f"the key folder {self.path} is read at each lookup instead")
             if inotify is None:
-                return self._scan()
+                return self._settled_scan()
             try:
                 inotify.add_watch(self.path, self.MASK)
             except OSError:
                 inotify.close()
-                return self._scan()
+                return self._settled_scan()
             self._inotify = inotify
             self._zones = None  # scanned below, after the watch exists: nothing is missed
         for event in self._inotify.read(timeout=0):
