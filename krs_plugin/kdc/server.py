@@ -17,6 +17,7 @@ section 9: a node asks for its keys again) to ``kdc/resync.py``.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import sqlite3
@@ -264,11 +265,6 @@ class ControlZone:
             response.set_rcode(dns.rcode.REFUSED)
             return response
         option = find_chunk_option(query.options)
-        rows = self.store.distributions(dist_id=dist_id)
-        if not rows:
-            log.warning("confirmation from %s for unknown distribution %s", source, dist_id)
-            response.set_rcode(dns.rcode.REFUSED)
-            return response
         report: dict[str, object] = {}
         if option is not None and option.content == CONTENT_KEY_STATUS:
             try:
@@ -280,6 +276,11 @@ class ControlZone:
                 response.set_rcode(dns.rcode.FORMERR)
                 return response
             report = loaded
+        rows = self._rows(dist_id, report)
+        if not rows:
+            log.warning("confirmation from %s for unknown distribution %s", source, dist_id)
+            response.set_rcode(dns.rcode.REFUSED)
+            return response
         node_id, unknown = self._identify(report, rows, source)
         if node_id is None:
             log.warning(
@@ -337,6 +338,17 @@ class ControlZone:
         else:
             log.info("distribution %s for %s %s", dist_id, node_id, status)
         return response
+
+    def _rows(self, dist_id: str, report: dict[str, object]) -> list[DistributionRow]:
+        """The rows a report may answer: the one of the node it names when that node is a
+        target (one row, not the whole fleet's: reading every row made each confirmation cost
+        as much as the fleet is large), else every row of the distribution."""
+        claimed = report.get("node_id")
+        if isinstance(claimed, str):
+            rows = self.store.distributions(dist_id=dist_id, node_id=key_ref(claimed, "")[0])
+            if rows:
+                return rows
+        return self.store.distributions(dist_id=dist_id)
 
     def _identify(
         self, report: dict[str, object], rows: list[DistributionRow], source: str
@@ -525,10 +537,12 @@ class KdcServer:
         self._servers: list[asyncio.AbstractServer] = []
         self._transports: list[asyncio.BaseTransport] = []
         self.notify_hold = 0.0  # no NOTIFY round before this time (kdc.db not taking changes)
-        # A round at once, not at the next tick: `krs-kdc distribute` woke us (kdc/wake.py), or a
-        # NOTIFY ended while others waited for a place (``_notify_capped``).
+        # A round at once, not at the next tick: `krs-kdc distribute` woke us (kdc/wake.py).
         self.wakeup = Wakeup()
-        self._notify_capped = False
+        # NOTIFYs awaiting an answer, and those due that wait for one of their places: each
+        # that ends hands its place to the next at once (``_notify_done``), not at the tick.
+        self.in_flight: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self.notify_backlog: collections.deque[tuple[str, str]] = collections.deque()
         self.engine: Engine | None = None  # the lifecycle engine, when serve has the identity
         self.parents: ParentDesk | None = None  # the parent watch (with the engine)
         self.lag_watch = LagWatch()  # logs a node falling behind, once (kdc/fleet.py)
@@ -639,7 +653,7 @@ class KdcServer:
 
         Each NOTIFY runs as its own task, so a silent node never delays the others or expiry.
         """
-        in_flight: dict[tuple[str, str], asyncio.Task[None]] = {}
+        in_flight = self.in_flight
         while True:
             now = time.time()
             try:
@@ -658,24 +672,34 @@ class KdcServer:
             self.refresh_zone(now)
             for key in [k for k, task in in_flight.items() if task.done()]:
                 del in_flight[key]
+            self.notify_backlog.clear()
             for d in self.store.distributions(status="pending"):
                 key = (d.id, d.node_id)
                 if key in in_flight or d.notify_acked_at is not None:
                     continue
-                if len(in_flight) >= self.options.max_notify_in_flight:
-                    self._notify_capped = True  # the rest once one ends: descriptors stay free
-                    break
                 if now >= self.notify_hold and self._due(d.notified_at, d.notify_attempts, now):
-                    in_flight[key] = task = asyncio.create_task(self._notify(d.id, d.node_id))
-                    task.add_done_callback(self._notify_done)
+                    if len(in_flight) < self.options.max_notify_in_flight:
+                        self._launch_notify(key)
+                    else:  # descriptors stay free for queries: it waits for a place
+                        self.notify_backlog.append(key)
             await self.wakeup.wait(self.options.tick)
 
-    def _notify_done(self, _task: asyncio.Task[None]) -> None:
-        """A NOTIFY ended while others waited for a place: the next round now, not at the
-        tick, so the 65th node of a fleet does not wait 0.5 s for the first 64."""
-        if self._notify_capped:
-            self._notify_capped = False
-            self.wakeup.set()
+    def _launch_notify(self, key: tuple[str, str]) -> None:
+        task = asyncio.create_task(self._notify(*key))
+        self.in_flight[key] = task
+        task.add_done_callback(lambda _task: self._notify_done(key))
+
+    def _notify_done(self, key: tuple[str, str]) -> None:
+        """A NOTIFY ended: its place goes to the next one due at once, not at the next tick,
+        so the 65th node of a fleet does not wait 0.5 s for the first 64 (and no round reads
+        every pending distribution again for it)."""
+        self.in_flight.pop(key, None)
+        if time.time() < self.notify_hold:
+            return
+        while self.notify_backlog and len(self.in_flight) < self.options.max_notify_in_flight:
+            following = self.notify_backlog.popleft()
+            if following not in self.in_flight:
+                self._launch_notify(following)
 
     def refresh_zone(self, now: float) -> None:
         """A new version of the control zone when what it serves changed: a new SOA serial,

@@ -1140,16 +1140,16 @@ class Store:
         return {(r[0], r[1]) for r in rows} if rows else None
 
     def distributions(
-        self, *, status: str | None = None, dist_id: str | None = None
+        self, *, status: str | None = None, dist_id: str | None = None, node_id: str | None = None
     ) -> list[DistributionRow]:
+        """The distributions' rows (one per target node), filtered; ``node_id`` with ``dist_id``
+        reads one row by the primary key: a confirmation must not read a whole fleet's rows."""
         query = "SELECT * FROM distributions"
         clauses, args = [], []
-        if status is not None:
-            clauses.append("status = ?")
-            args.append(status)
-        if dist_id is not None:
-            clauses.append("id = ?")
-            args.append(dist_id)
+        for column, value in (("status", status), ("id", dist_id), ("node_id", node_id)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                args.append(value)
         if clauses:
             query += " WHERE " + " AND ".join(clauses)
         rows = self.db.execute(query + " ORDER BY serial, node_id", args).fetchall()
