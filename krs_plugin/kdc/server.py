@@ -673,6 +673,9 @@ class KdcServer:
             for key in [k for k, task in in_flight.items() if task.done()]:
                 del in_flight[key]
             self.notify_backlog.clear()
+            if self.publication_behind():  # nodes would ask the primary for what it lacks
+                await self.wakeup.wait(self.options.tick)
+                continue
             for d in self.store.distributions(status="pending"):
                 key = (d.id, d.node_id)
                 if key in in_flight or d.notify_acked_at is not None:
@@ -700,6 +703,16 @@ class KdcServer:
             following = self.notify_backlog.popleft()
             if following not in self.in_flight:
                 self._launch_notify(following)
+
+    def publication_behind(self) -> bool:
+        """With ``--publish-to``: the primary does not hold the current version yet. Nodes are
+        NOTIFYed only once it does, since they fetch from it (docs/scale.md)."""
+        versions = self.zone.versions
+        return (
+            self.publisher is not None
+            and versions is not None
+            and self.publisher.synced != versions.serial
+        )
 
     def refresh_zone(self, now: float) -> None:
         """A new version of the control zone when what it serves changed: a new SOA serial,
@@ -758,6 +771,7 @@ class KdcServer:
             )
         finally:
             self._publishing = None
+            self.wakeup.set()  # the nodes' NOTIFYs held for it go now (publication_behind)
 
     async def _notify_secondary(self, target: tuple[str, int], serial: int) -> None:
         """One NOTIFY (RFC 1996) of ``serial`` to a secondary, TSIG-signed with the transfer

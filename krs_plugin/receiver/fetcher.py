@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import dns.exception
+import dns.flags
 import dns.message
 import dns.name
 import dns.query
@@ -214,7 +215,7 @@ class Fetcher:
             raise
         except (dns.exception.DNSException, ValueError) as exc:
             raise WireError(f"the message does not parse: {exc or type(exc).__name__}") from exc
-        if reply.rcode() == dns.rcode.NXDOMAIN:
+        if reply.rcode() == dns.rcode.NXDOMAIN or _nodata(reply):
             raise NotPublished(str(qname))
         if reply.rcode() != dns.rcode.NOERROR:
             raise FetchError(f"answered {dns.rcode.to_text(reply.rcode())}")
@@ -224,6 +225,20 @@ class Fetcher:
                 if isinstance(rdata, CHUNK):
                     return rdata
         raise WireError(f"no single CHUNK record for {qname} in its answer")
+
+
+def _nodata(reply: dns.message.Message) -> bool:
+    """An authoritative "the name exists, the record does not" (RFC 2308 NODATA: NOERROR, AA,
+    no answer, the zone's SOA in the authority section). A primary that takes the KDC's UPDATEs
+    serves a manifest's name as an empty non-terminal while the chunks under it are in and the
+    manifest is not yet (docs/scale.md): not published yet, like NXDOMAIN. An empty answer
+    without the SOA proves nothing and stays a bad answer."""
+    return (
+        reply.rcode() == dns.rcode.NOERROR
+        and bool(reply.flags & dns.flags.AA)
+        and not reply.answer
+        and any(rrset.rdtype == dns.rdatatype.SOA for rrset in reply.authority)
+    )
 
 
 def _chunk_check(assembler: Reassembler, index: int, where: str) -> Callable[[CHUNK], CHUNK]:

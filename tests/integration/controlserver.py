@@ -85,6 +85,10 @@ class Message:
 NODATA = object()
 """NOERROR with an empty answer section."""
 
+NODATA_SOA = object()
+"""An authoritative NODATA as RFC 2308 has it: NOERROR, AA, no answer, the zone's SOA in the
+authority section (a name that exists without the record asked)."""
+
 SILENT = object()
 """Accept the query and never answer (the client times out)."""
 
@@ -146,6 +150,10 @@ class ControlServer:
         question = query.question[0]
         if what is None:
             response.set_rcode(dns.rcode.NXDOMAIN)
+        elif what is NODATA_SOA:
+            soa = dns.rdata.from_text("IN", "SOA", "ns.kdc.example. h.kdc.example. 1 1 1 1 1")
+            zone = dns.name.from_text("kdc.example.")
+            response.authority.append(dns.rrset.from_rdata(zone, 300, soa))
         elif isinstance(what, Rcode):
             response.set_rcode(what.rcode)
         elif isinstance(what, CHUNK | Raw):

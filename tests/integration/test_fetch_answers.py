@@ -18,6 +18,7 @@ import dns.rcode
 import pytest
 from controlserver import (
     NODATA,
+    NODATA_SOA,
     SILENT,
     Answer,
     Message,
@@ -257,6 +258,24 @@ def test_not_published_on_one_server_and_a_bad_answer_on_another_is_not_publishe
         done = Worker(node.configure([s.address for s in servers]), dist_id)
     assert done.row is None  # as for any id nothing is published under: not recorded
     assert done.metric('krs_fetches_total{result="not_published"}') == 1
+
+
+def test_an_authoritative_nodata_is_not_published_yet(node: Node) -> None:
+    """The manifest's name an empty non-terminal (a primary given the chunks by UPDATE and not
+    the manifest yet, docs/scale.md): not published, not a bad answer; the next server that has
+    it delivers it. Without the SOA an empty answer stays a bad answer (BAD_ANSWERS)."""
+    dist_id = new_id()
+    names, good = published(node, dist_id)
+    with control_servers({**good, names[0]: NODATA_SOA}, good) as (behind, ready):
+        done = Worker(node.configure([behind.address, ready.address]), dist_id)
+        assert done.recorded == ("applied", "done")
+        assert behind.questions
+        second = new_id(1)
+        names, good = published(node, second)
+        behind.table.update({**good, names[0]: NODATA_SOA})
+        alone = Worker(node.configure([behind.address]), second)
+    assert alone.row is None  # not published (yet): not recorded, looked for again
+    assert alone.metric('krs_fetches_total{result="not_published"}') == 1
 
 
 def test_krs_fetch_records_a_bad_answer_as_the_worker_does(
