@@ -595,8 +595,9 @@ class BatchStore:
     its timing metadata, a rectify) instead of about eighteen. Every verification still asks
     the server over DNS."""
 
-    def __init__(self, store: KeyStore) -> None:
+    def __init__(self, store: KeyStore, *, defer_refresh: bool = True) -> None:
         self.store = store
+        self.defer_refresh = defer_refresh  # maintain() purges zone by zone, as it did
         self.how = store.how
         self.signed = store.zones_signed()
         self.meta: dict[dns.name.Name, dict[str, list[str]]] = {}
@@ -605,6 +606,10 @@ class BatchStore:
 
     def _listed(self, zone: dns.name.Name) -> bool | None:
         return None if self.signed is None else self.signed.get(zone.to_text().lower())
+
+    def listed_unsigned(self, zone: dns.name.Name) -> bool:
+        """PowerDNS listed the zone as not signed: it has no keys (and is not presigned)."""
+        return self._listed(zone) is False and zone not in self.known
 
     def problems(self) -> list[Problem]:
         return self.store.problems()
@@ -685,6 +690,9 @@ class BatchStore:
         self.store.rectify(zone)
 
     def refresh(self, zone: dns.name.Name) -> None:
+        if not self.defer_refresh:
+            self.store.refresh(zone)
+            return
         self.dirty = True
 
     def flush(self) -> None:

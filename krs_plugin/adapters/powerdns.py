@@ -638,12 +638,17 @@ class PowerDnsAdapter(BaseAdapter[PdnsChange]):
         once, kept up to date from the adapter's own writes (pdnsctl.BatchStore); the caches
         purged once for all zones. When the zone list cannot be read (PowerDNS down), each zone
         asks for itself, as ever."""
+        with self._batched(defer_refresh=True):
+            yield
+
+    @contextlib.contextmanager
+    def _batched(self, *, defer_refresh: bool) -> Iterator[None]:
         if isinstance(self.store, BatchStore):
             yield
             return
         real = self.store
         try:
-            self.store = BatchStore(real)
+            self.store = BatchStore(real, defer_refresh=defer_refresh)
         except (KrsError, OSError):
             self.store = real
         try:
@@ -741,15 +746,19 @@ class PowerDnsAdapter(BaseAdapter[PdnsChange]):
         delete as their times pass); the seconds until the next such time."""
         now = int(time.time())
         upcoming: list[int] = []
-        for zone in self.zones:
-            try:
-                upcoming += self._maintain_zone(zone, now)
-            except (KrsError, OSError) as exc:
-                log.error("powerdns, zone %s: applying key timing failed: %s", zone, exc)
-                upcoming.append(now + 60)
+        with self._batched(defer_refresh=False):  # 10,000 zones: one zone list, no 10,000 calls
+            for zone in self.zones:
+                try:
+                    upcoming += self._maintain_zone(zone, now)
+                except (KrsError, OSError) as exc:
+                    log.error("powerdns, zone %s: applying key timing failed: %s", zone, exc)
+                    upcoming.append(now + 60)
         return float(max(1, min(upcoming) - now)) if upcoming else IDLE_WAIT
 
     def _maintain_zone(self, zone: dns.name.Name, now: int) -> list[int]:
+        unsigned = isinstance(self.store, BatchStore) and self.store.listed_unsigned(zone)
+        if unsigned and zone not in self._unpublished:
+            return []  # no key has a time to act on
         timings = _parse_timing(self.store.get_meta(zone, TIMING_KIND))
         if not timings and zone not in self._unpublished:
             return []
