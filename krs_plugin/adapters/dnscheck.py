@@ -429,6 +429,30 @@ class _Answers:
 
         return get
 
+    def kept(self, zone: dns.name.Name) -> Getter:
+        """``getter`` holding only the zone's answer RRsets, not the whole messages (which
+        hold the NSEC proofs of the empty answers too): what a batch keeps for its zones."""
+        answers: dict[int, Answer | NoAnswer] = {}
+        for rdtype in SERVED_TYPES:
+            reply = self.replies.get((zone, rdtype))
+            if reply is None:
+                continue
+            if isinstance(reply, NoAnswer):
+                answers[rdtype] = reply
+                continue
+            answers[rdtype] = (
+                reply.get_rrset(reply.answer, zone, dns.rdataclass.IN, rdtype),
+                reply.get_rrset(reply.answer, zone, dns.rdataclass.IN, dns.rdatatype.RRSIG, rdtype),
+            )
+
+        def get(rdtype: dns.rdatatype.RdataType) -> Answer:
+            answer = answers[rdtype]
+            if isinstance(answer, NoAnswer):
+                raise answer
+            return answer
+
+        return get
+
 
 def _questions(expect: Expectation, served: bool) -> list[Question]:
     """What a look at ``expect`` asks; with ``served`` also what ``read_served`` reads."""
@@ -437,6 +461,9 @@ def _questions(expect: Expectation, served: bool) -> list[Question]:
         types += [dns.rdatatype.CDS, dns.rdatatype.CDNSKEY]
     return [(expect.zone, t) for t in types]
 
+
+CHUNK = 500
+"""Zones asked per ``query_many`` in a batch (2,000 questions)."""
 
 Kept = dict[dns.name.Name, Getter]
 """The answers of each zone's last look, kept so that ``read_served_many`` need not ask again
@@ -451,13 +478,19 @@ def check_served_many(
     keep: Kept | None = None,
 ) -> list[Verification]:
     """``check_served`` for many zones, all their questions over one TCP connection; with
-    ``keep``, also what ``read_served`` reads, kept there by zone."""
+    ``keep``, also what ``read_served`` reads, kept there by zone. ``CHUNK`` zones at a time,
+    so that the replies held at once stay few (a dnspython message of a signed answer is a few
+    kilobytes: 40,000 of them would be most of ``krs run``'s memory)."""
     served = keep is not None
-    questions = [q for e in expects for q in _questions(e, served)]
-    answers = _Answers(questions, host, port, timeout)
-    if keep is not None:
-        keep.update((e.zone, answers.getter(e.zone)) for e in expects)
-    return [_judge(e, answers.getter(e.zone), host, port) for e in expects]
+    out = []
+    for start in range(0, len(expects), CHUNK):
+        chunk = expects[start : start + CHUNK]
+        questions = [q for e in chunk for q in _questions(e, served)]
+        answers = _Answers(questions, host, port, timeout)
+        out += [_judge(e, answers.getter(e.zone), host, port) for e in chunk]
+        if keep is not None:
+            keep.update((e.zone, answers.kept(e.zone)) for e in chunk)
+    return out
 
 
 def wait_served_many(
@@ -501,12 +534,13 @@ def read_served_many(
     ``kept`` (its verification's last look, a moment ago) is not asked again."""
     read_at = int(time.time())
     kept = kept or {}
-    questions = [(z, rdtype) for z in zones if z not in kept for rdtype in SERVED_TYPES]
-    answers = _Answers(questions, host, port, timeout)
     hidden = hidden or {}
-    return [
-        _served_state(
-            zone, read_at, kept.get(zone) or answers.getter(zone), hidden.get(zone, ()), host
-        )
-        for zone in zones
-    ]
+    out = []
+    for start in range(0, len(zones), CHUNK):
+        chunk = zones[start : start + CHUNK]
+        questions = [(z, rdtype) for z in chunk if z not in kept for rdtype in SERVED_TYPES]
+        answers = _Answers(questions, host, port, timeout)
+        for zone in chunk:
+            get = kept.pop(zone, None) or answers.getter(zone)
+            out.append(_served_state(zone, read_at, get, hidden.get(zone, ()), host))
+    return out
