@@ -28,7 +28,7 @@ from krs_plugin.adapters.base import ActsOnKeyTimes, ReportsServerProblem, Watch
 from krs_plugin.config import Address, Config
 from krs_plugin.crypto import JoseKey
 from krs_plugin.dnsio import quiet_accept_errors
-from krs_plugin.errors import KrsError, outcome_of, stage_of
+from krs_plugin.errors import ConfigError, KrsError, outcome_of, stage_of
 from krs_plugin.logs import context
 from krs_plugin.metrics import Metrics, serve_http
 from krs_plugin.receiver import notify
@@ -411,7 +411,13 @@ class Service:
         return server, Address(address.host, port)
 
     async def start(self) -> list[asyncio.AbstractServer]:
-        self.listeners = await notify.listen(self.config.notify, self.handle_notify)
+        try:
+            self.listeners = await notify.listen(self.config.notify, self.handle_notify)
+        except OSError as exc:  # a port taken: one line and exit 2, not a traceback
+            where = ", ".join(str(a) for a in self.config.notify.listen)
+            raise ConfigError(
+                f"notify.listen {where}: cannot listen there: {exc.strerror or exc}"
+            ) from exc
         http = await self._serve_http(self.config.metrics)
         if http is not None:
             self.http, self.http_bound = http
