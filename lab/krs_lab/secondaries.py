@@ -48,6 +48,21 @@ class TransferKey:
         return path
 
 
+def _named_options(key: TransferKey, root: Path, host: str, port: int) -> str:
+    """The key and the options block of a lab named.conf: files in ``root``, one address."""
+    return (
+        key.bind_text() + "options {\n"
+        f'    directory "{root}";\n'
+        f'    pid-file "{root}/named.pid";\n'
+        f'    session-keyfile "{root}/session.key";\n'
+        f"    listen-on port {port} {{ {host}; }};\n"
+        "    listen-on-v6 { none; };\n"
+        "    recursion no;\n"
+        "    notify no;\n"
+        "};\n"
+    )
+
+
 @dataclass
 class Secondary:
     """One secondary of ``zone`` from the primary at ``primary`` (host, port)."""
@@ -117,16 +132,7 @@ class Secondary:
             raise LabError("named is not installed (apt-get install bind9)")
         host, port = self.primary
         (self.root / "named.conf").write_text(
-            self.key.bind_text() + "options {\n"
-            f'    directory "{self.root}";\n'
-            f'    pid-file "{self.root}/named.pid";\n'
-            f'    session-keyfile "{self.root}/session.key";\n'
-            f"    listen-on port {self.port} {{ {self.host}; }};\n"
-            "    listen-on-v6 { none; };\n"
-            "    recursion no;\n"
-            "    notify no;\n"
-            "};\n"
-            f'zone "{self.zone}" {{\n'
+            _named_options(self.key, self.root, self.host, self.port) + f'zone "{self.zone}" {{\n'
             "    type secondary;\n"
             f'    file "{self.root}/control.zone";\n'
             f'    primaries {{ {host} port {port} key "{self.key.name}"; }};\n'
@@ -227,16 +233,7 @@ class UpdatedPrimary:
             "@ SOA ns hostmaster 1 3600 600 86400 300\n@ NS ns\nns A 127.0.0.1\n"
         )
         (self.root / "named.conf").write_text(
-            self.key.bind_text() + "options {\n"
-            f'    directory "{self.root}";\n'
-            f'    pid-file "{self.root}/named.pid";\n'
-            f'    session-keyfile "{self.root}/session.key";\n'
-            f"    listen-on port {self.port} {{ {self.host}; }};\n"
-            "    listen-on-v6 { none; };\n"
-            "    recursion no;\n"
-            "    notify no;\n"
-            "};\n"
-            f'zone "{self.zone}" {{\n'
+            _named_options(self.key, self.root, self.host, self.port) + f'zone "{self.zone}" {{\n'
             "    type primary;\n"
             f'    file "{self.root}/control.zone";\n'
             f'    allow-update {{ key "{self.key.name}"; }};\n'
