@@ -234,7 +234,14 @@ def wait_all_served(
 
 
 def make_keys(zones: Sequence[str]) -> ZoneKeys:
-    return [(z, generate_key(z, 13, 257), generate_key(z, 13, 256)) for z in zones]
+    """A KSK and a ZSK per zone, their tags distinct (one key file name each)."""
+    out = []
+    for zone in zones:
+        ksk, zsk = generate_key(zone, 13, 257), generate_key(zone, 13, 256)
+        while zsk.key_tag == ksk.key_tag:
+            zsk = generate_key(zone, 13, 256)
+        out.append((zone, ksk, zsk))
+    return out
 
 
 def now_timing() -> KeyTiming:
@@ -243,7 +250,9 @@ def now_timing() -> KeyTiming:
 
 
 def run(argv: Sequence[str]) -> None:
-    subprocess.run(list(argv), check=True, capture_output=True)
+    done = subprocess.run(list(argv), capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)}: exit {done.returncode}: {done.stderr.strip()}")
 
 
 def floor_bind9(lab: Bind9Lab, keys: ZoneKeys) -> None:
