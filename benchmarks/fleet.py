@@ -664,7 +664,13 @@ def sysctl(name: str) -> str:
 
 
 @contextlib.contextmanager
-def workdir(prefix: str) -> Iterator[Path]:
+def workdir(prefix: str, keep: bool) -> Iterator[Path]:
+    """A temporary directory for one part; with ``keep`` it stays, logs and all, for a look."""
+    if keep:
+        path = Path(tempfile.mkdtemp(prefix=prefix))
+        print(f"  working directory (kept): {path}")
+        yield path
+        return
     with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         yield Path(tmp)
 
@@ -675,15 +681,16 @@ def main() -> int:
     parser.add_argument("--nodes", type=int, help="nodes (default 100 direct, 1000 secondaries)")
     parser.add_argument("--runs", type=int, help="timed runs (default 10 direct, 3 secondaries)")
     parser.add_argument("--quick", action="store_true", help="20 / 100 nodes, 3 / 1 runs")
+    parser.add_argument("--keep", action="store_true", help="keep the logs and state afterwards")
     args = parser.parse_args()
     print(f"machine: {machine()}")
     if args.part in ("direct", "both"):
         count = args.nodes or (20 if args.quick else 100)
-        with workdir("krs-bench-fleet-") as root:
+        with workdir("krs-bench-fleet-", args.keep) as root:
             measure_direct(root, count, args.runs or (3 if args.quick else 10))
     if args.part in ("secondaries", "both"):
         count = args.nodes or (100 if args.quick else 1000)
-        with workdir("krs-bench-hidden-") as root:
+        with workdir("krs-bench-hidden-", args.keep) as root:
             measure_hidden(root, count, args.runs or (1 if args.quick else 3))
     print("percentiles are nearest-rank over the runs")
     return 0
