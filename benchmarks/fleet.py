@@ -2,7 +2,7 @@
 node's confirmation is recorded at the KDC.
 
 Run:  .venv/bin/python benchmarks/fleet.py [--part direct|secondaries|both] [--nodes N]
-                                           [--runs R] [--quick]
+                                           [--runs R] [--quick] [--keep]
 
 (a) ``--part direct`` (100 nodes, 10 runs): ``krs-kdc serve`` and one real ``krs run`` per node
     (directory adapter, ``poll_interval: 3600`` so only the NOTIFY starts a fetch), each with its
