@@ -513,6 +513,28 @@ class NotifySchedule:
         self.waiting[target] = (serial, tries, now + min(self.ceiling, self.base * 2**tries))
 
 
+async def secondary_serials(
+    origin: dns.name.Name, secondaries: tuple[tuple[str, int], ...]
+) -> list[int]:
+    """The SOA serial each secondary serves now (those that answer within 2 s), asked once at
+    start so that the zone's next serial is above all of them (ZoneVersions.above)."""
+
+    async def one(host: str, port: int) -> int | None:
+        query = dns.message.make_query(origin, dns.rdatatype.SOA)
+        query.flags &= ~dns.flags.RD
+        try:
+            reply = await udp_exchange(query, host, port, 2.0)
+        except (TimeoutError, OSError, dns.exception.DNSException):
+            return None
+        for rrset in reply.answer:
+            if rrset.rdtype == dns.rdatatype.SOA and rrset.name == origin:
+                return int(rrset[0].serial)
+        return None
+
+    found = await asyncio.gather(*(one(host, port) for host, port in secondaries))
+    return [serial for serial in found if serial is not None]
+
+
 def _is_update(wire: bytes) -> bool:
     """A query (QR clear) with opcode UPDATE, read from the header alone: the SIG(0) after it
     must be checked on the bytes as they came."""
@@ -908,6 +930,8 @@ async def serve(
     )
     zone = ControlZone(store, control_zone, clock_skew=options.clock_skew, resync=resync)
     zone.versions = ZoneVersions(store, zone.origin)
+    for serial in await secondary_serials(zone.origin, options.also_notify):
+        zone.versions.above(serial)
     desk = EnrollmentDesk(store, identity, zone.origin) if identity is not None else None
     server = KdcServer(store, zone, options, desk)
     if identity is not None:

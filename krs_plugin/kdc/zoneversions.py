@@ -25,6 +25,7 @@ import dns.name
 import dns.rdataclass
 import dns.rdatatype
 import dns.rdtypes.ANY.TXT
+import dns.serial
 
 from krs_plugin.kdc.store import PublishedRecord, Store
 from krs_plugin.protocol import CHUNK_TYPE, chunk_name, manifest_name, pending_name
@@ -183,6 +184,22 @@ class ZoneVersions:
         except StateWriteError as exc:  # served all the same; the next change writes it
             log.warning("control zone serial %d not recorded in kdc.db: %s", serial, exc)
         return True
+
+    def above(self, serial: int) -> None:
+        """A secondary serves ``serial``, ahead of this zone's (kdc.db restored from an older
+        backup, whose serial lags the one the secondaries took): the next version gets a serial
+        above it, or they would keep their copy as newer (RFC 1982) and ignore every change."""
+        if dns.serial.Serial(serial) > dns.serial.Serial(self.current.serial):
+            log.warning(
+                "a secondary serves serial %d of %s, ahead of kdc.db's %d: the zone goes on "
+                "from %d",
+                serial,
+                self.origin,
+                self.current.serial,
+                serial + 1,
+            )
+            self.current = Snapshot(serial, frozenset(), "", None, False)
+            self._seen_changes = -1
 
     def since(self, serial: int) -> tuple[set[Entry], set[Entry]] | None:
         """The condensed difference from ``serial`` to the current version, or None when it is

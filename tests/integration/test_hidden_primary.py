@@ -245,3 +245,36 @@ def test_chunks_of_60000_bytes_travel_whole(
         assert reply.answer, f"{kind} has no {name}"
         assert reply.answer[0][0].to_digestable() == wire
     assert "IXFR" in deployment.log("kdc") or "AXFR" in deployment.log("kdc")
+
+
+def test_kdc_db_restored_behind_its_secondary_still_reaches_it(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    """kdc.db restored from a backup whose serial is older than the one a secondary serves: at
+    start serve asks its secondaries and goes on above their serial, or they would keep their
+    copy as the newer one and never take another change (RFC 1982)."""
+    import sqlite3
+
+    state = deployment.state / "kdc.db"
+    with sqlite3.connect(state) as db:  # the zone's serial well ahead of the clock
+        db.execute("INSERT OR REPLACE INTO meta VALUES ('control_zone_serial', ?)", (str(
+            kdc_now() + 100_000),))  # fmt: skip
+    (secondary,), args = start_all(deployment, tmp_path, ("knot",))
+    ahead = secondary.wait_serial(None)
+    assert ahead > kdc_now() + 50_000
+    deployment.stop("kdc")
+    with sqlite3.connect(state) as db:  # the restored backup: an older serial, another digest
+        db.execute("UPDATE meta SET value = '1000' WHERE key = 'control_zone_serial'")
+        db.execute("UPDATE meta SET value = 'x' WHERE key = 'control_zone_digest'")
+    deployment.start_kdc(serve_args=args)
+    deployment.start_krs()
+    dist_id = deployment.distribute("--zone", "example.com.")
+    deployment.wait_confirmed(dist_id, timeout=60)
+    assert secondary.serial() == kdc_serial(deployment) > ahead
+    assert "ahead of kdc.db's" in deployment.log("kdc")
+
+
+def kdc_now() -> int:
+    import time
+
+    return int(time.time())

@@ -116,3 +116,16 @@ def test_update_order_never_shows_a_manifest_before_its_chunks() -> None:
         ("delete", "old-c."),
     ]
     assert [(a, e[0]) for a, e in groups[2]] == [("delete", "i."), ("add", "i.")]
+
+
+def test_a_secondary_ahead_of_kdc_db_lifts_the_next_serial(store: Store) -> None:
+    now = int(time.time())
+    versions = ZoneVersions(store, ORIGIN)
+    versions.refresh(now)
+    ahead = versions.serial + 5000  # a secondary took that from the kdc.db before a restore
+    versions.above(ahead)
+    assert versions.refresh(now + 1)  # the same records, a new version all the same
+    assert versions.serial == ahead + 1
+    versions.above(ahead - 10)  # behind: nothing changes
+    assert not versions.refresh(now + 2)
+    assert versions.serial == ahead + 1
