@@ -608,8 +608,11 @@ class Bind9Adapter(BaseAdapter[BindChange]):
             return
         self._modes = {}
         try:
-            self._prefetch_modes(zones)
-            yield
+            with contextlib.ExitStack() as stack:
+                for folder in {self.keys(zone).path: self.keys(zone) for zone in zones}.values():
+                    stack.enter_context(folder.batch())  # every zone's keys kept parsed
+                self._prefetch_modes(zones)
+                yield
         finally:
             self._modes = self._config = None
 

@@ -21,10 +21,12 @@ KRS either, and is left alone: BIND writes the ``.key`` first, and an offline KS
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import os
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 
@@ -218,6 +220,23 @@ class KeyFolder:
         self.path = path
         self.index = FolderIndex(path)
         self._parsed: OrderedDict[Path, tuple[Signature, DnssecKey, KeyTiming]] = OrderedDict()
+        self._batches = 0  # while a batch runs, parsed keys are all kept (see batch)
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """While a batch of many zones is applied, every key read or written is kept parsed
+        (each zone's keys are read in each phase: checks, load, verify, finish; 4,000 keys
+        overflow ``PARSED_KEYS`` between two phases); back to ``PARSED_KEYS`` after."""
+        self._batches += 1
+        try:
+            yield
+        finally:
+            self._batches -= 1
+            self._trim()
+
+    def _trim(self) -> None:
+        while self._batches == 0 and len(self._parsed) > PARSED_KEYS:
+            self._parsed.popitem(last=False)
 
     def files(self, zone: dns.name.Name, *, temporary: bool = False) -> list[Path]:
         """The zone's files (``K<zone>+*``); with ``temporary``, also the ``.K<zone>+*``
@@ -256,10 +275,15 @@ class KeyFolder:
             return cached[1], cached[2]
         key, timing = read_bind_key_pair(private)
         timing = read_timing_record(timing_record(private)) or timing
-        self._parsed[private] = (signature, key, timing)
-        while len(self._parsed) > PARSED_KEYS:
-            self._parsed.popitem(last=False)
+        self._keep(private, key, timing)
         return key, timing
+
+    def _keep(self, private: Path, key: DnssecKey, timing: KeyTiming) -> None:
+        """``key`` and ``timing`` as the files at ``private`` now hold them."""
+        files = (private, private.with_suffix(".key"), timing_record(private))
+        self._parsed[private] = (tuple(_identity(path) for path in files), key, timing)
+        self._parsed.move_to_end(private)
+        self._trim()
 
     def installed_keys(self, zone: dns.name.Name) -> list[InstalledKey]:
         return [
@@ -321,7 +345,11 @@ class KeyFolder:
         *,
         keep_timing: bool = False,
     ) -> bool:
-        return write_key(self.path, key, timing, owner, keep_timing=keep_timing)
+        """``write_key`` into this folder; the key is then known parsed as written (the files
+        hold exactly ``key`` and ``timing`` now: written so, or found so)."""
+        written = write_key(self.path, key, timing, owner, keep_timing=keep_timing)
+        self._keep(self.path / f"{key.basename}.private", key, timing)
+        return written
 
     def retime(
         self,

@@ -529,7 +529,8 @@ class NsdAdapter(BaseAdapter[NsdChange]):
         except AdapterError:
             self._batch = None
         try:
-            yield
+            with self.keys.batch():  # every zone's keys kept parsed
+                yield
         finally:
             self._batch = None
 
