@@ -286,7 +286,7 @@ class BaseAdapter(Adapter, Generic[Change]):
         and step that failed and carries ``touched``, every zone written so far: the caller
         rolls them all back (``transaction.apply_atomically``); the adapter never does."""
         now = int(time.time())
-        self._kept: dict[dns.name.Name, Any] = {}  # wait_served_batch's answers, for served
+        self._kept: Any = None  # dnscheck.Kept of wait_served_batch, for read_served_batch
         with self.batch_context([plan.zone for plan in plans]):
             changes = self._begin_batch(plans, now)
             written: list[dns.name.Name] = []
@@ -394,24 +394,29 @@ class BaseAdapter(Adapter, Generic[Change]):
             return [self.read_served(zone) for zone in zones]
         from krs_plugin.adapters.dnscheck import read_served_many  # dnscheck imports this module
 
-        hidden = {}
-        for zone in zones:
-            try:
-                hidden[zone] = self.unpublished_dnskeys(zone)
-            except self.failures:
-                hidden[zone] = []
-        kept, self._kept = getattr(self, "_kept", {}), {}
+        kept, self._kept = getattr(self, "_kept", None), None
+        known = kept.states if kept is not None else {}
+        hidden = {zone: self._hidden(zone) for zone in zones if zone not in known}
         return list(read_served_many(zones, host, port, hidden=hidden, kept=kept))
+
+    def _hidden(self, zone: dns.name.Name) -> list[Any]:
+        """``unpublished_dnskeys``, none when they cannot be read (the signers of the
+        published keys are still reported)."""
+        try:
+            return self.unpublished_dnskeys(zone)
+        except self.failures:
+            return []
 
     def wait_served_batch(self, expects: Sequence[Any], timeout: float) -> list[Verification]:
         """``dnscheck.wait_served_many`` against the adapter's server (``host``, ``port``), its
         last answers kept for ``read_served_batch``: a server's ``verify_batch`` calls this."""
-        from krs_plugin.adapters.dnscheck import wait_served_many  # dnscheck imports this module
+        from krs_plugin.adapters.dnscheck import Kept, wait_served_many  # it imports this module
 
         host, port = getattr(self, "host", None), getattr(self, "port", None)
         assert isinstance(host, str) and isinstance(port, int), "an adapter with a server"
-        kept = getattr(self, "_kept", None)
-        return wait_served_many(expects, host, port, timeout=timeout, keep=kept)
+        if getattr(self, "_kept", None) is None:  # one per batch: a server looks again at some
+            self._kept = Kept(self._hidden)
+        return wait_served_many(expects, host, port, timeout=timeout, keep=self._kept)
 
     def read_served(self, zone: dns.name.Name) -> Mapping[str, object] | None:
         """What the server serves for ``zone`` (``dnscheck.read_served``) over the adapter's
