@@ -37,9 +37,12 @@ from pathlib import Path
 from typing import Any
 
 import dns.exception
+import dns.flags
 import dns.name
 import dns.query
 import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
 import dns.tsigkeyring
 import dns.update
 
@@ -68,6 +71,7 @@ from krs_plugin.adapters.cdsset import (
     DELETE_CDS_TEXT,
 )
 from krs_plugin.adapters.cdsset import expected as cds_expected
+from krs_plugin.adapters.dnsbatch import NoAnswer, query_many
 from krs_plugin.adapters.dnscheck import (
     Expectation,
     KeyState,
@@ -625,9 +629,48 @@ class Bind9Adapter(BaseAdapter[BindChange]):
             self._config = read_named_config(self.named_checkconf, self.named_conf)
         except AdapterError as exc:
             self._config = exc  # said for a 9.20 zone's policy, as when asked alone
-        asked = run_side_by_side(lambda zone: self._ask_zone_mode(zone, version), zones)
         assert self._modes is not None
-        self._modes.update(asked)
+        if not isinstance(self._config, AdapterError):
+            self._modes.update(self._modes_from_config(zones, version, self._config))
+        rest = [zone for zone in zones if zone not in self._modes]
+        self._modes.update(run_side_by_side(lambda zone: self._ask_zone_mode(zone, version), rest))
+
+    def _modes_from_config(
+        self, zones: Sequence[dns.name.Name], version: tuple[int, int], config: NamedConfig
+    ) -> dict[dns.name.Name, ZoneMode]:
+        """The zones that named.conf sets up right for the KRS and that named answers for (one
+        SOA question each, pipelined): their mode without two rndc runs each. Any other zone is
+        asked of named as when it is alone, so every refusal reads as it always did; a zone
+        whose running configuration is older than named.conf fails at loadkeys or in the
+        verification, and is rolled back."""
+        modes = {}
+        for zone in zones:
+            mode = self._mode_in_config(zone, version, config)
+            if mode is not None:
+                modes[zone] = mode
+        answered = set(serving(list(modes), self.host, self.port))
+        return {zone: mode for zone, mode in modes.items() if zone in answered}
+
+    def _mode_in_config(
+        self, zone: dns.name.Name, version: tuple[int, int], config: NamedConfig
+    ) -> ZoneMode | None:
+        """The zone's mode as named.conf has it, when that is one the KRS takes keys through
+        (9.18: inline-signing and auto-dnssec maintain, no policy; 9.20: inline-signing and a
+        manual-mode policy that passes ``policy_problem``); None otherwise."""
+        name = zone.to_text()
+        zone_config = config.zone(name)
+        if zone_config is None or zone_config.options.get("inline-signing") != "yes":
+            return None
+        policy_name = config.zone_policy(zone_config)
+        if version < POLICY_VERSION:
+            maintain = zone_config.options.get("auto-dnssec") == "maintain"
+            return ZoneMode() if maintain and policy_name in (None, "none") else None
+        policy = config.policies.get(policy_name or "")
+        if policy is None or policy.name in BUILTIN_POLICIES:
+            return None
+        if policy_problem(name, policy, config, zone_config, self.directory(zone)) is not None:
+            return None
+        return ZoneMode(manual_policy=True, policy=policy)
 
     def load_batch(self, changes: Sequence[BindChange]) -> None:
         """Each zone prepared (key states, delete records), then ``rndc loadkeys`` (or
@@ -931,6 +974,20 @@ class Bind9Adapter(BaseAdapter[BindChange]):
         if not moments:
             return 3600.0
         return max(1.0, min(moments) - now)
+
+
+def serving(zones: Sequence[dns.name.Name], host: str, port: int) -> list[dns.name.Name]:
+    """The zones named answers an SOA for (authoritatively, NOERROR), asked all at once."""
+    questions = [(zone, dns.rdatatype.SOA) for zone in zones]
+    out = []
+    for zone, reply in zip(zones, query_many(questions, host, port), strict=True):
+        if isinstance(reply, NoAnswer) or reply.rcode() != dns.rcode.NOERROR:
+            continue
+        if reply.flags & dns.flags.AA and reply.get_rrset(
+            reply.answer, zone, dns.rdataclass.IN, dns.rdatatype.SOA
+        ):
+            out.append(zone)
+    return out
 
 
 def run_side_by_side(
