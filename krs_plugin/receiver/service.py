@@ -70,10 +70,9 @@ STATE_RETRY_MAX = 300.0  # ...up to 5 min (docs/operations.md, "A full disk")
 SERVER_CHECK_INTERVAL = float(os.environ.get("KRS_SERVER_CHECK_INTERVAL", "30"))
 POLL_FAILURES_UNHEALTHY = 3  # polls in a row without an answer: /healthz says the KDC is lost
 # A NOTIFY may arrive before the control servers have the distribution (secondaries still
-# transferring the new serial, docs/scale.md): looked for again after 0.5 s, doubling, 6 times
-# (31.5 s in all); after that the poller finds it once it is there.
-NOT_YET_RETRY = 0.5
-NOT_YET_TRIES = 6
+# transferring the new serial, docs/scale.md): the poller looks at the _pending index again
+# after 0.5 s, 1, 2, 4, 8 and 16 s (31.5 s in all), one sequence for all such ids at once.
+NOT_YET_POLLS = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 
 
 class Service:
@@ -118,7 +117,8 @@ class Service:
         self.confirm_wake = asyncio.Event()
         self.counters = {"notify_accepted": 0, "notify_refused": 0, "notify_limited": 0}
         self.unrecorded: dict[str, int] = {}  # distribution id -> tries not recorded
-        self.not_yet: dict[str, int] = {}  # id a NOTIFY named, not published yet -> tries
+        self._not_yet_step = 0  # the next of NOT_YET_POLLS
+        self._not_yet_timer: asyncio.TimerHandle | None = None
         # What /healthz reports besides its own loops (docs/operations.md, "Monitoring"):
         self.server_problem: str | None = None  # the adapter's server, every 30 s
         self.apply_failure: str | None = None  # the last failed apply, until one succeeds
@@ -237,8 +237,8 @@ class Service:
                 self.unrecorded.pop(dist_id, None)
                 if outcome is None and priority == NOTIFIED:
                     self._look_again(dist_id)
-                else:
-                    self.not_yet.pop(dist_id, None)
+                elif outcome == "applied":
+                    self._stop_looking()
                 if outcome == "applied" and self.out_of_sync:
                     await self.reconcile(f"after distribution {dist_id}")
             except StateWriteError as exc:
@@ -254,21 +254,38 @@ class Service:
 
     def _look_again(self, dist_id: str) -> None:
         """A NOTIFY named ``dist_id`` and no control server has it (yet): the KDC's NOTIFY can
-        outrun its secondaries' transfer of the new serial, so it is looked for again a few
-        times, each wait twice the last, before it is left to the poller."""
-        tries = self.not_yet.get(dist_id, 0)
-        if tries >= NOT_YET_TRIES or (tries == 0 and len(self.not_yet) >= MAX_QUEUE):
-            self.not_yet.pop(dist_id, None)
+        outrun its secondaries' transfer of the new serial. The poller looks at the index again
+        soon (``NOT_YET_POLLS``), one sequence for every such id, so that a flood of made-up
+        ids costs a few polls, not a fetch each (docs/scale.md)."""
+        if self._not_yet_timer is not None:
             return
-        self.not_yet[dist_id] = tries + 1
-        delay = NOT_YET_RETRY * 2**tries
         log.info(
-            "distribution %s: not at the control servers yet; looking again in %.1f s",
+            "distribution %s: not at the control servers yet; polling again in %.1f s",
             dist_id,
-            delay,
+            NOT_YET_POLLS[0],
             extra=context(distribution_id=dist_id, stage="fetch", outcome="not_published"),
         )
-        asyncio.get_running_loop().call_later(delay, self.enqueue, dist_id)
+        self._not_yet_step = 0
+        self._poll_soon()
+
+    def _poll_soon(self) -> None:
+        if self._not_yet_step >= len(NOT_YET_POLLS):
+            self._not_yet_timer = None
+            return
+        delay = NOT_YET_POLLS[self._not_yet_step]
+        self._not_yet_step += 1
+
+        def fire() -> None:
+            self.poll_wake.set()
+            self._poll_soon()
+
+        self._not_yet_timer = asyncio.get_running_loop().call_later(delay, fire)
+
+    def _stop_looking(self) -> None:
+        """A distribution was applied: the polls brought forward are not needed any more."""
+        if self._not_yet_timer is not None:
+            self._not_yet_timer.cancel()
+            self._not_yet_timer = None
 
     def _not_recorded(self, dist_id: str, error: StateWriteError) -> None:
         """The outcome of ``dist_id`` could not be written (a full disk): one error line, and
