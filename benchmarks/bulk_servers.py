@@ -315,7 +315,8 @@ def floor_nsd(lab: NsdLab, keys: ZoneKeys) -> None:
     for zone, ksk, zsk in keys:
         write_key(keydir, ksk, timing)
         write_key(keydir, zsk, timing)
-        run(["dnssec-signzone", "-S", "-x", "-O", "full", "-K", str(keydir), "-o", zone,
+        run(["dnssec-signzone", "-S", "-x", "-O", "full", "-K", str(keydir), "-d", str(keydir),
+             "-o", zone,
              "-N", "unixtime", "-s", str(now - 3600), "-e", str(now + 14 * 86400),
              "-f", str(lab.signed_file(zone)), str(lab.unsigned_file(zone))])  # fmt: skip
     run(["nsd-control", "-c", str(lab.config), "reload"])
