@@ -235,8 +235,8 @@ class Service:
                     outcome = await self.process(dist_id)
                 self.confirm_wake.set()  # its report, if any, is in the store: send it now
                 self.unrecorded.pop(dist_id, None)
-                if outcome is None and priority == NOTIFIED:
-                    self._look_again(dist_id)
+                if outcome is None and priority == NOTIFIED and self.config.kdc.addresses:
+                    self._look_again(dist_id)  # behind secondaries: they may lag the KDC
                 elif outcome == "applied":
                     self._stop_looking()
                 if outcome == "applied" and self.out_of_sync:
@@ -254,7 +254,8 @@ class Service:
 
     def _look_again(self, dist_id: str) -> None:
         """A NOTIFY named ``dist_id`` and no control server has it (yet): the KDC's NOTIFY can
-        outrun its secondaries' transfer of the new serial. The poller looks at the index again
+        outrun its secondaries' transfer of the new serial (only with ``kdc.address``: where
+        the KDC serves the zone itself, not published is final). The poller looks at the index again
         soon (``NOT_YET_POLLS``), one sequence for every such id, so that a flood of made-up
         ids costs a few polls, not a fetch each (docs/scale.md)."""
         if self._not_yet_timer is not None:
