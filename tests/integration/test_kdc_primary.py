@@ -82,6 +82,8 @@ class Primary:
             except TimeoutError:
                 break
             message = dns.message.from_wire(wire, keyring=KEYRING)
+            if message.opcode() == dns.opcode.QUERY:
+                continue  # serve's look at the secondary's serial at start (left unanswered)
             assert message.opcode() == dns.opcode.NOTIFY and message.had_tsig
             serials.append(int(message.answer[0][0].serial))
             reply = dns.message.make_response(message)
