@@ -7,7 +7,6 @@ one docs/scale.md gives operators, with the paths and ports of the lab.
 from __future__ import annotations
 
 import base64
-import contextlib
 import secrets
 import subprocess
 import time
@@ -63,8 +62,27 @@ def _named_options(key: TransferKey, root: Path, host: str, port: int) -> str:
     )
 
 
+class _OnePort:
+    """What a lab server of the control zone on one loopback address offers the tests."""
+
+    host: str
+    port: int
+    process: ServerProcess | None
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+
+    def tail(self) -> str:
+        return self.process.tail() if self.process else ""
+
+
 @dataclass
-class Secondary:
+class Secondary(_OnePort):
     """One secondary of ``zone`` from the primary at ``primary`` (host, port)."""
 
     kind: str
@@ -76,10 +94,6 @@ class Secondary:
     port: int = 0
     process: ServerProcess | None = field(default=None, init=False)
 
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
-
     def start(self, timeout: float = 30) -> None:
         if self.kind not in KINDS:
             raise LabError(f"secondary kind {self.kind!r}: one of {', '.join(KINDS)}")
@@ -89,10 +103,6 @@ class Secondary:
         self.process = ServerProcess(self.kind, argv, self.root / "server.log", self.root)
         self.process.start()
         self.wait_serial(None, timeout)
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.stop()
 
     def serial(self) -> int | None:
         """The SOA serial it serves, or None when it serves no zone (yet)."""
@@ -120,9 +130,6 @@ class Secondary:
                 tail = self.process.tail() if self.process else ""
                 raise LabError(f"{self.kind} serves serial {serial}, not {wanted}: {tail}")
             time.sleep(0.05)
-
-    def tail(self) -> str:
-        return self.process.tail() if self.process else ""
 
     # --- each server's configuration (docs/scale.md) ----------------------------------------
 
@@ -207,7 +214,7 @@ class Secondary:
 
 
 @dataclass
-class UpdatedPrimary:
+class UpdatedPrimary(_OnePort):
     """A BIND primary of the control zone that takes TSIG-signed UPDATEs: what ``krs-kdc serve
     --publish-to`` publishes into (docs/scale.md). It starts with the apex only."""
 
@@ -217,10 +224,6 @@ class UpdatedPrimary:
     host: str = "127.0.0.1"
     port: int = 0
     process: ServerProcess | None = field(default=None, init=False)
-
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
 
     def start(self, timeout: float = 30) -> None:
         named = server_binary("named")
@@ -244,31 +247,6 @@ class UpdatedPrimary:
         self.process = ServerProcess("named", argv, self.root / "server.log", self.root)
         self.process.start()
         self.process.wait_answering(self.host, self.port, [self.zone], timeout)
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.stop()
-
-    def tail(self) -> str:
-        return self.process.tail() if self.process else ""
-
-
-def start_secondaries(
-    root: Path, kinds: tuple[str, ...], zone: str, primary: tuple[str, int], key: TransferKey
-) -> list[Secondary]:
-    """One secondary of each kind, started; all stopped again if one does not come up."""
-    started: list[Secondary] = []
-    try:
-        for kind in kinds:
-            secondary = Secondary(kind, root / kind, zone, primary, key)
-            started.append(secondary)
-            secondary.start()
-    except BaseException:
-        for secondary in started:
-            with contextlib.suppress(Exception):
-                secondary.stop()
-        raise
-    return started
 
 
 def check_config(secondary: Secondary) -> subprocess.CompletedProcess[str] | None:
