@@ -203,7 +203,7 @@ class ControlZone:
             response.flags &= ~dns.flags.AA
             return response
         if qname == self.origin and qtype in (dns.rdatatype.SOA, dns.rdatatype.NS):
-            rdata = self.soa() if qtype == dns.rdatatype.SOA else self._ns_rdata()
+            rdata = self.soa() if qtype == dns.rdatatype.SOA else self.ns_rdata()
             response.answer.append(dns.rrset.from_rdata_list(qname, RECORD_TTL, [rdata]))
             return response
         if qtype == dns.rdatatype.TXT:
@@ -243,7 +243,7 @@ class ControlZone:
             )
         return response
 
-    def _ns_rdata(self) -> dns.rdata.Rdata:
+    def ns_rdata(self) -> dns.rdata.Rdata:
         return dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.NS, self.ns.to_text())
 
     def _nxdomain(self, response: dns.message.Message) -> dns.message.Message:
@@ -628,7 +628,7 @@ class KdcServer:
             versions.refresh(time.time())
         except sqlite3.Error as exc:  # kdc.db failing: the version in memory is still whole
             state_failures.error("answer", f"state database {self.store.path}: {exc}")
-        apex = [dns.rrset.from_rdata(self.zone.origin, RECORD_TTL, self.zone._ns_rdata())]
+        apex = [dns.rrset.from_rdata(self.zone.origin, RECORD_TTL, self.zone.ns_rdata())]
         soa = self.zone.soa()
         if udp:
             response = dns.message.make_response(query)
