@@ -13,6 +13,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, cast
 
+import dns.flags
 import dns.message
 import dns.rcode
 
@@ -100,6 +101,27 @@ def parse_query(wire: bytes, keyring: Any = None) -> dns.message.Message:
 def formerr_reply(wire: bytes) -> bytes | None:
     """FORMERR for a query whose header can be read; None (drop) otherwise."""
     return _header_reply(wire, dns.rcode.FORMERR)
+
+
+def echo_reply(query: dns.message.Message, wire: bytes, rcode: int) -> bytes:
+    """An authoritative answer with ``rcode`` that repeats ``query``'s one question as sent.
+
+    Built from the query's own bytes: dnspython's ``make_response().to_wire()`` costs five times
+    the parse, and a NOTIFY listener answers every datagram of a flood (docs/operations.md,
+    "Resource limits"). A query with EDNS or TSIG needs those in its answer, so it takes
+    dnspython's path."""
+    if query.edns >= 0 or query.had_tsig or len(query.question) != 1:
+        response = dns.message.make_response(query)
+        response.flags |= dns.flags.AA
+        response.set_rcode(dns.rcode.Rcode(rcode))
+        return bytes(response.to_wire())
+    end = 12
+    while wire[end]:  # the first name of a query cannot be compressed: plain labels
+        end += wire[end] + 1
+    end += 5  # the root label, QTYPE and QCLASS
+    (flags,) = struct.unpack("!H", wire[2:4])
+    flags = 0x8400 | (flags & 0x7900) | rcode  # QR and AA; the query's opcode and RD
+    return wire[:2] + struct.pack("!HHHHH", flags, 1, 0, 0, 0) + wire[12:end]
 
 
 def _header_reply(wire: bytes, rcode: int) -> bytes | None:
