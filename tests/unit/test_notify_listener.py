@@ -8,6 +8,7 @@ import json
 import time
 from pathlib import Path
 
+import dns.flags
 import dns.message
 import dns.opcode
 import dns.rcode
@@ -16,6 +17,7 @@ import pytest
 
 from krs_plugin.config import load_config
 from krs_plugin.crypto import HpkeKey, JoseKey, write_hpke_private, write_jose_public
+from krs_plugin.dnsio import echo_reply, parse_query
 from krs_plugin.protocol import notify_name
 from krs_plugin.receiver.fetcher import NotPublished
 from krs_plugin.receiver.notify import NotifyBudget
@@ -246,3 +248,20 @@ def test_a_flood_in_the_kdcs_name_does_not_hold_back_a_real_distribution(
     took = asyncio.get_event_loop().run_until_complete(scenario())
     assert "6b037da1" in control.fetched, f"not fetched after {took:.1f} s"
     assert took < 3
+
+
+@pytest.mark.parametrize("rcode", [dns.rcode.NOERROR, dns.rcode.REFUSED, dns.rcode.NOTAUTH])
+@pytest.mark.parametrize("edns", [False, True])
+@pytest.mark.parametrize("name", ["8000000a.kdc.example.", "8000000A.KdC.ExAmple."])
+def test_the_answer_built_from_the_query_bytes_is_dnspythons(
+    rcode: dns.rcode.Rcode, edns: bool, name: str
+) -> None:
+    """``echo_reply`` is the fast path of every NOTIFY answer: byte for byte what
+    ``make_response`` would send (the question as sent, 0x20 case kept; EDNS echoed)."""
+    query = dns.message.make_query(name, "SOA", use_edns=edns)
+    query.set_opcode(dns.opcode.NOTIFY)
+    wire = query.to_wire()
+    expected = dns.message.make_response(parse_query(wire))
+    expected.flags |= dns.flags.AA
+    expected.set_rcode(rcode)
+    assert echo_reply(parse_query(wire), wire, rcode) == expected.to_wire()
