@@ -43,7 +43,7 @@ import dns.query
 import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
-import dns.tsigkeyring
+import dns.tsig
 import dns.update
 
 from krs_plugin.adapters import bindstate
@@ -95,6 +95,7 @@ from krs_plugin.adapters.settings import existing_file, seconds, server_address
 from krs_plugin.adapters.tools import run_tool
 from krs_plugin.dnssec import KeyTiming
 from krs_plugin.errors import AdapterError, ConfigError, KrsError
+from krs_plugin.tsigkey import TsigKeyFileError, read_tsig_key
 
 log = logging.getLogger(__name__)
 
@@ -439,7 +440,7 @@ class Bind9Adapter(BaseAdapter[BindChange]):
                 problems.append(Problem(f"key directory {directory} is not writable by the KRS"))
         if self.update_key is not None:
             try:
-                read_tsig_key(self.update_key)
+                update_tsig_key(self.update_key)
             except AdapterError as exc:
                 problems.append(
                     Problem(
@@ -733,12 +734,9 @@ class Bind9Adapter(BaseAdapter[BindChange]):
         if self.update_key is None:
             return
         try:
-            name, algorithm, secret = read_tsig_key(self.update_key)
+            tsig = update_tsig_key(self.update_key)
             ttl = max((key.ttl for _, key, _ in self.keys(zone).read_keys(zone)), default=3600)
-            keyring = dns.tsigkeyring.from_text({name: (algorithm, secret)})
-            update = dns.update.UpdateMessage(
-                zone, keyring=keyring, keyname=dns.name.from_text(name), keyalgorithm=algorithm
-            )
+            update = dns.update.UpdateMessage(zone, keyring=tsig)
             if present:
                 update.add(zone, ttl, "CDS", DELETE_CDS_TEXT)
                 update.add(zone, ttl, "CDNSKEY", DELETE_CDNSKEY_TEXT)
@@ -1025,21 +1023,13 @@ def bind_timing(planned: PlannedKey) -> KeyTiming:
     return replace(timing, sync_publish=None, sync_delete=since)
 
 
-def read_tsig_key(path: Path) -> tuple[str, str, str]:
-    """(name, algorithm, secret) of the first ``key "name" { algorithm A; secret "S"; };``
-    in a BIND key file (named's session key, or one made with tsig-keygen)."""
+def update_tsig_key(path: Path) -> dns.tsig.Key:
+    """``update_key``'s TSIG key (named's session key, or one made with tsig-keygen), read by the
+    project's one reader of BIND key files; its error becomes the adapter's."""
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise AdapterError(f"update_key {path}: cannot read: {exc.strerror or exc}") from None
-    block = re.search(r'key\s+"?([^"\s{]+)"?\s*\{(.*?)\};', text, re.DOTALL)
-    algorithm = re.search(r"algorithm\s+\"?([\w.-]+)\"?\s*;", block.group(2)) if block else None
-    secret = re.search(r'secret\s+"([^"]+)"\s*;', block.group(2)) if block else None
-    if block is None or algorithm is None or secret is None:
-        raise AdapterError(
-            f"update_key {path}: no 'key \"name\" {{ algorithm ...; secret ...; }};' in it"
-        )
-    return block.group(1), algorithm.group(1), secret.group(1)
+        return read_tsig_key(path)
+    except TsigKeyFileError as exc:
+        raise AdapterError(f"update_key: {exc}") from None
 
 
 def policy_problem(

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from krs_plugin.adapters.base import PlannedKey
-from krs_plugin.adapters.bind9 import bind_timing, read_tsig_key
+from krs_plugin.adapters.bind9 import bind_timing, update_tsig_key
 from krs_plugin.adapters.bindstate import Phase, named_phase, serves_cds, wanted_phase
 from krs_plugin.dnssec import KeyTiming, generate_key
 from krs_plugin.dnssec.bindtext import format_bind_private, parse_bind_private
@@ -79,9 +79,15 @@ def test_named_state_says_cds_by_the_ds_state() -> None:
 def test_reads_named_session_key(tmp_path: Path) -> None:
     path = tmp_path / "session.key"
     path.write_text('key "local-ddns" {\n\talgorithm hmac-sha256;\n\tsecret "c2VjcmV0";\n};\n')
-    assert read_tsig_key(path) == ("local-ddns", "hmac-sha256", "c2VjcmV0")
+    path.chmod(0o600)
+    key = update_tsig_key(path)
+    assert (key.name.to_text(), key.algorithm.to_text(), key.secret) == (
+        "local-ddns.",
+        "hmac-sha256.",
+        b"secret",
+    )
     path.write_text("nothing\n")
-    with pytest.raises(AdapterError, match="no 'key"):
-        read_tsig_key(path)
-    with pytest.raises(AdapterError, match="cannot read"):
-        read_tsig_key(tmp_path / "missing.key")
+    with pytest.raises(AdapterError, match=r"update_key: .*no key"):
+        update_tsig_key(path)
+    with pytest.raises(AdapterError, match=r"update_key: .*missing\.key"):
+        update_tsig_key(tmp_path / "missing.key")
