@@ -6,6 +6,7 @@ one transaction: a command that fails leaves the state exactly as it was.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sqlite3
@@ -20,6 +21,7 @@ import dns.exception
 import dns.name
 
 from krs_plugin.errors import ConfigError, KrsError
+from krs_plugin.kdc import audit as trail
 from krs_plugin.kdc.policy import Policy, check_policy_name, unsafe_changes, validate
 from krs_plugin.sqlitedb import StateConnection, open_private_db, transaction, write_error
 
@@ -216,6 +218,7 @@ CREATE TRIGGER IF NOT EXISTS history_no_update BEFORE UPDATE ON history
 CREATE TRIGGER IF NOT EXISTS history_no_delete BEFORE DELETE ON history
     BEGIN SELECT RAISE(ABORT, 'the history is append-only'); END;
 """
+_SCHEMA += trail.SCHEMA  # the audit trail (kdc/audit.py): entries, the keys that signed them
 # The tables of the first release: a database without them is not a KDC's (sqlitedb.py).
 _TABLES = ("meta", "zones", "keys", "nodes", "node_zones", "distributions", "records")
 DAMAGED_ADVICE = (
@@ -376,6 +379,10 @@ def _signs(row: KeyRow, now: float) -> bool:
     )
 
 
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def canonical(name: str) -> str:
     """Zone and node names are stored lower-case and absolute."""
     text = name.strip().lower()
@@ -401,8 +408,12 @@ class PublishedRecord:
 class Store:
     """All reads and writes of the KDC's state."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, audit_signer: trail.AuditSigner | None = None
+    ) -> None:
         self.path = Path(path)
+        self.actor = "krs-kdc"  # who the audit trail names: "operator NAME" or "serve"
+        self._audit_signer = audit_signer
         if not self.path.exists() and not self.path.parent.is_dir():
             raise ConfigError(f"{self.path}: state directory does not exist (run init)")
         self.db = open_private_db(self.path, _SCHEMA, tables=_TABLES, advice=DAMAGED_ADVICE)
@@ -467,6 +478,61 @@ class Store:
     def close(self) -> None:
         self.db.close()
 
+    # --- the audit trail (kdc/audit.py) ------------------------------------------------------
+
+    def audit_signer(self) -> trail.AuditSigner | None:
+        """What signs the trail: the signer given, else the KDC's signing key in ``keys/``
+        beside kdc.db. None, and no trail, for a kdc.db without one that has none yet (a bare
+        database in tests); refused once the trail has begun: an event must not go unrecorded."""
+        if self._audit_signer is not None:
+            return self._audit_signer
+        from krs_plugin.crypto import load_jose_key
+        from krs_plugin.kdc.identity import SIGNING_FILE
+
+        path = self.path.parent / "keys" / SIGNING_FILE
+        if path.exists():
+            self._audit_signer = trail.JoseSigner(load_jose_key(path))
+            return self._audit_signer
+        if self.db.execute("SELECT 1 FROM audit LIMIT 1").fetchone() is not None:
+            raise ConfigError(
+                f"{path}: the KDC's signing key is missing, and kdc.db's audit trail is signed "
+                "with it: no change is made without its entry (restore keys/ from the backup)"
+            )
+        return None
+
+    def audit(
+        self,
+        kind: str,
+        *,
+        zone: str | None = None,
+        zones: Collection[str] = (),
+        node: str | None = None,
+        details: Mapping[str, object] | None = None,
+        per_zone: Mapping[str, Mapping[str, object]] | None = None,
+        now: float | None = None,
+    ) -> None:
+        """Append an audit entry in the current transaction (the event's own). An event of
+        several ``zones`` is one entry per zone, each naming only its own (``per_zone``: what
+        each adds to ``details``), so a zone's evidence pack discloses no other zone."""
+        signer = self.audit_signer()
+        if signer is None:
+            return
+        targets: list[str | None] = [zone] if zone is not None else [*sorted(set(zones))]
+        for target in targets or [None]:
+            data = dict(details or {})
+            if per_zone and target is not None and target in per_zone:
+                data.update(per_zone[target])
+            trail.append(
+                self.db,
+                signer,
+                kind,
+                actor=self.actor,
+                zone=target,
+                node=node,
+                details=data,
+                now=now,
+            )
+
     def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
         """One atomic change: everything inside commits together or not at all."""
         return transaction(self.db)
@@ -494,6 +560,7 @@ class Store:
                 "INSERT INTO zones(name, created_at, policy) VALUES (?, ?, ?)",
                 (zone, int(now or time.time()), policy),
             )
+            self.audit("zone.add", zone=zone, details={"policy": policy}, now=now)
         return zone
 
     def zones(self) -> list[str]:
@@ -521,6 +588,11 @@ class Store:
             self.db.execute(
                 "INSERT INTO policies(name, settings, created_at, updated_at) VALUES (?, ?, ?, ?)",
                 (name, policy.dumps(), stamp, stamp),
+            )
+            self.audit(
+                "policy.add",
+                details={"policy": name, "settings": json.loads(policy.dumps())},
+                now=stamp,
             )
 
     def find_policy(self, name: str) -> Policy | None:
@@ -570,6 +642,16 @@ class Store:
                 "UPDATE policies SET settings = ?, updated_at = ? WHERE name = ?",
                 (new.dumps(), int(now or time.time()), name),
             )
+            self.audit(
+                "policy.set",
+                zones=self.policy_zones(name),
+                now=now,
+                details={
+                    "policy": name,
+                    "old": json.loads(old.dumps()),
+                    "new": json.loads(new.dumps()),
+                },
+            )
         return old
 
     def remove_policy(self, name: str) -> None:
@@ -583,6 +665,7 @@ class Store:
                     "--no-policy)"
                 )
             self.db.execute("DELETE FROM policies WHERE name = ?", (name,))
+            self.audit("policy.remove", details={"policy": name})
 
     def policy_of(self, zone: str) -> tuple[str, Policy] | None:
         """The zone's policy as (name, Policy), what the rollover engine reads; None: manual."""
@@ -625,6 +708,7 @@ class Store:
         with self.transaction():
             name = self.check_zone_policy(zone, policy_name)
             self.db.execute("UPDATE zones SET policy = ? WHERE name = ?", (policy_name, name))
+            self.audit("zone.policy", zone=name, details={"policy": policy_name})
         return name
 
     # --- nodes ----------------------------------------------------------------------------
@@ -678,6 +762,25 @@ class Store:
             self.db.executemany(
                 "INSERT INTO node_zones(node_id, zone) VALUES (?, ?)", [(node, z) for z in wanted]
             )
+            public = {
+                "hpke": hpke_pubkey,
+                "jose": jose_pubkey,
+                "signing": signing_pubkey,
+                "sig0": sig0_pubkey,
+            }
+            self.audit(
+                "node.add" if used_token is None else "node.enroll",
+                node=node,
+                zones=wanted,
+                now=created,
+                details={
+                    "backend": backend,
+                    "notify": notify_address,
+                    # the public keys' SHA-256 (never a private key: the node keeps those)
+                    "public_keys": {k: _digest(v) for k, v in public.items() if v},
+                    **({} if used_token is None else {"token_id": used_token[:12]}),
+                },
+            )
         found = self.find_node(node)
         assert found is not None
         return found
@@ -685,15 +788,22 @@ class Store:
     def remove_node(self, node_id: str) -> None:
         node = canonical(node_id)
         with self.transaction():
-            if self.find_node(node) is None:
+            found = self.find_node(node)
+            if found is None:
                 raise StateError(f"node {node} not found")
             self.db.execute("DELETE FROM nodes WHERE id = ?", (node,))
             # Sealed to the removed node's keys: a node enrolled again under the id could not
             # open them, so they are withdrawn with it.
-            self.db.execute(
+            withdrawn = self.db.execute(
                 "UPDATE distributions SET status = 'expired', error = 'node removed' "
                 "WHERE node_id = ? AND status = 'pending'",
                 (node,),
+            )
+            self.audit(
+                "node.remove",
+                node=node,
+                zones=found.zones,
+                details={"withdrawn": withdrawn.rowcount},
             )
 
     def change_node_zones(
@@ -727,6 +837,12 @@ class Store:
             self.db.executemany(
                 "DELETE FROM node_zones WHERE node_id = ? AND zone = ?",
                 [(node, z) for z in removing],
+            )
+            self.audit(
+                "node.set",
+                node=node,
+                zones=[*adding, *removing],
+                details={"add": sorted(set(adding)), "remove": sorted(set(removing))},
             )
         return self.require_node(node)
 
@@ -819,6 +935,18 @@ class Store:
                     expires_at,
                 ),
             )
+            self.audit(
+                "enroll.create",
+                node=node,
+                zones=wanted,
+                now=now,
+                details={
+                    "token_id": token_hash[:12],
+                    "backend": backend,
+                    "expires_at": expires_at,
+                    "package_digest": package_digest,
+                },
+            )
         found = self.find_token(token_hash)
         assert found is not None
         return found
@@ -854,6 +982,13 @@ class Store:
                     "UPDATE enrollment_tokens SET revoked_at = ? WHERE token_hash = ?",
                     (int(now), token.token_hash),
                 )
+                self.audit(
+                    "enroll.revoke",
+                    node=token.node_id,
+                    zones=token.zones,
+                    now=now,
+                    details={"token_id": token.token_id},
+                )
         return open_
 
     @staticmethod
@@ -877,7 +1012,11 @@ class Store:
         inactive_at: int | None = None,
         delete_at: int | None = None,
         now: float | None = None,
+        origin: str = "generate",
+        audit_details: Mapping[str, object] | None = None,
     ) -> KeyRow:
+        """A new key (``origin``: generate or import, the audit entry's kind; ``audit_details``:
+        what else it records, e.g. the DS digest)."""
         with self.transaction():
             zone = self.require_zone(zone)
             exists = self.db.execute(
@@ -906,6 +1045,23 @@ class Store:
                 ),
             )
             key_id = cursor.lastrowid
+            self.audit(
+                f"key.{origin}",
+                zone=zone,
+                now=now,
+                details={
+                    "key_tag": key_tag,
+                    "role": role,
+                    "algorithm": algorithm,
+                    "flags": flags,
+                    "state": state,
+                    "publish_at": publish_at,
+                    "activate_at": activate_at,
+                    "inactive_at": inactive_at,
+                    "delete_at": delete_at,
+                    **(audit_details or {}),
+                },
+            )
         return self.key_by_id(int(key_id or 0))
 
     def key_by_id(self, key_id: int) -> KeyRow:
@@ -944,7 +1100,9 @@ class Store:
             raise StateError(f"key state {state!r} is not one of {KEY_STATES}")
         column = {"retired": "inactive_at", "removed": "delete_at"}.get(state)
         with self.transaction():
+            row = self.key_by_id(key_id)
             self.db.execute("UPDATE keys SET state = ? WHERE id = ?", (state, key_id))
+            self._audit_state(row, state, "set", now=now)
             if column:
                 self.db.execute(
                     f"UPDATE keys SET {column} = COALESCE({column}, ?) WHERE id = ?",
@@ -969,6 +1127,7 @@ class Store:
                 " WHERE id = ?",
                 (stamp, stamp, row.id),
             )
+            self._audit_state(row, "retired", "retire", now=now, force=force)
         return self.key_by_id(row.id)
 
     def remove_key(self, zone: str, key_tag: int, *, force: bool, now: float) -> KeyRow:
@@ -985,6 +1144,7 @@ class Store:
                 "WHERE id = ?",
                 (int(now), int(now), row.id),
             )
+            self._audit_state(row, "removed", "remove", now=now, force=force)
         return self.key_by_id(row.id)
 
     def restore_key(self, zone: str, key_tag: int, *, now: float) -> KeyRow:
@@ -1004,7 +1164,27 @@ class Store:
                 "UPDATE keys SET state = ?, delete_at = NULL WHERE id = ?",
                 ("retired" if retired else "published", row.id),
             )
+            self._audit_state(row, "retired" if retired else "published", "restore", now=now)
         return self.key_by_id(row.id)
+
+    def _audit_state(
+        self, row: KeyRow, state: str, cause: str, *, now: float | None = None, **more: object
+    ) -> None:
+        """A key's state change in the audit trail (``cause``: the command, or time)."""
+        self.audit(
+            "key.state",
+            zone=row.zone,
+            now=now,
+            details={
+                "key_tag": row.key_tag,
+                "role": row.role,
+                "algorithm": row.algorithm,
+                "from": row.state,
+                "to": state,
+                "cause": cause,
+                **more,
+            },
+        )
 
     def _guard(self, row: KeyRow, action: str, now: float) -> None:
         """Refuse ``action`` on ``row`` with every reason at once (StateError), or return."""
@@ -1057,11 +1237,11 @@ class Store:
         )
         with self.transaction():
             for state, condition in rules:
-                rows = self.db.execute(
-                    f"SELECT zone, key_tag FROM keys WHERE {condition}", (stamp,)
-                ).fetchall()
+                rows = self.db.execute(f"SELECT * FROM keys WHERE {condition}", (stamp,)).fetchall()
                 self.db.execute(f"UPDATE keys SET state = ? WHERE {condition}", (state, stamp))
                 moves += [(r["zone"], r["key_tag"], state) for r in rows]
+                for r in rows:
+                    self._audit_state(self._key(r), state, "time", now=stamp)
         return moves
 
     @staticmethod
@@ -1229,6 +1409,29 @@ class Store:
         if status not in DISTRIBUTION_STATES:
             raise StateError(f"distribution status {status!r} is not one of {DISTRIBUTION_STATES}")
         with self.transaction():
+            zones = [
+                r[0]
+                for r in self.db.execute(
+                    "SELECT DISTINCT zone FROM distribution_keys WHERE distribution_id = ? AND "
+                    "node_id = ? UNION SELECT zone FROM distributions WHERE id = ? AND node_id = ? "
+                    "AND zone IS NOT NULL",
+                    (dist_id, node_id, dist_id, node_id),
+                )
+            ]
+            outcome: dict[str, object] = {"distribution": dist_id, "status": status}
+            if status == "failed":
+                outcome |= {"stage": stage, "error": (error or "")[:500]}
+            serials = {
+                canonical(str(z["zone"])): {"soa_serial": z.get("soa_serial")} for z in served
+            }
+            self.audit(
+                f"distribution.{status}",
+                node=node_id,
+                zones=zones,
+                details=outcome,
+                per_zone=serials,
+                now=now,
+            )
             self.db.execute(
                 "UPDATE distributions SET status = ?, error = ?, stage = ?, "
                 "report = COALESCE(?, report), "
@@ -1373,4 +1576,22 @@ class Store:
                 "confirmed' WHERE status = 'pending' AND expires_at < ?",
                 (int(now),),
             )
+            nodes: dict[str, list[str]] = {}
+            for r in rows:
+                nodes.setdefault(r["id"], []).append(r["node_id"])
+            for dist_id, expired in nodes.items():
+                zones = [
+                    z[0]
+                    for z in self.db.execute(
+                        "SELECT DISTINCT zone FROM distribution_keys WHERE distribution_id = ? "
+                        "UNION SELECT zone FROM distributions WHERE id = ? AND zone IS NOT NULL",
+                        (dist_id, dist_id),
+                    )
+                ]
+                self.audit(
+                    "distribution.expired",
+                    zones=zones,
+                    now=now,
+                    details={"distribution": dist_id, "nodes": expired},
+                )
         return [(r["id"], r["node_id"]) for r in rows]
