@@ -121,3 +121,40 @@ def relative(stamp: float, *, now: float | None = None) -> str:
     step = 3600 if abs(delta) >= 86400 - 1800 else 60 if abs(delta) >= 3600 - 30 else 1
     delta = round(delta / step) * step
     return f"in {format_duration(delta)}" if delta > 0 else f"{format_duration(-delta)} ago"
+
+
+def parse_past_time(value: str, *, now: float | None = None) -> float:
+    """A moment as ``--since`` takes it: a duration back from now (``7d``, ``1h30m``, ``300``)
+    or a UTC time in ISO 8601 (``2026-12-05``, ``2026-12-05T15:20:00Z``, ``2026-12-05
+    15:20:00Z``, or with an offset; a time without one is UTC). Raises ValueError."""
+    import datetime as dt
+
+    now = time.time() if now is None else now
+    try:
+        return now - parse_duration(value)
+    except ValueError:
+        pass
+    text = value.strip().upper().replace("Z", "+00:00")
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(
+            f"expected a duration back from now ({EXAMPLES}) or an ISO 8601 UTC time "
+            f"(2026-12-05 or 2026-12-05T15:20:00Z), got {value!r}"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return moment.timestamp()
+
+
+def past_time_argument() -> Callable[[str], float]:
+    """An argparse ``type=`` for ``--since``: ``parse_past_time``, as Unix seconds."""
+
+    def parse(text: str) -> float:
+        try:
+            return parse_past_time(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+
+    parse.__name__ = "time"
+    return parse

@@ -26,13 +26,16 @@ from krs_plugin.crypto import write_secret_file
 from krs_plugin.dnssec import read_bind_key_pair
 from krs_plugin.errors import ConfigError, KeyFileError, KrsError
 from krs_plugin.humantime import duration_argument, format_duration, format_time
+from krs_plugin.kdc.auditcli import add_parsers as add_audit_parsers
 from krs_plugin.kdc.clistate import (
     DEFAULT_STATE,
     add_dry_run,
     check_address,
+    close_stores,
     end_dry_runs,
     manual_zone,
     open_store,
+    record_command,
     state_dir,
 )
 from krs_plugin.kdc.distribute import distribute_node, distribute_zone, key_of
@@ -238,7 +241,7 @@ def cmd_key_import(args: argparse.Namespace) -> int:
             )
     row = store_key(
         store, zone, key, role, now=now, publish_at=publish, activate_at=activate,
-        inactive_at=timing.inactive, delete_at=timing.delete,
+        inactive_at=timing.inactive, delete_at=timing.delete, origin="import",
     )  # fmt: skip
     emit(_key_json(row), [f"imported {row.role} {zone} tag {row.key_tag}"], as_json=args.json)
     return 0
@@ -458,6 +461,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from krs_plugin.logs import setup_logging
 
     store = open_store(args)
+    store.actor = "serve"  # the audit trail's name for what serve records
     control_zone = store.get_meta("control_zone")
     if control_zone is None:
         raise ConfigError(f"{state_dir(args)}: no control zone recorded (run init)")
@@ -926,6 +930,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--node")
     p.add_argument("--token", help="a token id from enroll list")
 
+    add_audit_parsers(sub, add)
+
     p = add(sub, "export", cmd_export, "write the control zone as a standard zone file")
     p.add_argument("--output", "-o", help="file (default: standard output)")
 
@@ -942,12 +948,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return int(func(args))
+        status = int(func(args))
+        if status == 0:
+            record_command(args, sys.argv[1:] if argv is None else argv)
+        return status
     except KrsError as exc:
         return error_exit("krs-kdc", exc, (ConfigError, StateError, KeyFileError))
     finally:
         if end_dry_runs():
             print("krs-kdc: dry run: nothing was changed", file=sys.stderr)
+        close_stores()
 
 
 if __name__ == "__main__":

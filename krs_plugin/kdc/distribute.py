@@ -11,7 +11,7 @@ node (thousands of zones in one distribution, applied all or nothing by the KRS)
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 
 import dns.name
@@ -213,6 +213,16 @@ def distribute_zone(
             store.db.execute(
                 "UPDATE keys SET state = 'published' WHERE zone = ? AND state = 'created'", (zone,)
             )
+        audit_distribution(
+            store,
+            dist_id,
+            [n.id for n in nodes],
+            carried,
+            deleted,
+            [zone],
+            expires_at=expires_at,
+            now=stamp,
+        )
     return DistributionSummary(
         dist_id, zone, tuple(n.id for n in nodes), rolls, deletes, records_total, (zone,)
     )
@@ -304,6 +314,9 @@ def distribute_node(
             "UPDATE keys SET state = 'published' WHERE zone = ? AND state = 'created'",
             [(z,) for z in wanted if not rules[z].engine],
         )
+        audit_distribution(
+            store, dist_id, [node.id], carried, deleted, wanted, expires_at=expires_at, now=stamp
+        )
     return DistributionSummary(
         dist_id,
         wanted[0] if len(wanted) == 1 else "",
@@ -313,6 +326,33 @@ def distribute_node(
         len(records),
         tuple(wanted),
     )
+
+
+def audit_distribution(
+    store: Store,
+    dist_id: str,
+    nodes: Sequence[str],
+    carried: Sequence[tuple[str, str]],
+    deleted: Collection[tuple[str, str]],
+    zones: Sequence[str],
+    *,
+    expires_at: int,
+    now: int,
+) -> None:
+    """The distribution's audit entry, in its transaction: its id, nodes and the key tags it
+    rolls and deletes per zone (never the sealed content)."""
+    keys: dict[str, dict[str, list[str]]] = {z: {"roll": [], "delete": []} for z in zones}
+    for zone, tag in carried:
+        if zone in keys:
+            keys[zone]["delete" if (zone, tag) in deleted else "roll"].append(tag)
+    details: dict[str, object] = {
+        "distribution": dist_id,
+        "nodes": list(nodes),
+        "expires_at": expires_at,
+        "zone_count": len(zones),
+    }
+    per_zone = {z: {"keys": k} for z, k in keys.items()}
+    store.audit("distribution.create", zones=zones, details=details, per_zone=per_zone, now=now)
 
 
 def zone_rules(store: Store, zones: Sequence[str]) -> dict[str, ZoneRule]:

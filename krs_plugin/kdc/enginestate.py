@@ -285,6 +285,12 @@ class EngineState:
             "INSERT INTO history(at, zone, event, detail, cause) VALUES (?, ?, ?, ?, ?)",
             (now, canonical(zone), event, json.dumps(detail, sort_keys=True), cause),
         )
+        self.store.audit(
+            f"engine.{event}",
+            zone=canonical(zone),
+            now=now,
+            details={"detail": detail, "cause": cause},
+        )
 
     def history(
         self, zone: str | None = None, *, since: int | None = None, limit: int | None = None

@@ -22,7 +22,15 @@ def store_key(
     activate_at: int | None = None,
     inactive_at: int | None = None,
     delete_at: int | None = None,
+    origin: str = "generate",
 ) -> KeyRow:
+    """Store ``key``; its audit entry (``key.generate`` or ``key.import``) carries its DS
+    (SHA-256) for a KSK or CSK, and never the private key."""
+    ds = None
+    if key.flags & 1:  # SEP: a KSK or CSK
+        import dns.dnssec
+
+        ds = dns.dnssec.make_ds(key.zone, key.dnskey, "SHA256").to_text()
     return store.add_key(
         zone,
         key_tag=key.key_tag,
@@ -35,6 +43,8 @@ def store_key(
         inactive_at=inactive_at,
         delete_at=delete_at,
         now=now,
+        origin=origin,
+        audit_details={"ds": ds} if ds else None,
     )
 
 
