@@ -38,7 +38,11 @@ from krs_plugin.kdc.clistate import (
     record_command,
     state_dir,
 )
-from krs_plugin.kdc.distribute import distribute_node, distribute_zone, key_of
+from krs_plugin.kdc.custody import kek_path
+from krs_plugin.kdc.custodycli import add_custody_options, init_custody
+from krs_plugin.kdc.custodycli import add_parsers as add_custody_parsers
+from krs_plugin.kdc.custodycli import settings_from as custody_settings
+from krs_plugin.kdc.distribute import distribute_node, distribute_zone, dnskey_of
 from krs_plugin.kdc.enginecli import add_parsers as add_engine_parsers
 from krs_plugin.kdc.enginestate import EngineState
 from krs_plugin.kdc.identity import create_identity, load_identity
@@ -64,20 +68,27 @@ def cmd_init(args: argparse.Namespace) -> int:
     if (state / "kdc.db").exists():
         raise ConfigError(f"{state}: a KDC is already initialised here")
     control_zone = canonical(args.control_zone)
+    custody_settings(args)  # refuse bad options before anything is made
     state.mkdir(mode=0o700, parents=True, exist_ok=True)
-    identity = create_identity(state / "keys")
+    settings, token_signer = init_custody(state, args)
+    identity = create_identity(state / "keys", signer=token_signer)
     store = Store(state / "kdc.db")
+    store.set_meta("custody", settings.dumps())
     store.set_meta("control_zone", control_zone)
     data = {
         "state": str(state),
         "control_zone": control_zone,
+        "custody": settings.kind,
         "signing_key": identity.signer.thumbprint,
         "signing_pubkey_file": str(state / "keys" / "kdc.signing.pubkey"),
     }
+    where = {"file": f"KEK {kek_path(state, settings)}",
+             "pkcs11": f"signing key and KEK in token {settings.token}"}[settings.kind]  # fmt: skip
     emit(
         data,
         [
             f"initialised KDC in {state} for control zone {control_zone}",
+            f"custody {settings.kind}: {where} (docs/security.md)",
             f"signing key {identity.signer.thumbprint}",
             f"give every KRS this verification key: {data['signing_pubkey_file']}",
         ],
@@ -114,6 +125,7 @@ def cmd_zone_ds(args: argparse.Namespace) -> int:
     zone a policy runs, not those whose DS a rollover is withdrawing (the set the parent is to
     serve, docs/lifecycle.md)."""
     import dns.dnssec
+    import dns.rdata
 
     store = open_store(args)
     zone = store.require_zone(args.zone)
@@ -129,11 +141,10 @@ def cmd_zone_ds(args: argparse.Namespace) -> int:
         )
     keys, ds_lines, cds_lines = [], [], []
     for row in rows:
-        key = key_of(row)
-        dnskey = key.dnskey
+        dnskey = dnskey_of(row)  # the public key only: nothing is opened under the KEK
         ds = [dns.dnssec.make_ds(zone, dnskey, DS_DIGESTS[d]) for d in digests]
         cds = [dns.dnssec.make_cds(zone, dnskey, DS_DIGESTS[d]) for d in digests]
-        cdnskey = dns.dnssec.make_cdnskey(key.public_key, dnskey.algorithm, dnskey.flags)
+        cdnskey = dns.rdata.from_text("IN", "CDNSKEY", dnskey.to_text())
         ds_lines += [f"{zone} IN DS {r.to_text()}" for r in ds]
         cds_lines += [f"{zone} IN CDS {r.to_text()}" for r in cds]
         cds_lines.append(f"{zone} IN CDNSKEY {cdnskey.to_text()}")
@@ -320,6 +331,7 @@ def cmd_key_restore(args: argparse.Namespace) -> int:
 def _key_json(row: Any) -> dict[str, Any]:
     data = asdict(row)
     data.pop("private_pem")  # never printed
+    data.pop("sealed", None)
     return data
 
 
@@ -329,7 +341,7 @@ def cmd_distribute(args: argparse.Namespace) -> int:
     if not args.zone:
         raise StateError("distribute: --zone is required (or --all-zones with one --node)")
     store = open_store(args)
-    identity = load_identity(state_dir(args) / "keys")
+    identity = load_identity(state_dir(args) / "keys", store.custody)
     show = _progress if not args.json and sys.stderr.isatty() else None
     summary = distribute_zone(
         store,
@@ -359,7 +371,7 @@ def _distribute_node(args: argparse.Namespace) -> int:
     if args.zone or len(args.node or []) != 1:
         raise StateError("distribute --all-zones takes exactly one --node and no --zone")
     store = open_store(args)
-    identity = load_identity(state_dir(args) / "keys")
+    identity = load_identity(state_dir(args) / "keys", store.custody)
     summary = distribute_node(
         store, identity, args.node[0], now=time.time(), ttl=args.ttl, chunk_size=args.chunk_size
     )
@@ -497,7 +509,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         parent_check_max=max(args.parent_check_max, args.parent_check_interval),
     )
     options = dataclasses.replace(options, **primary_options(args))
-    identity = load_identity(state_dir(args) / "keys")
+    identity = load_identity(state_dir(args) / "keys", store.custody)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(store, control_zone, options, identity))
     return 0
@@ -538,7 +550,7 @@ def cmd_enroll_create(args: argparse.Namespace) -> int:
     from krs_plugin.kdc.enroll import create_package
 
     store = open_store(args)
-    identity = load_identity(state_dir(args) / "keys")
+    identity = load_identity(state_dir(args) / "keys", store.custody)
     check_address(args.kdc_address)
     valid = int(args.valid)
     issued = create_package(
@@ -669,6 +681,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add(sub, "init", cmd_init, "create the state directory, database and KDC keys")
     p.add_argument("--control-zone", required=True, help="e.g. kdc.example.")
+    add_custody_options(p, target="init")
 
     zone = sub.add_parser("zone", help="zones whose keys this KDC manages").add_subparsers(
         dest="zone_command", metavar="ACTION", required=True
@@ -931,6 +944,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token", help="a token id from enroll list")
 
     add_audit_parsers(sub, add)
+
+    add_custody_parsers(sub, add)
 
     p = add(sub, "export", cmd_export, "write the control zone as a standard zone file")
     p.add_argument("--output", "-o", help="file (default: standard output)")

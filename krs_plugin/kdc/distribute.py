@@ -15,6 +15,10 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 
 import dns.name
+import dns.rdata
+import dns.rdataclass
+import dns.rdatatype
+from dns.rdtypes.ANY.DNSKEY import DNSKEY
 
 from krs_plugin.confirmation import key_ref
 from krs_plugin.crypto import HpkeKey, JoseKey
@@ -59,10 +63,30 @@ def recipient_for(node: NodeRow) -> NodeRecipient:
     return NodeRecipient(name, "jose", JoseKey.from_jwk(json.loads(node.jose_pubkey)))
 
 
-def key_of(row: KeyRow, ttl: int | None = None) -> DnssecKey:
+def key_of(row: KeyRow, ttl: int | None = None, *, pem: bytes | None = None) -> DnssecKey:
+    """The key with its private part: ``pem`` from ``Store.private_pem`` (which opens a sealed
+    key under the KEK), or the row's own PEM in a legacy kdc.db. What needs only the public key
+    uses ``dnskey_of``."""
+    if pem is None:
+        if not row.private_pem:
+            raise StateError(
+                f"key {row.key_tag} of {row.zone}: its private key is sealed under the KEK "
+                "(open it with Store.private_pem; for the public key use dnskey_of)"
+            )
+        pem = row.private_pem
     if ttl is None:
-        return load_pkcs8_pem(row.private_pem, row.zone, row.algorithm, row.flags)
-    return load_pkcs8_pem(row.private_pem, row.zone, row.algorithm, row.flags, ttl)
+        return load_pkcs8_pem(pem, row.zone, row.algorithm, row.flags)
+    return load_pkcs8_pem(pem, row.zone, row.algorithm, row.flags, ttl)
+
+
+def dnskey_of(row: KeyRow) -> DNSKEY:
+    """The key's public DNSKEY rdata, from the column filled when it was stored; never the
+    private key (a legacy row not filled yet: derived from its plain PEM)."""
+    if row.dnskey is None:
+        return key_of(row).dnskey
+    rdata = dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.DNSKEY, row.dnskey)
+    assert isinstance(rdata, DNSKEY)
+    return rdata
 
 
 @dataclass(frozen=True)
@@ -84,8 +108,10 @@ def zone_entries(
     now: int,
     expires_at: int,
     rule: ZoneRule | None = None,
+    opener: Callable[[KeyRow], bytes] | None = None,
 ) -> tuple[list[Entry], int, int]:
-    """roll_key for every live key (with its timing), delete_key for removed ones."""
+    """roll_key for every live key (with its timing), delete_key for removed ones; ``opener``
+    gives a key's private PEM (``Store.private_pem``: opened under the KEK)."""
     rule = rule or ZoneRule()
     entries: list[Entry] = []
     rolls = deletes = 0
@@ -107,7 +133,7 @@ def zone_entries(
                 timing = replace(timing, activate=row.publish_at)
             entries.append(
                 roll_key_entry(
-                    key_of(row, rule.dnskey_ttl),
+                    key_of(row, rule.dnskey_ttl, pem=opener(row) if opener else None),
                     row.role,  # type: ignore[arg-type]
                     timing=timing,
                     distribution_id=dist_id,
@@ -178,7 +204,7 @@ def distribute_zone(
     with store.transaction():
         dist_id, serial = store.next_distribution_id(now)
         entries, rolls, deletes = zone_entries(
-            keys, dist_id, now=stamp, expires_at=expires_at, rule=rule
+            keys, dist_id, now=stamp, expires_at=expires_at, rule=rule, opener=store.private_pem
         )
         cleartext = encode_payload(entries)
         carried, deleted = sent_keys(entries), deleted_keys(entries)
@@ -274,8 +300,9 @@ def distribute_node(
         rolls = deletes = 0
         for zone in wanted:
             ops, r, d = zone_entries(
-                by_zone[zone], dist_id, now=stamp, expires_at=expires_at, rule=rules[zone]
-            )
+                by_zone[zone], dist_id, now=stamp, expires_at=expires_at, rule=rules[zone],
+                opener=store.private_pem,
+            )  # fmt: skip
             entries += ops
             rolls += r
             deletes += d

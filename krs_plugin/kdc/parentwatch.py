@@ -24,7 +24,7 @@ import dns.dnssec
 from dns.dnssectypes import DSDigest
 
 from krs_plugin.errors import KrsError
-from krs_plugin.kdc.distribute import key_of
+from krs_plugin.kdc.distribute import dnskey_of
 from krs_plugin.kdc.dspush import PushConfig, PushResult, push_ds
 from krs_plugin.kdc.engine import Engine
 from krs_plugin.kdc.parent import (
@@ -214,7 +214,7 @@ class Need:
 
 def ds_lines(zone: str, rows: Iterable[KeyRow], digest: int = PUSHED_DIGEST) -> list[str]:
     return [
-        f"{zone} IN DS {dns.dnssec.make_ds(zone, key_of(row).dnskey, DSDigest(digest)).to_text()}"
+        f"{zone} IN DS {dns.dnssec.make_ds(zone, dnskey_of(row), DSDigest(digest)).to_text()}"
         for row in rows
     ]
 
@@ -222,7 +222,7 @@ def ds_lines(zone: str, rows: Iterable[KeyRow], digest: int = PUSHED_DIGEST) -> 
 def ds_set(zone: str, rows: Iterable[KeyRow], digests: Iterable[int]) -> frozenset[DsTuple]:
     out = set()
     for row in rows:
-        dnskey = key_of(row).dnskey
+        dnskey = dnskey_of(row)
         for digest in digests:
             ds = dns.dnssec.make_ds(zone, dnskey, DSDigest(digest), validating=True)
             out.add((ds.key_tag, int(ds.algorithm), ds.digest_type, ds.digest.hex()))

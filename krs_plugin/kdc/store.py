@@ -1,7 +1,8 @@
 """The KDC's state in SQLite (WAL): zones, DNSSEC keys, nodes, distributions and their records.
 
-The database holds DNSSEC private keys, so it is created 0600 and never logged. Every change runs in
-one transaction: a command that fails leaves the state exactly as it was.
+The database holds the DNSSEC private keys, sealed under the KDC's key-encryption key (in the clear
+only in a legacy kdc.db not migrated yet: kdc/custody.py); it is created 0600 and never logged.
+Every change runs in one transaction: a command that fails leaves the state exactly as it was.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import dns.name
 
 from krs_plugin.errors import ConfigError, KrsError
 from krs_plugin.kdc import audit as trail
+from krs_plugin.kdc import custody
 from krs_plugin.kdc.policy import Policy, check_policy_name, unsafe_changes, validate
 from krs_plugin.sqlitedb import StateConnection, open_private_db, transaction, write_error
 
@@ -234,6 +236,8 @@ _ADDED_COLUMNS = (
     ("distribution_keys", "operation", "TEXT"),  # roll | delete (NULL: made before it was kept)
     ("zones", "policy", "TEXT"),  # a key policy's name (kdc/policy.py); NULL: keys by hand
     ("rollovers", "parent_ds_ttl", "INTEGER"),  # the DS TTL the parent served (kdc/parentwatch.py)
+    ("keys", "dnskey", "TEXT"),  # the public DNSKEY rdata text: what needs no private key reads it
+    ("keys", "private_sealed", "BLOB"),  # the PEM sealed under the KEK (kdc/custody.py)
 )
 
 
@@ -293,7 +297,9 @@ class KeyRow:
     activate_at: int | None
     inactive_at: int | None
     delete_at: int | None
-    private_pem: bytes = field(repr=False)
+    private_pem: bytes = field(repr=False)  # legacy custody: PKCS#8 PEM; sealed: empty
+    dnskey: str | None = None  # the public DNSKEY rdata (text); None: not known yet
+    sealed: bytes = field(default=b"", repr=False)  # PEM sealed under the KEK (Store.private_pem)
 
 
 @dataclass(frozen=True)
@@ -379,6 +385,20 @@ def _signs(row: KeyRow, now: float) -> bool:
     )
 
 
+def _dnskey_text(pem: bytes, zone: str, algorithm: int, flags: int, *, strict: bool) -> str | None:
+    """The public DNSKEY rdata of a PKCS#8 PEM key; None for one that does not load when not
+    ``strict`` (a legacy kdc.db keeps what it was given; a sealed key must be a key)."""
+    from krs_plugin.dnssec import load_pkcs8_pem
+    from krs_plugin.errors import KeyFileError
+
+    try:
+        return load_pkcs8_pem(pem, zone, algorithm, flags).dnskey.to_text()
+    except KeyFileError:
+        if strict:
+            raise
+        return None
+
+
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -408,6 +428,8 @@ class PublishedRecord:
 class Store:
     """All reads and writes of the KDC's state."""
 
+    _custody: custody.Custody | None = None
+
     def __init__(
         self, path: str | os.PathLike[str], *, audit_signer: trail.AuditSigner | None = None
     ) -> None:
@@ -424,6 +446,7 @@ class Store:
                 if column not in present:
                     self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
             self._widen_key_records()
+            self._fill_dnskeys()
         except sqlite3.Error as exc:
             self.db.close()
             raise write_error(self.path, exc) from exc
@@ -450,6 +473,51 @@ class Store:
             "DROP TABLE key_records;"
             "ALTER TABLE key_records_widened RENAME TO key_records;"
             "COMMIT;"
+        )
+
+    def _fill_dnskeys(self) -> None:
+        """The public DNSKEY of keys stored before the column (plain PEM rows): from then on,
+        what needs only the public key never reads a private one."""
+        rows = self.db.execute(
+            "SELECT id, zone, algorithm, flags, private_pem FROM keys "
+            "WHERE dnskey IS NULL AND length(private_pem) > 0"
+        ).fetchall()
+        if not rows:
+            return
+        with self.transaction():
+            for r in rows:
+                text = _dnskey_text(
+                    bytes(r["private_pem"]), r["zone"], r["algorithm"], r["flags"], strict=False
+                )
+                if text is not None:
+                    self.db.execute("UPDATE keys SET dnskey = ? WHERE id = ?", (text, r["id"]))
+
+    # --- custody of the DNSSEC private keys (kdc/custody.py) ----------------------------------
+
+    @property
+    def custody(self) -> custody.Custody:
+        """Where the KEK and the signing key are (meta ``custody``); opened, not yet used."""
+        if self._custody is None:
+            settings = custody.CustodySettings.loads(self.get_meta(custody.META_KEY))
+            self._custody = custody.open_custody(self.path.parent, settings)
+        assert self._custody is not None
+        return self._custody
+
+    def forget_custody(self) -> None:
+        """Read meta ``custody`` again at the next use (after a migration changed it)."""
+        self._custody = None
+
+    def private_pem(self, row: KeyRow) -> bytes:
+        """The key's PKCS#8 PEM: opened under the KEK (a sealed row), or as stored (legacy).
+        Only what needs the private key calls this: sealing a distribution."""
+        if row.private_pem:
+            return row.private_pem
+        if not row.sealed:
+            raise custody.CustodyError(f"key {row.key_tag} of {row.zone}: no private key stored")
+        return self.custody.open(
+            row.sealed,
+            custody.key_aad(row.zone, row.key_tag, row.algorithm, row.role),
+            what=f"the private key of {row.zone} tag {row.key_tag}",
         )
 
     @classmethod
@@ -490,6 +558,9 @@ class Store:
         from krs_plugin.kdc.identity import SIGNING_FILE
 
         path = self.path.parent / "keys" / SIGNING_FILE
+        if self.custody.kind == "pkcs11":  # the signing key is in the token (kdc/custody.py)
+            self._audit_signer = trail.JoseSigner(self.custody.signing_key())
+            return self._audit_signer
         if path.exists():
             self._audit_signer = trail.JoseSigner(load_jose_key(path))
             return self._audit_signer
@@ -1025,10 +1096,15 @@ class Store:
             ).fetchone()
             if exists:
                 raise StateError(f"zone {zone} already has a key with tag {key_tag}")
+            dnskey = _dnskey_text(private_pem, zone, algorithm, flags, strict=self.custody.seals)
+            sealed = None
+            if self.custody.seals:  # never in the clear in kdc.db (docs/security.md)
+                aad = custody.key_aad(zone, key_tag, algorithm, role)
+                sealed, private_pem = self.custody.seal(private_pem, aad), b""
             cursor = self.db.execute(
                 "INSERT INTO keys(zone, key_tag, role, algorithm, flags, state, private_pem, "
-                "created_at, publish_at, activate_at, inactive_at, delete_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "created_at, publish_at, activate_at, inactive_at, delete_at, dnskey, "
+                "private_sealed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     zone,
                     key_tag,
@@ -1042,6 +1118,8 @@ class Store:
                     activate_at,
                     inactive_at,
                     delete_at,
+                    dnskey,
+                    sealed,
                 ),
             )
             key_id = cursor.lastrowid
@@ -1260,6 +1338,8 @@ class Store:
             row["inactive_at"],
             row["delete_at"],
             bytes(row["private_pem"]),
+            row["dnskey"],
+            bytes(row["private_sealed"] or b""),
         )
 
     # --- distributions --------------------------------------------------------------------

@@ -31,7 +31,7 @@ from krs_lab.knot import KnotLab
 from krs_lab.process import LabError, server_binary
 from krs_lab.sysroot import Sysroot
 from krs_plugin.dnssec import read_bind_key_pair
-from krs_plugin.kdc.distribute import key_of
+from krs_plugin.kdc.distribute import dnskey_of
 from krs_plugin.kdc.store import Store
 
 
@@ -131,7 +131,7 @@ def _demo_sysroot() -> Sysroot | None:
 def _kdc_keys(deployment: Deployment, zone: str) -> dict[int, str]:
     store = Store(deployment.state / "kdc.db")
     try:
-        return {row.key_tag: row.role for row in store.keys(zone) if key_of(row)}
+        return {row.key_tag: row.role for row in store.keys(zone) if dnskey_of(row)}
     finally:
         store.close()
 

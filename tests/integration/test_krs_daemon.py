@@ -16,7 +16,7 @@ from daemonkit import CZ, ZONE, Deployment
 from netutil import free_port
 
 from krs_plugin.dnssec import read_bind_key_pair
-from krs_plugin.kdc.distribute import key_of
+from krs_plugin.kdc.distribute import dnskey_of
 from krs_plugin.kdc.store import Store
 from krs_plugin.protocol import notify_name
 
@@ -24,7 +24,7 @@ from krs_plugin.protocol import notify_name
 def kdc_dnskeys(deployment: Deployment, zone: str = ZONE) -> set[str]:
     store = Store(deployment.state / "kdc.db")
     try:
-        return {key_of(k).dnskey for k in store.keys(zone)}
+        return {dnskey_of(k) for k in store.keys(zone)}
     finally:
         store.close()
 

@@ -24,7 +24,7 @@ from krs_plugin.crypto import (
     write_jose_public,
 )
 from krs_plugin.dnssec import read_bind_key_pair
-from krs_plugin.kdc.distribute import key_of
+from krs_plugin.kdc.distribute import dnskey_of
 from krs_plugin.kdc.store import Store
 
 BIN = Path(sys.executable).parent
@@ -146,7 +146,7 @@ def test_fetch_installs_the_kdcs_keys_through_failover(site: Site, backend: str)
     result = run("krs", "fetch", dist_id, "-c", str(config))
     assert "applied" in result.stdout
     store = Store(site.kdc_state / "kdc.db")
-    expected = {key_of(k).dnskey for k in store.keys(ZONE)}
+    expected = {dnskey_of(k) for k in store.keys(ZONE)}
     store.close()
     files = sorted((config.parent / "keys").glob("*.private"))
     assert {read_bind_key_pair(f)[0].dnskey for f in files} == expected

@@ -27,7 +27,7 @@ from krs_lab.knot import KnotLab
 from krs_lab.process import server_binary
 from krs_plugin.dnssec import read_bind_key_pair
 from krs_plugin.errors import KrsError
-from krs_plugin.kdc.distribute import key_of
+from krs_plugin.kdc.distribute import dnskey_of
 from krs_plugin.kdc.store import Store
 
 NEW = "ns2.edge.example."
@@ -36,7 +36,7 @@ NEW = "ns2.edge.example."
 def kdc_keys(deployment: Deployment) -> dict[int, str]:
     store = Store(deployment.state / "kdc.db")
     try:
-        return {k.key_tag: key_of(k).dnskey for k in store.keys(ZONE)}
+        return {k.key_tag: dnskey_of(k) for k in store.keys(ZONE)}
     finally:
         store.close()
 

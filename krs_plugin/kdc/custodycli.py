@@ -1,0 +1,263 @@
+"""``krs-kdc init --custody``, ``krs-kdc custody migrate`` and ``krs-kdc custody status``: where
+the KDC's signing key and key-encryption key live (kdc/custody.py, docs/security.md)."""
+
+from __future__ import annotations
+
+import argparse
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from krs_plugin.cliout import emit
+from krs_plugin.crypto import JoseKey, load_jose_key
+from krs_plugin.errors import ConfigError, KrsError
+from krs_plugin.kdc import custody as cu
+from krs_plugin.kdc.clistate import open_store, state_dir
+from krs_plugin.kdc.store import Store
+from krs_plugin.sqlitedb import transaction
+
+DEFAULT_CUSTODY = "file"  # new KDCs: kdc.db never holds a private key in the clear
+
+
+def add_custody_options(p: argparse.ArgumentParser, *, target: str) -> None:
+    """The options that say where the secrets go (init: ``--custody``; migrate: ``--to``)."""
+    if target == "init":
+        p.add_argument(
+            "--custody",
+            choices=("file", "pkcs11"),
+            default=DEFAULT_CUSTODY,
+            help="where the KEK (and with pkcs11 the signing key) lives (default: file)",
+        )
+    else:
+        p.add_argument("--to", choices=("file", "pkcs11"), required=True, dest="custody")
+    p.add_argument(
+        "--kek-file",
+        metavar="PATH",
+        help=f"file custody: the KEK file (default STATE/{cu.DEFAULT_KEK_FILE}; made when "
+        f"missing; a systemd credential {cu.KEK_CREDENTIAL} takes precedence)",
+    )
+    p.add_argument("--pkcs11-module", metavar="PATH", help="pkcs11: the PKCS#11 module (.so)")
+    p.add_argument("--token", metavar="LABEL", help="pkcs11: the token's label")
+    p.add_argument(
+        "--pin-file",
+        metavar="FILE",
+        help=f"pkcs11: a file with the user PIN (else ${cu.PIN_ENV} or the systemd credential "
+        f"{cu.PIN_CREDENTIAL}); only the path is recorded",
+    )
+    p.add_argument("--signing-label", default=cu.DEFAULT_SIGNING_LABEL, metavar="LABEL")
+    p.add_argument("--kek-label", default=cu.DEFAULT_KEK_LABEL, metavar="LABEL")
+
+
+def settings_from(args: argparse.Namespace) -> cu.CustodySettings:
+    if args.custody == "file":
+        for option in ("pkcs11_module", "token", "pin_file"):
+            if getattr(args, option):
+                raise ConfigError(f"--{option.replace('_', '-')} is for --custody pkcs11 only")
+        kek = str(Path(args.kek_file).resolve()) if args.kek_file else None
+        return cu.CustodySettings("file", kek_file=kek)
+    if not args.pkcs11_module or not args.token:
+        raise ConfigError("pkcs11 custody needs --pkcs11-module PATH and --token LABEL")
+    if args.kek_file:
+        raise ConfigError("--kek-file is for --custody file only (pkcs11: the KEK is the token's)")
+    return cu.CustodySettings(
+        "pkcs11",
+        module=args.pkcs11_module,
+        token=args.token,
+        signing_label=args.signing_label,
+        kek_label=args.kek_label,
+        pin_file=str(Path(args.pin_file).resolve()) if args.pin_file else None,
+    )
+
+
+def prepare(state: Path, settings: cu.CustodySettings, signing: JoseKey | None) -> cu.Custody:
+    """Make the target custody's secrets where missing (a KEK file; the token's KEK and signing
+    key, ``signing`` imported into it), and return it opened, its KEK checked value-less."""
+    if settings.kind == "file":
+        path = cu.kek_path(state, settings)
+        try:
+            cu.read_kek(state, settings)
+        except cu.CustodyError:
+            if path.exists():
+                raise  # there, but unusable: never replaced
+            cu.write_kek(path)
+    elif settings.kind == "pkcs11":
+        cu.provision_token(settings, signing)
+    return cu.open_custody(state, settings)
+
+
+def init_custody(
+    state: Path, args: argparse.Namespace
+) -> tuple[cu.CustodySettings, JoseKey | None]:
+    """For ``init``: the custody's settings (with the KEK's check value) and, for pkcs11, the
+    token's signing key (its public key is written as keys/kdc.signing.pubkey)."""
+    settings = settings_from(args)
+    opened = prepare(state, settings, None)
+    signer = None
+    if settings.kind == "pkcs11":
+        signer = opened.signing_key()
+    return cu.with_check(opened), signer
+
+
+def cmd_custody_status(args: argparse.Namespace) -> int:
+    store = open_store(args)
+    data = custody_report(store)
+    lines = [f"custody {data['custody']}: {data['keys_sealed']} key(s) sealed, "
+             f"{data['keys_plain']} in the clear"]  # fmt: skip
+    for name in ("kek", "module", "token", "signing_label", "kek_label", "pin", "signing_key"):
+        if data.get(name) is not None:
+            lines.append(f"  {name.replace('_', ' ')}: {data[name]}")
+    if data["keys_plain"]:
+        lines.append("  seal them: krs-kdc custody migrate --to file (or --to pkcs11 ...)")
+    lines.append(f"  usable: {'yes' if data['ok'] else 'NO: ' + str(data['problem'])}")
+    emit(data, lines, as_json=args.json)
+    return 0 if data["ok"] else 1
+
+
+def custody_report(store: Store) -> dict[str, Any]:
+    custody = store.custody
+    counts = store.db.execute(
+        "SELECT COUNT(*) FILTER (WHERE length(private_pem) > 0), "
+        "COUNT(*) FILTER (WHERE private_sealed IS NOT NULL AND length(private_pem) = 0) FROM keys"
+    ).fetchone()
+    data: dict[str, Any] = {
+        "custody": custody.kind,
+        "keys_plain": int(counts[0]),
+        "keys_sealed": int(counts[1]),
+        "ok": True,
+        "problem": None,
+    }
+    public = store.path.parent / cu.SIGNING_PUBLIC_FILE
+    if public.exists():
+        data["signing_key"] = load_jose_key(public).thumbprint
+    try:
+        data |= custody.status()
+        custody.verify()
+        if custody.kind == "pkcs11":
+            custody.signing_key()
+    except KrsError as exc:
+        data |= {"ok": False, "problem": str(exc)}
+    if custody.kind == "legacy":
+        data["signing_key_file"] = str(store.path.parent / cu.SIGNING_FILE)
+    return data
+
+
+def cmd_custody_migrate(args: argparse.Namespace) -> int:
+    state = state_dir(args)
+    store = open_store(args)
+    current = store.custody
+    target = settings_from(args)
+    result = migrate(store, state, current, target)
+    lines = [
+        f"custody {result['from']} -> {result['to']}: {result['sealed']} key(s) sealed under the "
+        "KEK" + (" (already done: nothing to change)" if result["unchanged"] else ""),
+    ]
+    if result["shredded"]:
+        lines.append(f"signing key file overwritten and removed: {result['shredded']}")
+    if target.kind == "file":
+        lines.append(f"keep the KEK apart from kdc.db's backups: {result['kek']}")
+    emit(result, lines, as_json=args.json)
+    return 0
+
+
+def _same(a: cu.CustodySettings, b: cu.CustodySettings) -> bool:
+    keys: tuple[str, ...] = ("kind", "module", "token", "signing_label", "kek_label")
+    if a.kind == "file":
+        keys = ("kind",)
+    return all(getattr(a, k) == getattr(b, k) for k in keys)
+
+
+def migrate(
+    store: Store, state: Path, current: cu.Custody, target: cu.CustodySettings
+) -> dict[str, Any]:
+    """Seal every key of kdc.db under the ``target`` custody's KEK in one transaction (all rows
+    or none), record the settings, then VACUUM and checkpoint the WAL so that no page of the
+    old plaintext stays in kdc.db or kdc.db-wal. Run again, it finishes what a crash left
+    (a signing key file not removed yet, pages not vacuumed) and changes nothing else."""
+    source = current.settings
+    if source.kind == "pkcs11" and not _same(source, target):
+        raise ConfigError(
+            f"custody pkcs11 -> {target.kind}: the KDC's signing key cannot leave token "
+            f"{source.token!r} (non-extractable); nothing was changed. A new signing key means "
+            "a key rollover of the KDC (krs-kdc identity roll, once it exists)"
+        )
+    unchanged = _same(source, target)
+    signing_file = state / cu.SIGNING_FILE
+    signing = None
+    if target.kind == "pkcs11" and signing_file.exists():
+        signing = load_jose_key(signing_file)
+    new = current if unchanged else prepare(state, target, signing)
+    if unchanged and target.kind == "pkcs11" and signing is not None:
+        cu.provision_token(target, signing)  # a crash before the file went: check, then remove
+    if target.kind == "pkcs11":
+        token_key = new.signing_key()  # the token answers, with the KDC's key
+        if signing is not None and token_key.thumbprint != signing.thumbprint:
+            raise cu.CustodyError("custody pkcs11: the token's signing key is not the KDC's")
+    new.verify()
+    settings = new.settings if unchanged else cu.with_check(new)
+    where = "length(private_pem) > 0" if unchanged else "1"
+    rows = store.db.execute(f"SELECT id FROM keys WHERE {where} ORDER BY id").fetchall()
+    store.db.execute("PRAGMA secure_delete = ON")  # freed cells are zeroed, not left behind
+    with transaction(store.db):
+        for (key_id,) in rows:
+            row = store.key_by_id(int(key_id))
+            pem = store.private_pem(row)  # opened under the current custody
+            sealed = new.seal(pem, cu.key_aad(row.zone, row.key_tag, row.algorithm, row.role))
+            store.db.execute(
+                "UPDATE keys SET private_pem = X'', private_sealed = ? WHERE id = ?",
+                (sealed, row.id),
+            )
+        store.db.execute(
+            "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (cu.META_KEY, settings.dumps())
+        )
+        if not unchanged or rows:
+            audit = getattr(store, "audit", None)
+            if audit is not None:
+                audit(
+                    "custody.migrate",
+                    details={"from": source.kind, "to": target.kind, "keys": len(rows)},
+                )
+    store.forget_custody()
+    _compact(store)
+    shredded = None
+    if target.kind == "pkcs11" and signing_file.exists():
+        cu.shred(signing_file)
+        shredded = str(signing_file)
+    return {
+        "from": source.kind,
+        "to": target.kind,
+        "sealed": len(rows),
+        "unchanged": unchanged and not rows,
+        "shredded": shredded,
+        "kek": str(cu.kek_path(state, target)) if target.kind == "file" else None,
+    }
+
+
+def _compact(store: Store) -> None:
+    """VACUUM (the old pages go), then copy the WAL into kdc.db and truncate it."""
+    try:
+        store.db.execute("VACUUM")
+        busy, _, _ = store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    except sqlite3.Error as exc:
+        raise ConfigError(f"{store.path}: VACUUM after sealing the keys failed: {exc}") from exc
+    if busy:
+        raise ConfigError(
+            f"{store.path}: the keys are sealed, but another process (krs-kdc serve?) has "
+            "kdc.db open, so its -wal file could not be emptied and may still hold the old "
+            "pages: stop it and run krs-kdc custody migrate again"
+        )
+
+
+def add_parsers(sub: Any, add: Any) -> None:
+    """``custody ...`` under ``sub``; ``add`` is cli.py's helper."""
+    group = sub.add_parser(
+        "custody", help="where the KDC's signing key and key-encryption key live"
+    ).add_subparsers(dest="custody_command", metavar="ACTION", required=True)
+    p = add(
+        group,
+        "migrate",
+        cmd_custody_migrate,
+        "seal kdc.db's DNSSEC private keys under a KEK in a file or a PKCS#11 token (and move "
+        "the signing key into the token), in one transaction; run again, changes nothing",
+    )
+    add_custody_options(p, target="migrate")
+    add(group, "status", cmd_custody_status, "the custody, its keys, and whether it is usable")
