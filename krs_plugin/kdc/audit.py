@@ -185,6 +185,16 @@ class Entry:
 # --- append -------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Event:
+    """One entry to append: what happened (``kind``), to which zone and node, and its details."""
+
+    kind: str
+    zone: str | None = None
+    node: str | None = None
+    details: Mapping[str, Any] | None = None
+
+
 def append(
     db: sqlite3.Connection,
     signer: AuditSigner,
@@ -196,97 +206,63 @@ def append(
     details: Mapping[str, Any] | None = None,
     now: float | None = None,
 ) -> Entry:
-    """Append one entry, inside the caller's transaction (a savepoint of it, or one of its
-    own): the event and its entry commit together. A signing key not yet in the trail first
-    gets an ``audit.key`` entry, signed by itself, naming the key it follows."""
+    """Append one entry (``append_many``)."""
+    return append_many(db, signer, [Event(kind, zone, node, details)], actor=actor, now=now)[-1]
+
+
+def append_many(
+    db: sqlite3.Connection,
+    signer: AuditSigner,
+    events: Sequence[Event],
+    *,
+    actor: str,
+    now: float | None = None,
+) -> list[Entry]:
+    """Append ``events`` in order, inside the caller's transaction (a savepoint of it, or one
+    of its own): the event and its entries commit together. A signing key not yet in the trail
+    first gets an ``audit.key`` entry, signed by itself, naming the key it follows."""
     stamp = int(time.time() if now is None else now)
     with transaction(db):
         head = db.execute("SELECT seq, hash, key FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
         seq, prev, last_key = (0, GENESIS, None) if head is None else (head[0], head[1], head[2])
+        todo = list(events)
         if last_key != signer.thumbprint:
             db.execute(
                 "INSERT OR IGNORE INTO audit_keys(thumbprint, jwk, added_at) VALUES (?, ?, ?)",
                 (signer.thumbprint, canonical_json(signer.public_jwk), stamp),
             )
-            first = _write(
-                db,
-                signer,
-                seq + 1,
-                prev,
-                stamp,
-                KEY_KIND,
-                None,
-                None,
-                actor,
-                {"jwk": signer.public_jwk, "previous": last_key},
-            )
-            seq, prev = first.seq, first.hash
-        return _write(
-            db, signer, seq + 1, prev, stamp, kind, zone, node, actor, dict(details or {})
-        )
+            todo.insert(0, Event(KEY_KIND, details={"jwk": signer.public_jwk,
+                                                    "previous": last_key}))  # fmt: skip
+        written = []
+        for event in todo:
+            seq += 1
+            entry = _entry_of(signer, seq, prev, stamp, event, actor)
+            written.append(entry)
+            prev = entry.hash
+        db.executemany(
+            "INSERT INTO audit(seq, at, kind, zone, node, actor, details, salt, digest, prev, "
+            "hash, signature, key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(e.seq, e.at, e.kind, e.zone, e.node, e.actor, canonical_json(e.details), e.salt,
+              e.digest, e.prev, e.hash, e.signature, e.key) for e in written],
+        )  # fmt: skip
+    return written
 
 
-def _write(
-    db: sqlite3.Connection,
-    signer: AuditSigner,
-    seq: int,
-    prev: str,
-    at: int,
-    kind: str,
-    zone: str | None,
-    node: str | None,
-    actor: str,
-    details: dict[str, Any],
-) -> Entry:
+def _entry_of(signer: AuditSigner, seq: int, prev: str, at: int, event: Event, actor: str) -> Entry:
+    details = dict(event.details or {})
     text = canonical_json(details)
     if "PRIVATE KEY" in text:  # a last guard: key material never goes into the trail
-        raise AuditError(f"audit entry {kind}: details hold private key material; not recorded")
-    content = {
-        "actor": actor,
-        "at": at,
-        "details": details,
-        "kind": kind,
-        "node": node,
-        "salt": os.urandom(16).hex(),
-        "zone": zone,
-    }
+        raise AuditError(
+            f"audit entry {event.kind}: details hold private key material; not recorded"
+        )
+    salt = os.urandom(16).hex()
+    content = {"actor": actor, "at": at, "details": details, "kind": event.kind,
+               "node": event.node, "salt": salt, "zone": event.zone}  # fmt: skip
     digest = content_digest(content)
     hashed = chain_hash(prev, digest, seq)
     signature = b64url_encode(signer.sign(bytes.fromhex(hashed)))
-    db.execute(
-        "INSERT INTO audit(seq, at, kind, zone, node, actor, details, salt, digest, prev, hash, "
-        "signature, key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            seq,
-            at,
-            kind,
-            zone,
-            node,
-            actor,
-            text,
-            content["salt"],
-            digest,
-            prev,
-            hashed,
-            signature,
-            signer.thumbprint,
-        ),
-    )
-    return Entry(
-        seq,
-        at,
-        kind,
-        zone,
-        node,
-        actor,
-        details,
-        str(content["salt"]),
-        digest,
-        prev,
-        hashed,
-        signature,
-        signer.thumbprint,
-    )
+    return Entry(seq, at, event.kind, event.zone, event.node, actor, details, salt, digest, prev,
+                 hashed, signature, signer.thumbprint)  # fmt: skip
 
 
 # --- reading ------------------------------------------------------------------------------------

@@ -589,20 +589,13 @@ class Store:
         if signer is None:
             return
         targets: list[str | None] = [zone] if zone is not None else [*sorted(set(zones))]
+        events = []
         for target in targets or [None]:
             data = dict(details or {})
             if per_zone and target is not None and target in per_zone:
                 data.update(per_zone[target])
-            trail.append(
-                self.db,
-                signer,
-                kind,
-                actor=self.actor,
-                zone=target,
-                node=node,
-                details=data,
-                now=now,
-            )
+            events.append(trail.Event(kind, target, node, data))
+        trail.append_many(self.db, signer, events, actor=self.actor, now=now)
 
     def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
         """One atomic change: everything inside commits together or not at all."""
