@@ -237,6 +237,8 @@ class Custody:
             return
         try:
             ok = self._decrypt(bytes.fromhex(check)[1:13], bytes.fromhex(check)[13:], b"kek-check")
+        except CustodyError:
+            raise  # no KEK at all, no token: named as such
         except Exception:
             ok = b""
         if ok != _CHECK_TEXT:
