@@ -38,6 +38,7 @@ from typing import Any
 
 import dns.exception
 import dns.flags
+import dns.message
 import dns.name
 import dns.query
 import dns.rcode
@@ -71,7 +72,7 @@ from krs_plugin.adapters.cdsset import (
     DELETE_CDS_TEXT,
 )
 from krs_plugin.adapters.cdsset import expected as cds_expected
-from krs_plugin.adapters.dnsbatch import NoAnswer, query_many
+from krs_plugin.adapters.dnsbatch import Question, query_many_reduced
 from krs_plugin.adapters.dnscheck import (
     Expectation,
     KeyState,
@@ -975,17 +976,18 @@ class Bind9Adapter(BaseAdapter[BindChange]):
 
 
 def serving(zones: Sequence[dns.name.Name], host: str, port: int) -> list[dns.name.Name]:
-    """The zones named answers an SOA for (authoritatively, NOERROR), asked all at once."""
+    """The zones named answers an SOA for (authoritatively, NOERROR), asked all at once (each
+    reply reduced to yes or no as it arrives: 10,000 messages held were 40 MB)."""
     questions = [(zone, dns.rdatatype.SOA) for zone in zones]
-    out = []
-    for zone, reply in zip(zones, query_many(questions, host, port), strict=True):
-        if isinstance(reply, NoAnswer) or reply.rcode() != dns.rcode.NOERROR:
-            continue
-        if reply.flags & dns.flags.AA and reply.get_rrset(
-            reply.answer, zone, dns.rdataclass.IN, dns.rdatatype.SOA
-        ):
-            out.append(zone)
-    return out
+    replies = query_many_reduced(questions, host, port, _serves_soa)
+    return [zone for zone, yes in zip(zones, replies, strict=True) if yes is True]
+
+
+def _serves_soa(reply: dns.message.Message, question: Question) -> bool:
+    if reply.rcode() != dns.rcode.NOERROR or not reply.flags & dns.flags.AA:
+        return False
+    rrset = reply.get_rrset(reply.answer, question[0], dns.rdataclass.IN, dns.rdatatype.SOA)
+    return rrset is not None
 
 
 def run_side_by_side(

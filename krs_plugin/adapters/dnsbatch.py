@@ -16,7 +16,8 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import dns.exception
 import dns.message
@@ -34,6 +35,7 @@ order, one thread each (PowerDNS signs every answer as it goes), so a second one
 two-core server use both cores."""
 
 Question = tuple[dns.name.Name, dns.rdatatype.RdataType]
+T = TypeVar("T")
 
 
 class NoAnswer(ConnectionError):
@@ -45,7 +47,24 @@ def query_many(
 ) -> list[dns.message.Message | NoAnswer]:
     """The server's reply to each question (DO set, RD clear: authoritative questions), in the
     order asked; a NoAnswer in the place of each one it did not answer."""
-    replies: list[dns.message.Message | NoAnswer | None] = [None] * len(questions)
+    return query_many_reduced(questions, host, port, _whole, timeout)
+
+
+def _whole(reply: dns.message.Message, question: Question) -> dns.message.Message:
+    return reply
+
+
+def query_many_reduced(
+    questions: Sequence[Question],
+    host: str,
+    port: int,
+    reduce: Callable[[dns.message.Message, Question], T],
+    timeout: float = 3.0,
+) -> list[T | NoAnswer]:
+    """``query_many``, each reply handed to ``reduce`` as it arrives and only what that returns
+    kept: a dnspython message of a signed answer is a few kilobytes, and a batch asks thousands
+    of questions (``reduce`` runs in the connection's thread)."""
+    replies: list[T | NoAnswer | None] = [None] * len(questions)
     failures = ["not asked"]
     for _ in range(ATTEMPTS):
         pending = [i for i, reply in enumerate(replies) if reply is None]
@@ -55,13 +74,14 @@ def query_many(
         shares = [pending[n::count] for n in range(count)]
         threads = [
             threading.Thread(
-                target=_ask_noting, args=(questions, share, replies, host, port, timeout, failures)
+                target=_ask_noting,
+                args=(questions, share, replies, host, port, timeout, failures, reduce),
             )
             for share in shares[1:]
         ]
         for thread in threads:
             thread.start()
-        _ask_noting(questions, shares[0], replies, host, port, timeout, failures)
+        _ask_noting(questions, shares[0], replies, host, port, timeout, failures, reduce)
         for thread in threads:
             thread.join()
     failure = failures[-1]
@@ -74,16 +94,17 @@ def query_many(
 def _ask_noting(
     questions: Sequence[Question],
     pending: list[int],
-    replies: list[dns.message.Message | NoAnswer | None],
+    replies: list[T | NoAnswer | None],
     host: str,
     port: int,
     timeout: float,
     failures: list[str],
+    reduce: Callable[[dns.message.Message, Question], T],
 ) -> None:
     """``_ask``, a failure noted in ``failures`` (the questions it left unanswered are asked
     again on a new connection)."""
     try:
-        _ask(questions, pending, replies, host, port, timeout)
+        _ask(questions, pending, replies, host, port, timeout, reduce)
     except (OSError, EOFError, dns.exception.DNSException) as exc:
         failures.append(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
 
@@ -91,10 +112,11 @@ def _ask_noting(
 def _ask(
     questions: Sequence[Question],
     pending: list[int],
-    replies: list[dns.message.Message | NoAnswer | None],
+    replies: list[T | NoAnswer | None],
     host: str,
     port: int,
     timeout: float,
+    reduce: Callable[[dns.message.Message, Question], T],
 ) -> None:
     """One connection: ``pending`` asked window by window; each answer stored as it comes."""
     with socket.create_connection((host, port), timeout=timeout) as sock:
@@ -118,7 +140,7 @@ def _ask(
                 if index < 0 or not _answers(reply, questions[index]):
                     continue  # not one of ours (or a duplicate): skip it
                 del by_id[reply.id]
-                replies[index] = reply
+                replies[index] = reduce(reply, questions[index])
 
 
 OPT_DO = struct.pack("!BHHIH", 0, 41, 1232, 0x8000, 0)
