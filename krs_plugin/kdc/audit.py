@@ -20,7 +20,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -271,10 +271,21 @@ def _entry_of(signer: AuditSigner, seq: int, prev: str, at: int, event: Event, a
 def entries(
     db: sqlite3.Connection, *, zone: str | None = None, since: float | None = None
 ) -> list[Entry]:
-    """The entries in seq order; ``zone``/``since``: those that concern the zone, from then."""
-    rows = db.execute("SELECT * FROM audit ORDER BY seq").fetchall()
-    found = [_entry(r) for r in rows]
-    return [e for e in found if matches(e, zone=zone, since=since)]
+    """The entries in seq order; ``zone``/``since``: those of the zone, from then."""
+    where, args = _filter(zone, since)
+    return [_entry(r) for r in db.execute(f"SELECT * FROM audit{where} ORDER BY seq", args)]
+
+
+def _filter(zone: str | None, since: float | None) -> tuple[str, list[object]]:
+    clauses: list[str] = []
+    args: list[object] = []
+    if zone is not None:
+        clauses.append("zone = ?")
+        args.append(zone)
+    if since is not None:
+        clauses.append("at >= ?")
+        args.append(int(since) if since == int(since) else since)
+    return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
 
 
 def matches(entry: Entry, *, zone: str | None, since: float | None) -> bool:
@@ -405,27 +416,67 @@ def _signed(key: JoseKey, item: Mapping[str, Any]) -> bool:
         return False
 
 
+class ChainIndex:
+    """What the diagnosis of a break looks up, in a list of entries (a pack)."""
+
+    def __init__(self, chain: Sequence[Mapping[str, Any]]) -> None:
+        self.chain = chain
+
+    def _find(self, field: str, value: object) -> Mapping[str, Any] | None:
+        return next((e for e in self.chain if str(e.get(field)) == str(value)), None)
+
+    def seq_of(self, field: str, value: str) -> int | None:
+        """The seq of the entry whose ``field`` (hash or digest) is ``value``."""
+        found = self._find(field, value)
+        return None if found is None else int(found.get("seq", 0))
+
+    def hash_at(self, seq: int) -> str | None:
+        found = self._find("seq", seq)
+        return None if found is None else str(found.get("hash"))
+
+
+class DbIndex(ChainIndex):
+    """The same lookups in kdc.db's table, for a chain read row by row."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def seq_of(self, field: str, value: str) -> int | None:
+        column = {"hash": "hash", "digest": "digest"}[field]
+        row = self.db.execute(f"SELECT seq FROM audit WHERE {column} = ?", (value,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def hash_at(self, seq: int) -> str | None:
+        row = self.db.execute("SELECT hash FROM audit WHERE seq = ?", (seq,)).fetchone()
+        return None if row is None else str(row[0])
+
+
 def check_chain(
-    chain: Sequence[Mapping[str, Any]],
+    chain: Sequence[Mapping[str, Any]] | Iterable[Mapping[str, Any]],
     trusted: Mapping[str, JoseKey],
     *,
     first_seq: int = 1,
     first_prev: str = GENESIS,
     expect_head: tuple[int, str] | None = None,
+    index: ChainIndex | None = None,
+    head: tuple[int, str] | None = None,
+    count: int | None = None,
 ) -> Verdict:
     """Walk ``chain`` (entries as ``Entry.to_json`` or, without content, ``chain_json``) and
-    report the first break: an entry missing (a gap in seq), out of order (its prev hash is
-    another entry's), changed (content against digest, hash against prev, digest and seq), or
-    a signature that is not a trusted key's; then the noted head, if given."""
-    head = (int(chain[-1]["seq"]), str(chain[-1]["hash"])) if chain else None
+    report the first break: an entry missing (a gap in seq), out of order (its prev hash or
+    content is another entry's), changed (content against digest, hash against prev, digest and
+    seq), or a signature that is not a trusted key's; then the noted head, if given. A chain
+    read row by row (not a list) comes with its ``index``, ``head`` and ``count``."""
+    if isinstance(chain, Sequence):
+        index = index or ChainIndex(chain)
+        head = (int(chain[-1]["seq"]), str(chain[-1]["hash"])) if chain else None
+        count = len(chain)
+    assert index is not None
     keys = tuple(trusted)
 
     def broken(seq: int, reason: str, detail: str) -> Verdict:
-        return Verdict(len(chain), head, Break(seq, reason, detail), keys)
+        return Verdict(count or 0, head, Break(seq, reason, detail), keys)
 
-    seqs = {e.get("seq") for e in chain}
-    by_hash = {str(e.get("hash")): int(e.get("seq", 0)) for e in chain}
-    by_digest = {str(e.get("digest")): int(e.get("seq", 0)) for e in chain}
     expected, prev = first_seq, first_prev
     for item in chain:
         try:
@@ -436,7 +487,7 @@ def check_chain(
             bytes.fromhex(digest + hashed + stored_prev)
         except (KeyError, ValueError, TypeError) as exc:
             return broken(expected, "changed", f"entry unreadable: {exc}")
-        if seq > expected and expected in seqs:
+        if seq > expected and index.hash_at(expected) is not None:
             return broken(
                 expected, "out-of-order", f"entry {seq} found where entry {expected} belongs"
             )
@@ -452,12 +503,12 @@ def check_chain(
         if "kind" in item:
             problem = _content_problem(item, digest)
             if problem is not None:
-                other = by_digest.get(_recomputed(item))
+                other = index.seq_of("digest", _recomputed(item))
                 if other is not None and other != seq:
                     return broken(seq, "out-of-order", f"entry {seq} holds entry {other}'s content")
                 return broken(seq, "changed", problem)
         if stored_prev != prev:
-            other = by_hash.get(stored_prev)
+            other = index.seq_of("hash", stored_prev)
             if other is not None and other != seq - 1:
                 return broken(
                     seq,
@@ -499,14 +550,13 @@ def check_chain(
                 f"the log ends at entry {last}; the noted head "
                 f"is entry {noted_seq}: entries {last + 1} to {noted_seq} were removed",
             )
-        found = next((e for e in chain if int(e["seq"]) == noted_seq), None)
-        if found is None or str(found["hash"]) != noted_hash:
+        if index.hash_at(noted_seq) != noted_hash:
             return broken(
                 noted_seq,
                 "changed",
                 f"entry {noted_seq}'s hash is not the noted head's: the log was rewritten",
             )
-    return Verdict(len(chain), head, None, keys)
+    return Verdict(count or 0, head, None, keys)
 
 
 def _recomputed(item: Mapping[str, Any]) -> str:
@@ -532,15 +582,41 @@ def verify(
     *,
     expect_head: tuple[int, str] | None = None,
 ) -> Verdict:
-    """The whole trail in kdc.db, against the KDC's signing key(s) ``anchors``."""
-    rows = db.execute("SELECT * FROM audit ORDER BY seq").fetchall()
-    chain = []
-    for row in rows:
-        item = _entry(row).to_json()
-        item["details_text"] = row["details"]
-        chain.append(item)
-    trusted = trusted_keys(chain, anchors, stored_keys(db))
-    return check_chain(chain, trusted, expect_head=expect_head)
+    """The whole trail in kdc.db, against the KDC's signing key(s) ``anchors``, read row by
+    row (a fleet's trail is millions of entries)."""
+    own = not db.in_transaction
+    if own:
+        db.execute("BEGIN")  # one snapshot, while serve goes on appending
+    try:
+        return _verify(db, anchors, expect_head)
+    finally:
+        if own:
+            db.execute("COMMIT")
+
+
+def _verify(
+    db: sqlite3.Connection, anchors: Sequence[JoseKey], expect_head: tuple[int, str] | None
+) -> Verdict:
+    query = "SELECT * FROM audit WHERE kind = ? ORDER BY seq"
+    introductions = [_entry(r).to_json() for r in db.execute(query, (KEY_KIND,))]
+    trusted = trusted_keys(introductions, anchors, stored_keys(db))
+    last = db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+    count = int(db.execute("SELECT COUNT(*) FROM audit").fetchone()[0])
+
+    def rows() -> Iterator[dict[str, Any]]:
+        for row in db.execute("SELECT * FROM audit ORDER BY seq"):
+            item = _entry(row).to_json()
+            item["details_text"] = row["details"]
+            yield item
+
+    return check_chain(
+        rows(),
+        trusted,
+        expect_head=expect_head,
+        index=DbIndex(db),
+        count=count,
+        head=None if last is None else (int(last[0]), str(last[1])),
+    )
 
 
 # --- evidence packs -----------------------------------------------------------------------------
@@ -557,9 +633,8 @@ def export_pack(
     """Every entry from the first that concerns ``zone`` from ``since`` to the head: those that
     concern it (and ``audit.key`` entries) whole, the others without content, so the chain
     verifies and other zones stay undisclosed. With the signing keys as JWK."""
-    rows = db.execute("SELECT * FROM audit ORDER BY seq").fetchall()
-    chain = [_entry(r) for r in rows]
-    start = next((i for i, e in enumerate(chain) if matches(e, zone=zone, since=since)), None)
+    where, args = _filter(zone, since)
+    start = db.execute(f"SELECT MIN(seq) FROM audit{where}", args).fetchone()[0]
     if start is None:
         what = f"zone {zone}" if zone else "any zone"
         raise AuditError(
@@ -570,7 +645,8 @@ def export_pack(
                 else f" since {time.strftime('%Y-%m-%d %H:%M:%SZ', time.gmtime(since))}"
             )
         )
-    shown = chain[start:]
+    shown = [_entry(r) for r in db.execute("SELECT * FROM audit WHERE seq >= ? ORDER BY seq",
+                                            (start,))]  # fmt: skip
     out = [
         e.to_json() if e.kind == KEY_KIND or matches(e, zone=zone, since=since) else e.chain_json()
         for e in shown

@@ -94,14 +94,15 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
     store = open_store(args)
     zone = canonical(args.zone) if args.zone else None
     anchors = _anchors(args)
-    verdict = audit.verify(store.db, anchors)
-    if not verdict.ok:  # a pack of a broken chain would fail at the auditor's: say so here
+    pack = audit.export_pack(store.db, anchors, zone=zone, since=args.since)
+    verdict = audit.verify_pack(pack, anchors)
+    if not verdict.ok:  # it would fail at the auditor's: say so here, write nothing
         assert verdict.broken is not None
         raise audit.AuditError(
             f"the audit trail is broken at entry {verdict.broken.seq} "
-            f"({verdict.broken.reason}: {verdict.broken.detail}); no pack written"
+            f"({verdict.broken.reason}: {verdict.broken.detail}); no pack written (krs-kdc "
+            "audit verify)"
         )
-    pack = audit.export_pack(store.db, anchors, zone=zone, since=args.since)
     text = json.dumps(pack, indent=1, sort_keys=True) + "\n"
     entries = pack["entries"]
     whole = sum(1 for e in entries if "kind" in e)
