@@ -11,6 +11,7 @@ configuration error.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -35,6 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_demo_arguments(parser)
     parser.add_argument("--server", choices=("auto", "bind9", "knot", "directory"), default="auto")
     parser.add_argument("--offline", action="store_true", help="in-memory round trip only")
+    parser.add_argument(
+        "--custody",
+        choices=("file", "pkcs11"),
+        default="file",
+        help="where the KDC keeps its signing key and KEK: a file (default), or a SoftHSM2 "
+        "token made for the demo (docs/security.md, 'Key custody')",
+    )
     return parser
 
 
@@ -52,6 +60,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 keep=args.keep,
             )
         from krs_lab.mainjob import run_main_job
+        from krs_lab.softhsm import LAB_CUSTODY, available
+
+        if args.custody == "pkcs11":
+            problem = available()
+            if problem is not None:
+                raise ConfigError(f"--custody pkcs11: {problem}")
+            os.environ[LAB_CUSTODY] = "pkcs11"  # every KDC of the lab (krs_lab/softhsm.py)
 
         backends = ("hpke", "jose") if args.backend == "both" else (args.backend or "hpke",)
         return max(

@@ -17,6 +17,7 @@ from typing import Any
 from krs_lab.nodekeys import write_node_keys
 from krs_lab.ports import free_port
 from krs_lab.process import LabError
+from krs_lab.softhsm import lab_init_options
 
 BIN = Path(sys.executable).parent
 CZ, ZONE, NODE = "kdc.example.", "example.com.", "ns1.edge.example."
@@ -63,7 +64,7 @@ class Deployment:
         self.zones = zones
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.stack = contextlib.ExitStack()
-        self.kdc("init", "--control-zone", CZ)
+        self.kdc("init", "--control-zone", CZ, *lab_init_options(self.state))
         for zone in zones:
             self.kdc("zone", "add", zone)
             if generate_keys:

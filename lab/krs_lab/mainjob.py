@@ -11,6 +11,7 @@ instead (the directory adapter). Everything is removed at the end unless ``--kee
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -88,6 +89,10 @@ def _run(root: Path, backend: str, zone: str, server: str) -> int:
             root / "kdc-and-node", backend, zones=(zone,), adapter=adapter, generate_keys=False
         )
         _say("kdc", f"state in {deployment.state}; node {deployment.config['node_id']} ({backend})")
+        custody = json.loads(deployment.kdc("--json", "custody", "status"))
+        where = f"token {custody['token']!r}" if custody["custody"] == "pkcs11" else custody["kek"]
+        _say("kdc", f"custody {custody['custody']}: signing key and KEK in {where}"
+             if custody["custody"] == "pkcs11" else f"custody file: KEK in {where}")  # fmt: skip
         deployment.write_config(poll_interval=10)
         deployment.start_kdc()
         deployment.start_krs()

@@ -70,6 +70,7 @@ from krs_lab.parent import LabParent
 from krs_lab.ports import free_port
 from krs_lab.powerdns import PowerDnsLab
 from krs_lab.process import LabError, LabServer, ServerProcess, server_binary
+from krs_lab.softhsm import lab_init_options
 from krs_plugin.kdc.dspush import PushConfig, push_ds
 from krs_plugin.kdc.parent import ParentConfig
 
@@ -364,7 +365,7 @@ class MultiSigner:
     # --- start and stop -----------------------------------------------------------------------
 
     def start(self) -> None:
-        self.kdc("init", "--control-zone", CZ)
+        self.kdc("init", "--control-zone", CZ, *lab_init_options(self.state))
         if self.policy is not None:
             made = self.kdc_json("policy", "add", POLICY, *self.policy)
             self.dnskey_ttl = int(made["dnskey_ttl"])

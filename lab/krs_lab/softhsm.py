@@ -8,6 +8,7 @@ python-pkcs11 reads when the module is first loaded.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -83,3 +84,39 @@ class SoftHsm:
     def files(self) -> list[Path]:
         """The token's object files: what an attacker with the token directory holds."""
         return sorted(p for p in (self.directory / "tokens").rglob("*") if p.is_file())
+
+
+# --- the lab's KDCs with their keys in a token ----------------------------------------------
+
+LAB_CUSTODY = "KRS_LAB_CUSTODY"
+"""``pkcs11``: every KDC the lab makes (Deployment, MultiSigner, krs-demo --custody pkcs11) keeps
+its signing key and KEK in SoftHSM2; unset or ``file``: the default custody."""
+
+_LAB_TOKEN: SoftHsm | None = None
+
+
+def lab_init_options(state: Path) -> list[str]:
+    """``krs-kdc init`` options for a lab KDC in ``state``: none (custody file) unless
+    ``$KRS_LAB_CUSTODY`` is ``pkcs11``. Then one token serves this process's KDCs (a temporary
+    directory; ``SOFTHSM2_CONF`` and ``KRS_KDC_PIN`` are set in ``os.environ``, which every
+    ``krs-kdc`` the lab starts inherits), each KDC with labels of its own."""
+    global _LAB_TOKEN
+    custody = os.environ.get(LAB_CUSTODY, "file")
+    if custody == "file":
+        return []
+    if custody != "pkcs11":
+        raise RuntimeError(f"${LAB_CUSTODY}={custody!r}: expected file or pkcs11")
+    if _LAB_TOKEN is None:
+        import atexit
+        import tempfile
+
+        directory = Path(tempfile.mkdtemp(prefix="krs-lab-softhsm-"))
+        atexit.register(shutil.rmtree, directory, ignore_errors=True)
+        _LAB_TOKEN = SoftHsm(directory)
+        os.environ["SOFTHSM2_CONF"] = str(_LAB_TOKEN.conf)
+        os.environ["KRS_KDC_PIN"] = _LAB_TOKEN.pin
+    name = "krs-" + hashlib.sha256(str(state.resolve()).encode()).hexdigest()[:12]
+    return [
+        "--custody", "pkcs11", "--pkcs11-module", _LAB_TOKEN.module, "--token", _LAB_TOKEN.label,
+        "--signing-label", f"{name}-signing", "--kek-label", f"{name}-kek",
+    ]  # fmt: skip
