@@ -63,8 +63,9 @@ def end_dry_runs() -> bool:
 
 # Options whose value is a secret (a PIN, a passphrase): the audit trail records "<secret>" for
 # them. Today no krs-kdc option takes one (keys and TSIG secrets are named by file); a token PIN
-# will, and a new option whose name says pin, password, passphrase or secret is covered.
-_SECRET_OPTION = re.compile(r"^--[a-z0-9-]*(pin|password|passphrase|secret)[a-z0-9-]*$")
+# will, and a new option whose name says pin, password, passphrase or secret is covered (not
+# one that names a file: --pin-file's value is a path, kept).
+_SECRET_OPTION = re.compile(r"^--[a-z0-9-]*(pin|password|passphrase|secret)(?!.*-file$)[a-z0-9-]*$")
 
 
 def scrub_argv(argv: Sequence[str]) -> list[str]:
@@ -93,7 +94,8 @@ def command_name(args: argparse.Namespace) -> str:
     return f"{name} {action}" if action else name
 
 
-ALWAYS_AUDITED = ("init", "enroll create")  # change kdc.db but write files, so no --dry-run
+# Change kdc.db but have no --dry-run (they write files, or move keys into a token).
+ALWAYS_AUDITED = ("init", "enroll create", "custody migrate")
 
 
 def record_command(args: argparse.Namespace, argv: Sequence[str]) -> None:

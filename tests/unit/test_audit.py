@@ -385,6 +385,12 @@ def test_secret_option_values_are_scrubbed_from_argv() -> None:
         "x", "--so-pin=<secret>", "--token-password", "<secret>", "--node", "n."]  # fmt: skip
 
 
+def test_an_option_naming_a_secret_file_keeps_its_path() -> None:
+    argv = ["custody", "migrate", "--pin-file", "/etc/krs-kdc/pin", "--pin", "1234"]
+    assert scrub_argv(argv) == ["custody", "migrate", "--pin-file", "/etc/krs-kdc/pin", "--pin",
+                                "<secret>"]  # fmt: skip
+
+
 def test_since_takes_a_duration_back_or_an_iso_time() -> None:
     now = 1_800_000_000.0
     assert parse_past_time("7d", now=now) == now - 7 * 86400
