@@ -215,7 +215,7 @@ class Custody:
             raise
         except Exception as exc:  # InvalidTag; a token's GeneralError
             raise CustodyError(
-                f"custody {self.kind}: {what} does not decrypt under the KEK ({self.source}): "
+                f"custody {self.kind}: {what} does not decrypt under the KEK ({self.kek_name}): "
                 "the KEK is another one, or the row was altered or copied from another key "
                 f"({type(exc).__name__})"
             ) from exc
@@ -224,6 +224,11 @@ class Custody:
         """The check text sealed under this KEK, stored in the settings at init and migrate."""
         nonce = secrets.token_bytes(NONCE_BYTES)
         return (SEALED_VERSION + nonce + self._encrypt(nonce, _CHECK_TEXT, b"kek-check")).hex()
+
+    @property
+    def kek_name(self) -> str:
+        """Where the KEK is, for messages."""
+        return self.source or "none"
 
     def _verify_once(self) -> None:
         if not self._verified:
@@ -243,7 +248,7 @@ class Custody:
             ok = b""
         if ok != _CHECK_TEXT:
             raise CustodyError(
-                f"custody {self.kind}: the key-encryption key ({self.source}) is not the one "
+                f"custody {self.kind}: the key-encryption key ({self.kek_name}) is not the one "
                 "kdc.db's keys are sealed with; nothing was changed (the right KEK file, "
                 "credential or token is needed: docs/security.md, 'Key custody')"
             )
@@ -470,6 +475,10 @@ def _public_from_point(value: bytes) -> ec.EllipticCurvePublicKey:
 
 @dataclass
 class Pkcs11Custody(Custody):
+    @property
+    def kek_name(self) -> str:
+        return f"token {self.settings.token!r}, key {self.settings.kek_label!r}"
+
     def _session(self) -> Any:
         session, self.source = open_session(self.settings)
         return session
@@ -564,15 +573,32 @@ def _secret_template(**more: Any) -> dict[Any, Any]:
     return template
 
 
-def provision_token(settings: CustodySettings, signing: JoseKey | None) -> JoseKey:
+def provision_token(
+    settings: CustodySettings, signing: JoseKey | None, *, fresh: bool = False
+) -> JoseKey:
     """Make (or find) the KEK and the signing key in the token, and return the signing key's
     public half. ``signing``: import this private key as the signing key (migration) instead of
-    making one; a key already under the label must be this one (a migration run again)."""
+    making one; a key already under the label must be this one (a migration run again).
+    ``fresh`` (a new KDC): refuse labels already taken, another KDC's keys perhaps."""
     p = _pkcs11()
     from pkcs11.util.ec import encode_named_curve_parameters
 
     session, _ = open_session(settings)
     with _LOCK:
+        taken = [
+            label
+            for kind, label in (
+                (p.ObjectClass.SECRET_KEY, settings.kek_label),
+                (p.ObjectClass.PRIVATE_KEY, settings.signing_label),
+            )
+            if _find(session, kind, label) is not None
+        ]
+        if fresh and taken:
+            raise CustodyError(
+                f"custody pkcs11: token {settings.token!r} already holds {' and '.join(taken)} "
+                "(another KDC's keys?); nothing was made: choose --signing-label and "
+                "--kek-label, or a token of its own"
+            )
         if _find(session, p.ObjectClass.SECRET_KEY, settings.kek_label) is None:
             session.generate_key(
                 p.KeyType.AES, 256, label=settings.kek_label, store=True,

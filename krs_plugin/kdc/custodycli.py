@@ -69,7 +69,9 @@ def settings_from(args: argparse.Namespace) -> cu.CustodySettings:
     )
 
 
-def prepare(state: Path, settings: cu.CustodySettings, signing: JoseKey | None) -> cu.Custody:
+def prepare(
+    state: Path, settings: cu.CustodySettings, signing: JoseKey | None, *, fresh: bool = False
+) -> cu.Custody:
     """Make the target custody's secrets where missing (a KEK file; the token's KEK and signing
     key, ``signing`` imported into it), and return it opened, its KEK checked value-less."""
     if settings.kind == "file":
@@ -81,7 +83,7 @@ def prepare(state: Path, settings: cu.CustodySettings, signing: JoseKey | None) 
                 raise  # there, but unusable: never replaced
             cu.write_kek(path)
     elif settings.kind == "pkcs11":
-        cu.provision_token(settings, signing)
+        cu.provision_token(settings, signing, fresh=fresh)
     return cu.open_custody(state, settings)
 
 
@@ -91,7 +93,7 @@ def init_custody(
     """For ``init``: the custody's settings (with the KEK's check value) and, for pkcs11, the
     token's signing key (its public key is written as keys/kdc.signing.pubkey)."""
     settings = settings_from(args)
-    opened = prepare(state, settings, None)
+    opened = prepare(state, settings, None, fresh=True)
     signer = None
     if settings.kind == "pkcs11":
         signer = opened.signing_key()

@@ -118,6 +118,9 @@ def test_keys_in_softhsm_distribution_verifies_and_nothing_private_in_kdc_db_or_
     init = kdc(state, "init", "--control-zone", CZ, "--custody", "pkcs11", *token, env=env)
     assert isinstance(init, dict) and init["custody"] == "pkcs11"
     assert not (state / "keys" / "kdc.signing.privatekey").exists()
+    other = kdc(tmp_path / "other", "init", "--control-zone", CZ, "--custody", "pkcs11", *token,
+                env=env, ok=False)  # fmt: skip
+    assert "already holds krs-kdc-kek and krs-kdc-signing" in str(other)  # not another KDC's keys
     kdc(state, "zone", "add", ZONE, env=env)
     # a key the test made itself (imported), and one the KDC makes
     imported = generate_key(ZONE, 13, 257)
