@@ -83,6 +83,44 @@ def test_every_event_has_its_signed_entry_and_the_chain_verifies(kdc) -> None:
     assert retire["from"] == "created" and retire["to"] == "retired" and retire["force"] is True
 
 
+def test_reports_expiry_time_and_enrollment_are_recorded(kdc) -> None:
+    """What serve records: a node's confirmation and failure report, an expiry, a key's time
+    passing, an enrollment (the token only by its id, never the token or its whole hash)."""
+    store, identity = kdc
+    events(store)
+    with store.transaction():
+        for dist_id in ("a1", "a2", "a3"):
+            store.add_distribution(dist_id, 1, NODE, zone=ZONE, content="key_operations",
+                                   created_at=T, expires_at=T + 300, records=[b"x"],
+                                   keys=[(ZONE, "1")])  # fmt: skip
+    store.set_distribution_status("a1", NODE, "confirmed", now=T + 10,
+                                  served=[{"zone": ZONE, "soa_serial": 7}])  # fmt: skip
+    store.set_distribution_status("a2", NODE, "failed", now=T + 11, stage="apply",
+                                  error="rndc: connection refused")  # fmt: skip
+    store.expire_distributions(now=T + 400)
+    ksk = store.keys(ZONE)[0]
+    store.db.execute("UPDATE keys SET inactive_at = ? WHERE id = ?", (T + 500, ksk.id))
+    store.db.execute("UPDATE keys SET state = 'active' WHERE id = ?", (ksk.id,))
+    store.advance_key_states(now=T + 500)
+    token = hashlib.sha256(b"the enrollment token").hexdigest()
+    store.add_token(token, "ns2.edge.example.", backend="hpke", zones=[ZONE], package_digest="d",
+                    expires_at=T + 900, now=T + 600)  # fmt: skip
+    store.add_node("ns2.edge.example.", notify_address="127.0.0.1:9", backend="hpke",
+                   hpke_pubkey="11" * 32, jose_pubkey=None, signing_pubkey=None, zones=[ZONE],
+                   used_token=token, now=T + 601)  # fmt: skip
+    found = {r["kind"]: json.loads(r["details"]) for r in rows(store)}
+    assert found["distribution.confirmed"]["soa_serial"] == 7
+    failed = found["distribution.failed"]
+    assert (failed["stage"], failed["error"]) == ("apply", "rndc: connection refused")
+    assert found["distribution.expired"] == {"distribution": "a3", "nodes": [NODE]}
+    assert found["key.state"]["cause"] == "time" and found["key.state"]["to"] == "retired"
+    assert found["enroll.create"]["token_id"] == token[:12]
+    assert found["node.enroll"]["token_id"] == token[:12]
+    text = "".join(r["details"] for r in rows(store))
+    assert token not in text and "the enrollment token" not in text
+    assert audit.verify(store.db, anchor(identity)).ok
+
+
 def test_the_table_refuses_update_and_delete(kdc) -> None:
     store, _ = kdc
     events(store)
