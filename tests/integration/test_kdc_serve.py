@@ -307,6 +307,12 @@ def test_signed_confirmation_moves_status_and_a_forged_one_is_refused(running_kd
     assert good.rcode() == dns.rcode.NOERROR
     statuses = {d["node_id"]: d["status"] for d in running_kdc.distributions()}
     assert statuses == {"a.edge.example.": "confirmed", "b.edge.example.": "pending"}
+    # the audit trail has the one confirmation serve recorded, none of the refused ones
+    trail = json.loads(kdc(running_kdc.state, "--json", "audit", "list", "--zone", ZONE).stdout)
+    recorded = [(e["node"], e["actor"], e["details"]["distribution"])
+                for e in trail if e["kind"].startswith("distribution.confirmed")]  # fmt: skip
+    assert recorded == [("a.edge.example.", "serve", dist_id)]
+    assert kdc(running_kdc.state, "audit", "verify").returncode == 0
 
 
 def test_expired_distribution_is_withdrawn_from_the_zone(running_kdc: Kdc) -> None:
@@ -317,6 +323,10 @@ def test_expired_distribution_is_withdrawn_from_the_zone(running_kdc: Kdc) -> No
     time.sleep(2.5)
     assert running_kdc.query(name).rcode() == dns.rcode.NXDOMAIN
     assert {d["status"] for d in running_kdc.distributions()} == {"expired"}
+    trail = json.loads(kdc(running_kdc.state, "--json", "audit", "list").stdout)
+    expired = [e["details"]["nodes"] for e in trail if e["kind"] == "distribution.expired"
+               and e["details"]["distribution"] == dist_id]  # fmt: skip
+    assert expired == [["a.edge.example.", "b.edge.example."]]  # by serve, both nodes at once
 
 
 def test_refuses_what_is_not_its_business(running_kdc: Kdc) -> None:
