@@ -289,7 +289,8 @@ class BaseAdapter(Adapter, Generic[Change]):
         once instead of once per zone (docs/adapters.md, "Many zones at once"): every zone's
         ``begin`` first (a refusal then changes nothing anywhere), every zone's keys written,
         then ``load_batch`` (one reload, where the server allows), ``verify_batch`` (the DNS
-        questions of all zones over one connection) and ``finish``. ApplyFailed names the zone
+        questions of many zones over one connection; ``VERIFY_SLICE`` zones at a time) and
+        ``finish``, once every slice is verified. ApplyFailed names the zone
         and step that failed and carries ``touched``, every zone written so far: the caller
         rolls them all back (``transaction.apply_atomically``); the adapter never does."""
         now = int(time.time())

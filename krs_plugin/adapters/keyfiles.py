@@ -25,6 +25,7 @@ import contextlib
 import json
 import logging
 import os
+import struct
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import asdict, fields, replace
@@ -50,7 +51,9 @@ PARSED_KEYS = 512
 before use: signing one zone read its key files eight times, 3 ms a key each, and a batch of
 10,000 zones would hold 20,000 keys if the cache were not bounded."""
 
-Signature = tuple[tuple[int, int, int] | None, ...]
+Signature = bytes
+"""Each of a key's files' inode, size and modification time, packed (``_signature``): 81 bytes
+where the tuples of ints were 370, for each of 20,000 keys kept in a batch."""
 
 
 def zone_prefix(zone: dns.name.Name) -> str:
@@ -202,6 +205,16 @@ def holds(private: Path, key: DnssecKey, timing: KeyTiming, by_record: bool = Fa
     return present.dnskey == key.dnskey and present.ttl == key.ttl and present_timing == timing
 
 
+def _signature(files: tuple[Path, ...]) -> Signature:
+    """The ``_identity`` of each of ``files``, packed: ``0`` for a file that does not exist,
+    ``1`` and the three numbers for one that does (a prefix code: no two differ alike)."""
+    out = bytearray()
+    for path in files:
+        identity = _identity(path)
+        out += b"\0" if identity is None else b"\1" + struct.pack("!QQq", *identity)
+    return bytes(out)
+
+
 def _identity(path: Path) -> tuple[int, int, int] | None:
     """A file's inode, size and modification time (ns); None when it does not exist. Every
     write of the KRS replaces a key file by a rename (a new inode)."""
@@ -219,8 +232,11 @@ class KeyFolder:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.index = FolderIndex(path)
-        self._parsed: OrderedDict[Path, tuple[Signature, DnssecKey, KeyTiming]] = OrderedDict()
+        # by the ``.private`` file's path as text (a Path is four times its size; a batch of
+        # 10,000 zones keeps 20,000 entries)
+        self._parsed: OrderedDict[str, tuple[Signature, DnssecKey, KeyTiming]] = OrderedDict()
         self._batches = 0  # while a batch runs, parsed keys are all kept (see batch)
+        self._timings: dict[KeyTiming, KeyTiming] = {}  # equal timings kept once, in a batch
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
@@ -235,6 +251,8 @@ class KeyFolder:
             self._trim()
 
     def _trim(self) -> None:
+        if self._batches == 0:
+            self._timings.clear()
         while self._batches == 0 and len(self._parsed) > PARSED_KEYS:
             self._parsed.popitem(last=False)
 
@@ -268,10 +286,10 @@ class KeyFolder:
         """The key at ``private`` and its timing (its timing record's, when it has one), parsed
         again only when one of its files changed (``PARSED_KEYS``)."""
         files = (private, private.with_suffix(".key"), timing_record(private))
-        signature = tuple(_identity(path) for path in files)
-        cached = self._parsed.get(private)
+        signature = _signature(files)
+        cached = self._parsed.get(str(private))
         if cached is not None and cached[0] == signature:
-            self._parsed.move_to_end(private)
+            self._parsed.move_to_end(str(private))
             return cached[1], cached[2]
         key, timing = read_bind_key_pair(private)
         timing = read_timing_record(timing_record(private)) or timing
@@ -281,8 +299,10 @@ class KeyFolder:
     def _keep(self, private: Path, key: DnssecKey, timing: KeyTiming) -> None:
         """``key`` and ``timing`` as the files at ``private`` now hold them."""
         files = (private, private.with_suffix(".key"), timing_record(private))
-        self._parsed[private] = (tuple(_identity(path) for path in files), key, timing)
-        self._parsed.move_to_end(private)
+        if self._batches:  # a batch's keys mostly share one timing: one object for them
+            timing = self._timings.setdefault(timing, timing)
+        self._parsed[str(private)] = (_signature(files), key, timing)
+        self._parsed.move_to_end(str(private))
         self._trim()
 
     def installed_keys(self, zone: dns.name.Name) -> list[InstalledKey]:

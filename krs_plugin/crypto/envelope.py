@@ -72,6 +72,9 @@ def open_envelope(
         outer = base64.b64decode(transport.strip(), validate=True)
     except (binascii.Error, ValueError) as exc:
         raise WireError(f"{where}: transport string is not standard base64: {exc}") from exc
+    # Decoded: the transport string (the largest copy, 4/3 of the rest) goes now, when the
+    # caller handed over the only reference (receiver/unpack.py does).
+    del transport
     if jose.looks_like_jws(outer):
         if verifier is None:
             raise SignatureError(
@@ -111,7 +114,7 @@ def _seal_inner(
 
 
 def _open_inner(
-    inner: bytes, backend: Backend, recipient: HpkeKey | JoseKey, where: str
+    inner: bytes | bytearray, backend: Backend, recipient: HpkeKey | JoseKey, where: str
 ) -> tuple[bytes, dict[str, Any]]:
     if backend == "hpke":
         if not isinstance(recipient, HpkeKey):

@@ -37,7 +37,7 @@ def seal(plaintext: bytes, recipient: HpkeKey, *, sender: HpkeKey | None = None)
 
 
 def open_sealed(
-    sealed: bytes,
+    sealed: bytes | bytearray,
     recipient: HpkeKey,
     *,
     sender: HpkeKey | None = None,

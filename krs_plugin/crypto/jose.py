@@ -72,7 +72,7 @@ def looks_like_jws(data: bytes) -> bool:
     return isinstance(header, dict) and "alg" in header
 
 
-def jws_verify(compact: bytes | str, verifier: JoseKey, *, where: str = "JWS") -> bytes:
+def jws_verify(compact: bytes | str, verifier: JoseKey, *, where: str = "JWS") -> bytes | bytearray:
     """Check an ES256 compact JWS against ``verifier`` and return its payload.
 
     A distribution for thousands of zones is tens of megabytes, so the payload part is never
@@ -159,13 +159,13 @@ def jwe_encrypt(
 
 
 def jwe_decrypt(
-    compact: bytes | str, recipient: JoseKey, *, where: str = "JWE"
+    compact: bytes | bytearray | str, recipient: JoseKey, *, where: str = "JWE"
 ) -> tuple[bytes, dict[str, Any]]:
     """Open a compact JWE with this node's P-256 key; returns plaintext and protected header."""
     from jwcrypto import jwe
     from jwcrypto.common import JWException
 
-    text = compact.decode("ascii", "replace") if isinstance(compact, bytes) else compact
+    text = compact if isinstance(compact, str) else compact.decode("ascii", "replace")
     parts = text.split(".")
     if len(parts) != 5:
         raise WireError(f"{where}: a compact JWE has 5 parts, found {len(parts)}")

@@ -43,13 +43,18 @@ _URLSAFE_TO_STANDARD = bytes.maketrans(b"-_", b"+/")
 _DECODE_SLICE = 1 << 20  # a multiple of 4 base64 characters
 
 
-def b64url_decode_view(text: memoryview) -> bytes:
+def b64url_decode_view(text: memoryview) -> bytes | bytearray:
     """``b64url_decode`` for a large slice of a bigger buffer, decoded 1 MiB at a time so the
-    only full-size allocation is the result (a distribution can be tens of megabytes)."""
+    only full-size allocation is the result (a distribution can be tens of megabytes). Text of
+    more than one slice is decoded into a ``bytearray`` of the exact size, returned as it is
+    (joining the decoded slices held them and their join at once: 0.56 of the transport's
+    size more at ``krs run``'s peak); a bytes-like value either way."""
     size = len(text)
     if size % 4 == 1:
         raise ValueError("not unpadded base64url (impossible length)")
+    out = bytearray(size // 4 * 3 + max(0, size % 4 - 1)) if size > _DECODE_SLICE else None
     pieces = []
+    at = 0
     for start in range(0, size, _DECODE_SLICE):
         piece = bytes(text[start : start + _DECODE_SLICE])
         if b"=" in piece or b"+" in piece or b"/" in piece:
@@ -57,8 +62,17 @@ def b64url_decode_view(text: memoryview) -> bytes:
         piece = piece.translate(_URLSAFE_TO_STANDARD)
         if start + _DECODE_SLICE >= size:
             piece += b"=" * (-len(piece) % 4)
-        pieces.append(binascii.a2b_base64(piece, strict_mode=True))
-    return b"".join(pieces)
+        decoded = binascii.a2b_base64(piece, strict_mode=True)
+        if out is None:
+            pieces.append(decoded)
+        else:
+            out[at : at + len(decoded)] = decoded
+            at += len(decoded)
+    if out is None:
+        return b"".join(pieces)
+    if at != len(out):  # cannot be: the size says how many bytes the text holds
+        raise ValueError("not unpadded base64url")
+    return out
 
 
 class HpkeKey:

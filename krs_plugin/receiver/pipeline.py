@@ -22,7 +22,7 @@ from krs_plugin.config import Config
 from krs_plugin.confirmation import failure_report, served_part
 from krs_plugin.crypto import JoseKey, load_hpke_private, load_jose_key
 from krs_plugin.errors import DONE, KrsError, PolicyError, outcome_of, stage_of
-from krs_plugin.payload import DeleteKey, Payload, Ping, RollKey, parse_payload
+from krs_plugin.payload import Payload, Ping, RollKey, parse_payload
 from krs_plugin.protocol import CHUNK
 from krs_plugin.receiver.plan import build_plans
 from krs_plugin.receiver.reconcile import adapter_identity
@@ -51,33 +51,33 @@ class Carried:
     timing and metadata, about 1 KB beyond what the plans share) are freed before the adapter
     applies a distribution of 20,000 keys."""
 
-    entries: tuple[tuple[str, str, bool], ...]
-    """``(zone_name, key_id, is_key)`` of each entry in the KDC's order, as the confirmation's
-    ``successful_keys`` has them (a ping: ``("ping", "nonce-...", False)``)."""
+    entries: tuple[tuple[str, int | str], ...]
+    """``(zone, key tag)`` of each key entry in the KDC's order, ``("ping", "nonce-...")`` of a
+    ping: the confirmation's ``successful_keys``, one zone text per zone."""
     keys: tuple[tuple[str, int, int, int], ...]  # each roll_key: zone, tag, algorithm, flags
     removed: tuple[tuple[str, int], ...]  # each delete_key: zone, tag
 
     @classmethod
     def of(cls, payload: Payload) -> Carried:
-        entries: list[tuple[str, str, bool]] = []
+        entries: list[tuple[str, int | str]] = []
         keys: list[tuple[str, int, int, int]] = []
         removed: list[tuple[str, int]] = []
+        texts: dict[dns.name.Name, str] = {}
         for e in payload.entries:
+            if isinstance(e, Ping):
+                entries.append(("ping", f"nonce-{e.nonce}"))
+                continue
+            zone = texts.get(e.zone) or texts.setdefault(e.zone, e.zone.to_text())
+            entries.append((zone, e.key_tag))
             if isinstance(e, RollKey):
-                zone = e.zone.to_text()
-                entries.append((zone, str(e.key_tag), True))
                 keys.append((zone, e.key_tag, e.key.algorithm, e.key.flags))
-            elif isinstance(e, DeleteKey):
-                zone = e.zone.to_text()
-                entries.append((zone, str(e.key_tag), True))
+            else:
                 removed.append((zone, e.key_tag))
-            elif isinstance(e, Ping):
-                entries.append(("ping", f"nonce-{e.nonce}", False))
         return cls(tuple(entries), tuple(keys), tuple(removed))
 
     @property
     def failed_keys(self) -> list[tuple[str, int]]:
-        return [(zone, int(tag)) for zone, tag, is_key in self.entries if is_key]
+        return [(zone, tag) for zone, tag in self.entries if isinstance(tag, int)]
 
 
 def load_identity(config: Config) -> tuple[NodeIdentity, JoseKey | None, JoseKey | None]:
@@ -146,15 +146,16 @@ class Pipeline:
             )
             if not unpacked.signed:
                 log.warning("distribution %s accepted UNSIGNED (allow_unsigned: true)", dist_id)
+            retire_after = unpacked.manifest.metadata.retire_time
+            cleartext = [unpacked.plaintext]
+            del unpacked  # parse_payload holds the cleartext (megabytes) alone, and frees it
             payload = parse_payload(
-                unpacked.plaintext,
+                cleartext.pop(),  # once it is text
                 now=moment,
                 expected_distribution_id=dist_id,
                 clock_skew=int(self.config.clock_skew),
             )
             known = Carried.of(payload)
-            retire_after = unpacked.manifest.metadata.retire_time
-            del unpacked  # the cleartext (megabytes for thousands of zones) is parsed: free it
             self._check_zones(payload)
             plans = build_plans(
                 payload, self.adapter.current_keys, now=int(moment), retire_after=retire_after
@@ -269,7 +270,7 @@ class Pipeline:
         (docs/protocol.md section 6; ``compact_report`` cuts it to fit)."""
         if isinstance(payload, Payload):
             payload = Carried.of(payload)
-        ok = [{"zone_name": zone, "key_id": key_id} for zone, key_id, _ in payload.entries]
+        ok = [{"zone_name": zone, "key_id": str(key_id)} for zone, key_id in payload.entries]
         return {
             "node_id": self.config.node_id.to_text(),
             "successful_keys": ok,

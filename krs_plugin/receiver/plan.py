@@ -32,6 +32,7 @@ def build_plans(
         if isinstance(e, RollKey | DeleteKey):
             by_zone.setdefault(e.zone, []).append(e)
     plans = []
+    timings: dict[KeyTiming, KeyTiming] = {}  # one object per distinct timing (20,000 keys)
     for zone, entries in by_zone.items():
         install: list[PlannedKey] = []
         retire: set[int] = set()
@@ -46,6 +47,7 @@ def build_plans(
                     timing = KeyTiming(
                         now, timing.publish, timing.activate, timing.inactive, timing.delete
                     )
+                timing = timings.setdefault(timing, timing)
                 install.append(PlannedKey(entry.key, entry.key_type, timing, entry.cds))
                 if entry.old_key_tag is not None and (entry.retire_old_key or entry.timing is None):
                     retire.add(entry.old_key_tag)

@@ -87,11 +87,11 @@ def unpack_distribution(
     receiver = manifest.metadata.receiver_id
     if receiver is not None and check_node_id(receiver) != check_node_id(node.node_id):
         raise PolicyError(f"{where}: addressed to node {receiver}, not to this node")
-    transport = reassemble(manifest, chunk_records, limits, where=where)
+    transport = [reassemble(manifest, chunk_records, limits, where=where)]
     if isinstance(chunk_records, list):
         chunk_records.clear()  # joined: a big distribution is not held twice while it is opened
     opened = open_envelope(
-        transport,
+        transport.pop(),  # open_envelope holds the only reference, and drops it once decoded
         backend=manifest.metadata.crypto,
         recipient=key,
         verifier=verifier,
