@@ -33,3 +33,23 @@ def fix_mmap_threshold() -> bool:
     if not ok:
         log.debug("mallopt(M_MMAP_THRESHOLD) refused; large buffers may stay in the heap")
     return ok
+
+
+_libc: ctypes.CDLL | bool | None = False  # False: not looked up yet
+
+
+def give_back() -> None:
+    """Return the free memory of glibc's heaps to the system now (``malloc_trim``): the freed
+    chunks of a distribution lie in the middle of the heap, where glibc leaves them resident
+    until asked. Nothing on other C libraries."""
+    global _libc
+    if _libc is False:
+        name = ctypes.util.find_library("c")
+        try:
+            _libc = ctypes.CDLL(name) if name else None
+            if _libc is not None and not hasattr(_libc, "malloc_trim"):
+                _libc = None
+        except OSError:
+            _libc = None
+    if isinstance(_libc, ctypes.CDLL):
+        _libc.malloc_trim(0)

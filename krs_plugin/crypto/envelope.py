@@ -52,7 +52,7 @@ def seal_envelope(
 
 
 def open_envelope(
-    transport: bytes,
+    transport: bytes | bytearray,
     *,
     backend: Backend,
     recipient: HpkeKey | JoseKey,
@@ -69,7 +69,9 @@ def open_envelope(
         raise WireError(f"{where}: crypto backend {backend!r} is not one of {BACKENDS}")
     try:
         # Surrounding whitespace (a newline from a file) is not part of the base64 text.
-        outer = base64.b64decode(transport.strip(), validate=True)
+        if transport[:1].isspace() or transport[-1:].isspace():
+            transport = transport.strip()  # a copy: only when there is something to strip
+        outer = base64.b64decode(transport, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise WireError(f"{where}: transport string is not standard base64: {exc}") from exc
     # Decoded: the transport string (the largest copy, 4/3 of the rest) goes now, when the

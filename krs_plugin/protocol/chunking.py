@@ -91,6 +91,10 @@ def build_chunk_records(
     return records
 
 
+TRIM_EVERY = 32
+"""Chunks (about 2 MB) joined between two ``memory.give_back`` calls in ``Reassembler.take``."""
+
+
 class Reassembler:
     """Collects data chunks 1..N of one manifest, each exactly once, within ``limits``.
 
@@ -172,6 +176,26 @@ class Reassembler:
             )
         return b"".join(self._chunks[i] for i in range(1, self.manifest.chunk_count + 1))
 
+    def take(self) -> bytearray:
+        """``result``, each chunk let go once copied, the freed memory given back to the system
+        every ``TRIM_EVERY`` chunks: with no one else holding the chunks, the transport is not
+        held twice (chunks and joined string) at any moment."""
+        from krs_plugin.memory import give_back
+
+        if self.missing:
+            self.result()  # raises, naming them
+        out = bytearray(self._bytes)  # a fresh mapping: its pages count once written
+        at = 0
+        for i in range(1, self.manifest.chunk_count + 1):
+            data = self._chunks.pop(i)
+            out[at : at + len(data)] = data
+            at += len(data)
+            del data
+            if i % TRIM_EVERY == 0:
+                give_back()
+        give_back()
+        return out
+
 
 def reassemble(
     manifest: Manifest,
@@ -179,8 +203,9 @@ def reassemble(
     limits: Limits,
     *,
     where: str = "distribution",
-) -> bytes:
-    """The transport string of a manifest: its inline payload, or its chunks joined in order."""
+) -> bytes | bytearray:
+    """The transport string of a manifest: its inline payload, or its chunks joined in order. A
+    list of chunks is emptied as they are joined (``Reassembler.take``)."""
     if manifest.is_inline:
         assert manifest.payload is not None  # decode_manifest guarantees it
         if len(manifest.payload) > limits.max_total_bytes:
@@ -195,4 +220,7 @@ def reassemble(
     assembler = Reassembler(manifest, limits, where=where)
     for rdata in chunks:
         assembler.add(rdata)
-    return assembler.result()
+    if not isinstance(chunks, list):
+        return assembler.result()
+    chunks.clear()  # the assembler holds the only references: joined, each chunk goes
+    return assembler.take()
