@@ -75,7 +75,9 @@ class StateConnection(sqlite3.Connection):
                 self._release()
 
 
-_OPEN_LOCK = threading.Lock()
+_OPEN_LOCK = threading.RLock()  # reentrant: a leaked connection's finalizer (a weakref, run by
+# the garbage collector at any allocation) releases its count, also while this thread holds the
+# lock in open_private_db: with a plain Lock that deadlocked the process
 _OPEN: dict[str, int] = {}
 """Connections this process has open, per database file. SQLite locks with POSIX locks, which a
 process loses on a file the moment it closes *any* descriptor of it: the file checks of
