@@ -113,8 +113,8 @@ def lab_init_options(state: Path) -> list[str]:
         directory = Path(tempfile.mkdtemp(prefix="krs-lab-softhsm-"))
         atexit.register(shutil.rmtree, directory, ignore_errors=True)
         _LAB_TOKEN = SoftHsm(directory)
-        os.environ["SOFTHSM2_CONF"] = str(_LAB_TOKEN.conf)
-        os.environ["KRS_KDC_PIN"] = _LAB_TOKEN.pin
+    os.environ["SOFTHSM2_CONF"] = str(_LAB_TOKEN.conf)
+    os.environ["KRS_KDC_PIN"] = _LAB_TOKEN.pin
     name = "krs-" + hashlib.sha256(str(state.resolve()).encode()).hexdigest()[:12]
     return [
         "--custody", "pkcs11", "--pkcs11-module", _LAB_TOKEN.module, "--token", _LAB_TOKEN.label,

@@ -19,8 +19,15 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519
 
 from krs_lab import softhsm
+from krs_lab.deployment import Deployment
 from krs_plugin.crypto import HpkeKey, load_jose_key, write_hpke_public
-from krs_plugin.dnssec import DnssecKey, KeyTiming, generate_key, write_bind_key_pair
+from krs_plugin.dnssec import (
+    DnssecKey,
+    KeyTiming,
+    generate_key,
+    read_bind_key_pair,
+    write_bind_key_pair,
+)
 from krs_plugin.kdc.identity import create_identity
 from krs_plugin.kdc.keygen import store_key
 from krs_plugin.kdc.store import Store
@@ -32,11 +39,15 @@ KDC = str(Path(sys.executable).parent / "krs-kdc")
 CZ, ZONE, NODE = "kdc.example.", "example.com.", "ns1.edge.example."
 
 
+OUTPUT: list[str] = []  # every command's stdout and stderr: searched for private keys too
+
+
 def kdc(state: Path, *args: str, env: dict[str, str] | None = None, ok: bool = True) -> object:
     result = subprocess.run(
         [KDC, "--state", str(state), "--json", *args],
         capture_output=True, text=True, timeout=120, env=env or dict(os.environ),
     )  # fmt: skip
+    OUTPUT.append(result.stdout + result.stderr)
     if not ok:
         assert result.returncode != 0, result.stdout
         return result.stderr
@@ -142,7 +153,10 @@ def test_keys_in_softhsm_distribution_verifies_and_nothing_private_in_kdc_db_or_
         [KDC, "--state", str(state), "--json", "key", "list"], capture_output=True, timeout=60,
         env=env, check=True,
     ).stdout  # fmt: skip
-    assert_nowhere(keys, {**state_files(state), "export": export, "key list": listing})
+    outputs = "\n".join(OUTPUT).encode()
+    assert_nowhere(
+        keys, {**state_files(state), "export": export, "key list": listing, "output": outputs}
+    )
 
     status = kdc(state, "custody", "status", env=env)
     assert isinstance(status, dict)
@@ -246,3 +260,31 @@ def test_legacy_kdc_db_migrated_into_a_token_keeps_its_signing_key(
     verify = subprocess.run([KDC, "--state", str(state), "audit", "verify"], env=env,
                             capture_output=True, text=True, timeout=60)  # fmt: skip
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+@pytest.mark.skipif(softhsm.available() is not None, reason=str(softhsm.available()))
+def test_serve_and_krs_run_with_the_kdc_keys_in_softhsm_log_no_private_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lab's whole path (krs-kdc serve, krs run) with KRS_LAB_CUSTODY=pkcs11: the node
+    installs what the token-signed distribution carries; neither log nor kdc.db holds it."""
+    for name in ("SOFTHSM2_CONF", "KRS_KDC_PIN"):
+        monkeypatch.setenv(name, "")  # set by the lab below; put back after the test
+    monkeypatch.setenv(softhsm.LAB_CUSTODY, "pkcs11")
+    deployment = Deployment(tmp_path / "lab")
+    try:
+        status = json.loads(deployment.kdc("--json", "custody", "status"))
+        assert status["custody"] == "pkcs11" and status["ok"]
+        assert not (deployment.state / "keys" / "kdc.signing.privatekey").exists()
+        deployment.start_kdc()
+        deployment.start_krs()
+        dist_id = deployment.distribute("--zone", ZONE)
+        deployment.wait_confirmed(dist_id)
+        installed = [
+            read_bind_key_pair(p)[0] for p in (deployment.node_dir / "keys").glob("*.private")
+        ]
+        assert len(installed) == 2
+        logs = {p.name: p.read_bytes() for p in deployment.logs.iterdir()}
+        assert_nowhere(installed, {**state_files(deployment.state), **logs})
+    finally:
+        deployment.close()

@@ -186,6 +186,13 @@ def token(tmp_path_factory: pytest.TempPathFactory) -> Iterator[softhsm.SoftHsm]
     yield hsm
 
 
+@pytest.fixture(autouse=True)
+def no_pin_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The PIN comes from the settings' file here ($KRS_KDC_PIN would come first)."""
+    monkeypatch.delenv("KRS_KDC_PIN", raising=False)
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+
+
 def pkcs11_settings(hsm: softhsm.SoftHsm, name: str, **more: str) -> cu.CustodySettings:
     return cu.CustodySettings(
         "pkcs11",
