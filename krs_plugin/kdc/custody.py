@@ -26,7 +26,7 @@ import json
 import os
 import secrets
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -187,6 +187,7 @@ class Custody:
     state: Path
     source: str = ""  # where the KEK / PIN came from, for status (never the secret)
     _signing: JoseKey | None = field(default=None, repr=False)
+    _verified: bool = field(default=False, repr=False)  # the KEK matched the check value
 
     @property
     def kind(self) -> str:
@@ -196,8 +197,6 @@ class Custody:
     def seals(self) -> bool:
         """New DNSSEC keys are sealed under a KEK (file, pkcs11), not stored in the clear."""
         return self.kind != "legacy"
-
-    _verified: bool = field(default=False, repr=False)
 
     def seal(self, plaintext: bytes, aad: bytes) -> bytes:
         self._verify_once()
@@ -257,9 +256,6 @@ class Custody:
         if self._signing is None:
             self._signing = self._load_signing_key()
         return self._signing
-
-    def has_signing_key(self) -> bool:
-        return (self.state / SIGNING_FILE).exists()
 
     def status(self) -> dict[str, Any]:
         data: dict[str, Any] = {"custody": self.kind}
@@ -507,9 +503,6 @@ class Pkcs11Custody(Custody):
         with _LOCK:
             return bytes(self._kek().decrypt(ciphertext, **self._gcm(nonce, aad)))
 
-    def has_signing_key(self) -> bool:
-        return True
-
     def _load_signing_key(self) -> JoseKey:
         p = _pkcs11()
         label = self.settings.signing_label
@@ -671,10 +664,6 @@ def open_custody(state: Path, settings: CustodySettings) -> Custody:
         if key not in _OPENED:
             _OPENED[key] = cls(settings, state)
         return _OPENED[key]
-
-
-def settings_of(meta: Mapping[str, str]) -> CustodySettings:
-    return CustodySettings.loads(meta.get(META_KEY))
 
 
 def with_check(custody: Custody) -> CustodySettings:
