@@ -22,6 +22,7 @@ from krs_plugin.config import Config
 from krs_plugin.confirmation import failure_report, served_part
 from krs_plugin.crypto import JoseKey, load_hpke_private, load_jose_key
 from krs_plugin.errors import DONE, KrsError, PolicyError, outcome_of, stage_of
+from krs_plugin.memory import give_back
 from krs_plugin.payload import Payload, Ping, RollKey, parse_payload
 from krs_plugin.protocol import CHUNK
 from krs_plugin.receiver.plan import build_plans
@@ -161,6 +162,7 @@ class Pipeline:
                 payload, self.adapter.current_keys, now=int(moment), retire_after=retire_after
             )
             del payload  # the plans hold the keys; ``known`` what the reports need
+            give_back()  # the cleartext and its parse, freed in the middle of the heap
             if dry_run:
                 return Outcome(dist_id, "planned", "plan", plans=tuple(plans))
             results = self._apply(dist_id, plans)
