@@ -182,6 +182,11 @@ def migrate(
             f"{source.token!r} (non-extractable); nothing was changed. A new signing key means "
             "a key rollover of the KDC (krs-kdc identity roll, once it exists)"
         )
+    if source.kind == target.kind == "file" and target.kek_file not in (None, source.kek_file):
+        raise ConfigError(
+            f"custody file already: its KEK is {cu.kek_path(state, source)}; another KEK for the "
+            "same custody (a KEK rotation) is not supported yet. Nothing was changed"
+        )
     unchanged = _same(source, target)
     signing_file = state / cu.SIGNING_FILE
     signing = None
