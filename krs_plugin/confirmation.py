@@ -140,7 +140,13 @@ def served_part(adapter: str, results: Iterable[ApplyResult]) -> dict[str, objec
     applying (``ApplyResult.served``), ``zone_count`` of them; for an adapter without a server
     (directory) ``zones`` is empty and ``absent`` says why."""
     results = list(results)
-    zones = [dict(r.served) for r in results if r.served is not None]
+    # the adapter's dicts as they are (a copy of each, 10,000 zones, was 6 MB at the moment the
+    # report is stored); only another Mapping is copied into one
+    zones = [
+        r.served if type(r.served) is dict else dict(r.served)
+        for r in results
+        if r.served is not None
+    ]
     served: dict[str, object] = {"zones": zones, "zone_count": len(zones)}
     if not zones and results:
         served["absent"] = f"the {adapter} adapter has no server to read from"
