@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from krs_lab import softhsm
-from krs_plugin.crypto import JoseKey
+from krs_plugin.crypto import HpkeKey, JoseKey
 from krs_plugin.crypto.jose import jws_sign, jws_verify
 from krs_plugin.dnssec import generate_key
 from krs_plugin.kdc import custody as cu
@@ -313,3 +313,31 @@ def replace_settings(settings: cu.CustodySettings, **changes: str) -> cu.Custody
     from dataclasses import replace
 
     return replace(settings, **changes)
+
+
+def test_a_key_that_does_not_open_stops_the_distribution_and_nothing_is_stored(
+    tmp_path: Path,
+) -> None:
+    from krs_plugin.kdc.distribute import distribute_zone
+
+    store = file_kdc(tmp_path)
+    store.add_node(
+        "ns1.example.", notify_address="127.0.0.1:9", backend="hpke",
+        hpke_pubkey=HpkeKey.generate().public_hex, jose_pubkey=None, signing_pubkey=None,
+        zones=[ZONE],
+    )  # fmt: skip
+    good, _ = add_key(store, "KSK")
+    bad, _ = add_key(store)
+    tag = store.key_by_id(bad).key_tag
+    store.db.execute(
+        "UPDATE keys SET private_sealed = (SELECT private_sealed FROM keys WHERE id = ?) "
+        "WHERE id = ?",
+        (good, bad),
+    )
+    identity = load_identity(tmp_path / "keys", store.custody)
+    with pytest.raises(cu.CustodyError, match=rf"private key of {ZONE} tag {tag} does not decrypt"):
+        distribute_zone(store, identity, ZONE, now=time.time())
+    assert store.distributions() == []
+    assert {k.state for k in store.keys(ZONE)} == {"created"}  # not published either
+    store.db.execute("UPDATE keys SET state = 'removed' WHERE id = ?", (bad,))
+    assert distribute_zone(store, identity, ZONE, now=time.time()).key_count == 1
