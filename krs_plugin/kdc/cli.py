@@ -496,6 +496,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host, _, port = args.metrics.rpartition(":")
         metrics = (host.strip("[]"), int(port))
     setup_logging(args.log_format)
+    if store.custody.kind == "legacy":
+        import logging
+
+        logging.getLogger("krs_plugin.kdc.custody").warning(
+            "kdc.db holds the zones' private keys in the clear (custody legacy): seal them with "
+            "krs-kdc custody migrate --to file (docs/security.md, 'Key custody')"
+        )
     options = ServeOptions(
         listen=tuple(listen),
         notify_retry_base=args.notify_retry,
