@@ -647,20 +647,7 @@ class Engine:
                 f"UPDATE keys SET {', '.join(assignments)} WHERE id = ?",
                 [state, *times.values(), row.id],
             )
-            self.store.audit(
-                "key.state",
-                zone=zone,
-                now=now,
-                details={
-                    "key_tag": row.key_tag,
-                    "role": row.role,
-                    "algorithm": row.algorithm,
-                    "from": row.state,
-                    "to": state,
-                    "cause": "engine",
-                    "times": dict(times),
-                },
-            )
+            self.store.audit_key_state(row, state, "engine", now=now, times=dict(times))
 
     def _signer(self) -> KdcIdentity:
         if self.identity is None:

@@ -1173,7 +1173,7 @@ class Store:
         with self.transaction():
             row = self.key_by_id(key_id)
             self.db.execute("UPDATE keys SET state = ? WHERE id = ?", (state, key_id))
-            self._audit_state(row, state, "set", now=now)
+            self.audit_key_state(row, state, "set", now=now)
             if column:
                 self.db.execute(
                     f"UPDATE keys SET {column} = COALESCE({column}, ?) WHERE id = ?",
@@ -1198,7 +1198,7 @@ class Store:
                 " WHERE id = ?",
                 (stamp, stamp, row.id),
             )
-            self._audit_state(row, "retired", "retire", now=now, force=force)
+            self.audit_key_state(row, "retired", "retire", now=now, force=force)
         return self.key_by_id(row.id)
 
     def remove_key(self, zone: str, key_tag: int, *, force: bool, now: float) -> KeyRow:
@@ -1215,7 +1215,7 @@ class Store:
                 "WHERE id = ?",
                 (int(now), int(now), row.id),
             )
-            self._audit_state(row, "removed", "remove", now=now, force=force)
+            self.audit_key_state(row, "removed", "remove", now=now, force=force)
         return self.key_by_id(row.id)
 
     def restore_key(self, zone: str, key_tag: int, *, now: float) -> KeyRow:
@@ -1235,13 +1235,14 @@ class Store:
                 "UPDATE keys SET state = ?, delete_at = NULL WHERE id = ?",
                 ("retired" if retired else "published", row.id),
             )
-            self._audit_state(row, "retired" if retired else "published", "restore", now=now)
+            self.audit_key_state(row, "retired" if retired else "published", "restore", now=now)
         return self.key_by_id(row.id)
 
-    def _audit_state(
+    def audit_key_state(
         self, row: KeyRow, state: str, cause: str, *, now: float | None = None, **more: object
     ) -> None:
-        """A key's state change in the audit trail (``cause``: the command, or time)."""
+        """A key's state change in the audit trail (``cause``: the command, time, or the
+        lifecycle engine)."""
         self.audit(
             "key.state",
             zone=row.zone,
@@ -1312,7 +1313,7 @@ class Store:
                 self.db.execute(f"UPDATE keys SET state = ? WHERE {condition}", (state, stamp))
                 moves += [(r["zone"], r["key_tag"], state) for r in rows]
                 for r in rows:
-                    self._audit_state(self._key(r), state, "time", now=stamp)
+                    self.audit_key_state(self._key(r), state, "time", now=stamp)
         return moves
 
     @staticmethod
