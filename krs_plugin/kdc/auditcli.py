@@ -175,7 +175,6 @@ def add_parsers(sub: Any, add: Any) -> None:
         help=f"KDC signing public key ({SIGNING_PUBKEY}) to check signatures with (repeatable; "
         "default: the state directory's; required with --pack)",
     )
-    since = past_time_argument()
     p = add(
         group,
         "export",
@@ -184,19 +183,19 @@ def add_parsers(sub: Any, add: Any) -> None:
         "the KDC's signing public keys",
     )
     p.add_argument("--zone", help="the zone's entries whole, others without content")
-    p.add_argument(
-        "--since",
-        type=since,
-        metavar="TIME",
-        help="from this time: a duration back (7d) or an ISO 8601 UTC time (2026-12-01)",
-    )
+    add_since(p)
     p.add_argument("--output", "-o", metavar="FILE", help="pack file (default: standard output)")
     p.add_argument("--key", action="append", metavar="FILE", help=argparse.SUPPRESS)
     p = add(group, "list", cmd_audit_list, "list audit entries")
     p.add_argument("--zone", help="only entries that concern this zone")
-    p.add_argument(
+    add_since(p)
+
+
+def add_since(parser: argparse.ArgumentParser) -> None:
+    """``--since TIME``, the same for ``audit export`` and ``audit list``."""
+    parser.add_argument(
         "--since",
-        type=since,
+        type=past_time_argument(),
         metavar="TIME",
         help="from this time: a duration back (7d) or an ISO 8601 UTC time (2026-12-01)",
     )
