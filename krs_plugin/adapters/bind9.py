@@ -792,7 +792,9 @@ class Bind9Adapter(BaseAdapter[BindChange]):
         directory = self.directory(zone)
         now = int(time.time())
         keys = {}
+        held = {}
         for _, key, timing in self.keys(zone).read_keys(zone):
+            held[key.key_tag, key.algorithm] = key.dnskey
             if key.key_tag in plan.remove:
                 continue
             state = bindstate.read_state(bindstate.state_path(directory, key))
@@ -805,6 +807,12 @@ class Bind9Adapter(BaseAdapter[BindChange]):
             )
         for planned in plan.install:
             key = planned.key
+            if held.get((key.key_tag, key.algorithm), key.dnskey) != key.dnskey:
+                raise AdapterError(
+                    f"key {key.key_tag} (algorithm {key.algorithm}) is not the key of that tag "
+                    f"the zone holds: named names key files by tag and algorithm, so it cannot "
+                    "hold both; have the KDC draw a new key"
+                )
             keys[key.key_tag] = (
                 key.key_tag,
                 key.algorithm,

@@ -202,6 +202,8 @@ class UnboundLab(LabServer):
             f"    interface: {self.host}@{self.port}\n"
             f"    port: {self.port}\n"
             "    do-ip6: no\n"
+            # its queries take source ports above the lab's listening ports (krs_lab.ports)
+            "    outgoing-port-avoid: 0-32767\n"
             '    username: ""\n'
             '    chroot: ""\n'
             f'    directory: "{self.root}"\n'
