@@ -41,6 +41,7 @@ class KeyFiles:
     hpke: Path | None = None
     jose: Path | None = None
     signing: Path | None = None
+    hpke_pq: Path | None = None  # ``keys: hpke-pq:`` (docs/configuration.md)
 
 
 @dataclass(frozen=True)
@@ -272,14 +273,17 @@ def load_config(path: str | os.PathLike[str], *, require_files: bool = True) -> 
         if required not in top:
             raise r.fail(required, "is required")
 
-    keys_raw = r.mapping(top.get("keys"), "keys", {"hpke", "jose", "signing"})
+    keys_raw = r.mapping(top.get("keys"), "keys", {"hpke", "jose", "signing", "hpke-pq"})
     keys = KeyFiles(
         r.file(keys_raw.get("hpke"), "keys.hpke", required=False),
         r.file(keys_raw.get("jose"), "keys.jose", required=False),
         r.file(keys_raw.get("signing"), "keys.signing", required=False),
+        r.file(keys_raw.get("hpke-pq"), "keys.hpke-pq", required=False),
     )
-    if keys.hpke is None and keys.jose is None:
-        raise r.fail("keys", "needs at least one of hpke or jose (the node's private key files)")
+    if keys.hpke is None and keys.jose is None and keys.hpke_pq is None:
+        raise r.fail(
+            "keys", "needs at least one of hpke or jose or hpke-pq (the node's private key files)"
+        )
 
     kdc_raw = r.mapping(top.get("kdc"), "kdc", {"verification_key", "allow_unsigned", "address"})
     allow_unsigned = r.boolean(kdc_raw.get("allow_unsigned"), "kdc.allow_unsigned", False)

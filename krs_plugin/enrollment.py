@@ -8,6 +8,10 @@ What is ours on top of tdns (a tdns peer ignores it, JSON fields it does not kno
 
 - the package also carries the KDC's signing key (``kdc_signing_pubkey``, a JWK, so the node
   need not be given it by hand), ``valid_until``, the ``backend`` and the ``zones``;
+- the ``hpke-pq`` backend (docs/enrollment.md, "The hybrid backend"): the package gives the KDC's
+  X25519 key (the request is sealed with classic HPKE, as for ``hpke``), the request carries the
+  node's ML-KEM-768 + X25519 key in ``hpke_pq_pubkey``, and the confirmation is sealed to that key
+  (hybrid HPKE, base mode: the hybrid KEM has no auth mode);
 - the request also carries the node's confirmation signing key (``signing_pubkey``) and
   ``package_digest``, the SHA-256 of the package as issued, so the KDC refuses a package that
   was altered on its way to the node;
@@ -36,7 +40,7 @@ import dns.rdatatype
 import dns.rrset
 import dns.update
 
-from krs_plugin.crypto import HpkeKey, JoseKey
+from krs_plugin.crypto import HpkeKey, HybridKey, JoseKey, hybrid
 from krs_plugin.crypto.hpke import open_sealed, seal
 from krs_plugin.crypto.jose import jwe_decrypt, jwe_encrypt
 from krs_plugin.errors import EnrollmentError, KrsError
@@ -47,7 +51,7 @@ ENROLL_LABEL = b"_enroll"
 ENROLL_TTL = 300
 DEFAULT_WINDOW = 300  # seconds a request's timestamp may differ from the KDC's clock (tdns: 5 m)
 TOKEN_BYTES = 32
-BACKENDS = ("hpke", "jose")
+BACKENDS = ("hpke", "jose", "hpke-pq")
 _PACKAGE_TDNS = (
     "token",
     "node_id",
@@ -150,6 +154,15 @@ class BootstrapPackage:
                 raise EnrollmentError(f"{where}: {name} must be a string")
         if not data.get("kdc_hpke_pubkey") and not data.get("kdc_jose_pubkey"):
             raise EnrollmentError(f"{where}: the package names no KDC key (hpke or jose)")
+        backend = data.get("backend", "")
+        if backend and backend not in BACKENDS:
+            raise EnrollmentError(
+                f"{where}: backend {backend!r} is not one of {BACKENDS} (a newer KDC's package?)"
+            )
+        if backend == "hpke-pq" and not data.get("kdc_hpke_pubkey"):
+            raise EnrollmentError(
+                f"{where}: an hpke-pq package needs kdc_hpke_pubkey (the request is sealed to it)"
+            )
         zones = data.get("zones", [])
         if not isinstance(zones, list) or not all(isinstance(z, str) for z in zones):
             raise EnrollmentError(f"{where}: zones must be a list of names")
@@ -217,6 +230,7 @@ class EnrollmentRequest:
     jose_pubkey: str = ""  # the JWK JSON text
     signing_pubkey: str = ""  # ours: the JWK JSON text of the key that signs confirmations
     package_digest: str = ""  # ours
+    hpke_pq_pubkey: str = ""  # ours: hex, the hpke-pq backend's ML-KEM-768 + X25519 key
 
     def to_json(self) -> bytes:
         data = {k: v for k, v in asdict(self).items() if v}
@@ -234,8 +248,10 @@ class EnrollmentRequest:
         for name in ("auth_token", "notify_address", "sig0_pubkey", "timestamp"):
             if not values[name]:
                 raise EnrollmentError(f"enrollment request: {name} missing")
-        if not values["hpke_pubkey"] and not values["jose_pubkey"]:
-            raise EnrollmentError("enrollment request: neither hpke_pubkey nor jose_pubkey")
+        if not (values["hpke_pubkey"] or values["jose_pubkey"] or values["hpke_pq_pubkey"]):
+            raise EnrollmentError(
+                "enrollment request: neither hpke_pubkey nor jose_pubkey nor hpke_pq_pubkey"
+            )
         return cls(**values)
 
     def hpke_key(self) -> HpkeKey | None:
@@ -243,6 +259,14 @@ class EnrollmentRequest:
 
     def jose_key(self) -> JoseKey | None:
         return _jwk_text(self.jose_pubkey, "request jose_pubkey")
+
+    def hybrid_key(self) -> HybridKey | None:
+        if not self.hpke_pq_pubkey:
+            return None
+        try:
+            return HybridKey.from_public_hex(self.hpke_pq_pubkey, "request hpke_pq_pubkey")
+        except KrsError as exc:
+            raise EnrollmentError(str(exc)) from exc
 
     def signing_key(self) -> JoseKey | None:
         return _jwk_text(self.signing_pubkey, "request signing_pubkey")
@@ -379,11 +403,15 @@ def seal_confirmation(
     node_hpke: HpkeKey | None,
     node_jose: JoseKey | None,
     kdc_hpke: HpkeKey,
+    node_hybrid: HybridKey | None = None,
 ) -> bytes:
     """HPKE auth mode from the KDC's X25519 key to the node's (tdns), else a JWE to the node's
-    P-256 key; plain JSON when the request could not even be read (no node key to seal to)."""
+    P-256 key, else hybrid HPKE (base mode) to its hpke-pq key; plain JSON when the request
+    could not even be read (no node key to seal to)."""
     if node_hpke is not None:
         return seal(confirmation.to_json(), node_hpke, sender=kdc_hpke)
+    if node_hybrid is not None and node_jose is None:
+        return hybrid.seal(confirmation.to_json(), node_hybrid)
     if node_jose is not None:
         return jwe_encrypt(confirmation.to_json(), node_jose).encode()
     return confirmation.to_json()
@@ -399,6 +427,7 @@ def open_confirmation(
     node_hpke: HpkeKey | None,
     node_jose: JoseKey | None,
     kdc_hpke: HpkeKey | None,
+    node_hybrid: HybridKey | None = None,
 ) -> EnrollmentConfirmation | None:
     """The KDC's confirmation from its answer, opened with the node's new key (HPKE auth mode
     also proves the KDC's X25519 key sealed it); None when the answer has none. A plaintext
@@ -415,6 +444,8 @@ def open_confirmation(
             plain = open_sealed(body, node_hpke, sender=kdc_hpke, where="enrollment confirmation")
         elif node_jose is not None:
             plain, _ = jwe_decrypt(body, node_jose, where="enrollment confirmation")
+        elif node_hybrid is not None:
+            plain = hybrid.open_sealed(body, node_hybrid, where="enrollment confirmation")
         else:
             raise EnrollmentError("no node key to open the enrollment confirmation with")
     except (KrsError, ValueError) as exc:

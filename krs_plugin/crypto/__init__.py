@@ -1,6 +1,7 @@
-"""Keys, HPKE, JOSE and the signed envelope, shared by the KDC and the KRS."""
+"""Keys, HPKE (classic and hybrid), JOSE and the signed envelope, shared by the KDC and the KRS."""
 
 from krs_plugin.crypto.envelope import OpenedEnvelope, open_envelope, seal_envelope
+from krs_plugin.crypto.hybrid import HybridKey, load_hybrid_private, load_hybrid_public
 from krs_plugin.crypto.keys import (
     HpkeKey,
     JoseKey,
@@ -21,10 +22,13 @@ __all__ = [
     "BACKENDS",
     "Backend",
     "HpkeKey",
+    "HybridKey",
     "JoseKey",
     "OpenedEnvelope",
     "load_hpke_private",
     "load_hpke_public",
+    "load_hybrid_private",
+    "load_hybrid_public",
     "load_jose_key",
     "open_envelope",
     "read_key_text",

@@ -3,7 +3,9 @@
 ``T = base64(JWS_ES256(C))`` where C, the JWS payload, is
 
 - ``jose``: a JWE compact serialization (ECDH-ES, A256GCM) to the node's P-256 key;
-- ``hpke``: the raw HPKE ciphertext ``enc || ct`` to the node's X25519 key (no JWE layer).
+- ``hpke``: the raw HPKE ciphertext ``enc || ct`` to the node's X25519 key (no JWE layer);
+- ``hpke-pq`` (ours, section 4.3): the same layout, HPKE with the hybrid KEM MLKEM768-X25519 to the
+  node's ML-KEM-768 + X25519 key (``enc`` is 1120 bytes instead of 32).
 
 Unsigned ``T = base64(C)`` exists in tdns for KDCs without a signing key; we open it only when the
 operator opted out of signatures (``allow_unsigned``), and our KDC never produces it.
@@ -17,7 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from krs_plugin.crypto import hpke, jose
+from krs_plugin.crypto import hpke, hybrid, jose
+from krs_plugin.crypto.hybrid import HybridKey
 from krs_plugin.crypto.keys import HpkeKey, JoseKey
 from krs_plugin.errors import DecryptionError, SignatureError, WireError
 from krs_plugin.protocol.manifest import BACKENDS, Backend
@@ -37,7 +40,7 @@ def seal_envelope(
     plaintext: bytes,
     *,
     backend: Backend,
-    recipient: HpkeKey | JoseKey,
+    recipient: HpkeKey | JoseKey | HybridKey,
     signer: JoseKey | None,
     headers: Mapping[str, Any] | None = None,
 ) -> bytes:
@@ -55,7 +58,7 @@ def open_envelope(
     transport: bytes | bytearray,
     *,
     backend: Backend,
-    recipient: HpkeKey | JoseKey,
+    recipient: HpkeKey | JoseKey | HybridKey,
     verifier: JoseKey | None,
     allow_unsigned: bool = False,
     where: str = "distribution",
@@ -101,7 +104,7 @@ def open_envelope(
 def _seal_inner(
     plaintext: bytes,
     backend: Backend,
-    recipient: HpkeKey | JoseKey,
+    recipient: HpkeKey | JoseKey | HybridKey,
     headers: Mapping[str, Any] | None,
 ) -> bytes:
     if backend == "hpke":
@@ -112,18 +115,46 @@ def _seal_inner(
         if not isinstance(recipient, JoseKey):
             raise TypeError("the jose backend seals to a P-256 JoseKey")
         return jose.jwe_encrypt(plaintext, recipient, headers=headers).encode("ascii")
+    if backend == "hpke-pq":
+        if not isinstance(recipient, HybridKey):
+            raise TypeError("the hpke-pq backend seals to an ML-KEM-768 + X25519 HybridKey")
+        return hybrid.seal(plaintext, recipient)
     raise ValueError(f"crypto backend {backend!r} is not one of {BACKENDS}")
 
 
 def _open_inner(
-    inner: bytes | bytearray, backend: Backend, recipient: HpkeKey | JoseKey, where: str
+    inner: bytes | bytearray,
+    backend: Backend,
+    recipient: HpkeKey | JoseKey | HybridKey,
+    where: str,
 ) -> tuple[bytes, dict[str, Any]]:
     if backend == "hpke":
         if not isinstance(recipient, HpkeKey):
-            raise DecryptionError(f"{where}: sealed with hpke but this node has no X25519 key")
+            raise DecryptionError(
+                f"{where}: sealed with hpke but this node has no X25519 key (it holds "
+                f"{_kind(recipient)})"
+            )
         return hpke.open_sealed(inner, recipient, where=f"{where}: HPKE"), {}
+    if backend == "hpke-pq":
+        if not isinstance(recipient, HybridKey):
+            raise DecryptionError(
+                f"{where}: sealed with hpke-pq but this node has no ML-KEM-768 + X25519 key "
+                f"(it holds {_kind(recipient)})"
+            )
+        return hybrid.open_sealed(inner, recipient, where=f"{where}: hybrid HPKE"), {}
     if not isinstance(recipient, JoseKey):
-        raise DecryptionError(f"{where}: sealed with jose but this node has no P-256 key")
+        raise DecryptionError(
+            f"{where}: sealed with jose but this node has no P-256 key (it holds "
+            f"{_kind(recipient)})"
+        )
     if not inner.isascii():
         raise WireError(f"{where}: jose payload is not a compact JWE (binary data)")
     return jose.jwe_decrypt(inner, recipient, where=f"{where}: JWE")
+
+
+def _kind(key: HpkeKey | JoseKey | HybridKey) -> str:
+    if isinstance(key, HybridKey):
+        return f"an hpke-pq (ML-KEM-768 + X25519) key {key.fingerprint}"
+    if isinstance(key, HpkeKey):
+        return f"an hpke (X25519) key {key.fingerprint}"
+    return f"a jose (P-256) key {key.fingerprint}"

@@ -14,7 +14,7 @@ from typing import Any
 
 import dns.name
 
-from krs_plugin.crypto import Backend, HpkeKey, JoseKey, seal_envelope
+from krs_plugin.crypto import Backend, HpkeKey, HybridKey, JoseKey, seal_envelope
 from krs_plugin.protocol import (
     CHUNK,
     CHUNK_TYPE,
@@ -36,7 +36,7 @@ class NodeRecipient:
 
     node_id: dns.name.Name
     backend: Backend
-    key: HpkeKey | JoseKey
+    key: HpkeKey | JoseKey | HybridKey
 
     @property
     def hmac_key(self) -> bytes:

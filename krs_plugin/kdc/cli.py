@@ -924,7 +924,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(enroll, "create", cmd_enroll_create, "write a single-use package for a new node")
     p.add_argument("--node", required=True, help="the new node's id, an FQDN")
     p.add_argument("--zones", nargs="+", required=True, metavar="ZONE", help="zones it serves")
-    p.add_argument("--backend", choices=("hpke", "jose"), default="hpke")
+    p.add_argument("--backend", choices=("hpke", "jose", "hpke-pq"), default="hpke")
     p.add_argument(
         "--valid",
         type=duration_argument(

@@ -21,7 +21,7 @@ import dns.rdatatype
 from dns.rdtypes.ANY.DNSKEY import DNSKEY
 
 from krs_plugin.confirmation import key_ref
-from krs_plugin.crypto import HpkeKey, JoseKey
+from krs_plugin.crypto import HpkeKey, HybridKey, JoseKey
 from krs_plugin.dnssec import DnssecKey, KeyTiming, load_pkcs8_pem
 from krs_plugin.kdc.build import NodeRecipient, build_distribution
 from krs_plugin.kdc.identity import KdcIdentity
@@ -54,6 +54,10 @@ class DistributionSummary:
 def recipient_for(node: NodeRow) -> NodeRecipient:
     """The node's public key for its backend, as stored at ``node add``."""
     name = dns.name.from_text(node.id)
+    if node.backend == "hpke-pq":
+        if not node.hpke_pq_pubkey:
+            raise StateError(f"node {node.id} uses hpke-pq but has no ML-KEM-768 + X25519 key")
+        return NodeRecipient(name, "hpke-pq", HybridKey.from_public_hex(node.hpke_pq_pubkey))
     if node.backend == "hpke":
         if not node.hpke_pubkey:
             raise StateError(f"node {node.id} uses hpke but has no X25519 public key")

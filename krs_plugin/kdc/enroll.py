@@ -25,7 +25,7 @@ import dns.name
 import dns.opcode
 import dns.rcode
 
-from krs_plugin.crypto import HpkeKey, JoseKey
+from krs_plugin.crypto import HpkeKey, HybridKey, JoseKey
 from krs_plugin.dnsio import formerr_reply
 from krs_plugin.enrollment import (
     DEFAULT_WINDOW,
@@ -77,7 +77,9 @@ def create_package(
     package = BootstrapPackage(
         token=new_token(),
         node_id=node,
-        kdc_hpke_pubkey=identity.hpke.public_hex if backend == "hpke" else "",
+        # hpke-pq: the request is sealed with classic HPKE (docs/enrollment.md, "The hybrid
+        # backend"); what the node's new key protects is every distribution after it.
+        kdc_hpke_pubkey=identity.hpke.public_hex if backend in ("hpke", "hpke-pq") else "",
         kdc_jose_pubkey=encode_jose_pubkey(identity.jose) if backend == "jose" else "",
         kdc_enrollment_address=kdc_address,
         control_zone=control_zone,
@@ -134,7 +136,7 @@ class EnrollmentDesk:
     def handle(self, wire: bytes, source: str) -> bytes:
         """The answer to one UPDATE, always: success or a refusal that says why."""
         now = time.time()
-        node_keys: tuple[HpkeKey | None, JoseKey | None] = (None, None)
+        node_keys: tuple[HpkeKey | None, JoseKey | None, HybridKey | None] = (None, None, None)
         node_id = ""
         try:
             query = _parse(wire)
@@ -143,7 +145,8 @@ class EnrollmentDesk:
             return formerr_reply(wire) or b""
         try:
             request, backend = self._open(query)
-            node_keys = (request.hpke_key(), request.jose_key()) if _keys_ok(request) else node_keys
+            if _keys_ok(request):
+                node_keys = (request.hpke_key(), request.jose_key(), request.hybrid_key())
             token = self._token(request, now)
             node_id = token.node_id
             self._check_request(wire, request, token, backend, now)
@@ -247,12 +250,16 @@ class EnrollmentDesk:
             )
         if not _keys_ok(request):
             raise Refusal(dns.rcode.FORMERR, "the request's public keys are malformed")
-        wanted = request.hpke_pubkey if token.backend == "hpke" else request.jose_pubkey
-        if not wanted:
+        offered = {
+            "hpke": request.hpke_pubkey,
+            "jose": request.jose_pubkey,
+            "hpke-pq": request.hpke_pq_pubkey,
+        }
+        if not offered.get(token.backend):
             raise Refusal(
                 dns.rcode.REFUSED,
                 f"the package is for backend {token.backend}, but the request has no "
-                f"{token.backend}_pubkey",
+                f"{token.backend.replace('-', '_')}_pubkey",
             )
         existing = self.store.find_node(token.node_id)
         if existing is not None:
@@ -278,6 +285,7 @@ class EnrollmentDesk:
                 backend=token.backend,
                 hpke_pubkey=request.hpke_pubkey or None,
                 jose_pubkey=request.jose_pubkey or None,
+                hpke_pq_pubkey=request.hpke_pq_pubkey or None,
                 signing_pubkey=request.signing_pubkey if signing is not None else None,
                 zones=token.zones,
                 sig0_pubkey=request.sig0_pubkey,
@@ -314,12 +322,16 @@ class EnrollmentDesk:
         query: dns.message.Message,
         rcode: dns.rcode.Rcode,
         confirmation: EnrollmentConfirmation,
-        node_keys: tuple[HpkeKey | None, JoseKey | None],
+        node_keys: tuple[HpkeKey | None, JoseKey | None, HybridKey | None],
         reason: str,
     ) -> bytes:
-        hpke, jose = node_keys
+        hpke, jose, hybrid = node_keys
         sealed = seal_confirmation(
-            confirmation, node_hpke=hpke, node_jose=jose, kdc_hpke=self.identity.hpke
+            confirmation,
+            node_hpke=hpke,
+            node_jose=jose,
+            kdc_hpke=self.identity.hpke,
+            node_hybrid=hybrid,
         )
         options: list[dns.edns.Option] = [answer_option(sealed)]
         if reason:
@@ -355,6 +367,7 @@ def _keys_ok(request: EnrollmentRequest) -> bool:
     try:
         request.hpke_key()
         request.jose_key()
+        request.hybrid_key()
         request.signing_key()
     except EnrollmentError:
         return False

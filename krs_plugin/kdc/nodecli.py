@@ -13,7 +13,7 @@ from dataclasses import asdict
 from typing import Any
 
 from krs_plugin.cliout import emit
-from krs_plugin.crypto import load_hpke_public, load_jose_key
+from krs_plugin.crypto import load_hpke_public, load_hybrid_public, load_jose_key
 from krs_plugin.errors import WireError
 from krs_plugin.humantime import format_time
 from krs_plugin.kdc.clistate import add_dry_run, check_address, open_store
@@ -39,7 +39,14 @@ def cmd_node_add(args: argparse.Namespace) -> int:
     signing = (
         json.dumps(load_jose_key(args.signing_pubkey).public_jwk) if args.signing_pubkey else None
     )
-    backend = args.backend or ("hpke" if hpke else "jose")
+    hybrid = load_hybrid_public(args.hpke_pq_pubkey).public_hex if args.hpke_pq_pubkey else None
+    backend = args.backend or ("hpke" if hpke else "jose" if jose else "hpke-pq" if hybrid else "")
+    if not backend:
+        raise StateError(
+            f"node {node_id}: give its public key: --hpke-pubkey, --jose-pubkey or --hpke-pq-pubkey"
+        )
+    if backend == "hpke-pq" and not hybrid:
+        raise StateError(f"node {node_id}: backend hpke-pq needs --hpke-pq-pubkey")
     if backend == "hpke" and not hpke:
         raise StateError(f"node {node_id}: backend hpke needs --hpke-pubkey")
     if backend == "jose" and not jose:
@@ -53,6 +60,7 @@ def cmd_node_add(args: argparse.Namespace) -> int:
         jose_pubkey=jose,
         signing_pubkey=signing,
         zones=args.zone or [],
+        hpke_pq_pubkey=hybrid,
     )
     emit(
         asdict(node),
@@ -255,9 +263,13 @@ def add_parsers(sub: Any, add: Any) -> Any:
     add_dry_run(p)
     p.add_argument("node_id", help="node id, an FQDN such as ns1.edge.example.")
     p.add_argument("--notify", required=True, help="where the node listens for NOTIFY (host:port)")
-    p.add_argument("--backend", choices=("hpke", "jose"))
+    p.add_argument("--backend", choices=("hpke", "jose", "hpke-pq"))
     p.add_argument("--hpke-pubkey", help="file with the node's X25519 public key (hex)")
     p.add_argument("--jose-pubkey", help="file with the node's P-256 public JWK")
+    p.add_argument(
+        "--hpke-pq-pubkey",
+        help="file with the node's ML-KEM-768 + X25519 public key (hex; the hpke-pq backend)",
+    )
     p.add_argument("--signing-pubkey", help="file with the node's P-256 key for confirmations")
     p.add_argument("--zone", action="append", help="a zone the node serves (repeatable)")
     p = add(node, "list", cmd_node_list, "list nodes and their status")

@@ -32,7 +32,11 @@ KEY_STATES = ("created", "published", "active", "retired", "removed")
 SIGNING_ROLES = ("ZSK", "CSK")  # sign the zone's RRsets
 SEP_ROLES = ("KSK", "CSK")  # sign the DNSKEY RRset; the parent's DS points at them
 DISTRIBUTION_STATES = ("pending", "confirmed", "failed", "expired")
-BACKENDS = ("hpke", "jose")
+BACKENDS = ("hpke", "jose", "hpke-pq")
+# The backend column's CHECK (first release) holds only hpke and jose, and the schema only grows:
+# an hpke-pq node or token keeps "hpke" (its family) there and "hpke-pq" in the added column
+# ``sealing``, which wins when set (docs/kdc.md, "Nodes with the hybrid backend").
+_CHECKED_BACKEND = {"hpke-pq": "hpke"}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -238,6 +242,9 @@ _ADDED_COLUMNS = (
     ("rollovers", "parent_ds_ttl", "INTEGER"),  # the DS TTL the parent served (kdc/parentwatch.py)
     ("keys", "dnskey", "TEXT"),  # the public DNSKEY rdata text: what needs no private key reads it
     ("keys", "private_sealed", "BLOB"),  # the PEM sealed under the KEK (kdc/custody.py)
+    ("nodes", "sealing", "TEXT"),  # hpke-pq, where the backend column's CHECK cannot hold it
+    ("nodes", "hpke_pq_pubkey", "TEXT"),  # hex, ML-KEM-768 + X25519 (crypto/hybrid.py)
+    ("enrollment_tokens", "sealing", "TEXT"),  # hpke-pq, as for nodes
 )
 
 
@@ -256,6 +263,7 @@ class NodeRow:
     created_at: int
     zones: tuple[str, ...] = ()
     sig0_pubkey: str | None = None  # the KEY RR text the node enrolled with
+    hpke_pq_pubkey: str | None = None  # hex, for the hpke-pq backend
 
 
 @dataclass(frozen=True)
@@ -790,6 +798,7 @@ class Store:
         sig0_pubkey: str | None = None,
         used_token: str | None = None,
         now: float | None = None,
+        hpke_pq_pubkey: str | None = None,
     ) -> NodeRow:
         """Add a node; with ``used_token`` (enrollment), the token is marked used in the same
         transaction, and refused if something used it in the meantime."""
@@ -811,16 +820,19 @@ class Store:
                     raise StateError("enrollment token already used or revoked")
             self.db.execute(
                 "INSERT INTO nodes(id, notify_address, backend, hpke_pubkey, jose_pubkey, "
-                "signing_pubkey, sig0_pubkey, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "signing_pubkey, sig0_pubkey, created_at, sealing, hpke_pq_pubkey) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     node,
                     notify_address,
-                    backend,
+                    _CHECKED_BACKEND.get(backend, backend),
                     hpke_pubkey,
                     jose_pubkey,
                     signing_pubkey,
                     sig0_pubkey,
                     created,
+                    backend if backend in _CHECKED_BACKEND else None,
+                    hpke_pq_pubkey,
                 ),
             )
             self.db.executemany(
@@ -829,6 +841,7 @@ class Store:
             public = {
                 "hpke": hpke_pubkey,
                 "jose": jose_pubkey,
+                "hpke-pq": hpke_pq_pubkey,
                 "signing": signing_pubkey,
                 "sig0": sig0_pubkey,
             }
@@ -954,13 +967,14 @@ class Store:
         return NodeRow(
             row["id"],
             row["notify_address"],
-            row["backend"],
+            row["sealing"] or row["backend"],
             row["hpke_pubkey"],
             row["jose_pubkey"],
             row["signing_pubkey"],
             row["created_at"],
             zones,
             row["sig0_pubkey"],
+            row["hpke_pq_pubkey"],
         )
 
     # --- enrollment tokens ------------------------------------------------------------------
@@ -988,15 +1002,16 @@ class Store:
             wanted = [self.require_zone(z) for z in zones]
             self.db.execute(
                 "INSERT INTO enrollment_tokens(token_hash, node_id, backend, zones, "
-                "package_digest, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "package_digest, created_at, expires_at, sealing) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     token_hash,
                     node,
-                    backend,
+                    _CHECKED_BACKEND.get(backend, backend),
                     json.dumps(wanted),
                     package_digest,
                     int(now),
                     expires_at,
+                    backend if backend in _CHECKED_BACKEND else None,
                 ),
             )
             self.audit(
@@ -1057,7 +1072,9 @@ class Store:
 
     @staticmethod
     def _token(row: sqlite3.Row) -> TokenRow:
-        return TokenRow(**{**dict(row), "zones": tuple(json.loads(row["zones"]))})
+        data = dict(row)
+        data["backend"] = data.pop("sealing", None) or data["backend"]
+        return TokenRow(**{**data, "zones": tuple(json.loads(row["zones"]))})
 
     # --- keys -----------------------------------------------------------------------------
 

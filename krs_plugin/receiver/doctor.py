@@ -33,7 +33,7 @@ import dns.rdatatype
 
 from krs_plugin.adapters import make_adapter
 from krs_plugin.config import Address, Config, KdcSettings
-from krs_plugin.crypto import load_hpke_private, load_jose_key
+from krs_plugin.crypto import load_hpke_private, load_hybrid_private, load_jose_key
 from krs_plugin.errors import KeyFileError, KrsError
 from krs_plugin.receiver.reconcile import compare, holder, resend_advice
 from krs_plugin.receiver.store import ReceiverStore
@@ -106,6 +106,10 @@ def _hpke_private(path: Path) -> str:
     return f"HPKE X25519 private key {load_hpke_private(path).fingerprint}"
 
 
+def _hybrid_private(path: Path) -> str:
+    return f"hpke-pq ML-KEM-768 + X25519 private key {load_hybrid_private(path).fingerprint}"
+
+
 def _jose_private(path: Path) -> str:
     key = load_jose_key(path)
     if key.private is None:
@@ -122,6 +126,7 @@ def check_key_files(config: Config) -> list[Check]:
     for name, path, load in (
         ("keys.hpke", config.keys.hpke, _hpke_private),
         ("keys.jose", config.keys.jose, _jose_private),
+        ("keys.hpke-pq", config.keys.hpke_pq, _hybrid_private),
         ("keys.signing", config.keys.signing, _jose_private),
     ):
         if path is not None:

@@ -35,8 +35,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from krs_plugin.adapters.registry import make_adapter
 from krs_plugin.adapters.settings import settings_path
 from krs_plugin.config import load_config
-from krs_plugin.crypto import HpkeKey, JoseKey, write_public_file, write_secret_file
-from krs_plugin.crypto.keys import write_hpke_private, write_jose_private
+from krs_plugin.crypto import HpkeKey, HybridKey, JoseKey, write_public_file, write_secret_file
+from krs_plugin.crypto.keys import write_jose_private
+from krs_plugin.crypto.nodekey import generate_node_key, write_node_private
 from krs_plugin.enrollment import (
     BootstrapPackage,
     EnrollmentRequest,
@@ -113,16 +114,24 @@ class NodeKeys:
     jose: JoseKey | None
     signing: JoseKey
     sig0: Ed25519PrivateKey = field(repr=False)
+    hybrid: HybridKey | None = None  # the hpke-pq backend's key
 
     @classmethod
     def generate(cls, backend: str) -> NodeKeys:
+        key = generate_node_key(backend)  # the one place a backend's key is made (nodekey.py)
         return cls(
             backend,
-            HpkeKey.generate() if backend == "hpke" else None,
-            JoseKey.generate() if backend == "jose" else None,
+            key if isinstance(key, HpkeKey) else None,
+            key if isinstance(key, JoseKey) else None,
             JoseKey.generate(),
             Ed25519PrivateKey.generate(),
+            key if isinstance(key, HybridKey) else None,
         )
+
+    def sealing_key(self) -> HpkeKey | JoseKey | HybridKey:
+        key = {"hpke": self.hpke, "jose": self.jose, "hpke-pq": self.hybrid}[self.backend]
+        assert key is not None  # generate() made it
+        return key
 
 
 @dataclass(frozen=True)
@@ -310,12 +319,8 @@ def _write_keys(keys: NodeKeys, files: Mapping[str, Path]) -> dict[Path, Path]:
             final = files[name]
             temporary = final.with_name(f".{final.name}.enrolling")
             pending[temporary] = final
-            if name == "hpke":
-                assert keys.hpke is not None
-                write_hpke_private(temporary, keys.hpke, comment="node X25519 (HPKE) key")
-            elif name == "jose":
-                assert keys.jose is not None
-                write_jose_private(temporary, keys.jose, comment="node P-256 (JOSE) key")
+            if name == keys.backend:
+                write_node_private(temporary, name, keys.sealing_key())
             elif name == "signing":
                 write_jose_private(
                     temporary, keys.signing, use="sig", comment="node confirmation signing key"
@@ -346,6 +351,7 @@ def build_request(
         jose_pubkey=json.dumps(keys.jose.public_jwk) if keys.jose is not None else "",
         signing_pubkey=json.dumps(keys.signing.public_jwk),
         package_digest=package.digest(),
+        hpke_pq_pubkey=keys.hybrid.public_hex if keys.hybrid is not None else "",
     )
 
 
@@ -377,7 +383,11 @@ def exchange(wire: bytes, host: str, port: int, timeout: float) -> dns.message.M
 
 def _check_reply(reply: dns.message.Message, package: BootstrapPackage, keys: NodeKeys) -> None:
     confirmation = open_confirmation(
-        reply, node_hpke=keys.hpke, node_jose=keys.jose, kdc_hpke=package.kdc_hpke_key()
+        reply,
+        node_hpke=keys.hpke,
+        node_jose=keys.jose,
+        kdc_hpke=package.kdc_hpke_key(),
+        node_hybrid=keys.hybrid,
     )
     rcode = reply.rcode()
     if rcode != dns.rcode.NOERROR or confirmation is None or confirmation.status != "success":

@@ -20,7 +20,7 @@ from krs_plugin.adapters.base import Adapter, ApplyResult, KeyPlan
 from krs_plugin.adapters.transaction import apply_atomically, restore_zones
 from krs_plugin.config import Config
 from krs_plugin.confirmation import failure_report, served_part
-from krs_plugin.crypto import JoseKey, load_hpke_private, load_jose_key
+from krs_plugin.crypto import JoseKey, load_hpke_private, load_hybrid_private, load_jose_key
 from krs_plugin.errors import DONE, KrsError, PolicyError, outcome_of, stage_of
 from krs_plugin.memory import give_back
 from krs_plugin.payload import Payload, Ping, RollKey, parse_payload
@@ -87,6 +87,7 @@ def load_identity(config: Config) -> tuple[NodeIdentity, JoseKey | None, JoseKey
         config.node_id,
         hpke=load_hpke_private(config.keys.hpke) if config.keys.hpke else None,
         jose=load_jose_key(config.keys.jose) if config.keys.jose else None,
+        hybrid=load_hybrid_private(config.keys.hpke_pq) if config.keys.hpke_pq else None,
     )
     verifier = load_jose_key(config.kdc.verification_key) if config.kdc.verification_key else None
     signer = load_jose_key(config.keys.signing) if config.keys.signing else None

@@ -42,7 +42,13 @@ class Components:
 
 def watched_files(config: Config) -> list[Path]:
     """The files whose change reloads the daemon: krs.yaml and every key file it names."""
-    keys = (config.keys.hpke, config.keys.jose, config.keys.signing, config.kdc.verification_key)
+    keys = (
+        config.keys.hpke,
+        config.keys.jose,
+        config.keys.hpke_pq,
+        config.keys.signing,
+        config.kdc.verification_key,
+    )
     return [config.path, *(k for k in keys if k is not None)]
 
 

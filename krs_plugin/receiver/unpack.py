@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import dns.name
 
-from krs_plugin.crypto import HpkeKey, JoseKey, open_envelope
+from krs_plugin.crypto import HpkeKey, HybridKey, JoseKey, open_envelope
 from krs_plugin.errors import DecryptionError, PolicyError
 from krs_plugin.protocol import (
     CHUNK,
@@ -34,11 +34,21 @@ class NodeIdentity:
     node_id: dns.name.Name
     hpke: HpkeKey | None = None
     jose: JoseKey | None = None
+    hybrid: HybridKey | None = None  # the hpke-pq backend's ML-KEM-768 + X25519 key
 
-    def key_for(self, backend: str, where: str) -> HpkeKey | JoseKey:
-        key = self.hpke if backend == "hpke" else self.jose if backend == "jose" else None
+    def key_for(self, backend: str, where: str) -> HpkeKey | JoseKey | HybridKey:
+        keys: dict[str, HpkeKey | JoseKey | HybridKey | None] = {
+            "hpke": self.hpke,
+            "jose": self.jose,
+            "hpke-pq": self.hybrid,
+        }
+        key = keys.get(backend)
         if key is None:
-            raise DecryptionError(f"{where}: sealed with {backend!r} but this node has no such key")
+            held = ", ".join(name for name, k in keys.items() if k is not None) or "none"
+            raise DecryptionError(
+                f"{where}: sealed with {backend!r} but this node has no such key (its keys: "
+                f"{held}); the KDC must list the node with the backend of its key"
+            )
         return key
 
 
