@@ -27,6 +27,7 @@ from krs_plugin.dnssec import read_bind_key_pair
 from krs_plugin.errors import ConfigError, KeyFileError, KrsError
 from krs_plugin.humantime import duration_argument, format_duration, format_time
 from krs_plugin.kdc.auditcli import add_parsers as add_audit_parsers
+from krs_plugin.kdc.backupcli import add_parsers as add_backup_parsers
 from krs_plugin.kdc.clistate import (
     DEFAULT_STATE,
     add_dry_run,
@@ -46,6 +47,7 @@ from krs_plugin.kdc.distribute import distribute_node, distribute_zone, dnskey_o
 from krs_plugin.kdc.enginecli import add_parsers as add_engine_parsers
 from krs_plugin.kdc.enginestate import EngineState
 from krs_plugin.kdc.identity import create_identity, load_identity
+from krs_plugin.kdc.identitycli import add_parsers as add_identity_parsers
 from krs_plugin.kdc.keygen import ROLE_FLAGS, new_key, store_key
 from krs_plugin.kdc.nodecli import add_parsers as add_node_parsers
 from krs_plugin.kdc.nodecli import served_json, served_text
@@ -219,7 +221,7 @@ def cmd_key_generate(args: argparse.Namespace) -> int:
         delete_at=None if remove is None else now + int(remove),
     )
     emit(
-        _key_json(row),
+        key_json(row),
         [f"generated {row.role} for {zone}: algorithm {row.algorithm}, tag {row.key_tag}"],
         as_json=args.json,
     )
@@ -254,7 +256,7 @@ def cmd_key_import(args: argparse.Namespace) -> int:
         store, zone, key, role, now=now, publish_at=publish, activate_at=activate,
         inactive_at=timing.inactive, delete_at=timing.delete, origin="import",
     )  # fmt: skip
-    emit(_key_json(row), [f"imported {row.role} {zone} tag {row.key_tag}"], as_json=args.json)
+    emit(key_json(row), [f"imported {row.role} {zone} tag {row.key_tag}"], as_json=args.json)
     return 0
 
 
@@ -273,7 +275,7 @@ def cmd_key_list(args: argparse.Namespace) -> int:
         ):
             if stamp is not None:
                 lines.append(f"    {label:9}{format_time(stamp, now=now)}")
-    emit([_key_json(r) for r in rows], lines or ["no keys"], as_json=args.json)
+    emit([key_json(r) for r in rows], lines or ["no keys"], as_json=args.json)
     return 0
 
 
@@ -283,7 +285,7 @@ def cmd_key_retire(args: argparse.Namespace) -> int:
     manual_zone(store, args.zone, "key retire")
     row = store.retire_key(args.zone, args.tag, force=args.force, now=time.time())
     emit(
-        _key_json(row),
+        key_json(row),
         [
             f"retired {row.role} {row.zone} tag {row.key_tag}",
             f"send it to the nodes: krs-kdc distribute --zone {row.zone}",
@@ -300,7 +302,7 @@ def cmd_key_remove(args: argparse.Namespace) -> int:
     manual_zone(store, args.zone, "key remove")
     row = store.remove_key(args.zone, args.tag, force=args.force, now=time.time())
     emit(
-        _key_json(row),
+        key_json(row),
         [
             f"removed {row.role} {row.zone} tag {row.key_tag} (undo: krs-kdc key restore "
             f"--zone {row.zone} --tag {row.key_tag})",
@@ -318,7 +320,7 @@ def cmd_key_restore(args: argparse.Namespace) -> int:
     row = store.restore_key(args.zone, args.tag, now=time.time())
     signing = "published, not signing" if row.state == "retired" else "signs from its activate time"
     emit(
-        _key_json(row),
+        key_json(row),
         [
             f"restored {row.role} {row.zone} tag {row.key_tag}: {row.state} ({signing})",
             f"send it to the nodes again: krs-kdc distribute --zone {row.zone}",
@@ -328,7 +330,8 @@ def cmd_key_restore(args: argparse.Namespace) -> int:
     return 0
 
 
-def _key_json(row: Any) -> dict[str, Any]:
+def key_json(row: Any) -> dict[str, Any]:
+    """A key row as ``key list --json`` shows it: never its private half."""
     data = asdict(row)
     data.pop("private_pem")  # never printed
     data.pop("sealed", None)
@@ -953,6 +956,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_audit_parsers(sub, add)
 
     add_custody_parsers(sub, add)
+
+    add_identity_parsers(sub, add)
+
+    add_backup_parsers(sub, add)
 
     p = add(sub, "export", cmd_export, "write the control zone as a standard zone file")
     p.add_argument("--output", "-o", help="file (default: standard output)")

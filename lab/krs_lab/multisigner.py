@@ -71,8 +71,10 @@ from krs_lab.ports import free_port
 from krs_lab.powerdns import PowerDnsLab
 from krs_lab.process import LabError, LabServer, ServerProcess, server_binary
 from krs_lab.softhsm import lab_init_options
+from krs_plugin.kdc.cli import key_json
 from krs_plugin.kdc.dspush import PushConfig, push_ds
 from krs_plugin.kdc.parent import ParentConfig
+from krs_plugin.kdc.store import Store
 
 HOST = "127.0.0.1"
 PARENT = "lab.example."
@@ -339,6 +341,7 @@ class MultiSigner:
         self.unbound: UnboundLab | None = None
         self.prober: Prober | None = None
         self.stack = contextlib.ExitStack()
+        self._store: Store | None = None
 
     # --- the KDC ------------------------------------------------------------------------------
 
@@ -349,8 +352,13 @@ class MultiSigner:
         return json.loads(self.kdc("--json", *args))
 
     def keys(self) -> dict[int, dict[str, Any]]:
-        rows = self.kdc_json("key", "list", "--zone", CHILD)
-        return {int(r["key_tag"]): r for r in rows}
+        """The child's keys as ``krs-kdc --json key list`` shows them, read from kdc.db in this
+        process: the tests read them while the engine moves on, and starting a ``krs-kdc``
+        process for each read took long enough on a busy machine to see a step late."""
+        if self._store is None:
+            self._store = Store(self.state / "kdc.db")
+            self.stack.callback(self._store.close)
+        return {r.key_tag: key_json(r) for r in self._store.keys(CHILD)}
 
     def distribute(self, timeout: float = 60) -> float:
         """Distribute the child's keys and wait until every node confirmed; the seconds taken."""
