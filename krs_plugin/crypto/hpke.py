@@ -29,11 +29,19 @@ def _kem_private(key: HpkeKey, where: str) -> Any:
     return KEMKey.from_pyca_cryptography_key(key.private)
 
 
-def seal(plaintext: bytes, recipient: HpkeKey, *, sender: HpkeKey | None = None) -> bytes:
-    """Seal to ``recipient``; base mode, or auth mode when ``sender`` (a private key) is given."""
+def seal(
+    plaintext: bytes,
+    recipient: HpkeKey,
+    *,
+    sender: HpkeKey | None = None,
+    info: bytes = b"",
+    aad: bytes = b"",
+) -> bytes:
+    """Seal to ``recipient``; base mode, or auth mode when ``sender`` (a private key) is given.
+    ``info`` and ``aad`` stay empty for tdns; a KDC backup binds its header with them."""
     sks = _kem_private(sender, "HPKE auth sender") if sender is not None else None
-    enc, context = SUITE.create_sender_context(_kem_public(recipient), b"", sks=sks)
-    return bytes(enc) + bytes(context.seal(plaintext, b""))
+    enc, context = SUITE.create_sender_context(_kem_public(recipient), info, sks=sks)
+    return bytes(enc) + bytes(context.seal(plaintext, aad))
 
 
 def open_sealed(
@@ -42,6 +50,8 @@ def open_sealed(
     *,
     sender: HpkeKey | None = None,
     where: str = "HPKE ciphertext",
+    info: bytes = b"",
+    aad: bytes = b"",
 ) -> bytes:
     """Open ``enc || ct`` with this node's X25519 key; ``DecryptionError`` names why it failed."""
     if len(sealed) < MIN_CIPHERTEXT:
@@ -54,8 +64,8 @@ def open_sealed(
     skr = _kem_private(recipient, where)
     pks = _kem_public(sender) if sender is not None else None
     try:
-        context = SUITE.create_recipient_context(enc, skr, b"", pks=pks)
-        return bytes(context.open(ciphertext, b""))  # type: ignore[arg-type]  # any buffer works
+        context = SUITE.create_recipient_context(enc, skr, info, pks=pks)
+        return bytes(context.open(ciphertext, aad))  # type: ignore[arg-type]  # any buffer works
     except Exception as exc:  # pyhpke raises its own OpenError and cryptography's errors
         raise DecryptionError(
             f"{where}: HPKE open failed with X25519 key {recipient.fingerprint}: not sealed to "

@@ -5,7 +5,6 @@ on the node's side."""
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import subprocess
@@ -13,10 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-import dns.name
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519
 
 from krs_lab import softhsm
 from krs_lab.deployment import Deployment
@@ -31,9 +27,8 @@ from krs_plugin.dnssec import (
 from krs_plugin.kdc.identity import create_identity
 from krs_plugin.kdc.keygen import store_key
 from krs_plugin.kdc.store import Store
-from krs_plugin.payload import RollKey, parse_payload
-from krs_plugin.protocol import CHUNK_TYPE, parse_chunk_wire
-from krs_plugin.receiver.unpack import NodeIdentity, unpack_distribution
+from tests import keysearch
+from tests.keysearch import assert_nowhere, private_forms
 
 KDC = str(Path(sys.executable).parent / "krs-kdc")
 CZ, ZONE, NODE = "kdc.example.", "example.com.", "ns1.edge.example."
@@ -56,49 +51,8 @@ def kdc(state: Path, *args: str, env: dict[str, str] | None = None, ok: bool = T
 
 
 def received(state: Path, node: HpkeKey, dist_id: str) -> list[DnssecKey]:
-    """What the node gets: the distribution checked with the KDC's signing public key and
-    opened with its own key; the keys it carries."""
-    store = Store.reader(state / "kdc.db")
-    wires = [store.record(dist_id, NODE, i) for i in range(64)]
-    store.close()
-    records = [parse_chunk_wire(w, CHUNK_TYPE) for w in wires if w is not None]
-    identity = NodeIdentity(dns.name.from_text(NODE), hpke=node)
-    verifier = load_jose_key(state / "keys" / "kdc.signing.pubkey")
-    unpacked = unpack_distribution(
-        dist_id, records[0], records[1:], identity, verifier, now=time.time()
-    )
-    entries = parse_payload(unpacked.plaintext, now=time.time()).entries
-    return [e.key for e in entries if isinstance(e, RollKey)]
-
-
-def private_forms(key: DnssecKey) -> dict[str, bytes]:
-    """The ways a private key can sit in a file: PEM, its base64 body on one line, PKCS#8 DER,
-    and the raw private scalar or seed."""
-    private = key.private_key
-    pem = private.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    der = private.private_bytes(
-        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    if isinstance(private, ec.EllipticCurvePrivateKey):
-        raw = private.private_numbers().private_value.to_bytes((private.key_size + 7) // 8, "big")
-    elif isinstance(private, ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey):
-        raw = private.private_bytes(
-            serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
-            serialization.NoEncryption(),
-        )  # fmt: skip
-    else:
-        raw = private.private_numbers().d.to_bytes((private.key_size + 7) // 8, "big")
-    return {"PEM": pem, "base64": base64.b64encode(der), "DER": der, "raw": raw}
-
-
-def assert_nowhere(keys: list[DnssecKey], blobs: dict[str, bytes]) -> None:
-    assert keys
-    for key in keys:
-        for form, needle in private_forms(key).items():
-            for where, data in blobs.items():
-                assert needle not in data, f"{form} of a private key found in {where}"
+    """What the node gets: the keys of the distribution, checked and opened as a node does."""
+    return keysearch.received(state, NODE, node, dist_id)
 
 
 def state_files(state: Path) -> dict[str, bytes]:
