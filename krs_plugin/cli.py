@@ -112,6 +112,22 @@ def build_parser() -> argparse.ArgumentParser:
         "run", help="run the KRS daemon: NOTIFY listener, fetch, apply, confirm"
     )
     _config_option(p)
+    p = commands.add_parser(
+        "rekey",
+        help="rotate this node's keys (sealing, signing, SIG(0)) without enrolling again",
+        description=(
+            "Make new node keys, send their public halves to the KDC in an UPDATE signed with "
+            "the current SIG(0) key, and switch to them once the KDC answers NOERROR; the old "
+            "keys are destroyed once a distribution sealed to the new ones opened. Safe to run "
+            "again and beside krs run (docs/operations.md, 'Rotating the node's keys')."
+        ),
+    )
+    p.add_argument(
+        "--status", action="store_true", help="show the keys and rotation, change nothing"
+    )
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the KDC")
+    _config_option(p)
+    _json_option(p)
     p = commands.add_parser("status", help="recent distributions and their outcome")
     _config_option(p)
     _json_option(p)
@@ -181,6 +197,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from krs_plugin.receiver.enroll import enroll_command
 
             return enroll_command(args)
+        if args.command == "rekey":
+            from krs_plugin.receiver.rekeycli import rekey_command
+
+            return rekey_command(args)
         if args.command in ("fetch", "apply", "status", "keys", "run", "doctor"):
             from krs_plugin.receiver.commands import run_command
 

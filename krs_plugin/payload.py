@@ -73,7 +73,7 @@ _OURS = ("distribution_id", "issued_at", "expires_at")
 METADATA_FIELDS = {
     "roll_key": frozenset({"old_key_id", "retire_old_key", "timing", "cds", *_OURS}),
     "delete_key": frozenset({"reason", "pending_confirmation", "crypto", *_OURS}),
-    "ping": frozenset({"nonce", "timestamp", "crypto", *_OURS}),
+    "ping": frozenset({"nonce", "timestamp", "crypto", "rekey", *_OURS}),
 }
 TIMING_FIELDS = ("publish", "activate", "inactive", "delete")
 AGENT_PING_FIELDS = ("MessageType", "MyIdentity", "nonce")  # tdns transport's ping message
@@ -144,6 +144,7 @@ class Ping:
     timestamp: str | None = None
     envelope: Envelope = field(default_factory=Envelope)
     operation: Literal["ping"] = "ping"
+    rekey: bool = False  # ours: the KDC asks the node to rotate its keys (docs/payload.md)
 
 
 Entry = RollKey | DeleteKey | Ping
@@ -346,6 +347,7 @@ def ping_entry(
     distribution_id: str | None = None,
     issued_at: int | None = None,
     expires_at: int | None = None,
+    rekey: bool = False,
 ) -> Ping:
     """A ``ping`` entry; ``timestamp`` is RFC 3339 text as tdns sends it."""
     where = "ping_entry"
@@ -354,7 +356,7 @@ def ping_entry(
         _check_rfc3339(timestamp, where)
     envelope = Envelope(distribution_id, issued_at, expires_at)
     _check_envelope(envelope, where)
-    return Ping(nonce, timestamp, envelope)
+    return Ping(nonce, timestamp, envelope, rekey=rekey)
 
 
 def encode_payload(entries: Sequence[Entry]) -> bytes:
@@ -428,6 +430,8 @@ def _entry_json(entry: Entry) -> dict[str, Any]:
     meta["nonce"] = entry.nonce
     if entry.timestamp is not None:
         meta["timestamp"] = entry.timestamp
+    if entry.rekey:
+        meta["rekey"] = True
     return {"operation": "ping", "metadata": _sorted(meta)}
 
 
@@ -636,7 +640,8 @@ def _parse_ping(meta: Mapping[str, Any], envelope: Envelope, where: str) -> Ping
     if timestamp is not None:
         _check_rfc3339(timestamp, where)
     _check_crypto(meta, where)
-    return Ping(nonce, timestamp, envelope)
+    rekey = _meta(meta, "rekey", bool, where)
+    return Ping(nonce, timestamp, envelope, rekey=bool(rekey))
 
 
 def _parse_agent_ping(obj: Mapping[str, Any]) -> Ping:

@@ -124,6 +124,10 @@ def cmd_node_show(args: argparse.Namespace) -> int:
         f"node {node.id}: {status} ({node.backend}, notify {node.notify_address})",
         f"  last contact  {format_time(contact, now=now) if contact else 'never'}",
     ]
+    from krs_plugin.kdc.rekeycli import show_part  # node keys and rotation (krs-kdc node rekey)
+
+    data["node_keys"], key_lines = show_part(store, node.id, now=now)
+    lines += key_lines
     if failure is not None:
         lines.append(
             f"  last failure  {format_time(failure.failed_at, now=now)}, distribution "
@@ -276,6 +280,9 @@ def add_parsers(sub: Any, add: Any) -> Any:
     p.add_argument("--zone")
     p = add(node, "show", cmd_node_show, "one node: its zones, the keys it confirmed, failures")
     p.add_argument("node_id")
+    from krs_plugin.kdc.rekeycli import add_parsers as add_rekey_parsers
+
+    add_rekey_parsers(node, add)
     p = add(node, "remove", cmd_node_remove, "remove a node")
     add_dry_run(p)
     p.add_argument("node_id")

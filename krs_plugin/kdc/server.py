@@ -56,6 +56,7 @@ from krs_plugin.dnsio import (
     udp_exchange,
 )
 from krs_plugin.errors import ConfigError, KrsError
+from krs_plugin.kdc import noderekey
 from krs_plugin.kdc.engine import DEFAULT_RESEND_AFTER, Engine, EngineOptions
 from krs_plugin.kdc.enroll import EnrollmentDesk
 from krs_plugin.kdc.fleet import LagWatch
@@ -337,6 +338,10 @@ class ControlZone:
             )
         else:
             log.info("distribution %s for %s %s", dist_id, node_id, status)
+            try:  # verified with the node's current key: a switched rotation is complete
+                noderekey.confirmed(self.store, node_id, now=time.time())
+            except (StateWriteError, KrsError) as exc:  # the next confirmation completes it
+                log.warning("node %s: key rotation completion not recorded: %s", node_id, exc)
         return response
 
     def _rows(self, dist_id: str, report: dict[str, object]) -> list[DistributionRow]:
@@ -555,6 +560,8 @@ class KdcServer:
         self.zone = zone
         self.options = options
         self.enrollment = enrollment
+        self.rekey: noderekey.RekeyDesk | None = None  # node-key rotation UPDATEs (serve)
+        self._rekey_due = 0.0
         self.bound: list[tuple[str, int]] = []
         self._servers: list[asyncio.AbstractServer] = []
         self._transports: list[asyncio.BaseTransport] = []
@@ -580,6 +587,12 @@ class KdcServer:
         self.health = ServerHealth(state_failures, engine_interval=options.engine_interval)
 
     def handle(self, wire: bytes, source: str, *, udp: bool) -> bytes | list[bytes] | None:
+        if (
+            self.rekey is not None
+            and _is_update(wire)
+            and noderekey.looks_like_rekey(wire, self.zone.origin)
+        ):
+            return self.rekey.handle(wire, source) or None  # node-key rotation (kdc/noderekey.py)
         if self.enrollment is not None and _is_update(wire):
             return self.enrollment.handle(wire, source) or None
         try:
@@ -691,6 +704,12 @@ class KdcServer:
             if self.engine is not None and now >= self._engine_due:
                 self._engine_due = now + self.options.engine_interval
                 self.run_engine(self.engine, now)
+            if self.rekey is not None and now >= self._rekey_due:  # the maximum node-key age
+                self._rekey_due = now + noderekey.POLICY_CHECK
+                try:
+                    noderekey.ask_due(self.store, self.rekey.identity, now=now)
+                except (StateWriteError, KrsError) as exc:  # the next check asks again
+                    log.warning("node key ages: asking for rotations failed: %s", exc)
             self.refresh_zone(now)
             for key in [k for k, task in in_flight.items() if task.done()]:
                 del in_flight[key]
@@ -934,6 +953,10 @@ async def serve(
         zone.versions.above(serial)
     desk = EnrollmentDesk(store, identity, zone.origin) if identity is not None else None
     server = KdcServer(store, zone, options, desk)
+    if identity is not None:
+        server.rekey = noderekey.RekeyDesk(
+            store, identity, zone.origin, clock_skew=options.clock_skew
+        )
     if identity is not None:
         server.engine = Engine(store, identity, EngineOptions(resend_after=options.resend_after))
         server.health.engine = True

@@ -47,6 +47,10 @@ def run_command(args: argparse.Namespace) -> int:
             if not args.json:
                 for line in _signature_lines(config):
                     print(line)
+                from krs_plugin.receiver.rekeycli import status_lines
+
+                for line in status_lines(config):  # the node's own keys (krs rekey)
+                    print(line)
             return 0
         zone = args.zone.lower() if args.zone else None
         if zone and not zone.endswith("."):

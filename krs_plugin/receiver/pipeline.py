@@ -27,6 +27,7 @@ from krs_plugin.payload import Payload, Ping, RollKey, parse_payload
 from krs_plugin.protocol import CHUNK
 from krs_plugin.receiver.plan import build_plans
 from krs_plugin.receiver.reconcile import adapter_identity
+from krs_plugin.receiver.rekey import alternate_keys, retire_previous
 from krs_plugin.receiver.store import ReceiverStore
 from krs_plugin.receiver.unpack import NodeIdentity, unpack_distribution
 from krs_plugin.sqlitedb import StateWriteError
@@ -43,6 +44,7 @@ class Outcome:
     results: tuple[ApplyResult, ...] = ()
     plans: tuple[KeyPlan, ...] = ()
     report: dict[str, object] = field(default_factory=dict)
+    rekey_requested: bool = False  # a ping carried the KDC's ``rekey`` (receiver/rekey.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +90,7 @@ def load_identity(config: Config) -> tuple[NodeIdentity, JoseKey | None, JoseKey
         hpke=load_hpke_private(config.keys.hpke) if config.keys.hpke else None,
         jose=load_jose_key(config.keys.jose) if config.keys.jose else None,
         hybrid=load_hybrid_private(config.keys.hpke_pq) if config.keys.hpke_pq else None,
+        alternates=lambda backend: alternate_keys(config, backend),
     )
     verifier = load_jose_key(config.kdc.verification_key) if config.kdc.verification_key else None
     signer = load_jose_key(config.keys.signing) if config.keys.signing else None
@@ -149,6 +152,7 @@ class Pipeline:
             if not unpacked.signed:
                 log.warning("distribution %s accepted UNSIGNED (allow_unsigned: true)", dist_id)
             retire_after = unpacked.manifest.metadata.retire_time
+            opened_with = unpacked.opened_with
             cleartext = [unpacked.plaintext]
             del unpacked  # parse_payload holds the cleartext (megabytes) alone, and frees it
             payload = parse_payload(
@@ -158,6 +162,9 @@ class Pipeline:
                 clock_skew=int(self.config.clock_skew),
             )
             known = Carried.of(payload)
+            rekey_asked = any(isinstance(e, Ping) and e.rekey for e in payload.entries)
+            if opened_with is not None and not dry_run:
+                retire_previous(self.config, opened_with)  # sealed to the new key: old ones go
             self._check_zones(payload)
             plans = build_plans(
                 payload, self.adapter.current_keys, now=int(moment), retire_after=retire_after
@@ -184,7 +191,9 @@ class Pipeline:
             adapter=self.adapter_id,
         )  # fmt: skip
         log.info("distribution %s applied: %d zone(s)", dist_id, len(plans))
-        return Outcome(dist_id, "applied", DONE, None, tuple(results), tuple(plans), report)
+        return Outcome(
+            dist_id, "applied", DONE, None, tuple(results), tuple(plans), report, rekey_asked
+        )
 
     def recover(self) -> list[str]:
         """Roll back applies that a crash interrupted, so each zone holds its old key set; the

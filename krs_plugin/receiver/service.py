@@ -42,6 +42,7 @@ from krs_plugin.receiver.reconcile import (
     request_resend,
 )
 from krs_plugin.receiver.reconcile import retry_delay as resend_delay
+from krs_plugin.receiver.rekey import rekey as rotate_keys
 from krs_plugin.receiver.reload import (
     Change,
     HttpServer,
@@ -128,6 +129,7 @@ class Service:
         # /healthz is unhealthy while any is listed (``sync_problems``).
         self.out_of_sync: dict[str, str] = {}
         self.resync_task: asyncio.Task[None] | None = None
+        self.rekey_task: asyncio.Task[None] | None = None  # the KDC asked (receiver/rekey.py)
         self._reconcile_tasks: set[asyncio.Task[None]] = set()
         self.metrics.watch_store(self._store_gauges)
 
@@ -353,6 +355,8 @@ class Service:
             self.metrics.apply_seconds.observe(done - fetched_at)
             self.metrics.last_success.set_to_current_time()
             self.maintain_wake.set()  # new keys, new signatures: the adapter's schedule moved
+            if outcome.rekey_requested:
+                self._spawn_rekey()
         log.info(
             "distribution %s %s in %.3f s",
             dist_id,
@@ -642,6 +646,35 @@ class Service:
         self.resync_task = asyncio.get_running_loop().create_task(
             self._resend_loop(zones, reason), name="resync"
         )
+
+    def _spawn_rekey(self) -> None:
+        if self.rekey_task is not None and not self.rekey_task.done():
+            return
+        self.rekey_task = asyncio.get_running_loop().create_task(self._rekey_loop(), name="rekey")
+
+    async def _rekey_loop(self) -> None:
+        """The KDC asked this node to rotate its keys: ``krs rekey``'s own code, tried again with
+        backoff while it fails (the node keeps its keys meanwhile), then a reload."""
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                result = await asyncio.to_thread(rotate_keys, self.config)
+            except KrsError as exc:
+                log.warning(
+                    "the KDC asked for a key rotation; it failed (try %d): %s",
+                    attempts,
+                    exc,
+                    extra=context(stage="rekey", outcome="failed"),
+                )
+                await asyncio.sleep(resend_delay(attempts))
+                continue
+            log.info(
+                "the KDC asked for a key rotation: %s", result.detail,
+                extra=context(stage="rekey", outcome=result.outcome),
+            )  # fmt: skip
+            self.request_reload()  # the watcher would too; this does not wait for it
+            return
 
     async def _resend_loop(self, zones: list[str], reason: str) -> None:
         """The resync request, sent again with backoff until a control server acknowledges it."""

@@ -7,13 +7,13 @@ distribution, so an operator can tell *where* a distribution failed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import dns.name
 
 from krs_plugin.crypto import HpkeKey, HybridKey, JoseKey, open_envelope
-from krs_plugin.errors import DecryptionError, PolicyError
+from krs_plugin.errors import DecryptionError, IntegrityError, PolicyError
 from krs_plugin.protocol import (
     CHUNK,
     Limits,
@@ -35,6 +35,11 @@ class NodeIdentity:
     hpke: HpkeKey | None = None
     jose: JoseKey | None = None
     hybrid: HybridKey | None = None  # the hpke-pq backend's ML-KEM-768 + X25519 key
+    # Node-key rotation (receiver/rekey.py): keys read from disk when the loaded one does not
+    # fit a distribution's manifest (sealed to the key before or after a rotation).
+    alternates: Callable[[str], Sequence[HpkeKey | JoseKey]] | None = field(
+        default=None, compare=False, repr=False
+    )
 
     def key_for(self, backend: str, where: str) -> HpkeKey | JoseKey | HybridKey:
         keys: dict[str, HpkeKey | JoseKey | HybridKey | None] = {
@@ -60,6 +65,7 @@ class Unpacked:
     manifest: Manifest
     signed: bool
     plaintext: bytes = field(repr=False)
+    opened_with: HpkeKey | JoseKey | HybridKey | None = field(default=None, repr=False)
 
 
 def unpack_distribution(
@@ -84,9 +90,26 @@ def unpack_distribution(
     # The HMAC key depends on the backend named inside the manifest (tdns reads it first too).
     peeked = decode_manifest(manifest_record.data, max_payload_bytes=limits.max_total_bytes)
     key = node.key_for(peeked.metadata.crypto, where)
-    manifest = read_manifest_record(
-        manifest_record, key.hmac_key, where=where, max_payload_bytes=limits.max_total_bytes
-    )
+    try:
+        manifest = read_manifest_record(
+            manifest_record, key.hmac_key, where=where, max_payload_bytes=limits.max_total_bytes
+        )
+    except IntegrityError:
+        # The HMAC is keyed with the node's public key: another key of a rotation may fit.
+        others = node.alternates(peeked.metadata.crypto) if node.alternates else ()
+        fitting = [k for k in others if k.hmac_key != key.hmac_key]
+        for other in fitting:
+            try:
+                manifest = read_manifest_record(
+                    manifest_record, other.hmac_key, where=where,
+                    max_payload_bytes=limits.max_total_bytes,
+                )  # fmt: skip
+            except IntegrityError:
+                continue
+            key = other
+            break
+        else:
+            raise
     check_freshness(
         manifest,
         now=now,
@@ -108,4 +131,4 @@ def unpack_distribution(
         allow_unsigned=allow_unsigned,
         where=where,
     )
-    return Unpacked(distribution_id, manifest, opened.signed, opened.plaintext)
+    return Unpacked(distribution_id, manifest, opened.signed, opened.plaintext, opened_with=key)

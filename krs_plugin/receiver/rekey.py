@@ -1,0 +1,309 @@
+"""``krs rekey``: the node replaces its long-term keys without enrolling again (docs/operations.md,
+"Rotating the node's keys"; the wire form is docs/protocol.md section 10).
+
+The key files and their phases, all beside the current ones, all 0600:
+
+- ``<key>.next``: made by ``krs rekey`` before the UPDATE is sent. While they exist, the KDC's
+  answer is unknown (no answer, a crash): ``krs rekey`` again sends the same keys again.
+- the UPDATE answered NOERROR: each current file is kept as ``<key>.previous`` (a hard link, so
+  the bytes never pass through another file) and ``<key>.next`` is renamed over the current one.
+  ``krs run`` reloads (it watches its key files) and signs with the new keys from then on.
+- ``<key>.previous`` is unlinked once a distribution sealed to the new backend key opened
+  (``retire_previous``, called by the pipeline): until then a distribution still sealed to the
+  old key opens with it (``alternate_keys``), so nothing in flight is lost.
+
+One rotation at a time: ``krs rekey`` and ``krs run``'s own (asked by the KDC) take an flock on
+``<krs.db>.rekey.lock``; a second one is refused at once, naming the lock, and changes nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import dns.message
+import dns.rcode
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from krs_plugin.config import Config
+from krs_plugin.crypto import (
+    HpkeKey,
+    HybridKey,
+    JoseKey,
+    load_hpke_private,
+    load_jose_key,
+    write_secret_file,
+)
+from krs_plugin.crypto.keys import write_hpke_private, write_jose_private
+from krs_plugin.enrollment import ede_text
+from krs_plugin.errors import ConfigError, EnrollmentError, KrsError
+from krs_plugin.rekey import build_update, public_keys, request_body
+
+log = logging.getLogger("krs_plugin.receiver.rekey")
+
+NEXT = ".next"
+PREVIOUS = ".previous"
+SIG0_FILE = "node.sig0.privatekey"  # written by krs enroll beside the other keys
+TIMEOUT = 10.0
+
+
+class RekeyError(KrsError):
+    """A rotation that did not happen; the node keeps its current keys."""
+
+    stage = "apply"
+
+
+@dataclass(frozen=True)
+class KeyPaths:
+    """The node's three private key files (current names)."""
+
+    backend: str
+    backend_file: Path
+    signing: Path
+    sig0: Path
+
+    def all(self) -> tuple[Path, Path, Path]:
+        return (self.backend_file, self.signing, self.sig0)
+
+
+@dataclass(frozen=True)
+class RekeyResult:
+    outcome: str  # "switched" | "waiting" (a rotation already switched, not yet complete)
+    backend: str
+    detail: str
+
+
+def key_paths(config: Config) -> KeyPaths:
+    """Where the node's keys are; ConfigError naming what is missing for a rotation."""
+    keys = config.keys
+    if keys.signing is None:
+        raise ConfigError(
+            f"{config.path}: keys.signing is not set: a node without a signing key cannot rekey "
+            "(the KDC knows it by address only); enrol it again"
+        )
+    if keys.hpke is not None:
+        backend, path = "hpke", keys.hpke
+    elif keys.jose is not None:
+        backend, path = "jose", keys.jose
+    else:
+        raise ConfigError(
+            f"{config.path}: krs rekey rotates hpke and jose keys; this node's backend is not "
+            "one of them yet"
+        )
+    sig0 = keys.signing.parent / SIG0_FILE
+    if not sig0.exists():
+        raise ConfigError(
+            f"{sig0}: the node's SIG(0) key (made by krs enroll) is missing: the KDC takes a "
+            "rekey only signed with it"
+        )
+    return KeyPaths(backend, path, keys.signing, sig0)
+
+
+def suffixed(path: Path, suffix: str) -> Path:
+    return path.with_name(path.name + suffix)
+
+
+def phase(paths: KeyPaths) -> str:
+    """``sent`` (new keys made, the KDC's answer unknown), ``switched`` (old keys kept until a
+    distribution sealed to the new ones opened), or ``idle``."""
+    if any(suffixed(p, NEXT).exists() for p in paths.all()):
+        return "sent"
+    if any(suffixed(p, PREVIOUS).exists() for p in paths.all()):
+        return "switched"
+    return "idle"
+
+
+@contextlib.contextmanager
+def rotation_lock(config: Config) -> Iterator[None]:
+    """One rotation at a time on this node; RekeyError at once when another holds it."""
+    lock = f"{config.state}.rekey.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise RekeyError(
+                f"another key rotation of this node is running ({lock} is locked: a krs rekey, "
+                "or krs run acting on the KDC's request); nothing was changed"
+            ) from exc
+        yield
+    finally:
+        os.close(fd)
+
+
+def _load_sig0(path: Path) -> Ed25519PrivateKey:
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: cannot read the node's SIG(0) key: {exc}") from exc
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ConfigError(f"{path}: the SIG(0) key is not Ed25519")
+    return key
+
+
+def _load_backend(backend: str, path: Path) -> HpkeKey | JoseKey:
+    return load_hpke_private(path) if backend == "hpke" else load_jose_key(path)
+
+
+def _make_next(paths: KeyPaths) -> None:
+    """New keys, 0600 from creation, as ``<key>.next`` (never over a current file)."""
+    if paths.backend == "hpke":
+        write_hpke_private(
+            suffixed(paths.backend_file, NEXT), HpkeKey.generate(), comment="node X25519 (HPKE) key"
+        )
+    else:
+        write_jose_private(
+            suffixed(paths.backend_file, NEXT), JoseKey.generate(), comment="node P-256 (JOSE) key"
+        )
+    write_jose_private(
+        suffixed(paths.signing, NEXT),
+        JoseKey.generate(),
+        use="sig",
+        comment="node confirmation signing key",
+    )
+    pem = Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    write_secret_file(suffixed(paths.sig0, NEXT), pem.decode())
+
+
+def _drop_next(paths: KeyPaths) -> None:
+    for path in paths.all():
+        suffixed(path, NEXT).unlink(missing_ok=True)
+
+
+def _switch_files(paths: KeyPaths) -> None:
+    """Current -> ``.previous`` (hard link), ``.next`` -> current; safe to repeat after a crash."""
+    for path in paths.all():
+        following = suffixed(path, NEXT)
+        if not following.exists():
+            continue
+        previous = suffixed(path, PREVIOUS)
+        if not previous.exists():
+            os.link(path, previous)
+        os.replace(following, path)
+
+
+def rekey(config: Config, *, timeout: float = TIMEOUT, now: float | None = None) -> RekeyResult:
+    """Rotate this node's keys; RekeyError (the node keeps its current keys) when the KDC does
+    not take them. Idempotent: run again after no answer, it sends the same new keys."""
+    with rotation_lock(config):
+        paths = key_paths(config)
+        state = phase(paths)
+        if state == "switched":
+            return RekeyResult(
+                "waiting",
+                paths.backend,
+                "the KDC has the new keys; the old ones are kept until a distribution sealed to "
+                "the new ones is opened (krs run does that): nothing sent",
+            )
+        if state == "idle":
+            _make_next(paths)
+        try:
+            new_backend = _load_backend(paths.backend, suffixed(paths.backend_file, NEXT))
+            new_signing = load_jose_key(suffixed(paths.signing, NEXT))
+            new_sig0 = _load_sig0(suffixed(paths.sig0, NEXT))
+        except KrsError as exc:
+            _drop_next(paths)  # damaged: the KDC cannot have taken them from a run that read them
+            raise RekeyError(
+                f"the new keys of an earlier krs rekey do not load ({exc}); run it again"
+            ) from exc
+        node_id = config.node_id.to_text()
+        moment = time.time() if now is None else now
+        keys = public_keys(node_id, paths.backend, new_backend, new_signing, new_sig0)
+        body = request_body(node_id, keys, new_signing, now=moment)
+        wire = build_update(config.control_zone, node_id, body, _load_sig0(paths.sig0), now=moment)
+        reply = _send(config, wire, timeout)
+        if reply.rcode() != dns.rcode.NOERROR:
+            _drop_next(paths)
+            raise RekeyError(
+                f"the KDC refused the rekey ({dns.rcode.to_text(reply.rcode())}): "
+                f"{ede_text(reply) or 'no reason given'}; the node keeps its current keys"
+            )
+        _switch_files(paths)
+    log.info("node keys rotated: the KDC seals to the new %s key from now on", paths.backend)
+    return RekeyResult(
+        "switched",
+        paths.backend,
+        "the KDC has the new keys; the old ones are destroyed once a distribution sealed to the "
+        "new ones is opened",
+    )
+
+
+def _send(config: Config, wire: bytes, timeout: float) -> dns.message.Message:
+    from krs_plugin.receiver.enroll import exchange  # the one TCP UPDATE exchange
+
+    problems = []
+    for address in config.kdc_servers:
+        try:
+            return exchange(wire, address.host, address.port, timeout)
+        except EnrollmentError as exc:
+            problems.append(str(exc))
+    raise RekeyError(
+        f"{'; '.join(problems) or 'no KDC address configured'}; the node keeps its current keys "
+        "(run krs rekey again: it sends the same new keys)"
+    )
+
+
+# --- used by krs run's pipeline ------------------------------------------------------------------
+
+
+def alternate_keys(config: Config, backend: str) -> list[HpkeKey | JoseKey]:
+    """Backend keys to try when the loaded one does not fit a distribution: the current file
+    (rotated since ``krs run`` loaded it), then ``.next`` and ``.previous``, read now."""
+    path = (
+        config.keys.hpke if backend == "hpke" else config.keys.jose if backend == "jose" else None
+    )
+    if path is None:
+        return []
+    found: list[HpkeKey | JoseKey] = []
+    for candidate in (path, suffixed(path, NEXT), suffixed(path, PREVIOUS)):
+        with contextlib.suppress(KrsError, OSError):
+            if candidate.exists():
+                found.append(_load_backend(backend, candidate))
+    return found
+
+
+def retire_previous(config: Config, opened_with: HpkeKey | JoseKey | HybridKey) -> bool:
+    """A distribution opened with ``opened_with``: when that is the current (new) backend key
+    of a switched rotation, unlink the old keys. True when it did."""
+    try:
+        paths = key_paths(config)
+    except ConfigError:
+        return False
+    if phase(paths) != "switched":
+        return False
+    try:
+        current = _load_backend(paths.backend, paths.backend_file)
+    except KrsError:
+        return False
+    if current.hmac_key != opened_with.hmac_key:
+        return False  # opened with the old key: keep it until the new one has been used
+    try:
+        with rotation_lock(config):
+            for path in paths.all():
+                suffixed(path, PREVIOUS).unlink(missing_ok=True)
+    except RekeyError:
+        return False  # another rotation runs: the next distribution retires them
+    log.info("a distribution sealed to the new node key opened: the old node keys are destroyed")
+    return True
+
+
+__all__ = [
+    "KeyPaths",
+    "RekeyError",
+    "RekeyResult",
+    "alternate_keys",
+    "key_paths",
+    "phase",
+    "rekey",
+    "retire_previous",
+    "rotation_lock",
+]
