@@ -46,7 +46,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +73,7 @@ from krs_lab.process import LabError, LabServer, ServerProcess, server_binary
 from krs_lab.softhsm import lab_init_options
 from krs_plugin.kdc.cli import key_json
 from krs_plugin.kdc.dspush import PushConfig, push_ds
+from krs_plugin.kdc.enginestate import EngineState
 from krs_plugin.kdc.parent import ParentConfig
 from krs_plugin.kdc.store import Store
 
@@ -355,10 +356,14 @@ class MultiSigner:
         """The child's keys as ``krs-kdc --json key list`` shows them, read from kdc.db in this
         process: the tests read them while the engine moves on, and starting a ``krs-kdc``
         process for each read took long enough on a busy machine to see a step late."""
+        return {r.key_tag: key_json(r) for r in self.store().keys(CHILD)}
+
+    def store(self) -> Store:
+        """kdc.db, opened once in this process for reading (``keys``, ``history``)."""
         if self._store is None:
             self._store = Store(self.state / "kdc.db")
             self.stack.callback(self._store.close)
-        return {r.key_tag: key_json(r) for r in self._store.keys(CHILD)}
+        return self._store
 
     def distribute(self, timeout: float = 60) -> float:
         """Distribute the child's keys and wait until every node confirmed; the seconds taken."""
@@ -531,8 +536,10 @@ class MultiSigner:
         )
 
     def history(self) -> list[dict[str, Any]]:
-        """The engine's history of the child (``krs-kdc history --json``), oldest first."""
-        return list(self.kdc_json("history", "--zone", CHILD)["entries"])
+        """The engine's history of the child as ``krs-kdc history --json`` shows it, oldest
+        first (read in this process, as ``keys``)."""
+        entries = EngineState(self.store()).history(CHILD)
+        return [json.loads(json.dumps(asdict(e))) for e in entries]
 
     def events(self) -> list[str]:
         return [e["event"] for e in self.history()]
