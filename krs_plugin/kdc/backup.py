@@ -44,6 +44,7 @@ MAX_HEADER = 64 * 1024
 DB_NAME = "kdc.db"
 KEYS_DIR = "keys"
 SIGNING_PUBKEY = "kdc.signing.pubkey"
+SIGNING_FILE = "kdc.signing.privatekey"  # identity.SIGNING_FILE (custody file only)
 SUFFIX = ".krsbackup"
 DEFAULT_RECIPIENT = "keys/backup.pubkey"  # under the state directory
 
@@ -269,13 +270,17 @@ def _anchors(
     """The signing public key the backup carries, then those the operator gave."""
     if SIGNING_PUBKEY not in keys:
         raise BackupError(f"backup: {where}: no {SIGNING_PUBKEY} (the KDC's signing public key)")
-    text = keys[SIGNING_PUBKEY][0].decode(errors="replace")
+    return [_jwk(keys[SIGNING_PUBKEY][0], SIGNING_PUBKEY, where).public_only(), *extra]
+
+
+def _jwk(data: bytes, name: str, where: str) -> JoseKey:
+    """A JWK key file's content (``#`` comment lines allowed, as crypto/keys.py reads them)."""
+    text = data.decode(errors="replace")
     lines = [s for s in text.splitlines() if s.strip() and not s.lstrip().startswith("#")]
     try:
-        own = JoseKey.from_jwk(json.loads("\n".join(lines)), where=SIGNING_PUBKEY).public_only()
+        return JoseKey.from_jwk(json.loads("\n".join(lines)), where=name)
     except (KeyFileError, ValueError, TypeError) as exc:
-        raise BackupError(f"backup: {where}: {SIGNING_PUBKEY}: {exc}") from exc
-    return [own, *extra]
+        raise BackupError(f"backup: {where}: {name}: {exc}") from exc
 
 
 def rollback_mode(data: bytes) -> bytes:
@@ -319,6 +324,12 @@ def check(
         )
     if opened.header["kdc"].get("signing_key") != signing.thumbprint:
         raise BackupError(f"{where}: header: KDC id does not match {SIGNING_PUBKEY}")
+    private = opened.keys.get(SIGNING_FILE)
+    if (
+        private is not None
+        and _jwk(private[0], SIGNING_FILE, where).thumbprint != signing.thumbprint
+    ):
+        raise BackupError(f"{where}: identity: {SIGNING_FILE} is not the key of {SIGNING_PUBKEY}")
     with database(opened.db) as db:
         try:
             result = db.execute("PRAGMA integrity_check").fetchone()[0]
@@ -329,6 +340,8 @@ def check(
         verdict = audit.verify(db, [signing])
         if not verdict.ok:
             raise BackupError(f"{where}: audit: the trail does not verify: {verdict.to_json()}")
+        if verdict.entries == 0:  # init records one: every KDC's trail has begun
+            raise BackupError(f"{where}: audit: the trail is empty: not a KDC's kdc.db")
         if _head(db) != opened.header.get("audit_head"):
             raise BackupError(f"{where}: audit: head differs from the header's")
         settings = cu.CustodySettings.loads(_meta(db, cu.META_KEY))

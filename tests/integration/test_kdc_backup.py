@@ -296,6 +296,18 @@ def test_a_changed_byte_a_wrong_key_or_a_missing_kek_is_refused_and_nothing_writ
     assert "altered" in refused(target, "restore", str(cut), "--key", str(private))
     assert not target.exists()
 
+    # A backup of another KDC than the one whose signing key the nodes hold.
+    kdc(tmp_path / "another", "init", "--control-zone", CZ)
+    theirs = tmp_path / "another" / "keys" / "kdc.signing.pubkey"
+    error = refused(target, "restore", str(archive), "--key", str(private), "--signing-key",
+                    str(theirs), "--kek-file", str(live / "keys" / "kdc.kek"))  # fmt: skip
+    assert "identity: its KDC signing key is" in error and "a backup of another KDC" in error
+    assert not target.exists()
+    ours = live / "keys" / "kdc.signing.pubkey"
+    kdc(target, "restore", str(archive), "--key", str(private), "--signing-key", str(ours),
+        "--kek-file", str(live / "keys" / "kdc.kek"), "--check")  # fmt: skip
+    assert not target.exists()
+
     # Another backup key.
     other = tmp_path / "other.privatekey"
     kdc(live, "backup", "key", "generate", "--private", str(other), "--public",
