@@ -15,6 +15,7 @@ from krs_plugin import __version__
 from krs_plugin.cliout import add_json_option, error_exit
 from krs_plugin.completion import SHELLS, completion_script
 from krs_plugin.errors import ConfigError, KrsError
+from krs_plugin.receiver.trustcli import add_parsers as add_trust_parsers
 
 LIVE_DEMO_ELSEWHERE = (
     "krs demo: the live demo (a KDC, named or knotd and krs run on loopback) is not part of "
@@ -131,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("status", help="recent distributions and their outcome")
     _config_option(p)
     _json_option(p)
+    add_trust_parsers(commands, _config_option, _json_option)  # receiver/trustcli.py
     p = commands.add_parser("keys", help="keys installed per zone")
     p.add_argument("zone", nargs="?")
     _config_option(p)
@@ -201,6 +203,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             from krs_plugin.receiver.rekeycli import rekey_command
 
             return rekey_command(args)
+        if args.command in ("kdc-keys", "trust-kdc-key"):
+            from krs_plugin.receiver import trustcli
+
+            if args.command == "kdc-keys":
+                return trustcli.kdc_keys_command(args)
+            return trustcli.trust_command(args)
         if args.command in ("fetch", "apply", "status", "keys", "run", "doctor"):
             from krs_plugin.receiver.commands import run_command
 

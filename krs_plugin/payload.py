@@ -27,6 +27,8 @@ import dns.dnssec
 import dns.name
 from dns.rdtypes.ANY.DNSKEY import DNSKEY
 
+from krs_plugin import kdckeys
+from krs_plugin.crypto import JoseKey
 from krs_plugin.dnssec import (
     DnssecKey,
     KeyTiming,
@@ -69,7 +71,7 @@ _USED_FIELDS = {
     "delete_key": frozenset({"operation", "zone_name", "key_id", "metadata"}),
     "ping": frozenset({"operation", "metadata"}),
 }
-_OURS = ("distribution_id", "issued_at", "expires_at")
+_OURS = ("distribution_id", "issued_at", "expires_at", "kdc_keys")  # kdc_keys: kdckeys.py
 METADATA_FIELDS = {
     "roll_key": frozenset({"old_key_id", "retire_old_key", "timing", "cds", *_OURS}),
     "delete_key": frozenset({"reason", "pending_confirmation", "crypto", *_OURS}),
@@ -155,6 +157,9 @@ class Payload:
     """A validated distribution: its entries in the order the KDC sent them."""
 
     entries: tuple[Entry, ...]
+    kdc_keys: tuple[JoseKey, ...] = ()
+    """Ours (docs/payload.md): the KDC verification keys it wants trusted from now on, from the
+    first entry's ``metadata.kdc_keys``; empty when the KDC sent none (no roll under way)."""
 
     @property
     def zones(self) -> frozenset[dns.name.Name]:
@@ -359,13 +364,21 @@ def ping_entry(
     return Ping(nonce, timestamp, envelope, rekey=rekey)
 
 
-def encode_payload(entries: Sequence[Entry]) -> bytes:
+def encode_payload(entries: Sequence[Entry], kdc_keys: Sequence[JoseKey] = ()) -> bytes:
     """The JSON tdns's Go code writes: entries in struct field order, ``metadata`` keys sorted
     (Go marshals maps sorted), ``<``, ``>``, ``&`` escaped as Go does; our fields only when set.
+    ``kdc_keys`` (ours, a signing-key roll under way): in the first entry's ``metadata``.
     """
     if not entries:
         raise PayloadError("encode_payload: a payload needs at least one entry")
-    text = json.dumps([_entry_json(e) for e in entries], separators=(",", ":"), ensure_ascii=False)
+    items = [_entry_json(e) for e in entries]
+    if kdc_keys:
+        first = items[0]
+        first["metadata"] = _sorted(
+            {**first["metadata"], kdckeys.FIELD: kdckeys.announce_json(kdc_keys)}
+        )
+    text = json.dumps(items, separators=(",", ":"), ensure_ascii=False)
+    del items
     for char, escaped in (
         ("&", "\\u0026"),
         ("<", "\\u003c"),
@@ -467,8 +480,16 @@ def parse_payload(
     if not count:
         raise PayloadError("payload: the array holds no operations")
     shared: dict[object, Any] = {}  # equal zone names, timings, texts: one object each
-    entries = tuple(_parse_entry(i, e, shared) for i, e in enumerate(_json_array(text, start)))
+    announced: list[tuple[int, tuple[JoseKey, ...]]] = []  # (entry, kdc_keys): ours
+    entries = tuple(
+        _parse_entry(i, e, shared, announced) for i, e in enumerate(_json_array(text, start))
+    )
     del text, shared
+    if len(announced) > 1:
+        raise PayloadError(
+            f"entry {announced[1][0]}: metadata '{kdckeys.FIELD}' again (entry "
+            f"{announced[0][0]} carries it): a payload carries one set of KDC keys"
+        )
     _check_duplicates(entries)
     _check_cds_per_zone(entries)
     for index, entry in enumerate(entries):
@@ -479,7 +500,7 @@ def parse_payload(
             expected_distribution_id,
             clock_skew,
         )
-    return Payload(entries)
+    return Payload(entries, announced[0][1] if announced else ())
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -593,7 +614,12 @@ def _is_empty(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value == 0
 
 
-def _parse_entry(index: int, obj: Any, shared: dict[object, Any] | None = None) -> Entry:
+def _parse_entry(
+    index: int,
+    obj: Any,
+    shared: dict[object, Any] | None = None,
+    announced: list[tuple[int, tuple[JoseKey, ...]]] | None = None,
+) -> Entry:
     """One entry; values equal to one already parsed are that one (``shared``): a payload for
     10,000 zones carries each zone name twice and one timing 20,000 times, and every key is
     held until it is applied."""
@@ -616,6 +642,10 @@ def _parse_entry(index: int, obj: Any, shared: dict[object, Any] | None = None) 
     if unknown:
         _fail(where, f"unknown metadata key {_show(unknown[0])}")
     envelope = _parse_envelope(meta, where)
+    if kdckeys.FIELD in meta:
+        keys = kdckeys.parse_kdc_keys(meta[kdckeys.FIELD], where)
+        if announced is not None:
+            announced.append((index, keys))
     if operation == "ping":
         return _parse_ping(meta, envelope, where)
     zone = zone_name(_field(obj, "zone_name", str, where), where)

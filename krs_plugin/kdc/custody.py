@@ -656,6 +656,18 @@ def provision_token(
     return found
 
 
+def destroy_signing_key(settings: CustodySettings, label: str) -> None:
+    """Destroy the token's private and public objects labelled ``label``: a signing key a roll
+    retired (kdc/signroll.py). The other objects of the token are not touched."""
+    p = _pkcs11()
+    session, _ = open_session(settings)
+    with _LOCK:
+        for kind in (p.ObjectClass.PRIVATE_KEY, p.ObjectClass.PUBLIC_KEY):
+            found = _find(session, kind, label)
+            if found is not None:
+                found.destroy()
+
+
 # --- opening a custody --------------------------------------------------------------------------
 
 _OPENED: dict[tuple[str, str], Custody] = {}

@@ -25,6 +25,7 @@ from krs_plugin.crypto import HpkeKey, HybridKey, JoseKey
 from krs_plugin.dnssec import DnssecKey, KeyTiming, load_pkcs8_pem
 from krs_plugin.kdc.build import NodeRecipient, build_distribution
 from krs_plugin.kdc.identity import KdcIdentity
+from krs_plugin.kdc.signroll import signing_state
 from krs_plugin.kdc.store import KeyRow, NodeRow, StateError, Store
 from krs_plugin.payload import (
     DeleteKey,
@@ -205,19 +206,20 @@ def distribute_zone(
     recipients = [recipient_for(node) for node in nodes]  # fails before anything is stored
     records_total = 0
     rule = zone_rules(store, [zone])[zone]
+    signer, announced = signing_state(store, identity)  # a signing-key roll: kdc/signroll.py
     with store.transaction():
         dist_id, serial = store.next_distribution_id(now)
         entries, rolls, deletes = zone_entries(
             keys, dist_id, now=stamp, expires_at=expires_at, rule=rule, opener=store.private_pem
         )
-        cleartext = encode_payload(entries)
+        cleartext = encode_payload(entries, announced)
         carried, deleted = sent_keys(entries), deleted_keys(entries)
         counts = {"zone_count": 1, "key_count": rolls + deletes, "operation_count": len(entries)}
         for index, (node, recipient) in enumerate(zip(nodes, recipients, strict=True)):
             records = build_distribution(
                 cleartext,
                 recipient,
-                identity.signer,
+                signer,
                 dist_id,
                 now=now,
                 counts=counts,
@@ -298,6 +300,7 @@ def distribute_node(
     expires_at = stamp + ttl
     recipient = recipient_for(node)
     rules = zone_rules(store, wanted)
+    signer, announced = signing_state(store, identity)  # a signing-key roll: kdc/signroll.py
     with store.transaction():
         dist_id, serial = store.next_distribution_id(now)
         entries: list[Entry] = []
@@ -310,7 +313,7 @@ def distribute_node(
             entries += ops
             rolls += r
             deletes += d
-        cleartext = encode_payload(entries)
+        cleartext = encode_payload(entries, announced)
         carried, deleted = sent_keys(entries), deleted_keys(entries)
         del entries
         counts = {
@@ -321,7 +324,7 @@ def distribute_node(
         records = build_distribution(
             cleartext,
             recipient,
-            identity.signer,
+            signer,
             dist_id,
             now=now,
             counts=counts,

@@ -45,6 +45,7 @@ from krs_plugin.enrollment import (
 from krs_plugin.errors import EnrollmentError, KrsError, SignatureError
 from krs_plugin.kdc.distribute import LIVE_STATES, distribute_node
 from krs_plugin.kdc.identity import KdcIdentity
+from krs_plugin.kdc.signroll import active_signer
 from krs_plugin.kdc.store import StateError, Store, TokenRow, canonical
 from krs_plugin.protocol import check_node_id, sig0
 
@@ -83,7 +84,7 @@ def create_package(
         kdc_jose_pubkey=encode_jose_pubkey(identity.jose) if backend == "jose" else "",
         kdc_enrollment_address=kdc_address,
         control_zone=control_zone,
-        kdc_signing_pubkey=identity.signer.public_jwk,
+        kdc_signing_pubkey=active_signer(store, identity).public_jwk,  # kdc/signroll.py
         valid_until=rfc3339(now + valid_for),
         backend=backend,
         zones=tuple(canonical(z) for z in zones),

@@ -65,6 +65,8 @@ from krs_plugin.kdc.metrics import KdcMetrics, ServerHealth, health_of
 from krs_plugin.kdc.parentwatch import ParentDesk, ParentTask
 from krs_plugin.kdc.publisher import Publisher, PublishError, PublishTarget
 from krs_plugin.kdc.resync import RESYNC_INTERVAL, ResyncDesk
+from krs_plugin.kdc.signroll import advance as advance_roll
+from krs_plugin.kdc.signroll import note_report
 from krs_plugin.kdc.store import DistributionRow, NodeRow, Store
 from krs_plugin.kdc.wake import Wakeup, forget_listen, is_local, is_wake, record_listen
 from krs_plugin.kdc.xfr import TransferPolicy, refused, soa_rrset, transfer
@@ -326,6 +328,7 @@ class ControlZone:
             response.set_rcode(dns.rcode.SERVFAIL)
             return response
         state_written()
+        self._note_trust(node_id, dist_id, report)
         if failure is not None:
             log.warning(
                 "distribution %s for %s failed (%s at %s): %s",
@@ -343,6 +346,15 @@ class ControlZone:
             except (StateWriteError, KrsError) as exc:  # the next confirmation completes it
                 log.warning("node %s: key rotation completion not recorded: %s", node_id, exc)
         return response
+
+    def _note_trust(self, node_id: str, dist_id: str, report: dict[str, object]) -> None:
+        """The KDC keys the node's verified report says it trusts (``kdc_keys``, ours): what
+        a signing-key roll waits for (kdc/signroll.py). Not recorded: asked again later."""
+        try:
+            note_report(self.store, node_id, dist_id, int(dist_id, 16), report)
+        except StateWriteError as exc:
+            log.warning("confirmation %s from %s: trusted keys not recorded: %s",
+                        dist_id, node_id, exc)  # fmt: skip
 
     def _rows(self, dist_id: str, report: dict[str, object]) -> list[DistributionRow]:
         """The rows a report may answer: the one of the node it names when that node is a
@@ -881,12 +893,33 @@ class KdcServer:
         error = None
         try:
             engine.run_pass(now)
+            self.roll_step(engine, now)
         except StateWriteError as exc:  # one transaction per change: the next pass
             error = str(exc)
             state_failures.error("engine", f"lifecycle step not recorded: {exc}")
         else:
             state_failures.recovered("engine", RECOVERED["engine"])
         self.health.passed(now, time.monotonic() - started, error)
+
+    def roll_step(self, engine: Engine, now: float) -> None:
+        """A signing-key roll's next step once every node confirmed (docs/security.md,
+        "Rotation"); nodes holding it get a distribution again every ``resend_after``."""
+        if engine.identity is None:
+            return
+        try:
+            step = advance_roll(
+                self.store, engine.identity, now=now, resend_after=self.options.resend_after
+            )
+        except StateWriteError:
+            raise
+        except (KrsError, OSError) as exc:
+            log.error("signing-key roll: the next step failed, tried again next pass: %s", exc)
+            return
+        if step.taken is not None:
+            log.warning("signing-key roll: %s (every node confirmed)", step.taken)
+        for dist_id in step.resent:
+            log.info("signing-key roll: distribution %s sent to a node that has not confirmed",
+                     dist_id)  # fmt: skip
 
     def _due(self, last: int | None, attempts: int, now: float) -> bool:
         if last is None:

@@ -444,6 +444,7 @@ class Store:
         self.path = Path(path)
         self.actor = "krs-kdc"  # who the audit trail names: "operator NAME" or "serve"
         self._audit_signer = audit_signer
+        self._audit_signer_given = audit_signer
         if not self.path.exists() and not self.path.parent.is_dir():
             raise ConfigError(f"{self.path}: state directory does not exist (run init)")
         self.db = open_private_db(self.path, _SCHEMA, tables=_TABLES, advice=DAMAGED_ADVICE)
@@ -514,6 +515,12 @@ class Store:
     def forget_custody(self) -> None:
         """Read meta ``custody`` again at the next use (after a migration changed it)."""
         self._custody = None
+
+    def forget_audit_signer(self) -> None:
+        """Load the trail's signer again at the next entry (a signing-key roll switched it:
+        kdc/signroll.py); a signer given to the constructor is kept."""
+        if getattr(self, "_audit_signer_given", None) is None:
+            self._audit_signer = None
 
     def private_pem(self, row: KeyRow) -> bytes:
         """The key's PKCS#8 PEM: opened under the KEK (a sealed row), or as stored (legacy).

@@ -17,6 +17,7 @@ from krs_plugin.receiver.fetcher import Fetcher
 from krs_plugin.receiver.pipeline import Outcome, Pipeline, load_identity
 from krs_plugin.receiver.reconcile import compare, resend_advice
 from krs_plugin.receiver.store import ReceiverStore
+from krs_plugin.receiver.trustcli import status_lines as trust_lines
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -46,6 +47,8 @@ def run_command(args: argparse.Namespace) -> int:
             )
             if not args.json:
                 for line in _signature_lines(config):
+                    print(line)
+                for line in trust_lines(config, store):  # the KDC's keys (receiver/kdctrust.py)
                     print(line)
                 from krs_plugin.receiver.rekeycli import status_lines
 

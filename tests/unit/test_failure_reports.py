@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -95,7 +96,10 @@ def test_the_krs_reports_no_fetch_failure_and_no_keyless_failure_without_signing
         config = SimpleNamespace(
             keys=SimpleNamespace(signing=signing), node_id=dns.name.from_text(NODE)
         )
-        return SimpleNamespace(config=config)
+        # no KDC key and an empty krs.db: the report's kdc_keys (ours) is []
+        return SimpleNamespace(config=config, verifier=None, store=SimpleNamespace(db=memory))
+
+    memory = sqlite3.connect(":memory:")
 
     report = Pipeline.failure_report
     assert report(pipeline(Path("s.key")), "failed", "fetch", "down") is None  # type: ignore[arg-type]
