@@ -24,9 +24,17 @@ LIVE_DEMO_ELSEWHERE = (
 )
 
 
+def demo_backends(choice: str) -> tuple[str, ...]:
+    """The backends a demo's ``--backend`` names: one, ``both`` (hpke, jose) or ``all``."""
+    return {"both": ("hpke", "jose"), "all": ("hpke", "jose", "hpke-pq")}.get(choice, (choice,))
+
+
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     """The options both demos take (``krs demo --offline`` and the lab's ``krs-demo``)."""
-    parser.add_argument("--backend", choices=("hpke", "jose", "both"), default=None)
+    # both: hpke and jose (as before hpke-pq existed); all: the three (docs/development.md)
+    parser.add_argument(
+        "--backend", choices=("hpke", "jose", "hpke-pq", "both", "all"), default=None
+    )
     parser.add_argument("--zone", default="example.com.")
     parser.add_argument("--algorithm", type=int, default=13, choices=(8, 13, 14, 15, 16))
     parser.add_argument(
@@ -190,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             backend = args.backend or "both"
             return run_demo(
-                backends=("hpke", "jose") if backend == "both" else (backend,),
+                backends=demo_backends(backend),
                 zone=args.zone,
                 algorithm=args.algorithm,
                 keep=args.keep,

@@ -12,16 +12,19 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import dns.name
 
-from krs_plugin.crypto import HpkeKey, JoseKey, write_hpke_private, write_jose_private
+from krs_plugin.crypto import HpkeKey, HybridKey, JoseKey, write_jose_private
+from krs_plugin.crypto.nodekey import generate_node_key, write_node_private
 from krs_plugin.dnssec import KeyTiming, generate_key, write_bind_key_pair
 from krs_plugin.kdc.build import NodeRecipient, build_distribution
 from krs_plugin.payload import RollKey, encode_payload, parse_payload, roll_key_entry
 from krs_plugin.protocol import CHUNK, CHUNK_TYPE, manifest_name, parse_chunk_wire
 from krs_plugin.receiver.unpack import NodeIdentity, unpack_distribution
 
+_K = TypeVar("_K")
 CONTROL_ZONE = "kdc.example."
 NODE_ID = "ns1.edge.example."
 
@@ -50,12 +53,15 @@ def _run(workdir: Path, backends: Sequence[str], zone: str, algorithm: int) -> i
     node_id = dns.name.from_text(NODE_ID)
     _say("kdc", f"work directory {workdir}")
     signer = JoseKey.generate()
-    node_hpke, node_jose = HpkeKey.generate(), JoseKey.generate()
-    write_hpke_private(workdir / "node.hpke.privatekey", node_hpke, comment=f"node {NODE_ID}")
-    write_jose_private(workdir / "node.jose.privatekey", node_jose, comment=f"node {NODE_ID}")
+    # The node's key for each backend shown, made and written as krs enroll does (nodekey.py).
+    node_keys = {backend: generate_node_key(backend) for backend in backends}
+    for backend, node_key in node_keys.items():
+        write_node_private(workdir / f"node.{backend}.privatekey", backend, node_key)
     write_jose_private(workdir / "kdc.signing.privatekey", signer, use="sig", comment="KDC")
     _say("kdc", f"KDC signing key (P-256) {signer.thumbprint}")
-    _say("kdc", f"node {NODE_ID}: X25519 {node_hpke.fingerprint}..., P-256 {node_jose.fingerprint}")
+    kinds = {"hpke": "X25519", "jose": "P-256", "hpke-pq": "ML-KEM-768 + X25519"}
+    held = ", ".join(f"{kinds[b]} {k.fingerprint}" for b, k in node_keys.items())
+    _say("kdc", f"node {NODE_ID}: {held}")
 
     now = time.time()
     ksk = generate_key(zone_name, algorithm, 257)
@@ -64,7 +70,12 @@ def _run(workdir: Path, backends: Sequence[str], zone: str, algorithm: int) -> i
     for role, key in (("KSK", ksk), ("ZSK", zsk)):
         _say("kdc", f"generated {role} for {zone_name}: algorithm {algorithm}, tag {key.key_tag}")
 
-    node = NodeIdentity(node_id, hpke=node_hpke, jose=node_jose)
+    node = NodeIdentity(
+        node_id,
+        hpke=_of(node_keys.get("hpke"), HpkeKey),
+        jose=_of(node_keys.get("jose"), JoseKey),
+        hybrid=_of(node_keys.get("hpke-pq"), HybridKey),
+    )
     for number, backend in enumerate(backends):
         dist_id = f"{int(now) + number:x}"
         entries = [
@@ -72,11 +83,7 @@ def _run(workdir: Path, backends: Sequence[str], zone: str, algorithm: int) -> i
             roll_key_entry(zsk, "ZSK", timing=timing, distribution_id=dist_id, issued_at=int(now)),
         ]
         cleartext = encode_payload(entries)
-        recipient = NodeRecipient(
-            node_id,
-            "hpke" if backend == "hpke" else "jose",
-            node_hpke.public_only() if backend == "hpke" else node_jose.public_only(),
-        )
+        recipient = NodeRecipient(node_id, backend, node_keys[backend].public_only())  # type: ignore[arg-type]
         records = build_distribution(
             cleartext,
             recipient,
@@ -123,6 +130,10 @@ def _run(workdir: Path, backends: Sequence[str], zone: str, algorithm: int) -> i
             )
     _say("done", f"{len(backends)} distribution(s) received, verified and installed as key files")
     return 0
+
+
+def _of(key: object, kind: type[_K]) -> _K | None:
+    return key if isinstance(key, kind) else None
 
 
 def _short(rdata: CHUNK) -> str:

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from krs_plugin import __version__
-from krs_plugin.cli import add_demo_arguments
+from krs_plugin.cli import add_demo_arguments, demo_backends
 from krs_plugin.cliout import error_exit
 from krs_plugin.errors import ConfigError, KrsError
 
@@ -52,9 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.offline:
             from krs_plugin.demo import run_demo
 
-            backend = args.backend or "both"
             return run_demo(
-                backends=("hpke", "jose") if backend == "both" else (backend,),
+                backends=demo_backends(args.backend or "both"),
                 zone=args.zone,
                 algorithm=args.algorithm,
                 keep=args.keep,
@@ -68,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise ConfigError(f"--custody pkcs11: {problem}")
             os.environ[LAB_CUSTODY] = "pkcs11"  # every KDC of the lab (krs_lab/softhsm.py)
 
-        backends = ("hpke", "jose") if args.backend == "both" else (args.backend or "hpke",)
+        backends = demo_backends(args.backend or "hpke")
         return max(
             run_main_job(backend=b, zone=args.zone, server=args.server, keep=args.keep)
             for b in backends
