@@ -47,6 +47,7 @@ SIGNING_PUBKEY = "kdc.signing.pubkey"
 SIGNING_FILE = "kdc.signing.privatekey"  # identity.SIGNING_FILE (custody file only)
 SUFFIX = ".krsbackup"
 DEFAULT_RECIPIENT = "keys/backup.pubkey"  # under the state directory
+STAGING = ".restore-"
 
 
 class BackupError(KrsError):
@@ -435,6 +436,8 @@ def _occupied(state: Path) -> list[str]:
     found = []
     for path in sorted(state.rglob("*")):
         relative = path.relative_to(state).as_posix()
+        if relative.startswith(STAGING):
+            continue  # this restore's own staging directory
         if relative == KEYS_DIR and path.is_dir():
             continue
         if relative == cu.DEFAULT_KEK_FILE:
@@ -467,8 +470,14 @@ def restore(
     with database(opened.db) as db:
         settings = cu.CustodySettings.loads(_meta(db, cu.META_KEY))
     _, install_kek = kek_source(settings, state, kek_file)
-    state.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{state.name}.restore-", dir=state.parent))
+    # Staged on the target's file system (inside it when it exists: it may be a mount point),
+    # so that putting it in place is renames only.
+    fresh = not state.exists()
+    if fresh:
+        state.parent.mkdir(parents=True, exist_ok=True)
+    where = state.parent if fresh else state
+    staging = Path(tempfile.mkdtemp(prefix=f".{state.name}{STAGING}" if fresh else STAGING,
+                                    dir=where))  # fmt: skip
     try:
         (staging / KEYS_DIR).mkdir(mode=0o700)
         for name, (data, mode) in opened.keys.items():
@@ -498,16 +507,22 @@ def restore(
             store.close()
         for side in ("-wal", "-shm"):
             Path(f"{staging / DB_NAME}{side}").unlink(missing_ok=True)
-        _install(staging, state, force=force)
+        _install(staging, state, fresh=fresh, force=force)
+    except OSError as exc:
+        raise BackupError(
+            f"restore: writing into {state} failed: {exc}; if it failed while moving the files "
+            "in place, restore again with --force"
+        ) from exc
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return report | {"state": str(state), "audit_head_after": head}
 
 
-def _install(staging: Path, state: Path, *, force: bool) -> None:
-    """Into a missing or empty ``state``: one rename. Else (a KEK placed there, or --force):
-    keys/ first, kdc.db last, the old kdc.db's log and shared memory removed before."""
-    if not state.exists() or (state.is_dir() and not any(state.iterdir())):
+def _install(staging: Path, state: Path, *, fresh: bool, force: bool) -> None:
+    """Into a missing ``state``: one rename. Into an existing one (empty, with a KEK placed
+    there, or --force): keys/ first, kdc.db last, the old kdc.db's log and shared memory
+    removed before."""
+    if fresh:
         os.chmod(staging, 0o700)
         os.replace(staging, state)
         sync_directory(state.parent)

@@ -65,6 +65,11 @@ def cmd_backup(args: argparse.Namespace) -> int:
         f"sealed to backup key {header['recipient'][:16]}; the KEK is not in it (custody "
         f"{header['custody']['kind']}): keep a copy of it apart (docs/kdc.md)",
     ]
+    if header["custody"]["kind"] == "legacy":
+        lines.append(
+            "kdc.db holds its DNSSEC keys in the clear (custody legacy), and so does the backup "
+            "inside its encryption: seal them with krs-kdc custody migrate --to file"
+        )
     emit(result, lines, as_json=args.json)
     return 0
 
