@@ -24,6 +24,7 @@ from krs_lab.deployment import wait_until
 from krs_lab.multisigner import CHILD, HOST, MultiSigner, Prober
 from krs_lab.ports import free_port
 from krs_lab.process import server_binary
+from krs_lab.softhsm import LAB_CUSTODY
 from krs_plugin.kdc.methods import steps_for
 from krs_plugin.kdc.policy import Policy, intervals
 from krs_plugin.kdc.records import settles_at
@@ -205,7 +206,12 @@ def scrape() -> str:
 
 
 @pytest.fixture
-def lab(tmp_path: Path) -> Iterator[MultiSigner]:
+def lab(
+    tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[MultiSigner]:
+    """The lab; ``custody`` (indirect parameter) is the KDC's: ``file`` (the default) or
+    ``pkcs11``, the signing key and the KEK in SoftHSM2 (krs_lab.softhsm)."""
+    monkeypatch.setenv(LAB_CUSTODY, getattr(request, "param", "file"))
     lab = MultiSigner(
         tmp_path,
         policy=options(TIMING),
@@ -269,9 +275,12 @@ def test_a_policy_alone_rolls_the_zsk_twice_and_the_ksk_on_four_servers_without_
     assert prober.counts["NOERROR"] >= took * 3  # five probes a second, most of them answered
 
 
+@pytest.mark.parametrize("lab", ["pkcs11"], indirect=True)  # the other test runs custody file
 def test_a_node_whose_krs_stops_mid_rollover_holds_the_step_until_it_is_back(
     lab: MultiSigner,
 ) -> None:
+    custody = lab.kdc_json("custody", "status")
+    assert (custody["custody"], custody["keys_plain"], custody["ok"]) == ("pkcs11", 0, True)
     run = Run(lab)
     prober = secure(lab, run)
     node = "nsd"
