@@ -230,17 +230,25 @@ def gate(store: Store) -> Gate:
             continue
         listed = set(trust.get(node.id, {}).get("kdc_keys", ()))  # type: ignore[call-overload]
         if phase == "announcing":
-            following = _by_state(rows, "next")
-            assert following is not None
+            following, current = _by_state(rows, "next"), _by_state(rows, "current")
+            assert following is not None and current is not None
             if following.thumbprint not in listed:
                 holding.append(Holding(node.id, "has not confirmed trusting the next key"))
+                continue
+            ours = {following.thumbprint, current.thumbprint}
         else:
             current, previous = _by_state(rows, "current"), _by_state(rows, "previous")
             assert current is not None and previous is not None
             if current.thumbprint not in listed:
                 holding.append(Holding(node.id, "has not confirmed trusting the new key"))
-            elif previous.thumbprint in listed:
+                continue
+            if previous.thumbprint in listed:
                 holding.append(Holding(node.id, "still trusts the old key"))
+                continue
+            ours = {current.thumbprint}
+        foreign = sorted(listed - ours)
+        if foreign:  # announced by someone else's key, or trusted by hand: look into it
+            holding.append(Holding(node.id, f"trusts a key this KDC does not: {foreign[0]}"))
     return Gate(phase, tuple(holding))
 
 
