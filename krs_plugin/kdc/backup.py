@@ -155,7 +155,15 @@ def make_backup(
     try:
         settings = cu.CustodySettings.loads(_meta(copy, cu.META_KEY))
         keys = key_files(state, settings)
-        anchors = _anchors(keys, [], where=f"{state / KEYS_DIR}")
+        where = f"{state / KEYS_DIR}"
+        others = [  # a signing-key roll under way (kdc/signroll.py): its other key's files
+            _jwk(data, name, where).public_only()
+            for name, (data, _) in keys.items()
+            if name.startswith("kdc.signing.")
+            and name.endswith(".pubkey")
+            and name != SIGNING_PUBKEY
+        ]
+        anchors = _anchors(keys, others, where=where)
         verdict = audit.verify(copy, anchors)
         if not verdict.ok:
             raise BackupError(
