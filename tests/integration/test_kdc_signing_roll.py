@@ -143,6 +143,8 @@ def test_roll_reaches_four_nodes_one_stopped_and_retires_the_old_key_after_all_c
     status = fleet.status()
     assert status["phase"] == "announcing"  # ns4 holds the switch
     assert [n["node"] for n in status["nodes"] if n["holding"]] == [late]
+    text = lab.kdc("identity", "status")
+    assert f"next     {new}" in text and f"node {late}: trusts " in text and "HOLDS" in text
     assert load_jose_key(keys / "kdc.signing.privatekey").thumbprint == old.thumbprint
     held = subprocess.run(
         [str(BIN / "krs-kdc"), "--state", str(lab.state), "identity", "roll", "--continue"],
@@ -156,6 +158,8 @@ def test_roll_reaches_four_nodes_one_stopped_and_retires_the_old_key_after_all_c
     assert fleet.confirmed_by_all(event), lab.distributions()  # no distribution lost
     for node in fleet.configs:
         assert fleet.trusted(node) == {new}, node
+    shown = run("krs", "status", "-c", str(fleet.configs[late]))
+    assert f"{new} trusted (announced" in shown and f"{old.thumbprint} dropped" in shown
     assert load_jose_key(keys / "kdc.signing.privatekey").thumbprint == new
     assert load_jose_key(keys / "kdc.signing.pubkey").thumbprint == new
     assert not list(keys.glob(f"kdc.signing.{old.fingerprint}.privatekey"))  # shredded
