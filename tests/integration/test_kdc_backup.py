@@ -329,6 +329,22 @@ def test_a_changed_byte_a_wrong_key_or_a_missing_kek_is_refused_and_nothing_writ
     assert "is not the one kdc.db's keys are sealed with" in error, error
     assert sorted(p.name for p in target.rglob("*")) == ["kdc.kek", "keys"]
 
+    # The KEK from the systemd credential (as the unit gives it), or a copy with --kek-file,
+    # which restore puts in place as keys/kdc.kek.
+    credentials = tmp_path / "credentials"
+    credentials.mkdir(mode=0o700)
+    shutil.copy2(live / "keys" / "kdc.kek", credentials / "kdc-kek")
+    with_credential = {**os.environ, "CREDENTIALS_DIRECTORY": str(credentials)}
+    checked = kdc(tmp_path / "by-credential", "restore", str(archive), "--key", str(private),
+                  "--check", env=with_credential)  # fmt: skip
+    assert isinstance(checked, dict) and checked["kek"] == "systemd credential kdc-kek"
+    copied = tmp_path / "by-copy"
+    kdc(copied, "restore", str(archive), "--key", str(private), "--kek-file",
+        str(credentials / "kdc-kek"))  # fmt: skip
+    assert (copied / "keys" / "kdc.kek").read_bytes() == (live / "keys" / "kdc.kek").read_bytes()
+    assert (copied / "keys" / "kdc.kek").stat().st_mode & 0o777 == 0o600
+    assert kdc(copied, "custody", "status")["ok"]  # type: ignore[index]
+
     # A KDC directory is not replaced without --force.
     error = refused(live, "restore", str(archive), "--key", str(private))
     assert f"restore: {live} is not empty (kdc.db" in error and "--force" in error
