@@ -2,14 +2,19 @@
 
 Run:  .venv/bin/python benchmarks/envelope.py [--seconds 1] [--repeats 5] [--json]
 
-For each backend (hpke, jose) and payload size (1 KiB, 64 KiB, 1 MiB) it times ``seal_envelope``
-and ``open_envelope`` (docs/protocol.md section 4: T = base64(JWS_ES256(inner))) and the same
-primitives called directly in ``cryptography``, with keys and AEAD contexts set up in advance:
+For each backend (hpke, jose, hpke-pq) and payload size (1 KiB, 64 KiB, 1 MiB) it times
+``seal_envelope`` and ``open_envelope`` (docs/protocol.md section 4: T =
+base64(JWS_ES256(inner))) and the same primitives called directly in ``cryptography``, with keys
+and AEAD contexts set up in advance:
 
 - open floor: one ECDSA P-256 verify over a message as long as the real JWS signing input, one key
-  agreement (X25519 for hpke, P-256 ECDH for jose), one AES-256-GCM open of the payload size;
+  agreement (X25519 for hpke, P-256 ECDH for jose; for hpke-pq an ML-KEM-768 decapsulation and an
+  X25519 exchange), one AES-256-GCM open of the payload size;
 - seal floor: one ECDSA P-256 sign over the same length, one ephemeral key generation and key
-  agreement (X25519 or P-256), one AES-256-GCM seal of the payload size.
+  agreement (X25519 or P-256; for hpke-pq an ML-KEM-768 encapsulation and an ephemeral X25519
+  exchange), one AES-256-GCM seal of the payload size.
+
+"T bytes" is the size of the transport string (what the chunks carry) for each payload size.
 
 Everything else the envelope does (base64/base64url, JSON headers, HKDF or Concat KDF, key
 wrapping in library objects) is what "ours" pays on top of the floor. Each cell is timed with
@@ -36,10 +41,11 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, x25519
+from cryptography.hazmat.primitives.asymmetric import ec, mlkem, x25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from krs_plugin.crypto import BACKENDS, Backend, HpkeKey, JoseKey, open_envelope, seal_envelope
+from krs_plugin.crypto import BACKENDS, Backend, JoseKey, open_envelope, seal_envelope
+from krs_plugin.crypto.nodekey import generate_node_key
 
 Op = Callable[[], object]
 
@@ -68,6 +74,7 @@ class Row:
     signing_input_bytes: int
     ours_per_s: float
     floor_per_s: float
+    transport_bytes: int = 0
 
     @property
     def ratio(self) -> float:
@@ -81,6 +88,7 @@ class Row:
             "size": self.size,
             "payload_bytes": self.payload_bytes,
             "signing_input_bytes": self.signing_input_bytes,
+            "transport_bytes": self.transport_bytes,
             "ours_per_s": round(self.ours_per_s, 1),
             "floor_per_s": round(self.floor_per_s, 1),
             "ratio": round(self.ratio, 3),
@@ -135,6 +143,22 @@ def _agreement(backend: Backend) -> tuple[Op, Op]:
             return x25519.X25519PrivateKey.generate().exchange(peer)
 
         return agree_x25519, ephemeral_x25519
+
+    if backend == "hpke-pq":  # ML-KEM-768 and X25519, both halves (the SHA3 combiner is noise)
+        kem = mlkem.MLKEM768PrivateKey.generate()
+        kem_public = kem.public_key()
+        _, kem_ciphertext = kem_public.encapsulate()
+        mine_x = x25519.X25519PrivateKey.generate()
+        peer_x = x25519.X25519PrivateKey.generate().public_key()
+
+        def agree_hybrid() -> bytes:
+            return kem.decapsulate(kem_ciphertext) + mine_x.exchange(peer_x)
+
+        def ephemeral_hybrid() -> bytes:
+            secret, _ = kem_public.encapsulate()
+            return secret + x25519.X25519PrivateKey.generate().exchange(peer_x)
+
+        return agree_hybrid, ephemeral_hybrid
 
     mine_ec = ec.generate_private_key(ec.SECP256R1())
     peer_ec = ec.generate_private_key(ec.SECP256R1()).public_key()
@@ -196,7 +220,7 @@ def measure(seconds: float, repeats: int, progress: bool = False) -> list[Row]:
     verifier = kdc.public_only()
     rows: list[Row] = []
     for backend in BACKENDS:
-        node: HpkeKey | JoseKey = HpkeKey.generate() if backend == "hpke" else JoseKey.generate()
+        node = generate_node_key(backend)
         public = node.public_only()
         for label, size in SIZES:
             plaintext = os.urandom(size)
@@ -222,8 +246,9 @@ def measure(seconds: float, repeats: int, progress: bool = False) -> list[Row]:
             ):
                 ours_rate, floor_rate = time_pair(ours, floor, seconds, repeats)
                 row = Row(
-                    backend, operation, label, size, len(signing_input), ours_rate, floor_rate
-                )
+                    backend, operation, label, size, len(signing_input), ours_rate, floor_rate,
+                    len(transport),
+                )  # fmt: skip
                 rows.append(row)
                 if progress:
                     print(f"  {backend} {operation} {label}: {row.ratio:.2f}x", file=sys.stderr)
@@ -266,7 +291,7 @@ def print_table(rows: list[Row], env: dict[str, str], seconds: float, repeats: i
     print(f"{seconds:g} s per cell in {repeats} runs, median; ratio = our time / floor time")
     print()
     header = (
-        f"{'backend':7} {'op':4} {'payload':>7} {'JWS input':>10} "
+        f"{'backend':7} {'op':4} {'payload':>7} {'JWS input':>10} {'T bytes':>9} "
         f"{'ours ops/s':>11} {'floor ops/s':>12} {'ours/floor':>10}"
     )
     print(header)
@@ -274,6 +299,7 @@ def print_table(rows: list[Row], env: dict[str, str], seconds: float, repeats: i
     for r in rows:
         print(
             f"{r.backend:7} {r.operation:4} {r.size:>7} {r.signing_input_bytes:>10} "
+            f"{r.transport_bytes:>9} "
             f"{r.ours_per_s:>11.1f} {r.floor_per_s:>12.1f} {r.ratio:>9.2f}x"
         )
     print()

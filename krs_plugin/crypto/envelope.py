@@ -4,8 +4,8 @@
 
 - ``jose``: a JWE compact serialization (ECDH-ES, A256GCM) to the node's P-256 key;
 - ``hpke``: the raw HPKE ciphertext ``enc || ct`` to the node's X25519 key (no JWE layer);
-- ``hpke-pq`` (ours, section 4.3): the same layout, HPKE with the hybrid KEM MLKEM768-X25519 to the
-  node's ML-KEM-768 + X25519 key (``enc`` is 1120 bytes instead of 32).
+- ``hpke-pq`` (ours, section 4, "The hpke-pq backend"): the same layout, HPKE with the hybrid KEM
+  MLKEM768-X25519 to the node's ML-KEM-768 + X25519 key (``enc`` is 1120 bytes instead of 32).
 
 Unsigned ``T = base64(C)`` exists in tdns for KDCs without a signing key; we open it only when the
 operator opted out of signatures (``allow_unsigned``), and our KDC never produces it.

@@ -1,5 +1,6 @@
-"""The ``hpke-pq`` backend (ours, docs/protocol.md section 4.3): RFC 9180 HPKE, base mode, with
-the hybrid KEM MLKEM768-X25519 (X-Wing, KEM id 0x647a), HKDF-SHA256 and AES-256-GCM.
+"""The ``hpke-pq`` backend (ours; docs/protocol.md section 4, "The hpke-pq backend"): RFC 9180
+HPKE, base mode, with the hybrid KEM MLKEM768-X25519 (X-Wing, KEM id 0x647a), HKDF-SHA256 and
+AES-256-GCM.
 
 A node key is an ML-KEM-768 key and an X25519 key used as one KEM key: the shared secret holds as
 long as either half does, so a distribution recorded today stays sealed after a quantum computer
@@ -8,9 +9,9 @@ ciphertext || tag``, info and aad empty. The KEM and the key schedule are crypto
 (``cryptography.hazmat.primitives.hpke``), not ours: a hybrid combiner is as easy to get subtly
 wrong as ECDH-ES (docs/security.md, "Post-quantum sealing").
 
-Key files (docs/protocol.md section 4.3): the private file is hex of the 64-byte ML-KEM-768 seed
-followed by the 32-byte X25519 private key (192 hex characters, 0600); the public file is hex of
-the 1184-byte ML-KEM-768 encapsulation key followed by the 32-byte X25519 public key (2432 hex
+Key files (the same section): the private file is hex of the 64-byte ML-KEM-768 seed followed by
+the 32-byte X25519 private key (192 hex characters, 0600); the public file is hex of the
+1184-byte ML-KEM-768 encapsulation key followed by the 32-byte X25519 public key (2432 hex
 characters), the order of the KEM's own public key encoding.
 """
 
@@ -123,8 +124,8 @@ class HybridKey:
 
     @property
     def hmac_key(self) -> bytes:
-        """The manifest HMAC key: SHA-256 of the public key (docs/protocol.md section 4.3), 32
-        bytes like the other backends' keys."""
+        """The manifest HMAC key: SHA-256 of the public key (docs/protocol.md section 4), 32 bytes
+        like the other backends' keys."""
         return hashlib.sha256(self._public_bytes).digest()
 
     @property

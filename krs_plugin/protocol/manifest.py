@@ -26,7 +26,7 @@ from krs_plugin.protocol.names import check_distribution_id
 HMAC_KEY_LENGTH = 32
 DEFAULT_DISTRIBUTION_TTL = 300
 DEFAULT_CLOCK_SKEW = 30
-# "hpke-pq" is ours (docs/protocol.md section 4.3); a tdns peer never sees it.
+# "hpke-pq" is ours (docs/protocol.md section 4, hpke-pq); a tdns peer never sees it.
 Backend = Literal["hpke", "jose", "hpke-pq"]
 BACKENDS: tuple[Backend, ...] = ("hpke", "jose", "hpke-pq")
 CONTENT_TYPES = ("key_operations", "mgmt_operations", "mixed_operations", "node_operations")

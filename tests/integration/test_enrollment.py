@@ -95,7 +95,7 @@ def rows(kdc: Deployment) -> dict[str, list[tuple[object, ...]]]:
 # --- the whole path -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("backend", ["hpke", "jose"])
+@pytest.mark.parametrize("backend", ["hpke", "jose", "hpke-pq"])
 def test_a_fresh_node_enrols_and_its_first_distribution_arrives_without_a_manual_step(
     kdc: Deployment, tmp_path: Path, backend: str
 ) -> None:

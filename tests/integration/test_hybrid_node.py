@@ -1,4 +1,4 @@
-"""The hpke-pq backend with real processes (docs/protocol.md section 4.3): `krs-kdc serve` and
+"""The hpke-pq backend with real processes (docs/protocol.md section 4): `krs-kdc serve` and
 `krs run` nodes of each backend, one distribution reaching all three; the KDC-side rows of the
 scenario table on one real BIND with a hybrid node (and the same rows with a classic one); a
 node whose key is of another backend than the KDC lists refusing, by stage, changing nothing;

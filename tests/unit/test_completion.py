@@ -112,7 +112,13 @@ def test_choices_of_an_option_and_of_a_positional(scripts: dict[str, Path]) -> N
     statuses = complete(kdc, "krs-kdc", "distribution", "list", "--status", "")
     assert {"pending", "confirmed", "failed", "expired"} <= set(statuses)
     assert complete(scripts["krs"], "krs", "completion", "") == ["bash", "zsh"]
-    assert complete(scripts["krs"], "krs", "demo", "--backend", "") == ["hpke", "jose", "both"]
+    assert complete(scripts["krs"], "krs", "demo", "--backend", "") == [
+        "hpke",
+        "jose",
+        "hpke-pq",
+        "both",
+        "all",
+    ]
 
 
 def test_a_value_without_choices_is_left_to_file_names(scripts: dict[str, Path]) -> None:

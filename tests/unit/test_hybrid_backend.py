@@ -1,4 +1,4 @@
-"""The hpke-pq backend (docs/protocol.md section 4.3): hybrid HPKE, MLKEM768-X25519, HKDF-SHA256,
+"""The hpke-pq backend (docs/protocol.md section 4): hybrid HPKE, MLKEM768-X25519, HKDF-SHA256,
 AES-256-GCM. Interop is checked against cryptography's own HPKE, called directly on keys rebuilt
 from our key files' bytes (not through krs_plugin), and against joserfc for the JWS around it."""
 
@@ -44,7 +44,7 @@ from krs_plugin.crypto.nodekey import (
 from krs_plugin.enrollment import BootstrapPackage, EnrollmentConfirmation, EnrollmentRequest
 from krs_plugin.errors import DecryptionError, EnrollmentError, KeyFileError
 
-# The suite named in docs/protocol.md section 4.3, built here from cryptography directly.
+# The suite named in docs/protocol.md section 4, hpke-pq, built here from cryptography directly.
 PQ_SUITE = Suite(KEM.MLKEM768_X25519, KDF.HKDF_SHA256, AEAD.AES_256_GCM)
 KDC = JoseKey.generate()
 NODE_PQ = HybridKey.generate()
