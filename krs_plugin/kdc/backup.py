@@ -114,6 +114,8 @@ def _kept_out(state: Path, settings: cu.CustodySettings) -> set[Path]:
 def key_files(state: Path, settings: cu.CustodySettings) -> dict[str, tuple[bytes, int]]:
     """The regular files of ``keys/`` but the KEK, with their modes."""
     directory = state / KEYS_DIR
+    if not directory.is_dir():
+        raise BackupError(f"backup: {directory}: no such directory (the KDC's own keys)")
     skip = _kept_out(state, settings)
     files: dict[str, tuple[bytes, int]] = {}
     for path in sorted(directory.iterdir()):
@@ -168,7 +170,7 @@ def make_backup(
         if not verdict.ok:
             raise BackupError(
                 f"backup: the audit trail in the snapshot of {db_path} does not verify "
-                f"({verdict.to_json().get('breaks')}); no backup written: run krs-kdc audit verify"
+                f"({verdict.to_json()['broken']}); no backup written: run krs-kdc audit verify"
             )
         head = _head(copy)
         control_zone = _meta(copy, "control_zone")
@@ -348,7 +350,9 @@ def check(
             raise BackupError(f"{where}: kdc.db: integrity_check: {result}")
         verdict = audit.verify(db, [signing])
         if not verdict.ok:
-            raise BackupError(f"{where}: audit: the trail does not verify: {verdict.to_json()}")
+            raise BackupError(
+                f"{where}: audit: the trail does not verify: {verdict.to_json()['broken']}"
+            )
         if verdict.entries == 0:  # init records one: every KDC's trail has begun
             raise BackupError(f"{where}: audit: the trail is empty: not a KDC's kdc.db")
         if _head(db) != opened.header.get("audit_head"):

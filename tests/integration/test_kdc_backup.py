@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -401,3 +402,20 @@ def test_a_backup_with_the_keys_in_softhsm_holds_none_and_restores_with_the_toke
     sent = received(restored, NODE, node_key(tmp_path), made2["distribution_id"])
     assert {k.key_tag for k in sent} == {k.key_tag for k in dnssec}
     assert kdc(restored, "audit", "verify", env=env)["ok"]  # type: ignore[index]
+
+
+def test_a_kdc_whose_audit_trail_does_not_verify_is_not_backed_up(
+    tmp_path: Path, small: tuple[Path, Path, Path]
+) -> None:
+    live, _, _ = small
+    db = sqlite3.connect(live / "kdc.db")
+    with db:  # as someone with write access to kdc.db would: the guards dropped first
+        triggers = "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'audit'"
+        for (name,) in db.execute(triggers).fetchall():
+            db.execute(f"DROP TRIGGER {name}")
+        db.execute("UPDATE audit SET details = '{}' WHERE seq = 2")
+    db.close()
+    error = refused(live, "backup", "--output", str(tmp_path / "out"))
+    assert "audit trail in the snapshot" in error and "does not verify" in error, error
+    assert "no backup written" in error
+    assert not (tmp_path / "out").exists()
