@@ -18,6 +18,7 @@ import socket
 import sqlite3
 import stat
 import sys
+import urllib.parse
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ from krs_plugin.adapters import make_adapter
 from krs_plugin.config import Address, Config, KdcSettings
 from krs_plugin.crypto import load_hpke_private, load_hybrid_private, load_jose_key
 from krs_plugin.errors import KeyFileError, KrsError
+from krs_plugin.receiver import kdctrust
 from krs_plugin.receiver.reconcile import compare, holder, resend_advice
 from krs_plugin.receiver.store import ReceiverStore
 from krs_plugin.sqlitedb import StateDatabaseError, StateWriteError, directory_problem
@@ -62,6 +64,7 @@ def run_checks(config: Config) -> list[Check]:
         *check_key_files(config),
         *check_verification_key(config.kdc),
         *check_state(config.state),
+        *check_kdc_trust(config),
         *check_zones(config.zones),
         *check_adapter(config),
         *check_sync(config),
@@ -219,6 +222,40 @@ def check_verification_key(kdc: KdcSettings) -> list[Check]:
             )
         )
     return checks
+
+
+def check_kdc_trust(config: Config) -> list[Check]:
+    """The KDC keys krs.db trusts beside krs.yaml's: a KDC signing-key roll adds one and later
+    drops the configured key (docs/security.md, "Rotation"; docs/operations.md, "The KDC's
+    keys"). Nothing when krs.db does not exist yet or cannot be read (check_state says why)."""
+    path = config.kdc.verification_key
+    if path is None or not config.state.exists():
+        return []
+    uri = "file:" + urllib.parse.quote(str(config.state.resolve())) + "?mode=ro"
+    try:
+        configured = load_jose_key(path).public_only()
+        db = sqlite3.connect(uri, uri=True, timeout=5)
+        try:
+            keys = kdctrust.trusted_keys(db, configured)
+        finally:
+            db.close()
+    except (sqlite3.Error, KrsError):
+        return []
+    names = ", ".join(f"{k.thumbprint} ({k.source})" for k in keys)
+    if not any(k.source == "configured" for k in keys):
+        return [
+            Check(
+                "kdc.verification_key",
+                WARNING,
+                f"{path} holds {configured.thumbprint}, which a KDC signing-key roll dropped; "
+                f"this node trusts {names or 'no KDC key'} (krs.db)",
+                "when krs.yaml's files can be changed, copy the KDC's current kdc.signing.pubkey "
+                "there (nothing breaks until then)",
+            )
+        ]
+    if len(keys) > 1:
+        return [Check("kdc.verification_key", OK, f"KDC keys trusted (a roll): {names}")]
+    return []
 
 
 # --- state ---------------------------------------------------------------------------------------

@@ -160,6 +160,12 @@ def test_roll_reaches_four_nodes_one_stopped_and_retires_the_old_key_after_all_c
         assert fleet.trusted(node) == {new}, node
     shown = run("krs", "status", "-c", str(fleet.configs[late]))
     assert f"{new} trusted (announced" in shown and f"{old.thumbprint} dropped" in shown
+    doctor = subprocess.run(
+        [str(BIN / "krs"), "doctor", "--json", "-c", str(fleet.configs[late])],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    dropped = [c for c in json.loads(doctor.stdout) if "signing-key roll dropped" in c["message"]]
+    assert [c["status"] for c in dropped] == ["warning"] and new in dropped[0]["message"]
     assert load_jose_key(keys / "kdc.signing.privatekey").thumbprint == new
     assert load_jose_key(keys / "kdc.signing.pubkey").thumbprint == new
     assert not list(keys.glob(f"kdc.signing.{old.fingerprint}.privatekey"))  # shredded
