@@ -137,6 +137,11 @@ def request(
     current = state_of(store, node)
     if current.state == "requested":
         return None
+    if current.state == "switched":
+        raise StateError(
+            f"node {node.id} switched to new keys at {current.switched_at} and has not confirmed "
+            "with them yet: ask again once that rotation completed (krs-kdc node show)"
+        )
     with store.transaction():
         _upsert(store, node, state="requested", requested_at=int(now), request_cause=cause)
         dist_id = None
