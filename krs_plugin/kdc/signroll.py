@@ -290,6 +290,13 @@ def start(store: Store, identity: KdcIdentity, *, now: float) -> KeyRow:
     custody_kind = "pkcs11" if kind == "pkcs11" else "file"
     with transaction(store.db):
         ensure_schema(store.db)
+        rows = keys(store.db)  # again, under the write lock: another roll may have begun
+        if phase_of(rows) != "idle":
+            if custody_kind == "pkcs11":
+                cu.destroy_signing_key(store.custody.settings, locator)
+            else:
+                cu.shred(keys_dir / locator)
+            raise StateError("a signing-key roll began meanwhile: krs-kdc identity status")
         if not any(r.thumbprint == signer.thumbprint for r in rows):
             _insert(store.db, signer, "current", custody_kind, current_locator, stamp)
         _insert(store.db, following, "next", custody_kind, locator, stamp)
@@ -316,25 +323,28 @@ def _insert(
 
 def switch(store: Store, *, now: float, forced: Sequence[Holding] = ()) -> KeyRow:
     """Make the next key the current one: the files (or the custody's token label) and
-    kdc.signing.pubkey name it, and kdc.db records it. Safe to run again after a crash
-    part-way: each file step checks whether it was done."""
-    rows = keys(store.db)
-    following, current = _by_state(rows, "next"), _by_state(rows, "current")
-    if following is None or current is None:
-        raise StateError("no signing-key roll is announcing a next key (krs-kdc identity status)")
-    keys_dir = store.path.parent / "keys"
-    stamp = int(now)
-    previous_locator = current.locator
-    if following.custody == "file":
-        previous_locator = f"kdc.signing.{current.key.fingerprint}.privatekey"
-        live = keys_dir / SIGNING_FILE
-        if not (keys_dir / previous_locator).exists():
-            os.link(live, keys_dir / previous_locator)  # the old key keeps a name until retired
-        if load_jose_key(live).thumbprint != following.thumbprint:
-            os.replace(keys_dir / following.locator, live)
-        _sync_dir(keys_dir)
-    write_jose_public(keys_dir / PUBLIC_FILE, following.key, use="sig", comment=PUBLIC_COMMENT)
+    kdc.signing.pubkey name it, and kdc.db records it. One write transaction from the check to
+    the audit entry, so ``serve`` and ``identity roll --continue`` never both switch. Safe to run
+    again after a crash part-way: each file step checks whether it was done."""
     with transaction(store.db):
+        rows = keys(store.db)
+        following, current = _by_state(rows, "next"), _by_state(rows, "current")
+        if following is None or current is None:
+            raise StateError(
+                "no signing-key roll is announcing a next key (krs-kdc identity status)"
+            )
+        keys_dir = store.path.parent / "keys"
+        stamp = int(now)
+        previous_locator = current.locator
+        if following.custody == "file":
+            previous_locator = f"kdc.signing.{current.key.fingerprint}.privatekey"
+            live = keys_dir / SIGNING_FILE
+            if not (keys_dir / previous_locator).exists():
+                os.link(live, keys_dir / previous_locator)  # the old key keeps a name until retired
+            if load_jose_key(live).thumbprint != following.thumbprint:
+                os.replace(keys_dir / following.locator, live)
+            _sync_dir(keys_dir)
+        write_jose_public(keys_dir / PUBLIC_FILE, following.key, use="sig", comment=PUBLIC_COMMENT)
         if following.custody == "pkcs11":
             settings = replace(store.custody.settings, signing_label=following.locator)
             store.db.execute(
@@ -356,9 +366,8 @@ def switch(store: Store, *, now: float, forced: Sequence[Holding] = ()) -> KeyRo
             (META_SIGNING, following.thumbprint),
         )
         store.db.execute("DELETE FROM signing_resends")
-    store.forget_custody()
-    store.forget_audit_signer()  # the next entry is the new key's audit.key, then its own
-    with transaction(store.db):
+        store.forget_custody()
+        store.forget_audit_signer()  # the next entry is the new key's audit.key, then its own
         store.audit(
             "signing.switch",
             details={"current": following.thumbprint, "previous": current.thumbprint,
@@ -370,18 +379,17 @@ def switch(store: Store, *, now: float, forced: Sequence[Holding] = ()) -> KeyRo
 
 def retire(store: Store, *, now: float, forced: Sequence[Holding] = ()) -> KeyRow:
     """Destroy the old key's private half (file shredded, or the token's objects destroyed)
-    and end the roll."""
-    rows = keys(store.db)
-    previous = _by_state(rows, "previous")
-    if previous is None:
-        raise StateError("no old signing key waits to be retired (krs-kdc identity status)")
-    if previous.custody == "pkcs11":
-        cu.destroy_signing_key(store.custody.settings, previous.locator)
-    else:
-        cu.shred(store.path.parent / "keys" / previous.locator)
-        _sync_dir(store.path.parent / "keys")
+    and end the roll, in one write transaction from the check to the audit entry."""
     stamp = int(now)
     with transaction(store.db):
+        previous = _by_state(keys(store.db), "previous")
+        if previous is None:
+            raise StateError("no old signing key waits to be retired (krs-kdc identity status)")
+        if previous.custody == "pkcs11":
+            cu.destroy_signing_key(store.custody.settings, previous.locator)
+        else:
+            cu.shred(store.path.parent / "keys" / previous.locator)
+            _sync_dir(store.path.parent / "keys")
         store.db.execute(
             "UPDATE signing_keys SET state = 'retired', retired_at = ? WHERE thumbprint = ?",
             (stamp, previous.thumbprint),
