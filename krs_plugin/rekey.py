@@ -25,7 +25,7 @@ import dns.update
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from krs_plugin.confirmation import key_ref, sign_report, verify_signed
-from krs_plugin.crypto import HpkeKey, JoseKey
+from krs_plugin.crypto import HpkeKey, HybridKey, JoseKey
 from krs_plugin.errors import KrsError, PolicyError
 from krs_plugin.protocol import sig0
 from krs_plugin.protocol.chunk import CHUNK, CHUNK_TYPE, FORMAT_JSON, make_chunk
@@ -33,9 +33,10 @@ from krs_plugin.protocol.chunk import CHUNK, CHUNK_TYPE, FORMAT_JSON, make_chunk
 REKEY_LABEL = b"_rekey"
 REKEY_TTL = 0
 MAX_BODY = 8192  # bytes of JSON: three public keys and a JWS are about 2 KB
-BACKEND_FIELDS = {"hpke": "hpke_pubkey", "jose": "jose_pubkey"}
-"""The field of the body that carries each backend's public key. A new backend (the post-quantum
-hybrid) adds its own entry here and in ``NewPublicKeys.backend_key``; nothing else changes."""
+BACKEND_FIELDS = {"hpke": "hpke_pubkey", "jose": "jose_pubkey", "hpke-pq": "hpke_pq_pubkey"}
+"""The member of the body that carries each backend's public key, named as the enrollment request
+names it (and as the KDC's ``nodes`` column). A new backend adds its entry here and in
+``NewPublicKeys.backend_key``; nothing else of the wire changes."""
 
 
 def rekey_name(control_zone: dns.name.Name) -> dns.name.Name:
@@ -47,14 +48,16 @@ class NewPublicKeys:
     """The public halves a node rotates to, as the KDC stores them (``nodes`` columns)."""
 
     backend: str
-    backend_pubkey: str  # hpke: 64 hex; jose: the JWK JSON text
+    backend_pubkey: str  # hpke: 64 hex; jose: the JWK JSON text; hpke-pq: 2432 hex
     signing_pubkey: str  # the JWK JSON text
     sig0_pubkey: str  # the KEY RR text, owner = node id
 
-    def backend_key(self, where: str) -> HpkeKey | JoseKey:
+    def backend_key(self, where: str) -> HpkeKey | JoseKey | HybridKey:
         """The backend key, parsed (KrsError naming ``where`` when malformed)."""
         if self.backend == "hpke":
             return HpkeKey.from_public_hex(self.backend_pubkey, where)
+        if self.backend == "hpke-pq":
+            return HybridKey.from_public_hex(self.backend_pubkey, where)
         if self.backend == "jose":
             return JoseKey.from_jwk(_json_object(self.backend_pubkey, where), where)
         raise PolicyError(f"{where}: backend {self.backend!r} is not one this KDC seals with")
@@ -76,12 +79,12 @@ def _json_object(text: str, where: str) -> dict[str, object]:
 def public_keys(
     node_id: str,
     backend: str,
-    backend_key: HpkeKey | JoseKey,
+    backend_key: HpkeKey | JoseKey | HybridKey,
     signing: JoseKey,
     sig0_key: Ed25519PrivateKey,
 ) -> NewPublicKeys:
     """The public halves of freshly made private keys."""
-    if isinstance(backend_key, HpkeKey):
+    if isinstance(backend_key, HpkeKey | HybridKey):
         text = backend_key.public_hex
     else:
         text = json.dumps(backend_key.public_jwk, sort_keys=True)

@@ -35,7 +35,14 @@ from krs_plugin.kdc.identity import KdcIdentity
 from krs_plugin.kdc.store import NodeRow, StateError, Store
 from krs_plugin.payload import encode_payload, ping_entry
 from krs_plugin.protocol import sig0
-from krs_plugin.rekey import NewPublicKeys, check_body, is_rekey, read_body, requesting_node
+from krs_plugin.rekey import (
+    BACKEND_FIELDS,
+    NewPublicKeys,
+    check_body,
+    is_rekey,
+    read_body,
+    requesting_node,
+)
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +90,7 @@ def public_of(node: NodeRow) -> dict[str, str]:
     keys = {
         "hpke": node.hpke_pubkey,
         "jose": node.jose_pubkey,
+        "hpke-pq": node.hpke_pq_pubkey,
         "signing": node.signing_pubkey,
         "sig0": node.sig0_pubkey,
     }
@@ -368,7 +376,7 @@ class RekeyDesk:
         old = public_of(node)
         if state.state == "switched" and state.old_keys:
             old = state.old_keys  # a second rotation before the first completed: keep the oldest
-        column = "hpke_pubkey" if keys.backend == "hpke" else "jose_pubkey"
+        column = BACKEND_FIELDS[keys.backend]  # the nodes column has the member's name
         with self.store.transaction():
             self.store.db.execute(
                 f"UPDATE nodes SET {column} = ?, signing_pubkey = ?, sig0_pubkey = ? WHERE id = ?",
@@ -420,7 +428,7 @@ class RekeyDesk:
 
 
 def _new_of(node: NodeRow) -> NewPublicKeys:
-    backend = (node.hpke_pubkey if node.backend == "hpke" else node.jose_pubkey) or ""
+    backend = public_of(node).get(node.backend, "")
     return NewPublicKeys(node.backend, backend, node.signing_pubkey or "", node.sig0_pubkey or "")
 
 

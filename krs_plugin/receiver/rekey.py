@@ -41,6 +41,7 @@ from krs_plugin.crypto import (
     load_jose_key,
     write_secret_file,
 )
+from krs_plugin.crypto.hybrid import load_hybrid_private, write_hybrid_private
 from krs_plugin.crypto.keys import write_hpke_private, write_jose_private
 from krs_plugin.enrollment import ede_text
 from krs_plugin.errors import ConfigError, EnrollmentError, KrsError
@@ -92,11 +93,10 @@ def key_paths(config: Config) -> KeyPaths:
         backend, path = "hpke", keys.hpke
     elif keys.jose is not None:
         backend, path = "jose", keys.jose
+    elif keys.hpke_pq is not None:
+        backend, path = "hpke-pq", keys.hpke_pq
     else:
-        raise ConfigError(
-            f"{config.path}: krs rekey rotates hpke and jose keys; this node's backend is not "
-            "one of them yet"
-        )
+        raise ConfigError(f"{config.path}: keys: no hpke, jose or hpke-pq key to rotate")
     sig0 = keys.signing.parent / SIG0_FILE
     if not sig0.exists():
         raise ConfigError(
@@ -148,7 +148,9 @@ def _load_sig0(path: Path) -> Ed25519PrivateKey:
     return key
 
 
-def _load_backend(backend: str, path: Path) -> HpkeKey | JoseKey:
+def _load_backend(backend: str, path: Path) -> HpkeKey | JoseKey | HybridKey:
+    if backend == "hpke-pq":
+        return load_hybrid_private(path)
     return load_hpke_private(path) if backend == "hpke" else load_jose_key(path)
 
 
@@ -157,6 +159,12 @@ def _make_next(paths: KeyPaths) -> None:
     if paths.backend == "hpke":
         write_hpke_private(
             suffixed(paths.backend_file, NEXT), HpkeKey.generate(), comment="node X25519 (HPKE) key"
+        )
+    elif paths.backend == "hpke-pq":
+        write_hybrid_private(
+            suffixed(paths.backend_file, NEXT),
+            HybridKey.generate(),
+            comment="node ML-KEM-768 + X25519 (hpke-pq) key",
         )
     else:
         write_jose_private(
@@ -255,15 +263,14 @@ def _send(config: Config, wire: bytes, timeout: float) -> dns.message.Message:
 # --- used by krs run's pipeline ------------------------------------------------------------------
 
 
-def alternate_keys(config: Config, backend: str) -> list[HpkeKey | JoseKey]:
+def alternate_keys(config: Config, backend: str) -> list[HpkeKey | JoseKey | HybridKey]:
     """Backend keys to try when the loaded one does not fit a distribution: the current file
     (rotated since ``krs run`` loaded it), then ``.next`` and ``.previous``, read now."""
-    path = (
-        config.keys.hpke if backend == "hpke" else config.keys.jose if backend == "jose" else None
-    )
+    keys = config.keys
+    path = {"hpke": keys.hpke, "jose": keys.jose, "hpke-pq": keys.hpke_pq}.get(backend)
     if path is None:
         return []
-    found: list[HpkeKey | JoseKey] = []
+    found: list[HpkeKey | JoseKey | HybridKey] = []
     for candidate in (path, suffixed(path, NEXT), suffixed(path, PREVIOUS)):
         with contextlib.suppress(KrsError, OSError):
             if candidate.exists():

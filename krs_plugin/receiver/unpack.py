@@ -38,7 +38,7 @@ class NodeIdentity:
     hybrid: HybridKey | None = None  # the hpke-pq backend's ML-KEM-768 + X25519 key
     # Node-key rotation (receiver/rekey.py): keys read from disk when the loaded one does not
     # fit a distribution's manifest (sealed to the key before or after a rotation).
-    alternates: Callable[[str], Sequence[HpkeKey | JoseKey]] | None = field(
+    alternates: Callable[[str], Sequence[HpkeKey | JoseKey | HybridKey]] | None = field(
         default=None, compare=False, repr=False
     )
 

@@ -45,11 +45,11 @@ def kdc(tmp_path: Path) -> Deployment:  # type: ignore[misc]
     deployment.close()
 
 
-def enrol(kdc: Deployment, where: Path, node: str = NEW) -> Path:
+def enrol(kdc: Deployment, where: Path, node: str = NEW, backend: str = "hpke") -> Path:
     """``krs enroll`` a node with a real package: its folder (krs.yaml, keys, krs.db)."""
     package = where / f"{node}enroll"
     address = f"127.0.0.1:{kdc.kdc_port}"
-    kdc.kdc("enroll", "create", "--node", node, "--zones", ZONE, "--backend", "hpke",
+    kdc.kdc("enroll", "create", "--node", node, "--zones", ZONE, "--backend", backend,
             "--valid", "15m", "--kdc-address", address, "-o", str(package))  # fmt: skip
     directory = where / node.rstrip(".")
     result = subprocess.run(
@@ -323,3 +323,25 @@ def test_serve_asks_a_node_whose_keys_are_older_than_the_maximum_age(
     assert (node / "node.hpke.privatekey").read_bytes() != old
     assert node_show(kdc)["node_keys"]["request_cause"] in (None, "key age over 3 s")
     assert "node.rekey.policy" in audit_kinds(kdc)
+
+
+def test_an_hpke_pq_node_rotates_its_hybrid_key_while_krs_run_runs(
+    kdc: Deployment, tmp_path: Path
+) -> None:
+    node = enrol(kdc, tmp_path, backend="hpke-pq")
+    run_node(kdc, node)
+    wait_until(lambda: all_confirmed(kdc), 60, lambda: f"the first distribution:\n{kdc.all_logs()}")
+    files = ("node.hpke-pq.privatekey", "node.signing.privatekey", "node.sig0.privatekey")
+    old = {name: (node / name).read_bytes() for name in files}
+    before = node_show(kdc)["node_keys"]["keys"]["hpke-pq"]
+    result = krs(node, "rekey")
+    assert result.returncode == 0, result.stderr + kdc.all_logs()
+    assert "rekey switched (hpke-pq)" in result.stdout
+    tag = new_zsk(kdc)
+    dist = kdc.distribute("--zone", ZONE, "--node", NEW)  # sealed to the new hybrid key
+    wait_until(lambda: status_of(kdc, dist) == "confirmed", 60, lambda: kdc.all_logs())
+    assert kdc_dnskey(kdc, tag) in installed_dnskeys(node)
+    wait_until(lambda: not list(node.glob("*.previous")), 30, "old keys removed")
+    assert all((node / name).read_bytes() != old[name] for name in files)
+    shown = node_show(kdc)
+    assert shown["backend"] == "hpke-pq" and shown["node_keys"]["keys"]["hpke-pq"] != before
