@@ -148,6 +148,15 @@ def cmd_custody_migrate(args: argparse.Namespace) -> int:
     store = open_store(args)
     current = store.custody
     target = settings_from(args)
+    from krs_plugin.kdc.signroll import keys as signing_keys
+    from krs_plugin.kdc.signroll import phase_of
+
+    phase = phase_of(signing_keys(store.db))
+    if phase != "idle":  # the roll's keys are in the current custody (kdc/signroll.py)
+        raise ConfigError(
+            f"custody migrate: a signing-key roll is under way ({phase}); finish it first "
+            "(krs-kdc identity status, krs-kdc identity roll --continue); nothing was changed"
+        )
     result = migrate(store, state, current, target)
     lines = [
         f"custody {result['from']} -> {result['to']}: {result['sealed']} key(s) sealed under the "

@@ -313,3 +313,24 @@ def test_pkcs11_roll_destroys_the_old_token_objects(
         lab.wait_confirmed(after, 60)
     finally:
         lab.close()
+
+
+def test_custody_migrate_is_refused_while_a_roll_is_under_way(tmp_path: Path) -> None:
+    state = str(tmp_path / "kdc")
+    run("krs-kdc", "--state", state, "init", "--control-zone", "kdc.example.")
+    run("krs-kdc", "--state", state, "identity", "roll")
+    before = sorted(p.name for p in (tmp_path / "kdc" / "keys").iterdir())
+    migrate = subprocess.run(
+        [str(BIN / "krs-kdc"), "--state", state, "custody", "migrate", "--to", "file"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert migrate.returncode == 2 and "roll is under way" in migrate.stderr, migrate.stderr
+    assert sorted(p.name for p in (tmp_path / "kdc" / "keys").iterdir()) == before
+    # no nodes: nothing holds the steps
+    run("krs-kdc", "--state", state, "identity", "roll", "--continue")
+    run("krs-kdc", "--state", state, "identity", "roll", "--continue")
+    status = json.loads(run("krs-kdc", "--state", state, "--json", "identity", "status"))
+    assert status["phase"] == "idle" and [k["state"] for k in status["keys"]] == [
+        "retired",
+        "current",
+    ]
