@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 import stat
 
@@ -13,6 +14,7 @@ import dns.message
 import dns.name
 import pytest
 from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.hpke import (
     AEAD,
     KDF,
@@ -148,6 +150,74 @@ def test_classic_x25519_suite_cannot_open_a_hybrid_ciphertext() -> None:
     classic = Suite(KEM.X25519, KDF.HKDF_SHA256, AEAD.AES_256_GCM)
     with pytest.raises(Exception):  # noqa: B017
         classic.decrypt(ciphertext, x_only)
+
+
+# --- interop: the suite composed here from primitives (X-Wing combiner, RFC 9180 key schedule) ---
+
+XWING_LABEL = b"\\.//^\\"  # the X-Wing combiner's label (6 bytes), hashed last
+SUITE_ID = b"HPKE" + bytes.fromhex("647a00010002")  # KEM, KDF, AEAD ids (RFC 9180 5.1)
+
+
+def labeled_extract(salt: bytes, label: bytes, ikm: bytes) -> bytes:
+    return hmac.new(salt, b"HPKE-v1" + SUITE_ID + label + ikm, hashlib.sha256).digest()
+
+
+def labeled_expand(prk: bytes, label: bytes, context: bytes, length: int) -> bytes:
+    info = length.to_bytes(2, "big") + b"HPKE-v1" + SUITE_ID + label + context
+    return hmac.new(prk, info + b"\x01", hashlib.sha256).digest()[:length]  # one block: <= 32
+
+
+def key_schedule(shared_secret: bytes) -> tuple[bytes, bytes]:
+    """Base mode, empty info and psk: the AEAD key and the first message's nonce."""
+    context = (
+        b"\x00"
+        + labeled_extract(b"", b"psk_id_hash", b"")
+        + labeled_extract(b"", b"info_hash", b"")
+    )
+    secret = labeled_extract(shared_secret, b"secret", b"")
+    key = labeled_expand(secret, b"key", context, 32)
+    return key, labeled_expand(secret, b"base_nonce", context, 12)
+
+
+def xwing_secret(ss_m: bytes, ss_x: bytes, ct_x: bytes, pk_x: bytes) -> bytes:
+    return hashlib.sha3_256(ss_m + ss_x + ct_x + pk_x + XWING_LABEL).digest()
+
+
+def test_our_hybrid_ciphertext_opens_with_the_suite_composed_from_primitives() -> None:
+    """ML-KEM-768 decapsulation, X25519, the SHA3-256 combiner, HKDF and AES-GCM called one by
+    one: checks the composition (ids, halves' order, combiner, key schedule), not one call."""
+    plaintext = b'[{"operation":"roll_key"}]' * 9
+    signed = rfc_jws.deserialize_compact(
+        base64.b64decode(seal_pq(plaintext)), rfc_key(KDC), algorithms=["ES256"]
+    )
+    sealed = signed.payload
+    raw = bytes.fromhex(NODE_PQ.private_hex())
+    sk_m = mlkem.MLKEM768PrivateKey.from_seed_bytes(raw[:64])
+    sk_x = x25519.X25519PrivateKey.from_private_bytes(raw[64:])
+    ct_m, ct_x, body = sealed[:1088], sealed[1088:1120], sealed[1120:]
+    shared = xwing_secret(
+        sk_m.decapsulate(ct_m),
+        sk_x.exchange(x25519.X25519PublicKey.from_public_bytes(ct_x)),
+        ct_x,
+        bytes.fromhex(NODE_PQ.public_hex)[1184:],
+    )
+    key, nonce = key_schedule(shared)
+    assert AESGCM(key).decrypt(nonce, body, b"") == plaintext
+
+
+def test_we_open_a_hybrid_ciphertext_composed_from_primitives() -> None:
+    plaintext = b'[{"operation":"delete_key"}]'
+    public = bytes.fromhex(NODE_PQ.public_hex)
+    ss_m, ct_m = mlkem.MLKEM768PublicKey.from_public_bytes(public[:1184]).encapsulate()
+    ephemeral = x25519.X25519PrivateKey.generate()
+    ct_x = ephemeral.public_key().public_bytes_raw()
+    ss_x = ephemeral.exchange(x25519.X25519PublicKey.from_public_bytes(public[1184:]))
+    key, nonce = key_schedule(xwing_secret(ss_m, ss_x, ct_x, public[1184:]))
+    sealed = ct_m + ct_x + AESGCM(key).encrypt(nonce, plaintext, b"")
+    compact = rfc_jws.serialize_compact(
+        TDNS_JWS_HEADER, sealed, rfc_key(KDC, private=True), algorithms=["ES256"]
+    )
+    assert open_(base64.b64encode(compact.encode()), "hpke-pq", NODE_PQ) == plaintext
 
 
 # --- bad input: the wrong backend for the node's key --------------------------------------------
@@ -303,3 +373,33 @@ def test_the_confirmation_to_an_hpke_pq_node_opens_only_with_its_hybrid_key() ->
     assert enrollment.open_confirmation(reply, **keys, node_hybrid=NODE_PQ) == success
     with pytest.raises(EnrollmentError, match="does not open with this node's new key"):
         enrollment.open_confirmation(reply, **keys, node_hybrid=OTHER_PQ)
+
+
+# --- the node's configuration -------------------------------------------------------------------
+
+
+def test_krs_yaml_names_the_hybrid_key_and_krs_run_loads_it_doctor_checks_it(tmp_path) -> None:
+    from krs_plugin.config import load_config
+    from krs_plugin.receiver.doctor import check_key_files
+    from krs_plugin.receiver.pipeline import load_identity
+
+    write_node_private(tmp_path / "node.hpke-pq.privatekey", "hpke-pq", NODE_PQ)
+    (tmp_path / "kdc.pub").write_text(json.dumps(KDC.public_jwk))
+    (tmp_path / "keys").mkdir()
+    config = {
+        "node_id": "pq.example.",
+        "keys": {"hpke-pq": str(tmp_path / "node.hpke-pq.privatekey")},
+        "kdc": {"verification_key": str(tmp_path / "kdc.pub")},
+        "control_zone": "kdc.example.",
+        "control_servers": ["127.0.0.1:5354"],
+        "zones": ["example.com."],
+        "state": str(tmp_path / "krs.db"),
+        "adapter": {"type": "directory", "settings": {"path": str(tmp_path / "keys")}},
+    }
+    (tmp_path / "krs.yaml").write_text(json.dumps(config))
+    loaded = load_config(tmp_path / "krs.yaml")
+    identity, _, _ = load_identity(loaded)
+    assert identity.hpke is None and identity.jose is None and identity.hybrid is not None
+    assert identity.hybrid.public_hex == NODE_PQ.public_hex
+    (check,) = [c for c in check_key_files(loaded) if c.name == "keys.hpke-pq"]
+    assert check.status == "ok" and NODE_PQ.fingerprint in check.message
