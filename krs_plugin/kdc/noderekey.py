@@ -133,7 +133,8 @@ def request(
     store: Store, identity: KdcIdentity | None, node_id: str, *, cause: str, now: float
 ) -> str | None:
     """Mark ``node_id`` to rekey and make the ping distribution that asks it (its id), in one
-    transaction. A node marked already gets no second ping (None). Refused for a node without a
+    transaction. A node asked less than ``REQUEST_TTL`` ago gets no second ping (None); once that
+    ping expired unanswered (the node was down), it is asked again. Refused for a node without a
     SIG(0) key (it could not sign the rekey UPDATE) or without a signing key."""
     ensure_table(store)
     node = store.require_node(node_id)
@@ -143,7 +144,7 @@ def request(
             "KRS): it cannot rekey; enrol it again instead"
         )
     current = state_of(store, node)
-    if current.state == "requested":
+    if current.state == "requested" and now < (current.requested_at or 0) + REQUEST_TTL:
         return None
     if current.state == "switched":
         raise StateError(
@@ -244,9 +245,11 @@ def ask_due(store: Store, identity: KdcIdentity | None, *, now: float) -> list[s
         if not node.sig0_pubkey or not node.signing_pubkey:
             continue
         state = state_of(store, node)
-        if state.state or now - state.keys_since < limit:
+        expired = state.state == "requested" and now >= (state.requested_at or 0) + REQUEST_TTL
+        if (state.state and not expired) or now - state.keys_since < limit:
             continue
-        request(store, identity, node.id, cause=f"key age over {limit} s", now=now)
+        request(store, identity, node.id, cause=state.request_cause or f"key age over {limit} s",
+                now=now)  # fmt: skip
         log.info("node %s: keys older than %d s, asked to rekey", node.id, limit)
         asked.append(node.id)
     return asked

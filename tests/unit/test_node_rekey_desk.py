@@ -160,3 +160,17 @@ def test_the_rekey_field_of_a_ping_round_trips_and_is_typed() -> None:
     assert b"rekey" not in plain
     with pytest.raises(Exception, match="rekey"):
         parse_payload(b'[{"operation":"ping","metadata":{"nonce":"n","rekey":"yes"}}]', now=stamp)
+
+
+def test_a_request_whose_ping_expired_unanswered_is_made_again(kdc: Kdc) -> None:
+    now = time.time()
+    first = noderekey.request(kdc.store, kdc.identity, NODE, cause="operator", now=now)
+    assert first is not None
+    assert noderekey.request(kdc.store, kdc.identity, NODE, cause="operator", now=now + 60) is None
+    later = now + noderekey.REQUEST_TTL + 1  # the node was down: the ping expired unanswered
+    again = noderekey.request(kdc.store, kdc.identity, NODE, cause="operator", now=later)
+    assert again is not None and again != first
+    noderekey.set_every(kdc.store, 10)
+    much_later = later + noderekey.REQUEST_TTL + 1
+    assert noderekey.ask_due(kdc.store, kdc.identity, now=much_later) == [NODE]
+    assert noderekey.state_of(kdc.store, kdc.store.require_node(NODE)).request_cause == "operator"
