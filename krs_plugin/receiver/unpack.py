@@ -48,7 +48,7 @@ class NodeIdentity:
             "jose": self.jose,
             "hpke-pq": self.hybrid,
         }
-        key = keys.get(backend) or next(k for k in keys.values() if k is not None)  # BROKEN
+        key = keys.get(backend)
         if key is None:
             held = ", ".join(name for name, k in keys.items() if k is not None) or "none"
             raise DecryptionError(
