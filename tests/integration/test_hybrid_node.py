@@ -183,6 +183,47 @@ def test_scenario_rows_on_bind_through_the_kdc_and_a_node_of_each_hpke_backend(
         deployment.close()
 
 
+OTHER = "example.net."
+
+
+def test_scenario_rows_csk_and_two_zones_in_one_distribution_to_a_hybrid_node_on_bind(
+    tmp_path: Path,
+) -> None:
+    root = Path(tempfile.mkdtemp(prefix="krs-hybrid-bind9-"))
+    os.chmod(root, 0o755)
+    lab = Bind9Lab(root / "bind9", [ZONE, OTHER])
+    lab.start()
+    adapter = {"type": "bind9", "settings": lab.adapter_settings()}
+    deployment = Deployment(
+        tmp_path / "d", "hpke-pq", zones=(ZONE, OTHER), adapter=adapter, generate_keys=False
+    )
+    deployment.write_config()
+    try:
+        deployment.start_kdc()
+        deployment.start_krs()
+        # Row: a CSK signs everything (example.com.); row: KSK and ZSK of another algorithm
+        # (Ed448) split the signing (example.net.); row: two zones at once, one distribution.
+        out = deployment.kdc("--json", "key", "generate", "--zone", ZONE, "--role", "CSK")
+        csk = int(json.loads(out)["key_tag"])
+        tags = {}
+        for role in ("KSK", "ZSK"):
+            out = deployment.kdc(
+                "--json", "key", "generate", "--zone", OTHER, "--role", role, "--algorithm", "16"
+            )
+            tags[role] = int(json.loads(out)["key_tag"])
+        dist_id = deployment.distribute("--node", "ns1.edge.example.", "--all-zones")
+        deployment.wait_confirmed(dist_id, timeout=60)
+        com = Served(lab.host, lab.port, ZONE)
+        assert (com.tags, com.dnskey_signers, com.soa_signers) == ({csk}, {csk}, {csk})
+        net = Served(lab.host, lab.port, OTHER)
+        assert net.tags == set(tags.values())
+        assert (net.dnskey_signers, net.soa_signers) == ({tags["KSK"]}, {tags["ZSK"]})
+    finally:
+        deployment.close()
+        lab.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
 # --- bad input: the node's key is not of the backend the KDC seals with -------------------------
 
 
