@@ -46,8 +46,7 @@ from krs_plugin.rekey import (
 
 log = logging.getLogger(__name__)
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS node_rekey (
+SCHEMA = """CREATE TABLE IF NOT EXISTS node_rekey (
     node_id TEXT PRIMARY KEY REFERENCES nodes(id) ON DELETE CASCADE,
     keys_since INTEGER,
     state TEXT NOT NULL DEFAULT '',
@@ -57,8 +56,7 @@ CREATE TABLE IF NOT EXISTS node_rekey (
     old_keys TEXT,
     completed_at INTEGER,
     rekeys INTEGER NOT NULL DEFAULT 0
-);
-"""
+)"""
 EVERY_META = "node_rekey_every"  # seconds; the maximum node-key age (krs-kdc node rekey --every)
 REQUEST_TTL = 3600  # the ping that carries a request stays as long as an enrollment's first one
 POLICY_CHECK = 5.0  # seconds between two looks at the key ages in serve
@@ -78,7 +76,18 @@ class RekeyState:
 
 
 def ensure_table(store: Store) -> None:
-    store.db.executescript(SCHEMA)
+    """The table, made when a change needs it; ``execute``, not ``executescript``, which would
+    commit the transaction it runs in (a ``--dry-run``'s)."""
+    store.db.execute(SCHEMA)
+
+
+def _has_table(store: Store) -> bool:
+    """Reading needs no table: a kdc.db where no rotation happened has none (and may be opened
+    read-only)."""
+    found = store.db.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'node_rekey'"
+    ).fetchone()
+    return found is not None
 
 
 def thumbprint(text: str | None) -> str:
@@ -98,8 +107,11 @@ def public_of(node: NodeRow) -> dict[str, str]:
 
 
 def state_of(store: Store, node: NodeRow) -> RekeyState:
-    ensure_table(store)
-    row = store.db.execute("SELECT * FROM node_rekey WHERE node_id = ?", (node.id,)).fetchone()
+    row = (
+        store.db.execute("SELECT * FROM node_rekey WHERE node_id = ?", (node.id,)).fetchone()
+        if _has_table(store)
+        else None
+    )
     if row is None:
         return RekeyState(node.id, node.created_at, "", None, None, None, None, None, 0)
     return RekeyState(
@@ -438,7 +450,8 @@ def _new_of(node: NodeRow) -> NewPublicKeys:
 def confirmed(store: Store, node_id: str, *, now: float) -> bool:
     """A confirmation verified with the node's (new) signing key was recorded: a switched
     rotation is complete and the old public keys are forgotten. True when it completed one."""
-    ensure_table(store)
+    if not _has_table(store):
+        return False  # no rotation ever: nothing to complete, nothing to make
     node = store.find_node(node_id)
     if node is None or not node.signing_pubkey:
         return False

@@ -240,6 +240,12 @@ def test_a_rekey_update_signed_by_another_node_or_unsigned_is_refused_and_change
     assert unsigned.rcode() == dns.rcode.REFUSED and "SIG(0)" in ede_text(unsigned)
     assert rows(kdc) == before
     assert "node.rekey.switch" not in audit_kinds(kdc)
+    # A dry run of the KDC's request: said, and nothing kept (no ping, no mark, no entry).
+    kinds = audit_kinds(kdc)
+    dry = json.loads(kdc.kdc("--json", "node", "rekey", NEW, "--dry-run"))
+    assert dry["distribution_id"]
+    assert rows(kdc) == before and audit_kinds(kdc) == kinds
+    assert node_show(kdc)["node_keys"]["rekey_state"] == "idle"
 
 
 def test_a_failed_update_leaves_the_node_on_its_old_keys_and_running_again_completes_it(
