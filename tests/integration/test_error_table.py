@@ -35,7 +35,8 @@ from controlserver import (
 from krs_plugin import cli
 from krs_plugin.adapters.base import Problem
 from krs_plugin.adapters.directory import DirectoryAdapter
-from krs_plugin.crypto import HpkeKey, JoseKey, seal_envelope
+from krs_plugin.crypto import HpkeKey, HybridKey, JoseKey, seal_envelope
+from krs_plugin.kdc.build import NodeRecipient, build_distribution
 from krs_plugin.payload import RollKey, encode_payload
 from krs_plugin.protocol import CHUNK, make_chunk
 from krs_plugin.receiver.pipeline import Outcome
@@ -277,6 +278,20 @@ def disk_full(node: Node, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> li
     return [recorded(node, dist_id)]
 
 
+def sealed_for_another_backend(
+    node: Node, tmp_path: Path, mp: pytest.MonkeyPatch
+) -> list[Recorded]:
+    """The KDC lists the (hpke) node as hpke-pq: refused before anything is opened."""
+    dist_id = new_id()
+    recipient = NodeRecipient(node.node_id, "hpke-pq", HybridKey.generate().public_only())
+    records = build_distribution(
+        encode_payload(node.entries(dist_id)), recipient, node.kdc, dist_id, now=time.time(),
+        chunk_size=400, inline_max=0,
+    )  # fmt: skip
+    node.process(dist_id, records)
+    return [recorded(node, dist_id)]
+
+
 Produce = Callable[[Node, Path, pytest.MonkeyPatch], list[Recorded]]
 
 CASES: dict[str, tuple[Produce, str | None]] = {
@@ -296,6 +311,10 @@ CASES: dict[str, tuple[Produce, str | None]] = {
     "signature: not signed by the KDC ... signatures are required": (unsigned, None),
     "signature: signature does not verify with the KDC key ...": (other_signer, None),
     "decryption: HPKE open failed with X25519 key ...": (sealed_to_another_key, None),
+    "decryption: sealed with 'hpke-pq' but this node has no such key (its keys: hpke)": (
+        sealed_for_another_backend,
+        None,
+    ),
     "payload: entry 2 (roll_key): field 'key_id' is 4664, but the DNSKEY in 'public_key' for "
     "example.com. has key tag 4665": (key_id_mismatch, None),
     "apply: directory, zone example.com.: step 'write key 12345' failed: ...; rolled back: key "
