@@ -76,6 +76,26 @@ def _json_object(text: str, where: str) -> dict[str, object]:
     return value
 
 
+def key_identity(kind: str, text: str) -> str:
+    """The short public identity of a node key, the same on both sides so an operator can compare
+    ``krs status`` with ``krs-kdc node show``: the X25519 key's first 16 hex digits (hpke), the
+    first 16 hex digits of the SHA-256 of the hybrid key (hpke-pq), the RFC 7638 thumbprint (jose
+    and signing keys), ``KEY <algorithm>/<key tag>`` (SIG(0))."""
+    try:
+        if kind == "hpke":
+            return HpkeKey.from_public_hex(text).fingerprint
+        if kind == "hpke-pq":
+            return HybridKey.from_public_hex(text).fingerprint
+        if kind in ("jose", "signing"):
+            return JoseKey.from_jwk(_json_object(text, kind)).thumbprint
+        if kind == "sig0":
+            key = sig0.parse_key_text(text)
+            return f"KEY {key.algorithm}/{key.key_tag}"
+    except KrsError as exc:
+        return f"unreadable ({exc})"
+    return "unknown kind of key"
+
+
 def public_keys(
     node_id: str,
     backend: str,
@@ -226,6 +246,7 @@ __all__ = [
     "build_update",
     "check_body",
     "is_rekey",
+    "key_identity",
     "public_keys",
     "read_body",
     "rekey_name",

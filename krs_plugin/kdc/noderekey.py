@@ -40,6 +40,7 @@ from krs_plugin.rekey import (
     NewPublicKeys,
     check_body,
     is_rekey,
+    key_identity,
     read_body,
     requesting_node,
 )
@@ -91,7 +92,8 @@ def _has_table(store: Store) -> bool:
 
 
 def thumbprint(text: str | None) -> str:
-    """A short identity of a public key text, for ``node show`` and the audit trail."""
+    """A digest of a public key text as stored, for the audit trail (the text's own SHA-256, as
+    ``node.enroll`` records it, cut to 16 hex digits)."""
     return hashlib.sha256(text.encode()).hexdigest()[:16] if text else ""
 
 
@@ -475,14 +477,14 @@ def describe(store: Store, node: NodeRow, *, now: float) -> dict[str, object]:
     state = state_of(store, node)
     limit = every(store)
     return {
-        "keys": {k: thumbprint(v) for k, v in public_of(node).items()},
+        "keys": {k: key_identity(k, v) for k, v in public_of(node).items()},
         "keys_since": state.keys_since,
         "key_age": int(now - state.keys_since),
         "rekey_state": state.state or "idle",
         "requested_at": state.requested_at,
         "request_cause": state.request_cause,
         "switched_at": state.switched_at,
-        "old_keys": {k: thumbprint(v) for k, v in (state.old_keys or {}).items()} or None,
+        "old_keys": {k: key_identity(k, v) for k, v in (state.old_keys or {}).items()} or None,
         "completed_at": state.completed_at,
         "rekeys": state.rekeys,
         "max_key_age": limit,

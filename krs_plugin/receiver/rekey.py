@@ -138,7 +138,7 @@ def rotation_lock(config: Config) -> Iterator[None]:
         os.close(fd)
 
 
-def _load_sig0(path: Path) -> Ed25519PrivateKey:
+def load_sig0(path: Path) -> Ed25519PrivateKey:
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except (OSError, ValueError) as exc:
@@ -217,7 +217,7 @@ def rekey(config: Config, *, timeout: float = TIMEOUT, now: float | None = None)
         try:
             new_backend = _load_backend(paths.backend, suffixed(paths.backend_file, NEXT))
             new_signing = load_jose_key(suffixed(paths.signing, NEXT))
-            new_sig0 = _load_sig0(suffixed(paths.sig0, NEXT))
+            new_sig0 = load_sig0(suffixed(paths.sig0, NEXT))
         except KrsError as exc:
             _drop_next(paths)  # damaged: the KDC cannot have taken them from a run that read them
             raise RekeyError(
@@ -227,7 +227,7 @@ def rekey(config: Config, *, timeout: float = TIMEOUT, now: float | None = None)
         moment = time.time() if now is None else now
         keys = public_keys(node_id, paths.backend, new_backend, new_signing, new_sig0)
         body = request_body(node_id, keys, new_signing, now=moment)
-        wire = build_update(config.control_zone, node_id, body, _load_sig0(paths.sig0), now=moment)
+        wire = build_update(config.control_zone, node_id, body, load_sig0(paths.sig0), now=moment)
         reply = _send(config, wire, timeout)
         if reply.rcode() != dns.rcode.NOERROR:
             _drop_next(paths)

@@ -213,6 +213,10 @@ def test_krs_rekey_on_a_running_node_misses_no_distribution_and_the_old_keys_are
     assert "node.rekey.switch" in kinds and "node.rekey.complete" in kinds
     status = krs(node, "status")
     assert "rotation idle" in status.stdout, status.stdout
+    # The node and the KDC name the same public keys, the same way.
+    mine = json.loads(krs(node, "rekey", "--status", "--json").stdout)["keys"]
+    assert {k: v["identity"] for k, v in mine.items()} == shown["keys"]
+    assert set(shown["keys"]) == {"hpke", "signing", "sig0"}
 
     # The KDC now refuses what the old keys sign: a confirmation, a rekey UPDATE.
     report = {"successful_keys": [{"zone_name": ZONE, "key_id": str(after_tag)}]}
