@@ -124,7 +124,12 @@ def phase(paths: KeyPaths) -> str:
 def rotation_lock(config: Config) -> Iterator[None]:
     """One rotation at a time on this node; RekeyError at once when another holds it."""
     lock = f"{config.state}.rekey.lock"
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise RekeyError(
+            f"{lock}: cannot open the rotation lock: {exc}; nothing was changed"
+        ) from exc
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -213,7 +218,14 @@ def rekey(config: Config, *, timeout: float = TIMEOUT, now: float | None = None)
                 "the new ones is opened (krs run does that): nothing sent",
             )
         if state == "idle":
-            _make_next(paths)
+            try:
+                _make_next(paths)
+            except OSError as exc:
+                _drop_next(paths)
+                raise RekeyError(
+                    f"cannot write the new keys beside {paths.backend_file}: {exc}; nothing was "
+                    "sent, the node keeps its current keys"
+                ) from exc
         try:
             new_backend = _load_backend(paths.backend, suffixed(paths.backend_file, NEXT))
             new_signing = load_jose_key(suffixed(paths.signing, NEXT))
@@ -230,12 +242,28 @@ def rekey(config: Config, *, timeout: float = TIMEOUT, now: float | None = None)
         wire = build_update(config.control_zone, node_id, body, load_sig0(paths.sig0), now=moment)
         reply = _send(config, wire, timeout)
         if reply.rcode() != dns.rcode.NOERROR:
-            _drop_next(paths)
-            raise RekeyError(
+            refusal = (
                 f"the KDC refused the rekey ({dns.rcode.to_text(reply.rcode())}): "
                 f"{ede_text(reply) or 'no reason given'}; the node keeps its current keys"
             )
-        _switch_files(paths)
+            if state == "idle":  # keys made by this run: the KDC never had them
+                _drop_next(paths)
+                raise RekeyError(refusal)
+            # Keys an earlier run sent without an answer: the KDC may have them (and have
+            # completed since), so they are never removed on a guess.
+            raise RekeyError(
+                f"{refusal}; the new keys of an earlier krs rekey are kept (*.next): compare "
+                "krs rekey --status with krs-kdc node show, and remove them by hand only if the "
+                "KDC does not list them"
+            )
+        try:
+            _switch_files(paths)
+        except OSError as exc:
+            raise RekeyError(
+                f"the KDC took the new keys, but putting them in place failed: {exc}; fix it and "
+                "run krs rekey again, which finishes the switch (the .next files hold the keys "
+                "the KDC has)"
+            ) from exc
     log.info("node keys rotated: the KDC seals to the new %s key from now on", paths.backend)
     return RekeyResult(
         "switched",

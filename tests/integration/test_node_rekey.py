@@ -250,6 +250,17 @@ def test_a_rekey_update_signed_by_another_node_or_unsigned_is_refused_and_change
     assert dry["distribution_id"]
     assert rows(kdc) == before and audit_kinds(kdc) == kinds
     assert node_show(kdc)["node_keys"]["rekey_state"] == "idle"
+    # krs rekey refused (the node removed at the KDC): a clear error, the node's keys as they were.
+    kdc.kdc("node", "remove", OTHER)
+    old = {name: (other / name).read_bytes() for name in KEY_FILES}
+    result = krs(other, "rekey")
+    assert result.returncode == 1
+    assert (
+        "the KDC refused the rekey (REFUSED)" in result.stderr and "not enrolled" in result.stderr
+    )
+    assert "keeps its current keys" in result.stderr
+    assert {name: (other / name).read_bytes() for name in KEY_FILES} == old
+    assert not list(other.glob("*.next")) and not list(other.glob("*.previous"))
 
 
 def test_a_failed_update_leaves_the_node_on_its_old_keys_and_running_again_completes_it(
