@@ -51,9 +51,9 @@ STAGING = ".restore-"
 
 
 class BackupError(KrsError):
-    """A backup could not be made, or a backup file is refused; nothing was written."""
-
-    stage = "backup"
+    """A backup could not be made, or a backup file is refused; nothing was written. The KDC's
+    own operation, not a stage of a distribution (errors.STAGES): its messages say "backup" or
+    "restore" themselves."""
 
 
 @dataclass(frozen=True)

@@ -309,7 +309,8 @@ CASES: dict[str, tuple[Produce, str | None]] = {
     "policy: zone(s) not served by this node": (zone_not_served, None),
     "policy: addressed to node X, not to this node": (other_node, None),
     "signature: not signed by the KDC ... signatures are required": (unsigned, None),
-    "signature: signature does not verify with the KDC key ...": (other_signer, None),
+    "signature: KDC signature does not verify with any KDC key this node trusts (...): the "
+    "KDC's signing key has changed ...": (other_signer, None),
     "decryption: HPKE open failed with X25519 key ...": (sealed_to_another_key, None),
     "decryption: sealed with 'hpke-pq' but this node has no such key (its keys: hpke)": (
         sealed_for_another_backend,
