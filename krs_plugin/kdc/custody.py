@@ -234,18 +234,22 @@ class Custody:
             self.verify()
             self._verified = True
 
-    def verify(self) -> None:
-        """Refuse a KEK that is not the one the settings' check value was sealed with."""
-        check = self.settings.kek_check
-        if check is None or not self.seals:
-            return
+    def opens(self, check: str) -> bool:
+        """Whether this KEK opens the check value ``check`` (sealed by ``check_value``)."""
         try:
             ok = self._decrypt(bytes.fromhex(check)[1:13], bytes.fromhex(check)[13:], b"kek-check")
         except CustodyError:
             raise  # no KEK at all, no token: named as such
         except Exception:
             ok = b""
-        if ok != _CHECK_TEXT:
+        return ok == _CHECK_TEXT
+
+    def verify(self) -> None:
+        """Refuse a KEK that is not the one the settings' check value was sealed with."""
+        check = self.settings.kek_check
+        if check is None or not self.seals:
+            return
+        if not self.opens(check):
             raise CustodyError(
                 f"custody {self.kind}: the key-encryption key ({self.kek_name}) is not the one "
                 "kdc.db's keys are sealed with; nothing was changed (the right KEK file, "
@@ -311,15 +315,25 @@ def kek_path(state: Path, settings: CustodySettings) -> Path:
     return path if path.is_absolute() else state / path
 
 
-def read_kek(state: Path, settings: CustodySettings) -> tuple[bytes, str]:
-    """The file custody's KEK and where it came from: the systemd credential ``kdc-kek`` when
-    the unit gives one, else the KEK file. 32 raw bytes or 64 hex digits; a file others can
-    read is refused."""
+def credential_kek() -> Path | None:
+    """The systemd credential ``kdc-kek`` when the unit gives one (it wins over the file)."""
     credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+    if credentials and (Path(credentials) / KEK_CREDENTIAL).exists():
+        return Path(credentials) / KEK_CREDENTIAL
+    return None
+
+
+def read_kek(
+    state: Path, settings: CustodySettings, *, credential: bool = True
+) -> tuple[bytes, str]:
+    """The file custody's KEK and where it came from: the systemd credential ``kdc-kek`` when
+    the unit gives one (unless ``credential`` is false: a KEK rotation reads the new file),
+    else the KEK file. 32 raw bytes or 64 hex digits; a file others can read is refused."""
     path = kek_path(state, settings)
     source = f"KEK file {path}"
-    if credentials and (Path(credentials) / KEK_CREDENTIAL).exists():
-        path = Path(credentials) / KEK_CREDENTIAL
+    found = credential_kek() if credential else None
+    if found is not None:
+        path = found
         source = f"systemd credential {KEK_CREDENTIAL}"
     try:
         info = path.stat()
@@ -654,6 +668,46 @@ def provision_token(
             f"{signing.thumbprint}); choose another --signing-label"
         )
     return found
+
+
+def make_token_kek(settings: CustodySettings, label: str) -> None:
+    """A new AES-256 KEK object under ``label`` (non-extractable, sensitive): a KEK rotation
+    (kdc/kekrotate.py). Refused when the label is taken."""
+    p = _pkcs11()
+    session, _ = open_session(settings)
+    with _LOCK:
+        if _find(session, p.ObjectClass.SECRET_KEY, label) is not None:
+            raise CustodyError(
+                f"custody pkcs11: token {settings.token!r} already holds a key labelled {label!r}"
+            )
+        session.generate_key(
+            p.KeyType.AES, 256, label=label, store=True,
+            template=_secret_template(ENCRYPT=True, DECRYPT=True, WRAP=False, UNWRAP=False),
+        )  # fmt: skip
+
+
+def destroy_token_kek(settings: CustodySettings, label: str) -> bool:
+    """Destroy the token's secret key labelled ``label`` (a KEK a rotation replaced); whether
+    there was one."""
+    p = _pkcs11()
+    session, _ = open_session(settings)
+    with _LOCK:
+        found = _find(session, p.ObjectClass.SECRET_KEY, label)
+        if found is not None:
+            found.destroy()
+        return found is not None
+
+
+def kek_id(settings: CustodySettings) -> str:
+    """A KEK's name for the audit trail and messages: where it is and a digest of its check
+    value (a ciphertext: nothing of the key), so two KEKs under one path differ."""
+    check = hashlib.sha256((settings.kek_check or "").encode()).hexdigest()[:16]
+    where = (
+        f"token {settings.token} key {settings.kek_label}"
+        if settings.kind == "pkcs11"
+        else f"file {settings.kek_file or DEFAULT_KEK_FILE}"
+    )
+    return f"{where} check {check}"
 
 
 def destroy_signing_key(settings: CustodySettings, label: str) -> None:

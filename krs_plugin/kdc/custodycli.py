@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +171,29 @@ def cmd_custody_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_custody_rotate_kek(args: argparse.Namespace) -> int:
+    from krs_plugin.kdc import kekrotate
+
+    store = open_store(args)
+    given = Path(args.new_kek_file) if args.new_kek_file else None
+    result = kekrotate.rotate(store, state_dir(args), new_kek_file=given, now=time.time())
+    lines = [
+        f"custody {result['custody']}: {result['sealed']} key(s) sealed under the new KEK "
+        f"({result['kek']})",
+        f"  from {result['from']}",
+        f"  to   {result['to']}",
+    ]
+    lines += [f"  destroyed: {d}" for d in result["cleaned_before"] + result["destroyed"]]
+    if result["credential"]:
+        lines.append(
+            f"  replace the systemd credential {cu.KEK_CREDENTIAL} with the new KEK now, then "
+            "remove the plaintext file (docs/security.md, 'Rotating the KEK')"
+        )
+    lines.append("  backups taken before no longer open: take a new one (krs-kdc backup)")
+    emit(result, lines, as_json=args.json)
+    return 0
+
+
 def _same(a: cu.CustodySettings, b: cu.CustodySettings) -> bool:
     keys: tuple[str, ...] = ("kind", "module", "token", "signing_label", "kek_label")
     if a.kind == "file":
@@ -194,7 +218,8 @@ def migrate(
     if source.kind == target.kind == "file" and target.kek_file not in (None, source.kek_file):
         raise ConfigError(
             f"custody file already: its KEK is {cu.kek_path(state, source)}; another KEK for the "
-            "same custody (a KEK rotation) is not supported yet. Nothing was changed"
+            "same custody is a KEK rotation: krs-kdc custody rotate-kek --new-kek-file FILE. "
+            "Nothing was changed"
         )
     unchanged = _same(source, target)
     signing_file = state / cu.SIGNING_FILE
@@ -210,7 +235,44 @@ def migrate(
             raise cu.CustodyError("custody pkcs11: the token's signing key is not the KDC's")
     new.verify()
     settings = new.settings if unchanged else cu.with_check(new)
-    where = "length(private_pem) > 0" if unchanged else "1"
+    count = reseal(
+        store,
+        new,
+        settings,
+        only_plain=unchanged,
+        event=("custody.migrate", {"from": source.kind, "to": target.kind}),
+        always_audit=not unchanged,
+    )
+    shredded = None
+    if target.kind == "pkcs11" and signing_file.exists():
+        cu.shred(signing_file)
+        shredded = str(signing_file)
+    return {
+        "from": source.kind,
+        "to": target.kind,
+        "sealed": count,
+        "unchanged": unchanged and not count,
+        "shredded": shredded,
+        "kek": str(cu.kek_path(state, target)) if target.kind == "file" else None,
+    }
+
+
+def reseal(
+    store: Store,
+    new: cu.Custody,
+    settings: cu.CustodySettings,
+    *,
+    only_plain: bool,
+    event: tuple[str, dict[str, Any]],
+    always_audit: bool,
+    meta: dict[str, str | None] | None = None,
+) -> int:
+    """Open every key under kdc.db's current custody and seal it under ``new`` in one
+    transaction with the new ``settings``, the audit entry ``event`` and the ``meta`` changes
+    (None: deleted); then VACUUM and empty the WAL. ``only_plain``: the rows in the clear only
+    (a migration run again). Used by ``custody migrate`` and ``custody rotate-kek``
+    (docs/security.md, "Key custody"). Returns how many keys were sealed."""
+    where = "length(private_pem) > 0" if only_plain else "1"
     rows = store.db.execute(f"SELECT id FROM keys WHERE {where} ORDER BY id").fetchall()
     store.db.execute("PRAGMA secure_delete = ON")  # freed cells are zeroed, not left behind
     with transaction(store.db):
@@ -225,27 +287,20 @@ def migrate(
         store.db.execute(
             "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (cu.META_KEY, settings.dumps())
         )
-        if not unchanged or rows:
+        for key, value in (meta or {}).items():
+            if value is None:
+                store.db.execute("DELETE FROM meta WHERE key = ?", (key,))
+            else:
+                store.db.execute(
+                    "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value)
+                )
+        if always_audit or rows:
             audit = getattr(store, "audit", None)
             if audit is not None:
-                audit(
-                    "custody.migrate",
-                    details={"from": source.kind, "to": target.kind, "keys": len(rows)},
-                )
+                audit(event[0], details={**event[1], "keys": len(rows)})
     store.forget_custody()
     _compact(store)
-    shredded = None
-    if target.kind == "pkcs11" and signing_file.exists():
-        cu.shred(signing_file)
-        shredded = str(signing_file)
-    return {
-        "from": source.kind,
-        "to": target.kind,
-        "sealed": len(rows),
-        "unchanged": unchanged and not rows,
-        "shredded": shredded,
-        "kek": str(cu.kek_path(state, target)) if target.kind == "file" else None,
-    }
+    return len(rows)
 
 
 def _compact(store: Store) -> None:
@@ -277,3 +332,17 @@ def add_parsers(sub: Any, add: Any) -> None:
     )
     add_custody_options(p, target="migrate")
     add(group, "status", cmd_custody_status, "the custody, its keys, and whether it is usable")
+    p = add(
+        group,
+        "rotate-kek",
+        cmd_custody_rotate_kek,
+        "a new key-encryption key (file or token object), every key sealed again under it in "
+        "one transaction, the old KEK destroyed (after an interrupted run: what it left first)",
+    )
+    p.add_argument(
+        "--new-kek-file",
+        metavar="PATH",
+        help="file custody: the new KEK file (made when missing; required when the KEK is the "
+        f"systemd credential {cu.KEK_CREDENTIAL}); default: beside the current one, named "
+        "with the time",
+    )

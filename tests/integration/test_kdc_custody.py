@@ -174,7 +174,7 @@ def test_legacy_kdc_db_migrated_to_a_kek_file_keeps_no_plaintext_and_distributes
     assert isinstance(again, dict) and again["unchanged"] and again["sealed"] == 0
     other = kdc(state, "custody", "migrate", "--to", "file", "--kek-file", str(tmp_path / "k"),
                 ok=False)  # fmt: skip
-    assert "a KEK rotation) is not supported yet" in str(other)
+    assert "is a KEK rotation: krs-kdc custody rotate-kek" in str(other)
 
     dist = kdc(state, "distribute", "--zone", ZONE)
     assert isinstance(dist, dict)

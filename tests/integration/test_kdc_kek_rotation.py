@@ -1,0 +1,192 @@
+"""``krs-kdc custody rotate-kek`` through the real krs-kdc (docs/security.md, "Rotating the KEK"):
+every key sealed again under a new KEK (a file, or an object in a SoftHSM2 token), the old KEK
+gone and opening nothing, kdc.db and its WAL without a plaintext key, a real ``krs run``
+installing the next distribution; and the process killed between the steps leaves a KDC that
+opens every key, whose next rotation clears what the crash left."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from krs_lab import softhsm
+from krs_lab.deployment import Deployment
+from krs_plugin.crypto import HpkeKey, write_hpke_public
+from krs_plugin.dnssec import read_bind_key_pair
+from krs_plugin.kdc import custody as cu
+from krs_plugin.kdc.store import Store
+from tests.integration.test_kdc_custody import CZ, KDC, NODE, ZONE, add_node, kdc, state_files
+from tests.keysearch import assert_nowhere, received
+
+NO_HSM = softhsm.available()
+
+
+def token_keks(env: dict[str, str], module: str, token: str, pin: str) -> set[str]:
+    """The labels of the token's secret keys, read by a process of its own."""
+    probe = (
+        "import pkcs11, json\n"
+        f"s = pkcs11.lib({module!r}).get_token(token_label={token!r}).open(user_pin={pin!r})\n"
+        "objs = s.get_objects({pkcs11.Attribute.CLASS: pkcs11.ObjectClass.SECRET_KEY})\n"
+        "print(json.dumps(sorted(o.label for o in objs)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env,
+                         timeout=60, check=True).stdout  # fmt: skip
+    return set(json.loads(out))
+
+
+def rows_opening_under(state: Path, kek: bytes) -> int:
+    """How many of kdc.db's sealed keys the file KEK ``kek`` opens."""
+    store = Store(state / "kdc.db")
+    try:
+        settings = cu.CustodySettings("file", kek_file="unused")
+        custody = cu.FileCustody(settings, state, source="old KEK", _kek=AESGCM(kek))
+        opened = 0
+        for (key_id,) in store.db.execute("SELECT id FROM keys").fetchall():
+            row = store.key_by_id(int(key_id))
+            aad = cu.key_aad(row.zone, row.key_tag, row.algorithm, row.role)
+            try:
+                custody.open(row.sealed or b"", aad, what="probe")
+                opened += 1
+            except cu.CustodyError:
+                pass
+        return opened
+    finally:
+        store.close()
+
+
+def installed(deployment: Deployment) -> set[tuple[int, bytes]]:
+    keys = [read_bind_key_pair(p)[0] for p in (deployment.node_dir / "keys").glob("*.private")]
+    return {(k.key_tag, k.key_material) for k in keys}
+
+
+@pytest.mark.parametrize("custody", ["file", "pkcs11"])
+def test_rotate_kek_old_kek_gone_and_krs_run_installs_the_next_distribution(
+    custody: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if custody == "pkcs11" and NO_HSM is not None:
+        pytest.skip(NO_HSM)
+    for name in ("SOFTHSM2_CONF", "KRS_KDC_PIN"):
+        monkeypatch.setenv(name, os.environ.get(name, ""))  # the lab sets them; put back after
+    monkeypatch.setenv(softhsm.LAB_CUSTODY, custody)
+    deployment = Deployment(tmp_path / "lab")
+    state = deployment.state
+    try:
+        deployment.start_kdc()
+        deployment.start_krs()
+        first = deployment.distribute("--zone", ZONE)
+        deployment.wait_confirmed(first)
+        keys_before = installed(deployment)
+        assert len(keys_before) == 2
+        before = json.loads(deployment.kdc("--json", "custody", "status"))
+        old_file = state / "keys" / "kdc.kek"
+        old_kek = old_file.read_bytes() if custody == "file" else b""
+        deployment.stop("kdc")  # rotate-kek empties the WAL: no other connection
+
+        result = json.loads(deployment.kdc("--json", "custody", "rotate-kek"))
+        assert result["sealed"] == 2 and result["custody"] == custody
+        assert result["from"] != result["to"]
+        status = json.loads(deployment.kdc("--json", "custody", "status"))
+        assert status["ok"] and status["keys_sealed"] == 2 and status["keys_plain"] == 0
+        if custody == "file":
+            assert not old_file.exists()  # shredded once kdc.db was committed
+            new_file = Path(result["kek"])
+            assert new_file.parent == old_file.parent and new_file.stat().st_mode & 0o777 == 0o600
+            assert status["kek"] == f"KEK file {new_file}"
+            assert rows_opening_under(state, bytes.fromhex(old_kek.decode().strip())) == 0
+            assert rows_opening_under(state, bytes.fromhex(new_file.read_text().strip())) == 2
+        else:
+            env = dict(os.environ)
+            labels = token_keks(env, before["module"], before["token"], env["KRS_KDC_PIN"])
+            assert before["kek_label"] not in labels  # destroyed in the token
+            assert status["kek_label"] == result["kek"] and result["kek"] in labels
+            assert status["kek_extractable"] is False and status["kek_sensitive"] is True
+        wal = state / "kdc.db-wal"
+        assert not wal.exists() or wal.stat().st_size == 0
+        trail = deployment.kdc("--json", "audit", "list")
+        entry = [e for e in json.loads(trail) if e["kind"] == "custody.rotate_kek"]
+        assert len(entry) == 1, trail
+        assert result["from"] in trail and result["to"] in trail
+        if old_kek:
+            assert old_kek.strip().decode() not in trail
+        subprocess.run([KDC, "--state", str(state), "audit", "verify"], check=True,
+                       capture_output=True, timeout=60)  # fmt: skip
+
+        deployment.start_kdc()
+        second = deployment.distribute("--zone", ZONE)
+        deployment.wait_confirmed(second)  # krs run verified, opened and installed it
+        keys_after = installed(deployment)
+        assert keys_after == keys_before
+        installed_keys = [
+            read_bind_key_pair(p)[0] for p in (deployment.node_dir / "keys").glob("*.private")
+        ]
+        deployment.stop("kdc")
+        assert_nowhere(installed_keys, state_files(state))
+    finally:
+        deployment.close()
+
+
+CRASHES = [("file", "kek_written"), ("file", "kek_committed"), ("pkcs11", "kek_written"),
+           ("pkcs11", "kek_committed")]  # fmt: skip
+
+
+@pytest.mark.parametrize(("custody", "failpoint"), CRASHES)
+def test_rotate_kek_killed_between_steps_leaves_a_kdc_that_opens_every_key(
+    custody: str, failpoint: str, tmp_path: Path
+) -> None:
+    if custody == "pkcs11" and NO_HSM is not None:
+        pytest.skip(NO_HSM)
+    env = dict(os.environ)
+    options: list[str] = []
+    hsm = None
+    if custody == "pkcs11":
+        hsm = softhsm.SoftHsm(tmp_path / "softhsm")
+        env = hsm.env
+        options = ["--custody", "pkcs11", "--pkcs11-module", hsm.module, "--token", hsm.label,
+                   "--pin-file", str(hsm.pin_file)]  # fmt: skip
+    state = tmp_path / "state"
+    node = HpkeKey.generate()
+    write_hpke_public(tmp_path / "node.pub", node)
+    kdc(state, "init", "--control-zone", CZ, *options, env=env)
+    kdc(state, "zone", "add", ZONE, env=env)
+    kdc(state, "key", "generate", "--zone", ZONE, "--role", "KSK", env=env)
+    kdc(state, "key", "generate", "--zone", ZONE, "--role", "ZSK", env=env)
+    add_node(state, tmp_path, env)
+    dist = kdc(state, "distribute", "--zone", ZONE, env=env)
+    assert isinstance(dist, dict)
+    keys = received(state, NODE, node, dist["distribution_id"])
+    wanted = {(k.key_tag, k.key_material) for k in keys}
+
+    def keks() -> set[str]:
+        if hsm is None:
+            return {p.name for p in (state / "keys").glob("kdc.kek*")}
+        return token_keks(env, hsm.module, hsm.label, hsm.pin)
+
+    killed = subprocess.run(
+        [KDC, "--state", str(state), "--json", "custody", "rotate-kek"],
+        env={**env, "KRS_FAILPOINT": failpoint}, capture_output=True, timeout=120,
+    )  # fmt: skip
+    assert killed.returncode == -9, killed.stderr
+    assert len(keks()) == 2  # the old KEK and the new one both exist at the crash
+
+    status = kdc(state, "custody", "status", env=env)
+    assert isinstance(status, dict) and status["ok"], status
+    again = kdc(state, "distribute", "--zone", ZONE, env=env)  # opens every key
+    assert isinstance(again, dict)
+    got = received(state, NODE, node, again["distribution_id"])
+    assert {(k.key_tag, k.key_material) for k in got} == wanted
+
+    result = kdc(state, "custody", "rotate-kek", env=env)  # finishes, then rotates
+    assert isinstance(result, dict) and result["sealed"] == 2
+    assert len(result["cleaned_before"]) == 1, result
+    assert len(keks()) == 1  # only the KEK kdc.db names is left
+    last = kdc(state, "distribute", "--zone", ZONE, env=env)
+    assert isinstance(last, dict)
+    got = received(state, NODE, node, last["distribution_id"])
+    assert {(k.key_tag, k.key_material) for k in got} == wanted
+    assert_nowhere(keys, state_files(state))
