@@ -28,6 +28,7 @@ import dns.name
 import dns.opcode
 import dns.rcode
 
+from krs_plugin.dnsio import formerr_reply
 from krs_plugin.errors import KrsError, SignatureError
 from krs_plugin.kdc.build import build_distribution
 from krs_plugin.kdc.distribute import LIVE_STATES, distribute_node, recipient_for
@@ -316,7 +317,7 @@ class RekeyDesk:
             query = _unsigned(wire)
         except (dns.exception.DNSException, ValueError, KrsError) as exc:
             log.info("malformed rekey UPDATE from %s: %s", source, exc)
-            return b""
+            return formerr_reply(wire) or b""
         node_id = ""
         try:
             body = read_body(query, self.control_zone)
