@@ -523,6 +523,8 @@ class Pkcs11Custody(Custody):
             return bytes(self._kek().decrypt(ciphertext, **self._gcm(nonce, aad)))
 
     def _load_signing_key(self) -> JoseKey:
+        if not self.settings.signing_label:  # a roll --to-file moved it out of the token
+            return super()._load_signing_key()  # (docs/security.md, "Leaving a token")
         p = _pkcs11()
         label = self.settings.signing_label
         with _LOCK:

@@ -167,6 +167,11 @@ def cmd_custody_migrate(args: argparse.Namespace) -> int:
         lines.append(f"signing key file overwritten and removed: {result['shredded']}")
     if target.kind == "file":
         lines.append(f"keep the KEK apart from kdc.db's backups: {result['kek']}")
+    if result["kept_kek"]:
+        lines.append(
+            f"the old KEK stays in the token ({result['kept_kek']}): backups taken before need "
+            "it; destroy it once none does (docs/security.md, 'Leaving a token')"
+        )
     emit(result, lines, as_json=args.json)
     return 0
 
@@ -209,11 +214,13 @@ def migrate(
     old plaintext stays in kdc.db or kdc.db-wal. Run again, it finishes what a crash left
     (a signing key file not removed yet, pages not vacuumed) and changes nothing else."""
     source = current.settings
-    if source.kind == "pkcs11" and not _same(source, target):
+    if source.kind == "pkcs11" and not _same(source, target) and source.signing_label:
         raise ConfigError(
-            f"custody pkcs11 -> {target.kind}: the KDC's signing key cannot leave token "
-            f"{source.token!r} (non-extractable); nothing was changed. A new signing key means "
-            "a key rollover of the KDC (krs-kdc identity roll, once it exists)"
+            f"custody pkcs11 -> {target.kind}: the KDC's signing key is in token "
+            f"{source.token!r} ({source.signing_label!r}, non-extractable) and cannot leave it; "
+            "nothing was changed. Roll it to a key in a file first: krs-kdc identity roll "
+            "--to-file, wait until krs-kdc identity status says phase idle, then run this "
+            "again (docs/security.md, 'Leaving a token')"
         )
     if source.kind == target.kind == "file" and target.kek_file not in (None, source.kek_file):
         raise ConfigError(
@@ -247,9 +254,13 @@ def migrate(
     if target.kind == "pkcs11" and signing_file.exists():
         cu.shred(signing_file)
         shredded = str(signing_file)
+    kept = None
+    if source.kind == "pkcs11" and target.kind != "pkcs11":
+        kept = f"token {source.token!r} key {source.kek_label!r}"  # older backups need it
     return {
         "from": source.kind,
         "to": target.kind,
+        "kept_kek": kept,
         "sealed": count,
         "unchanged": unchanged and not count,
         "shredded": shredded,

@@ -28,10 +28,12 @@ def cmd_identity_roll(args: argparse.Namespace) -> int:
     store = open_store(args)
     identity = load_identity(state_dir(args) / "keys", store.custody)
     now = time.time()
+    if args.resume and args.to_file:
+        raise StateError("--to-file goes with a new roll, not with --continue")
     if not args.resume:
         if args.force:
             raise StateError("--force goes with --continue (it passes a held step)")
-        row = signroll.start(store, identity, now=now)
+        row = signroll.start(store, identity, now=now, to_file=args.to_file)
         sent = signroll.resend(store, identity, [n.id for n in store.nodes()], now=now)
         wake_serve(store)
         emit(
@@ -141,5 +143,11 @@ def add_parsers(sub: Any, add: Any) -> None:
         action="store_true",
         help="with --continue: take the step although nodes have not confirmed (they then "
         "need krs trust-kdc-key by hand)",
+    )
+    p.add_argument(
+        "--to-file",
+        action="store_true",
+        help="pkcs11 custody: make the next key a 0600 file, to leave the token (then custody "
+        "migrate --to file once the roll is over)",
     )
     add(group, "status", cmd_identity_status, "signing keys, the roll's phase, what nodes trust")

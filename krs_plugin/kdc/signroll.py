@@ -255,9 +255,11 @@ def gate(store: Store) -> Gate:
 # --- the steps ----------------------------------------------------------------------------------
 
 
-def start(store: Store, identity: KdcIdentity, *, now: float) -> KeyRow:
+def start(store: Store, identity: KdcIdentity, *, now: float, to_file: bool = False) -> KeyRow:
     """Make the next signing key in the current key's custody and record it; refused while a
-    roll is under way. The caller sends every node a distribution (``resend``)."""
+    roll is under way. The caller sends every node a distribution (``resend``). ``to_file``
+    (pkcs11 custody): the next key is a 0600 file, the way out of a token (docs/security.md,
+    "Leaving a token")."""
     rows = keys(store.db)
     if phase_of(rows) != "idle":
         raise StateError(
@@ -266,18 +268,21 @@ def start(store: Store, identity: KdcIdentity, *, now: float) -> KeyRow:
         )
     signer = active_signer(store, identity)
     kind = store.custody.kind
+    if to_file and kind != "pkcs11":
+        raise StateError(f"--to-file is for pkcs11 custody; this KDC's is {kind}")
     stamp = int(now)
     keys_dir = store.path.parent / "keys"
-    if kind == "pkcs11":
+    in_token = kind == "pkcs11" and bool(store.custody.settings.signing_label)
+    current_kind, current_locator = ("pkcs11", store.custody.settings.signing_label) if in_token \
+        else ("file", SIGNING_FILE)  # fmt: skip
+    if kind == "pkcs11" and not to_file:
         settings = store.custody.settings
-        base = settings.signing_label.split("@", 1)[0]
+        base = (settings.signing_label or cu.DEFAULT_SIGNING_LABEL).split("@", 1)[0]
         locator = f"{base}@{stamp}"
-        current_locator = settings.signing_label
         following = cu.provision_token(replace(settings, signing_label=locator), None)
     else:
         following = JoseKey.generate()
         locator = f"kdc.signing.{following.fingerprint}.privatekey"
-        current_locator = SIGNING_FILE
         write_jose_private(
             keys_dir / locator, following, use="sig", comment="KDC next signing key (ES256)"
         )
@@ -287,7 +292,7 @@ def start(store: Store, identity: KdcIdentity, *, now: float) -> KeyRow:
         use="sig",
         comment="KDC next signing public key (a signing-key roll: docs/security.md)",
     )
-    custody_kind = "pkcs11" if kind == "pkcs11" else "file"
+    custody_kind = "pkcs11" if kind == "pkcs11" and not to_file else "file"
     with transaction(store.db):
         ensure_schema(store.db)
         rows = keys(store.db)  # again, under the write lock: another roll may have begun
@@ -298,7 +303,7 @@ def start(store: Store, identity: KdcIdentity, *, now: float) -> KeyRow:
                 cu.shred(keys_dir / locator)
             raise StateError("a signing-key roll began meanwhile: krs-kdc identity status")
         if not any(r.thumbprint == signer.thumbprint for r in rows):
-            _insert(store.db, signer, "current", custody_kind, current_locator, stamp)
+            _insert(store.db, signer, "current", current_kind, current_locator, stamp)
         _insert(store.db, following, "next", custody_kind, locator, stamp)
         store.db.execute("DELETE FROM signing_resends")
         store.audit(
@@ -337,16 +342,18 @@ def switch(store: Store, *, now: float, forced: Sequence[Holding] = ()) -> KeyRo
         stamp = int(now)
         previous_locator = current.locator
         if following.custody == "file":
-            previous_locator = f"kdc.signing.{current.key.fingerprint}.privatekey"
             live = keys_dir / SIGNING_FILE
-            if not (keys_dir / previous_locator).exists():
-                os.link(live, keys_dir / previous_locator)  # the old key keeps a name until retired
-            if load_jose_key(live).thumbprint != following.thumbprint:
+            if current.custody == "file":
+                previous_locator = f"kdc.signing.{current.key.fingerprint}.privatekey"
+                if not (keys_dir / previous_locator).exists():
+                    os.link(live, keys_dir / previous_locator)  # a name until retired
+            if not live.exists() or load_jose_key(live).thumbprint != following.thumbprint:
                 os.replace(keys_dir / following.locator, live)
             _sync_dir(keys_dir)
         write_jose_public(keys_dir / PUBLIC_FILE, following.key, use="sig", comment=PUBLIC_COMMENT)
-        if following.custody == "pkcs11":
-            settings = replace(store.custody.settings, signing_label=following.locator)
+        if store.custody.kind == "pkcs11":  # the token's label, or "" once the key is a file
+            label = following.locator if following.custody == "pkcs11" else ""
+            settings = replace(store.custody.settings, signing_label=label)
             store.db.execute(
                 "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
                 (cu.META_KEY, settings.dumps()),

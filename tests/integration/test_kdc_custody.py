@@ -206,7 +206,7 @@ def test_legacy_kdc_db_migrated_into_a_token_keeps_its_signing_key(
     again = kdc(state, "custody", "migrate", "--to", "pkcs11", *options, env=env)
     assert isinstance(again, dict) and again["unchanged"]
     error = kdc(state, "custody", "migrate", "--to", "file", env=env, ok=False)
-    assert "cannot leave token" in str(error)
+    assert "cannot leave it" in str(error) and "identity roll --to-file" in str(error)
 
     dist = kdc(state, "distribute", "--zone", ZONE, env=env)
     assert isinstance(dist, dict)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,8 +17,8 @@ import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from krs_lab import softhsm
-from krs_lab.deployment import Deployment
-from krs_plugin.crypto import HpkeKey, write_hpke_public
+from krs_lab.deployment import Deployment, wait_until
+from krs_plugin.crypto import HpkeKey, load_jose_key, write_hpke_public
 from krs_plugin.dnssec import read_bind_key_pair
 from krs_plugin.kdc import custody as cu
 from krs_plugin.kdc.store import Store
@@ -190,3 +191,117 @@ def test_rotate_kek_killed_between_steps_leaves_a_kdc_that_opens_every_key(
     got = received(state, NODE, node, last["distribution_id"])
     assert {(k.key_tag, k.key_material) for k in got} == wanted
     assert_nowhere(keys, state_files(state))
+
+
+def test_leaving_the_token_roll_to_a_file_key_then_migrate_and_krs_run_still_verifies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pkcs11 -> file (docs/security.md, "Leaving a token"): migrate first refuses, naming the
+    roll; ``identity roll --to-file`` replaces the token's signing key with a file key while the
+    node keeps working; then ``custody migrate --to file`` seals the keys under a KEK file, and
+    ``krs-kdc serve`` without any access to the token sends a distribution ``krs run`` installs."""
+    if NO_HSM is not None:
+        pytest.skip(NO_HSM)
+    for name in ("SOFTHSM2_CONF", "KRS_KDC_PIN"):
+        monkeypatch.setenv(name, os.environ.get(name, ""))
+    monkeypatch.setenv(softhsm.LAB_CUSTODY, "pkcs11")
+    lab = Deployment(tmp_path / "lab")
+    state = lab.state
+    try:
+        before = json.loads(lab.kdc("--json", "custody", "status"))
+        shutil.copy(state / "keys" / "kdc.signing.pubkey", lab.node_dir / "kdc.pub")
+        lab.config["kdc"] = {"verification_key": str(lab.node_dir / "kdc.pub")}
+        lab.start_kdc(serve_args=["--resend-after", "2"])
+        lab.start_krs()
+        first = lab.distribute("--zone", ZONE)
+        lab.wait_confirmed(first)
+        keys_before = installed(lab)
+
+        refused = subprocess.run(
+            [KDC, "--state", str(state), "custody", "migrate", "--to", "file"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert refused.returncode != 0 and "identity roll --to-file" in refused.stderr
+        assert json.loads(lab.kdc("--json", "custody", "status"))["custody"] == "pkcs11"
+
+        started = json.loads(lab.kdc("--json", "identity", "roll", "--to-file"))
+        assert started["custody"] == "file"
+        wait_until(
+            lambda: json.loads(lab.kdc("--json", "identity", "status"))["phase"] == "idle",
+            120,
+            lab.all_logs,
+        )
+        signing = state / "keys" / "kdc.signing.privatekey"
+        assert load_jose_key(signing).thumbprint == started["next"]
+        assert signing.stat().st_mode & 0o777 == 0o600
+        env = dict(os.environ)
+        probe = (
+            "import pkcs11, json\n"
+            f"s = pkcs11.lib({before['module']!r}).get_token(token_label={before['token']!r})"
+            f".open(user_pin={env['KRS_KDC_PIN']!r})\n"
+            "objs = s.get_objects({pkcs11.Attribute.CLASS: pkcs11.ObjectClass.PRIVATE_KEY})\n"
+            "print(json.dumps(sorted(o.label for o in objs)))\n"
+        )
+        labels = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                                env=env, timeout=60, check=True).stdout  # fmt: skip
+        assert before["signing_label"] not in json.loads(labels)  # destroyed by the retire
+        lab.stop("kdc")
+
+        moved = json.loads(lab.kdc("--json", "custody", "migrate", "--to", "file"))
+        assert moved["from"] == "pkcs11" and moved["to"] == "file" and moved["sealed"] == 2
+        assert before["kek_label"] in moved["kept_kek"]
+        # from here on the KDC never needs the token: no PIN, no SoftHSM2 configuration
+        monkeypatch.delenv("KRS_KDC_PIN")
+        monkeypatch.setenv("SOFTHSM2_CONF", str(tmp_path / "absent.conf"))
+        status = json.loads(lab.kdc("--json", "custody", "status"))
+        assert status["custody"] == "file" and status["ok"] and status["keys_sealed"] == 2
+        lab.start_kdc(serve_args=["--resend-after", "2"])
+        after = lab.distribute("--zone", ZONE)
+        lab.wait_confirmed(after, 60)  # krs run verified it with the file key, installed it
+        assert installed(lab) == keys_before
+        lab.stop("kdc")
+        lab.kdc("audit", "verify")
+        keys = [read_bind_key_pair(p)[0] for p in (lab.node_dir / "keys").glob("*.private")]
+        assert_nowhere(keys, state_files(state))
+    finally:
+        lab.close()
+
+
+def test_rotate_kek_from_a_systemd_credential_needs_the_new_kek_file_and_the_credential_after(
+    tmp_path: Path,
+) -> None:
+    """The KEK in the credential kdc-kek: rotate-kek refuses without --new-kek-file; with it,
+    kdc.db is sealed under the new file, the KDC refuses the old credential (named as the wrong
+    KEK) and works once the credential holds the new KEK (docs/security.md)."""
+    state = tmp_path / "state"
+    node = HpkeKey.generate()
+    write_hpke_public(tmp_path / "node.pub", node)
+    kdc(state, "init", "--control-zone", CZ)
+    kdc(state, "zone", "add", ZONE)
+    kdc(state, "key", "generate", "--zone", ZONE, "--role", "CSK")
+    add_node(state, tmp_path)
+    credentials = tmp_path / "credentials"
+    credentials.mkdir(mode=0o700)
+    os.replace(state / "keys" / "kdc.kek", credentials / "kdc-kek")
+    env = {**os.environ, "CREDENTIALS_DIRECTORY": str(credentials)}
+    first = kdc(state, "distribute", "--zone", ZONE, env=env)
+    assert isinstance(first, dict)
+    wanted = {(k.key_tag, k.key_material) for k in
+              received(state, NODE, node, first["distribution_id"])}  # fmt: skip
+    before = state_files(state)["kdc.db"]
+
+    refused = kdc(state, "custody", "rotate-kek", env=env, ok=False)
+    assert "give the new KEK as --new-kek-file" in str(refused)
+    assert state_files(state)["kdc.db"] == before
+
+    new = tmp_path / "kek.new"
+    result = kdc(state, "custody", "rotate-kek", "--new-kek-file", str(new), env=env)
+    assert isinstance(result, dict) and result["credential"] and result["sealed"] == 1
+    assert new.stat().st_mode & 0o777 == 0o600
+    stale = kdc(state, "distribute", "--zone", ZONE, env=env, ok=False)
+    assert "is not the one kdc.db's keys are sealed with" in str(stale)
+    os.replace(new, credentials / "kdc-kek")  # what systemd-creds encrypt and a restart do
+    again = kdc(state, "distribute", "--zone", ZONE, env=env)
+    assert isinstance(again, dict)
+    got = received(state, NODE, node, again["distribution_id"])
+    assert {(k.key_tag, k.key_material) for k in got} == wanted
