@@ -51,6 +51,9 @@ class KdcSettings:
     addresses: tuple[Address, ...] = ()
     """Where confirmations and resync requests go when the control servers are secondaries
     that only serve the zone (docs/scale.md); empty: the control servers."""
+    pq_verification_key: Path | None = None
+    """The KDC's ML-DSA-65 public key: when set, every distribution must carry a valid
+    ``pq_signature`` (docs/security.md, "Post-quantum sealing")."""
 
 
 @dataclass(frozen=True)
@@ -285,7 +288,11 @@ def load_config(path: str | os.PathLike[str], *, require_files: bool = True) -> 
             "keys", "needs at least one of hpke or jose or hpke-pq (the node's private key files)"
         )
 
-    kdc_raw = r.mapping(top.get("kdc"), "kdc", {"verification_key", "allow_unsigned", "address"})
+    kdc_raw = r.mapping(
+        top.get("kdc"),
+        "kdc",
+        {"verification_key", "allow_unsigned", "address", "pq_verification_key"},
+    )
     allow_unsigned = r.boolean(kdc_raw.get("allow_unsigned"), "kdc.allow_unsigned", False)
     kdc = KdcSettings(
         r.file(
@@ -296,6 +303,7 @@ def load_config(path: str | os.PathLike[str], *, require_files: bool = True) -> 
             r.address(v, f"kdc.address[{i}]", 53)
             for i, v in enumerate(r.list_of(kdc_raw.get("address"), "kdc.address"))
         ),
+        r.file(kdc_raw.get("pq_verification_key"), "kdc.pq_verification_key", required=False),
     )
 
     servers = tuple(

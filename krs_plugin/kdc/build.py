@@ -15,6 +15,7 @@ from typing import Any
 import dns.name
 
 from krs_plugin.crypto import Backend, HpkeKey, HybridKey, JoseKey, seal_envelope
+from krs_plugin.crypto.pqsig import METADATA_KEY, MldsaKey
 from krs_plugin.protocol import (
     CHUNK,
     CHUNK_TYPE,
@@ -57,8 +58,11 @@ def build_distribution(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     inline_max: int = INLINE_MAX,
     rdtype: int = CHUNK_TYPE,
+    pq_signer: MldsaKey | None = None,
 ) -> list[CHUNK]:
-    """Seal, sign and split ``plaintext`` for ``recipient``: manifest first, then chunks 1..N."""
+    """Seal, sign and split ``plaintext`` for ``recipient``: manifest first, then chunks 1..N.
+    ``pq_signer``: the KDC's ML-DSA-65 key, when enabled; its signature goes into the manifest's
+    metadata as ``pq_signature`` and the JWS is untouched (docs/protocol.md section 4)."""
     node_id = check_node_id(recipient.node_id)
     check_distribution_id(distribution_id)
     timestamp = int(now)
@@ -85,6 +89,9 @@ def build_distribution(
         retire_time=retire_time,
         crypto=recipient.backend,
         counts=dict(counts or {}),
+        extra={}
+        if pq_signer is None
+        else {METADATA_KEY: pq_signer.sign(distribution_id, node_id.to_text(), transport)},
     )
     return build_chunk_records(
         transport,

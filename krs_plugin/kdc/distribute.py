@@ -25,6 +25,7 @@ from krs_plugin.crypto import HpkeKey, HybridKey, JoseKey
 from krs_plugin.dnssec import DnssecKey, KeyTiming, load_pkcs8_pem
 from krs_plugin.kdc.build import NodeRecipient, build_distribution
 from krs_plugin.kdc.identity import KdcIdentity
+from krs_plugin.kdc.pqidentity import pq_signer
 from krs_plugin.kdc.signroll import signing_state
 from krs_plugin.kdc.store import KeyRow, NodeRow, StateError, Store
 from krs_plugin.payload import (
@@ -207,6 +208,7 @@ def distribute_zone(
     records_total = 0
     rule = zone_rules(store, [zone])[zone]
     signer, announced = signing_state(store, identity)  # a signing-key roll: kdc/signroll.py
+    pq_key = pq_signer(store.path.parent / "keys")  # ML-DSA-65, when enabled (kdc/pqidentity.py)
     with store.transaction():
         dist_id, serial = store.next_distribution_id(now)
         entries, rolls, deletes = zone_entries(
@@ -225,6 +227,7 @@ def distribute_zone(
                 counts=counts,
                 distribution_ttl=ttl,
                 chunk_size=chunk_size,
+                pq_signer=pq_key,
             )
             store.add_distribution(
                 dist_id,
@@ -301,6 +304,7 @@ def distribute_node(
     recipient = recipient_for(node)
     rules = zone_rules(store, wanted)
     signer, announced = signing_state(store, identity)  # a signing-key roll: kdc/signroll.py
+    pq_key = pq_signer(store.path.parent / "keys")  # ML-DSA-65, when enabled (kdc/pqidentity.py)
     with store.transaction():
         dist_id, serial = store.next_distribution_id(now)
         entries: list[Entry] = []
@@ -330,6 +334,7 @@ def distribute_node(
             counts=counts,
             distribution_ttl=ttl,
             chunk_size=chunk_size,
+            pq_signer=pq_key,
         )
         del cleartext
         store.add_distribution(

@@ -11,7 +11,7 @@ from typing import Any
 
 from krs_plugin.cliout import emit
 from krs_plugin.humantime import format_time
-from krs_plugin.kdc import signroll
+from krs_plugin.kdc import pqcli, signroll
 from krs_plugin.kdc.clistate import open_store, state_dir
 from krs_plugin.kdc.identity import load_identity
 from krs_plugin.kdc.store import StateError
@@ -151,3 +151,4 @@ def add_parsers(sub: Any, add: Any) -> None:
         "migrate --to file once the roll is over)",
     )
     add(group, "status", cmd_identity_status, "signing keys, the roll's phase, what nodes trust")
+    pqcli.add_parsers(group, add)  # the ML-DSA-65 key (kdc/pqcli.py)

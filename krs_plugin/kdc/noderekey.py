@@ -33,6 +33,7 @@ from krs_plugin.errors import KrsError, SignatureError
 from krs_plugin.kdc.build import build_distribution
 from krs_plugin.kdc.distribute import LIVE_STATES, distribute_node, recipient_for
 from krs_plugin.kdc.identity import KdcIdentity
+from krs_plugin.kdc.pqidentity import pq_signer
 from krs_plugin.kdc.store import NodeRow, StateError, Store
 from krs_plugin.payload import encode_payload, ping_entry
 from krs_plugin.protocol import sig0
@@ -217,6 +218,7 @@ def send_ping(
             content="mgmt_operations",
             counts={"operation_count": 1},
             distribution_ttl=REQUEST_TTL,
+            pq_signer=pq_signer(store.path.parent / "keys"),
         )
         store.add_distribution(
             dist_id,

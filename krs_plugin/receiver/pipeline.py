@@ -21,6 +21,7 @@ from krs_plugin.adapters.transaction import apply_atomically, restore_zones
 from krs_plugin.config import Config
 from krs_plugin.confirmation import failure_report, served_part
 from krs_plugin.crypto import JoseKey, load_hpke_private, load_hybrid_private, load_jose_key
+from krs_plugin.crypto.pqsig import MldsaKey, load_mldsa_public
 from krs_plugin.errors import DONE, KrsError, PolicyError, outcome_of, stage_of
 from krs_plugin.memory import give_back
 from krs_plugin.payload import Payload, Ping, RollKey, parse_payload
@@ -114,6 +115,8 @@ class Pipeline:
         self.verifier = verifier
         self.kdc = config.control_zone.to_text()
         self.adapter_id = adapter_identity(config)  # recorded with each apply
+        pq_file = config.kdc.pq_verification_key  # required ML-DSA-65 signature, when set
+        self.pq_verifiers: tuple[MldsaKey, ...] = (load_mldsa_public(pq_file),) if pq_file else ()
 
     def process(
         self,
@@ -150,6 +153,7 @@ class Pipeline:
                 limits=self.config.limits,
                 allow_unsigned=self.config.kdc.allow_unsigned,
                 clock_skew=self.config.clock_skew,
+                pq_verifiers=self.pq_verifiers,
             )
             if not unpacked.signed:
                 log.warning("distribution %s accepted UNSIGNED (allow_unsigned: true)", dist_id)

@@ -1,8 +1,9 @@
 """From fetched CHUNK records to the verified cleartext of one distribution (the KRS half).
 
 Order matters and is fixed here: manifest HMAC and freshness, recipient, limits, reassembly, the
-KDC's signature, and only then decryption. Each step raises its own error type, naming the
-distribution, so an operator can tell *where* a distribution failed.
+KDC's signatures (ML-DSA-65 when configured, then the JWS), and only then decryption. Each step
+raises its own error type, naming the distribution, so an operator can tell *where* a
+distribution failed.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import dns.name
 from cryptography.exceptions import InvalidSignature
 
 from krs_plugin.crypto import HpkeKey, HybridKey, JoseKey, open_envelope
+from krs_plugin.crypto.pqsig import METADATA_KEY, MldsaKey, verify_distribution
 from krs_plugin.errors import DecryptionError, IntegrityError, PolicyError, SignatureError
 from krs_plugin.protocol import (
     CHUNK,
@@ -81,6 +83,7 @@ def unpack_distribution(
     limits: Limits | None = None,
     allow_unsigned: bool = False,
     clock_skew: float = DEFAULT_CLOCK_SKEW,
+    pq_verifiers: Sequence[MldsaKey] = (),
 ) -> Unpacked:
     """Check and open one distribution addressed to ``node``.
 
@@ -125,6 +128,17 @@ def unpack_distribution(
     transport = [reassemble(manifest, chunk_records, limits, where=where)]
     if isinstance(chunk_records, list):
         chunk_records.clear()  # joined: a big distribution is not held twice while it is opened
+    if pq_verifiers:
+        # The KDC's ML-DSA-65 signature, required when this node has its key: checked before the
+        # JWS and before any decryption (docs/security.md, "Post-quantum sealing").
+        verify_distribution(
+            list(pq_verifiers),
+            manifest.metadata.extra.get(METADATA_KEY),
+            distribution_id,
+            receiver or node.node_id.to_text(),
+            transport[0],
+            where,
+        )
     # Each trusted KDC key in turn (kdctrust.trusted_keys: the one that verified last first);
     # several only during a signing-key roll (docs/security.md, "Rotation").
     verifiers = [verifier] if isinstance(verifier, JoseKey) else list(verifier or ())
