@@ -4,6 +4,7 @@ the KDC's signing key and key-encryption key live (kdc/custody.py, docs/security
 from __future__ import annotations
 
 import argparse
+import json
 import sqlite3
 import time
 from pathlib import Path
@@ -111,6 +112,11 @@ def cmd_custody_status(args: argparse.Namespace) -> int:
             lines.append(f"  {name.replace('_', ' ')}: {data[name]}")
     if data["keys_plain"]:
         lines.append("  seal them: krs-kdc custody migrate --to file (or --to pkcs11 ...)")
+    if data["kek_rotation_unfinished"]:
+        lines.append(
+            "  a KEK rotation was interrupted (kdc.db opens with the KEK above); the next "
+            "krs-kdc custody rotate-kek destroys what it left"
+        )
     lines.append(f"  usable: {'yes' if data['ok'] else 'NO: ' + str(data['problem'])}")
     emit(data, lines, as_json=args.json)
     return 0 if data["ok"] else 1
@@ -141,6 +147,8 @@ def custody_report(store: Store) -> dict[str, Any]:
         data |= {"ok": False, "problem": str(exc)}
     if custody.kind == "legacy":
         data["signing_key_file"] = str(store.path.parent / cu.SIGNING_FILE)
+    unfinished = store.get_meta("custody_kek_rotation")  # kdc/kekrotate.py META_ROTATION
+    data["kek_rotation_unfinished"] = json.loads(unfinished) if unfinished else None
     return data
 
 

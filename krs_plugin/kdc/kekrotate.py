@@ -36,6 +36,7 @@ from krs_plugin.errors import ConfigError, KrsError
 from krs_plugin.kdc import custody as cu
 from krs_plugin.kdc.custodycli import reseal
 from krs_plugin.kdc.store import Store
+from krs_plugin.kdc.wake import wake_serve
 
 META_ROTATION = "custody_kek_rotation"
 _STAMP = re.compile(r"[.@]\d{8}T\d{6}Z$")
@@ -129,6 +130,11 @@ def rotate(store: Store, state: Path, *, new_kek_file: Path | None, now: float) 
         )
     if new_kek_file is not None and settings.kind != "file":
         raise ConfigError("custody rotate-kek: --new-kek-file is for custody file only")
+    if wake_serve(store):  # it answered: it holds the old KEK in memory (kdc/wake.py)
+        raise ConfigError(
+            "custody rotate-kek: krs-kdc serve is running on this kdc.db and keeps the old KEK "
+            "open; stop it first (it would fail to open the keys afterwards). Nothing was changed"
+        )
     cleaned = finish(store, state)
     current = store.custody
     current.verify()  # the KEK kdc.db needs is here, before anything is made

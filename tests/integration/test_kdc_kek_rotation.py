@@ -87,7 +87,13 @@ def test_rotate_kek_old_kek_gone_and_krs_run_installs_the_next_distribution(
         before = json.loads(deployment.kdc("--json", "custody", "status"))
         old_file = state / "keys" / "kdc.kek"
         old_kek = old_file.read_bytes() if custody == "file" else b""
-        deployment.stop("kdc")  # rotate-kek empties the WAL: no other connection
+        running = subprocess.run(
+            [KDC, "--state", str(state), "custody", "rotate-kek"], capture_output=True, text=True,
+            timeout=60,
+        )  # fmt: skip
+        assert running.returncode != 0 and "krs-kdc serve is running" in running.stderr
+        assert (state / "keys" / "kdc.kek").exists() or custody == "pkcs11"
+        deployment.stop("kdc")  # it keeps the KEK open; rotate-kek empties the WAL
 
         result = json.loads(deployment.kdc("--json", "custody", "rotate-kek"))
         assert result["sealed"] == 2 and result["custody"] == custody
@@ -177,6 +183,7 @@ def test_rotate_kek_killed_between_steps_leaves_a_kdc_that_opens_every_key(
 
     status = kdc(state, "custody", "status", env=env)
     assert isinstance(status, dict) and status["ok"], status
+    assert status["kek_rotation_unfinished"]  # said, until the next rotate-kek clears it
     again = kdc(state, "distribute", "--zone", ZONE, env=env)  # opens every key
     assert isinstance(again, dict)
     got = received(state, NODE, node, again["distribution_id"])
@@ -186,6 +193,8 @@ def test_rotate_kek_killed_between_steps_leaves_a_kdc_that_opens_every_key(
     assert isinstance(result, dict) and result["sealed"] == 2
     assert len(result["cleaned_before"]) == 1, result
     assert len(keks()) == 1  # only the KEK kdc.db names is left
+    done = kdc(state, "custody", "status", env=env)
+    assert isinstance(done, dict) and done["kek_rotation_unfinished"] is None
     last = kdc(state, "distribute", "--zone", ZONE, env=env)
     assert isinstance(last, dict)
     got = received(state, NODE, node, last["distribution_id"])
