@@ -134,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--status", action="store_true", help="show the keys and rotation, change nothing"
     )
+    p.add_argument(
+        "--backend",
+        choices=("hpke", "jose", "hpke-pq"),
+        help="move to this backend's key (default: keep the node's backend; docs/enrollment.md "
+        "section 7)",
+    )
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the KDC")
     _config_option(p)
     _json_option(p)

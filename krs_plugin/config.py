@@ -18,6 +18,7 @@ import dns.exception
 import dns.name
 import yaml
 
+from krs_plugin import keymove
 from krs_plugin.adapters.registry import names as adapter_names
 from krs_plugin.dnsio import connection_budget_problem, default_max_connections
 from krs_plugin.errors import ConfigError
@@ -190,7 +191,7 @@ class _Reader:
             raise self.fail(key, f"must be true or false, got {value!r}")
         return value
 
-    def file(self, value: Any, key: str, *, required: bool) -> Path | None:
+    def file(self, value: Any, key: str, *, required: bool, exists: bool = True) -> Path | None:
         if value is None:
             if required:
                 raise self.fail(key, "is required")
@@ -200,7 +201,7 @@ class _Reader:
         path = Path(value)
         if not path.is_absolute():
             path = self.path.parent / path
-        if not self.require_files:
+        if not self.require_files or not exists:
             return path  # krs doctor checks the file itself, next to everything else
         if not path.is_file():
             raise self.fail(key, f"file {path} does not exist")
@@ -277,11 +278,19 @@ def load_config(path: str | os.PathLike[str], *, require_files: bool = True) -> 
             raise r.fail(required, "is required")
 
     keys_raw = r.mapping(top.get("keys"), "keys", {"hpke", "jose", "signing", "hpke-pq"})
+    # A move to another backend (krs rekey --backend) changes which key files are in use
+    # without writing krs.yaml: keymove reads it from the files (docs/enrollment.md section 7).
+    named = {b: r.file(keys_raw.get(b), f"keys.{b}", required=False, exists=False)
+             for b in keymove.BACKENDS}  # fmt: skip
+    held = keymove.resolve(named)
+    for b, held_path in held.items():
+        if held_path is not None:
+            r.file(str(held_path), f"keys.{b}", required=False)
     keys = KeyFiles(
-        r.file(keys_raw.get("hpke"), "keys.hpke", required=False),
-        r.file(keys_raw.get("jose"), "keys.jose", required=False),
+        held["hpke"],
+        held["jose"],
         r.file(keys_raw.get("signing"), "keys.signing", required=False),
-        r.file(keys_raw.get("hpke-pq"), "keys.hpke-pq", required=False),
+        held["hpke-pq"],
     )
     if keys.hpke is None and keys.jose is None and keys.hpke_pq is None:
         raise r.fail(

@@ -374,12 +374,8 @@ class RekeyDesk:
             raise Refusal(dns.rcode.REFUSED, f"SIG(0): {current_failed}") from current_failed
         if keys == _new_of(node):
             return "these keys are already the node's; nothing changed"
-        if keys.backend != node.backend:
-            raise Refusal(
-                dns.rcode.REFUSED,
-                f"backend {keys.backend}: node {node.id} uses {node.backend}; a change of "
-                "backend is an enrollment",
-            )
+        # A change of backend is a rotation like any other (krs rekey --backend; docs/kdc.md,
+        # "Rotating a node's keys"): check_body took only a backend this KDC seals with.
         return self.switch(node, keys, state, now)
 
     def _verify_sig0(self, wire: bytes, key_text: str, node_id: str, now: float) -> None:
@@ -402,6 +398,8 @@ class RekeyDesk:
                 f"UPDATE nodes SET {column} = ?, signing_pubkey = ?, sig0_pubkey = ? WHERE id = ?",
                 (keys.backend_pubkey, keys.signing_pubkey, keys.sig0_pubkey, node.id),
             )
+            if keys.backend != node.backend:
+                set_backend(self.store, node.id, keys.backend)
             _upsert(
                 self.store,
                 node,
@@ -422,6 +420,7 @@ class RekeyDesk:
                 now=now,
                 details={
                     "requested": state.state == "requested",
+                    "backend": {"old": node.backend, "new": keys.backend},
                     "old": {k: thumbprint(v) for k, v in old.items()},
                     "new": {k: thumbprint(v) for k, v in public_of(updated).items()},
                     "distribution": resealed,
@@ -445,6 +444,20 @@ class RekeyDesk:
                 self.store, self.identity, node.id, zones=zones, now=now
             ).distribution_id
         return send_ping(self.store, self.identity, node, rekey=False, now=now)
+
+
+def set_backend(store: Store, node_id: str, backend: str) -> None:
+    """The node's backend as docs/kdc.md, "Nodes with the hybrid backend", stores it: hpke-pq in
+    ``sealing`` with ``backend`` left at ``hpke`` (its CHECK allows only hpke and jose); hpke or
+    jose in ``backend`` with ``sealing`` cleared."""
+    if backend == "hpke-pq":
+        store.db.execute(
+            "UPDATE nodes SET backend = 'hpke', sealing = 'hpke-pq' WHERE id = ?", (node_id,)
+        )
+    else:
+        store.db.execute(
+            "UPDATE nodes SET backend = ?, sealing = NULL WHERE id = ?", (backend, node_id)
+        )
 
 
 def _new_of(node: NodeRow) -> NewPublicKeys:

@@ -32,17 +32,17 @@ import dns.rcode
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from krs_plugin.config import Config
+from krs_plugin import keymove
+from krs_plugin.config import Config, load_config
 from krs_plugin.crypto import (
     HpkeKey,
     HybridKey,
     JoseKey,
-    load_hpke_private,
     load_jose_key,
     write_secret_file,
 )
-from krs_plugin.crypto.hybrid import load_hybrid_private, write_hybrid_private
-from krs_plugin.crypto.keys import write_hpke_private, write_jose_private
+from krs_plugin.crypto.keys import write_jose_private
+from krs_plugin.crypto.nodekey import generate_node_key, load_node_private, write_node_private
 from krs_plugin.enrollment import ede_text
 from krs_plugin.errors import ConfigError, EnrollmentError, KrsError
 from krs_plugin.rekey import build_update, public_keys, request_body
@@ -63,12 +63,15 @@ class RekeyError(KrsError):
 
 @dataclass(frozen=True)
 class KeyPaths:
-    """The node's three private key files (current names)."""
+    """The node's three private key files (current names). ``backend`` is the backend rotated to;
+    in a move to another backend (``krs rekey --backend``) ``moving_from`` is the backend and file
+    of the key in use until the switch (docs/enrollment.md section 7)."""
 
     backend: str
     backend_file: Path
     signing: Path
     sig0: Path
+    moving_from: tuple[str, Path] | None = None
 
     def all(self) -> tuple[Path, Path, Path]:
         return (self.backend_file, self.signing, self.sig0)
@@ -81,29 +84,47 @@ class RekeyResult:
     detail: str
 
 
-def key_paths(config: Config) -> KeyPaths:
-    """Where the node's keys are; ConfigError naming what is missing for a rotation."""
+def resolved_keys(config: Config) -> dict[str, Path | None]:
+    keys = config.keys
+    return {"hpke": keys.hpke, "jose": keys.jose, "hpke-pq": keys.hpke_pq}
+
+
+def key_paths(config: Config, to: str | None = None) -> KeyPaths:
+    """Where the node's keys are (``to``: the backend to move to, None to keep the current one,
+    or the one of a move sent without an answer); ConfigError naming what is missing."""
     keys = config.keys
     if keys.signing is None:
         raise ConfigError(
             f"{config.path}: keys.signing is not set: a node without a signing key cannot rekey "
             "(the KDC knows it by address only); enrol it again"
         )
-    if keys.hpke is not None:
-        backend, path = "hpke", keys.hpke
-    elif keys.jose is not None:
-        backend, path = "jose", keys.jose
-    elif keys.hpke_pq is not None:
-        backend, path = "hpke-pq", keys.hpke_pq
-    else:
+    resolved = resolved_keys(config)
+    found = keymove.current_backend(resolved)
+    if found is None:
         raise ConfigError(f"{config.path}: keys: no hpke, jose or hpke-pq key to rotate")
+    backend, path = found
+    everywhere = keymove.backend_paths(resolved)
+    pending = [
+        b for b in keymove.BACKENDS if b != backend and suffixed(everywhere[b], NEXT).exists()
+    ]
+    if pending and to is not None and to not in (pending[0], backend):
+        raise RekeyError(
+            f"a move to {pending[0]} was sent without a known answer "
+            f"({suffixed(everywhere[pending[0]], NEXT)} exists): run krs rekey --backend "
+            f"{pending[0]} to finish it first; nothing was changed"
+        )
+    target = pending[0] if pending else (to or backend)
+    moving = (backend, path) if target != backend else None
+    if moving is not None:
+        path = everywhere[target]
+        backend = target
     sig0 = keys.signing.parent / SIG0_FILE
     if not sig0.exists():
         raise ConfigError(
             f"{sig0}: the node's SIG(0) key (made by krs enroll) is missing: the KDC takes a "
             "rekey only signed with it"
         )
-    return KeyPaths(backend, path, keys.signing, sig0)
+    return KeyPaths(backend, path, keys.signing, sig0, moving)
 
 
 def suffixed(path: Path, suffix: str) -> Path:
@@ -154,27 +175,15 @@ def load_sig0(path: Path) -> Ed25519PrivateKey:
 
 
 def _load_backend(backend: str, path: Path) -> HpkeKey | JoseKey | HybridKey:
-    if backend == "hpke-pq":
-        return load_hybrid_private(path)
-    return load_hpke_private(path) if backend == "hpke" else load_jose_key(path)
+    return load_node_private(backend, path)
 
 
 def _make_next(paths: KeyPaths) -> None:
-    """New keys, 0600 from creation, as ``<key>.next`` (never over a current file)."""
-    if paths.backend == "hpke":
-        write_hpke_private(
-            suffixed(paths.backend_file, NEXT), HpkeKey.generate(), comment="node X25519 (HPKE) key"
-        )
-    elif paths.backend == "hpke-pq":
-        write_hybrid_private(
-            suffixed(paths.backend_file, NEXT),
-            HybridKey.generate(),
-            comment="node ML-KEM-768 + X25519 (hpke-pq) key",
-        )
-    else:
-        write_jose_private(
-            suffixed(paths.backend_file, NEXT), JoseKey.generate(), comment="node P-256 (JOSE) key"
-        )
+    """New keys, 0600 from creation, as ``<key>.next`` (never over a current file); the backend
+    key is the backend rotated to (generate_node_key, the one place a backend's key is made)."""
+    write_node_private(
+        suffixed(paths.backend_file, NEXT), paths.backend, generate_node_key(paths.backend)
+    )
     write_jose_private(
         suffixed(paths.signing, NEXT),
         JoseKey.generate(),
@@ -193,8 +202,13 @@ def _drop_next(paths: KeyPaths) -> None:
 
 
 def _switch_files(paths: KeyPaths) -> None:
-    """Current -> ``.previous`` (hard link), ``.next`` -> current; safe to repeat after a crash."""
-    for path in paths.all():
+    """Current -> ``.previous`` (hard link), ``.next`` -> current; safe to repeat after a crash.
+    In a move the old backend's file is linked as ``.previous`` before the new backend's key is
+    put in place and unlinked after (keymove.is_old reads each state in between)."""
+    files = [paths.signing, paths.sig0]
+    if paths.moving_from is None:
+        files.append(paths.backend_file)
+    for path in files:
         following = suffixed(path, NEXT)
         if not following.exists():
             continue
@@ -202,13 +216,30 @@ def _switch_files(paths: KeyPaths) -> None:
         if not previous.exists():
             os.link(path, previous)
         os.replace(following, path)
+    if paths.moving_from is not None:
+        old = paths.moving_from[1]
+        following = suffixed(paths.backend_file, NEXT)
+        if following.exists():
+            previous = suffixed(old, PREVIOUS)
+            if not previous.exists():
+                os.link(old, previous)
+            os.replace(following, paths.backend_file)
+        if keymove.is_old(old) and old.exists():
+            old.unlink()
 
 
-def rekey(config: Config, *, timeout: float = TIMEOUT, now: float | None = None) -> RekeyResult:
-    """Rotate this node's keys; RekeyError (the node keeps its current keys) when the KDC does
-    not take them. Idempotent: run again after no answer, it sends the same new keys."""
+def rekey(
+    config: Config,
+    *,
+    timeout: float = TIMEOUT,
+    now: float | None = None,
+    backend: str | None = None,
+) -> RekeyResult:
+    """Rotate this node's keys (to ``backend``'s key when given: a move, docs/enrollment.md
+    section 7); RekeyError (the node keeps its current keys) when the KDC does not take them.
+    Idempotent: run again after no answer, it sends the same new keys."""
     with rotation_lock(config):
-        paths = key_paths(config)
+        paths = key_paths(config, backend)
         state = phase(paths)
         if state == "switched":
             return RekeyResult(
@@ -264,12 +295,15 @@ def rekey(config: Config, *, timeout: float = TIMEOUT, now: float | None = None)
                 "run krs rekey again, which finishes the switch (the .next files hold the keys "
                 "the KDC has)"
             ) from exc
-    log.info("node keys rotated: the KDC seals to the new %s key from now on", paths.backend)
+    moved = f" (moved from {paths.moving_from[0]})" if paths.moving_from else ""
+    log.info(
+        "node keys rotated: the KDC seals to the new %s key from now on%s", paths.backend, moved
+    )
     return RekeyResult(
         "switched",
         paths.backend,
-        "the KDC has the new keys; the old ones are destroyed once a distribution sealed to the "
-        "new ones is opened",
+        f"the KDC has the new keys{moved}; the old ones are destroyed once a distribution sealed "
+        "to the new ones is opened",
     )
 
 
@@ -294,8 +328,9 @@ def _send(config: Config, wire: bytes, timeout: float) -> dns.message.Message:
 def alternate_keys(config: Config, backend: str) -> list[HpkeKey | JoseKey | HybridKey]:
     """Backend keys to try when the loaded one does not fit a distribution: the current file
     (rotated since ``krs run`` loaded it), then ``.next`` and ``.previous``, read now."""
-    keys = config.keys
-    path = {"hpke": keys.hpke, "jose": keys.jose, "hpke-pq": keys.hpke_pq}.get(backend)
+    # Every backend's path, not only the loaded config's: a move (keymove) adds a backend the
+    # running config may not have loaded yet.
+    path = keymove.backend_paths(resolved_keys(config)).get(backend)
     if path is None:
         return []
     found: list[HpkeKey | JoseKey | HybridKey] = []
@@ -308,10 +343,13 @@ def alternate_keys(config: Config, backend: str) -> list[HpkeKey | JoseKey | Hyb
 
 def retire_previous(config: Config, opened_with: HpkeKey | JoseKey | HybridKey) -> bool:
     """A distribution opened with ``opened_with``: when that is the current (new) backend key
-    of a switched rotation, unlink the old keys. True when it did."""
+    of a switched rotation, unlink the old keys (and the old backend's key of a move). True when
+    it did. krs.yaml is read again: the running config may be from before the switch."""
+    with contextlib.suppress(KrsError, OSError):  # else the daemon's config says which are
+        config = load_config(config.path)
     try:
         paths = key_paths(config)
-    except ConfigError:
+    except (ConfigError, RekeyError):
         return False
     if phase(paths) != "switched":
         return False
@@ -325,6 +363,7 @@ def retire_previous(config: Config, opened_with: HpkeKey | JoseKey | HybridKey) 
         with rotation_lock(config):
             for path in paths.all():
                 suffixed(path, PREVIOUS).unlink(missing_ok=True)
+            keymove.retire(resolved_keys(config))
     except RekeyError:
         return False  # another rotation runs: the next distribution retires them
     log.info("a distribution sealed to the new node key opened: the old node keys are destroyed")

@@ -76,7 +76,7 @@ def rekey_command(args: argparse.Namespace) -> int:
         status = key_status(config)
         emit(status, status_lines(config), as_json=args.json)
         return 0
-    result = rekey(config, timeout=args.timeout)
+    result = rekey(config, timeout=args.timeout, backend=args.backend)
     emit(
         {"outcome": result.outcome, "backend": result.backend, "detail": result.detail},
         [f"rekey {result.outcome} ({result.backend}): {result.detail}"],

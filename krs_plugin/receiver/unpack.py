@@ -94,7 +94,15 @@ def unpack_distribution(
     where = f"distribution {distribution_id} for {node.node_id}"
     # The HMAC key depends on the backend named inside the manifest (tdns reads it first too).
     peeked = decode_manifest(manifest_record.data, max_payload_bytes=limits.max_total_bytes)
-    key = node.key_for(peeked.metadata.crypto, where)
+    try:
+        key = node.key_for(peeked.metadata.crypto, where)
+    except DecryptionError:
+        # A move to another backend (krs rekey --backend; docs/enrollment.md section 7): the new
+        # backend's key is on disk before krs run has reloaded it.
+        found = list(node.alternates(peeked.metadata.crypto)) if node.alternates else []
+        if not found:
+            raise
+        key = found[0]
     try:
         manifest = read_manifest_record(
             manifest_record, key.hmac_key, where=where, max_payload_bytes=limits.max_total_bytes
