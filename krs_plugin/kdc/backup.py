@@ -494,8 +494,11 @@ def restore(
         (staging / KEYS_DIR).mkdir(mode=0o700)
         for name, (data, mode) in opened.keys.items():
             atomic_write(staging / KEYS_DIR / name, data, mode)
-        if install_kek is not None:
-            atomic_write(staging / cu.DEFAULT_KEK_FILE, install_kek.read_bytes(), SECRET_MODE)
+        if install_kek is not None:  # where kdc.db names it (a rotate-kek: keys/kdc.TIME.kek)
+            relative = Path(settings.kek_file or cu.DEFAULT_KEK_FILE)
+            if relative.parent != Path(KEYS_DIR) or relative.name in ("", ".", ".."):
+                relative = Path(cu.DEFAULT_KEK_FILE)  # never outside keys/ (a forged backup)
+            atomic_write(staging / relative, install_kek.read_bytes(), SECRET_MODE)
         atomic_write(staging / DB_NAME, opened.db, SECRET_MODE)
         store = Store(staging / DB_NAME)
         try:

@@ -115,7 +115,9 @@ def _new_file_kek(
         if path == old:
             raise ConfigError(f"custody rotate-kek: {path} is the current KEK file")
         return path, None if path.exists() else {"kind": "file", "path": str(path)}
-    path = old.with_name(_STAMP.sub("", old.name) + "." + _stamp(now))
+    # NAME.TIME.kek: a backup leaves out every *.kek of keys/ (kdc/backup.py), leftovers too
+    stem = _STAMP.sub("", old.name.removesuffix(".kek"))
+    path = old.with_name(f"{stem}.{_stamp(now)}.kek")
     return path, {"kind": "file", "path": str(path)}
 
 

@@ -171,7 +171,7 @@ def test_rotate_kek_killed_between_steps_leaves_a_kdc_that_opens_every_key(
 
     def keks() -> set[str]:
         if hsm is None:
-            return {p.name for p in (state / "keys").glob("kdc.kek*")}
+            return {p.name for p in (state / "keys").glob("*.kek")}
         return token_keks(env, hsm.module, hsm.label, hsm.pin)
 
     killed = subprocess.run(
@@ -314,3 +314,47 @@ def test_rotate_kek_from_a_systemd_credential_needs_the_new_kek_file_and_the_cre
     assert isinstance(again, dict)
     got = received(state, NODE, node, again["distribution_id"])
     assert {(k.key_tag, k.key_material) for k in got} == wanted
+
+
+def test_backups_before_and_after_a_rotation_restore_with_their_own_kek_copy(
+    tmp_path: Path,
+) -> None:
+    """A backup carries no KEK file, old or new; one taken after rotate-kek restores with the new
+    KEK's copy (installed where kdc.db names it), one taken before with the old copy, and
+    not with the other (docs/kdc.md, "Backup and restore")."""
+    live = tmp_path / "live"
+    node = HpkeKey.generate()
+    write_hpke_public(tmp_path / "node.pub", node)
+    kdc(live, "init", "--control-zone", CZ)
+    kdc(live, "zone", "add", ZONE)
+    kdc(live, "key", "generate", "--zone", ZONE, "--role", "CSK")
+    add_node(live, tmp_path)
+    offline = tmp_path / "offline"
+    offline.mkdir()
+    private = offline / "backup.privatekey"
+    kdc(live, "backup", "key", "generate", "--private", str(private), "--public",
+        str(live / "keys" / "backup.pubkey"))  # fmt: skip
+    old_copy = offline / "old.kek"
+    shutil.copy(live / "keys" / "kdc.kek", old_copy)
+    kdc(live, "backup", "--output", str(tmp_path / "before.krsbackup"))
+
+    result = kdc(live, "custody", "rotate-kek")
+    assert isinstance(result, dict)
+    new_kek = Path(result["kek"])
+    assert new_kek.name.endswith(".kek") and new_kek.parent == live / "keys"
+    new_copy = offline / "new.kek"
+    shutil.copy(new_kek, new_copy)
+    kdc(live, "backup", "--output", str(tmp_path / "after.krsbackup"))
+
+    for name, copy, other in (("after", new_copy, old_copy), ("before", old_copy, new_copy)):
+        archive = str(tmp_path / f"{name}.krsbackup")
+        wrong = kdc(tmp_path / f"wrong-{name}", "restore", archive, "--key", str(private),
+                    "--kek-file", str(other), ok=False)  # fmt: skip
+        assert "is not the one kdc.db's keys are sealed with" in str(wrong)
+        target = tmp_path / f"restored-{name}"
+        kdc(target, "restore", archive, "--key", str(private), "--kek-file", str(copy))
+        status = kdc(target, "custody", "status")
+        assert isinstance(status, dict) and status["ok"], status
+        dist = kdc(target, "distribute", "--zone", ZONE)
+        assert isinstance(dist, dict)
+        assert len(received(target, NODE, node, dist["distribution_id"])) == 1
