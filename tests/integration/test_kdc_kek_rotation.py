@@ -358,3 +358,28 @@ def test_backups_before_and_after_a_rotation_restore_with_their_own_kek_copy(
         dist = kdc(target, "distribute", "--zone", ZONE)
         assert isinstance(dist, dict)
         assert len(received(target, NODE, node, dist["distribution_id"])) == 1
+
+
+def test_rotate_kek_during_a_signing_key_roll_and_the_roll_finishes(
+    tmp_path: Path,
+) -> None:
+    """A roll under way does not hold a KEK rotation (its keys are signing keys, never sealed
+    under the KEK: docs/security.md); the roll then switches and retires, and the keys open."""
+    state = tmp_path / "state"
+    node = HpkeKey.generate()
+    write_hpke_public(tmp_path / "node.pub", node)
+    kdc(state, "init", "--control-zone", CZ)
+    kdc(state, "zone", "add", ZONE)
+    kdc(state, "key", "generate", "--zone", ZONE, "--role", "CSK")
+    kdc(state, "identity", "roll")  # no node yet: nothing holds its steps
+    result = kdc(state, "custody", "rotate-kek")
+    assert isinstance(result, dict) and result["sealed"] == 1
+    kdc(state, "identity", "roll", "--continue")
+    kdc(state, "identity", "roll", "--continue")
+    status = kdc(state, "identity", "status")
+    assert isinstance(status, dict) and status["phase"] == "idle"
+    add_node(state, tmp_path)
+    dist = kdc(state, "distribute", "--zone", ZONE)
+    assert isinstance(dist, dict)
+    assert len(received(state, NODE, node, dist["distribution_id"])) == 1
+    assert kdc(state, "custody", "status")["ok"]  # type: ignore[index]
