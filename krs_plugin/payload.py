@@ -45,6 +45,7 @@ from krs_plugin.errors import (
     PolicyError,
     UnsupportedAlgorithmError,
 )
+from krs_plugin.protocol.manifest import BACKENDS
 
 KeyType = Literal["ZSK", "KSK", "CSK"]
 KEY_TYPES: tuple[KeyType, ...] = ("ZSK", "KSK", "CSK")
@@ -147,6 +148,7 @@ class Ping:
     envelope: Envelope = field(default_factory=Envelope)
     operation: Literal["ping"] = "ping"
     rekey: bool = False  # ours: the KDC asks the node to rotate its keys (docs/payload.md)
+    rekey_backend: str | None = None  # ours: ... and to move to this backend (``rekey: NAME``)
 
 
 Entry = RollKey | DeleteKey | Ping
@@ -353,6 +355,7 @@ def ping_entry(
     issued_at: int | None = None,
     expires_at: int | None = None,
     rekey: bool = False,
+    rekey_backend: str | None = None,
 ) -> Ping:
     """A ``ping`` entry; ``timestamp`` is RFC 3339 text as tdns sends it."""
     where = "ping_entry"
@@ -361,7 +364,10 @@ def ping_entry(
         _check_rfc3339(timestamp, where)
     envelope = Envelope(distribution_id, issued_at, expires_at)
     _check_envelope(envelope, where)
-    return Ping(nonce, timestamp, envelope, rekey=rekey)
+    if rekey_backend is not None and rekey_backend not in BACKENDS:
+        _fail(where, f"rekey backend {rekey_backend!r} is not one of {list(BACKENDS)}")
+    return Ping(nonce, timestamp, envelope, rekey=rekey or rekey_backend is not None,
+                rekey_backend=rekey_backend)  # fmt: skip
 
 
 def encode_payload(entries: Sequence[Entry], kdc_keys: Sequence[JoseKey] = ()) -> bytes:
@@ -444,7 +450,7 @@ def _entry_json(entry: Entry) -> dict[str, Any]:
     if entry.timestamp is not None:
         meta["timestamp"] = entry.timestamp
     if entry.rekey:
-        meta["rekey"] = True
+        meta["rekey"] = entry.rekey_backend or True
     return {"operation": "ping", "metadata": _sorted(meta)}
 
 
@@ -670,6 +676,11 @@ def _parse_ping(meta: Mapping[str, Any], envelope: Envelope, where: str) -> Ping
     if timestamp is not None:
         _check_rfc3339(timestamp, where)
     _check_crypto(meta, where)
+    rekey = meta.get("rekey")
+    if isinstance(rekey, str):  # a backend to move to (krs rekey --backend)
+        if rekey not in BACKENDS:
+            _fail(where, f"metadata 'rekey' names backend {rekey!r}, not one of {list(BACKENDS)}")
+        return Ping(nonce, timestamp, envelope, rekey=True, rekey_backend=rekey)
     rekey = _meta(meta, "rekey", bool, where)
     return Ping(nonce, timestamp, envelope, rekey=bool(rekey))
 

@@ -146,12 +146,19 @@ def _upsert(store: Store, node: NodeRow, **values: object) -> None:
 
 
 def request(
-    store: Store, identity: KdcIdentity | None, node_id: str, *, cause: str, now: float
+    store: Store,
+    identity: KdcIdentity | None,
+    node_id: str,
+    *,
+    cause: str,
+    now: float,
+    backend: str | None = None,
 ) -> str | None:
     """Mark ``node_id`` to rekey and make the ping distribution that asks it (its id), in one
     transaction. A node asked less than ``REQUEST_TTL`` ago gets no second ping (None); once that
     ping expired unanswered (the node was down), it is asked again. Refused for a node without a
-    SIG(0) key (it could not sign the rekey UPDATE) or without a signing key."""
+    SIG(0) key (it could not sign the rekey UPDATE) or without a signing key. ``backend``: the
+    ping asks the node to move to it (``rekey: NAME``; docs/enrollment.md section 7)."""
     ensure_table(store)
     node = store.require_node(node_id)
     if not node.sig0_pubkey or not node.signing_pubkey:
@@ -171,12 +178,12 @@ def request(
         _upsert(store, node, state="requested", requested_at=int(now), request_cause=cause)
         dist_id = None
         if identity is not None:
-            dist_id = send_ping(store, identity, node, rekey=True, now=now)
+            dist_id = send_ping(store, identity, node, rekey=True, now=now, backend=backend)
         store.audit(
             "node.rekey.request",
             node=node.id,
             now=now,
-            details={"cause": cause, "distribution": dist_id},
+            details={"cause": cause, "distribution": dist_id, "backend": backend or node.backend},
         )
     return dist_id
 
@@ -193,7 +200,13 @@ def cancel(store: Store, node_id: str, *, now: float) -> bool:
 
 
 def send_ping(
-    store: Store, identity: KdcIdentity, node: NodeRow, *, rekey: bool, now: float
+    store: Store,
+    identity: KdcIdentity,
+    node: NodeRow,
+    *,
+    rekey: bool,
+    now: float,
+    backend: str | None = None,
 ) -> str:
     """One distribution holding a single ping entry for ``node`` (sealed to its current key);
     with ``rekey`` its metadata carries our ``rekey: true`` (docs/payload.md)."""
@@ -208,6 +221,7 @@ def send_ping(
             issued_at=stamp,
             expires_at=stamp + REQUEST_TTL,
             rekey=rekey,
+            rekey_backend=backend if rekey and backend != node.backend else None,
         )
         records = build_distribution(
             encode_payload([entry]),

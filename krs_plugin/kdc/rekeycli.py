@@ -46,7 +46,11 @@ def cmd_node_rekey(args: argparse.Namespace) -> int:
         )
         return 0
     identity = load_identity(state_dir(args) / "keys", store.custody)
-    dist_id = noderekey.request(store, identity, args.node_id, cause="operator", now=now)
+    backend = args.backend
+    cause = "operator" if backend is None else f"operator: move to {backend}"
+    dist_id = noderekey.request(
+        store, identity, args.node_id, cause=cause, now=now, backend=backend
+    )
     if dist_id is not None and not args.dry_run:
         wake_serve(store)
     node = store.require_node(args.node_id)
@@ -97,3 +101,8 @@ def add_parsers(node: Any, add: Any) -> None:
         help="serve asks every node whose keys are older than this (e.g. 365d)",
     )
     p.add_argument("--never", action="store_true", help="no maximum node-key age")
+    p.add_argument(
+        "--backend",
+        choices=("hpke", "jose", "hpke-pq"),
+        help="ask the node to move to this backend's key (docs/enrollment.md section 7)",
+    )

@@ -47,6 +47,7 @@ class Outcome:
     plans: tuple[KeyPlan, ...] = ()
     report: dict[str, object] = field(default_factory=dict)
     rekey_requested: bool = False  # a ping carried the KDC's ``rekey`` (receiver/rekey.py)
+    rekey_backend: str | None = None  # ... naming a backend to move to (``rekey: NAME``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +171,8 @@ class Pipeline:
             )
             known = Carried.of(payload)
             rekey_asked = any(isinstance(e, Ping) and e.rekey for e in payload.entries)
+            move_to = next((e.rekey_backend for e in payload.entries
+                            if isinstance(e, Ping) and e.rekey_backend), None)  # fmt: skip
             if opened_with is not None and not dry_run:
                 retire_previous(self.config, opened_with)  # sealed to the new key: old ones go
             if verified_by is not None and not dry_run:
@@ -201,8 +204,9 @@ class Pipeline:
         )  # fmt: skip
         log.info("distribution %s applied: %d zone(s)", dist_id, len(plans))
         return Outcome(
-            dist_id, "applied", DONE, None, tuple(results), tuple(plans), report, rekey_asked
-        )
+            dist_id, "applied", DONE, None, tuple(results), tuple(plans), report, rekey_asked,
+            move_to,
+        )  # fmt: skip
 
     def recover(self) -> list[str]:
         """Roll back applies that a crash interrupted, so each zone holds its old key set; the

@@ -356,7 +356,7 @@ class Service:
             self.metrics.last_success.set_to_current_time()
             self.maintain_wake.set()  # new keys, new signatures: the adapter's schedule moved
             if outcome.rekey_requested:
-                self._spawn_rekey()
+                self._spawn_rekey(outcome.rekey_backend)
         log.info(
             "distribution %s %s in %.3f s",
             dist_id,
@@ -647,19 +647,22 @@ class Service:
             self._resend_loop(zones, reason), name="resync"
         )
 
-    def _spawn_rekey(self) -> None:
+    def _spawn_rekey(self, backend: str | None = None) -> None:
         if self.rekey_task is not None and not self.rekey_task.done():
             return
-        self.rekey_task = asyncio.get_running_loop().create_task(self._rekey_loop(), name="rekey")
+        self.rekey_task = asyncio.get_running_loop().create_task(
+            self._rekey_loop(backend), name="rekey"
+        )
 
-    async def _rekey_loop(self) -> None:
-        """The KDC asked this node to rotate its keys: ``krs rekey``'s own code, tried again with
-        backoff while it fails (the node keeps its keys meanwhile), then a reload."""
+    async def _rekey_loop(self, backend: str | None = None) -> None:
+        """The KDC asked this node to rotate its keys (to ``backend``'s key when it named one:
+        ``krs rekey --backend``): ``krs rekey``'s own code, tried again with backoff while it
+        fails (the node keeps its keys meanwhile), then a reload."""
         attempts = 0
         while True:
             attempts += 1
             try:
-                result = await asyncio.to_thread(rotate_keys, self.config)
+                result = await asyncio.to_thread(rotate_keys, self.config, backend=backend)
             except KrsError as exc:
                 log.warning(
                     "the KDC asked for a key rotation; it failed (try %d): %s",

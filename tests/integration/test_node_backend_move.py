@@ -203,3 +203,26 @@ def test_a_move_to_a_backend_the_kdc_does_not_know_is_refused_changing_nothing(
     assert rows(kdc) == before and "node.rekey.switch" not in audit_kinds(kdc)
     assert {p.name: p.read_bytes() for p in node.glob("node.*")} == files
     assert node_show(kdc)["backend"] == "hpke"
+
+
+def test_the_kdc_asks_a_node_to_move_to_hpke_pq_and_krs_run_does_it(
+    kdc: Deployment, tmp_path: Path
+) -> None:
+    node = enrol(kdc, tmp_path)
+    run_node(kdc, node)
+    wait_until(lambda: all_confirmed(kdc), 60, lambda: f"the first distribution:\n{kdc.all_logs()}")
+    asked = json.loads(kdc.kdc("--json", "node", "rekey", NEW, "--backend", "hpke-pq"))
+    assert asked["distribution_id"]
+    wait_until(
+        lambda: node_show(kdc)["backend"] == "hpke-pq",
+        90,
+        lambda: f"the move the KDC asked for:\n{kdc.all_logs()}",
+    )
+    assert switch_details(kdc)[-1]["backend"] == {"old": "hpke", "new": "hpke-pq"}
+    tag = new_zsk(kdc)
+    dist = kdc.distribute("--zone", ZONE, "--node", NEW)
+    assert published_backend(kdc, dist) == "hpke-pq"
+    wait_until(lambda: status_of(kdc, dist) == "confirmed", 90, lambda: kdc.all_logs())
+    assert kdc_dnskey(kdc, tag) in installed_dnskeys(node)
+    settled(kdc, node, "hpke-pq")
+    assert "the KDC asked for a key rotation" in kdc.log("krs-new")
