@@ -107,7 +107,7 @@ def key_paths(config: Config, to: str | None = None) -> KeyPaths:
     pending = [
         b for b in keymove.BACKENDS if b != backend and suffixed(everywhere[b], NEXT).exists()
     ]
-    if pending and to is not None and to not in (pending[0], backend):
+    if pending and to is not None and to != pending[0]:
         raise RekeyError(
             f"a move to {pending[0]} was sent without a known answer "
             f"({suffixed(everywhere[pending[0]], NEXT)} exists): run krs rekey --backend "
