@@ -226,3 +226,31 @@ def test_the_kdc_asks_a_node_to_move_to_hpke_pq_and_krs_run_does_it(
     assert kdc_dnskey(kdc, tag) in installed_dnskeys(node)
     settled(kdc, node, "hpke-pq")
     assert "the KDC asked for a key rotation" in kdc.log("krs-new")
+
+
+def test_a_move_without_an_answer_is_finished_by_the_next_krs_rekey_and_not_redirected(
+    kdc: Deployment, tmp_path: Path
+) -> None:
+    node = enrol(kdc, tmp_path)
+    files = {p.name: p.read_bytes() for p in node.glob("node.*")}
+    kdc.stop("kdc")
+    lost = krs(node, "rekey", "--backend", "hpke-pq", "--timeout", "2")
+    assert lost.returncode == 1 and "no answer from the KDC" in lost.stderr, lost.stderr
+    assert {p.name: p.read_bytes() for p in node.glob("node.*") if p.suffix != ".next"} == files
+    made = sorted(p.name for p in node.glob("*.next"))
+    assert "node.hpke-pq.privatekey.next" in made
+    sent = (node / "node.hpke-pq.privatekey.next").read_bytes()
+    # Another backend while that move's answer is unknown: refused, naming it, nothing changed.
+    other = krs(node, "rekey", "--backend", "jose")
+    assert other.returncode == 1 and "a move to hpke-pq was sent" in other.stderr, other.stderr
+    assert sorted(p.name for p in node.glob("*.next")) == made
+    kdc.start_kdc()
+    again = krs(node, "rekey")  # sends the same keys: the move completes
+    assert again.returncode == 0 and "rekey switched (hpke-pq)" in again.stdout, again.stderr
+    assert node_show(kdc)["backend"] == "hpke-pq"
+    assert (node / "node.hpke-pq.privatekey").read_bytes() == sent
+    assert (node / "node.hpke.privatekey.previous").read_bytes() == files["node.hpke.privatekey"]
+    run_node(kdc, node)
+    dist = kdc.distribute("--zone", ZONE, "--node", NEW)
+    wait_until(lambda: status_of(kdc, dist) == "confirmed", 90, lambda: kdc.all_logs())
+    settled(kdc, node, "hpke-pq")
