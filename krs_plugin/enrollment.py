@@ -43,6 +43,7 @@ import dns.update
 from krs_plugin.crypto import HpkeKey, HybridKey, JoseKey, hybrid
 from krs_plugin.crypto.hpke import open_sealed, seal
 from krs_plugin.crypto.jose import jwe_decrypt, jwe_encrypt
+from krs_plugin.crypto.pqsig import MldsaKey, mldsa_public_from_text
 from krs_plugin.errors import EnrollmentError, KrsError
 from krs_plugin.protocol.chunk import CHUNK, CHUNK_TYPE, FORMAT_JSON, make_chunk
 from krs_plugin.protocol.edns import CONTENT_ENROLLMENT, ChunkOption, find_chunk_option
@@ -109,6 +110,7 @@ class BootstrapPackage:
     valid_until: str = ""  # ours, RFC 3339
     backend: str = ""  # ours
     zones: tuple[str, ...] = ()  # ours
+    kdc_pq_pubkey: str = ""  # ours: the KDC's ML-DSA-65 public key, hex (docs/security.md)
 
     def fields(self) -> dict[str, Any]:
         data = asdict(self)
@@ -149,7 +151,13 @@ class BootstrapPackage:
         for name in ("token", "node_id", "kdc_enrollment_address", "control_zone"):
             if not isinstance(data.get(name), str) or not data[name]:
                 raise EnrollmentError(f"{where}: {name} missing or empty")
-        for name in ("kdc_hpke_pubkey", "kdc_jose_pubkey", "valid_until", "backend"):
+        for name in (
+            "kdc_hpke_pubkey",
+            "kdc_jose_pubkey",
+            "valid_until",
+            "backend",
+            "kdc_pq_pubkey",
+        ):
             if not isinstance(data.get(name, ""), str):
                 raise EnrollmentError(f"{where}: {name} must be a string")
         if not data.get("kdc_hpke_pubkey") and not data.get("kdc_jose_pubkey"):
@@ -180,10 +188,12 @@ class BootstrapPackage:
             valid_until=data.get("valid_until", ""),
             backend=data.get("backend", ""),
             zones=tuple(zones),
+            kdc_pq_pubkey=data.get("kdc_pq_pubkey", ""),
         )
         package.kdc_hpke_key()  # malformed keys are refused now, not at the first use
         package.kdc_jose_key()
         package.kdc_signing_key()
+        package.kdc_pq_key()
         if package.valid_until:
             parse_rfc3339(package.valid_until, f"{where}: valid_until")
         return package
@@ -208,6 +218,16 @@ class BootstrapPackage:
             return None
         try:
             return JoseKey.from_jwk(self.kdc_signing_pubkey, "package kdc_signing_pubkey")
+        except KrsError as exc:
+            raise EnrollmentError(str(exc)) from exc
+
+    def kdc_pq_key(self) -> MldsaKey | None:
+        """The KDC's ML-DSA-65 key, when it has one: the node then requires its signature
+        (``kdc.pq_verification_key``; docs/security.md, "The KDC's signature, post-quantum")."""
+        if not self.kdc_pq_pubkey:
+            return None
+        try:
+            return mldsa_public_from_text(self.kdc_pq_pubkey, "package kdc_pq_pubkey")
         except KrsError as exc:
             raise EnrollmentError(str(exc)) from exc
 

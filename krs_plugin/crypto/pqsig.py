@@ -128,15 +128,21 @@ def load_mldsa_private(path: str | os.PathLike[str]) -> MldsaKey:
 
 def load_mldsa_public(path: str | os.PathLike[str]) -> MldsaKey:
     """A public key file: hex (what we write) or standard base64."""
-    text = "".join(read_key_text(path).split())
+    return mldsa_public_from_text(read_key_text(path), str(path))
+
+
+def mldsa_public_from_text(text: str, where: str) -> MldsaKey:
+    """A public key as hex (what we write, and the enrollment package's ``kdc_pq_pubkey``) or
+    standard base64; ``KeyFileError`` naming ``where`` otherwise."""
+    text = "".join(text.split())
     if len(text) != 2 * PUBLIC_BYTES:
         with contextlib.suppress(binascii.Error, ValueError):
             text = base64.b64decode(text, validate=True).hex()
-    raw = _hex(text, PUBLIC_BYTES, str(path))
+    raw = _hex(text, PUBLIC_BYTES, where)
     try:
         return MldsaKey(mldsa.MLDSA65PublicKey.from_public_bytes(raw))
     except ValueError as exc:
-        raise KeyFileError(f"{path}: not an ML-DSA-65 public key: {exc}") from exc
+        raise KeyFileError(f"{where}: not an ML-DSA-65 public key: {exc}") from exc
 
 
 def write_mldsa_private(path: str | os.PathLike[str], key: MldsaKey, comment: str = "") -> None:

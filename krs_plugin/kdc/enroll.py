@@ -45,6 +45,7 @@ from krs_plugin.enrollment import (
 from krs_plugin.errors import EnrollmentError, KrsError, SignatureError
 from krs_plugin.kdc.distribute import LIVE_STATES, distribute_node
 from krs_plugin.kdc.identity import KdcIdentity
+from krs_plugin.kdc.pqidentity import pq_signer
 from krs_plugin.kdc.signroll import active_signer
 from krs_plugin.kdc.store import StateError, Store, TokenRow, canonical
 from krs_plugin.protocol import check_node_id, sig0
@@ -88,6 +89,7 @@ def create_package(
         valid_until=rfc3339(now + valid_for),
         backend=backend,
         zones=tuple(canonical(z) for z in zones),
+        kdc_pq_pubkey=pq_public_hex(store),
     )
     row = store.add_token(
         token_hash(package.token),
@@ -373,3 +375,10 @@ def _keys_ok(request: EnrollmentRequest) -> bool:
     except EnrollmentError:
         return False
     return True
+
+
+def pq_public_hex(store: Store) -> str:
+    """The KDC's ML-DSA-65 public key for a package ("" when none is enabled): the node enrolled
+    with it requires the KDC's post-quantum signature from its first distribution."""
+    key = pq_signer(store.path.parent / "keys")
+    return "" if key is None else key.public_raw.hex()

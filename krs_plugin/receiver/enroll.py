@@ -38,6 +38,7 @@ from krs_plugin.config import load_config
 from krs_plugin.crypto import HpkeKey, HybridKey, JoseKey, write_public_file, write_secret_file
 from krs_plugin.crypto.keys import write_jose_private
 from krs_plugin.crypto.nodekey import generate_node_key, write_node_private
+from krs_plugin.crypto.pqsig import write_mldsa_public
 from krs_plugin.enrollment import (
     BootstrapPackage,
     EnrollmentRequest,
@@ -199,6 +200,10 @@ def enroll(
     kdc_key_file = files["kdc"]
     write_public_file(kdc_key_file, verification)
     written.append(kdc_key_file)
+    pq_key = package.kdc_pq_key()
+    if pq_key is not None:  # the KDC signs with ML-DSA-65 too: this node requires it
+        write_mldsa_public(_pq_key_file(files), pq_key, comment="the KDC's ML-DSA-65 key")
+        written.append(_pq_key_file(files))
     _state_dir(options).mkdir(mode=0o700, parents=True, exist_ok=True)
     _write_config(options, package, keys, files, notify, host, port, adapter)
     written.append(options.config_path)
@@ -223,6 +228,11 @@ def _planned_files(options: EnrollOptions, backend: str) -> dict[str, Path]:
         "sig0": directory / "node.sig0.privatekey",
         "kdc": directory / "kdc.signing.pubkey",
     }
+
+
+def _pq_key_file(files: Mapping[str, Path]) -> Path:
+    """Where the KDC's ML-DSA-65 public key goes, beside its signing key."""
+    return files["kdc"].with_name("kdc.mldsa.pubkey")
 
 
 def _state_dir(options: EnrollOptions) -> Path:
@@ -423,7 +433,8 @@ def _write_config(
     config = {
         "node_id": package.node_id,
         "keys": {keys.backend: str(files[keys.backend]), "signing": str(files["signing"])},
-        "kdc": {"verification_key": str(files["kdc"])},
+        "kdc": {"verification_key": str(files["kdc"])}
+        | ({"pq_verification_key": str(_pq_key_file(files))} if package.kdc_pq_pubkey else {}),
         "control_zone": package.control_zone,
         "control_servers": [kdc],
         "notify": {"listen": [notify], "allowed_sources": [network]},

@@ -14,11 +14,14 @@ from typing import Any
 import dns.rdata
 import dns.rdataclass
 import pytest
-from daemonkit import NODE, ZONE, Deployment, wait_until
+import yaml
+from daemonkit import BIN, NODE, ZONE, Deployment, wait_until
+from test_enrollment import create, krs_enroll
 from test_hybrid_node import add_node, folder_tags, kdc_keys, rows_of
 
 from krs_plugin.crypto import load_hpke_private
 from krs_plugin.crypto.pqsig import METADATA_KEY, MldsaKey, load_mldsa_public
+from krs_plugin.enrollment import BootstrapPackage
 from krs_plugin.protocol import CHUNK_TYPE, build_manifest_record, decode_manifest
 from krs_plugin.protocol.manifest import Manifest, ManifestMetadata
 
@@ -148,5 +151,31 @@ def test_a_pq_node_refuses_a_bad_pq_signature_and_installs_nothing(
         else:
             assert "post-quantum (ML-DSA-65) signature does not verify" in error
         assert folder_tags(folder) == before  # the new ZSK was not installed
+    finally:
+        deployment.close()
+
+
+def test_a_node_enrolled_from_a_pq_kdc_requires_the_pq_signature(tmp_path: Path) -> None:
+    """The package carries the KDC's ML-DSA key; `krs enroll` writes it and names it in
+    krs.yaml; the node's first distribution is checked with it (and refused without it)."""
+    deployment = Deployment(tmp_path / "kdc", "hpke")
+    out = json.loads(deployment.kdc("--json", "identity", "pq-enable"))
+    try:
+        deployment.start_kdc()
+        package = create(deployment, tmp_path)
+        assert BootstrapPackage.parse(package.read_text()).kdc_pq_key() is not None
+        node = tmp_path / "node"
+        result = krs_enroll(package, node)
+        assert result.returncode == 0, result.stderr
+        config = yaml.safe_load((node / "krs.yaml").read_text())
+        pq_file = Path(config["kdc"]["pq_verification_key"])
+        assert load_mldsa_public(pq_file).fingerprint == out["fingerprint"]
+        deployment.start("krs-new", [str(BIN / "krs"), "run", "-c", str(node / "krs.yaml")])
+
+        def confirmed() -> bool:
+            mine = [d for d in deployment.distributions() if d["node_id"] == "ns2.edge.example."]
+            return bool(mine) and all(d["status"] == "confirmed" for d in mine)
+
+        wait_until(confirmed, 60, lambda: f"ns2 confirmed:\n{deployment.all_logs()}")
     finally:
         deployment.close()
