@@ -202,7 +202,10 @@ def cmd_custody_rotate_kek(args: argparse.Namespace) -> int:
             f"  replace the systemd credential {cu.KEK_CREDENTIAL} with the new KEK now, then "
             "remove the plaintext file (docs/security.md, 'Rotating the KEK')"
         )
-    lines.append("  backups taken before no longer open: take a new one (krs-kdc backup)")
+    lines.append(
+        "  backups taken before open only with the old KEK's offline copy: take a new backup "
+        "and keep a copy of the new KEK apart (docs/security.md, 'Rotating the KEK')"
+    )
     emit(result, lines, as_json=args.json)
     return 0
 

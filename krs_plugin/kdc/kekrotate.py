@@ -60,7 +60,7 @@ def _destroy(store: Store, state: Path, leftover: dict[str, Any]) -> str | None:
     settings = store.custody.settings
     if leftover["kind"] == "file":
         path = Path(leftover["path"])
-        if settings.kind == "file" and cu.kek_path(state, settings) == path:
+        if settings.kind == "file" and cu.kek_path(state, settings).resolve() == path.resolve():
             return None
         if path.exists():
             cu.shred(path)
@@ -112,7 +112,7 @@ def _new_file_kek(
     old = cu.kek_path(state, settings)
     if given is not None:
         path = given.resolve()
-        if path == old:
+        if path == old.resolve():
             raise ConfigError(f"custody rotate-kek: {path} is the current KEK file")
         return path, None if path.exists() else {"kind": "file", "path": str(path)}
     # NAME.TIME.kek: a backup leaves out every *.kek of keys/ (kdc/backup.py), leftovers too
