@@ -188,6 +188,9 @@ class Custody:
     source: str = ""  # where the KEK / PIN came from, for status (never the secret)
     _signing: JoseKey | None = field(default=None, repr=False)
     _verified: bool = field(default=False, repr=False)  # the KEK matched the check value
+    rolled_signers: Callable[[], frozenset[str]] = field(default=frozenset, repr=False)
+    """Thumbprints kdc.db records as the signing key, current or next (kdc/signroll.py); set by
+    Store.custody. A roll's switch rewrites kdc.signing.pubkey a moment before it commits."""
 
     @property
     def kind(self) -> str:
@@ -546,7 +549,9 @@ class Pkcs11Custody(Custody):
         published = self.state / SIGNING_PUBLIC_FILE
         if published.exists():
             expected = load_jose_key(published)
-            if expected.thumbprint != key.thumbprint:
+            if expected.thumbprint != key.thumbprint and (
+                key.thumbprint not in self.rolled_signers()  # read while a roll switches
+            ):
                 raise CustodyError(
                     f"custody pkcs11: the token's signing key {key.thumbprint} is not the KDC's "
                     f"({expected.thumbprint} in {published})"

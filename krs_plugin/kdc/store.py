@@ -7,6 +7,7 @@ Every change runs in one transaction: a command that fails leaves the state exac
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -509,8 +510,24 @@ class Store:
         if self._custody is None:
             settings = custody.CustodySettings.loads(self.get_meta(custody.META_KEY))
             self._custody = custody.open_custody(self.path.parent, settings)
+            self._custody.rolled_signers = self._rolled_signers
         assert self._custody is not None
         return self._custody
+
+    def _rolled_signers(self) -> frozenset[str]:
+        """The signing keys kdc.db names current or next (none before a first roll). Asked
+        only when kdc.signing.pubkey names another key, from any thread that shares the
+        custody: a connection of its own, read-only."""
+        try:
+            with contextlib.closing(
+                sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=10)
+            ) as db:
+                rows = db.execute(
+                    "SELECT thumbprint FROM signing_keys WHERE state IN ('current', 'next')"
+                ).fetchall()
+        except sqlite3.Error:  # no roll table in this kdc.db
+            return frozenset()
+        return frozenset(str(r[0]) for r in rows)
 
     def forget_custody(self) -> None:
         """Read meta ``custody`` again at the next use (after a migration changed it)."""

@@ -341,3 +341,40 @@ def test_a_key_that_does_not_open_stops_the_distribution_and_nothing_is_stored(
     assert {k.state for k in store.keys(ZONE)} == {"created"}  # not published either
     store.db.execute("UPDATE keys SET state = 'removed' WHERE id = ?", (bad,))
     assert distribute_zone(store, identity, ZONE, now=time.time()).key_count == 1
+
+
+def test_a_published_key_a_roll_just_switched_to_is_not_taken_for_another_kdcs(
+    token: softhsm.SoftHsm, tmp_path: Path
+) -> None:
+    # identity roll's switch rewrites kdc.signing.pubkey a moment before its transaction
+    # commits; a command that loads the token's key by the old label in that moment must not
+    # call it another KDC's key (seen once in a test polling identity status), while a token
+    # key kdc.db does not name is still refused.
+    from krs_plugin.crypto import write_jose_public
+    from krs_plugin.kdc import signroll
+    from krs_plugin.kdc.store import Store
+
+    settings = pkcs11_settings(token, "switching")
+    cu.provision_token(settings, None)
+    store = Store(tmp_path / "kdc.db")
+    store.set_meta(cu.META_KEY, settings.dumps())
+    current = cu.open_custody(tmp_path, settings).signing_key()
+    following = JoseKey.generate()
+    (tmp_path / "keys").mkdir()
+    write_jose_public(tmp_path / cu.SIGNING_PUBLIC_FILE, following, use="sig")
+
+    def load() -> str:
+        cu._OPENED.clear()  # a new process: nothing opened yet
+        return Store(tmp_path / "kdc.db").custody.signing_key().thumbprint
+
+    with pytest.raises(cu.CustodyError, match="is not the KDC's"):
+        load()
+    signroll.ensure_schema(store.db)
+    for key, state in ((current, "current"), (following, "next")):
+        store.db.execute(
+            "INSERT INTO signing_keys(thumbprint, jwk, state, custody, locator, created_at) "
+            "VALUES (?, ?, ?, 'pkcs11', 'label', 0)",
+            (key.thumbprint, json.dumps(key.public_jwk), state),
+        )
+    store.db.commit()
+    assert load() == current.thumbprint
