@@ -7,9 +7,11 @@ backend when it names one, else ``node.<backend>.privatekey`` (the name ``krs en
 The files alone say where a move stands, so ``load_config`` resolves them here:
 
 - ``<file>``: a backend key in use (the current one, whose distributions are opened with it);
-- ``<file>.previous``: the old backend's key, kept until a distribution sealed to the new backend
-  opened; also a ``<file>`` that is the same inode as its ``.previous`` and has no ``.next``
-  (a move whose switch stopped between its steps: the old key, finished by ``retire``).
+- ``<file>.previous``, and ``<file>`` when it is the same inode and has no ``.next``: the old
+  backend's key, kept until a distribution sealed to the new backend opened (``retire``). It is
+  never in the loaded config (a reload must not name a file that ``retire`` unlinks): a
+  distribution still sealed to it is opened with it read from disk then
+  (``receiver/rekey.alternate_keys``).
 """
 
 from __future__ import annotations
@@ -68,38 +70,38 @@ def is_old(path: Path) -> bool:
 
 def resolve(named: Mapping[str, Path | None]) -> dict[str, Path | None]:
     """krs.yaml's backend key paths (``hpke``, ``jose``, ``hpke-pq``) with a move applied: the
-    new backend's file added, the old one's as ``.previous``, a finished move's old entry None.
-    Without any move (no other backend's file, nothing old) the paths are krs.yaml's, so a
-    missing file is reported by ``load_config`` as before."""
+    new backend's file added, the old backend's entry None (its key is read from disk when a
+    distribution needs it).
+    Without any move (every key krs.yaml names in use, nothing old) the paths are krs.yaml's: a
+    stray ``node.<backend>.privatekey`` beside them is not taken, and a missing file is reported
+    by ``load_config`` as before."""
     paths = backend_paths(named)
     if not paths:
         return dict(named)
     current = {b: p for b, p in paths.items() if p.exists() and not is_old(p)}
     old = {b: suffixed(p, PREVIOUS) for b, p in paths.items() if is_old(p)}
-    if not current or (set(current) == {b for b in named if named[b] is not None} and not old):
+    if not current or ({b for b in named if named[b] is not None} <= set(current) and not old):
         return {b: named.get(b) for b in BACKENDS}
-    return {b: current.get(b) or old.get(b) for b in BACKENDS}
+    return {b: current.get(b) for b in BACKENDS}
 
 
 def current_backend(resolved: Mapping[str, Path | None]) -> tuple[str, Path] | None:
-    """The backend distributions are sealed to now: the first resolved key not kept as old."""
-    for backend in BACKENDS:
-        path = resolved.get(backend)
-        if path is not None and not path.name.endswith(PREVIOUS):
+    """The backend distributions are sealed to now: the first resolved key not kept as old (or,
+    in a switch stopped before the new key was in place, the old one, still the only one)."""
+    held = [(b, p) for b in BACKENDS if (p := resolved.get(b)) is not None]
+    for backend, path in held:
+        if not path.name.endswith(PREVIOUS) and not is_old(path):
             return backend, path
-    return None
+    return held[0] if held else None
 
 
 def old_files(resolved: Mapping[str, Path | None]) -> list[Path]:
-    """The old backend key files of a move (``.previous``, and its twin left by a stopped
-    switch): what ``retire`` unlinks once the new backend's key opened a distribution."""
+    """The old backend key files of a move (``<file>`` when it is the old key, and its
+    ``.previous``): what ``retire`` unlinks once the new backend's key opened a distribution."""
     found = []
-    for path in resolved.values():
-        if path is not None and path.name.endswith(PREVIOUS):
-            base = unsuffixed(path)
-            if _same(base, path):
-                found.append(base)
-            found.append(path)
+    for path in backend_paths(resolved).values():
+        if is_old(path):
+            found += [p for p in (path, suffixed(path, PREVIOUS)) if p.exists()]
     return found
 
 

@@ -204,7 +204,17 @@ def _drop_next(paths: KeyPaths) -> None:
 def _switch_files(paths: KeyPaths) -> None:
     """Current -> ``.previous`` (hard link), ``.next`` -> current; safe to repeat after a crash.
     In a move the old backend's file is linked as ``.previous`` before the new backend's key is
-    put in place and unlinked after (keymove.is_old reads each state in between)."""
+    put in place, and both names stay until ``retire_previous`` (keymove.is_old reads them)."""
+    if paths.moving_from is not None:
+        # The backend key first: a reload the signing files' change starts finds the new key.
+        # The old file stays (the same inode as its .previous: keymove.is_old) until retire.
+        old = paths.moving_from[1]
+        following = suffixed(paths.backend_file, NEXT)
+        if following.exists():
+            previous = suffixed(old, PREVIOUS)
+            if not previous.exists():
+                os.link(old, previous)
+            os.replace(following, paths.backend_file)
     files = [paths.signing, paths.sig0]
     if paths.moving_from is None:
         files.append(paths.backend_file)
@@ -216,16 +226,6 @@ def _switch_files(paths: KeyPaths) -> None:
         if not previous.exists():
             os.link(path, previous)
         os.replace(following, path)
-    if paths.moving_from is not None:
-        old = paths.moving_from[1]
-        following = suffixed(paths.backend_file, NEXT)
-        if following.exists():
-            previous = suffixed(old, PREVIOUS)
-            if not previous.exists():
-                os.link(old, previous)
-            os.replace(following, paths.backend_file)
-        if keymove.is_old(old) and old.exists():
-            old.unlink()
 
 
 def rekey(

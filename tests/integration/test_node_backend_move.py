@@ -88,13 +88,13 @@ def settled(kdc: Deployment, node: Path, backend: str) -> None:
             sorted(p.name for p in node.glob("node.*.privatekey*"))
             == sorted((f"node.{backend}.privatekey", *SIDE_FILES))
         ),
-        60,
+        90,
         lambda: f"only the {backend} key left: {sorted(node.iterdir())}\n{kdc.all_logs()}",
     )
     assert (node / f"node.{backend}.privatekey").stat().st_mode & 0o777 == 0o600
     wait_until(
         lambda: node_show(kdc)["node_keys"]["rekey_state"] == "idle",
-        60,
+        90,
         lambda: f"rotation complete at the KDC:\n{kdc.all_logs()}",
     )
 
@@ -120,13 +120,15 @@ def test_a_node_moves_to_hpke_pq_while_krs_run_runs_and_back(
     after_tag = new_zsk(kdc)
     after = kdc.distribute("--zone", ZONE, "--node", NEW)
     assert published_backend(kdc, after) == "hpke-pq"
+    # Both keys reach the node: ``before`` itself, or (when krs run had not fetched it before the
+    # switch) the KDC's reseal of what was pending, sealed to the new key; that ``before`` still
+    # opens after the switch is the next test's, where krs run is down meanwhile.
+    wanted = {kdc_dnskey(kdc, before_tag), kdc_dnskey(kdc, after_tag)}
     wait_until(
-        lambda: status_of(kdc, after) == "confirmed" and status_of(kdc, before) == "confirmed",
-        90,
-        lambda: f"both distributions confirmed:\n{kdc.all_logs()}",
+        lambda: status_of(kdc, after) == "confirmed" and wanted <= installed_dnskeys(node),
+        120,
+        lambda: f"both new keys installed:\n{kdc.all_logs()}",
     )
-    held = installed_dnskeys(node)
-    assert kdc_dnskey(kdc, before_tag) in held and kdc_dnskey(kdc, after_tag) in held
     settled(kdc, node, "hpke-pq")
     assert not (node / f"node.{backend}.privatekey").exists()
     assert not any(old_key == p.read_bytes() for p in node.glob("node.*"))
@@ -163,8 +165,8 @@ def test_a_distribution_sealed_to_the_old_backend_before_the_move_still_opens(
     before = kdc.distribute("--zone", ZONE, "--node", NEW)
     assert published_backend(kdc, before) == "hpke"
     move(kdc, node, "hpke-pq")
-    assert (node / "node.hpke.privatekey.previous").exists()
-    assert not (node / "node.hpke.privatekey").exists()
+    old = node / "node.hpke.privatekey"
+    assert old.samefile(node / "node.hpke.privatekey.previous")  # kept until retired
     run_node(kdc, node, "krs-again")
     wait_until(
         lambda: status_of(kdc, before) == "confirmed",

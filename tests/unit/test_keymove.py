@@ -24,6 +24,8 @@ def test_without_a_move_the_paths_are_krs_yaml_s(tmp_path: Path) -> None:
     assert held == named(tmp_path)
     missing = {"hpke": tmp_path / "gone.key", "jose": None, "hpke-pq": None}
     assert resolve(missing) == missing  # load_config reports the missing file, as before
+    touch(tmp_path / "node.jose.privatekey")  # a stray key of another backend: not taken
+    assert resolve(named(tmp_path)) == named(tmp_path)
 
 
 def test_each_step_of_a_move_to_hpke_pq_and_back(tmp_path: Path) -> None:
@@ -32,22 +34,21 @@ def test_each_step_of_a_move_to_hpke_pq_and_back(tmp_path: Path) -> None:
     touch(tmp_path / "node.hpke-pq.privatekey.next", "new")  # sent, no answer yet
     assert current_backend(resolve(named(tmp_path))) == ("hpke", hpke)
     os.link(hpke, tmp_path / "node.hpke.privatekey.previous")  # the switch, step 1
-    assert current_backend(resolve(named(tmp_path))) == ("hpke", hpke)
-    os.replace(tmp_path / "node.hpke-pq.privatekey.next", pq)  # step 2: both keys there
+    assert current_backend(resolve(named(tmp_path))) == ("hpke", hpke)  # (a crash here)
+    os.replace(tmp_path / "node.hpke-pq.privatekey.next", pq)  # step 2: the new key in place
     held = resolve(named(tmp_path))
+    # The old key is never in the config (retire unlinks it), only on disk until then.
+    assert held == {"hpke": None, "jose": None, "hpke-pq": pq}
     assert current_backend(held) == ("hpke-pq", pq)
-    assert held["hpke"] == tmp_path / "node.hpke.privatekey.previous"  # still opens old ones
     assert old_files(held) == [hpke, tmp_path / "node.hpke.privatekey.previous"]
-    hpke.unlink()  # step 3
-    held = resolve(named(tmp_path))
-    assert held == {"hpke": tmp_path / "node.hpke.privatekey.previous", "jose": None,
-                    "hpke-pq": pq}  # fmt: skip
     retire(held)  # a distribution sealed to hpke-pq opened
     assert resolve(named(tmp_path)) == {"hpke": None, "jose": None, "hpke-pq": pq}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["node.hpke-pq.privatekey"]
-    # Back to hpke: krs.yaml's hpke path again, the hybrid key kept as .previous until used.
-    touch(hpke, "newer")
-    os.replace(pq, tmp_path / "node.hpke-pq.privatekey.previous")
+    # Back to hpke: krs.yaml's hpke path again, the hybrid key kept until used.
+    touch(tmp_path / "node.hpke.privatekey.next", "newer")
+    os.link(pq, tmp_path / "node.hpke-pq.privatekey.previous")
+    os.replace(tmp_path / "node.hpke.privatekey.next", hpke)
     held = resolve(named(tmp_path))
+    assert held == {"hpke": hpke, "jose": None, "hpke-pq": None}
     assert current_backend(held) == ("hpke", hpke)
-    assert held["hpke-pq"] == tmp_path / "node.hpke-pq.privatekey.previous"
+    assert old_files(held) == [pq, tmp_path / "node.hpke-pq.privatekey.previous"]
