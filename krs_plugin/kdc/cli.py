@@ -619,7 +619,7 @@ def cmd_enroll_list(args: argparse.Namespace) -> int:
         for t in tokens
     ]
     lines = [
-        f"{t.token_id} {t.node_id:32} {t.backend:5} {t.status(now):8} "
+        f"{t.token_id} {t.node_id:32} {t.backend:7} {t.status(now):8} "
         + (
             f"used {format_time(t.used_at, now=now)}"
             if t.used_at is not None

@@ -80,7 +80,7 @@ def cmd_node_list(args: argparse.Namespace) -> int:
     emit(
         [{**asdict(n), "status": states.get(n.id, "none")} for n in nodes],
         [
-            f"{n.id:32} {states.get(n.id, 'none'):7} {n.backend:5} {n.notify_address:22} "
+            f"{n.id:32} {states.get(n.id, 'none'):7} {n.backend:7} {n.notify_address:22} "
             f"{' '.join(n.zones)}"
             for n in nodes
         ],
