@@ -12,6 +12,7 @@ import json
 import shutil
 import sqlite3
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -283,12 +284,19 @@ def test_pkcs11_roll_destroys_the_old_token_objects(
                 store.close()
 
         def labels() -> set[str]:
-            session, _ = cu.open_session(settings())
-            p = cu._pkcs11()
-            return {
-                str(o[p.Attribute.LABEL])
-                for o in session.get_objects({p.Attribute.CLASS: p.ObjectClass.PRIVATE_KEY})
-            }
+            """The token's private keys' labels, read by a process of its own: SoftHSM2 reads
+            its configuration once per process, and test_custody.py's tokens are elsewhere."""
+            found = settings()
+            probe = (
+                "import json, os, pkcs11\n"
+                f"t = pkcs11.lib({found.module!r}).get_token(token_label={found.token!r})\n"
+                "s = t.open(user_pin=os.environ['KRS_KDC_PIN'])\n"
+                "objs = s.get_objects({pkcs11.Attribute.CLASS: pkcs11.ObjectClass.PRIVATE_KEY})\n"
+                "print(json.dumps(sorted(o.label for o in objs)))\n"
+            )
+            out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                                 timeout=60, check=True).stdout  # fmt: skip
+            return set(json.loads(out))
 
         old_label = settings().signing_label
         shutil.copy(lab.state / "keys" / "kdc.signing.pubkey", lab.node_dir / "kdc.pub")

@@ -183,6 +183,12 @@ def token(tmp_path_factory: pytest.TempPathFactory) -> Iterator[softhsm.SoftHsm]
     hsm = softhsm.SoftHsm(tmp_path_factory.mktemp("softhsm"))
     hsm.add_token("other")
     hsm.activate()
+    # SoftHSM2 reads SOFTHSM2_CONF when the library is initialised: a test before this one in
+    # the same process may have loaded it for another token directory (the suite's lab token)
+    for lib in cu._LIBS.values():
+        lib.reinitialize()
+    cu._SESSIONS.clear()
+    cu._OPENED.clear()
     yield hsm
 
 
