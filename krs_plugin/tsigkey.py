@@ -28,9 +28,15 @@ class TsigKeyFileError(KrsError):
     """A TSIG key file that cannot be used; the message names the file and the problem."""
 
 
-_COMMENTS = re.compile(r"/\*.*?\*/|//[^\n]*|#[^\n]*", re.S)
+# A quoted string first, so that a comment marker inside one (a base64 secret holds "//" about
+# once in a hundred keys) is left alone; only what is not quoted can be a comment.
+_STRING_OR_COMMENT = re.compile(r'"[^"]*"|/\*.*?\*/|//[^\n]*|#[^\n]*', re.S)
 _KEY = re.compile(r'\s*key\s+"?([A-Za-z0-9._-]+)"?\s*\{(.*?)\}\s*;\s*', re.S)
 _CLAUSE = re.compile(r'\s*(algorithm|secret)\s+"?([^";\s]+)"?\s*;\s*')
+
+
+def _keep_strings(match: re.Match[str]) -> str:
+    return match.group(0) if match.group(0).startswith('"') else " "
 
 
 def read_tsig_key(path: str | Path) -> dns.tsig.Key:
@@ -55,7 +61,7 @@ def read_tsig_key(path: str | Path) -> dns.tsig.Key:
 
 def parse_tsig_key(text: str, where: str = "TSIG key") -> dns.tsig.Key:
     """The key of a BIND key-file text (see ``read_tsig_key``); errors name ``where``."""
-    body = _COMMENTS.sub(" ", text)
+    body = _STRING_OR_COMMENT.sub(_keep_strings, text)
     statements = list(_KEY.finditer(body))
     if not statements:
         raise TsigKeyFileError(f'{where}: no key "NAME" {{ algorithm ...; secret "..."; }};')
