@@ -98,6 +98,7 @@ def knot_lab(root: Path) -> Bulk:
     lab.start()
     bulk = Bulk("knot", lab, root, lab.adapter_settings())
     bulk.settings["knotc"] = bulk.counting("knotc", server_binary("knotc") or "knotc")
+    bulk.settings["keymgr"] = bulk.counting("keymgr", server_binary("keymgr") or "keymgr")
     return bulk
 
 
@@ -191,6 +192,13 @@ def test_one_distribution_for_many_zones_tells_the_server_once(bulk: Bulk) -> No
         assert len(loads) == 1 and all(z in loads[0].split() for z in ZONES)
         assert len(bulk.calls("conf-read")) == 4  # zone, template, policy, database: once
         assert len(bulk.calls("zone-status")) == 1
+        # keymgr reads a binary copy of knot.conf made once (docs/servers/knot.md, "keymgr
+        # against a copy"), not the text file at every run; the copy is gone afterwards
+        assert len(bulk.calls("conf-import")) == 1
+        keymgr = [line.split() for line in bulk.calls_log.read_text().splitlines()]
+        keymgr = [words for words in keymgr if words[0] == "keymgr"]
+        assert len(keymgr) >= 2 * len(ZONES) and all(words[1] == "-C" for words in keymgr)
+        assert not any(Path(words[2]).exists() for words in keymgr)
     elif bulk.name == "nsd":
         assert len(bulk.calls("reload")) == 1
         assert bulk.calls("reload")[0].split() == ["nsd-control", "-c", str(bulk.lab.config),
