@@ -271,14 +271,18 @@ def floor_bind9(lab: Bind9Lab, keys: ZoneKeys) -> None:
 
 def floor_knot(lab: KnotLab, keys: ZoneKeys) -> None:
     """``keymgr import-pem`` for each key, then one ``knotc -b zone-reload`` of every zone (the
-    zones never loaded: signing on and no keys)."""
+    zones never loaded: signing on and no keys). keymgr reads a binary copy of knot.conf, as
+    docs/servers/knot.md shows an operator: with ``-c`` it would parse the 10,000 zones' text at
+    every run (0.27 s each)."""
     now = int(time.time()) - 1
     with tempfile.TemporaryDirectory(prefix="bulk-pem-") as scratch:
         pem = Path(scratch) / "key.pem"
+        confdb = Path(scratch) / "confdb"
+        run(["knotc", "-C", str(confdb), "conf-import", str(lab.config)])
         for zone, ksk, zsk in keys:
             for key, flags in ((ksk, ("yes", "no")), (zsk, ("no", "yes"))):
                 pem.write_bytes(key.to_pkcs8_pem())
-                run(["keymgr", "-c", str(lab.config), zone, "import-pem", str(pem),
+                run(["keymgr", "-C", str(confdb), zone, "import-pem", str(pem),
                      "algorithm=13", f"ksk={flags[0]}", f"zsk={flags[1]}",
                      f"publish={now}", f"active={now}"])  # fmt: skip
     run(["knotc", "-c", str(lab.config), "-t", "600", "-b", "zone-reload"])
@@ -332,7 +336,7 @@ FLOORS: dict[str, Callable[[Any, ZoneKeys], None]] = {
 FLOOR_TEXT = {
     "bind9": "key files + rndc loadkeys per zone",
     "bind920": "key files + .state + rndc loadkeys per zone",
-    "knot": "keymgr import-pem per key + one knotc zone-reload",
+    "knot": "keymgr -C (a conf-import copy) import-pem per key + one knotc zone-reload",
     "powerdns": "API POST per key + rectify per zone + one flush",
     "nsd": "key files + dnssec-signzone per zone + one nsd-control reload",
 }
