@@ -315,8 +315,8 @@ def _jwk_text(text: str, where: str) -> JoseKey | None:
     if not text:
         return None
     try:
-        return JoseKey.from_jwk(json.loads(text), where)
-    except (ValueError, RecursionError, KrsError) as exc:
+        return JoseKey.from_jwk_text(text, where)
+    except KrsError as exc:
         raise EnrollmentError(f"{where}: not a P-256 JWK: {exc}") from exc
 
 

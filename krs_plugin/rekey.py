@@ -59,21 +59,11 @@ class NewPublicKeys:
         if self.backend == "hpke-pq":
             return HybridKey.from_public_hex(self.backend_pubkey, where)
         if self.backend == "jose":
-            return JoseKey.from_jwk(_json_object(self.backend_pubkey, where), where)
+            return JoseKey.from_jwk_text(self.backend_pubkey, where)
         raise PolicyError(f"{where}: backend {self.backend!r} is not one this KDC seals with")
 
     def signing_key(self, where: str) -> JoseKey:
-        return JoseKey.from_jwk(_json_object(self.signing_pubkey, where), where)
-
-
-def _json_object(text: str, where: str) -> dict[str, object]:
-    try:
-        value = json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        raise PolicyError(f"{where}: not a JWK (JSON): {exc}") from exc
-    if not isinstance(value, dict):
-        raise PolicyError(f"{where}: not a JWK object")
-    return value
+        return JoseKey.from_jwk_text(self.signing_pubkey, where)
 
 
 def key_identity(kind: str, text: str) -> str:
@@ -87,7 +77,7 @@ def key_identity(kind: str, text: str) -> str:
         if kind == "hpke-pq":
             return HybridKey.from_public_hex(text).fingerprint
         if kind in ("jose", "signing"):
-            return JoseKey.from_jwk(_json_object(text, kind)).thumbprint
+            return JoseKey.from_jwk_text(text, kind).thumbprint
         if kind == "sig0":
             key = sig0.parse_key_text(text)
             return f"KEY {key.algorithm}/{key.key_tag}"

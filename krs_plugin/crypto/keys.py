@@ -176,6 +176,18 @@ class JoseKey:
         return cls(private=ec.generate_private_key(ec.SECP256R1()))
 
     @classmethod
+    def from_jwk_text(cls, text: str, where: str = "JWK") -> JoseKey:
+        """``from_jwk`` of a JWK's JSON text, as kdc.db, krs.db and the messages keep it; text
+        that is not a JSON object is a KeyFileError naming ``where``, like a bad JWK."""
+        try:
+            obj = json.loads(text)
+        except (ValueError, RecursionError) as exc:
+            raise KeyFileError(f"{where}: not a JWK (JSON): {exc}") from exc
+        if not isinstance(obj, dict):
+            raise KeyFileError(f"{where}: not a JWK object")
+        return cls.from_jwk(obj, where)
+
+    @classmethod
     def from_jwk(cls, obj: Mapping[str, Any], where: str = "JWK") -> JoseKey:
         """Import an EC P-256 JWK; ``use``/``alg``/``key_ops`` are ignored (the tdns quirk)."""
         if obj.get("kty") != "EC" or obj.get("crv") != "P-256":

@@ -289,7 +289,7 @@ def _jwk(data: bytes, name: str, where: str) -> JoseKey:
     text = data.decode(errors="replace")
     lines = [s for s in text.splitlines() if s.strip() and not s.lstrip().startswith("#")]
     try:
-        return JoseKey.from_jwk(json.loads("\n".join(lines)), where=name)
+        return JoseKey.from_jwk_text("\n".join(lines), where=name)
     except (KeyFileError, ValueError, TypeError) as exc:
         raise BackupError(f"backup: {where}: {name}: {exc}") from exc
 

@@ -10,7 +10,6 @@ node (thousands of zones in one distribution, applied all or nothing by the KRS)
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 
@@ -66,7 +65,9 @@ def recipient_for(node: NodeRow) -> NodeRecipient:
         return NodeRecipient(name, "hpke", HpkeKey.from_public_hex(node.hpke_pubkey))
     if not node.jose_pubkey:
         raise StateError(f"node {node.id} uses jose but has no P-256 public key")
-    return NodeRecipient(name, "jose", JoseKey.from_jwk(json.loads(node.jose_pubkey)))
+    return NodeRecipient(
+        name, "jose", JoseKey.from_jwk_text(node.jose_pubkey, f"node {node.id} P-256 key")
+    )
 
 
 def key_of(row: KeyRow, ttl: int | None = None, *, pem: bytes | None = None) -> DnssecKey:

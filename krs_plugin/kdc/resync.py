@@ -11,7 +11,6 @@ the NOTIFY loop sends it like any other.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 
@@ -124,7 +123,7 @@ class ResyncDesk:
             )
         check_request(
             body,
-            JoseKey.from_jwk(json.loads(node.signing_pubkey)),
+            JoseKey.from_jwk_text(node.signing_pubkey, f"node {node_id} signing key"),
             now=now,
             clock_skew=self.clock_skew,
         )

@@ -402,7 +402,9 @@ class ControlZone:
             row.id, row.node_id, row.created_at, self.store.sent_keys(row.id, row.node_id)
         )
         try:
-            verify_report(report, JoseKey.from_jwk(json.loads(node.signing_pubkey)))
+            verify_report(
+                report, JoseKey.from_jwk_text(node.signing_pubkey, f"node {node.id} signing key")
+            )
             check_binding(report, expected, now=time.time(), clock_skew=self.clock_skew)
         except KrsError as exc:
             return str(exc)

@@ -104,7 +104,7 @@ def keys(db: sqlite3.Connection) -> list[KeyRow]:
     return [
         KeyRow(
             r["thumbprint"],
-            JoseKey.from_jwk(json.loads(r["jwk"]), where=f"signing key {r['thumbprint']}"),
+            JoseKey.from_jwk_text(r["jwk"], where=f"signing key {r['thumbprint']}"),
             r["state"],
             r["custody"],
             r["locator"],

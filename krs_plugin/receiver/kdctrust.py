@@ -68,7 +68,7 @@ def trusted_keys(db: sqlite3.Connection, configured: JoseKey | None) -> list[Tru
         seen[tp] = TrustedKey(configured.public_only(), "configured", verified.get(tp))
     for thumbprint, jwk, state, source, verified_at in rows:
         if state == "trusted" and thumbprint not in seen:
-            key = JoseKey.from_jwk(json.loads(jwk), where=f"krs.db kdc_trust {thumbprint}")
+            key = JoseKey.from_jwk_text(jwk, where=f"krs.db kdc_trust {thumbprint}")
             seen[thumbprint] = TrustedKey(key, source, verified_at)
     return sorted(seen.values(), key=lambda k: -(k.verified_at or 0))
 

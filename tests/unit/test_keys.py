@@ -308,3 +308,15 @@ def test_sliced_base64url_decoding_matches_the_plain_one(size: int) -> None:
 def test_sliced_base64url_decoding_refuses_what_is_not_unpadded_base64url(text: bytes) -> None:
     with pytest.raises((ValueError, binascii.Error)):
         b64url_decode_view(memoryview(text))
+
+
+@pytest.mark.parametrize("text", ["", "{", "[1, 2]", '"jwk"', '{"kty": "RSA"}'])
+def test_jwk_text_that_is_no_p256_jwk_is_a_key_file_error_naming_where(text: str) -> None:
+    """Stored JWK text (kdc.db, krs.db) that went bad is named, not a JSON traceback."""
+    with pytest.raises(KeyFileError, match="^krs.db kdc_trust abc: "):
+        JoseKey.from_jwk_text(text, "krs.db kdc_trust abc")
+
+
+def test_jwk_text_round_trips() -> None:
+    key = JoseKey.generate()
+    assert JoseKey.from_jwk_text(json.dumps(key.public_jwk)).thumbprint == key.thumbprint
