@@ -313,7 +313,7 @@ def test_sliced_base64url_decoding_refuses_what_is_not_unpadded_base64url(text: 
 @pytest.mark.parametrize("text", ["", "{", "[1, 2]", '"jwk"', '{"kty": "RSA"}'])
 def test_jwk_text_that_is_no_p256_jwk_is_a_key_file_error_naming_where(text: str) -> None:
     """Stored JWK text (kdc.db, krs.db) that went bad is named, not a JSON traceback."""
-    with pytest.raises(KeyFileError, match="^krs.db kdc_trust abc: "):
+    with pytest.raises(KeyFileError, match=r"^krs\.db kdc_trust abc: "):
         JoseKey.from_jwk_text(text, "krs.db kdc_trust abc")
 
 
