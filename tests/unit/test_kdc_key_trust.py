@@ -13,8 +13,8 @@ import dns.name
 import pytest
 
 from krs_plugin.adapters.directory import DirectoryAdapter
-from krs_plugin.config import Config, load_config
-from krs_plugin.crypto import HpkeKey, JoseKey, write_hpke_private, write_jose_public
+from krs_plugin.config import Config
+from krs_plugin.crypto import HpkeKey, JoseKey
 from krs_plugin.dnssec import generate_key
 from krs_plugin.errors import PayloadError
 from krs_plugin.kdc.build import NodeRecipient, build_distribution
@@ -23,6 +23,7 @@ from krs_plugin.receiver import kdctrust
 from krs_plugin.receiver.pipeline import Outcome, Pipeline
 from krs_plugin.receiver.store import ReceiverStore
 from krs_plugin.receiver.unpack import NodeIdentity
+from tests.nodefolder import write_node_folder
 
 NODE = dns.name.from_text("ns1.edge.example.")
 ZONE = "example.com."
@@ -30,25 +31,8 @@ ZONE = "example.com."
 
 @pytest.fixture
 def node(tmp_path: Path) -> tuple[Config, HpkeKey, JoseKey]:
-    key, kdc = HpkeKey.generate(), JoseKey.generate()
-    write_hpke_private(tmp_path / "node.key", key)
-    write_jose_public(tmp_path / "kdc.pub", kdc.public_only(), use="sig")
-    (tmp_path / "keys").mkdir()
-    (tmp_path / "krs.yaml").write_text(
-        json.dumps(
-            {
-                "node_id": NODE.to_text(),
-                "keys": {"hpke": "node.key"},
-                "kdc": {"verification_key": "kdc.pub"},
-                "control_zone": "kdc.example.",
-                "control_servers": ["127.0.0.1:5354"],
-                "adapter": {"type": "directory", "settings": {"path": "keys"}},
-                "zones": [ZONE],
-                "state": "krs.db",
-            }
-        )
-    )
-    return load_config(tmp_path / "krs.yaml"), key, kdc
+    folder = write_node_folder(tmp_path, [ZONE], node_id=NODE.to_text())
+    return folder.config(), folder.node_key, folder.kdc_key
 
 
 _serial = [int(time.time())]

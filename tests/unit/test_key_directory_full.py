@@ -6,7 +6,6 @@ none."""
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,8 +17,8 @@ import pytest
 
 from krs_plugin.adapters.base import KeyPlan, PlannedKey, Verification, ZoneChange
 from krs_plugin.adapters.directory import DirectoryAdapter
-from krs_plugin.config import Config, load_config
-from krs_plugin.crypto import HpkeKey, JoseKey, write_hpke_private, write_jose_public
+from krs_plugin.config import Config
+from krs_plugin.crypto import HpkeKey, JoseKey
 from krs_plugin.dnssec import DnssecKey, KeyTiming, generate_key, write_bind_key_pair
 from krs_plugin.dnssec.bindfiles import bind_private_text, bind_public_text
 from krs_plugin.kdc.build import NodeRecipient, build_distribution
@@ -29,6 +28,7 @@ from krs_plugin.receiver.pipeline import Pipeline
 from krs_plugin.receiver.store import ReceiverStore
 from krs_plugin.receiver.unpack import NodeIdentity
 from tests.fsutil import FullDisk, full_disk
+from tests.nodefolder import write_node_folder
 
 NODE = dns.name.from_text("ns1.edge.example.")
 ZONE = dns.name.from_text("example.com.")
@@ -87,26 +87,10 @@ def node(tmp_path: Path) -> Iterator[Node]:
 def make_node(tmp_path: Path) -> Iterator[Node]:
     """A node (directory adapter, one zone with one key) whose key directory is a small tmpfs."""
     with full_disk(tmp_path / "keys", size=64 * 1024) as disk:
-        keys = HpkeKey.generate(), JoseKey.generate()
-        write_hpke_private(tmp_path / "node.key", keys[0])
-        write_jose_public(tmp_path / "kdc.pub", keys[1].public_only(), use="sig")
-        (tmp_path / "krs.yaml").write_text(
-            json.dumps(
-                {
-                    "node_id": NODE.to_text(),
-                    "keys": {"hpke": "node.key"},
-                    "kdc": {"verification_key": "kdc.pub"},
-                    "control_zone": "kdc.example.",
-                    "control_servers": ["127.0.0.1:5354"],
-                    "adapter": {"type": "directory", "settings": {"path": "keys"}},
-                    "zones": [ZONE.to_text()],
-                    "state": "krs.db",
-                }
-            )
-        )
+        folder = write_node_folder(tmp_path, [ZONE.to_text()], node_id=NODE.to_text())
         old = generate_key(ZONE, 13, 256)
         write_bind_key_pair(tmp_path / "keys", old, TIMING)
-        yield Node(load_config(tmp_path / "krs.yaml"), tmp_path / "keys", disk, *keys, old)
+        yield Node(folder.config(), folder.keys, disk, folder.node_key, folder.kdc_key, old)
 
 
 def queued_outcomes(pipeline: Pipeline) -> list[object]:

@@ -4,7 +4,6 @@ starving real NOTIFYs (docs/operations.md, "Resource limits"), one fetch per id.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from pathlib import Path
 
@@ -15,38 +14,23 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
-from krs_plugin.config import load_config
-from krs_plugin.crypto import HpkeKey, JoseKey, write_hpke_private, write_jose_public
 from krs_plugin.dnsio import echo_reply, parse_query
 from krs_plugin.protocol import notify_name
 from krs_plugin.receiver.fetcher import NotPublished
 from krs_plugin.receiver.notify import NotifyBudget
 from krs_plugin.receiver.service import Service
 from krs_plugin.receiver.store import ReceiverStore
+from tests.nodefolder import write_node_folder
 
 CZ = "kdc.example."
 
 
 @pytest.fixture
 def service(tmp_path: Path):  # type: ignore[no-untyped-def]
-    write_hpke_private(tmp_path / "node.key", HpkeKey.generate())
-    write_jose_public(tmp_path / "kdc.pub", JoseKey.generate(), use="sig")
-    (tmp_path / "krs.yaml").write_text(
-        json.dumps(
-            {
-                "node_id": "ns1.edge.example.",
-                "keys": {"hpke": "node.key"},
-                "kdc": {"verification_key": "kdc.pub"},
-                "control_zone": CZ,
-                "control_servers": ["127.0.0.1:5354"],
-                "notify": {"allowed_sources": ["192.0.2.0/24"], "rate_limit": 5},
-                "adapter": {"type": "directory", "settings": {"path": "keys"}},
-                "zones": ["example.com."],
-                "state": "krs.db",
-            }
-        )
-    )
-    config = load_config(tmp_path / "krs.yaml")
+    notify = {"allowed_sources": ["192.0.2.0/24"], "rate_limit": 5}
+    config = write_node_folder(
+        tmp_path, ["example.com."], control_zone=CZ, extra={"notify": notify}
+    ).config()
     store = ReceiverStore(config.state)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)

@@ -3,7 +3,6 @@ key set, never a mix."""
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -12,8 +11,6 @@ import dns.name
 import pytest
 
 from krs_plugin.adapters.directory import DirectoryAdapter
-from krs_plugin.config import load_config
-from krs_plugin.crypto import HpkeKey, JoseKey, write_hpke_private, write_jose_public
 from krs_plugin.dnssec import generate_key, read_bind_key_pair, write_bind_key_pair
 from krs_plugin.errors import AdapterError
 from krs_plugin.kdc.build import NodeRecipient, build_distribution
@@ -21,6 +18,7 @@ from krs_plugin.payload import encode_payload, roll_key_entry
 from krs_plugin.receiver.pipeline import Pipeline
 from krs_plugin.receiver.store import ReceiverStore
 from krs_plugin.receiver.unpack import NodeIdentity
+from tests.nodefolder import write_node_folder
 
 NODE = dns.name.from_text("ns1.edge.example.")
 ZONES = ("a.example.", "b.example.")
@@ -46,25 +44,8 @@ class CrashingAdapter(DirectoryAdapter):
 
 @pytest.fixture
 def setup(tmp_path: Path):  # type: ignore[no-untyped-def]
-    node, kdc = HpkeKey.generate(), JoseKey.generate()
-    write_hpke_private(tmp_path / "node.key", node)
-    write_jose_public(tmp_path / "kdc.pub", kdc.public_only(), use="sig")
-    (tmp_path / "keys").mkdir()
-    (tmp_path / "krs.yaml").write_text(
-        json.dumps(
-            {
-                "node_id": NODE.to_text(),
-                "keys": {"hpke": "node.key"},
-                "kdc": {"verification_key": "kdc.pub"},
-                "control_zone": "kdc.example.",
-                "control_servers": ["127.0.0.1:5354"],
-                "adapter": {"type": "directory", "settings": {"path": "keys"}},
-                "zones": list(ZONES),
-                "state": "krs.db",
-            }
-        )
-    )
-    config = load_config(tmp_path / "krs.yaml")
+    folder = write_node_folder(tmp_path, ZONES, node_id=NODE.to_text())
+    config, node, kdc = folder.config(), folder.node_key, folder.kdc_key
     old = {z: generate_key(z, 13, 256) for z in ZONES}
     for key in old.values():
         write_bind_key_pair(tmp_path / "keys", key)
