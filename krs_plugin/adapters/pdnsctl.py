@@ -356,6 +356,17 @@ class ApiKeyStore:
     def rectify(self, zone: dns.name.Name) -> None:
         self._call("PUT", self._zone(zone) + "/rectify", f"rectify {zone}")
 
+    def settings(self) -> dict[str, str]:
+        """pdns_server's configuration (``GET /config``), setting by name."""
+        reply = self._call("GET", "/config", "configuration")
+        if not isinstance(reply, list):
+            return {}
+        return {
+            str(s["name"]): str(s.get("value", ""))
+            for s in reply
+            if isinstance(s, dict) and "name" in s
+        }
+
     def zones_signed(self) -> dict[str, bool] | None:
         reply = self._call("GET", "/zones", "zone list")
         if not isinstance(reply, list):
@@ -591,9 +602,9 @@ class BatchStore:
     is read once, a zone listed as unsigned has no keys (no call), each zone's metadata is read
     in one call and its keys once, and both are then kept up to date from what the adapter
     writes through here, as PowerDNS answered each write; ``refresh`` of a zone is deferred to
-    one ``refresh_all``. A new node's zone then costs five API calls (its metadata, two keys,
-    its timing metadata, a rectify) instead of about eighteen. Every verification still asks
-    the server over DNS."""
+    one ``refresh_all``. A new node's zone then costs four API calls (two keys, its timing
+    metadata, a rectify; its metadata is not read when it is fresh, pdnsfresh.py) instead of
+    about eighteen. Every verification still asks the server over DNS."""
 
     def __init__(self, store: KeyStore, *, defer_refresh: bool = True) -> None:
         self.store = store
@@ -626,6 +637,11 @@ class BatchStore:
                 return None
             self.meta[zone] = found
         return self.meta[zone]
+
+    def assume_no_metadata(self, zone: dns.name.Name) -> None:
+        """Read ``zone`` as having no metadata, without asking: for a fresh zone (pdnsfresh.py),
+        whose KRS metadata the batch replaces and whose other kinds it does not use."""
+        self.meta[zone] = {}
 
     def presigned(self, zone: dns.name.Name) -> bool | None:
         meta = self._meta(zone)

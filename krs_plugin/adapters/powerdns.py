@@ -80,6 +80,7 @@ from krs_plugin.adapters.pdnsctl import (
     PdnsKey,
     PdnsutilKeyStore,
 )
+from krs_plugin.adapters.pdnsfresh import backends_store_keys, without_cds
 from krs_plugin.adapters.settings import (
     existing_file,
     seconds,
@@ -91,8 +92,13 @@ from krs_plugin.errors import AdapterError, ConfigError, KrsError
 log = logging.getLogger(__name__)
 
 TIMING_KIND = "X-KRS-KEY-TIMING"
+"""A line per key (``<tag> <algorithm> <flags>`` and its four times) and the zone's CDS marking
+as ``cds`` lines (``cds publish <tag> <algorithm>`` per marked key, ``cds delete``, or ``cds
+none``): one write holds both, and replaces whatever an earlier life of the zone left."""
 CDS_KIND = "X-KRS-CDS"
-"""The distribution's ``cds`` per zone: ``publish <tag> <algorithm>`` per marked key, ``delete``."""
+"""The marking as earlier versions kept it (``publish <tag> <algorithm>``, ``delete``): read
+only while ``X-KRS-KEY-TIMING`` holds no ``cds`` line, never written again."""
+CDS_LINE = "cds"
 PUBLISH_CDS, PUBLISH_CDNSKEY = "PUBLISH-CDS", "PUBLISH-CDNSKEY"
 TIMES = ("publish", "activate", "inactive", "delete")
 IDLE_WAIT = 3600.0
@@ -185,6 +191,21 @@ def _cds_values(marking: Marking) -> list[str]:
     return (["delete"] if delete else []) + [f"publish {t} {a}" for t, a in sorted(marked)]
 
 
+def _cds_lines(marking: Marking) -> list[str]:
+    """The marking as ``X-KRS-KEY-TIMING`` lines; ``cds none`` when nothing is marked, so that
+    the kind always says the marking and an ``X-KRS-CDS`` left there is never read again."""
+    return [f"{CDS_LINE} {v}" for v in _cds_values(marking) or ["none"]]
+
+
+def _marking_of(timing: Iterable[str], legacy: Iterable[str]) -> Marking:
+    """The zone's marking: from the ``cds`` lines of ``X-KRS-KEY-TIMING`` when it has any, else
+    from ``X-KRS-CDS`` (what earlier versions wrote)."""
+    lines = [v.split(None, 1) for v in timing if v.split()[:1] == [CDS_LINE]]
+    if lines:
+        return _parse_cds(line[1] for line in lines if len(line) == 2)
+    return _parse_cds(legacy)
+
+
 @dataclass(kw_only=True)
 class PdnsChange(ZoneChange):
     """An apply in PowerDNS: the zone's keys and the KRS's timing metadata, as read first and
@@ -235,6 +256,7 @@ class PowerDnsAdapter(BaseAdapter[PdnsChange]):
         self._private_cache: dict[dns.name.Name, dict[str, str]] = {}
         self._unpublished: set[dns.name.Name] = set()  # changed by maintain(), not yet purged
         self._cds_by_metadata: set[dns.name.Name] = set()  # backends without records (bind)
+        self._fresh: set[dns.name.Name] = set()  # of the batch under way (pdnsfresh.py)
 
     # --- the Adapter interface ------------------------------------------------------------
 
@@ -286,7 +308,7 @@ class PowerDnsAdapter(BaseAdapter[PdnsChange]):
                 "sign it with the pushed keys",
                 f"pdnsutil unset-presigned {zone}",
             )
-        if _parse_cds(self.store.get_meta(zone, CDS_KIND)) == NO_MARKING:
+        if self._marking(zone) == NO_MARKING:
             kinds = [k for k in (PUBLISH_CDS, PUBLISH_CDNSKEY) if self.store.get_meta(zone, k)]
             if kinds:
                 return Problem(
@@ -296,6 +318,11 @@ class PowerDnsAdapter(BaseAdapter[PdnsChange]):
                     + " (the KRS writes the CDS/CDNSKEY the KDC asks for)",
                 )
         return None
+
+    def _marking(self, zone: dns.name.Name) -> Marking:
+        return _marking_of(
+            self.store.get_meta(zone, TIMING_KIND), self.store.get_meta(zone, CDS_KIND)
+        )
 
     def current_keys(self, zone: dns.name.Name) -> list[InstalledKey]:
         timings = _parse_timing(self.store.get_meta(zone, TIMING_KIND))
@@ -341,7 +368,8 @@ class PowerDnsAdapter(BaseAdapter[PdnsChange]):
                 for k in keys
             ],
             "timing": self.store.get_meta(zone, TIMING_KIND),
-            "cds": self.store.get_meta(zone, CDS_KIND),
+            # a fresh zone's X-KRS-CDS is neither read nor written: restore leaves it alone
+            "cds": None if zone in self._fresh else self.store.get_meta(zone, CDS_KIND),
         }
 
     def _private_text(self, zone: dns.name.Name, key: PdnsKey) -> str:
@@ -377,7 +405,7 @@ class PowerDnsAdapter(BaseAdapter[PdnsChange]):
                 "gsqlite3-dnssec=yes, see krs doctor)"
             )
         timings = _parse_timing(self.store.get_meta(zone, TIMING_KIND))
-        before = _parse_cds(self.store.get_meta(zone, CDS_KIND))
+        before = self._marking(zone)
         keys = self.store.keys(zone)
         conflicts = same_algorithm_unpublished(self._planned_states(plan, keys, timings, now), now)
         if conflicts:
@@ -479,10 +507,7 @@ class PowerDnsAdapter(BaseAdapter[PdnsChange]):
         if not change.changed:
             return
         change.step = f"metadata {TIMING_KIND}"
-        self._write_timings(change.zone, change.timings)
-        if change.cds_after != change.cds_before:
-            change.step = f"metadata {CDS_KIND}"
-            self.store.set_meta(change.zone, CDS_KIND, _cds_values(change.cds_after))
+        self._write_timings(change.zone, change.timings, change.cds_after)
         change.step = "CDS and CDNSKEY"
         self._write_cds(change.zone, change.cds_after, change.now, change.cds_before)
         change.step = "rectify and purge caches"
@@ -498,10 +523,13 @@ class PowerDnsAdapter(BaseAdapter[PdnsChange]):
         self.store.set_state(zone, key.id, active=active, published=published)
         return True
 
-    def _write_timings(self, zone: dns.name.Name, timings: Mapping[str, KeyTiming]) -> None:
+    def _write_timings(
+        self, zone: dns.name.Name, timings: Mapping[str, KeyTiming], marking: Marking
+    ) -> None:
+        """The keys' timing and the marking, in one write that replaces the kind."""
         present = {_identity(k.tag, k.algorithm, k.flags) for k in self.store.keys(zone)}
         values = [_timing_entry(i, t) for i, t in sorted(timings.items()) if i in present]
-        self.store.set_meta(zone, TIMING_KIND, values)
+        self.store.set_meta(zone, TIMING_KIND, values + _cds_lines(marking))
 
     def _cds_now(
         self,
@@ -610,7 +638,7 @@ class PowerDnsAdapter(BaseAdapter[PdnsChange]):
             KeyState(k.tag, k.flags, self._timing_of(k, timings), k.dnskey, k.algorithm)
             for k in pdns_keys
         ]
-        marking = _parse_cds(self.store.get_meta(zone, CDS_KIND))
+        marking = self._marking(zone)
         cds = self._cds_now(zone, marking, now, pdns_keys, timings)[0]
         return dataclasses.replace(expectation(zone, keys, removed, now), cds=cds)
 
@@ -634,12 +662,39 @@ class PowerDnsAdapter(BaseAdapter[PdnsChange]):
 
     @contextlib.contextmanager
     def batch_context(self, zones: Sequence[dns.name.Name]) -> Iterator[None]:
-        """PowerDNS's zone list read once, each zone's metadata in one call and its keys
-        once, kept up to date from the adapter's own writes (pdnsctl.BatchStore); the caches
-        purged once for all zones. When the zone list cannot be read (PowerDNS down), each zone
-        asks for itself, as ever."""
-        with self._batched(defer_refresh=True):
+        """PowerDNS's zone list read once, each zone's metadata in one call (none for a fresh
+        zone, pdnsfresh.py) and its keys once, kept up to date from the adapter's own writes
+        (pdnsctl.BatchStore); the caches purged once for all zones. When the zone list cannot
+        be read (PowerDNS down), each zone asks for itself, as ever."""
+        if isinstance(self.store, BatchStore):  # apply_batch inside apply_atomically's
             yield
+            return
+        with self._batched(defer_refresh=True):
+            self._fresh = self._fresh_zones(zones)
+            try:
+                yield
+            finally:
+                self._fresh = set()
+
+    def _fresh_zones(self, zones: Sequence[dns.name.Name]) -> set[dns.name.Name]:
+        """The zones whose metadata the batch need not read (pdnsfresh.py), each then read as
+        having none; a question that fails only makes fewer zones fresh."""
+        store = self.store
+        if not isinstance(store, BatchStore) or not isinstance(store.store, ApiKeyStore):
+            return set()  # pdnsutil: no zone list, no configuration to read
+        unsigned = [z for z in dict.fromkeys(zones) if store.listed_unsigned(z)]
+        if not unsigned:
+            return set()
+        try:
+            if not backends_store_keys(store.store.settings()):
+                return set()
+            fresh = without_cds(unsigned, self.host, self.port)
+        except (KrsError, OSError) as exc:
+            log.info("powerdns: every zone's metadata is read: %s", exc)
+            return set()
+        for zone in fresh:
+            store.assume_no_metadata(zone)
+        return fresh
 
     @contextlib.contextmanager
     def _batched(self, *, defer_refresh: bool) -> Iterator[None]:
@@ -719,12 +774,15 @@ class PowerDnsAdapter(BaseAdapter[PdnsChange]):
                     self.store.set_state(
                         zone, key.id, active=entry["active"], published=entry["published"]
                     )
+            marking_now = self._marking(zone)  # what the failed apply left in effect
             if self.store.get_meta(zone, TIMING_KIND) != before["timing"]:
                 self.store.set_meta(zone, TIMING_KIND, before["timing"])
-            cds, cds_now = before.get("cds", []), self.store.get_meta(zone, CDS_KIND)
-            if cds_now != cds:
+            cds = before.get("cds", [])
+            if cds is not None and self.store.get_meta(zone, CDS_KIND) != cds:
                 self.store.set_meta(zone, CDS_KIND, cds)
-            self._write_cds(zone, _parse_cds(cds), int(time.time()), _parse_cds(cds_now))
+            # a fresh zone (cds None: not read) served no CDS/CDNSKEY before (pdnsfresh.py)
+            marking = NO_MARKING if cds is None else _marking_of(before["timing"], cds)
+            self._write_cds(zone, marking, int(time.time()), marking_now)
         except UNEXPECTED as exc:
             raise AdapterError(
                 "the previous keys could not be written back to PowerDNS's backend (pdns_server "
@@ -778,8 +836,8 @@ class PowerDnsAdapter(BaseAdapter[PdnsChange]):
                          "active" if is_active(timing, now) else "inactive")  # fmt: skip
                 changed = True
         if changed:
-            self._write_timings(zone, timings)
-            marking = _parse_cds(self.store.get_meta(zone, CDS_KIND))
+            marking = self._marking(zone)
+            self._write_timings(zone, timings, marking)
             self._write_cds(zone, marking, now, marking)
         if changed or zone in self._unpublished:
             # Until the caches are purged the change is served only when they expire (20-41 s):

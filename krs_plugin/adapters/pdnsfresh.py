@@ -1,0 +1,69 @@
+"""Which zones of a PowerDNS batch are *fresh*: their metadata need not be read before the batch
+writes them (docs/servers/powerdns.md, "Many zones in one distribution").
+
+A zone is fresh when everything its metadata would tell the batch is known without it:
+- PowerDNS's zone list says it is not signed: no keys, not PRESIGNED;
+- every backend pdns_server launched stores DNSSEC keys (its configuration, read once): the
+  zone's backend takes keys and metadata, as the per-zone check would have found;
+- it serves no CDS and no CDNSKEY (asked over DNS, all zones down one connection): no records
+  of an earlier marking (the delete records a zone keeps after leaving DNSSEC) wait to be
+  replaced.
+The KRS's own metadata of such a zone (the timing of keys it no longer has, a marking left by
+an earlier life) is then replaced by one write, never read: the CDS marking now travels in
+``X-KRS-KEY-TIMING`` and wins over an ``X-KRS-CDS`` left there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import dns.message
+import dns.name
+import dns.rcode
+import dns.rdatatype
+
+from krs_plugin.adapters.dnsbatch import query_many
+
+SQL_BACKENDS = ("gsqlite3", "gmysql", "gpgsql", "godbc")
+"""Backends whose DNSSEC storage is the ``<backend>-dnssec=yes`` setting."""
+
+
+def backends_store_keys(settings: Mapping[str, str]) -> bool:
+    """Whether every backend in ``launch`` stores DNSSEC keys and metadata: a generic SQL
+    backend with ``<name>-dnssec=yes``, the bind backend with a ``bind-dnssec-db``. Any other
+    backend (or none listed) is not known to: its zones are then read as ever."""
+    launched = [b.strip() for b in settings.get("launch", "").split(",") if b.strip()]
+    if not launched:
+        return False
+    for spec in launched:
+        name, _, instance = spec.partition(":")  # "gsqlite3:second" reads gsqlite3-second-*
+        prefix = f"{name}-{instance}" if instance else name
+        if name in SQL_BACKENDS:
+            stores = settings.get(f"{prefix}-dnssec", "no").strip().lower() == "yes"
+        elif name == "bind":
+            stores = bool(settings.get(f"{prefix}-dnssec-db", "").strip())
+        else:
+            stores = False
+        if not stores:
+            return False
+    return True
+
+
+def without_cds(zones: Sequence[dns.name.Name], host: str, port: int) -> set[dns.name.Name]:
+    """The zones the server answers for with neither a CDS nor a CDNSKEY RRset (an answer
+    that is NOERROR and holds no record of the type asked). A zone it does not answer for, or
+    answers otherwise, is left out: it is read as ever."""
+    questions = [(zone, t) for zone in zones for t in (dns.rdatatype.CDS, dns.rdatatype.CDNSKEY)]
+    replies = query_many(questions, host, port)
+    holds: dict[dns.name.Name, bool] = {zone: False for zone in zones}
+    for (zone, _), reply in zip(questions, replies, strict=True):
+        if not _empty(reply):
+            holds[zone] = True
+    return {zone for zone, held in holds.items() if not held}
+
+
+def _empty(reply: object) -> bool:
+    if not isinstance(reply, dns.message.Message) or reply.rcode() != dns.rcode.NOERROR:
+        return False
+    kinds = (dns.rdatatype.CDS, dns.rdatatype.CDNSKEY)
+    return not any(rrset.rdtype in kinds for rrset in reply.answer)
