@@ -344,7 +344,11 @@ def alternate_keys(config: Config, backend: str) -> list[HpkeKey | JoseKey | Hyb
 def retire_previous(config: Config, opened_with: HpkeKey | JoseKey | HybridKey) -> bool:
     """A distribution opened with ``opened_with``: when that is the current (new) backend key
     of a switched rotation, unlink the old keys (and the old backend's key of a move). True when
-    it did. krs.yaml is read again: the running config may be from before the switch."""
+    it did. krs.yaml is read again: the running config may be from before the switch. Not when
+    ``switched`` cannot be the phase (``_may_be_switched``): reading krs.yaml was two fifths of
+    an apply's CPU (docs/benchmarks.md, "Fleet")."""
+    if not _may_be_switched(config):
+        return False
     with contextlib.suppress(KrsError, OSError):  # else the daemon's config says which are
         config = load_config(config.path)
     try:
@@ -368,6 +372,18 @@ def retire_previous(config: Config, opened_with: HpkeKey | JoseKey | HybridKey) 
         return False  # another rotation runs: the next distribution retires them
     log.info("a distribution sealed to the new node key opened: the old node keys are destroyed")
     return True
+
+
+def _may_be_switched(config: Config) -> bool:
+    """Whether the signing key or the SIG(0) key has a ``.previous``: every switch makes both
+    (``_switch_files``; krs.yaml's ``keys.signing`` is never rewritten by a rotation or a move,
+    and the SIG(0) key is always beside it), and retiring unlinks them after the backend key's,
+    so ``phase`` is ``switched`` only while one of them is there. Without one, nothing is
+    retired and krs.yaml need not be read again."""
+    signing = config.keys.signing
+    if signing is None:
+        return False  # key_paths refuses such a node: nothing to retire
+    return any(suffixed(path, PREVIOUS).exists() for path in (signing, signing.parent / SIG0_FILE))
 
 
 __all__ = [
