@@ -58,3 +58,29 @@ def test_entries_of_interleaved_zones_make_one_plan_per_zone_in_order_of_appeara
     assert [p.zone for p in plans] == [a, b]
     assert [k.key.key_tag for k in plans[0].install] == [keys[0].key_tag, keys[2].key_tag]
     assert [k.key.key_tag for k in plans[1].install] == [keys[1].key_tag]
+
+
+def test_a_key_sent_again_unchanged_is_not_rewritten(tmp_path: Path) -> None:
+    """The KDC sends no Created time; the plan's is the key's own first time, not the apply's
+    moment, so the next distribution carrying the same key (every one carries the KSK) finds
+    its files as planned and leaves them alone."""
+    adapter = DirectoryAdapter({"path": str(tmp_path)})
+    ksk = generate_key(ZONE, 13, 257)
+    sent = KeyTiming(publish=NOW - 7200, activate=NOW - 3600)
+    payload = Payload((roll_key_entry(ksk, "KSK", timing=sent),))
+    (first,) = build_plans(payload, lambda zone: [], now=NOW)
+    assert first.install[0].timing == KeyTiming(NOW - 7200, NOW - 7200, NOW - 3600)
+    assert adapter.apply(ZONE, first).changed
+    private = tmp_path / f"{ksk.basename}.private"
+    inode = private.stat().st_ino
+    (again,) = build_plans(payload, lambda zone: [], now=NOW + 600)  # a later distribution
+    assert again.install[0].timing == first.install[0].timing
+    result = adapter.apply(ZONE, again)
+    assert not result.changed and private.stat().st_ino == inode
+
+
+def test_a_key_published_later_is_never_created_in_the_future() -> None:
+    key = generate_key(ZONE, 13, 256)
+    payload = Payload((roll_key_entry(key, "ZSK", timing=KeyTiming(publish=NOW + 86400)),))
+    (plan,) = build_plans(payload, lambda zone: [], now=NOW)
+    assert plan.install[0].timing.created == NOW
