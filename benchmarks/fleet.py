@@ -2,7 +2,7 @@
 node's confirmation is recorded at the KDC.
 
 Run:  .venv/bin/python benchmarks/fleet.py [--part direct|secondaries|both] [--nodes N]
-                                           [--runs R] [--quick] [--keep]
+                                           [--runs R] [--quick] [--keep] [--source]
 
 (a) ``--part direct`` (100 nodes, 10 runs): ``krs-kdc serve`` and one real ``krs run`` per node
     (directory adapter, ``poll_interval: 3600`` so only the NOTIFY starts a fetch), each with its
@@ -25,8 +25,10 @@ Run:  .venv/bin/python benchmarks/fleet.py [--part direct|secondaries|both] [--n
     (1,000 ``node add`` processes would take minutes), the distribution with the CLI. Goal: all
     1,000 confirmed within 20 s.
 
-``--quick``: 20 nodes and 3 runs for (a), 100 nodes and 1 run for (b). A harness that prints
-figures; it asserts nothing.
+``--quick``: 20 nodes and 3 runs for (a), 100 nodes and 1 run for (b). The processes keep their
+compiled bytecode in a temporary cache, as an installed package does; ``--source`` compiles at
+every start instead (PYTHONDONTWRITEBYTECODE, as set in this project's shells). A harness that
+prints figures; it asserts nothing.
 """
 
 from __future__ import annotations
@@ -375,7 +377,8 @@ def report_direct(fleet: DirectFleet, results: list[Run]) -> None:
         f"  KDC CPU per node per run:  {ms(statistics_mean([r.kdc_cpu / count for r in results]))}"
     )
     print(f"  krs run CPU per run:       p50 {percentile(node_cpu, 50):.1f} ms, "
-          f"p95 {percentile(node_cpu, 95):.1f} ms, max {max(node_cpu):.1f} ms")  # fmt: skip
+          f"p95 {percentile(node_cpu, 95):.1f} ms, max {max(node_cpu):.1f} ms, "
+          f"mean {statistics_mean(node_cpu):.1f} ms (10 ms ticks)")  # fmt: skip
     print(
         f"  distribute CPU per run:    {ms(statistics_mean([r.distribute_cpu for r in results]))}"
     )
@@ -682,8 +685,28 @@ def main() -> int:
     parser.add_argument("--runs", type=int, help="timed runs (default 10 direct, 3 secondaries)")
     parser.add_argument("--quick", action="store_true", help="20 / 100 nodes, 3 / 1 runs")
     parser.add_argument("--keep", action="store_true", help="keep the logs and state afterwards")
+    parser.add_argument(
+        "--source", action="store_true", help="no bytecode cache: compile at every start"
+    )
     args = parser.parse_args()
     print(f"machine: {machine()}")
+    with contextlib.ExitStack() as stack:
+        if not args.source:
+            bytecode_cache(Path(stack.enter_context(tempfile.TemporaryDirectory())))
+        return measure(args)
+
+
+def bytecode_cache(directory: Path) -> None:
+    """The processes started keep their compiled modules in ``directory``, as an installed
+    package has them (pip compiles at install): with PYTHONDONTWRITEBYTECODE set (as in this
+    project's shells) and the editable checkout, every ``krs-kdc distribute`` compiled its
+    modules again, about 0.2 s of CPU (docs/benchmarks.md, "Fleet")."""
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    os.environ["PYTHONPYCACHEPREFIX"] = str(directory)
+    print(f"  bytecode cached in {directory} (--source: compile at every start)")
+
+
+def measure(args: argparse.Namespace) -> int:
     if args.part in ("direct", "both"):
         count = args.nodes or (20 if args.quick else 100)
         with workdir("krs-bench-fleet-", args.keep) as root:
