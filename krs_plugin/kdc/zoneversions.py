@@ -66,22 +66,36 @@ class Snapshot:
     """False for the version kdc.db names at start, whose records are not in memory."""
 
 
+Owners = dict[tuple[str, str, int], str]
+"""Owner text by (node id, distribution id, sequence): what ``zone_entries`` made last time."""
+
+
 def zone_entries(
-    records: Iterable[PublishedRecord], origin: dns.name.Name
+    records: Iterable[PublishedRecord], origin: dns.name.Name, owners: Owners | None = None
 ) -> tuple[frozenset[Entry], int | None]:
     """The zone's records (not SOA or NS) from its published CHUNK records, and the earliest
-    expiry among them."""
+    expiry among them. ``owners``: the owner names of the previous call, taken again instead of
+    made anew, and replaced by this call's (serve rebuilds the zone at every distribution, and
+    every record still published is in it: 36 us a record, 2,200 records with 100 nodes and 11
+    distributions); the names are the same whoever makes them."""
     entries: set[Entry] = set()
     ids_by_node: dict[str, list[str]] = {}
     next_change: int | None = None
+    known = owners if owners is not None else {}
+    made: Owners = {}
     for record in records:
-        node = dns.name.from_text(record.node_id)
-        owner = (
-            manifest_name(node, record.distribution_id, origin)
-            if record.sequence == 0
-            else chunk_name(record.sequence, node, record.distribution_id, origin)
-        )
-        entries.add((owner.to_text().lower(), CHUNK_TYPE, record.rdata))
+        key = (record.node_id, record.distribution_id, record.sequence)
+        text = known.get(key)
+        if text is None:
+            node = dns.name.from_text(record.node_id)
+            owner = (
+                manifest_name(node, record.distribution_id, origin)
+                if record.sequence == 0
+                else chunk_name(record.sequence, node, record.distribution_id, origin)
+            )
+            text = owner.to_text().lower()
+        made[key] = text
+        entries.add((text, CHUNK_TYPE, record.rdata))
         ids = ids_by_node.setdefault(record.node_id, [])
         if not ids or ids[-1] != record.distribution_id:
             ids.append(record.distribution_id)  # records come by distribution serial
@@ -93,6 +107,9 @@ def zone_entries(
         )
         owner = pending_name(dns.name.from_text(node_id), origin)
         entries.add((owner.to_text().lower(), int(dns.rdatatype.TXT), txt.to_digestable()))
+    if owners is not None:
+        owners.clear()
+        owners.update(made)  # only the records published now: it never outgrows the zone
     return frozenset(entries), next_change
 
 
@@ -143,6 +160,7 @@ class ZoneVersions:
     current: Snapshot = field(init=False)
     journal: list[Difference] = field(default_factory=list, init=False)
     _seen_changes: int = field(default=-1, init=False)
+    _owners: Owners = field(default_factory=dict, init=False)  # zone_entries's, kept
 
     def __post_init__(self) -> None:
         stored = self.store.get_meta(SERIAL_KEY)
@@ -161,7 +179,8 @@ class ZoneVersions:
         if changes == self._seen_changes and not due:
             return False
         self._seen_changes = changes
-        entries, next_change = zone_entries(self.store.published_records(now=now), self.origin)
+        records = self.store.published_records(now=now)
+        entries, next_change = zone_entries(records, self.origin, self._owners)
         digest = digest_of(entries)
         old = self.current
         if digest == old.digest and old.serial:  # the same content (at start: as kdc.db says)

@@ -16,7 +16,7 @@ import pytest
 
 from krs_plugin.kdc.publisher import ordered_changes
 from krs_plugin.kdc.store import Store
-from krs_plugin.kdc.zoneversions import Difference, ZoneVersions, compose
+from krs_plugin.kdc.zoneversions import Difference, ZoneVersions, compose, zone_entries
 from krs_plugin.protocol import CHUNK, CHUNK_TYPE
 
 ORIGIN = dns.name.from_text("kdc.example.")
@@ -129,3 +129,19 @@ def test_a_secondary_ahead_of_kdc_db_lifts_the_next_serial(store: Store) -> None
     versions.above(ahead - 10)  # behind: nothing changes
     assert not versions.refresh(now + 2)
     assert versions.serial == ahead + 1
+
+
+def test_owner_names_kept_between_rebuilds_give_the_same_zone(store: Store) -> None:
+    """serve keeps the owner names of one rebuild for the next: the content is the same as
+    made from nothing, through publications and an expiry, and no name outlives its record."""
+    now = int(time.time())
+    owners: dict[tuple[str, str, int], str] = {}
+    first = publish(store, now, ttl=5)
+    for step, at in enumerate((now, now + 1, now + 10)):  # the last: the first has expired
+        if step == 1:
+            publish(store, now + 1)
+        records = store.published_records(now=at)
+        kept, _ = zone_entries(records, ORIGIN, owners)
+        assert kept == zone_entries(records, ORIGIN)[0]
+        assert set(owners) == {(r.node_id, r.distribution_id, r.sequence) for r in records}
+    assert all(dist_id != first for _, dist_id, _ in owners)
