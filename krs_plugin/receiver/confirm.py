@@ -59,12 +59,17 @@ async def _send(
         node_id = config.node_id.to_text()
         return confirmation_message(dist_id, config.control_zone, report, signer, node_id=node_id)
 
-    fits_udp = len(message().to_wire(max_size=0xFFFF)) <= UDP_CONFIRM_MAX
+    made = message()  # sent as it is by the first attempt
+    fits_udp = len(made.to_wire(max_size=0xFFFF)) <= UDP_CONFIRM_MAX
+    first: dns.message.Message | None = made
     where = context(distribution_id=dist_id, stage="confirm")
     for server in config.kdc_servers:
         # UDP first, as tdns does; TCP when the report is too big or UDP gets no answer.
         for exchange in (udp_exchange, tcp_exchange) if fits_udp else (tcp_exchange,):
-            body = message()  # bound to this moment, signed afresh (docs/protocol.md section 6)
+            # bound to this moment, signed afresh for every later attempt (docs/protocol.md
+            # section 6); the first is the one just made to learn the size, not signed twice
+            body = first if first is not None else message()
+            first = None
             try:
                 reply = await exchange(body, server.host, server.port, CONFIRM_TIMEOUT)
             except (TimeoutError, OSError, dns.exception.DNSException) as exc:
