@@ -366,10 +366,34 @@ class KeyFolder:
         keep_timing: bool = False,
     ) -> bool:
         """``write_key`` into this folder; the key is then known parsed as written (the files
-        hold exactly ``key`` and ``timing`` now: written so, or found so)."""
+        hold exactly ``key`` and ``timing`` now: written so, or found so). Files this folder
+        already knows parsed as exactly that (unchanged since: ``_signature``) are not parsed
+        again to find so: every distribution carries the zone's unchanged keys."""
+        private = self.path / f"{key.basename}.private"
+        if self._known_as(private, key, timing, keep_timing):
+            self._parsed.move_to_end(str(private))
+            return False
         written = write_key(self.path, key, timing, owner, keep_timing=keep_timing)
-        self._keep(self.path / f"{key.basename}.private", key, timing)
+        self._keep(private, key, timing)
         return written
+
+    def _known_as(
+        self, private: Path, key: DnssecKey, timing: KeyTiming, keep_timing: bool
+    ) -> bool:
+        """Whether the key's files, as last parsed or written here and unchanged since (the same
+        ``_signature``: both files there, as when they were kept), hold ``key`` with ``timing``
+        as ``holds`` compares them: the timing record's when there is one, and there must be
+        one when ``keep_timing`` asks for it (``write_key`` adds it)."""
+        cached = self._parsed.get(str(private))
+        record = timing_record(private)
+        if cached is None or cached[0] != _signature(
+            (private, private.with_suffix(".key"), record)
+        ):
+            return False
+        if keep_timing and not record.exists():
+            return False
+        _, present, present_timing = cached
+        return present.dnskey == key.dnskey and present.ttl == key.ttl and present_timing == timing
 
     def retime(
         self,
