@@ -5,9 +5,11 @@ A zone is fresh when everything its metadata would tell the batch is known witho
 - PowerDNS's zone list says it is not signed: no keys, not PRESIGNED;
 - every backend pdns_server launched stores DNSSEC keys (its configuration, read once): the
   zone's backend takes keys and metadata, as the per-zone check would have found;
-- it serves no CDS and no CDNSKEY (asked over DNS, all zones down one connection): no records
-  of an earlier marking (the delete records a zone keeps after leaving DNSSEC) wait to be
-  replaced.
+- it serves no CDS (asked over DNS, all zones down one connection): no records of an earlier
+  marking (the delete records a zone keeps after leaving DNSSEC) wait to be replaced. The KRS
+  writes and deletes CDS and CDNSKEY together, so one question a zone tells; a CDNSKEY left
+  alone by hand is still caught by the verification, which compares both with the marking
+  (the batch then fails and is rolled back).
 The KRS's own metadata of such a zone (the timing of keys it no longer has, a marking left by
 an earlier life) is then replaced by one write, never read: the CDS marking now travels in
 ``X-KRS-KEY-TIMING`` and wins over an ``X-KRS-CDS`` left there.
@@ -50,20 +52,14 @@ def backends_store_keys(settings: Mapping[str, str]) -> bool:
 
 
 def without_cds(zones: Sequence[dns.name.Name], host: str, port: int) -> set[dns.name.Name]:
-    """The zones the server answers for with neither a CDS nor a CDNSKEY RRset (an answer
-    that is NOERROR and holds no record of the type asked). A zone it does not answer for, or
-    answers otherwise, is left out: it is read as ever."""
-    questions = [(zone, t) for zone in zones for t in (dns.rdatatype.CDS, dns.rdatatype.CDNSKEY)]
+    """The zones the server answers for without a CDS RRset (NOERROR, no CDS in the answer).
+    A zone it does not answer for, or answers otherwise, is left out: it is read as ever."""
+    questions = [(zone, dns.rdatatype.CDS) for zone in zones]
     replies = query_many(questions, host, port)
-    holds: dict[dns.name.Name, bool] = {zone: False for zone in zones}
-    for (zone, _), reply in zip(questions, replies, strict=True):
-        if not _empty(reply):
-            holds[zone] = True
-    return {zone for zone, held in holds.items() if not held}
+    return {zone for (zone, _), reply in zip(questions, replies, strict=True) if _empty(reply)}
 
 
 def _empty(reply: object) -> bool:
     if not isinstance(reply, dns.message.Message) or reply.rcode() != dns.rcode.NOERROR:
         return False
-    kinds = (dns.rdatatype.CDS, dns.rdatatype.CDNSKEY)
-    return not any(rrset.rdtype in kinds for rrset in reply.answer)
+    return not any(rrset.rdtype == dns.rdatatype.CDS for rrset in reply.answer)

@@ -1,5 +1,5 @@
 """A PowerDNS batch does not read the metadata of a *fresh* zone (unsigned, on a backend that
-stores keys, serving no CDS/CDNSKEY: krs_plugin/adapters/pdnsfresh.py), against a real
+stores keys, serving no CDS: krs_plugin/adapters/pdnsfresh.py), against a real
 pdns_server: such a zone costs four API requests (two keys, one metadata write, a rectify), what
 an earlier life left in its KRS metadata is replaced and never acted on, a zone that still serves
 the delete records of an earlier marking is read and set right as before, a re-apply changes
@@ -20,6 +20,7 @@ import pytest
 
 from krs_lab.powerdns import PowerDnsLab
 from krs_plugin.adapters.base import KeyPlan, PlannedKey
+from krs_plugin.adapters.pdnsfresh import backends_store_keys
 from krs_plugin.adapters.powerdns import PowerDnsAdapter
 from krs_plugin.adapters.transaction import apply_atomically
 from krs_plugin.dnssec import DnssecKey
@@ -109,7 +110,8 @@ def test_a_fresh_zone_costs_four_requests_and_its_stale_marking_is_replaced(
     lab: PowerDnsLab,
 ) -> None:
     keys = new_keys()
-    results = apply_atomically(node(lab), plans(keys))
+    batch = plans(keys)  # the same plans again below: their times are part of them
+    results = apply_atomically(node(lab), batch)
     assert all(r.changed and r.verification.ok for r in results)
     for zone, (ksk, zsk) in keys.items():
         served = Served(lab.host, lab.port, zone)
@@ -135,7 +137,7 @@ def test_a_fresh_zone_costs_four_requests_and_its_stale_marking_is_replaced(
     assert meta(lab, STALE, LEGACY) == ["delete"]
     # a second look, reading everything (the zone is signed now), keeps the marking: nothing
     # to change, no delete records written
-    again = apply_atomically(node(lab), plans(keys))
+    again = apply_atomically(node(lab), batch)
     assert not any(r.changed for r in again)
     assert all(cds_served(lab, zone) == [] for zone in ZONES)
 
@@ -167,3 +169,24 @@ def test_a_failed_batch_puts_every_fresh_zone_back_as_it_was(
     # their X-KRS-KEY-TIMING, replaced by the batch, is removed: the timing of keys STALE no
     # longer had is not kept (docs/servers/powerdns.md)
     assert meta(lab, PLAIN, TIMING) == [] and meta(lab, STALE, TIMING) == []
+
+
+@pytest.mark.parametrize(
+    ("settings", "stores"),
+    [
+        ({"launch": "gsqlite3", "gsqlite3-dnssec": "yes"}, True),
+        ({"launch": "gsqlite3", "gsqlite3-dnssec": "no"}, False),
+        ({"launch": "bind", "bind-dnssec-db": "/var/lib/powerdns/dnssec.db"}, True),
+        ({"launch": "bind", "bind-dnssec-db": ""}, False),
+        ({"launch": "bind,gmysql", "bind-dnssec-db": "/x.db", "gmysql-dnssec": "yes"}, True),
+        ({"launch": "bind,gmysql", "bind-dnssec-db": "/x.db", "gmysql-dnssec": "no"}, False),
+        ({"launch": "gpgsql:second", "gpgsql-second-dnssec": "yes"}, True),
+        ({"launch": "gpgsql:second", "gpgsql-dnssec": "yes"}, False),
+        ({"launch": "lmdb"}, False),  # not known to the KRS: every zone is read
+        ({"launch": ""}, False),
+    ],
+)
+def test_fresh_zones_only_where_every_launched_backend_stores_keys(
+    settings: dict[str, str], stores: bool
+) -> None:
+    assert backends_store_keys(settings) is stores
