@@ -157,6 +157,12 @@ def time_args(times: Sequence[int]) -> list[str]:
     return [f"{name}={value}" for name, value in zip(TIMES, times, strict=True)]
 
 
+ZONES_PER_TIMEOUT = 500
+"""A knotc event naming many zones waits for knotd to sign them all (``-b``): it is given
+``timeout`` once more for every 500 zones (docs/servers/knot.md, "Many zones in one
+distribution")."""
+
+
 class KnotTools:
     """``knotc`` and ``keymgr`` for one Knot instance (its config file or control socket)."""
 
@@ -175,8 +181,7 @@ class KnotTools:
         self.config = config
         self.config_args = ["-c", str(config)] if config is not None else []
         self.keymgr_args = self.config_args  # in a batch: a private copy of the configuration
-        socket_args = ["-s", str(socket)] if socket is not None else []
-        self.knotc_args = [*self.config_args, *socket_args, "-t", f"{max(1, int(timeout))}"]
+        self.socket_args = ["-s", str(socket)] if socket is not None else []
         self._conf: dict[str, dict[str, str]] | None = None  # section -> items, in a batch
         self._loaded: set[str] | None = None  # zones knotd has loaded, read once in a batch
         self._kasp_zones: set[str] | None = None  # zones with keys in the KASP database
@@ -277,7 +282,13 @@ class KnotTools:
             if not group:
                 continue
             try:
-                self.knotc("-b", event, *(z.to_text() for z in group))
+                self.knotc(
+                    "-b",
+                    event,
+                    *(z.to_text() for z in group),
+                    timeout=self.timeout * (1 + len(group) / ZONES_PER_TIMEOUT),
+                    what=f"knotc -b {event} ({len(group)} zone{'s' if len(group) != 1 else ''})",
+                )
             except AdapterError as exc:
                 named = re.findall(r"\[([^\]]+)\] \(([^)]*)\)", str(exc))
                 if not named:
@@ -287,15 +298,18 @@ class KnotTools:
             self._loaded.update(n for z in fresh if (n := z.to_text().lower()) not in errors)
         return errors
 
-    def _run(self, argv: list[str], what: str) -> str:
+    def _run(self, argv: list[str], what: str, timeout: float | None = None) -> str:
         # umask 077: keymgr creates the keystore's PEM files with the caller's umask (0640
         # under the usual 022), and they hold private keys.
-        return run_tool(argv, what, timeout=self.timeout, umask=0o077)
+        return run_tool(argv, what, timeout=timeout or self.timeout, umask=0o077)
 
-    def knotc(self, *command: str) -> str:
-        return self._run(
-            [self.knotc_binary, *self.knotc_args, *command], f"knotc {' '.join(command)}"
-        )
+    def knotc(self, *command: str, timeout: float | None = None, what: str = "") -> str:
+        """One knotc call; ``timeout`` (default ``self.timeout``) bounds both knotc's wait for
+        knotd (``-t``) and the process."""
+        seconds = timeout or self.timeout
+        argv = [self.knotc_binary, *self.config_args, *self.socket_args, "-t",
+                f"{max(1, round(seconds))}", *command]  # fmt: skip
+        return self._run(argv, what or f"knotc {' '.join(command)}", seconds)
 
     def keymgr(self, zone: dns.name.Name, *command: str, json_output: bool = False) -> str:
         flags = ["-j"] if json_output else []
