@@ -54,7 +54,7 @@ import dns.exception
 import dns.name
 import dns.rdataclass
 import dns.rdatatype
-from krs_bulk import add_zones, krs_outcome, vm_hwm
+from krs_bulk import add_zones, krs_failure, krs_outcome, vm_hwm
 from krs_harness import NotifyRelay, machine, proc_status
 
 from krs_lab.bind9 import Bind9Lab
@@ -459,7 +459,9 @@ def follow(
     peak = max(peak, vm_hwm(krs.pid))
     applied = time.perf_counter() - notified
     if outcome != "applied":
-        log(f"  NOT APPLIED: {outcome!r} after {applied:.0f} s\n{deployment.log('krs')[-3000:]}")
+        why = krs_failure(db, dist_id) if outcome else "nothing recorded"
+        log(f"  NOT APPLIED: {outcome!r} after {applied:.0f} s: {why}\n"
+            f"{deployment.log('krs')[-3000:]}")  # fmt: skip
         return Figures("KRS (krs run)", None, None, peak / 1024)
     left = wait_all_served(lab, zones, {}, 60)
     seconds = time.perf_counter() - notified

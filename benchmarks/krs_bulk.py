@@ -112,6 +112,15 @@ def krs_outcome(db: Path, dist_id: str) -> str | None:
     return None if row is None else str(row[0])
 
 
+def krs_failure(db: Path, dist_id: str) -> str:
+    """The stage and error the KRS recorded for ``dist_id`` (cut to 2,000 characters)."""
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)) as c:
+        row = c.execute(
+            "SELECT stage, error FROM distributions WHERE id = ?", (dist_id,)
+        ).fetchone()
+    return "no record" if row is None else f"stage {row[0]}: {str(row[1])[:2000]}"
+
+
 def kdc_status(store: Store, dist_id: str) -> str:
     rows = store.distributions(dist_id=dist_id)
     return rows[0].status if rows else "missing"
