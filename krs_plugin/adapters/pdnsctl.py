@@ -614,6 +614,7 @@ class BatchStore:
         self.meta: dict[dns.name.Name, dict[str, list[str]]] = {}
         self.known: dict[dns.name.Name, list[PdnsKey]] = {}
         self.dirty = False  # a refresh is due
+        self.no_dnssec_storage = False  # no launched backend stores keys (pdnsfresh.py)
 
     def _listed(self, zone: dns.name.Name) -> bool | None:
         return None if self.signed is None else self.signed.get(zone.to_text().lower())
@@ -644,6 +645,8 @@ class BatchStore:
         self.meta[zone] = {}
 
     def presigned(self, zone: dns.name.Name) -> bool | None:
+        if self.no_dnssec_storage:
+            return None
         meta = self._meta(zone)
         return self.store.presigned(zone) if meta is None else "1" in meta.get(PRESIGNED, [])
 

@@ -34,21 +34,32 @@ def backends_store_keys(settings: Mapping[str, str]) -> bool:
     """Whether every backend in ``launch`` stores DNSSEC keys and metadata: a generic SQL
     backend with ``<name>-dnssec=yes``, the bind backend with a ``bind-dnssec-db``. Any other
     backend (or none listed) is not known to: its zones are then read as ever."""
+    stores = _storing(settings)
+    return bool(stores) and all(s is True for s in stores)
+
+
+def backends_store_no_keys(settings: Mapping[str, str]) -> bool:
+    """Whether no backend in ``launch`` stores DNSSEC keys (each a known one without its DNSSEC
+    setting): no zone can take keys. A gsqlite3 without ``gsqlite3-dnssec`` still answers the
+    metadata listing a batch reads (HTTP 200, empty), so only this says it before writing."""
+    stores = _storing(settings)
+    return bool(stores) and all(s is False for s in stores)
+
+
+def _storing(settings: Mapping[str, str]) -> list[bool | None]:
+    """For each launched backend: stores keys, does not, or not known (another backend)."""
     launched = [b.strip() for b in settings.get("launch", "").split(",") if b.strip()]
-    if not launched:
-        return False
+    out: list[bool | None] = []
     for spec in launched:
         name, _, instance = spec.partition(":")  # "gsqlite3:second" reads gsqlite3-second-*
         prefix = f"{name}-{instance}" if instance else name
         if name in SQL_BACKENDS:
-            stores = settings.get(f"{prefix}-dnssec", "no").strip().lower() == "yes"
+            out.append(settings.get(f"{prefix}-dnssec", "no").strip().lower() == "yes")
         elif name == "bind":
-            stores = bool(settings.get(f"{prefix}-dnssec-db", "").strip())
+            out.append(bool(settings.get(f"{prefix}-dnssec-db", "").strip()))
         else:
-            stores = False
-        if not stores:
-            return False
-    return True
+            out.append(None)
+    return out
 
 
 def without_cds(zones: Sequence[dns.name.Name], host: str, port: int) -> set[dns.name.Name]:

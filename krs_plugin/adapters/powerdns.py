@@ -80,7 +80,7 @@ from krs_plugin.adapters.pdnsctl import (
     PdnsKey,
     PdnsutilKeyStore,
 )
-from krs_plugin.adapters.pdnsfresh import backends_store_keys, without_cds
+from krs_plugin.adapters.pdnsfresh import backends_store_keys, backends_store_no_keys, without_cds
 from krs_plugin.adapters.settings import (
     existing_file,
     seconds,
@@ -686,7 +686,10 @@ class PowerDnsAdapter(BaseAdapter[PdnsChange]):
         if not unsigned:
             return set()
         try:
-            if not backends_store_keys(store.store.settings()):
+            settings = store.store.settings()
+            if backends_store_no_keys(settings):  # each zone refused at its check
+                store.no_dnssec_storage = True
+            if not backends_store_keys(settings):
                 return set()
             fresh = without_cds(unsigned, self.host, self.port)
         except (KrsError, OSError) as exc:

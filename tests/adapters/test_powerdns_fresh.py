@@ -20,7 +20,7 @@ import pytest
 
 from krs_lab.powerdns import PowerDnsLab
 from krs_plugin.adapters.base import KeyPlan, PlannedKey
-from krs_plugin.adapters.pdnsfresh import backends_store_keys
+from krs_plugin.adapters.pdnsfresh import backends_store_keys, backends_store_no_keys
 from krs_plugin.adapters.powerdns import PowerDnsAdapter
 from krs_plugin.adapters.transaction import apply_atomically
 from krs_plugin.dnssec import DnssecKey
@@ -172,21 +172,43 @@ def test_a_failed_batch_puts_every_fresh_zone_back_as_it_was(
 
 
 @pytest.mark.parametrize(
-    ("settings", "stores"),
+    ("settings", "every", "none"),
     [
-        ({"launch": "gsqlite3", "gsqlite3-dnssec": "yes"}, True),
-        ({"launch": "gsqlite3", "gsqlite3-dnssec": "no"}, False),
-        ({"launch": "bind", "bind-dnssec-db": "/var/lib/powerdns/dnssec.db"}, True),
-        ({"launch": "bind", "bind-dnssec-db": ""}, False),
-        ({"launch": "bind,gmysql", "bind-dnssec-db": "/x.db", "gmysql-dnssec": "yes"}, True),
-        ({"launch": "bind,gmysql", "bind-dnssec-db": "/x.db", "gmysql-dnssec": "no"}, False),
-        ({"launch": "gpgsql:second", "gpgsql-second-dnssec": "yes"}, True),
-        ({"launch": "gpgsql:second", "gpgsql-dnssec": "yes"}, False),
-        ({"launch": "lmdb"}, False),  # not known to the KRS: every zone is read
-        ({"launch": ""}, False),
+        ({"launch": "gsqlite3", "gsqlite3-dnssec": "yes"}, True, False),
+        ({"launch": "gsqlite3", "gsqlite3-dnssec": "no"}, False, True),
+        ({"launch": "bind", "bind-dnssec-db": "/var/lib/powerdns/dnssec.db"}, True, False),
+        ({"launch": "bind", "bind-dnssec-db": ""}, False, True),
+        ({"launch": "bind,gmysql", "bind-dnssec-db": "/x.db", "gmysql-dnssec": "yes"}, True, False),
+        ({"launch": "bind,gmysql", "bind-dnssec-db": "/x.db", "gmysql-dnssec": "no"}, False, False),
+        ({"launch": "gpgsql:second", "gpgsql-second-dnssec": "yes"}, True, False),
+        ({"launch": "gpgsql:second", "gpgsql-dnssec": "yes"}, False, True),
+        ({"launch": "lmdb"}, False, False),  # not known to the KRS: every zone is read
+        ({"launch": ""}, False, False),
     ],
 )
 def test_fresh_zones_only_where_every_launched_backend_stores_keys(
-    settings: dict[str, str], stores: bool
+    settings: dict[str, str], every: bool, none: bool
 ) -> None:
-    assert backends_store_keys(settings) is stores
+    assert backends_store_keys(settings) is every
+    assert backends_store_no_keys(settings) is none
+
+
+@pytest.mark.parametrize(
+    ("backend", "settings"),
+    [("bind", {"bind-dnssec-db": ""}), ("gsqlite3", {"gsqlite3-dnssec": "no"})],
+)
+def test_a_batch_on_a_backend_without_dnssec_storage_is_refused_before_writing(
+    tmp_path: Path, backend: str, settings: dict[str, str]
+) -> None:
+    # Its zones are listed unsigned like fresh ones: pdns_server's configuration says they are
+    # not, and that no zone can take keys (gsqlite3 without gsqlite3-dnssec answers the metadata
+    # listing as if it could), so the check refuses them before any zone is written.
+    server = PowerDnsLab(tmp_path / "pdns", ZONES, backend, extra_settings=settings)  # type: ignore[arg-type]
+    server.start()
+    try:
+        with pytest.raises(AdapterError, match=r"no DNSSEC storage.*nothing was changed"):
+            apply_atomically(node(server), plans(new_keys()))
+        requests_made = re.findall(r'"(PUT|POST|PATCH|DELETE) /api/v1/\S+', server.log())
+        assert requests_made == []
+    finally:
+        server.stop()
