@@ -57,7 +57,8 @@ WITH open AS (
     WHERE {where}
 ), covered AS (
     SELECT o.node_id, k.zone, o.id, o.serial, o.status, o.created_at, o.stage, o.error
-    FROM open o JOIN distribution_keys k ON k.distribution_id = o.id AND k.node_id = o.node_id
+    FROM open o CROSS JOIN distribution_keys k  -- CROSS: per open one, by its primary key
+        ON k.distribution_id = o.id AND k.node_id = o.node_id  -- (SQLite 3.46 scanned k)
     UNION
     SELECT o.node_id, o.zone, o.id, o.serial, o.status, o.created_at, o.stage, o.error
     FROM open o WHERE o.zone IS NOT NULL
