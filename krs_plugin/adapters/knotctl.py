@@ -217,9 +217,9 @@ class KnotTools:
         """keymgr's arguments for the batch: ``-C`` a binary copy of knot.conf that ``knotc
         conf-import`` makes once in a private folder, removed when the batch ends. keymgr parses
         a text knot.conf whole at every run (0.27 s with 10,000 zones, against 6 ms for a copy
-        it looks up; docs/servers/knot.md, "Many zones"), and a new node's batch runs it twice a
-        zone. The copy is of the same file, includes and all; without a file (knotd's own
-        confdb) keymgr reads what it always reads."""
+        it looks up; docs/servers/knot.md, "keymgr against a copy of knot.conf"), and a new
+        node's batch runs it twice a zone. The copy is of the same file, includes and all;
+        without a file (knotd's own confdb) keymgr reads what it always reads."""
         if self.config is None:
             return self.config_args
         folder = Path(tempfile.mkdtemp(prefix="krs-knot-conf-"))  # 0700, the KRS's own
