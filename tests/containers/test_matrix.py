@@ -12,9 +12,11 @@ import time
 
 import pytest
 
+from tests.containers.conftest import CONTAINER_GROUP
 from tests.containers.matrix import Kdc, Pair, run_checked, wait_until
 
-pytestmark = [pytest.mark.containers, pytest.mark.timeout(1500)]  # the first one builds
+# the first one builds
+pytestmark = [pytest.mark.containers, pytest.mark.timeout(1500), CONTAINER_GROUP]
 
 
 def keys_of(kdc: Kdc, zone: str, role: str) -> list[int]:
