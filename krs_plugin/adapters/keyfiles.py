@@ -142,7 +142,12 @@ def incomplete(paths: list[Path]) -> set[Path]:
 
 def tag_of(path: Path) -> int | None:
     """The key tag in a ``K<zone>+<alg>+<tag>.<suffix>`` file name."""
-    tag = path.name.rsplit("+", 1)[-1].split(".", 1)[0]
+    return tag_in(path.name)
+
+
+def tag_in(name: str) -> int | None:
+    """``tag_of`` a file name given as text (no ``Path`` made for it)."""
+    tag = name.rsplit("+", 1)[-1].split(".", 1)[0]
     return int(tag) if tag.isdigit() else None
 
 
@@ -269,14 +274,18 @@ class KeyFolder:
     ) -> list[tuple[Path, DnssecKey, KeyTiming]]:
         """Each key of ``zone`` (only those named with ``tag``, when given) with its timing: from
         its timing record when it has one, else from its files. A ``.private`` without its
-        ``.key`` is a key half written, not installed: passed over."""
-        files = self.files(zone)
+        ``.key`` is a key half written, not installed: passed over. With ``tag``, only the
+        names of that tag are made paths: a half-written key's files all carry its tag, and every
+        distribution deletes each key the zone ever removed, mostly long gone (docs/benchmarks.md,
+        "Fleet")."""
+        names = self.index.names(zone)
+        if tag is not None:
+            names = [name for name in names if tag_in(name) == tag]
+        files = [self.path / name for name in names]
         half = incomplete(files)
         out = []
         for private in files:
             if private.suffix != ".private" or private in half:
-                continue
-            if tag is not None and tag_of(private) != tag:
                 continue
             key, timing = self._read_pair(private)
             out.append((private, key, timing))
