@@ -654,8 +654,11 @@ def _parse_entry(
             announced.append((index, keys))
     if operation == "ping":
         return _parse_ping(meta, envelope, where)
-    zone = zone_name(_field(obj, "zone_name", str, where), where)
-    zone = shared.setdefault(zone, zone)
+    text = _field(obj, "zone_name", str, where)
+    zone = shared.get(("zone_name", text))  # checked already: the same text, the same name
+    if zone is None:
+        zone = zone_name(text, where)
+        zone = shared[("zone_name", text)] = shared.setdefault(zone, zone)
     key_tag = key_tag_text(_field(obj, "key_id", str, where), where)
     if operation == "delete_key":
         reason = _meta(meta, "reason", str, where)
