@@ -294,13 +294,27 @@ def is_storage_error(exc: BaseException) -> bool:
 
 
 @contextmanager
-def transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+def transaction(db: sqlite3.Connection, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
     """One atomic change: everything inside commits together or not at all. A change the file
-    or the disk refuses is ``StateWriteError`` (rolled back: nothing of it is recorded)."""
+    or the disk refuses is ``StateWriteError`` (rolled back: nothing of it is recorded).
+
+    ``durable=False``, for bookkeeping whose loss costs only a message sent again (a NOTIFY's
+    time, a report's attempt): committed without waiting for the disk (``PRAGMA synchronous=
+    NORMAL`` for this commit: in WAL mode, atomic and kept if the process dies; a power cut may
+    take it back, never a change committed before it, and the next durable commit syncs it too).
+    Each fsync is about 1.6 ms during which the KDC's one event loop answers nobody
+    (docs/benchmarks.md, "Fleet")."""
     path = getattr(db, "path", Path("state database"))
     if db.in_transaction:  # inside another change: a savepoint, committed with the outer one
         yield from _nested(db, path)
         return
+    if not durable:
+        yield from _unsynced(db, path)
+        return
+    yield from _outer(db, path)
+
+
+def _outer(db: sqlite3.Connection, path: Path) -> Iterator[sqlite3.Connection]:
     try:
         db.execute("BEGIN IMMEDIATE")
     except sqlite3.Error as exc:
@@ -317,6 +331,16 @@ def transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         if is_storage_error(exc):
             raise write_error(path, exc) from exc
         raise
+
+
+def _unsynced(db: sqlite3.Connection, path: Path) -> Iterator[sqlite3.Connection]:
+    """``transaction(durable=False)``: the connection's ``synchronous`` set back after."""
+    was = int(db.execute("PRAGMA synchronous").fetchone()[0])
+    db.execute("PRAGMA synchronous=NORMAL")
+    try:
+        yield from _outer(db, path)
+    finally:
+        db.execute(f"PRAGMA synchronous={was}")
 
 
 def _nested(db: sqlite3.Connection, path: Path) -> Iterator[sqlite3.Connection]:

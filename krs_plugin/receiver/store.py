@@ -118,11 +118,11 @@ class ReceiverStore:
         self.db.close()
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
         """One atomic change (``sqlitedb.transaction``); a change that cannot be written is
         StateWriteError, and ``write_error`` says why until a later change is written."""
         try:
-            with transaction(self.db) as db:
+            with transaction(self.db, durable=durable) as db:
                 yield db
         except StateWriteError as exc:
             self.write_error = str(exc)
@@ -277,7 +277,9 @@ class ReceiverStore:
         return [(r[0], json.loads(r[1]), int(r[2])) for r in rows]
 
     def confirmation_attempted(self, dist_id: str, *, acknowledged: bool, next_at: float) -> None:
-        with self.transaction():
+        """Not waited on to disk (``durable=False``): lost to a power cut, the report is sent
+        again and the KDC answers that it has it (docs/kdc.md, "Serve")."""
+        with self.transaction(durable=False):
             self.db.execute(
                 "UPDATE confirmations SET attempts = attempts + 1, next_at = ?, "
                 "acknowledged_at = CASE WHEN ? THEN ? ELSE NULL END WHERE distribution_id = ?",
