@@ -18,6 +18,7 @@ import contextlib
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar, runtime_checkable
@@ -238,6 +239,13 @@ class BaseAdapter(Adapter, Generic[Change]):
     """
 
     failures: ClassVar[tuple[type[Exception], ...]] = (KrsError, OSError)
+    verify_while_writing: ClassVar[bool] = False
+    """True for a server whose batch may be loaded slice by slice (``load_batch`` once per
+    ``VERIFY_SLICE`` zones) and each slice verified in a second thread while the next slices
+    are written (docs/adapters.md, "Many zones at once"): its ``verify_batch`` then reads only
+    the state of its own slice's zones. PowerDNS: its API writes wait on its database while the
+    threads that answer (and sign) DNS questions are idle. Off by default: one load for all
+    zones (Knot, NSD) cannot be verified before the last zone is written."""
 
     def apply(self, zone: dns.name.Name, plan: KeyPlan) -> ApplyResult:
         try:
@@ -300,23 +308,27 @@ class BaseAdapter(Adapter, Generic[Change]):
             written: list[dns.name.Name] = []
             current = changes[0] if changes else None  # blamed for a failure of the batch
             try:
-                for change in changes:
-                    current = change
-                    written.append(change.zone)
-                    self._write_plan(change)
-                current = changes[0] if changes else None
-                for change in changes:
-                    change.step = "load"
-                self.load_batch(changes)
-                verifications = []
-                for start in range(0, len(changes), VERIFY_SLICE):
-                    part = changes[start : start + VERIFY_SLICE]
-                    current = part[0]
-                    for change in part:
-                        change.step = "verify"
-                    looked = self.verify_batch(part)
-                    self._check_verified(part, looked)
-                    verifications += [VERIFIED if v == VERIFIED else v for v in looked]
+                if self.verify_while_writing:
+                    verifications = self._write_verifying_behind(changes, written)
+                    current = changes[0] if changes else None
+                else:
+                    for change in changes:
+                        current = change
+                        written.append(change.zone)
+                        self._write_plan(change)
+                    current = changes[0] if changes else None
+                    for change in changes:
+                        change.step = "load"
+                    self.load_batch(changes)
+                    verifications = []
+                    for start in range(0, len(changes), VERIFY_SLICE):
+                        part = changes[start : start + VERIFY_SLICE]
+                        current = part[0]
+                        for change in part:
+                            change.step = "verify"
+                        looked = self.verify_batch(part)
+                        self._check_verified(part, looked)
+                        verifications += [VERIFIED if v == VERIFIED else v for v in looked]
                 for change in changes:
                     change.step = "finish"
                     self.finish(change)
@@ -338,6 +350,58 @@ class BaseAdapter(Adapter, Generic[Change]):
             )
             for change, verification, state in zip(changes, verifications, served, strict=True)
         ]
+
+    def _write_verifying_behind(
+        self, changes: Sequence[Change], written: list[dns.name.Name]
+    ) -> list[Verification]:
+        """Steps 3 to 5 slice by slice (``verify_while_writing``): a slice written and loaded
+        is verified in one second thread while the next slices are written, the slices in
+        order. A slice found not served stops the writing at the next slice; any failure waits
+        for the verification under way to end (none runs on while the batch is rolled back)
+        and raises StepFailed; ``written`` gets each zone before its first write."""
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="krs-verify")
+        looks: list[tuple[Sequence[Change], Future[list[Verification]]]] = []
+        verifications: list[Verification] = []
+        try:
+            for start in range(0, len(changes), VERIFY_SLICE):
+                part = changes[start : start + VERIFY_SLICE]
+                for change in part:
+                    written.append(change.zone)
+                    try:
+                        self._write_plan(change)
+                    except self.failures as exc:
+                        raise StepFailed(change, exc) from exc
+                for change in part:
+                    change.step = "load"
+                try:
+                    self.load_batch(part)
+                except StepFailed:
+                    raise
+                except self.failures as exc:
+                    raise StepFailed(part[0], exc) from exc
+                for change in part:
+                    change.step = "verify"
+                looks.append((part, pool.submit(self.verify_batch, part)))
+                while looks and looks[0][1].done():  # a failed slice stops the writing
+                    verifications += self._verified(*looks.pop(0))
+            while looks:
+                verifications += self._verified(*looks.pop(0))
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        return verifications
+
+    def _verified(
+        self, part: Sequence[Change], look: Future[list[Verification]]
+    ) -> list[Verification]:
+        """A slice's verification from its thread, StepFailed when it failed."""
+        try:
+            looked = look.result()
+        except StepFailed:
+            raise
+        except self.failures as exc:
+            raise StepFailed(part[0], exc) from exc
+        self._check_verified(part, looked)
+        return [VERIFIED if v == VERIFIED else v for v in looked]
 
     def _begin_batch(self, plans: Sequence[KeyPlan], now: int) -> list[Change]:
         """Every zone's ``begin``, before anything is written anywhere."""

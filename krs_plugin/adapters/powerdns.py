@@ -94,7 +94,12 @@ log = logging.getLogger(__name__)
 TIMING_KIND = "X-KRS-KEY-TIMING"
 """A line per key (``<tag> <algorithm> <flags>`` and its four times) and the zone's CDS marking
 as ``cds`` lines (``cds publish <tag> <algorithm>`` per marked key, ``cds delete``, or ``cds
-none``): one write holds both, and replaces whatever an earlier life of the zone left."""
+none``): one write holds both, and replaces whatever an earlier life of the zone left. The
+lines are written as one value, joined by ``LINE_SEPARATOR`` (docs/servers/powerdns.md, section
+5); values of one line each, as earlier versions wrote them, are read alike."""
+LINE_SEPARATOR = "; "
+"""Between the lines of the one ``X-KRS-KEY-TIMING`` value: gsqlite3 stores each value of a
+kind in a row of its own, committed alone, so a value per line cost a disk write per line."""
 CDS_KIND = "X-KRS-CDS"
 """The marking as earlier versions kept it (``publish <tag> <algorithm>``, ``delete``): read
 only while ``X-KRS-KEY-TIMING`` holds no ``cds`` line, never written again."""
@@ -157,11 +162,22 @@ def _timing_entry(identity: str, timing: KeyTiming) -> str:
     return " ".join([identity, *("-" if v is None else str(v) for v in values)])
 
 
+def _lines(values: Iterable[str]) -> list[str]:
+    """The lines of ``X-KRS-KEY-TIMING``: its one value split at ``;`` (older versions wrote a
+    value per line, which this reads the same)."""
+    return [line.strip() for value in values for line in value.split(";") if line.strip()]
+
+
+def _timing_value(lines: Sequence[str]) -> list[str]:
+    """The lines as the kind's one value."""
+    return [LINE_SEPARATOR.join(lines)] if lines else []
+
+
 def _parse_timing(values: Iterable[str]) -> dict[str, KeyTiming]:
     """Metadata values back to timing by key identity; what does not parse is ignored (and
     rewritten at the next change), so a hand edit cannot stop the node."""
     out: dict[str, KeyTiming] = {}
-    for value in values:
+    for value in _lines(values):
         parts = value.split()
         if len(parts) != 7:
             continue
@@ -200,7 +216,7 @@ def _cds_lines(marking: Marking) -> list[str]:
 def _marking_of(timing: Iterable[str], legacy: Iterable[str]) -> Marking:
     """The zone's marking: from the ``cds`` lines of ``X-KRS-KEY-TIMING`` when it has any, else
     from ``X-KRS-CDS`` (what earlier versions wrote)."""
-    lines = [v.split(None, 1) for v in timing if v.split()[:1] == [CDS_LINE]]
+    lines = [v.split(None, 1) for v in _lines(timing) if v.split()[:1] == [CDS_LINE]]
     if lines:
         return _parse_cds(line[1] for line in lines if len(line) == 2)
     return _parse_cds(legacy)
@@ -222,6 +238,7 @@ class PowerDnsAdapter(BaseAdapter[PdnsChange]):
     name = "powerdns"
     settings_keys = frozenset(SETTINGS)
     failures = UNEXPECTED
+    verify_while_writing = True  # docs/servers/powerdns.md, "Many zones in one distribution"
 
     def configure(self, settings: Mapping[str, Any]) -> None:
         timeout = seconds(settings, "timeout", 10)
@@ -529,7 +546,7 @@ class PowerDnsAdapter(BaseAdapter[PdnsChange]):
         """The keys' timing and the marking, in one write that replaces the kind."""
         present = {_identity(k.tag, k.algorithm, k.flags) for k in self.store.keys(zone)}
         values = [_timing_entry(i, t) for i, t in sorted(timings.items()) if i in present]
-        self.store.set_meta(zone, TIMING_KIND, values + _cds_lines(marking))
+        self.store.set_meta(zone, TIMING_KIND, _timing_value(values + _cds_lines(marking)))
 
     def _cds_now(
         self,

@@ -128,7 +128,8 @@ def test_a_fresh_zone_costs_four_requests_and_its_stale_marking_is_replaced(
     # the marking now travels in X-KRS-KEY-TIMING and says "none": the stale X-KRS-CDS
     # "delete" (left alone, never read again) and the stale timing line are gone from use
     ksk, zsk = keys[STALE]
-    timing = meta(lab, STALE, TIMING)
+    (value,) = meta(lab, STALE, TIMING)  # one value, its lines joined by "; "
+    timing = value.split("; ")
     assert "cds none" in timing and "cds delete" not in timing
     assert {line.split()[0] for line in timing if line != "cds none"} == {
         str(ksk.key_tag),
