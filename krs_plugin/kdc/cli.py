@@ -45,7 +45,6 @@ from krs_plugin.kdc.custodycli import add_parsers as add_custody_parsers
 from krs_plugin.kdc.custodycli import settings_from as custody_settings
 from krs_plugin.kdc.distribute import distribute_node, distribute_zone, dnskey_of
 from krs_plugin.kdc.enginecli import add_parsers as add_engine_parsers
-from krs_plugin.kdc.enginestate import EngineState
 from krs_plugin.kdc.identity import create_identity, load_identity
 from krs_plugin.kdc.identitycli import add_parsers as add_identity_parsers
 from krs_plugin.kdc.keygen import ROLE_FLAGS, new_key, store_key
@@ -128,6 +127,8 @@ def cmd_zone_ds(args: argparse.Namespace) -> int:
     serve, docs/lifecycle.md)."""
     import dns.dnssec
     import dns.rdata
+
+    from krs_plugin.kdc.enginestate import EngineState  # not to build the parser (enginecli.py)
 
     store = open_store(args)
     zone = store.require_zone(args.zone)

@@ -2,7 +2,9 @@
 the operator's side of the lifecycle engine (docs/lifecycle.md, "What the operator sees").
 
 Commands that change state take ``--dry-run`` (clistate.open_store): checked exactly as for
-real, their output printed, nothing kept.
+real, their output printed, nothing kept. The engine and the parent watch are imported by the
+commands that use them, not to build the parser: every ``krs-kdc distribute`` builds it
+(docs/development.md).
 """
 
 from __future__ import annotations
@@ -10,19 +12,19 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from krs_plugin.cliout import emit
 from krs_plugin.humantime import format_time
 from krs_plugin.kdc.clistate import add_dry_run, open_store
-from krs_plugin.kdc.engine import Engine, ZoneView, current_key, policy_zones
-from krs_plugin.kdc.enginestate import EngineState, Rollover
 from krs_plugin.kdc.fleetcli import add_options as add_fleet_options
 from krs_plugin.kdc.fleetcli import cmd_status_nodes
 from krs_plugin.kdc.fleetcli import wanted as fleet_wanted
-from krs_plugin.kdc.parentcli import watch_lines
-from krs_plugin.kdc.parentwatch import need_of, parent_settings, watch_of
 from krs_plugin.kdc.store import StateError, Store, canonical
+
+if TYPE_CHECKING:
+    from krs_plugin.kdc.engine import Engine, ZoneView
+    from krs_plugin.kdc.enginestate import Rollover
 
 
 def _when(stamp: int | None, now: int) -> str:
@@ -76,6 +78,9 @@ def view_lines(view: ZoneView, now: int) -> list[str]:
 def cmd_status(args: argparse.Namespace) -> int:
     if fleet_wanted(args):  # --nodes, --behind: the fleet instead (kdc/fleetcli.py)
         return cmd_status_nodes(args)
+    from krs_plugin.kdc.engine import Engine, policy_zones
+    from krs_plugin.kdc.parentcli import watch_lines
+
     store = open_store(args)
     now = int(time.time())
     engine = Engine(store)
@@ -106,6 +111,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def _parent_watch(engine: Engine, zone: str) -> dict[str, Any] | None:
     """What the parent watch last saw for ``zone``, while the zone waits for its parent."""
+    from krs_plugin.kdc.parentwatch import need_of, parent_settings, watch_of
+
     if parent_settings(engine.store, zone) is None or need_of(engine, zone) is None:
         return None
     watch = watch_of(engine.store, zone)
@@ -115,6 +122,8 @@ def _parent_watch(engine: Engine, zone: str) -> dict[str, Any] | None:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    from krs_plugin.kdc.engine import Engine
+
     store = open_store(args)
     now = int(time.time())
     steps = Engine(store).plan(args.zone, now)
@@ -131,6 +140,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_rollover(args: argparse.Namespace) -> int:
+    from krs_plugin.kdc.engine import Engine
+
     store = open_store(args)
     now = int(time.time())
     engine = Engine(store)
@@ -146,6 +157,8 @@ def cmd_rollover(args: argparse.Namespace) -> int:
 
 
 def _started(args: argparse.Namespace, rollover: Rollover, store: Store) -> None:
+    from krs_plugin.kdc.engine import Engine
+
     new_id = rollover.keys.get("new")
     new = store.key_by_id(new_id).key_tag if new_id is not None else None
     old_id = rollover.keys.get("old")
@@ -192,6 +205,8 @@ def _emergency(args: argparse.Namespace, engine: Engine, now: int) -> int:
 
 
 def cmd_ds(args: argparse.Namespace) -> int:
+    from krs_plugin.kdc.engine import Engine
+
     store = open_store(args)
     now = int(time.time())
     seen = args.ds_command == "seen"
@@ -206,6 +221,8 @@ def cmd_ds(args: argparse.Namespace) -> int:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
+    from krs_plugin.kdc.enginestate import EngineState
+
     store = open_store(args)
     entries = EngineState(store).history(args.zone, limit=args.limit)
     lines = [
@@ -274,6 +291,8 @@ def cmd_node_evict(args: argparse.Namespace) -> int:
 def evict(store: Store, node_id: str, zone: str, *, cause: str, now: int) -> None:
     """Take ``node_id`` out of ``zone``: no more distributions, the running step stops waiting
     for it; recorded in the history (inside the caller's transaction)."""
+    from krs_plugin.kdc.enginestate import EngineState
+
     state = EngineState(store)
     store.change_node_zones(node_id, add=(), remove=(zone,))
     rollover = state.current(zone)
@@ -285,6 +304,8 @@ def evict(store: Store, node_id: str, zone: str, *, cause: str, now: int) -> Non
 def cmd_node_compromised(args: argparse.Namespace) -> int:
     """A node's keys may be in other hands: it leaves every zone it served, and every key it
     held is rolled, the ZSK first (docs/lifecycle.md, "A compromised node")."""
+    from krs_plugin.kdc.engine import Engine, current_key
+
     store = open_store(args)
     now = int(time.time())
     node = store.require_node(args.node_id)

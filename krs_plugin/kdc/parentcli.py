@@ -11,23 +11,20 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from krs_plugin.cliout import emit
 from krs_plugin.errors import ConfigError
 from krs_plugin.humantime import format_time
 from krs_plugin.kdc.clistate import add_dry_run, open_store
-from krs_plugin.kdc.parent import observe
-from krs_plugin.kdc.parentwatch import (
-    ParentSettings,
-    parent_settings,
-    set_parent,
-    view_json,
-    watch_of,
-)
+
+if TYPE_CHECKING:  # the commands import them: not needed to build krs-kdc's parser (enginecli)
+    from krs_plugin.kdc.parentwatch import ParentSettings
 
 
 def cmd_parent_set(args: argparse.Namespace) -> int:
+    from krs_plugin.kdc.parentwatch import ParentSettings, set_parent
+
     anchor = None
     if args.trust_anchor_file is not None:
         try:
@@ -77,6 +74,8 @@ def _settings_json(settings: ParentSettings) -> dict[str, Any]:
 
 
 def cmd_parent_remove(args: argparse.Namespace) -> int:
+    from krs_plugin.kdc.parentwatch import set_parent
+
     store = open_store(args)
     zone = store.require_zone(args.zone)
     set_parent(store, zone, None, now=int(time.time()))
@@ -90,6 +89,8 @@ def cmd_parent_remove(args: argparse.Namespace) -> int:
 
 
 def cmd_parent_show(args: argparse.Namespace) -> int:
+    from krs_plugin.kdc.parentwatch import parent_settings, watch_of
+
     store = open_store(args)
     zone = store.require_zone(args.zone)
     settings = parent_settings(store, zone)
@@ -150,6 +151,9 @@ def watch_lines(watch: dict[str, Any] | None, now: int) -> list[str]:
 
 
 def cmd_parent_check(args: argparse.Namespace) -> int:
+    from krs_plugin.kdc.parent import observe
+    from krs_plugin.kdc.parentwatch import parent_settings, view_json
+
     store = open_store(args)
     zone = store.require_zone(args.zone)
     settings = parent_settings(store, zone)

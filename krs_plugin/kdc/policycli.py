@@ -14,7 +14,6 @@ from typing import Any
 from krs_plugin.cliout import emit
 from krs_plugin.humantime import EXAMPLES, parse_duration
 from krs_plugin.kdc.clistate import add_dry_run, open_store
-from krs_plugin.kdc.engine import Engine
 from krs_plugin.kdc.policy import (
     ALGORITHM_METHODS,
     ALGORITHMS,
@@ -202,6 +201,8 @@ def cmd_zone_set(args: argparse.Namespace) -> int:
     before = store.zone_policy(args.zone)
     zone = store.set_zone_policy(args.zone, wanted)
     if wanted is not None:  # its keys are the engine's from now: adopted at once, not next pass
+        from krs_plugin.kdc.engine import Engine  # not to build the parser (enginecli.py)
+
         Engine(store).adopt(zone, int(time.time()), cause="command: krs-kdc zone set --policy")
     verb = "would set" if args.dry_run else "set"
     text = f"policy {wanted}" if wanted else "no policy (keys by hand)"

@@ -10,7 +10,6 @@ from typing import Any
 
 from krs_plugin.cliout import emit
 from krs_plugin.humantime import duration_argument, format_duration, format_time
-from krs_plugin.kdc import noderekey
 from krs_plugin.kdc.clistate import add_dry_run, open_store, state_dir
 from krs_plugin.kdc.identity import load_identity
 from krs_plugin.kdc.store import StateError, Store
@@ -18,6 +17,8 @@ from krs_plugin.kdc.wake import wake_serve
 
 
 def cmd_node_rekey(args: argparse.Namespace) -> int:
+    from krs_plugin.kdc import noderekey  # SIG(0) and all: not to build the parser (enginecli.py)
+
     store = open_store(args)
     now = time.time()
     if args.every is not None or args.never:
@@ -69,6 +70,8 @@ def cmd_node_rekey(args: argparse.Namespace) -> int:
 
 def show_part(store: Store, node_id: str, *, now: float) -> tuple[dict[str, object], list[str]]:
     """``node show``'s node-key part: the JSON member and the text lines."""
+    from krs_plugin.kdc import noderekey
+
     node = store.require_node(node_id)
     info = noderekey.describe(store, node, now=now)
     lines = [
