@@ -230,6 +230,14 @@ def _identity(path: Path) -> tuple[int, int, int] | None:
     return info.st_ino, info.st_size, info.st_mtime_ns
 
 
+def _same_key(kept: DnssecKey, read: DnssecKey) -> bool:
+    """Whether ``read`` is the very key ``kept`` is (private key included): BIND 9.20 rewrites
+    the files of every key it loads (its own timing lines), and a batch of 10,000 zones then
+    held each key twice, the plan's object and the one parsed back (docs/benchmarks.md, "BIND
+    9.20 at 10,000 zones")."""
+    return kept == read and kept.key_material == read.key_material
+
+
 class KeyFolder:
     """One folder of BIND-format key files (a key directory): each zone's keys read, snapshot,
     restored, re-timed and deleted by file name, found through the folder's index."""
@@ -302,6 +310,8 @@ class KeyFolder:
             return cached[1], cached[2]
         key, timing = read_bind_key_pair(private)
         timing = read_timing_record(timing_record(private)) or timing
+        if cached is not None and _same_key(cached[1], key):
+            key = cached[1]  # files rewritten, key unchanged: one object for it (_same_key)
         self._keep(private, key, timing)
         return key, timing
 
