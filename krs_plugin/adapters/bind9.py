@@ -31,8 +31,9 @@ import re
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +126,9 @@ RNDC_WORKERS = 4
 runs rndc zonestatus, dnssec -status and loadkeys per zone, a process each (most of their time
 is starting up and the control channel's handshake, not named's work)."""
 SIDE_BY_SIDE_SLICE = 64  # zones handed to the RNDC_WORKERS at once (see run_side_by_side)
+NO_TAGS: frozenset[int] = frozenset()
+"""The keys that signed before, for every zone with none (a new zone): an empty set each was
+2 MB at 10,000 zones."""
 POLICY_EXAMPLE = (
     'dnssec-policy "kdc" { manual-mode yes; keys { ksk key-directory lifetime unlimited '
     "algorithm ecdsap256sha256; zsk key-directory lifetime unlimited algorithm "
@@ -193,7 +197,7 @@ class BindChange(ZoneChange):
     mode: ZoneMode
     keys: KeyFolder
     owner: tuple[int, int] | None
-    signing_before: set[int] = field(default_factory=set)
+    signing_before: AbstractSet[int] = frozenset()  # NO_TAGS when none: one object for all
     cds_delete: bool | None = None
     """Whether the zone is to serve RFC 8078's delete CDS/CDNSKEY after the apply (9.18: added
     or removed by dynamic update, when there is an update key); None: a plan that installs no
@@ -234,7 +238,7 @@ class Bind9Adapter(BaseAdapter[BindChange]):
         self._version: tuple[tuple[int, int], float] | None = None
         self._folders: dict[Path, KeyFolder] = {}
         self._modes: dict[dns.name.Name, ZoneMode | Exception] | None = None  # in a batch
-        self._config: NamedConfig | AdapterError | None = None  # named.conf, in a batch
+        self._config: NamedConfig | AdapterError | None = None  # named.conf, in _prefetch_modes
 
     @staticmethod
     def _owner(value: object) -> str | None:
@@ -508,7 +512,7 @@ class Bind9Adapter(BaseAdapter[BindChange]):
             mode=mode,
             keys=self.keys(zone),
             owner=self._file_owner(self.directory(zone)),
-            signing_before=self._active_tags(zone, now),
+            signing_before=self._active_tags(zone, now) or NO_TAGS,
             cds_delete=self._cds_delete_wanted(zone, plan, mode, now),
         )
 
@@ -624,6 +628,9 @@ class Bind9Adapter(BaseAdapter[BindChange]):
             self._modes = self._config = None
 
     def _prefetch_modes(self, zones: Sequence[dns.name.Name]) -> None:
+        """Every zone's mode, from named.conf where it can be; named.conf is let go after it
+        (every zone of the batch has its mode then: megabytes at 10,000 zones, held through
+        the batch before; docs/benchmarks.md, "BIND 9.20 at 10,000 zones")."""
         try:
             version = self.version()
         except AdapterError:
@@ -633,10 +640,14 @@ class Bind9Adapter(BaseAdapter[BindChange]):
         except AdapterError as exc:
             self._config = exc  # said for a 9.20 zone's policy, as when asked alone
         assert self._modes is not None
-        if not isinstance(self._config, AdapterError):
-            self._modes.update(self._modes_from_config(zones, version, self._config))
-        rest = [zone for zone in zones if zone not in self._modes]
-        self._modes.update(run_side_by_side(lambda zone: self._ask_zone_mode(zone, version), rest))
+        try:
+            if not isinstance(self._config, AdapterError):
+                self._modes.update(self._modes_from_config(zones, version, self._config))
+            rest = [zone for zone in zones if zone not in self._modes]
+            asked = run_side_by_side(lambda zone: self._ask_zone_mode(zone, version), rest)
+            self._modes.update(asked)
+        finally:
+            self._config = None
 
     def _modes_from_config(
         self, zones: Sequence[dns.name.Name], version: tuple[int, int], config: NamedConfig

@@ -58,11 +58,18 @@ class Policy:
     keys: tuple[PolicyKey, ...] = ()
 
 
+ZONE_OPTIONS = frozenset({"inline-signing", "auto-dnssec", "dnssec-policy", "key-directory"})
+"""The zone options the adapter reads; only these are kept: a named.conf of 10,000 zones is
+read once per batch, and every option of every zone was megabytes held through the batch
+(docs/benchmarks.md, "BIND 9.20 at 10,000 zones")."""
+
+
 @dataclass(frozen=True)
 class ZoneConfig:
     name: str  # as written, without the final dot
     options: dict[str, str] = field(default_factory=dict)
-    """Single-line options of the zone statement: ``{"dnssec-policy": "krs", ...}``."""
+    """Single-line options of the zone statement among ``ZONE_OPTIONS``:
+    ``{"dnssec-policy": "krs", ...}``."""
 
 
 @dataclass(frozen=True)
@@ -196,7 +203,9 @@ def parse_named_config(text: str) -> NamedConfig:
                 continue
             if match.group("kind") == "zone":
                 name = match.group("name").rstrip(".") or "."
-                zones[name.lower()] = ZoneConfig(name, _simple_options(body))
+                options = _simple_options(body)
+                kept = {k: v for k, v in options.items() if k in ZONE_OPTIONS}
+                zones[name.lower()] = ZoneConfig(name, kept)
             elif match.group("kind") == "view":
                 take_zones(_blocks([line[1:] if line.startswith("\t") else line for line in body]))
 
