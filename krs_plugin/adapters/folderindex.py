@@ -22,6 +22,10 @@ from krs_plugin.inotify import open_inotify
 _ADDED = flags.CREATE | flags.MOVED_TO
 _GONE = flags.DELETE | flags.MOVED_FROM
 _LOST = flags.Q_OVERFLOW | flags.IGNORED | flags.DELETE_SELF | flags.MOVE_SELF
+Names = tuple[str, ...]
+"""A zone's file names, sorted: a tuple, not a set (8 names of a BIND 9.20 zone, each key with
+its ``.state`` and timing record: 120 bytes against 730; 10,000 zones in one folder;
+docs/benchmarks.md, "BIND 9.20 at 10,000 zones")."""
 SETTLED = 1.0
 """Without inotify, a scan is reused while the folder's inode and mtime are unchanged, once its
 mtime is this many seconds old: the kernel's file times advance in ticks of a few milliseconds,
@@ -45,8 +49,8 @@ class FolderIndex:
         self.path = path
         self._lock = threading.Lock()
         self._inotify: INotify | None = None
-        self._zones: dict[str, set[str]] | None = None
-        self._scanned: tuple[tuple[int, int], dict[str, set[str]]] | None = None  # no inotify
+        self._zones: dict[str, Names] | None = None
+        self._scanned: tuple[tuple[int, int], dict[str, Names]] | None = None  # no inotify
 
     def names(self, zone: dns.name.Name, *, temporary: bool = False) -> list[str]:
         """Sorted names of the zone's files, ``K<zone>+*`` (what ``glob`` would find), plus the
@@ -58,10 +62,10 @@ class FolderIndex:
             return sorted(n for n in every if n.startswith((head + "+", "." + head + "+")))
         with self._lock:
             zones = self._current()
-            found = set(zones.get(head, ()))
-            if temporary:
-                found |= zones.get("." + head, set())
-        return sorted(found)
+            found = zones.get(head, ())
+            if not temporary:
+                return list(found)  # kept sorted
+            return sorted((*found, *zones.get("." + head, ())))
 
     def close(self) -> None:
         with self._lock:
@@ -72,19 +76,19 @@ class FolderIndex:
         head, plus, _ = name.partition("+")
         return head if plus and head.startswith(("K", ".K")) else None
 
-    def _scan(self) -> dict[str, set[str]]:
-        zones: dict[str, set[str]] = {}
+    def _scan(self) -> dict[str, Names]:
+        zones: dict[str, list[str]] = {}
         try:
             with os.scandir(self.path) as entries:
                 for entry in entries:
                     group = self._group(entry.name)
                     if group is not None:
-                        zones.setdefault(group, set()).add(entry.name)
+                        zones.setdefault(group, []).append(entry.name)
         except FileNotFoundError:
             pass
-        return zones
+        return {group: tuple(sorted(names)) for group, names in zones.items()}
 
-    def _settled_scan(self) -> dict[str, set[str]]:
+    def _settled_scan(self) -> dict[str, Names]:
         """A scan, or the last one while the folder has not changed since (``SETTLED``): a
         batch of 10,000 zones looks a folder of 40,000 files up about 70,000 times."""
         try:
@@ -104,7 +108,7 @@ class FolderIndex:
             self._inotify.close()
         self._inotify, self._zones = None, None
 
-    def _current(self) -> dict[str, set[str]]:
+    def _current(self) -> dict[str, Names]:
         if self._inotify is None:
             inotify = open_inotify(f"the key folder {self.path} is read at each lookup instead")
             if inotify is None:
@@ -123,10 +127,15 @@ class FolderIndex:
             group = self._group(event.name)
             if self._zones is None or group is None:
                 continue
-            if event.mask & _ADDED:
-                self._zones.setdefault(group, set()).add(event.name)
-            elif event.mask & _GONE:
-                self._zones.get(group, set()).discard(event.name)
+            names = self._zones.get(group, ())
+            if event.mask & _ADDED and event.name not in names:
+                self._zones[group] = tuple(sorted((*names, event.name)))
+            elif event.mask & _GONE and event.name in names:
+                rest = tuple(name for name in names if name != event.name)
+                if rest:
+                    self._zones[group] = rest
+                else:
+                    del self._zones[group]
         if self._zones is None:
             self._zones = self._scan()
         return self._zones
