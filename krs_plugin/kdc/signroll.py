@@ -181,14 +181,15 @@ def _load(store: Store, row: KeyRow) -> JoseKey:
 
 def note_report(store: Store, node_id: str, dist_id: str, serial: int, report: object) -> None:
     """Record which KDC keys a node trusts, from its verified report's ``kdc_keys`` (ours,
-    docs/protocol.md section 6); only a report of a newer distribution than the one recorded."""
+    docs/protocol.md section 6); only a report of a newer distribution than the one recorded.
+    Not waited on to disk (docs/kdc.md, "Serve"): lost, the node's next report says it again."""
     listed = report.get("kdc_keys") if isinstance(report, dict) else None
     if not isinstance(listed, list) or not all(isinstance(t, str) for t in listed):
         return
     node = store.find_node(node_id)
     if node is None or not node.signing_pubkey:
         return  # an unsigned report: nothing in it can be trusted
-    with transaction(store.db):
+    with transaction(store.db, durable=False):
         ensure_schema(store.db)
         store.db.execute(
             "INSERT INTO signing_trust(node_id, thumbprints, distribution_id, serial, "
