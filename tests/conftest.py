@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 
 from krs_lab.bind9 import Bind9Lab
+from tests import xdist_groups
 from tests.adapters.servers import bind9_root
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist, absent with -p no:xdist
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """Spread the tests over the workers, each group of tests/xdist_groups.py on one."""
+    return xdist_groups.scheduler(config, log)
 
 
 @pytest.fixture(params=["bind9.18", "bind9.20"])

@@ -31,11 +31,6 @@ PREFIX = f"krs-plugin-test-{secrets.token_hex(3)}"
 DEFAULT_SUITES = ("bookworm", "trixie")
 SUITES = tuple(os.environ.get("KRS_CONTAINER_SUITES", "").split()) or DEFAULT_SUITES
 BROKEN: dict[tuple[str, str], str] = {}  # (suite, server) -> why its pair did not start
-CONTAINER_GROUP = pytest.mark.xdist_group("containers")
-"""Every test of the tier on one pytest-xdist worker (--dist loadgroup): the images, KDC and pairs
-are package-scoped fixtures of one process, built once per base, and PREFIX and the leftover check
-(every anonymous volume made since the tier started) belong to that process
-(docs/development.md, "Parallel tests")."""
 
 
 def _unavailable(reason: str) -> None:

@@ -20,10 +20,10 @@ import dns.exception
 import pytest
 
 from tests.adapters.servers import Served
-from tests.containers.conftest import CONTAINER_GROUP, PREFIX, PROJECT
+from tests.containers.conftest import PREFIX, PROJECT
 from tests.containers.matrix import HOST, wait_until
 
-pytestmark = [pytest.mark.containers, pytest.mark.timeout(1500), CONTAINER_GROUP]
+pytestmark = [pytest.mark.containers, pytest.mark.timeout(1500)]
 
 COMPOSE_FILE = PROJECT / "docker" / "compose.yaml"
 DNS_PORTS = {"bind9": 5301, "knot": 5302, "nsd": 5303, "powerdns": 5304}
