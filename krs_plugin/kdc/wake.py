@@ -19,7 +19,6 @@ works wherever the CLI can reach ``serve``'s listener (docs/kdc.md, "Serve").
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ipaddress
 import json
@@ -124,6 +123,8 @@ class Wakeup:
     A wake-up during a round is kept, so the next wait returns at once and nothing is missed."""
 
     def __init__(self) -> None:
+        import asyncio  # serve's alone: every distribute imports this module to wake serve
+
         self.event = asyncio.Event()
 
     def set(self) -> None:
@@ -131,6 +132,8 @@ class Wakeup:
 
     async def wait(self, timeout: float) -> bool:
         """Until woken or ``timeout`` seconds; True when woken."""
+        import asyncio
+
         try:
             await asyncio.wait_for(self.event.wait(), timeout)
         except TimeoutError:
