@@ -63,13 +63,13 @@ def looks(monkeypatch: pytest.MonkeyPatch) -> list[Future[Any]]:
     return submitted
 
 
-def node(lab: PowerDnsLab, verify_timeout: float = 10) -> PowerDnsAdapter:
+def node(lab: PowerDnsLab, verify_timeout: float = 10, method: str = "api") -> PowerDnsAdapter:
     settings = lab.adapter_settings()
+    keys = ("api_url", "api_key_file") if method == "api" else ("pdnsutil", "pdns_control")
     return PowerDnsAdapter(
         {
-            "method": "api",
-            "api_url": settings["api_url"],
-            "api_key_file": settings["api_key_file"],
+            "method": method,
+            **{k: settings[k] for k in keys},
             "server": settings["server"],
             "verify_timeout": verify_timeout,
         },
@@ -150,6 +150,20 @@ def test_slices_are_verified_while_later_zones_are_written_and_every_zone_is_ser
     # read back as the lines it holds: a second apply of the same plans changes nothing
     again = apply_atomically(node(lab), batch)
     assert not any(r.changed for r in again)
+
+
+def test_with_pdnsutil_too_every_slice_is_verified_while_the_next_is_written(
+    lab: PowerDnsLab, looks: list[Future[Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen = load_waiting_for_the_first_look(monkeypatch, looks, {ZONES[-1]})
+    keys = first_keys()
+    results = apply_atomically(node(lab, method="pdnsutil"), plans(keys))
+    assert seen == [True] and len(looks) == len(ZONES) // SLICE
+    assert all(r.changed and r.verification.ok for r in results)
+    for zone, (ksk, zsk) in keys.items():
+        served = Served(lab.host, lab.port, zone)
+        assert served.tags == {ksk.key_tag, zsk.key_tag}
+        assert ksk.key_tag in served.dnskey_signers and zsk.key_tag in served.soa_signers
 
 
 def test_a_slice_not_served_stops_the_writing_and_every_zone_is_rolled_back(
