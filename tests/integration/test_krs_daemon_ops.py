@@ -265,6 +265,10 @@ def test_krs_killed_during_apply_restarts_with_the_old_keys_then_completes(
         assert conn.execute("SELECT COUNT(*) FROM journal").fetchone()[0] == 1
 
     deployment.stop("kdc")  # restart without a KDC: recovery alone must restore the old set
+    # The KDC comes back below while this KRS still retries its fetch: 3 attempts (3.5 s) were
+    # shorter than a KDC's restart on a loaded machine (the parallel suite, docs/development.md
+    # "Parallel tests"), which left the distribution failed until the next poll, 600 s away.
+    deployment.write_config(fetch={"retries": 6})
     deployment.start_krs("krs-restarted")
     assert files(keys) == before
     assert [s["outcome"] for s in deployment.status() if s["id"] == second] == ["failed"]
