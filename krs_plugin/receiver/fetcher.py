@@ -11,11 +11,15 @@ again). A server that answers with a record that does not parse or disagrees wit
 that record, the next server is; only when every server that answered sent a bad answer is the
 distribution refused, ``BadAnswer`` with the stage of the check that found it (``wire``,
 ``integrity``) naming each server and what it sent (docs/operations.md, "Errors and what to do").
+
+One fetch keeps its TCP connection to a server for the next record (the manifest, then its
+chunks): a handshake and an accept at the KDC less per record (docs/protocol.md, "Transport").
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -91,6 +95,14 @@ class Fetcher:
         self.rdtype = dns.rdatatype.RdataType.make(CHUNK_TYPE)
 
     def fetch(self, dist_id: str) -> Fetched:
+        connections: dict[Address, socket.socket] = {}
+        try:
+            return self._fetch(dist_id, connections)
+        finally:
+            for sock in connections.values():
+                sock.close()
+
+    def _fetch(self, dist_id: str, connections: dict[Address, socket.socket]) -> Fetched:
         where = f"distribution {dist_id} for {self.node_id}"
 
         def read_manifest(rdata: CHUNK) -> tuple[CHUNK, Manifest]:
@@ -111,6 +123,7 @@ class Fetcher:
             f"{where}: manifest",
             read_manifest,
             where,
+            connections,
         )
         if decoded.is_inline:
             return Fetched(manifest, [], server)
@@ -119,7 +132,8 @@ class Fetcher:
         for index in assembler.missing:
             name = chunk_name(index, self.node_id, dist_id, self.control_zone)
             what = f"{where}: chunk {index} of {decoded.chunk_count}"
-            chunk, server = self._get(name, what, _chunk_check(assembler, index, where), where)
+            check = _chunk_check(assembler, index, where)
+            chunk, server = self._get(name, what, check, where, connections)
             chunks[index] = chunk
         return Fetched(manifest, [chunks[i] for i in sorted(chunks)], server)
 
@@ -155,7 +169,12 @@ class Fetcher:
         raise FetchError(f"poll of {qname}: no control-zone server answered ({'; '.join(errors)})")
 
     def _get(
-        self, qname: dns.name.Name, what: str, check: Callable[[CHUNK], T], where: str
+        self,
+        qname: dns.name.Name,
+        what: str,
+        check: Callable[[CHUNK], T],
+        where: str,
+        connections: dict[Address, socket.socket],
     ) -> tuple[T, Address]:
         """One CHUNK record that passes ``check``, from the first server that sends one; the
         working server moves first. A server that is down is retried with backoff; one that
@@ -166,7 +185,7 @@ class Fetcher:
         for server in list(self.servers):
             for attempt in range(self.settings.retries):
                 try:
-                    result = check(self._query(qname, server))
+                    result = check(self._query(qname, server, connections))
                 except NotPublished:
                     not_found.append(server)
                     break
@@ -201,16 +220,16 @@ class Fetcher:
             f"each ({'; '.join(down[-3:])})"
         )
 
-    def _query(self, qname: dns.name.Name, server: Address) -> CHUNK:
+    def _query(
+        self, qname: dns.name.Name, server: Address, connections: dict[Address, socket.socket]
+    ) -> CHUNK:
         """The CHUNK record ``server`` has for ``qname``: ``NotPublished`` for NXDOMAIN,
         ``FetchError`` for another error rcode, ``WireError`` for an answer that does not parse
         or holds no single CHUNK; a server that is down raises what ``_DOWN`` lists."""
         query = dns.message.make_query(qname, self.rdtype, use_edns=0, payload=4096)
         query.flags = 0  # RD=0: the control zone is authoritative data
         try:
-            reply = dns.query.tcp(
-                query, server.host, port=server.port, timeout=self.settings.timeout
-            )
+            reply = self._exchange(query, server, connections)
         except (*_DOWN, WireError):
             raise
         except (dns.exception.DNSException, ValueError) as exc:
@@ -225,6 +244,37 @@ class Fetcher:
                 if isinstance(rdata, CHUNK):
                     return rdata
         raise WireError(f"no single CHUNK record for {qname} in its answer")
+
+    def _exchange(
+        self,
+        query: dns.message.Message,
+        server: Address,
+        connections: dict[Address, socket.socket],
+    ) -> dns.message.Message:
+        """``query``'s answer over this fetch's connection to ``server``, opened if it has none.
+        A connection the server closed since (idle, restarted) is replaced once; any failure
+        closes the connection, so no late answer is read as the next query's."""
+        sock = connections.pop(server, None)
+        if sock is not None:
+            try:
+                reply = dns.query.tcp(query, server.host, timeout=self.settings.timeout, sock=sock)
+            except (OSError, EOFError):
+                sock.close()  # closed at the other end: a new connection below
+            except BaseException:
+                sock.close()
+                raise
+            else:
+                connections[server] = sock
+                return reply
+        sock = socket.create_connection((server.host, server.port), self.settings.timeout)
+        try:
+            sock.setblocking(False)
+            reply = dns.query.tcp(query, server.host, timeout=self.settings.timeout, sock=sock)
+        except BaseException:
+            sock.close()
+            raise
+        connections[server] = sock
+        return reply
 
 
 def _nodata(reply: dns.message.Message) -> bool:

@@ -101,13 +101,17 @@ class ControlServer:
     def __init__(self, host: str, table: Mapping[dns.name.Name, Answer]) -> None:
         self.table: dict[dns.name.Name, Answer] = dict(table)
         self.questions: list[dns.name.Name] = []
+        self.connections = 0  # TCP connections accepted
+        self.answers_per_connection: int | None = None  # closes each connection after so many
         self.stop = threading.Event()
         outer = self
 
         class Handler(socketserver.BaseRequestHandler):
             def handle(self) -> None:
                 sock: socket.socket = self.request
-                while not outer.stop.is_set():
+                outer.connections += 1
+                answered = 0
+                while not outer.stop.is_set() and answered != outer.answers_per_connection:
                     try:
                         query, _ = dns.query.receive_tcp(sock, time.time() + 10)
                     except Exception:
@@ -119,6 +123,7 @@ class ControlServer:
                         outer.stop.wait(30)
                         return
                     sock.sendall(struct.pack("!H", len(wire)) + wire)
+                    answered += 1
 
         class Server(socketserver.ThreadingTCPServer):
             daemon_threads = True
