@@ -134,6 +134,15 @@ def _update(
         return PushResult(False, f"TSIG: {error} (from {where})")
     except dns.tsig.BadSignature:
         return PushResult(False, f"TSIG: the answer from {where} has a bad signature")
+    except dns.exception.FormError as error:
+        if "requires a TSIG" not in str(error):
+            return PushResult(False, f"UPDATE to {where}: {error}")
+        # Knot 3.4 answers an UPDATE its ACL denies unsigned, where Knot 3.2 sent BADKEY.
+        return PushResult(
+            False,
+            f"TSIG: unsigned answer (from {where}: key {key.name} is unknown there "
+            "or not allowed this update)",
+        )
     except dns.exception.Timeout:
         return PushResult(False, f"UPDATE to {where}: timeout")
     except ConnectionRefusedError:
