@@ -5,8 +5,10 @@ delivers from a server that closes each connection after one answer (docs/protoc
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
+import dns.message
 import pytest
 from controlserver import Node, Worker, control_servers, new_id
 
@@ -41,3 +43,31 @@ def test_a_server_closing_each_connection_after_one_answer_still_delivers(node: 
     assert len(server.questions) == 5  # each record asked once
     assert server.connections == 5
     assert done.metric('krs_fetches_total{result="failed"}') == 0
+
+
+def test_an_answer_that_comes_after_the_timeout_is_never_read_as_the_next_querys(
+    node: Node,
+) -> None:
+    # The first chunk's answer comes 2 s late on the connection the manifest came over; the fetch
+    # times out after 0.5 s and asks again. Its connection must be closed at the timeout: kept,
+    # the late answer would be read as the retry's, found not to answer it, and the
+    # distribution refused as a bad answer.
+    dist_id = new_id()
+    table = published(node, dist_id)
+    first_chunk = node.names(dist_id, 4)[1]
+    late = [first_chunk]  # late once only
+    with control_servers(table) as (server,):
+        on_time = server.answer
+
+        def answer(query: dns.message.Message, what: object) -> bytes | None:
+            if query.question[0].name in late:
+                late.clear()
+                time.sleep(2)
+            return on_time(query, what)
+
+        server.answer = answer  # type: ignore[method-assign]
+        settings = {"timeout": 0.5, "retries": 3, "backoff": 0.01}
+        done = Worker(node.configure([server.address], fetch=settings), dist_id)
+    assert done.recorded == ("applied", "done")
+    assert server.questions.count(first_chunk) == 2
+    assert server.connections == 2
