@@ -48,8 +48,8 @@ def test_a_server_closing_each_connection_after_one_answer_still_delivers(node: 
 def test_an_answer_that_comes_after_the_timeout_is_never_read_as_the_next_querys(
     node: Node,
 ) -> None:
-    # The first chunk's answer comes 2 s late on the connection the manifest came over; the fetch
-    # times out after 0.5 s and asks again. Its connection must be closed at the timeout: kept,
+    # The first chunk's answer comes 3 s late on the connection the manifest came over; the fetch
+    # times out after 1 s and asks again. Its connection must be closed at the timeout: kept,
     # the late answer would be read as the retry's, found not to answer it, and the
     # distribution refused as a bad answer.
     dist_id = new_id()
@@ -62,12 +62,13 @@ def test_an_answer_that_comes_after_the_timeout_is_never_read_as_the_next_querys
         def answer(query: dns.message.Message, what: object) -> bytes | None:
             if query.question[0].name in late:
                 late.clear()
-                time.sleep(2)
+                time.sleep(3)
             return on_time(query, what)
 
         server.answer = answer  # type: ignore[method-assign]
-        settings = {"timeout": 0.5, "retries": 3, "backoff": 0.01}
+        settings = {"timeout": 1, "retries": 3, "backoff": 0.01}
         done = Worker(node.configure([server.address], fetch=settings), dist_id)
     assert done.recorded == ("applied", "done")
-    assert server.questions.count(first_chunk) == 2
-    assert server.connections == 2
+    # Asked again on a new connection (more often only if a retry timed out under load).
+    assert server.questions.count(first_chunk) >= 2
+    assert server.connections >= 2
