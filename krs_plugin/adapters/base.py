@@ -326,9 +326,7 @@ class BaseAdapter(Adapter, Generic[Change]):
                         current = part[0]
                         for change in part:
                             change.step = "verify"
-                        looked = self.verify_batch(part)
-                        self._check_verified(part, looked)
-                        verifications += [VERIFIED if v == VERIFIED else v for v in looked]
+                        verifications += self._accepted(part, self.verify_batch(part))
                 for change in changes:
                     change.step = "finish"
                     self.finish(change)
@@ -400,6 +398,11 @@ class BaseAdapter(Adapter, Generic[Change]):
             raise
         except self.failures as exc:
             raise StepFailed(part[0], exc) from exc
+        return self._accepted(part, looked)
+
+    def _accepted(self, part: Sequence[Change], looked: list[Verification]) -> list[Verification]:
+        """A slice's verifications once every zone is served as planned (StepFailed else),
+        each success as the one shared VERIFIED."""
         self._check_verified(part, looked)
         return [VERIFIED if v == VERIFIED else v for v in looked]
 
