@@ -74,6 +74,7 @@ from krs_plugin.adapters.dnscheck import (
     wait_served,
 )
 from krs_plugin.adapters.pdnsctl import (
+    PRESIGNED,
     ApiKeyStore,
     BatchStore,
     KeyStore,
@@ -213,6 +214,26 @@ def _cds_lines(marking: Marking) -> list[str]:
     return [f"{CDS_LINE} {v}" for v in _cds_values(marking) or ["none"]]
 
 
+def _told_by_flags(timing: KeyTiming, now: int) -> bool:
+    """Whether PowerDNS's own flags say all of ``timing``: published and active since times
+    already passed, nothing retired or to come. Such a key needs no ``X-KRS-KEY-TIMING`` line:
+    read without one, a key is taken as its flags say (``_timing_of``)."""
+    return (
+        timing.publish is not None
+        and timing.activate is not None
+        and max(timing.publish, timing.activate) <= now
+        and timing.inactive is None
+        and timing.delete is None
+    )
+
+
+def _presigned(zone: dns.name.Name) -> str:
+    return (
+        f"zone {zone} is marked PRESIGNED: PowerDNS serves it as stored and will not sign it "
+        "with the pushed keys"
+    )
+
+
 def _marking_of(timing: Iterable[str], legacy: Iterable[str]) -> Marking:
     """The zone's marking: from the ``cds`` lines of ``X-KRS-KEY-TIMING`` when it has any, else
     from ``X-KRS-CDS`` (what earlier versions wrote)."""
@@ -232,6 +253,9 @@ class PdnsChange(ZoneChange):
     timings: dict[str, KeyTiming]
     cds_before: Marking = NO_MARKING
     cds_after: Marking = NO_MARKING
+    holds_krs_metadata: bool | None = None
+    """Whether the zone holds ``X-KRS-KEY-TIMING`` or ``X-KRS-CDS``; None: not read (a fresh
+    zone, whose metadata the batch takes as empty)."""
 
 
 class PowerDnsAdapter(BaseAdapter[PdnsChange]):
@@ -320,11 +344,7 @@ class PowerDnsAdapter(BaseAdapter[PdnsChange]):
                 "(gmysql-dnssec, gpgsql-dnssec); then restart pdns_server",
             )
         if presigned:
-            return Problem(
-                f"zone {zone} is marked PRESIGNED: PowerDNS serves it as stored and will not "
-                "sign it with the pushed keys",
-                f"pdnsutil unset-presigned {zone}",
-            )
+            return Problem(_presigned(zone), f"pdnsutil unset-presigned {zone}")
         if self._marking(zone) == NO_MARKING:
             kinds = [k for k in (PUBLISH_CDS, PUBLISH_CDNSKEY) if self.store.get_meta(zone, k)]
             if kinds:
@@ -416,13 +436,18 @@ class PowerDnsAdapter(BaseAdapter[PdnsChange]):
     def begin(self, zone: dns.name.Name, plan: KeyPlan, now: int) -> PdnsChange:
         if not self.store.zone_exists(zone):
             raise AdapterError("PowerDNS does not serve this zone")
-        if self.store.presigned(zone) is None:
+        presigned = self.store.presigned(zone)
+        if presigned is None:
             raise AdapterError(
                 "PowerDNS has no DNSSEC storage for this zone (bind-dnssec-db or "
                 "gsqlite3-dnssec=yes, see krs doctor)"
             )
-        timings = _parse_timing(self.store.get_meta(zone, TIMING_KIND))
-        before = self._marking(zone)
+        if presigned:
+            raise AdapterError(f"{_presigned(zone)} (pdnsutil unset-presigned {zone})")
+        timing_values = self.store.get_meta(zone, TIMING_KIND)
+        legacy_values = self.store.get_meta(zone, CDS_KIND)
+        timings = _parse_timing(timing_values)
+        before = _marking_of(timing_values, legacy_values)
         keys = self.store.keys(zone)
         conflicts = same_algorithm_unpublished(self._planned_states(plan, keys, timings, now), now)
         if conflicts:
@@ -437,6 +462,9 @@ class PowerDnsAdapter(BaseAdapter[PdnsChange]):
             timings=timings,
             cds_before=before,
             cds_after=next_marking(plan, *before),
+            holds_krs_metadata=None
+            if zone in self._fresh
+            else bool(timing_values or legacy_values),
         )
 
     def _planned_states(
@@ -479,7 +507,9 @@ class PowerDnsAdapter(BaseAdapter[PdnsChange]):
             cds = key_changed(
                 change.cds_before, change.cds_after, key.key_tag, key.algorithm, key.flags
             )
-            changed = change.timings.get(identity) != timing or cds
+            held = change.timings.get(identity)
+            same = held == timing if held is not None else _told_by_flags(timing, change.now)
+            changed = not same or cds  # the flags themselves: _set_state
             change.timings[identity] = timing
             return self._set_state(zone, existing, timing, change.now) or changed
         added = self.store.add(
@@ -524,7 +554,8 @@ class PowerDnsAdapter(BaseAdapter[PdnsChange]):
         if not change.changed:
             return
         change.step = f"metadata {TIMING_KIND}"
-        self._write_timings(change.zone, change.timings, change.cds_after)
+        if self._timing_to_write(change):
+            self._write_timings(change.zone, change.timings, change.cds_after)
         change.step = "CDS and CDNSKEY"
         self._write_cds(change.zone, change.cds_after, change.now, change.cds_before)
         change.step = "rectify and purge caches"
@@ -532,6 +563,27 @@ class PowerDnsAdapter(BaseAdapter[PdnsChange]):
 
     def verify(self, change: PdnsChange) -> Verification:
         return self._wait(change.zone, change.removed)
+
+    def _timing_to_write(self, change: PdnsChange) -> bool:
+        """Whether ``X-KRS-KEY-TIMING`` is written: not when it would say only what the keys'
+        flags say (every key published and active, nothing to come, no CDS marked) and the zone
+        holds none of the KRS's metadata; the one request a new node's zone then spares is its
+        costliest (docs/servers/powerdns.md, section 5). A fresh zone's metadata is read for
+        this alone: what an earlier life left there is replaced, never acted on."""
+        if change.cds_after != NO_MARKING:
+            return True
+        if not all(_told_by_flags(t, change.now) for t in change.timings.values()):
+            return True
+        if change.holds_krs_metadata is not None:
+            return change.holds_krs_metadata
+        store = self.store.store if isinstance(self.store, BatchStore) else self.store
+        found = store.all_meta(change.zone)
+        if found is None:
+            return True
+        if "1" in found.get(PRESIGNED, []):  # set after the zone list was read
+            zone = change.zone
+            raise AdapterError(f"{_presigned(zone)} (pdnsutil unset-presigned {zone})")
+        return bool(found.get(TIMING_KIND) or found.get(CDS_KIND))
 
     def _set_state(self, zone: dns.name.Name, key: PdnsKey, timing: KeyTiming, now: int) -> bool:
         active, published = is_active(timing, now), is_published(timing, now)

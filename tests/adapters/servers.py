@@ -43,6 +43,9 @@ class ServerLab(Protocol):
     reload_failure: str
     """Text the adapter's error carries when the server does not take the keys (see
     ``break_reload``)."""
+    reload_break_seen_first: bool
+    """The adapter sees ``break_reload``'s break before writing: refused, nothing changed
+    (PowerDNS through pdnsutil, which reads the zone's PRESIGNED as stored)."""
     lone_zsk_refusal: str
     """Text of the refusal of a ZSK without a KSK of its algorithm (when ``zsk_needs_ksk``)."""
     reload_break_roles: tuple[str, ...]
@@ -107,6 +110,7 @@ class Bind9ServerLab:
     name = "bind9"
     serves_last_keys_when_emptied = False
     reload_failure = "not served"
+    reload_break_seen_first = False
     lone_zsk_refusal = "no active KSK or CSK"
 
     def __init__(self, root: Path) -> None:
@@ -187,6 +191,7 @@ class KnotServerLab:
     zsk_needs_ksk = True
     serves_last_keys_when_emptied = True
     reload_failure = "missing active KSK or ZSK"
+    reload_break_seen_first = False
     lone_zsk_refusal = reload_failure
     reload_break_roles = ("ZSK",)
 
@@ -237,6 +242,7 @@ class NsdServerLab:
     zsk_needs_ksk = False
     serves_last_keys_when_emptied = False
     reload_failure = "unexpected end of input"  # the signer refuses the broken unsigned file
+    reload_break_seen_first = False
     lone_zsk_refusal = ""
     reload_break_roles = ("ZSK",)
 
@@ -289,6 +295,7 @@ class NsdLdnsServerLab(NsdServerLab):
     name = "nsd-ldns"
     signer = "ldns-signzone"
     reload_failure = "ldns-signzone"
+    reload_break_seen_first = False
 
 
 class PowerDnsServerLab:
@@ -297,9 +304,12 @@ class PowerDnsServerLab:
     name = "powerdns-api"
     zsk_needs_ksk = False
     serves_last_keys_when_emptied = False
-    # break_reload marks the zone PRESIGNED (an operator's mistake check() reports): PowerDNS
-    # then refuses the rectify that follows the new key (API and pdnsutil word it differently).
-    reload_failure = "pre-signed"
+    # break_reload marks the zone PRESIGNED (an operator's mistake check() reports). The API
+    # answers from PowerDNS's metadata cache (60 s) that it is not, until the adapter reads the
+    # zone's whole metadata after writing the key (the fresh zone's): rolled back. pdnsutil
+    # reads what is stored: refused before anything is written.
+    reload_failure = "marked PRESIGNED"
+    reload_break_seen_first = False
     lone_zsk_refusal = ""
     reload_break_roles = ("ZSK",)
     backend = "gsqlite3"
@@ -359,7 +369,7 @@ class PowerDnsBindServerLab(PowerDnsServerLab):
 class PowerDnsUtilServerLab(PowerDnsServerLab):
     name = "powerdns-pdnsutil"
     method = "pdnsutil"
-    reload_failure = "presigned"
+    reload_break_seen_first = True
 
 
 class PowerDnsUtilBindServerLab(PowerDnsUtilServerLab):

@@ -293,7 +293,11 @@ def error_texts(error: BaseException) -> str:
 
 @pytest.mark.parametrize("method", METHODS)
 def test_api_key_and_private_keys_stay_out_of_logs_and_errors(
-    pdns: PowerDnsLab, method: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    pdns: PowerDnsLab,
+    method: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     caplog.set_level(logging.DEBUG)
     node = adapter(pdns, method)
@@ -312,11 +316,26 @@ def test_api_key_and_private_keys_stay_out_of_logs_and_errors(
     outputs: dict[str, str] = {}
 
     # a failed apply rolled back: the snapshot (private keys included) goes back into PowerDNS
-    pdns.pdnsutil("set-presigned", ZONE)
-    back = "rolled back: the previous keys are stored again, but PowerDNS was not told"
-    with pytest.raises(AdapterError, match=back) as rolled_back:
-        apply_atomically(node, [install((csk, "CSK"), remove=(zsk.key_tag,))])
+    # (the failure made here: a zone marked PRESIGNED is refused before anything is written)
+    real_publish, failed = PowerDnsAdapter._publish, []
+
+    def publish_fails_once(self: PowerDnsAdapter, zone: dns.name.Name) -> None:
+        real_publish(self, zone)
+        if not failed:
+            failed.append(zone)
+            raise AdapterError("rectify refused (test)")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(PowerDnsAdapter, "_publish", publish_fails_once)
+        back = "rolled back: PowerDNS serves the previous keys again"
+        with pytest.raises(AdapterError, match=back) as rolled_back:
+            apply_atomically(node, [install((csk, "CSK"), remove=(zsk.key_tag,))])
     errors.append(rolled_back.value)
+    assert served(pdns).tags == {ksk.key_tag, zsk.key_tag, later.key_tag}
+    pdns.pdnsutil("set-presigned", ZONE)
+    with pytest.raises(AdapterError, match=r"marked PRESIGNED.*nothing was changed") as refused:
+        apply_atomically(node, [install((csk, "CSK"), remove=(zsk.key_tag,))])
+    errors.append(refused.value)
     pdns.pdnsutil("unset-presigned", ZONE)
 
     if method == "api":  # a wrong API key, in check() and apply

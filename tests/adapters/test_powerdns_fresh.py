@@ -1,7 +1,8 @@
 """A PowerDNS batch does not read the metadata of a *fresh* zone (unsigned, on a backend that
-stores keys, serving no CDS: krs_plugin/adapters/pdnsfresh.py), against a real
-pdns_server: such a zone costs four API requests (two keys, one metadata write, a rectify), what
-an earlier life left in its KRS metadata is replaced and never acted on, a zone that still serves
+stores keys, serving no CDS: krs_plugin/adapters/pdnsfresh.py) before it writes, against a real
+pdns_server: such a zone whose keys' flags say all their timing costs four API requests (two
+keys, one metadata read, a rectify: no metadata written), what an earlier life left in its KRS
+metadata is replaced and never acted on, a zone that still serves
 the delete records of an earlier marking is read and set right as before, a re-apply changes
 nothing, and a failed batch puts every fresh zone back as it was (docs/servers/powerdns.md,
 "Many zones in one distribution")."""
@@ -109,21 +110,19 @@ def meta(lab: PowerDnsLab, zone: str, kind: str) -> list[str]:
 def test_a_fresh_zone_costs_four_requests_and_its_stale_marking_is_replaced(
     lab: PowerDnsLab,
 ) -> None:
+    """PLAIN: its keys are published and active from times passed, no CDS marked, and it holds
+    no KRS metadata, so no X-KRS-KEY-TIMING is written (the flags say it all); STALE holds the
+    metadata of an earlier life, found by the same read and replaced."""
     keys = new_keys()
     batch = plans(keys)  # the same plans again below: their times are part of them
     results = apply_atomically(node(lab), batch)
     assert all(r.changed and r.verification.ok for r in results)
+    asked = {zone: requests(lab, zone) for zone in (PLAIN, STALE)}  # checked last
     for zone, (ksk, zsk) in keys.items():
         served = Served(lab.host, lab.port, zone)
         assert served.tags == {ksk.key_tag, zsk.key_tag}
         assert ksk.key_tag in served.dnskey_signers and zsk.key_tag in served.soa_signers
         assert cds_served(lab, zone) == []  # DELETED's delete records are gone too
-    for zone in (STALE, PLAIN):
-        asked = requests(lab, zone)
-        assert len(asked) == 4, asked
-        assert sorted(r.split("?")[0].rsplit("/", 1)[-1] for r in asked) == sorted(
-            ["cryptokeys", "cryptokeys", TIMING, "rectify"]
-        )
     assert any(r.endswith(f"/zones/{DELETED}/metadata") for r in requests(lab, DELETED))
     # the marking now travels in X-KRS-KEY-TIMING and says "none": the stale X-KRS-CDS
     # "delete" (left alone, never read again) and the stale timing line are gone from use
@@ -141,6 +140,11 @@ def test_a_fresh_zone_costs_four_requests_and_its_stale_marking_is_replaced(
     again = apply_atomically(node(lab), batch)
     assert not any(r.changed for r in again)
     assert all(cds_served(lab, zone) == [] for zone in ZONES)
+    for zone, writes in ((PLAIN, []), (STALE, [TIMING])):
+        assert sorted(r.split("?")[0].rsplit("/", 1)[-1] for r in asked[zone]) == sorted(
+            ["cryptokeys", "cryptokeys", "metadata", *writes, "rectify"]
+        ), asked[zone]
+    assert meta(lab, PLAIN, TIMING) == [] and meta(lab, PLAIN, LEGACY) == []
 
 
 def test_a_failed_batch_puts_every_fresh_zone_back_as_it_was(
