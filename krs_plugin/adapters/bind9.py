@@ -500,6 +500,7 @@ class Bind9Adapter(BaseAdapter[BindChange]):
     def begin(self, zone: dns.name.Name, plan: KeyPlan, now: int) -> BindChange:
         mode = self._zone_mode(zone, self.version())
         check_no_unpublished_signer(plan)
+        self.keys(zone).refuse_shared_file_names(zone, plan)
         keys_after = self._roles_after(zone, plan)
         check_key_count(len(keys_after))
         if mode.policy is not None:
@@ -803,9 +804,7 @@ class Bind9Adapter(BaseAdapter[BindChange]):
         directory = self.directory(zone)
         now = int(time.time())
         keys = {}
-        held = {}
         for _, key, timing in self.keys(zone).read_keys(zone):
-            held[key.key_tag, key.algorithm] = key.dnskey
             if key.key_tag in plan.remove:
                 continue
             state = bindstate.read_state(bindstate.state_path(directory, key))
@@ -816,14 +815,8 @@ class Bind9Adapter(BaseAdapter[BindChange]):
                 bindstate.role_of(state, key.flags),
                 active,
             )
-        for planned in plan.install:
+        for planned in plan.install:  # a held key's tag: refused before (KeyFolder)
             key = planned.key
-            if held.get((key.key_tag, key.algorithm), key.dnskey) != key.dnskey:
-                raise AdapterError(
-                    f"key {key.key_tag} (algorithm {key.algorithm}) is not the key of that tag "
-                    f"the zone holds: named names key files by tag and algorithm, so it cannot "
-                    "hold both; have the KDC draw a new key"
-                )
             keys[key.key_tag] = (
                 key.key_tag,
                 key.algorithm,

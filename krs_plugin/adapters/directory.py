@@ -126,6 +126,7 @@ class DirectoryAdapter(BaseAdapter[FolderChange]):
         problems = self.check()
         if problems:
             raise AdapterError(problems[0].what)
+        self.folder.refuse_shared_file_names(zone, plan)
         before = read_marking(self.path, zone)
         return FolderChange(
             zone=zone, plan=plan, now=now, cds_before=before, cds_after=next_marking(plan, *before)

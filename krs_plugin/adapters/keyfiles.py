@@ -34,11 +34,11 @@ from pathlib import Path
 import dns.name
 
 from krs_plugin import failpoints
-from krs_plugin.adapters.base import InstalledKey
+from krs_plugin.adapters.base import InstalledKey, KeyPlan
 from krs_plugin.adapters.folderindex import FolderIndex
 from krs_plugin.dnssec import DnssecKey, KeyTiming, read_bind_key_pair
 from krs_plugin.dnssec.bindfiles import bind_private_text, bind_public_text
-from krs_plugin.errors import KeyFileError, KrsError
+from krs_plugin.errors import AdapterError, KeyFileError, KrsError
 from krs_plugin.files import SECRET_MODE, atomic_write
 
 log = logging.getLogger(__name__)
@@ -323,6 +323,22 @@ class KeyFolder:
         self._parsed[str(private)] = (_signature(files), key, timing)
         self._parsed.move_to_end(str(private))
         self._trim()
+
+    def refuse_shared_file_names(self, zone: dns.name.Name, plan: KeyPlan) -> None:
+        """Refuse ``plan``, before anything is written, when a key it installs would take the
+        files of another key the zone holds: key files are named by zone, algorithm and tag
+        alone, so writing it would overwrite that key. The KDC never makes a key with a tag its
+        zone has; a key it does not know of (made on this node) can share one, once in 65,536."""
+        for planned in plan.install:
+            key = planned.key
+            for private, held, _ in self.read_keys(zone, key.key_tag):
+                if held.algorithm == key.algorithm and held.dnskey != key.dnskey:
+                    raise AdapterError(
+                        f"key {key.key_tag} (algorithm {key.algorithm}) of the distribution "
+                        f"would overwrite another key of the zone, {private.with_suffix('')}: key "
+                        "files are named by tag, and the two share one. Remove that key's "
+                        "files if it is not in use, or have the KDC make another key"
+                    )
 
     def installed_keys(self, zone: dns.name.Name) -> list[InstalledKey]:
         return [

@@ -445,6 +445,7 @@ class NsdAdapter(BaseAdapter[NsdChange]):
             raise AdapterError(problem.what)
         if not signer_available(self.signer):
             raise AdapterError(f"signer {self.signer} not found")
+        self.keys.refuse_shared_file_names(zone, plan)
         if self.signer == "ldns-signzone":
             conflicts = same_algorithm_unpublished(self._planned_states(zone, plan, now), now)
             if conflicts:

@@ -48,28 +48,3 @@ def test_more_keys_than_named_signs_with_are_refused(bind9_named: Bind9Lab) -> N
         adapter.apply(NAME, KeyPlan(NAME, (PlannedKey(extra, "ZSK", timing),)))
     assert sorted(p.name for p in bind9_named.key_directory.iterdir()) == before
     assert Served(bind9_named.host, bind9_named.port, ZONE).dnskey_signers == {ksk.key_tag}
-
-
-def test_a_second_key_with_a_held_tag_is_refused(bind9_named: Bind9Lab) -> None:
-    # named names key files K<zone>+<alg>+<tag>: a different key with a held tag would replace
-    # the held key's files. Refused before anything is written.
-    adapter = Bind9Adapter({**bind9_named.adapter_settings(), "verify_timeout": 5}, zones=[NAME])
-    now = int(time.time()) - 1
-    timing = KeyTiming(now, now, now)
-    by_tag: dict[int, DnssecKey] = {}
-    while True:  # about 300 keys until two share a tag
-        key = generate_key(ZONE, 13, 257)
-        if key.key_tag in by_tag:
-            held, twin = by_tag[key.key_tag], key
-            break
-        by_tag[key.key_tag] = key
-    zsk = next(k for k in distinct_keys(3) if k.key_tag != held.key_tag and k.flags == 256)
-    adapter.apply(
-        NAME, KeyPlan(NAME, (PlannedKey(held, "KSK", timing), PlannedKey(zsk, "ZSK", timing)))
-    )
-    before = {p.name: p.read_bytes() for p in bind9_named.key_directory.iterdir()}
-
-    with pytest.raises(AdapterError, match=f"key {held.key_tag} .* is not the key of that tag"):
-        adapter.apply(NAME, KeyPlan(NAME, (PlannedKey(twin, "KSK", timing),)))
-    assert {p.name: p.read_bytes() for p in bind9_named.key_directory.iterdir()} == before
-    assert Served(bind9_named.host, bind9_named.port, ZONE).dnskey_signers == {held.key_tag}

@@ -10,13 +10,14 @@ from __future__ import annotations
 import time
 
 import dns.name
+import dns.rrset
 import pytest
 
 from krs_plugin.adapters.base import KeyPlan, PlannedKey
 from krs_plugin.adapters.transaction import apply_atomically
 from krs_plugin.dnssec import DnssecKey, KeyTiming, generate_key
 from krs_plugin.errors import AdapterError
-from tests.adapters.servers import UNSERVED, ZONES, Served, ServerLab
+from tests.adapters.servers import LABS, UNSERVED, ZONES, Served, ServerLab
 
 pytestmark = pytest.mark.integration
 
@@ -43,6 +44,17 @@ def install(*keys: tuple[DnssecKey, str], zone: str = ZONE, **plan: tuple[int, .
 
 def served(lab: ServerLab, zone: str = ZONE) -> Served:
     return Served(lab.host, lab.port, zone)
+
+
+def keys_sharing_a_tag(role: str, algorithm: int = 13) -> tuple[DnssecKey, DnssecKey]:
+    """Two different keys with one tag and algorithm: about 320 keys made, the birthday bound
+    of 65,536 tags."""
+    seen: dict[int, DnssecKey] = {}
+    while True:
+        made = key(role, algorithm=algorithm)
+        first = seen.setdefault(made.key_tag, made)
+        if first is not made:
+            return first, made
 
 
 def test_add_zsk_is_served_and_signs(lab: ServerLab) -> None:
@@ -187,6 +199,26 @@ def test_reload_that_does_not_take_effect_is_rolled_back(lab: ServerLab) -> None
         assert "step '" in message and "rolled back" in message
     assert lab.stored() == before
     assert served(lab).tags == set()
+
+
+@pytest.mark.parametrize(
+    "lab", [name for name in sorted(LABS) if name.startswith(("bind9", "nsd"))], indirect=True
+)
+def test_a_key_that_would_take_another_keys_file_names_is_refused(lab: ServerLab) -> None:
+    """Key files are named by zone, algorithm and tag: a new key sharing its tag with one the
+    zone holds (made on the node: the KDC never makes one) would overwrite it. Refused before
+    anything is written, and the zone is still served and signed by the key it held."""
+    held, new = keys_sharing_a_tag("CSK")
+    adapter = lab.adapter()
+    adapter.apply(NAME, install((held, "CSK")))
+    before = lab.stored()
+    with pytest.raises(AdapterError, match="would overwrite another key of the zone") as refused:
+        apply_atomically(adapter, [install((new, "CSK"))])
+    assert "nothing was changed" in str(refused.value)
+    assert lab.stored() == before
+    now = served(lab)
+    assert now.dnskey == dns.rrset.from_rdata(NAME, now.dnskey.ttl, held.dnskey)
+    assert now.soa_signers == {held.key_tag}
 
 
 def test_refused_key_set_leaves_the_old_keys_served_and_signing(lab: ServerLab) -> None:

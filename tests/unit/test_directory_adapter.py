@@ -14,7 +14,8 @@ from inotify_simple import Event, flags
 from krs_plugin.adapters.base import KeyPlan, PlannedKey, ZoneChange
 from krs_plugin.adapters.directory import DirectoryAdapter
 from krs_plugin.adapters.folderindex import FolderIndex
-from krs_plugin.dnssec import KeyTiming, generate_key, write_bind_key_pair
+from krs_plugin.dnssec import DnssecKey, KeyTiming, generate_key, write_bind_key_pair
+from krs_plugin.errors import AdapterError
 
 ZONE = dns.name.from_text("example.com.")
 NOW = int(time.time()) - 1
@@ -126,4 +127,22 @@ def test_a_failed_apply_restores_the_zone_and_removes_leftover_temporary_files(
     adapter.apply(ZONE, KeyPlan(ZONE, (PlannedKey(new, "ZSK", TIMING),), remove=(old.key_tag,)))
     (tmp_path / f".{new.basename}.private.abc123").write_text("half")  # a killed write
     adapter.restore(ZONE, snapshot)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_a_key_that_would_take_another_keys_file_names_is_refused(tmp_path: Path) -> None:
+    """Key files are named by zone, algorithm and tag: a second key of a held tag would
+    overwrite the held key's files (the same check as BIND's and NSD's: KeyFolder)."""
+    by_tag: dict[int, DnssecKey] = {}
+    while True:  # about 320 keys until two share a tag
+        made = generate_key(ZONE.to_text(), 13, 256)
+        held = by_tag.setdefault(made.key_tag, made)
+        if held is not made:
+            twin = made
+            break
+    adapter = DirectoryAdapter({"path": str(tmp_path)})
+    adapter.apply(ZONE, KeyPlan(ZONE, (PlannedKey(held, "ZSK", TIMING),)))
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(AdapterError, match="would overwrite another key of the zone"):
+        adapter.apply(ZONE, KeyPlan(ZONE, (PlannedKey(twin, "ZSK", TIMING),)))
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
