@@ -46,7 +46,8 @@ def query_many(
     questions: Sequence[Question], host: str, port: int, timeout: float = 3.0
 ) -> list[dns.message.Message | NoAnswer]:
     """The server's reply to each question (DO set, RD clear: authoritative questions), in the
-    order asked; a NoAnswer in the place of each one it did not answer."""
+    order asked, read as far as its answer section (``answer_part``); a NoAnswer in the place
+    of each one it did not answer."""
     return query_many_reduced(questions, host, port, _whole, timeout)
 
 
@@ -164,7 +165,17 @@ def _answers(reply: dns.message.Message, question: Question) -> bool:
 
 def _read_message(sock: socket.socket, deadline: float) -> dns.message.Message:
     (length,) = struct.unpack("!H", _read_exactly(sock, 2, deadline))
-    return dns.message.from_wire(_read_exactly(sock, length, deadline))
+    return answer_part(_read_exactly(sock, length, deadline))
+
+
+def answer_part(wire: bytes) -> dns.message.Message:
+    """A reply's header, question and answer section; its authority and additional sections
+    are left unread. Every look of a batch reads the answer alone, and the authority section
+    of a signed NODATA answer (the SOA, the NSEC and their RRSIGs: every CDS and CDNSKEY
+    question of a zone that serves none) was most of what dnspython parsed."""
+    if len(wire) < 12:
+        return dns.message.from_wire(wire)  # dnspython says what is wrong with it
+    return dns.message.from_wire(wire[:8] + bytes(4) + wire[12:], ignore_trailing=True)
 
 
 def _read_exactly(sock: socket.socket, count: int, deadline: float) -> bytes:
