@@ -17,7 +17,8 @@ an earlier life) is then replaced by one write, never read: the CDS marking now 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import dns.message
 import dns.name
@@ -74,3 +75,30 @@ def _empty(reply: object) -> bool:
     if not isinstance(reply, dns.message.Message) or reply.rcode() != dns.rcode.NOERROR:
         return False
     return not any(rrset.rdtype == dns.rdatatype.CDS for rrset in reply.answer)
+
+
+Metadata = dict[str, list[str]] | None
+"""A zone's metadata by kind (``KeyStore.all_meta``); None where it cannot be listed."""
+
+
+class MetadataAhead:
+    """The metadata of a batch's fresh zones, read in a thread of its own, in the order the
+    batch writes them, while it writes: PowerDNS answers these reads while its API waits on the
+    disk for the batch's writes, so the read a fresh zone may need (whether it holds metadata
+    of an earlier life, docs/servers/powerdns.md, section 5) no longer waits in line with them.
+    Each zone's result is handed out once; an error reading it is raised where it is taken."""
+
+    def __init__(self, read: Callable[[dns.name.Name], Metadata], zones: Sequence[dns.name.Name]):
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pdns-metadata")
+        self._reads: dict[dns.name.Name, Future[Metadata]] = {
+            zone: self._pool.submit(read, zone) for zone in zones
+        }
+
+    def take(self, zone: dns.name.Name) -> Future[Metadata] | None:
+        """The read of ``zone`` (its result waited for by the caller); None if not asked."""
+        return self._reads.pop(zone, None)
+
+    def close(self) -> None:
+        """Reads not yet made are not made."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._reads.clear()

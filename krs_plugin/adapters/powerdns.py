@@ -81,7 +81,12 @@ from krs_plugin.adapters.pdnsctl import (
     PdnsKey,
     PdnsutilKeyStore,
 )
-from krs_plugin.adapters.pdnsfresh import backends_store_keys, backends_store_no_keys, without_cds
+from krs_plugin.adapters.pdnsfresh import (
+    MetadataAhead,
+    backends_store_keys,
+    backends_store_no_keys,
+    without_cds,
+)
 from krs_plugin.adapters.settings import (
     existing_file,
     seconds,
@@ -298,6 +303,7 @@ class PowerDnsAdapter(BaseAdapter[PdnsChange]):
         self._unpublished: set[dns.name.Name] = set()  # changed by maintain(), not yet purged
         self._cds_by_metadata: set[dns.name.Name] = set()  # backends without records (bind)
         self._fresh: set[dns.name.Name] = set()  # of the batch under way (pdnsfresh.py)
+        self._ahead: MetadataAhead | None = None  # their metadata, read beside the writing
 
     # --- the Adapter interface ------------------------------------------------------------
 
@@ -576,8 +582,12 @@ class PowerDnsAdapter(BaseAdapter[PdnsChange]):
             return True
         if change.holds_krs_metadata is not None:
             return change.holds_krs_metadata
-        store = self.store.store if isinstance(self.store, BatchStore) else self.store
-        found = store.all_meta(change.zone)
+        ahead = None if self._ahead is None else self._ahead.take(change.zone)
+        if ahead is not None:
+            found = ahead.result()
+        else:
+            store = self.store.store if isinstance(self.store, BatchStore) else self.store
+            found = store.all_meta(change.zone)
         if found is None:
             return True
         if "1" in found.get(PRESIGNED, []):  # set after the zone list was read
@@ -740,10 +750,16 @@ class PowerDnsAdapter(BaseAdapter[PdnsChange]):
             return
         with self._batched(defer_refresh=True):
             self._fresh = self._fresh_zones(zones)
+            if self._fresh and isinstance(self.store, BatchStore):
+                order = [zone for zone in dict.fromkeys(zones) if zone in self._fresh]
+                self._ahead = MetadataAhead(self.store.store.all_meta, order)
             try:
                 yield
             finally:
                 self._fresh = set()
+                if self._ahead is not None:
+                    self._ahead.close()
+                    self._ahead = None
 
     def _fresh_zones(self, zones: Sequence[dns.name.Name]) -> set[dns.name.Name]:
         """The zones whose metadata the batch need not read (pdnsfresh.py), each then read as

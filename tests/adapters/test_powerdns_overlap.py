@@ -187,11 +187,12 @@ def test_a_slice_not_served_stops_the_writing_and_every_zone_is_rolled_back(
     assert "65535" in text
     assert seen and all(seen)
     # written: the first three slices (the third loaded after the first's verification failed,
-    # then the writing stopped); the last slice was never touched
+    # then the writing stopped); the last slice was never written (its metadata may have been
+    # read ahead: pdnsfresh.MetadataAhead)
     for zone in ZONES[: 3 * SLICE]:
-        assert requests(lab, zone), zone
+        assert [r for r in requests(lab, zone) if not r.startswith("GET ")], zone
     for zone in ZONES[3 * SLICE :]:
-        assert requests(lab, zone) == [], zone
+        assert [r for r in requests(lab, zone) if not r.startswith("GET ")] == [], zone
     for zone in ZONES:
         assert lab.cryptokeys(zone) == [], zone
         assert Served(lab.host, lab.port, zone).tags == set(), zone
