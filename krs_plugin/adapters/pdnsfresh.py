@@ -17,6 +17,7 @@ an earlier life) is then replaced by one write, never read: the CDS marking now 
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -81,22 +82,56 @@ Metadata = dict[str, list[str]] | None
 """A zone's metadata by kind (``KeyStore.all_meta``); None where it cannot be listed."""
 
 
+AHEAD = 100
+"""Zones whose metadata ``MetadataAhead`` reads before the batch comes to them: enough that a
+read is always done in time, few enough that their answers take no memory to speak of."""
+
+
 class MetadataAhead:
     """The metadata of a batch's fresh zones, read in a thread of its own, in the order the
     batch writes them, while it writes: PowerDNS answers these reads while its API waits on the
     disk for the batch's writes, so the read a fresh zone may need (whether it holds metadata
     of an earlier life, docs/servers/powerdns.md, section 5) no longer waits in line with them.
-    Each zone's result is handed out once; an error reading it is raised where it is taken."""
+    At most ``AHEAD`` zones are read ahead; each zone's result is handed out once, and an error
+    reading it is raised where it is taken."""
 
-    def __init__(self, read: Callable[[dns.name.Name], Metadata], zones: Sequence[dns.name.Name]):
+    def __init__(
+        self,
+        read: Callable[[dns.name.Name], Metadata],
+        zones: Sequence[dns.name.Name],
+        ahead: int = AHEAD,
+    ) -> None:
+        self._read = read
+        self._zones = list(zones)
+        self._position = {zone: n for n, zone in enumerate(self._zones)}
+        self._ahead = ahead
+        self._next = 0
+        self._reads: OrderedDict[dns.name.Name, Future[Metadata]] = OrderedDict()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pdns-metadata")
-        self._reads: dict[dns.name.Name, Future[Metadata]] = {
-            zone: self._pool.submit(read, zone) for zone in zones
-        }
+        self._fill(0)
+
+    def _fill(self, start: int) -> None:
+        self._next = max(self._next, start)
+        while len(self._reads) < self._ahead and self._next < len(self._zones):
+            zone = self._zones[self._next]
+            self._next += 1
+            self._reads[zone] = self._pool.submit(self._read, zone)
 
     def take(self, zone: dns.name.Name) -> Future[Metadata] | None:
-        """The read of ``zone`` (its result waited for by the caller); None if not asked."""
-        return self._reads.pop(zone, None)
+        """The read of ``zone`` (its result waited for by the caller); None when it was not
+        read ahead (then the caller reads it). Reads of zones before it, which the batch
+        passed by, are dropped."""
+        position = self._position.get(zone)
+        if position is None:
+            return None
+        while self._reads:
+            first = next(iter(self._reads))
+            if self._position[first] >= position:
+                break
+            self._reads.popitem(last=False)[1].cancel()
+        found = self._reads.pop(zone, None)
+        self._fill(position + 1)
+        return found
 
     def close(self) -> None:
         """Reads not yet made are not made."""
