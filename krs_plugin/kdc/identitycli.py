@@ -20,7 +20,7 @@ from krs_plugin.kdc.wake import wake_serve
 FORCE_WARNING = (
     "WARNING: --force: {step} although {count} node(s) have not confirmed: {nodes}. "
     "Their next distribution fails at stage 'signature' until their operator trusts the new "
-    "key by hand (krs trust-kdc-key FILE --fingerprint THUMBPRINT, docs/security.md 'Rotation')."
+    "key by hand (krs trust-kdc-key FILE --fingerprint=THUMBPRINT, docs/security.md 'Rotation')."
 )
 
 

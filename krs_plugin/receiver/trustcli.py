@@ -134,7 +134,7 @@ def add_parsers(commands: Any, config_option: Any, json_option: Any) -> None:
         required=True,
         metavar="THUMBPRINT",
         help="the key's RFC 7638 SHA-256 thumbprint (base64url), as krs-kdc identity status "
-        "prints it",
+        "prints it; write it --fingerprint=THUMBPRINT, since a thumbprint may begin with '-'",
     )
     config_option(p)
     json_option(p)

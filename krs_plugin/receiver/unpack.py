@@ -184,5 +184,5 @@ def untrusted_signature(where: str, trusted: Sequence[JoseKey]) -> SignatureErro
         "the KDC's signing key has changed (a key roll this node missed while offline) or the "
         "distribution was altered. Get the KDC's current kdc.signing.pubkey, compare its "
         "thumbprint with the one the KDC operator reads from 'krs-kdc identity status', then "
-        "run: krs trust-kdc-key FILE --fingerprint THUMBPRINT (docs/security.md, 'Rotation')"
+        "run: krs trust-kdc-key FILE --fingerprint=THUMBPRINT (docs/security.md, 'Rotation')"
     )

@@ -239,18 +239,18 @@ def test_node_offline_for_the_whole_overlap_gets_a_clear_error_and_recovers(
         wait_until(refused, 60, lab.all_logs)
         error = refused()[0]["error"]
         assert "does not verify with any KDC key this node trusts" in error
-        assert "krs trust-kdc-key FILE --fingerprint" in error
+        assert "krs trust-kdc-key FILE --fingerprint=" in error
         assert fleet.trusted(away) == {old.thumbprint}
 
         pubkey = keys / "kdc.signing.pubkey"  # fetched from the KDC operator
         wrong = subprocess.run(
-            [str(BIN / "krs"), "trust-kdc-key", str(pubkey), "--fingerprint", old.thumbprint,
+            [str(BIN / "krs"), "trust-kdc-key", str(pubkey), f"--fingerprint={old.thumbprint}",
              "-c", str(fleet.configs[away])],
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert wrong.returncode == 2 and "nothing was changed" in wrong.stderr, wrong.stderr
         assert fleet.trusted(away) == {old.thumbprint}
-        run("krs", "trust-kdc-key", str(pubkey), "--fingerprint", new,
+        run("krs", "trust-kdc-key", str(pubkey), f"--fingerprint={new}",
             "-c", str(fleet.configs[away]))  # fmt: skip
 
         # the KDC sends again; the node takes it, drops the old key, the KDC retires it

@@ -73,7 +73,7 @@ def test_announcement_signed_by_an_untrusted_key_changes_nothing(
         outcome = send(pipeline, key, rogue, announced)
         assert (outcome.outcome, outcome.stage) == ("rejected", "signature")
         assert "does not verify with any KDC key this node trusts" in (outcome.error or "")
-        assert "krs trust-kdc-key" in (outcome.error or "")
+        assert "krs trust-kdc-key FILE --fingerprint=THUMBPRINT" in (outcome.error or "")
         assert trusted(pipeline, kdc) == {kdc.thumbprint}
     # and the KDC's own distribution still goes through, trusting only its key
     assert send(pipeline, key, kdc, []).outcome == "applied"
@@ -155,3 +155,14 @@ def test_payload_carries_one_key_set() -> None:
         parse_payload(json.dumps(data).encode(), now=time.time())
     parsed = parse_payload(text.encode(), now=time.time())
     assert [k.thumbprint for k in parsed.kdc_keys] == [key.thumbprint]
+
+
+def test_a_thumbprint_that_begins_with_a_dash_is_taken_in_the_form_the_hint_shows() -> None:
+    """A base64url thumbprint begins with '-' once in 64; ``--fingerprint VALUE`` would then be
+    read as an option (argparse: "expected one argument"), so every hint writes
+    ``--fingerprint=THUMBPRINT`` (a clean-clone CI run drew such a key)."""
+    from krs_plugin.cli import build_parser
+
+    thumbprint = "-Yk2" + "A" * 39
+    args = build_parser().parse_args(["trust-kdc-key", "kdc.pub", f"--fingerprint={thumbprint}"])
+    assert args.fingerprint == thumbprint
