@@ -239,6 +239,10 @@ def _presigned(zone: dns.name.Name) -> str:
     )
 
 
+def _presigned_refusal(zone: dns.name.Name) -> AdapterError:
+    return AdapterError(f"{_presigned(zone)} (pdnsutil unset-presigned {zone})")
+
+
 def _marking_of(timing: Iterable[str], legacy: Iterable[str]) -> Marking:
     """The zone's marking: from the ``cds`` lines of ``X-KRS-KEY-TIMING`` when it has any, else
     from ``X-KRS-CDS`` (what earlier versions wrote)."""
@@ -449,7 +453,7 @@ class PowerDnsAdapter(BaseAdapter[PdnsChange]):
                 "gsqlite3-dnssec=yes, see krs doctor)"
             )
         if presigned:
-            raise AdapterError(f"{_presigned(zone)} (pdnsutil unset-presigned {zone})")
+            raise _presigned_refusal(zone)
         timing_values = self.store.get_meta(zone, TIMING_KIND)
         legacy_values = self.store.get_meta(zone, CDS_KIND)
         timings = _parse_timing(timing_values)
@@ -582,18 +586,22 @@ class PowerDnsAdapter(BaseAdapter[PdnsChange]):
             return True
         if change.holds_krs_metadata is not None:
             return change.holds_krs_metadata
-        ahead = None if self._ahead is None else self._ahead.take(change.zone)
+        found = self._fresh_metadata(change.zone)
+        return found is None or bool(found.get(TIMING_KIND) or found.get(CDS_KIND))
+
+    def _fresh_metadata(self, zone: dns.name.Name) -> dict[str, list[str]] | None:
+        """A fresh zone's metadata as PowerDNS holds it (read ahead, pdnsfresh.MetadataAhead,
+        or now); None where it cannot be listed. A zone marked PRESIGNED since the zone list
+        was read is refused here."""
+        ahead = None if self._ahead is None else self._ahead.take(zone)
         if ahead is not None:
             found = ahead.result()
         else:
             store = self.store.store if isinstance(self.store, BatchStore) else self.store
-            found = store.all_meta(change.zone)
-        if found is None:
-            return True
-        if "1" in found.get(PRESIGNED, []):  # set after the zone list was read
-            zone = change.zone
-            raise AdapterError(f"{_presigned(zone)} (pdnsutil unset-presigned {zone})")
-        return bool(found.get(TIMING_KIND) or found.get(CDS_KIND))
+            found = store.all_meta(zone)
+        if found is not None and "1" in found.get(PRESIGNED, []):
+            raise _presigned_refusal(zone)
+        return found
 
     def _set_state(self, zone: dns.name.Name, key: PdnsKey, timing: KeyTiming, now: int) -> bool:
         active, published = is_active(timing, now), is_published(timing, now)
